@@ -1,0 +1,48 @@
+"""bullwait: Python workers and operations tooling for BullMQ queues shared with NestJS."""
+
+from bullwait.catalog import JOB_NAMES, LEGACY_QUEUE_NAMES, QUEUE_NAMES, SPECS, Priority, QueueKey, queue_name
+from bullwait.errors import (
+    BullwaitError,
+    CancelRefused,
+    InvalidJobData,
+    JobNotFound,
+    RedisUnavailable,
+    SettingsError,
+    UnknownQueue,
+)
+from bullwait.payloads import ExpiryJob, NotificationJob, PreferenceJob, SlotDetails, parse_payload
+from bullwait.processing import Context, Registry
+from bullwait.producer import CancelResult, Producer, expiry_job_id, new_expiry
+from bullwait.settings import Settings, load_settings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "JOB_NAMES",
+    "LEGACY_QUEUE_NAMES",
+    "QUEUE_NAMES",
+    "SPECS",
+    "BullwaitError",
+    "CancelRefused",
+    "CancelResult",
+    "Context",
+    "ExpiryJob",
+    "InvalidJobData",
+    "JobNotFound",
+    "NotificationJob",
+    "PreferenceJob",
+    "Priority",
+    "Producer",
+    "QueueKey",
+    "RedisUnavailable",
+    "Registry",
+    "Settings",
+    "SettingsError",
+    "SlotDetails",
+    "UnknownQueue",
+    "expiry_job_id",
+    "load_settings",
+    "new_expiry",
+    "parse_payload",
+    "queue_name",
+]

@@ -1,0 +1,201 @@
+"""The single source of truth for queue names, job names and per-queue defaults.
+
+The Node side reads the JSON that `bullwait catalog --json` prints (checked in as
+`node-compat/catalog.json` and verified by a test); nobody keeps a copy by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from bullwait.errors import UnknownQueue
+from bullwait.settings import QueueNaming, Settings
+
+HOUR = 3600
+DAY = 24 * HOUR
+
+
+class QueueKey(str, Enum):
+    """Stable identity of each queue, whatever its Redis name."""
+
+    WAITLIST_EXPIRY = "WAITLIST_EXPIRY"
+    WAITLIST_NOTIFICATION = "WAITLIST_NOTIFICATION"
+    PREFERENCE_CALCULATION = "PREFERENCE_CALCULATION"
+
+
+QUEUE_NAMES: dict[QueueKey, str] = {
+    QueueKey.WAITLIST_EXPIRY: "waitlist-expiry",
+    QueueKey.WAITLIST_NOTIFICATION: "waitlist-notification",
+    QueueKey.PREFERENCE_CALCULATION: "waitlist-preference-calculation",
+}
+
+LEGACY_QUEUE_NAMES: dict[QueueKey, str] = {
+    QueueKey.WAITLIST_EXPIRY: "waitlist:expiry",
+    QueueKey.WAITLIST_NOTIFICATION: "waitlist:notification",
+    QueueKey.PREFERENCE_CALCULATION: "waitlist:preference-calculation",
+}
+
+JOB_NAMES: dict[str, str] = {
+    "CHECK_EXPIRY": "check-expiry",
+    "SEND_SLOT_AVAILABLE": "send-slot-available",
+    "CALCULATE_PREFERENCES": "calculate-preferences",
+}
+
+EXPIRY_JOB_ID_PREFIX = "expiry_"
+EXPIRY_DELAY_MS = 15 * 60 * 1000
+
+
+class Priority(str, Enum):
+    """Intent, mapped onto BullMQ's real order (see `bullmq_priority`).
+
+    BullMQ runs jobs *without* a priority first (the plain wait list), then prioritized
+    jobs from 1 (first) upwards. So HIGH is "no priority", NORMAL is 1 and LOW is 10.
+    The seed's `priority: 10 // High priority` would have made notifications the last.
+    """
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def bullmq_priority(self) -> int:
+        return {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 10}[self]
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """The seed's "Queue Configuration" for one queue."""
+
+    key: QueueKey
+    job_name: str
+    purpose: str
+    concurrency_env: str
+    default_concurrency: int
+    attempts: int
+    backoff_delay_ms: int
+    keep_completed: tuple[int, int]  # (count, age seconds)
+    keep_failed: tuple[int, int]
+    priority: Priority
+
+    def default_job_options(self) -> dict[str, Any]:
+        """BullMQ job options a producer writes into each job (Node and Python alike)."""
+        opts: dict[str, Any] = {
+            "attempts": self.attempts,
+            "backoff": {"type": "exponential", "delay": self.backoff_delay_ms},
+            "removeOnComplete": {"count": self.keep_completed[0], "age": self.keep_completed[1]},
+            "removeOnFail": {"count": self.keep_failed[0], "age": self.keep_failed[1]},
+        }
+        if self.priority.bullmq_priority:
+            opts["priority"] = self.priority.bullmq_priority
+        return opts
+
+
+SPECS: dict[QueueKey, QueueSpec] = {
+    QueueKey.WAITLIST_EXPIRY: QueueSpec(
+        key=QueueKey.WAITLIST_EXPIRY,
+        job_name=JOB_NAMES["CHECK_EXPIRY"],
+        purpose="15-minute offer expiry timers",
+        concurrency_env="WAITLIST_EXPIRY_CONCURRENCY",
+        default_concurrency=5,
+        attempts=3,
+        backoff_delay_ms=1000,
+        keep_completed=(100, HOUR),
+        keep_failed=(1000, 7 * DAY),
+        priority=Priority.HIGH,
+    ),
+    QueueKey.WAITLIST_NOTIFICATION: QueueSpec(
+        key=QueueKey.WAITLIST_NOTIFICATION,
+        job_name=JOB_NAMES["SEND_SLOT_AVAILABLE"],
+        purpose="WhatsApp slot-available notifications",
+        concurrency_env="WAITLIST_NOTIFICATION_CONCURRENCY",
+        default_concurrency=10,
+        attempts=3,
+        backoff_delay_ms=1000,
+        keep_completed=(200, DAY),
+        keep_failed=(2000, 7 * DAY),
+        priority=Priority.HIGH,
+    ),
+    QueueKey.PREFERENCE_CALCULATION: QueueSpec(
+        key=QueueKey.PREFERENCE_CALCULATION,
+        job_name=JOB_NAMES["CALCULATE_PREFERENCES"],
+        purpose="background preference analytics",
+        concurrency_env="PREFERENCE_CALCULATION_CONCURRENCY",
+        default_concurrency=2,
+        attempts=3,
+        backoff_delay_ms=5000,
+        keep_completed=(50, HOUR),
+        keep_failed=(500, 7 * DAY),
+        priority=Priority.LOW,
+    ),
+}
+
+
+def queue_name(key: QueueKey, settings: Settings) -> str:
+    """The Redis name of a queue under the configured naming."""
+    names = LEGACY_QUEUE_NAMES if settings.bullwait_queue_names is QueueNaming.LEGACY else QUEUE_NAMES
+    return names[key]
+
+
+def concurrency(key: QueueKey, settings: Settings) -> int:
+    return int(getattr(settings, SPECS[key].concurrency_env.lower()))
+
+
+def resolve_queue(name_or_key: str, settings: Settings) -> QueueKey:
+    """Accept a queue's Redis name (current or legacy), its key, or a short alias."""
+    wanted = name_or_key.strip()
+    for key in QueueKey:
+        aliases = {
+            key.value.lower(),
+            QUEUE_NAMES[key],
+            LEGACY_QUEUE_NAMES[key],
+            QUEUE_NAMES[key].removeprefix("waitlist-"),
+            SPECS[key].job_name,
+        }
+        if wanted.lower() in aliases or wanted == queue_name(key, settings):
+            return key
+    known = ", ".join(queue_name(k, settings) for k in QueueKey)
+    raise UnknownQueue(f"unknown queue {name_or_key!r}; known queues: {known}")
+
+
+def catalog_document(settings: Settings | None = None) -> dict[str, Any]:
+    """The catalog as plain data: what `bullwait catalog --json` prints for Node."""
+    queues = []
+    for key, spec in SPECS.items():
+        queues.append(
+            {
+                "key": key.value,
+                "name": QUEUE_NAMES[key],
+                "legacyName": LEGACY_QUEUE_NAMES[key],
+                "jobName": spec.job_name,
+                "purpose": spec.purpose,
+                "concurrency": spec.default_concurrency,
+                "concurrencyEnv": spec.concurrency_env,
+                "priority": spec.priority.value,
+                "defaultJobOptions": spec.default_job_options(),
+            }
+        )
+    doc: dict[str, Any] = {
+        "version": 1,
+        "prefix": "bull",
+        "queueNames": {k.value: v for k, v in QUEUE_NAMES.items()},
+        "legacyQueueNames": {k.value: v for k, v in LEGACY_QUEUE_NAMES.items()},
+        "jobNames": dict(JOB_NAMES),
+        "expiry": {"jobIdPrefix": EXPIRY_JOB_ID_PREFIX, "delayMs": EXPIRY_DELAY_MS},
+        "priorities": {p.value: p.bullmq_priority for p in Priority},
+        "queues": queues,
+    }
+    if settings is not None:
+        doc["active"] = {
+            "naming": settings.bullwait_queue_names.value,
+            "prefix": settings.bullmq_prefix,
+            "queueNames": {k.value: queue_name(k, settings) for k in QueueKey},
+            "concurrency": {k.value: concurrency(k, settings) for k in QueueKey},
+        }
+    return doc
+
+
+def catalog_json(settings: Settings | None = None) -> str:
+    return json.dumps(catalog_document(settings), indent=2, sort_keys=False) + "\n"

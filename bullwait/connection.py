@@ -1,0 +1,124 @@
+"""Redis connections built from settings, and the check that Redis answers.
+
+bullmq-py takes a dict of `redis.asyncio.Redis` keyword arguments and builds its own
+clients from it (one main, one blocking per worker); `redis_options` makes that dict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
+
+from bullwait.errors import RedisUnavailable
+from bullwait.settings import Settings
+
+
+def redis_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for `redis.asyncio.Redis` (and bullmq's `connection` option)."""
+    if settings.redis_url:
+        opts: dict[str, Any] = dict(parse_url(settings.redis_url))
+        if settings.redis_url.startswith("rediss://"):
+            opts.pop("connection_class", None)
+            opts["ssl"] = True
+    else:
+        opts = {"host": settings.redis_host, "port": settings.redis_port, "db": settings.redis_queue_db}
+    if settings.redis_username and not opts.get("username"):
+        opts["username"] = settings.redis_username
+    if settings.redis_password and not opts.get("password"):
+        opts["password"] = settings.redis_password
+    if settings.redis_tls_ca_file:
+        opts["ssl"] = True
+        opts["ssl_ca_certs"] = settings.redis_tls_ca_file
+        opts["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    opts.pop("connection_class", None)
+    opts.setdefault("socket_connect_timeout", settings.redis_connect_timeout)
+    opts.setdefault("socket_keepalive", True)
+    opts.setdefault("health_check_interval", 15)
+    return opts
+
+
+def redis_client(settings: Settings, **extra: Any) -> aioredis.Redis:
+    """A plain async client for bullwait's own commands (ops, store, metrics)."""
+    opts = redis_options(settings)
+    opts.update(extra)
+    return aioredis.Redis(decode_responses=True, **opts)
+
+
+def describe_redis(settings: Settings) -> str:
+    """Where Redis is, for messages: the URL with any password masked."""
+    if settings.redis_url:
+        return mask_url(settings.redis_url)
+    return f"redis://{settings.redis_host}:{settings.redis_port}/{settings.redis_queue_db}"
+
+
+def mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+async def check_redis(settings: Settings, timeout: float | None = None) -> str:
+    """Ping Redis once, fail fast. Returns the server version; raises `RedisUnavailable`."""
+    limit = timeout if timeout is not None else settings.redis_connect_timeout
+    client = redis_client(settings, socket_timeout=limit, retry_on_timeout=False)
+    try:
+        info = await asyncio.wait_for(_ping_version(client), timeout=limit + 1)
+    except AuthenticationError:
+        raise RedisUnavailable(
+            f"Redis at {describe_redis(settings)} refused the credentials: "
+            "check REDIS_USERNAME / REDIS_PASSWORD (or the URL)"
+        ) from None
+    except ResponseError as exc:
+        raise RedisUnavailable(f"Redis at {describe_redis(settings)} answered with an error: {exc}") from None
+    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        reason = _short_reason(exc)
+        raise RedisUnavailable(
+            f"cannot reach Redis at {describe_redis(settings)} ({reason}): "
+            "start Redis or point REDIS_URL / --redis-url at it"
+        ) from None
+    finally:
+        await client.aclose()
+    return info
+
+
+async def _ping_version(client: aioredis.Redis) -> str:
+    await client.ping()
+    info = await client.info("server")
+    return str(info.get("redis_version", "unknown"))
+
+
+def _short_reason(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "refused" in text.lower():
+        return "connection refused"
+    if "timeout" in text.lower() or "timed out" in text.lower():
+        return "timed out"
+    return text[:160]
+
+
+async def wait_for_redis(settings: Settings, log: Any, max_delay: float = 30.0) -> str:
+    """Retry `check_redis` with exponential backoff, one log line per attempt, until it answers."""
+    delay = 0.5
+    attempt = 1
+    while True:
+        try:
+            return await check_redis(settings)
+        except RedisUnavailable as exc:
+            if "credentials" in str(exc):
+                raise
+            log.warning("redis unreachable, retrying", attempt=attempt, retry_in=f"{delay:.1f}s", error=str(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay)
+            attempt += 1

@@ -1,0 +1,39 @@
+"""Exceptions of bullwait, each named for what went wrong and worded as what to do next."""
+
+from __future__ import annotations
+
+
+class BullwaitError(Exception):
+    """Base of every error bullwait raises on purpose. `str()` is one line for operators."""
+
+    exit_code = 1
+
+
+class SettingsError(BullwaitError):
+    """An environment variable or option has a bad value; the message names it."""
+
+    exit_code = 2
+
+
+class RedisUnavailable(BullwaitError):
+    """Redis did not answer (refused, timed out, bad credentials)."""
+
+    exit_code = 3
+
+
+class UnknownQueue(BullwaitError):
+    """A queue name that is not in the catalog."""
+
+    exit_code = 2
+
+
+class InvalidJobData(BullwaitError):
+    """Job data that does not match its payload model. Never retried."""
+
+
+class JobNotFound(BullwaitError):
+    """No job with that id in that queue."""
+
+
+class CancelRefused(BullwaitError):
+    """A job cannot be cancelled in its current state (active, completed, failed)."""

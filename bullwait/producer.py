@@ -1,0 +1,191 @@
+"""Typed producer API: the seed's usage examples, wire-compatible with NestJS producers.
+
+    async with Producer(load_settings()) as producer:
+        await producer.schedule_expiry(ExpiryJob(...))          # jobId expiry_<waitlistId>
+        await producer.send_slot_available(NotificationJob(...))
+        await producer.queue_preferences(PreferenceJob(...))
+        result = await producer.cancel_expiry_timer("w-42")
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from bullmq import Queue
+from bullmq.redis_connection import loadScript
+from redis.exceptions import WatchError
+
+from bullwait.catalog import (
+    EXPIRY_DELAY_MS,
+    EXPIRY_JOB_ID_PREFIX,
+    SPECS,
+    Priority,
+    QueueKey,
+    queue_name,
+)
+from bullwait.connection import redis_client, redis_options
+from bullwait.payloads import ExpiryJob, NotificationJob, PreferenceJob, WireModel
+from bullwait.settings import Settings
+
+CANCELLABLE_STATES = frozenset({"waiting", "wait", "delayed", "prioritized", "paused"})
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """`outcome` is `cancelled`, `missing`, or the state that stopped it (`active`, ...)."""
+
+    queue: str
+    job_id: str
+    outcome: str
+
+    @property
+    def cancelled(self) -> bool:
+        return self.outcome == "cancelled"
+
+    def describe(self) -> str:
+        if self.cancelled:
+            return f"cancelled job {self.job_id} on {self.queue}"
+        if self.outcome == "missing":
+            return f"no job {self.job_id} on {self.queue}"
+        return f"job {self.job_id} on {self.queue} is {self.outcome}; only waiting or delayed jobs can be cancelled"
+
+
+def expiry_job_id(waitlist_id: str) -> str:
+    return f"{EXPIRY_JOB_ID_PREFIX}{waitlist_id}"
+
+
+def new_expiry(
+    waitlist_id: str, slot_id: str, customer_id: str, salon_id: str, delay_ms: int = EXPIRY_DELAY_MS
+) -> ExpiryJob:
+    """An `ExpiryJob` notified now and expiring `delay_ms` from now."""
+    now = datetime.now(timezone.utc)
+    return ExpiryJob(
+        waitlist_id=waitlist_id,
+        slot_id=slot_id,
+        customer_id=customer_id,
+        salon_id=salon_id,
+        notified_at=now,
+        expires_at=now + timedelta(milliseconds=delay_ms),
+    )
+
+
+class Producer:
+    """Adds and cancels the waitlist jobs. One bullmq `Queue` per queue, opened lazily."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._queues: dict[QueueKey, Queue] = {}
+        self._redis: Any = None
+        self._remove_script: Any = None
+
+    async def __aenter__(self) -> "Producer":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def queue(self, key: QueueKey) -> Queue:
+        if key not in self._queues:
+            self._queues[key] = Queue(
+                queue_name(key, self.settings),
+                {"connection": redis_options(self.settings), "prefix": self.settings.bullmq_prefix},
+            )
+        return self._queues[key]
+
+    async def close(self) -> None:
+        for q in self._queues.values():
+            await q.close()
+        self._queues.clear()
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    async def add(
+        self,
+        key: QueueKey,
+        payload: WireModel,
+        *,
+        job_id: str | None = None,
+        delay_ms: int | None = None,
+        priority: Priority | None = None,
+        **opts: Any,
+    ) -> str:
+        """Add one job with the catalog's default options; returns its id."""
+        spec = SPECS[key]
+        options: dict[str, Any] = spec.default_job_options()
+        options.pop("priority", None)
+        level = (priority or spec.priority).bullmq_priority
+        if level:
+            options["priority"] = level
+        if job_id is not None:
+            options["jobId"] = job_id
+        if delay_ms:
+            options["delay"] = int(delay_ms)
+        options.update(opts)
+        job = await self.queue(key).add(spec.job_name, payload.to_wire(), options)
+        return str(job.id)
+
+    async def schedule_expiry(self, payload: ExpiryJob, delay_ms: int | None = None) -> str:
+        """The 15-minute offer timer, due at `expiresAt` (or after `delay_ms`).
+
+        The job id is `expiry_<waitlistId>`, so scheduling twice keeps one job.
+        """
+        if delay_ms is None:
+            delay_ms = max(0, int(payload.expires_at.timestamp() * 1000 - time.time() * 1000))
+        return await self.add(
+            QueueKey.WAITLIST_EXPIRY, payload, job_id=expiry_job_id(payload.waitlist_id), delay_ms=delay_ms
+        )
+
+    async def send_slot_available(
+        self, payload: NotificationJob, priority: Priority = Priority.HIGH, job_id: str | None = None
+    ) -> str:
+        return await self.add(QueueKey.WAITLIST_NOTIFICATION, payload, job_id=job_id, priority=priority)
+
+    async def queue_preferences(self, payload: PreferenceJob, priority: Priority = Priority.LOW) -> str:
+        return await self.add(QueueKey.PREFERENCE_CALCULATION, payload, priority=priority)
+
+    async def cancel_expiry_timer(self, waitlist_id: str) -> CancelResult:
+        return await self.cancel_job(QueueKey.WAITLIST_EXPIRY, expiry_job_id(waitlist_id))
+
+    async def cancel_job(self, key: QueueKey, job_id: str) -> CancelResult:
+        """Remove a job only while it is waiting or delayed, atomically.
+
+        The job hash is WATCHed: if a worker takes the job (moveToActive writes
+        `processedOn`) between our state check and the removal, the removal is
+        discarded and the state is read again.
+        """
+        queue = self.queue(key)
+        name = queue_name(key, self.settings)
+        client = self._own_redis()
+        job_key = queue.toKey(job_id)
+        for _ in range(10):
+            async with client.pipeline(transaction=True) as pipe:
+                await pipe.watch(job_key)
+                state = await queue.getJobState(job_id)
+                if state == "unknown":
+                    return CancelResult(name, job_id, "missing")
+                if state not in CANCELLABLE_STATES:
+                    return CancelResult(name, job_id, state)
+                pipe.multi()
+                await self._remove(pipe, queue, job_id)
+                try:
+                    removed = (await pipe.execute())[0]
+                except WatchError:
+                    continue
+                if removed == 1:
+                    return CancelResult(name, job_id, "cancelled")
+        return CancelResult(name, job_id, await queue.getJobState(job_id))
+
+    def _own_redis(self) -> Any:
+        if self._redis is None:
+            self._redis = redis_client(self.settings)
+            self._remove_script = self._redis.register_script(loadScript("removeJob-2.lua"))
+        return self._redis
+
+    async def _remove(self, pipe: Any, queue: Queue, job_id: str) -> None:
+        keys = [queue.toKey(job_id), queue.keys["repeat"]]
+        args = [job_id, 1, queue.keys[""]]
+        await self._remove_script(keys=keys, args=args, client=pipe)

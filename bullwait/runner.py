@@ -1,0 +1,147 @@
+"""The worker process: one BullwaitWorker per queue in one asyncio loop, graceful shutdown.
+
+SIGTERM/SIGINT stop fetching, let active jobs finish within `shutdown_timeout`, then
+close; jobs still running after that are left to BullMQ's stalled-job recovery (their
+locks expire and another worker takes them), so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from bullwait.catalog import SPECS, QueueKey, concurrency, queue_name
+from bullwait.connection import redis_options, wait_for_redis
+from bullwait.logging import get_logger
+from bullwait.processing import JobObserver, Registry, dispatch
+from bullwait.settings import Settings
+from bullwait.worker import BullwaitWorker, default_worker_name
+
+
+def worker_options(key: QueueKey, settings: Settings, worker_name: str) -> dict[str, Any]:
+    """bullmq Worker options from the catalog and settings."""
+    spec = SPECS[key]
+    defaults = spec.default_job_options()
+    return {
+        "connection": redis_options(settings),
+        "prefix": settings.bullmq_prefix,
+        "concurrency": concurrency(key, settings),
+        "name": worker_name,
+        "autorun": False,
+        # Fallback retention for jobs whose producer wrote none (bullmq honours these).
+        "removeOnComplete": defaults["removeOnComplete"],
+        "removeOnFail": defaults["removeOnFail"],
+    }
+
+
+@dataclass
+class WorkerPool:
+    """The running workers of one process."""
+
+    settings: Settings
+    registry: Registry
+    queues: list[QueueKey]
+    services: Any = None
+    observer: JobObserver | None = None
+    worker_name: str = field(default_factory=default_worker_name)
+    workers: dict[QueueKey, BullwaitWorker] = field(default_factory=dict)
+    log: Any = field(default_factory=get_logger)
+
+    def start(self) -> list[asyncio.Task[None]]:
+        tasks = []
+        for key in self.queues:
+            name = queue_name(key, self.settings)
+            worker = BullwaitWorker(name, self._processor(key, name), worker_options(key, self.settings, self.worker_name))
+            worker.on("error", lambda err, *_a, q=name: self.log.warning("worker error", queue=q, error=str(err)))
+            worker.on("stalled", lambda job_id, *_a, q=name: self.log.warning("job stalled", queue=q, jobId=job_id))
+            self.workers[key] = worker
+            tasks.append(asyncio.ensure_future(worker.run()))
+            self.log.info("worker started", queue=name, concurrency=worker.opts["concurrency"], worker=self.worker_name)
+        return tasks
+
+    def _processor(self, key: QueueKey, name: str) -> Any:
+        async def process(job: Any, token: str) -> Any:
+            return await dispatch(
+                self.registry, key, name, self.settings, job, token, self.log, self.services, self.observer
+            )
+
+        return process
+
+    async def close(self, timeout: float) -> bool:
+        """Stop fetching, wait up to `timeout` s for active jobs; True if all finished."""
+        graceful = [asyncio.ensure_future(w.close()) for w in self.workers.values()]
+        if not graceful:
+            return True
+        done, pending = await asyncio.wait(graceful, timeout=timeout)
+        if pending:
+            self.log.warning("shutdown timeout reached, leaving active jobs to stalled recovery", timeout=timeout)
+            for worker in self.workers.values():
+                worker.forceClosing = True
+                worker.cancelProcessing()
+            await asyncio.wait([asyncio.ensure_future(w.close(force=True)) for w in self.workers.values()], timeout=5)
+            for task in pending:
+                task.cancel()
+            return False
+        return True
+
+
+async def run_workers(
+    settings: Settings,
+    registry: Registry,
+    queues: Iterable[QueueKey] | None = None,
+    shutdown_timeout: float | None = None,
+    services: Any = None,
+    observer: JobObserver | None = None,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT (or `stop` is set). Returns the process exit code."""
+    log = get_logger()
+    stop_event = stop or asyncio.Event()
+    _install_signal_handlers(stop_event, log)
+    if not await _until_stopped(wait_for_redis(settings, log), stop_event):
+        log.info("stopped before Redis answered")
+        return 0
+    pool = WorkerPool(settings, registry, list(queues or list(QueueKey)), services, observer, log=log)
+    tasks = pool.start()
+    stopper = asyncio.ensure_future(stop_event.wait())
+    await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    timeout = settings.bullwait_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
+    log.info("shutting down", timeout=f"{timeout}s")
+    clean = await pool.close(timeout)
+    for task in tasks:
+        if not task.done():
+            task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    log.info("stopped", graceful=clean)
+    return 0
+
+
+async def _until_stopped(work: Any, stop: asyncio.Event) -> bool:
+    """Run `work` unless `stop` is set first; True if it finished."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return False
+
+
+def _install_signal_handlers(stop: asyncio.Event, log: Any) -> None:
+    loop = asyncio.get_running_loop()
+
+    def request_stop(signame: str) -> None:
+        if not stop.is_set():
+            log.info("signal received, stopping", signal=signame)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, request_stop, sig.name)
+        except (NotImplementedError, RuntimeError):
+            pass

@@ -1,0 +1,147 @@
+"""Configuration from the environment (and an optional `.env`), with the seed's names.
+
+Every field is read from the upper-case environment variable of the same name, so
+`redis_queue_db` is `REDIS_QUEUE_DB`. A bad value raises `SettingsError`, whose message
+names the variable; the CLI turns it into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from functools import cached_property
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bullwait.errors import SettingsError
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class QueueNaming(str, Enum):
+    """Which queue names to use: colon-free (current) or the seed's (legacy, Node bullmq 4.x)."""
+
+    CURRENT = "current"
+    LEGACY = "legacy"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        case_sensitive=False,
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- Redis (the seed's names, plus URL and credentials) ---
+    redis_url: str | None = None
+    redis_host: str = "localhost"
+    redis_port: int = Field(6379, ge=1, le=65535)
+    redis_queue_db: int = Field(1, ge=0)
+    redis_username: str | None = None
+    redis_password: str | None = None
+    redis_tls_ca_file: str | None = None
+    redis_connect_timeout: float = Field(3.0, gt=0)
+    bullmq_prefix: str = Field("bull", min_length=1)
+    bullwait_queue_names: QueueNaming = QueueNaming.CURRENT
+
+    # --- Concurrency and limits (seed defaults) ---
+    waitlist_expiry_concurrency: int = Field(5, ge=1, le=10_000)
+    waitlist_notification_concurrency: int = Field(10, ge=1, le=10_000)
+    preference_calculation_concurrency: int = Field(2, ge=1, le=10_000)
+    waitlist_notification_rate_limit: int = Field(10, ge=1)
+    waitlist_notification_rate_window_ms: int = Field(60_000, ge=1)
+
+    # --- Monitoring and logs ---
+    queue_monitoring_enabled: bool = True
+    queue_log_level: LogLevel = "info"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9090, ge=0, le=65535)
+    health_max_failed: int = Field(100, ge=1)
+
+    # --- Worker process ---
+    bullwait_worker_name: str | None = None
+    bullwait_shutdown_timeout: float = Field(30.0, ge=0)
+
+    @field_validator("queue_log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("bullwait_queue_names", mode="before")
+    @classmethod
+    def _lower_naming(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("bullmq_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if any(ch.isspace() for ch in value):
+            raise ValueError("must not contain white space")
+        return value
+
+    @model_validator(mode="after")
+    def _check_tls_file(self) -> "Settings":
+        if self.redis_tls_ca_file and not os.path.isfile(self.redis_tls_ca_file):
+            raise ValueError(f"REDIS_TLS_CA_FILE: no such file {self.redis_tls_ca_file!r}")
+        return self
+
+    @cached_property
+    def redis_configured(self) -> bool:
+        """True when the environment names a Redis (so no embedded one may be started)."""
+        names = ("REDIS_URL", "REDIS_HOST", "REDIS_PORT")
+        return any(os.environ.get(n) for n in names) or bool(self.redis_url)
+
+    def with_overrides(self, **values: object) -> "Settings":
+        """A copy with some fields replaced (validated), e.g. from `--redis-url`."""
+        clean = {k: v for k, v in values.items() if v is not None}
+        if not clean:
+            return self
+        data = self.model_dump()
+        data.update(clean)
+        try:
+            return Settings.model_validate(data)
+        except ValidationError as exc:
+            raise _settings_error(exc) from None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; raise `SettingsError` naming the bad variable."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise _settings_error(exc) from None
+    return settings.with_overrides(**overrides)
+
+
+def _settings_error(exc: ValidationError) -> SettingsError:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        name = loc.upper() if loc else _name_from_message(err.get("msg", ""))
+        value = err.get("input")
+        shown = "" if _is_secret(name) or isinstance(value, dict) else f" (got {value!r})"
+        msg = err.get("msg", "invalid").removeprefix("Value error, ")
+        parts.append(f"{name}: {msg}{shown}" if name and not msg.startswith(name) else msg)
+    return SettingsError("invalid setting " + "; ".join(parts))
+
+
+def _name_from_message(message: str) -> str:
+    head = message.removeprefix("Value error, ").split(":", 1)[0]
+    return head if head.isupper() else ""
+
+
+def _is_secret(name: str) -> bool:
+    return any(word in name for word in ("PASSWORD", "TOKEN", "SECRET", "URL"))

@@ -1,0 +1,1 @@
+"""The `bullwait` command line: a thin Typer shell over the `bullwait` library."""

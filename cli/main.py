@@ -1,0 +1,172 @@
+"""`bullwait`: run workers, the demo, and the operator commands."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from bullwait.catalog import QueueKey, catalog_json, resolve_queue
+from bullwait.errors import BullwaitError
+from bullwait.logging import configure_logging
+from bullwait.settings import Settings
+
+from bullwait_cli.common import AsJson, RedisUrl, fail, print_json, print_table, run_async, settings_from
+
+app = typer.Typer(
+    name="bullwait",
+    help="Python workers and operations tooling for the BullMQ waitlist queues shared with NestJS.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _queues(names: Optional[List[str]], settings: Settings) -> list[QueueKey]:
+    if not names:
+        return list(QueueKey)
+    try:
+        return [resolve_queue(n, settings) for n in names]
+    except BullwaitError as exc:
+        raise fail(str(exc), exc.exit_code)
+
+
+@app.command()
+def worker(
+    queue: Optional[List[str]] = typer.Option(None, "--queue", "-q", help="Queue to serve (repeatable); default all three."),
+    shutdown_timeout: Optional[float] = typer.Option(
+        None, "--shutdown-timeout", min=0, help="Seconds active jobs get to finish on SIGTERM (default 30, BULLWAIT_SHUTDOWN_TIMEOUT)."
+    ),
+    redis_url: Optional[str] = RedisUrl,
+) -> None:
+    """Run the waitlist workers until SIGTERM/SIGINT.
+
+    Example: bullwait worker --queue waitlist-expiry --shutdown-timeout 20
+    """
+    settings = settings_from(redis_url)
+    configure_logging(settings.queue_log_level)
+    keys = _queues(queue, settings)
+    code = run_async(lambda: _worker(settings, keys, shutdown_timeout))
+    raise typer.Exit(code)
+
+
+async def _worker(settings: Settings, keys: list[QueueKey], shutdown_timeout: Optional[float]) -> int:
+    from bullwait.app import build_services
+    from bullwait.runner import run_workers
+
+    services = await build_services(settings)
+    try:
+        return await run_workers(
+            settings, services.registry, keys, shutdown_timeout, services=services, observer=services.observer
+        )
+    finally:
+        await services.close()
+
+
+@app.command()
+def demo(
+    customers: int = typer.Option(5, "--customers", min=1, max=10_000, help="Demo waitlist customers to offer slots to."),
+    timer_ms: int = typer.Option(2000, "--timer-ms", min=0, help="Expiry timer delay for the demo (the real one is 15 min)."),
+    timeout: float = typer.Option(60, "--timeout", min=1, help="Seconds to wait for the demo jobs."),
+    embedded: str = typer.Option("auto", "--embedded-redis", help="auto: start a private redis-server when none is configured or answering; always; never."),
+    redis_url: Optional[str] = RedisUrl,
+) -> None:
+    """Run the workers plus a short burst of waitlist traffic and show it processed.
+
+    Example: bullwait demo --customers 10
+    """
+    settings = settings_from(redis_url)
+    configure_logging(settings.queue_log_level)
+    if embedded not in ("auto", "always", "never"):
+        raise fail(f"--embedded-redis must be auto, always or never (got {embedded!r})", 2)
+    from bullwait.embedded import RedisServer, local_redis_answers
+
+    server = None
+    if embedded == "always" or (
+        embedded == "auto" and not settings.redis_configured and not local_redis_answers(settings.redis_host, settings.redis_port)
+    ):
+        data_dir = Path(os.environ.get("BULLWAIT_EMBEDDED_DIR", ".bullwait/redis"))
+        data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            server = RedisServer(data_dir=str(data_dir.resolve())).start()
+        except BullwaitError as exc:
+            raise fail(str(exc))
+        settings = settings.with_overrides(redis_url=f"{server.url}/{settings.redis_queue_db}")
+        typer.echo(f"started embedded redis-server on {server.url} (data in {data_dir}, AOF on)", err=True)
+    try:
+        report = run_async(lambda: _demo(settings, customers, timer_ms, timeout))
+    finally:
+        if server is not None:
+            server.stop()
+    from bullwait.demo import report_rows
+
+    print_table(report_rows(report), title=f"demo {report.run_id}: {report.seconds:.1f}s")
+    if not report.ok:
+        raise fail("not every demo job completed; see the log above and `bullwait stats`")
+
+
+async def _demo(settings: Settings, customers: int, timer_ms: int, timeout: float):  # type: ignore[no-untyped-def]
+    from bullwait.app import build_services
+    from bullwait.demo import run_demo
+    from bullwait.runner import run_workers
+
+    services = await build_services(settings)
+    stop = asyncio.Event()
+    workers = asyncio.ensure_future(
+        run_workers(settings, services.registry, services=services, observer=services.observer, stop=stop)
+    )
+    try:
+        return await run_demo(services.producer, customers, timer_ms, timeout)
+    finally:
+        stop.set()
+        await workers
+        await services.close()
+
+
+@app.command()
+def catalog(
+    as_json: bool = AsJson,
+) -> None:
+    """Print the queue catalog: names, job names, concurrency and default job options.
+
+    Example: bullwait catalog --json > node-compat/catalog.json
+    """
+    settings = settings_from(None)
+    if as_json:
+        sys.stdout.write(catalog_json())
+        return
+    from bullwait.catalog import SPECS, concurrency, queue_name
+
+    rows = []
+    for key, spec in SPECS.items():
+        opts = spec.default_job_options()
+        rows.append(
+            {
+                "queue": queue_name(key, settings),
+                "job": spec.job_name,
+                "concurrency": concurrency(key, settings),
+                "attempts": spec.attempts,
+                "backoff": f"exponential {spec.backoff_delay_ms}ms",
+                "keep completed": f"{spec.keep_completed[0]} / {spec.keep_completed[1]}s",
+                "keep failed": f"{spec.keep_failed[0]} / {spec.keep_failed[1]}s",
+                "priority": spec.priority.value + (f" ({opts['priority']})" if "priority" in opts else " (none)"),
+            }
+        )
+    print_table(rows)
+
+
+# Operator commands live in their own modules (cmd_*.py); each adds itself to `app`.
+for _module in ():
+    _module.register(app)
+
+
+def run() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    run()

