@@ -263,9 +263,11 @@ async def test_worker_metrics_counters_and_health(settings: Settings, start_work
     assert record["host"] == "127.0.0.1", "binds loopback unless METRICS_HOST says otherwise"
     port = int(record["port"])
 
+    # One process, two named connections per queue (Python name + Node name): one worker each.
+    # The names are set when each worker's loop starts, just after "worker started" is logged.
+    wait_until(lambda: all(q["workers"] == 1 for q in health(port)[1]["queues"]), message="workers == 1")
     status, doc = health(port)
     assert status == 200 and doc["healthy"] is True, doc
-    assert all(q["workers"] == 1 for q in doc["queues"]), doc  # one process, two named connections each
 
     bad = dict(notification_data(), customerPhone="not a phone")
     async with Producer(settings) as producer:
@@ -315,6 +317,46 @@ async def test_worker_metrics_counters_and_health(settings: Settings, start_work
     status, doc = health(port)
     assert status == 200 and doc["healthy"] is True, doc
     assert get(port, "/health/live")[0] == 200
+    assert worker.terminate() == 0
+
+
+NODE_EXPORT = r"""
+const { Queue } = require('bullmq');
+const [port, prefix, name] = [Number(process.argv[1]), process.argv[2], process.argv[3]];
+(async () => {
+  const queue = new Queue(name, { connection: { host: '127.0.0.1', port, db: 0 }, prefix });
+  process.stdout.write(await queue.exportPrometheusMetrics());
+  await queue.close();
+})().catch((err) => { console.error(err); process.exit(1); });
+"""
+
+
+@pytest.mark.node
+@pytest.mark.skipif(not HAS_NODE_BULLMQ, reason="needs node-compat/node_modules (npm ci)")
+async def test_native_metrics_equal_node_export(settings: Settings, start_worker, redis_server, prefix) -> None:  # type: ignore[no-untyped-def]
+    """Dashboards built on Node's `Queue.exportPrometheusMetrics()` read the same series from bullwait."""
+    worker = start_worker("-q", NOTIFY)
+    port = int(listening(worker.log())["port"])
+    async with Producer(settings) as producer:
+        notify = producer.queue(QueueKey.WAITLIST_NOTIFICATION)
+        for i in range(4):
+            await notify.add("send-slot-available", notification_data(f"w-{i}"), {"attempts": 1})
+        await notify.add("send-slot-available", {"broken": True}, {"attempts": 1})
+        await notify.add("send-slot-available", notification_data(), {"delay": 3_600_000})
+        await _wait_counts(settings, NOTIFY, completed=4, failed=1, delayed=1)
+    out = subprocess.run(
+        ["node", "-e", NODE_EXPORT, str(redis_server.port), prefix, NOTIFY],
+        cwd=NODE_COMPAT, check=True, timeout=60, capture_output=True, text=True,
+    ).stdout
+    node = {}
+    for family in text_string_to_metric_families(out + "\n"):
+        for sample in family.samples:
+            node[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    ours = scrape(port)
+    assert len(node) == len(NODE_STATES) + 2
+    for key, number in node.items():
+        assert ours.get(key) == number, (key, number, ours.get(key))
+    assert node[("bullmq_job_completed_total", (("queue", NOTIFY),))] == 4
     assert worker.terminate() == 0
 
 
