@@ -213,6 +213,43 @@ async def test_serve_gauges_equal_redis_counts(producer: str, settings: Settings
     assert serve.stop() == 0
 
 
+NODE_WORKER = r"""
+const { Worker } = require('bullmq');
+const [port, prefix, name] = [Number(process.argv[1]), process.argv[2], process.argv[3]];
+(async () => {
+  const worker = new Worker(name, async () => 'ok', { connection: { host: '127.0.0.1', port, db: 0 }, prefix, name: 'node-w1' });
+  await worker.waitUntilReady();
+  console.log('ready');
+  process.stdin.on('end', async () => { await worker.close(); process.exit(0); });
+  process.stdin.resume();
+})().catch((err) => { console.error(err); process.exit(1); });
+"""
+
+
+@pytest.mark.node
+@pytest.mark.skipif(not HAS_NODE_BULLMQ, reason="needs node-compat/node_modules (npm ci)")
+async def test_serve_counts_a_node_worker(settings: Settings, start_serve, redis_server, prefix) -> None:  # type: ignore[no-untyped-def]
+    serve = start_serve("-q", EXPIRY)
+    port = serve.port()
+    async with Producer(settings) as producer:
+        await producer.queue(QueueKey.WAITLIST_EXPIRY).add("check-expiry", expiry_data(), {"delay": 3_600_000, "jobId": "expiry_1"})
+    status, doc = health(port)
+    assert status == 503 and doc["queues"][0]["workers"] == 0  # a 15-minute timer and nobody to run it
+    node = subprocess.Popen(
+        ["node", "-e", NODE_WORKER, str(redis_server.port), prefix, EXPIRY],
+        cwd=NODE_COMPAT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert node.stdout is not None and node.stdout.readline().strip() == "ready"
+        wait_until(lambda: health(port)[0] == 200, message="the Node worker to be counted")
+        status, doc = health(port)
+        assert doc["queues"][0]["workers"] == 1, doc  # found by its Node name, <prefix>:<base64(queue)>:w:node-w1
+        assert value(scrape(port), "bullmq_queue_workers", queue=EXPIRY) == 1
+    finally:
+        node.communicate(timeout=30)
+    wait_until(lambda: health(port)[0] == 503, message="the Node worker to be gone")
+
+
 async def test_serve_with_redis_down_reports_it(start_serve) -> None:  # type: ignore[no-untyped-def]
     dead = f"redis://127.0.0.1:{free_port()}/0"
     serve = start_serve(extra_env={"REDIS_URL": dead, "HEALTH_REDIS_TIMEOUT": "1"})
