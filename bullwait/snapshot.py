@@ -130,7 +130,7 @@ async def read_snapshots(client: Any, prefix: str, queues: Iterable[str], worker
         results = await pipe.execute(raise_on_error=False)
     snapshots = []
     offset = 0
-    for name, size in zip(names, sizes):
+    for name, size in zip(names, sizes, strict=True):
         snapshots.append(_parse_queue(name, results[offset : offset + size]))
         offset += size
     if workers:

@@ -250,6 +250,46 @@ async def test_serve_counts_a_node_worker(settings: Settings, start_serve, redis
     wait_until(lambda: health(port)[0] == 503, message="the Node worker to be gone")
 
 
+async def test_paused_queue_counts(settings: Settings, start_serve) -> None:  # type: ignore[no-untyped-def]
+    """Pausing moves waiting jobs to the paused list: still waiting for us, 0 in Node's `waiting`."""
+    serve = start_serve("-q", NOTIFY)
+    port = serve.port()
+    async with Producer(settings) as producer:
+        queue = producer.queue(QueueKey.WAITLIST_NOTIFICATION)
+        for _ in range(2):
+            await queue.add("send-slot-available", notification_data(), {})
+        await queue.pause()
+        samples = scrape(port)
+        assert value(samples, "bullmq_jobs_waiting", queue=NOTIFY) == 2
+        assert value(samples, "bullmq_queue_paused", queue=NOTIFY) == 1
+        assert value(samples, "bullmq_job_count", queue=NOTIFY, state="waiting") == (await job_counts(settings, NOTIFY))["waiting"]
+        doc = health(port)[1]
+        assert doc["queues"][0]["paused"] is True and doc["queues"][0]["waiting"] == 2
+        await queue.resume()
+    samples = scrape(port)
+    assert value(samples, "bullmq_queue_paused", queue=NOTIFY) == 0
+    assert value(samples, "bullmq_job_count", queue=NOTIFY, state="waiting") == 2
+
+
+async def test_client_list_forbidden_skips_the_worker_rule(env: dict[str, str], start_serve, prefix) -> None:  # type: ignore[no-untyped-def]
+    """A managed Redis may deny CLIENT LIST: counts still work, `workers` is null, no false alarm."""
+    from bullwait.embedded import RedisServer
+
+    with RedisServer(appendonly=False, extra_args=["--user", "mon", "on", ">s3cret", "~*", "&*", "+@all", "-client"]) as server:
+        url = f"redis://mon:s3cret@127.0.0.1:{server.port}/0"
+        limited = Settings(redis_url=url, bullmq_prefix=prefix)
+        serve = start_serve("-q", EXPIRY, extra_env={"REDIS_URL": url})
+        port = serve.port()
+        async with Producer(limited) as producer:
+            await producer.queue(QueueKey.WAITLIST_EXPIRY).add("check-expiry", expiry_data(), {"delay": 3_600_000})
+        status, doc = health(port)
+        assert status == 200 and doc["queues"][0]["workers"] is None and doc["queues"][0]["delayed"] == 1, doc
+        samples = scrape(port)
+        assert value(samples, "bullmq_jobs_delayed", queue=EXPIRY) == 1
+        assert not any(name == "bullmq_queue_workers" for name, _ in samples)
+        assert serve.stop() == 0
+
+
 async def test_serve_with_redis_down_reports_it(start_serve) -> None:  # type: ignore[no-untyped-def]
     dead = f"redis://127.0.0.1:{free_port()}/0"
     serve = start_serve(extra_env={"REDIS_URL": dead, "HEALTH_REDIS_TIMEOUT": "1"})
