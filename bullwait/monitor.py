@@ -102,8 +102,9 @@ class MonitorServer:
         try:
             self._server = await asyncio.start_server(self._handle, self.host, self.requested_port, reuse_address=True)
         except OSError as exc:
+            reason = os.strerror(exc.errno).lower() if isinstance(exc.errno, int) and exc.errno > 0 else (exc.strerror or str(exc))
             raise MonitoringUnavailable(
-                f"cannot serve metrics on {self.host}:{self.requested_port} ({exc.strerror or exc}): "
+                f"cannot serve metrics on {self.host}:{self.requested_port} ({reason}): "
                 "set METRICS_PORT / METRICS_HOST to a free address, or QUEUE_MONITORING_ENABLED=false"
             ) from None
         sockname = self._server.sockets[0].getsockname()
