@@ -82,6 +82,10 @@ class Monitor:
         return {"status": "ok", "pid": os.getpid(), "uptimeSeconds": round(time.time() - self.started, 1)}
 
     async def close(self) -> None:
+        try:
+            self.registry.unregister(self.collector)
+        except KeyError:
+            pass
         if self._client is not None:
             await self._client.aclose()
             self._client = None
