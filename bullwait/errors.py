@@ -37,3 +37,9 @@ class JobNotFound(BullwaitError):
 
 class CancelRefused(BullwaitError):
     """A job cannot be cancelled in its current state (active, completed, failed)."""
+
+
+class MonitoringUnavailable(BullwaitError):
+    """The metrics and health server cannot start (address in use, not allowed)."""
+
+    exit_code = 2

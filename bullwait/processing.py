@@ -88,6 +88,7 @@ class JobObserver(Protocol):
 
     def started(self, queue: str, job: Job) -> None: ...
     def finished(self, queue: str, job: Job, status: str, seconds: float) -> None: ...
+    def stalled(self, queue: str, job_id: str) -> None: ...
 
 
 class NullObserver:
@@ -95,6 +96,9 @@ class NullObserver:
         return None
 
     def finished(self, queue: str, job: Job, status: str, seconds: float) -> None:
+        return None
+
+    def stalled(self, queue: str, job_id: str) -> None:
         return None
 
 

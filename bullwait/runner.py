@@ -24,7 +24,7 @@ def worker_options(key: QueueKey, settings: Settings, worker_name: str) -> dict[
     """bullmq Worker options from the catalog and settings."""
     spec = SPECS[key]
     defaults = spec.default_job_options()
-    return {
+    options: dict[str, Any] = {
         "connection": redis_options(settings),
         "prefix": settings.bullmq_prefix,
         "concurrency": concurrency(key, settings),
@@ -34,6 +34,12 @@ def worker_options(key: QueueKey, settings: Settings, worker_name: str) -> dict[
         "removeOnComplete": defaults["removeOnComplete"],
         "removeOnFail": defaults["removeOnFail"],
     }
+    if settings.bullmq_metrics_max_data_points:
+        # BullMQ's own per-minute metrics (`<prefix>:<queue>:metrics:completed|failed`), which
+        # Node's getMetrics()/exportPrometheusMetrics() and Bull Board read. bullmq-py 3.4.4
+        # passes it on as `maxMetricsSize` in moveToFinished's packed options.
+        options["metrics"] = {"maxDataPoints": settings.bullmq_metrics_max_data_points}
+    return options
 
 
 @dataclass
@@ -55,11 +61,17 @@ class WorkerPool:
             name = queue_name(key, self.settings)
             worker = BullwaitWorker(name, self._processor(key, name), worker_options(key, self.settings, self.worker_name))
             worker.on("error", lambda err, *_a, q=name: self.log.warning("worker error", queue=q, error=str(err)))
-            worker.on("stalled", lambda job_id, *_a, q=name: self.log.warning("job stalled", queue=q, jobId=job_id))
+            worker.on("stalled", lambda job_id, *_a, q=name: self._stalled(q, job_id))
             self.workers[key] = worker
             tasks.append(asyncio.ensure_future(worker.run()))
             self.log.info("worker started", queue=name, concurrency=worker.opts["concurrency"], worker=self.worker_name)
         return tasks
+
+    def _stalled(self, queue: str, job_id: str) -> None:
+        self.log.warning("job stalled", queue=queue, jobId=job_id)
+        hook = getattr(self.observer, "stalled", None)  # observers written before the hook existed
+        if hook is not None:
+            hook(queue, job_id)
 
     def _processor(self, key: QueueKey, name: str) -> Any:
         async def process(job: Any, token: str) -> Any:

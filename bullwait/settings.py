@@ -66,6 +66,14 @@ class Settings(BaseSettings):
     bullwait_worker_name: str | None = None
     bullwait_shutdown_timeout: float = Field(30.0, ge=0)
 
+    # --- Monitoring server and BullMQ metrics (issue 6; QUEUE_MONITORING_ENABLED, METRICS_HOST,
+    # METRICS_PORT and HEALTH_MAX_FAILED are above) ---
+    # Per-minute data points BullMQ keeps in `<prefix>:<queue>:metrics:completed|failed`
+    # (10080 = one week, Node's MetricsTime.ONE_WEEK); 0 = workers record no BullMQ metrics.
+    bullmq_metrics_max_data_points: int = Field(10080, ge=0, le=1_000_000)
+    # Seconds a scrape or health check waits for Redis before answering 503 / redis_up 0.
+    health_redis_timeout: float = Field(2.0, gt=0, le=60)
+
     @field_validator("queue_log_level", mode="before")
     @classmethod
     def _lower_level(cls, value: object) -> object:

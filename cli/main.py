@@ -56,13 +56,18 @@ def worker(
 
 async def _worker(settings: Settings, keys: list[QueueKey], shutdown_timeout: Optional[float]) -> int:
     from bullwait.app import build_services
+    from bullwait.catalog import queue_name
+    from bullwait.monitor import monitoring
     from bullwait.runner import run_workers
 
     services = await build_services(settings)
     try:
-        return await run_workers(
-            settings, services.registry, keys, shutdown_timeout, services=services, observer=services.observer
-        )
+        # /metrics and /health/* for the queues this process serves (QUEUE_MONITORING_ENABLED).
+        names = [queue_name(k, settings) for k in keys]
+        async with monitoring(settings, names, getattr(services.observer, "registry", None)):
+            return await run_workers(
+                settings, services.registry, keys, shutdown_timeout, services=services, observer=services.observer
+            )
     finally:
         await services.close()
 
@@ -160,7 +165,9 @@ def catalog(
 
 
 # Operator commands live in their own modules (cmd_*.py); each adds itself to `app`.
-for _module in ():
+from bullwait_cli import cmd_monitoring  # noqa: E402
+
+for _module in (cmd_monitoring,):
     _module.register(app)
 
 
