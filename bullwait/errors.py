@@ -37,3 +37,9 @@ class JobNotFound(BullwaitError):
 
 class CancelRefused(BullwaitError):
     """A job cannot be cancelled in its current state (active, completed, failed)."""
+
+
+class BadArgument(BullwaitError):
+    """A command argument with a bad value (negative limit, unknown status, odd job id)."""
+
+    exit_code = 2
