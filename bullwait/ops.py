@@ -201,7 +201,7 @@ class QueueStats:
         return data
 
     def to_row(self) -> dict[str, Any]:
-        workers = "?" if self.workers is None else f"{self.workers} (node {self.workers_node}, py {self.workers_python})"
+        workers = "?" if self.workers is None else f"{self.workers} ({self.workers_node}/{self.workers_python})"
         return {
             "queue": self.name,
             "waiting": self.waiting,
@@ -211,7 +211,7 @@ class QueueStats:
             "completed": self.completed,
             "failed": self.failed,
             "paused": "yes" if self.paused else "no",
-            "workers": workers,
+            "workers (node/py)": workers,
             "oldest waiting": format_ms(self.oldest_waiting_ms),
         }
 

@@ -12,13 +12,14 @@ import sys
 from typing import Any, Awaitable, Callable, List, Optional, TypeVar
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from bullwait.catalog import QueueKey, resolve_queue
 from bullwait.durations import parse_duration_ms
-from bullwait.errors import BadArgument, BullwaitError
+from bullwait.errors import BullwaitError
 from bullwait.ops import (
     CLEAN_STATES,
     JOB_STATES,
@@ -81,9 +82,10 @@ def _with_ops(settings: Settings, action: Callable[[Ops], Awaitable[T]]) -> T:
 
 
 def _table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
-    table = Table(title=title)
-    for column in rows[0]:
-        table.add_column(str(column), justify="right" if isinstance(rows[0][column], (int, float)) else "left")
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for i, column in enumerate(rows[0]):
+        numeric = isinstance(rows[0][column], (int, float))
+        table.add_column(str(column), justify="right" if numeric else "left", no_wrap=i == 0)
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row.values()))
     return table
@@ -132,6 +134,11 @@ def stats(
             while True:
                 rows = await ops.stats(keys)
                 sys.stdout.write(json.dumps([r.to_json() for r in rows]) + "\n")
+                sys.stdout.flush()
+                await asyncio.sleep(watch)
+        if not console.is_terminal:  # piped: a new table per refresh
+            while True:
+                console.print(_stats_table(await ops.stats(keys)))
                 sys.stdout.flush()
                 await asyncio.sleep(watch)
         with Live(_stats_table(await ops.stats(keys)), console=console, auto_refresh=False) as live:
@@ -447,5 +454,3 @@ def register(app: typer.Typer) -> None:
         app.command()(command)
     app.add_typer(jobs_app, name="jobs")
 
-
-__all__ = ["register", "BadArgument"]

@@ -7,13 +7,12 @@ import time
 
 from bullmq import Queue
 
-from bullwait.catalog import SPECS, QueueKey, queue_name
+from bullwait.catalog import QueueKey, queue_name
 from bullwait.connection import redis_options
 from bullwait.ops import Ops
 from bullwait.settings import Settings
 
 from conftest import run_cli
-from fixtures import expiry_data
 from ops_states import populate
 
 
@@ -105,8 +104,13 @@ async def test_clean_in_batches_reports_all(settings: Settings, env: dict[str, s
         pipe.hset(base + f"p{i}", mapping={"name": "calculate-preferences", "data": "{}", "opts": "{}", "timestamp": now, "finishedOn": now})
         pipe.zadd(base + "completed", {f"p{i}": now})
     pipe.execute()
-    result = run_cli(env, "clean", "--queue", name, "--grace", "5s", "--limit", "2200", "--json")
-    assert json.loads(result.stdout)[0]["removed"] == 2200
+    progress: list[tuple[str, int, int]] = []
+    async with await Ops.open(settings) as ops:
+        dry = await ops.clean([QueueKey.PREFERENCE_CALCULATION], "completed", 5000, 2200, dry_run=True)
+        assert dry[0].removed == 2200 and sync_redis.zcard(base + "completed") == 2500
+        done = await ops.clean([QueueKey.PREFERENCE_CALCULATION], "completed", 5000, 2200, on_progress=lambda *a: progress.append(a))
+    assert done[0].removed == 2200
+    assert progress == [(name, 0, 2200), (name, 1000, 2200), (name, 2000, 2200), (name, 2200, 2200)]
     result = run_cli(env, "clean", "--queue", name, "--grace", "5s", "--json")
     assert json.loads(result.stdout)[0]["removed"] == 300
     assert sync_redis.zcard(base + "completed") == 0 and not sync_redis.exists(base + "p7")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
-import sys
 
 from bullmq import Queue, Worker
 
@@ -54,8 +54,9 @@ async def test_stats_table_and_queue_filter(settings: Settings, env: dict[str, s
     assert result.returncode == 0, result.stderr
     assert "waitlist-expiry" in result.stdout and "waitlist-notification" not in result.stdout
     line = next(l for l in result.stdout.splitlines() if "waitlist-expiry" in l)
-    cells = [c.strip() for c in line.strip("│┃ ").split("│")]
+    cells = line.split()
     assert cells[:8] == ["waitlist-expiry", "4", "2", "6", "2", "2", "3", "no"], cells
+    assert cells[8:10] == ["0", "(0/0)"], cells
 
 
 async def test_legacy_marker_is_not_counted(settings: Settings, env: dict[str, str], sync_redis) -> None:
@@ -96,6 +97,19 @@ async def test_workers_counted_python_and_stock(settings: Settings, env: dict[st
 
 async def _noop(job, token):  # type: ignore[no-untyped-def]
     return None
+
+
+def test_watch_prints_a_table_per_refresh(settings: Settings, env: dict[str, str]) -> None:
+    proc = subprocess.Popen([*BULLWAIT, "stats", "--watch", "0.2", "--json", "-q", "expiry"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]  # type: ignore[union-attr]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+    rows = [json.loads(line) for line in lines]
+    assert all(r[0]["name"] == queue_name(QueueKey.WAITLIST_EXPIRY, settings) for r in rows)
+    assert "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
 
 
 def test_unreachable_redis_is_one_line(env: dict[str, str]) -> None:
