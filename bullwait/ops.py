@@ -27,6 +27,8 @@ from datetime import datetime
 from typing import Any, Callable, Iterable
 
 from bullmq.redis_connection import loadScript
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from bullwait.catalog import QueueKey, queue_name
@@ -444,7 +446,8 @@ class Ops:
     async def open(cls, settings: Settings, timeout: float | None = None) -> "Ops":
         """Check Redis answers (fail fast), then connect for the operations."""
         version = await check_redis(settings, timeout)
-        client = redis_client(settings, socket_timeout=60, retry_on_timeout=False)
+        # One retry, no backoff: an operator would rather see the error than wait.
+        client = redis_client(settings, socket_timeout=60, retry_on_timeout=False, retry=Retry(NoBackoff(), 1))
         return cls(settings, client, version)
 
     async def __aenter__(self) -> "Ops":
@@ -737,6 +740,9 @@ async def run_doctor(settings: Settings, keys: Iterable[QueueKey] | None = None)
     async with ops:
         try:
             return await ops.doctor(keys)
+        except ResponseError as exc:
+            return DoctorReport([Check("fail", "redis", f"Redis refused a command the checks need ({exc}); "
+                                        "run the doctor as a user allowed INFO, TIME, CLIENT LIST and EVALSHA")])
         except (RedisError, OSError) as exc:
             return DoctorReport([Check("fail", "redis", f"Redis stopped answering during the checks: {exc}")])
 

@@ -12,6 +12,7 @@ import sys
 from typing import Any, Awaitable, Callable, List, Optional, TypeVar
 
 import typer
+from redis.exceptions import RedisError, ResponseError
 from rich import box
 from rich.console import Console
 from rich.live import Live
@@ -19,7 +20,7 @@ from rich.table import Table
 
 from bullwait.catalog import QueueKey, resolve_queue
 from bullwait.durations import parse_duration_ms
-from bullwait.errors import BullwaitError
+from bullwait.errors import BullwaitError, RedisUnavailable
 from bullwait.ops import (
     CLEAN_STATES,
     JOB_STATES,
@@ -73,9 +74,23 @@ def _keys(names: Optional[List[str]], settings: Settings) -> list[QueueKey]:
 def _with_ops(settings: Settings, action: Callable[[Ops], Awaitable[T]]) -> T:
     async def go() -> T:
         async with await Ops.open(settings) as ops:
-            return await action(ops)
+            try:
+                return await action(ops)
+            except ResponseError as exc:
+                raise RedisRefused(f"Redis refused a command: {_first_line(exc)}") from None
+            except (RedisError, OSError) as exc:
+                raise RedisUnavailable(f"Redis stopped answering ({_first_line(exc)}); check it and try again") from None
 
     return run_async(go)
+
+
+class RedisRefused(BullwaitError):
+    """Redis answered with an error (ACL NOPERM, OOM, read-only replica...)."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 # --- stats ---------------------------------------------------------------------------

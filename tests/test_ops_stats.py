@@ -112,6 +112,20 @@ def test_watch_prints_a_table_per_refresh(settings: Settings, env: dict[str, str
     assert "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
 
 
+def test_redis_refusing_commands_is_one_line(env: dict[str, str], sync_redis, prefix: str) -> None:
+    """A user whose ACL allows PING and INFO but not scripts: a clear line, no traceback."""
+    user = f"ro-{prefix}"
+    sync_redis.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "+ping", "+info", "+client|list", "+hello")
+    try:
+        url = env["REDIS_URL"].replace("redis://", f"redis://{user}:pw@")
+        result = run_cli(dict(env, REDIS_URL=url), "stats")
+    finally:
+        sync_redis.execute_command("ACL", "DELUSER", user)
+    assert result.returncode == 1, result
+    assert result.stderr.startswith("bullwait: error: Redis refused a command:") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+
+
 def test_unreachable_redis_is_one_line(env: dict[str, str]) -> None:
     dead = dict(env, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     for args in (["stats"], ["stats", "--json"], ["jobs", "list", "expiry", "--status", "failed"], ["retry"]):
