@@ -7,6 +7,7 @@ call the library, print a table or `--json`.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import sys
 from typing import Any, Awaitable, Callable, List, Optional, TypeVar
@@ -122,9 +123,10 @@ def stats(
 ) -> None:
     """Per queue: waiting, prioritized, delayed, active, completed, failed, paused, workers, oldest waiting.
 
-    Counts equal Node bullmq's getJobCounts. Workers counts Node and Python workers.
-    --json prints a list of objects (name, waiting, active, completed, failed, delayed,
-    prioritized, paused, workers, ...); with --watch, one JSON line per refresh.
+    Counts equal Node bullmq's getJobCounts; workers counts Node and Python workers.
+
+    --json prints a list of objects (name, waiting, active, completed, failed, delayed, prioritized, paused,
+    workers, ...); with --watch, one JSON line per refresh.
 
     Example: bullwait stats --queue waitlist-expiry --watch 2
     """
@@ -349,7 +351,6 @@ def _set_paused(queue: str, paused: bool, as_json: bool, redis_url: Optional[str
 # --- jobs ----------------------------------------------------------------------------
 
 
-@jobs_app.command("list")
 def jobs_list(
     queue: str = typer.Argument(..., help="Queue name."),
     status: str = typer.Option(..., "--status", "-s", help=f"One of: {', '.join(JOB_STATES)} (or waiting)."),
@@ -374,7 +375,6 @@ def jobs_list(
     print_table([j.to_row() for j in jobs], title=f"{queue}: {state}")
 
 
-@jobs_app.command("show")
 def jobs_show(
     queue: str = typer.Argument(..., help="Queue name."),
     job_id: str = typer.Argument(..., help="Job id (quote it; use -- before ids that start with '-')."),
@@ -445,10 +445,12 @@ def doctor(
 ) -> None:
     """Check Redis and every queue; one line per check: ok|warn|fail, the check, what to do.
 
-    Checks: Redis ping and version (6.2+), maxmemory-policy, hz (timer wake-up precision),
-    clock skew against Redis TIME, used memory vs maxmemory, queue names Node bullmq 5.12.12+
-    can open; per queue: paused, workers (Node and Python), overdue delayed jobs, stalled
-    active jobs, failed over HEALTH_MAX_FAILED, the Node bullmq version in the queue's meta.
+    Checks: Redis ping and version (6.2+), maxmemory-policy, hz (timer wake-up precision), clock skew
+    against Redis TIME, memory vs maxmemory, queue names Node bullmq 5.12.12+ can open.
+
+    Per queue: paused, workers (Node and Python), overdue delayed jobs, stalled active jobs, failed over
+    HEALTH_MAX_FAILED, the Node bullmq version in the queue's meta.
+
     Exit code: 0 all ok, 1 warnings, 2 failures.
 
     Example: bullwait doctor --json
@@ -464,8 +466,18 @@ def doctor(
     raise typer.Exit(report.exit_code)
 
 
+def _help(command: Callable[..., Any]) -> str:
+    """The docstring with each paragraph on one line, so rich wraps it to the terminal."""
+    text = inspect.cleandoc(command.__doc__ or "")
+    return "\n\n".join(" ".join(p.split()) for p in text.split("\n\n"))
+
+
+jobs_app.command("list", help=_help(jobs_list))(jobs_list)
+jobs_app.command("show", help=_help(jobs_show))(jobs_show)
+
+
 def register(app: typer.Typer) -> None:
     for command in (stats, cancel, clean, retry, promote, pause, resume, doctor):
-        app.command()(command)
+        app.command(help=_help(command))(command)
     app.add_typer(jobs_app, name="jobs")
 
