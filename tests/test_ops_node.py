@@ -65,9 +65,11 @@ const connection = { host, port: Number(port), db: 0 };
 """
 
 
-def test_stats_equals_node_getjobcounts(settings: Settings, env: dict[str, str]) -> None:
+def test_stats_equals_node_getjobcounts(settings: Settings, env: dict[str, str], start_worker) -> None:
     url = urlsplit(env["REDIS_URL"])
     names = [queue_name(k, settings) for k in (QueueKey.WAITLIST_EXPIRY, QueueKey.WAITLIST_NOTIFICATION, QueueKey.PREFERENCE_CALCULATION)]
+    # A Python worker next to the Node one on the (empty) preference queue: two workers, one each.
+    start_worker("--queue", names[2])
     node = subprocess.Popen(
         ["node", "-e", NODE_SCRIPT, str(url.hostname), str(url.port), settings.bullmq_prefix, *names],
         cwd=NODE_COMPAT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -93,7 +95,7 @@ def test_stats_equals_node_getjobcounts(settings: Settings, env: dict[str, str])
     expiry = rows[names[0]]
     assert (expiry["waiting"], expiry["prioritized"], expiry["delayed"], expiry["completed"], expiry["failed"], expiry["active"]) == (3, 2, 4, 1, 2, 1)
     assert rows[names[1]]["paused"] is True and rows[names[1]]["waiting"] == 2
-    assert (rows[names[2]]["workers"], rows[names[2]]["workers_node"]) == (1, 1)
+    assert (rows[names[2]]["workers"], rows[names[2]]["workers_node"], rows[names[2]]["workers_python"]) == (2, 1, 1)
     assert expiry["meta_version"] == "bullmq:6.7.0"
     doctor = run_cli(env, "doctor", "--queue", names[0])
     line = next(l for l in doctor.stdout.splitlines() if "/bullmq-version" in l)
