@@ -13,6 +13,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from bullwait.errors import RedisUnavailable
@@ -70,7 +72,8 @@ def mask_url(url: str) -> str:
 async def check_redis(settings: Settings, timeout: float | None = None) -> str:
     """Ping Redis once, fail fast. Returns the server version; raises `RedisUnavailable`."""
     limit = timeout if timeout is not None else settings.redis_connect_timeout
-    client = redis_client(settings, socket_timeout=limit, retry_on_timeout=False)
+    # One try: redis-py 8 otherwise retries a refused connection 10 times with backoff.
+    client = redis_client(settings, socket_timeout=limit, retry_on_timeout=False, retry=Retry(NoBackoff(), 0))
     try:
         info = await asyncio.wait_for(_ping_version(client), timeout=limit + 1)
     except AuthenticationError:
@@ -101,7 +104,7 @@ def _short_reason(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if "refused" in text.lower():
+    if "refused" in text.lower() or text.lower().startswith("error 111 "):
         return "connection refused"
     if "timeout" in text.lower() or "timed out" in text.lower():
         return "timed out"

@@ -43,3 +43,9 @@ class MonitoringUnavailable(BullwaitError):
     """The metrics and health server cannot start (address in use, not allowed)."""
 
     exit_code = 2
+
+
+class BadArgument(BullwaitError):
+    """A command argument with a bad value (negative limit, unknown status, odd job id)."""
+
+    exit_code = 2

@@ -165,14 +165,31 @@ def catalog(
 
 
 # Operator commands live in their own modules (cmd_*.py); each adds itself to `app`.
-from bullwait_cli import cmd_monitoring  # noqa: E402
+from bullwait_cli import cmd_monitoring, cmd_ops  # noqa: E402
 
-for _module in (cmd_monitoring,):
+for _module in (cmd_monitoring, cmd_ops):
     _module.register(app)
 
 
 def run() -> None:
-    app()
+    """Run the CLI; a usage error (bad option value, missing argument) is one line, exit 2."""
+    try:
+        code = app(standalone_mode=False, prog_name="bullwait")
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # click's UsageError/Abort, from whichever click typer uses
+        if exc.__class__.__name__ == "Abort":
+            sys.exit(130)
+        if not hasattr(exc, "format_message"):
+            raise
+        message = " ".join(str(exc.format_message()).split())
+        if not message:  # e.g. a group called without a command: its help was printed
+            sys.exit(int(getattr(exc, "exit_code", 2) or 2))
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        print(f"bullwait: error: {message}{hint}", file=sys.stderr)
+        sys.exit(int(getattr(exc, "exit_code", 2) or 2))
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,974 @@
+"""Operator logic behind `bullwait stats|cancel|clean|retry|promote|pause|resume|jobs|doctor`.
+
+Works on any BullMQ queue of the catalog, whoever wrote the jobs (Node or Python):
+it reads and changes the keys with BullMQ's own Lua scripts (shipped in bullmq-py)
+where a change is made, and with small read-only scripts of its own where it only
+looks. Every script of a queue touches only that queue's keys (`<prefix>:<queue>:*`),
+so a hash-tagged prefix such as `{bull}` keeps each one in a single Cluster slot.
+
+    async with await Ops.open(settings) as ops:
+        rows = await ops.stats()
+
+`Ops.open` pings Redis first with `check_redis` (one try, a few seconds), so an
+unreachable Redis is one `RedisUnavailable`, not bullmq-py's minutes of retries.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.metadata
+import json
+import re
+import time
+import unicodedata
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Iterable
+
+from bullmq.redis_connection import loadScript
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+
+from bullwait.catalog import QueueKey, queue_name
+from bullwait.connection import check_redis, describe_redis, redis_client
+from bullwait.durations import format_ms
+from bullwait.errors import BadArgument, JobNotFound, RedisUnavailable
+from bullwait.producer import CancelResult, Producer
+from bullwait.settings import Settings
+
+# States as BullMQ names its keys; `waiting` is accepted for `wait`.
+LIST_STATES = ("wait", "active", "paused")
+ZSET_STATES = ("delayed", "prioritized", "completed", "failed", "waiting-children")
+JOB_STATES = ("wait", "prioritized", "delayed", "active", "completed", "failed", "paused", "waiting-children")
+CLEAN_STATES = ("completed", "failed", "delayed", "wait", "active", "prioritized", "paused")
+STATE_ALIASES = {"waiting": "wait"}
+
+BATCH = 1000  # jobs per script call in bulk operations, so Redis is never blocked for long
+SCAN_CAP = 1000  # active / prioritized entries a stats call looks at (stalled, oldest waiting)
+OVERDUE_GRACE_MS = 1000  # a delayed job due longer ago than this should have run
+MAX_JOB_ID = 512
+BULLMQ_PY_PAIRS = {"3.4": "6.4.0"}  # bullmq-py minor -> Node bullmq whose Lua it ships
+
+# ---------------------------------------------------------------------------------------
+# Read-only scripts of our own
+# ---------------------------------------------------------------------------------------
+
+# One call per queue: the counts exactly as Node bullmq's getJobCounts computes them
+# (getCounts-1.lua: `waiting` is LLEN of the wait list, less a legacy "0:" marker at its
+# tail; sets are ZCARD), without getCounts' RPOP of that marker, plus what stats and
+# doctor need: paused flag, meta version, oldest waiting job, next delayed due time,
+# overdue delayed jobs and active jobs without a lock (stalled).
+_INSPECT_LUA = """
+local rcall = redis.call
+local prefix = ARGV[1]
+local cap = tonumber(ARGV[2])
+local grace = tonumber(ARGV[3])
+local t = rcall("TIME")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function isMarker(id) return id and string.sub(id, 1, 2) == "0:" end
+local function listCount(key)
+  local n = rcall("LLEN", key)
+  if n > 0 and isMarker(rcall("LINDEX", key, -1)) then n = n - 1 end
+  return n
+end
+local function waitingSince(id)
+  if not id then return nil end
+  local f = rcall("HMGET", prefix .. id, "timestamp", "delay")
+  local ts = tonumber(f[1])
+  if not ts then return nil end
+  return ts + (tonumber(f[2]) or 0)
+end
+
+local oldest = nil
+local function older(ts) if ts and (not oldest or ts < oldest) then oldest = ts end end
+for _, listKey in ipairs({KEYS[1], KEYS[8]}) do
+  local tail = rcall("LINDEX", listKey, -1)
+  if isMarker(tail) then tail = rcall("LINDEX", listKey, -2) end
+  older(waitingSince(tail))
+end
+-- prioritized scores are priority * 2^32 + insertion counter: the oldest has the lowest counter
+local items = rcall("ZRANGE", KEYS[4], 0, cap - 1, "WITHSCORES")
+local bestId, bestCounter = nil, nil
+for i = 1, #items, 2 do
+  local c = math.fmod(tonumber(items[i + 1]), 4294967296)
+  if not bestCounter or c < bestCounter then bestCounter = c; bestId = items[i] end
+end
+older(waitingSince(bestId))
+
+local first = rcall("ZRANGE", KEYS[3], 0, 0, "WITHSCORES")
+local nextDue = -1
+if #first == 2 then nextDue = math.floor(tonumber(first[2]) / 4096) end
+local overdue = rcall("ZCOUNT", KEYS[3], 0, (now - grace) * 4096 - 1)
+
+local active = rcall("LRANGE", KEYS[2], 0, cap - 1)
+local stalled = 0
+for _, id in ipairs(active) do
+  if rcall("EXISTS", prefix .. id .. ":lock") == 0 then stalled = stalled + 1 end
+end
+
+local meta = rcall("HMGET", KEYS[9], "paused", "version")
+return {
+  now, listCount(KEYS[1]), rcall("LLEN", KEYS[2]), rcall("ZCARD", KEYS[3]), rcall("ZCARD", KEYS[4]),
+  rcall("ZCARD", KEYS[5]), rcall("ZCARD", KEYS[6]), rcall("ZCARD", KEYS[7]), listCount(KEYS[8]),
+  meta[1] or "", meta[2] or "", oldest or -1, nextDue, overdue, stalled, #active
+}
+"""
+_INSPECT_KEYS = ("wait", "active", "delayed", "prioritized", "completed", "failed", "waiting-children", "paused", "meta")
+
+# What cleanJobsInSet-3.lua would remove, without removing: the same selection
+# (range, lock check for active, scheduler jobs kept, timestamp attributes).
+_CLEAN_PREVIEW_LUA = """
+local rcall = redis.call
+local setKey, repeatKey = KEYS[1], KEYS[2]
+local prefix = ARGV[1]
+local ts = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+local state = ARGV[4]
+local function schedulerJob(id, jobKey)
+  local rjk = rcall("HGET", jobKey, "rjk")
+  if rjk then
+    local prev = rcall("ZSCORE", repeatKey, rjk)
+    if prev then return id == ("repeat:" .. rjk .. ":" .. prev) end
+  end
+  return false
+end
+local function stamp(jobKey, attrs)
+  for _, v in ipairs(rcall("HMGET", jobKey, unpack(attrs))) do
+    if v then return tonumber(v) end
+  end
+  return nil
+end
+local ids, attrs, checkLock
+if state == "active" or state == "wait" or state == "paused" then
+  if limit > 0 then ids = rcall("LRANGE", setKey, -limit, -1) else ids = rcall("LRANGE", setKey, 0, -1) end
+  attrs = {"finishedOn", "processedOn", "timestamp"}
+  checkLock = state == "active"
+else
+  if limit > 0 then ids = rcall("ZRANGEBYSCORE", setKey, 0, "+inf", "LIMIT", 0, limit)
+  else ids = rcall("ZRANGEBYSCORE", setKey, 0, "+inf") end
+  if state == "delayed" then attrs = {"processedOn", "timestamp"} else attrs = {"timestamp"} end
+  checkLock = false
+end
+local found = {}
+for _, id in ipairs(ids) do
+  if limit > 0 and #found >= limit then break end
+  local jobKey = prefix .. id
+  if not (checkLock and rcall("EXISTS", jobKey .. ":lock") == 1) and not schedulerJob(id, jobKey) then
+    local jts = stamp(jobKey, attrs)
+    if not jts or jts <= ts then found[#found + 1] = id end
+  end
+end
+return found
+"""
+
+# ---------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class QueueStats:
+    """One queue: counts equal to Node bullmq's `getJobCounts`, plus what operators ask next."""
+
+    name: str
+    waiting: int
+    active: int
+    completed: int
+    failed: int
+    delayed: int
+    prioritized: int
+    paused: bool
+    workers: int | None  # None: CLIENT LIST refused by the server
+    workers_node: int | None
+    workers_python: int | None
+    waiting_children: int = 0
+    paused_list: int = 0  # jobs in the legacy `paused` list (Node bullmq < 5 paused queues)
+    oldest_waiting_ms: int | None = None
+    next_delayed_in_ms: int | None = None
+    overdue: int = 0
+    stalled: int = 0
+    active_scanned: int = 0
+    meta_version: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("active_scanned")
+        data["oldest_waiting_s"] = None if self.oldest_waiting_ms is None else round(self.oldest_waiting_ms / 1000, 3)
+        data["next_delayed_in_s"] = None if self.next_delayed_in_ms is None else round(self.next_delayed_in_ms / 1000, 3)
+        data.pop("oldest_waiting_ms")
+        data.pop("next_delayed_in_ms")
+        return data
+
+    def to_row(self) -> dict[str, Any]:
+        workers = "?" if self.workers is None else f"{self.workers} ({self.workers_node}/{self.workers_python})"
+        return {
+            "queue": self.name,
+            "waiting": self.waiting,
+            "prioritized": self.prioritized,
+            "delayed": self.delayed,
+            "active": self.active,
+            "completed": self.completed,
+            "failed": self.failed,
+            "paused": "yes" if self.paused else "no",
+            "workers (node/py)": workers,
+            "oldest waiting": format_ms(self.oldest_waiting_ms),
+        }
+
+
+@dataclass
+class CleanResult:
+    queue: str
+    status: str
+    removed: int
+    dry_run: bool
+    job_ids: list[str] = field(default_factory=list)  # the first few, for the record
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class MoveResult:
+    """Jobs moved back to wait by `retry` (from failed) or `promote` (from delayed)."""
+
+    queue: str
+    source: str
+    moved: int
+    left: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PauseResult:
+    queue: str
+    paused: bool
+    changed: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class JobInfo:
+    """A job as stored in Redis, readable whatever wrote it; times are epoch ms."""
+
+    queue: str
+    id: str
+    state: str
+    name: str | None = None
+    data: Any = None
+    data_is_json: bool = True
+    opts: dict[str, Any] = field(default_factory=dict)
+    attempts_made: int = 0
+    attempts_started: int = 0
+    stalled_counter: int = 0
+    max_attempts: int | None = None
+    priority: int = 0
+    delay: int = 0
+    progress: Any = None
+    timestamp: int | None = None
+    processed_on: int | None = None
+    finished_on: int | None = None
+    due_at: int | None = None
+    failed_reason: str | None = None
+    stacktrace: list[str] = field(default_factory=list)
+    returnvalue: Any = None
+    processed_by: str | None = None
+    locked: bool = False
+    logs: list[str] = field(default_factory=list)
+    logs_count: int = 0
+
+    def times(self) -> dict[str, str | None]:
+        return {
+            "created": local_time(self.timestamp),
+            "due": local_time(self.due_at) if self.delay else None,
+            "processed": local_time(self.processed_on),
+            "finished": local_time(self.finished_on),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["local_times"] = self.times()
+        return data
+
+    def to_row(self) -> dict[str, Any]:
+        attempts = f"{self.attempts_made}/{self.max_attempts}" if self.max_attempts else str(self.attempts_made)
+        reason = (self.failed_reason or "").splitlines()[0][:60] if self.failed_reason else ""
+        when = self.finished_on or self.processed_on or (self.due_at if self.delay else self.timestamp)
+        return {
+            "id": self.id,
+            "name": self.name or "",
+            "state": self.state,
+            "attempts": attempts,
+            "priority": self.priority or "",
+            "created": local_time(self.timestamp) or "",
+            "due/processed/finished": local_time(when) or "",
+            "failedReason": reason,
+        }
+
+
+@dataclass
+class Check:
+    status: str  # ok | warn | fail
+    name: str
+    detail: str
+
+    def line(self, width: int = 28) -> str:
+        return f"{self.status:<4}  {self.name:<{width}}  {self.detail}"
+
+
+@dataclass
+class DoctorReport:
+    checks: list[Check]
+
+    @property
+    def exit_code(self) -> int:
+        statuses = {c.status for c in self.checks}
+        return 2 if "fail" in statuses else 1 if "warn" in statuses else 0
+
+    def lines(self) -> list[str]:
+        width = max((len(c.name) for c in self.checks), default=10)
+        return [c.line(width) for c in self.checks]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"exit_code": self.exit_code, "checks": [asdict(c) for c in self.checks]}
+
+
+# ---------------------------------------------------------------------------------------
+# Argument checks (shared by library callers and the CLI)
+# ---------------------------------------------------------------------------------------
+
+
+def normalize_state(state: str, allowed: Iterable[str] = JOB_STATES) -> str:
+    wanted = STATE_ALIASES.get(state.strip().lower(), state.strip().lower())
+    allowed = tuple(allowed)
+    if wanted not in allowed:
+        raise BadArgument(f"unknown status {state!r}; use one of: {', '.join(allowed)}")
+    return wanted
+
+
+def check_job_id(job_id: str, what: str = "job id") -> str:
+    """Refuse ids no producer can have written: empty, padded, control characters, huge."""
+    if job_id is None or job_id == "" or not job_id.strip():
+        raise BadArgument(f"{what} is empty; pass the id as shown by `bullwait jobs list`")
+    if job_id != job_id.strip():
+        raise BadArgument(f"{what} {job_id!r} has leading or trailing white space; quote the exact id")
+    if any(unicodedata.category(ch).startswith("C") for ch in job_id):
+        raise BadArgument(f"{what} {job_id!r} contains control characters; pass the exact id")
+    if len(job_id) > MAX_JOB_ID:
+        raise BadArgument(f"{what} is {len(job_id)} characters long; ids longer than {MAX_JOB_ID} are not accepted")
+    return job_id
+
+
+def check_count(value: int | None, what: str) -> int | None:
+    if value is None:
+        return None
+    if value < 1:
+        raise BadArgument(f"{what} must be 1 or more (got {value}); leave it out for no limit")
+    return value
+
+
+def local_time(ms: int | None) -> str | None:
+    """Epoch milliseconds as this host's local time, ISO 8601 with offset."""
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000).astimezone().isoformat(timespec="milliseconds")
+
+
+# ---------------------------------------------------------------------------------------
+# Workers, from one CLIENT LIST
+# ---------------------------------------------------------------------------------------
+
+
+def count_workers(clients: list[dict[str, Any]], prefix: str, queue: str) -> tuple[int, int, int]:
+    """(total, node, python) workers of `queue` among CLIENT LIST entries.
+
+    Node bullmq names only a worker's blocking connection `<prefix>:<base64(queue)>`
+    (`...:w:<name>` when named): one such connection is one worker. bullmq-py names
+    every connection of a worker `<prefix>:<queue>[:w:<name>]` (its pool may hold
+    several); its blocking connection is the one that runs BZPOPMIN. BullwaitWorker
+    gives its blocking connection the Node name and its main one the Python name, so a
+    Node-named worker whose name also appears Python-named is a Python worker.
+    """
+    node_base = f"{prefix}:{base64.b64encode(queue.encode()).decode()}"
+    py_base = f"{prefix}:{queue}"
+    node: Counter[str] = Counter()
+    python: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for client in clients:
+        name = str(client.get("name") or "")
+        for base, is_node in ((node_base, True), (py_base, False)):
+            if name == base:
+                worker = ""
+            elif name.startswith(base + ":w:"):
+                worker = name[len(base) + 3 :]
+            else:
+                continue
+            if is_node:
+                node[worker] += 1
+            else:
+                python[worker].append(client)
+            break
+    bullwait = sum(n for worker, n in node.items() if worker and worker in python)
+    node_only = sum(node.values()) - bullwait
+    stock = 0
+    for worker, conns in python.items():
+        blocking = sum(1 for c in conns if str(c.get("cmd", "")).lower() == "bzpopmin" or "b" in str(c.get("flags", "")))
+        stock += blocking if (worker and worker in node) else max(1, blocking)
+    return node_only + bullwait + stock, node_only, bullwait + stock
+
+
+# ---------------------------------------------------------------------------------------
+# The operations
+# ---------------------------------------------------------------------------------------
+
+
+class Ops:
+    """Operator actions on the catalog's queues, over one Redis client."""
+
+    def __init__(self, settings: Settings, client: Any, redis_version: str = "") -> None:
+        self.settings = settings
+        self.client = client
+        self.redis_version = redis_version
+        self.prefix = settings.bullmq_prefix
+        self._inspect = client.register_script(_INSPECT_LUA)
+        self._preview = client.register_script(_CLEAN_PREVIEW_LUA)
+        self._clean = client.register_script(loadScript("cleanJobsInSet-3.lua"))
+        self._move = client.register_script(loadScript("moveJobsToWait-8.lua"))
+        self._pause = client.register_script(loadScript("pause-7.lua"))
+        self._state = client.register_script(loadScript("getStateV2-8.lua"))
+
+    @classmethod
+    async def open(cls, settings: Settings, timeout: float | None = None) -> "Ops":
+        """Check Redis answers (fail fast), then connect for the operations."""
+        version = await check_redis(settings, timeout)
+        # One retry, no backoff: an operator would rather see the error than wait.
+        client = redis_client(settings, socket_timeout=60, retry_on_timeout=False, retry=Retry(NoBackoff(), 1))
+        return cls(settings, client, version)
+
+    async def __aenter__(self) -> "Ops":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    # --- keys -----------------------------------------------------------------------
+
+    def name(self, key: QueueKey) -> str:
+        return queue_name(key, self.settings)
+
+    def base(self, key: QueueKey) -> str:
+        return f"{self.prefix}:{self.name(key)}:"
+
+    def k(self, key: QueueKey, suffix: str) -> str:
+        return self.base(key) + suffix
+
+    @staticmethod
+    def _keys(keys: Iterable[QueueKey] | None) -> list[QueueKey]:
+        return list(keys) if keys else list(QueueKey)
+
+    # --- stats ----------------------------------------------------------------------
+
+    async def client_list(self) -> list[dict[str, Any]] | None:
+        """CLIENT LIST once; None when the server refuses it (ACL, managed Redis)."""
+        try:
+            return list(await self.client.client_list())
+        except ResponseError:
+            return None
+
+    async def stats(
+        self, keys: Iterable[QueueKey] | None = None, clients: list[dict[str, Any]] | None | bool = True
+    ) -> list[QueueStats]:
+        """Per queue counts (as Node's getJobCounts), paused, workers, oldest waiting job.
+
+        One CLIENT LIST for all queues (pass `clients` to reuse one already read) and
+        one script call per queue, all in one pipeline round trip.
+        """
+        wanted = self._keys(keys)
+        if clients is True:
+            clients = await self.client_list()
+        pipe = self.client.pipeline(transaction=False)
+        for key in wanted:
+            await self._inspect(
+                keys=[self.k(key, s) for s in _INSPECT_KEYS],
+                args=[self.base(key), SCAN_CAP, OVERDUE_GRACE_MS],
+                client=pipe,
+            )
+        replies = await pipe.execute()
+        result = []
+        for key, reply in zip(wanted, replies):
+            now, wait, active, delayed, prio, done, failed, children, paused_list = (int(v) for v in reply[:9])
+            paused_flag, version, oldest, next_due, overdue, stalled, scanned = reply[9:16]
+            name = self.name(key)
+            if not isinstance(clients, list):
+                total = node = python = None
+            else:
+                total, node, python = count_workers(clients, self.prefix, name)
+            oldest = int(oldest)
+            next_due = int(next_due)
+            result.append(
+                QueueStats(
+                    name=name,
+                    waiting=wait,
+                    active=active,
+                    completed=done,
+                    failed=failed,
+                    delayed=delayed,
+                    prioritized=prio,
+                    paused=paused_flag not in ("", "0", None),
+                    workers=total,
+                    workers_node=node,
+                    workers_python=python,
+                    waiting_children=children,
+                    paused_list=paused_list,
+                    oldest_waiting_ms=max(0, now - oldest) if oldest >= 0 else None,
+                    next_delayed_in_ms=next_due - now if next_due >= 0 else None,
+                    overdue=int(overdue),
+                    stalled=int(stalled),
+                    active_scanned=int(scanned),
+                    meta_version=version or None,
+                )
+            )
+        return result
+
+    # --- cancel ---------------------------------------------------------------------
+
+    async def cancel(self, key: QueueKey, job_id: str) -> CancelResult:
+        """Remove a job only while waiting or delayed (the seed's cancelExpiryTimer rule)."""
+        check_job_id(job_id)
+        async with Producer(self.settings) as producer:
+            return await producer.cancel_job(key, job_id)
+
+    async def cancel_expiry(self, waitlist_id: str) -> CancelResult:
+        check_job_id(waitlist_id, "waitlist id")
+        async with Producer(self.settings) as producer:
+            return await producer.cancel_expiry_timer(waitlist_id)
+
+    # --- clean ----------------------------------------------------------------------
+
+    async def clean(
+        self,
+        keys: Iterable[QueueKey] | None,
+        status: str,
+        grace_ms: int,
+        limit: int | None = None,
+        dry_run: bool = False,
+        on_progress: Callable[[str, int, int], None] | None = None,
+    ) -> list[CleanResult]:
+        """BullMQ's `Queue.clean(grace, limit, status)` per queue; `dry_run` only counts.
+
+        Finished sets (completed, failed) go in batches of 1000 so Redis is never blocked
+        long and `on_progress(queue, done, total)` can report; other states are one call,
+        exactly as bullmq does it (active jobs with a lock are never removed).
+        """
+        state = normalize_state(status, CLEAN_STATES)
+        if grace_ms < 0:
+            raise BadArgument(f"grace must not be negative (got {grace_ms} ms)")
+        check_count(limit, "--limit")
+        results = []
+        for key in self._keys(keys):
+            cutoff = int(time.time() * 1000) - grace_ms
+            if dry_run:
+                ids = await self._clean_preview(key, state, cutoff, limit)
+                results.append(CleanResult(self.name(key), state, len(ids), True, ids[:20]))
+                continue
+            removed = await self._clean_queue(key, state, cutoff, limit, on_progress)
+            results.append(CleanResult(self.name(key), state, len(removed), False, removed[:20]))
+        return results
+
+    async def _clean_preview(self, key: QueueKey, state: str, cutoff: int, limit: int | None) -> list[str]:
+        if state in ("completed", "failed"):
+            ids = await self.client.zrangebyscore(
+                self.k(key, state), 0, cutoff, start=0 if limit else None, num=limit if limit else None
+            )
+            return list(ids)
+        reply = await self._preview(
+            keys=[self.k(key, state), self.k(key, "repeat")], args=[self.base(key), cutoff, limit or 0, state]
+        )
+        return list(reply)
+
+    async def _clean_queue(
+        self,
+        key: QueueKey,
+        state: str,
+        cutoff: int,
+        limit: int | None,
+        on_progress: Callable[[str, int, int], None] | None,
+    ) -> list[str]:
+        script_keys = [self.k(key, state), self.k(key, "events"), self.k(key, "repeat")]
+        if state not in ("completed", "failed"):
+            return list(await self._clean(keys=script_keys, args=[self.base(key), cutoff, limit or 0, state]))
+        total = int(await self.client.zcount(self.k(key, state), 0, cutoff))
+        if limit:
+            total = min(total, limit)
+        removed: list[str] = []
+        if on_progress:
+            on_progress(self.name(key), 0, total)
+        while len(removed) < total:
+            batch = min(BATCH, total - len(removed))
+            ids = list(await self._clean(keys=script_keys, args=[self.base(key), cutoff, batch, state]))
+            removed.extend(ids)
+            if on_progress:
+                on_progress(self.name(key), len(removed), total)
+            if len(ids) < batch:
+                break
+        return removed
+
+    # --- retry / promote ----------------------------------------------------------------
+
+    async def retry(self, keys: Iterable[QueueKey] | None = None, count: int | None = None) -> list[MoveResult]:
+        """Failed -> wait (BullMQ's retryJobs: oldest failures first; attemptsMade is kept)."""
+        check_count(count, "--count")
+        return [await self._move_to_wait(key, "failed", count, int(time.time() * 1000)) for key in self._keys(keys)]
+
+    async def promote(self, keys: Iterable[QueueKey] | None = None, count: int | None = None) -> list[MoveResult]:
+        """Delayed -> wait now (BullMQ's promoteJobs: soonest due first)."""
+        check_count(count, "--count")
+        return [await self._move_to_wait(key, "delayed", count, 1.7976931348623157e308) for key in self._keys(keys)]
+
+    async def _move_to_wait(self, key: QueueKey, source: str, count: int | None, upto: float) -> MoveResult:
+        names = ("", "events", source, "wait", "paused", "meta", "active", "marker")
+        script_keys = [self.k(key, n) for n in names]
+        moved = 0
+        while count is None or moved < count:
+            batch = BATCH if count is None else min(BATCH, count - moved)
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.zcard(self.k(key, source))
+                await self._move(keys=script_keys, args=[batch, upto, source], client=pipe)
+                pipe.zcard(self.k(key, source))
+                before, _, after = await pipe.execute()
+            moved += int(before) - int(after)
+            if int(before) - int(after) < batch:
+                break
+        left = int(await self.client.zcard(self.k(key, source)))
+        return MoveResult(self.name(key), source, moved, left)
+
+    # --- pause / resume -----------------------------------------------------------------
+
+    async def set_paused(self, key: QueueKey, paused: bool) -> PauseResult:
+        """BullMQ's pause/resume (pause-7.lua): meta flag, marker, `paused`/`resumed` event."""
+        was = await self.client.hget(self.k(key, "meta"), "paused")
+        was_paused = was not in (None, "", "0")
+        src, dst = ("wait", "paused") if paused else ("paused", "wait")
+        script_keys = [self.k(key, n) for n in (src, dst, "meta", "prioritized", "events", "delayed", "marker")]
+        for _ in range(10_000):  # resume moves legacy paused lists 7000 jobs per call
+            remaining = await self._pause(keys=script_keys, args=["paused" if paused else "resumed", "1"])
+            if not remaining:
+                break
+        return PauseResult(self.name(key), paused, was_paused != paused)
+
+    # --- jobs -----------------------------------------------------------------------
+
+    async def list_jobs(self, key: QueueKey, status: str, limit: int = 20) -> list[JobInfo]:
+        """Jobs of one state: next to run first (wait, prioritized, delayed), newest first (finished)."""
+        state = normalize_state(status)
+        check_count(limit, "--limit")
+        set_key = self.k(key, state)
+        if state in LIST_STATES:
+            ids = list(reversed(await self.client.lrange(set_key, -limit, -1)))
+            ids = [i for i in ids if not i.startswith("0:")]
+        elif state in ("completed", "failed"):
+            ids = list(await self.client.zrevrange(set_key, 0, limit - 1))
+        else:
+            ids = list(await self.client.zrange(set_key, 0, limit - 1))
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(self.k(key, job_id))
+        hashes = await pipe.execute() if ids else []
+        return [
+            _job_info(self.name(key), job_id, "waiting" if state == "wait" else state, raw)
+            for job_id, raw in zip(ids, hashes)
+            if raw
+        ]
+
+    async def job_state(self, key: QueueKey, job_id: str) -> str:
+        names = ("completed", "failed", "delayed", "active", "wait", "paused", "waiting-children", "prioritized")
+        return str(await self._state(keys=[self.k(key, n) for n in names], args=[job_id, self.k(key, job_id)]))
+
+    async def show_job(self, key: QueueKey, job_id: str) -> JobInfo:
+        """One job with data, options, attempts, failure, stack trace and logs."""
+        check_job_id(job_id)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self.k(key, job_id))
+            pipe.lrange(self.k(key, f"{job_id}:logs"), 0, -1)
+            pipe.exists(self.k(key, f"{job_id}:lock"))
+            raw, logs, locked = await pipe.execute()
+        if not raw:
+            raise JobNotFound(f"no job {job_id!r} on {self.name(key)}; list them with `bullwait jobs list {self.name(key)} --status <state>`")
+        info = _job_info(self.name(key), job_id, await self.job_state(key, job_id), raw)
+        info.logs = list(logs)
+        info.logs_count = len(logs)
+        info.locked = bool(locked)
+        return info
+
+    # --- doctor ---------------------------------------------------------------------
+
+    async def doctor(self, keys: Iterable[QueueKey] | None = None) -> DoctorReport:
+        checks: list[Check] = []
+        t0 = time.time()
+        seconds, micros = await self.client.time()
+        t1 = time.time()
+        server = await self.client.info("server")
+        memory = await self.client.info("memory")
+        checks.append(_check_version(self.redis_version, describe_redis(self.settings)))
+        checks.append(_check_policy(str(memory.get("maxmemory_policy", "unknown"))))
+        checks.append(_check_hz(int(server.get("configured_hz", server.get("hz", 10)))))
+        redis_ms = int(seconds) * 1000 + int(micros) / 1000
+        checks.append(_check_clock(((t0 + t1) / 2) * 1000 - redis_ms, (t1 - t0) * 1000))
+        checks.append(_check_memory(int(memory.get("used_memory", 0)), int(memory.get("maxmemory", 0))))
+        wanted = self._keys(keys)
+        checks.append(_check_names([self.name(k) for k in wanted]))
+        clients = await self.client_list()
+        for stats in await self.stats(wanted, clients):
+            checks.extend(_queue_checks(stats, self.settings, clients is not None))
+        return DoctorReport(checks)
+
+
+async def run_doctor(settings: Settings, keys: Iterable[QueueKey] | None = None) -> DoctorReport:
+    """The doctor, including an unreachable Redis as a failed check (exit code 2)."""
+    try:
+        ops = await Ops.open(settings)
+    except RedisUnavailable as exc:
+        return DoctorReport([Check("fail", "redis", str(exc))])
+    async with ops:
+        try:
+            return await ops.doctor(keys)
+        except ResponseError as exc:
+            return DoctorReport([Check("fail", "redis", f"Redis refused a command the checks need ({exc}); "
+                                        "run the doctor as a user allowed INFO, TIME, CLIENT LIST and EVALSHA")])
+        except (RedisError, OSError) as exc:
+            return DoctorReport([Check("fail", "redis", f"Redis stopped answering during the checks: {exc}")])
+
+
+# ---------------------------------------------------------------------------------------
+# Doctor checks (pure functions of what was read)
+# ---------------------------------------------------------------------------------------
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:3]) or (0,)
+
+
+def _check_version(version: str, where: str) -> Check:
+    if _version_tuple(version) >= (6, 2):
+        return Check("ok", "redis", f"PONG from {where}, Redis {version}")
+    return Check("fail", "redis", f"Redis {version} at {where}: BullMQ needs Redis 6.2 or newer; upgrade Redis")
+
+
+def _check_policy(policy: str) -> Check:
+    if policy == "noeviction":
+        return Check("ok", "maxmemory-policy", "noeviction")
+    level = "fail" if policy.startswith("allkeys") else "warn"
+    return Check(
+        level,
+        "maxmemory-policy",
+        f"{policy}: under memory pressure Redis may evict job keys or locks (lost timers, double runs); "
+        "set `maxmemory-policy noeviction`",
+    )
+
+
+def _check_hz(hz: int) -> Check:
+    """Redis ends blocking waits on its `hz` ticks: that bounds how late a due timer wakes a worker.
+
+    The default hz 10 keeps timers within ~100 ms (the seed's promise), so it is not a
+    warning; hz 100 is the recommendation for ~10 ms (measured on Redis 7.0: hz 10 mean
+    49 ms / max 100 ms late, hz 100 mean 7 ms / max 13 ms).
+    """
+    tick = 1000 // max(hz, 1)
+    if hz >= 100:
+        return Check("ok", "hz", f"hz {hz}: due timers wake workers within ~{tick} ms")
+    if hz >= 10:
+        return Check(
+            "ok",
+            "hz",
+            f"hz {hz}: due timers wake workers up to ~{tick} ms late; for ~10 ms set `hz 100` "
+            "in redis.conf (or CONFIG SET hz 100)",
+        )
+    return Check("warn", "hz", f"hz {hz}: due timers may wake workers ~{tick} ms late; set `hz 100` in redis.conf")
+
+
+def _check_clock(skew_ms: float, rtt_ms: float) -> Check:
+    direction = "ahead of" if skew_ms > 0 else "behind"
+    detail = f"this host is {abs(skew_ms):.0f} ms {direction} Redis TIME (round trip {rtt_ms:.0f} ms)"
+    if abs(skew_ms) <= max(100.0, rtt_ms):
+        return Check("ok", "clock", detail)
+    level = "fail" if abs(skew_ms) > 1000 else "warn"
+    return Check(level, "clock", detail + "; delayed jobs are scored with each producer's clock: sync clocks with NTP")
+
+
+def _check_memory(used: int, maxmemory: int) -> Check:
+    if not maxmemory:
+        return Check("ok", "memory", f"used {_bytes(used)}, no maxmemory limit (Redis grows until the host runs out)")
+    ratio = used / maxmemory
+    detail = f"used {_bytes(used)} of maxmemory {_bytes(maxmemory)} ({ratio:.0%})"
+    if ratio >= 0.9:
+        return Check("fail", "memory", detail + ": near OOM, new jobs will be refused; clean finished jobs or raise maxmemory")
+    if ratio >= 0.75:
+        return Check("warn", "memory", detail + ": clean finished jobs (`bullwait clean`) or raise maxmemory")
+    return Check("ok", "memory", detail)
+
+
+def _check_names(names: list[str]) -> Check:
+    bad = [n for n in names if ":" in n]
+    if not bad:
+        return Check("ok", "queue-names", "colon-free: Node bullmq 5.12.12+ and Bull Board can open them")
+    return Check(
+        "warn",
+        "queue-names",
+        f"{', '.join(bad)}: Node bullmq >= 5.12.12 refuses names with ':' (fine for Node 4.x producers only); "
+        "move to BULLWAIT_QUEUE_NAMES=current",
+    )
+
+
+def _queue_checks(s: QueueStats, settings: Settings, clients_ok: bool) -> list[Check]:
+    q = s.name
+    out = []
+    if s.paused:
+        out.append(Check("warn", f"{q}/paused", f"paused: nothing is processed; `bullwait resume {q}` when intended"))
+    else:
+        out.append(Check("ok", f"{q}/paused", "not paused"))
+    if not clients_ok:
+        out.append(Check("warn", f"{q}/workers", "cannot tell: the server refused CLIENT LIST (allow it for this user)"))
+    elif not s.workers:
+        out.append(Check("warn", f"{q}/workers", f"no worker (Node or Python) serves it; start `bullwait worker --queue {q}`"))
+    else:
+        out.append(Check("ok", f"{q}/workers", f"{s.workers} (Node {s.workers_node}, Python {s.workers_python})"))
+    if s.overdue:
+        late = -(s.next_delayed_in_ms or 0)
+        level = "fail" if late > 60_000 else "warn"
+        why = "the queue is paused" if s.paused else "no worker is promoting them" if not s.workers else "workers are behind"
+        out.append(
+            Check(level, f"{q}/overdue", f"{s.overdue} delayed job(s) past due, the oldest by {format_ms(late)}: {why}; "
+                  "check workers (`bullwait stats`) or promote them (`bullwait promote`)")
+        )
+    else:
+        nxt = "none delayed" if s.next_delayed_in_ms is None else f"next due in {format_ms(s.next_delayed_in_ms)}"
+        out.append(Check("ok", f"{q}/overdue", f"no delayed job past due ({s.delayed} delayed, {nxt})"))
+    if s.stalled:
+        out.append(
+            Check("warn", f"{q}/stalled", f"{s.stalled} active job(s) without a lock (their worker died); a running "
+                  "worker moves them back to wait within its stalled interval (30 s); start one if none runs")
+        )
+    else:
+        scanned = "" if s.active <= s.active_scanned else f" (first {s.active_scanned} checked)"
+        out.append(Check("ok", f"{q}/stalled", f"{s.active} active, all locked{scanned}"))
+    limit = settings.health_max_failed
+    if s.failed > limit:
+        out.append(
+            Check("warn", f"{q}/failed", f"{s.failed} failed (over HEALTH_MAX_FAILED={limit}): inspect "
+                  f"`bullwait jobs list {q} --status failed`, then `bullwait retry --queue {q}` or `bullwait clean`")
+        )
+    else:
+        out.append(Check("ok", f"{q}/failed", f"{s.failed} failed (limit {limit})"))
+    out.append(_check_meta_version(q, s.meta_version, s.workers_node or 0))
+    return out
+
+
+def bullmq_py_pairing() -> tuple[str, str | None]:
+    """(installed bullmq-py version, Node bullmq version whose Lua it ships, if known)."""
+    try:
+        installed = importlib.metadata.version("bullmq")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - it is a dependency
+        installed = "unknown"
+    minor = ".".join(installed.split(".")[:2])
+    return installed, BULLMQ_PY_PAIRS.get(minor)
+
+
+def _check_meta_version(q: str, version: str | None, node_workers: int) -> Check:
+    installed, paired = bullmq_py_pairing()
+    pair = f"bullmq-py {installed} ships the Lua of Node bullmq {paired or '?'}"
+    name = f"{q}/bullmq-version"
+    if not version:
+        return Check("ok", name, f"no Node bullmq has written this queue's meta yet; {pair}")
+    lib, _, number = version.rpartition(":")
+    major = _version_tuple(number)[0]
+    paired_major = _version_tuple(paired or "6")[0]
+    if lib and "bullmq" not in lib:
+        return Check("warn", name, f"meta written by {version!r}, not Node bullmq; {pair}")
+    if major == paired_major:
+        return Check("ok", name, f"{version} pairs with {pair}")
+    if major <= 4:
+        if node_workers:
+            return Check("fail", name, f"{version} with {node_workers} Node worker(s): Node 4.x workers and Python "
+                         f"workers must not share a queue (v5 changed the wake-up marker); upgrade Node to 6.x")
+        return Check("warn", name, f"{version}: fine as a producer for Python workers, but never run Node 4.x "
+                     f"workers on this queue; upgrade Node to {paired_major}.x ({pair})")
+    return Check("warn", name, f"{version} is not the tested pairing ({pair}); run Node bullmq {paired_major}.x")
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------
+
+_OPTS_DECODE = {"de": "deduplication", "fpof": "failParentOnFailure", "cpof": "continueParentOnFailure",
+                "idof": "ignoreDependencyOnFailure", "kl": "keepLogs", "rdof": "removeDependencyOnFailure"}
+
+
+def _json_or_raw(raw: str | None, default: Any = None) -> tuple[Any, bool]:
+    if raw is None:
+        return default, True
+    try:
+        return json.loads(raw), True
+    except ValueError:
+        return raw, False
+
+
+def _int(raw: Any) -> int | None:
+    try:
+        return int(raw) if raw not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _job_info(queue: str, job_id: str, state: str, raw: dict[str, str]) -> JobInfo:
+    data, data_ok = _json_or_raw(raw.get("data"), {})
+    opts, _ = _json_or_raw(raw.get("opts"), {})
+    if not isinstance(opts, dict):
+        opts = {"raw": opts}
+    opts = {_OPTS_DECODE.get(k, k): v for k, v in opts.items()}
+    stack, _ = _json_or_raw(raw.get("stacktrace"), [])
+    returnvalue, _ = _json_or_raw(raw.get("returnvalue"))
+    progress, _ = _json_or_raw(raw.get("progress"))
+    timestamp = _int(raw.get("timestamp"))
+    delay = _int(raw.get("delay")) or 0
+    attempts = opts.get("attempts")
+    return JobInfo(
+        queue=queue,
+        id=job_id,
+        state=state,
+        name=raw.get("name"),
+        data=data,
+        data_is_json=data_ok,
+        opts=opts,
+        attempts_made=_int(raw.get("atm") or raw.get("attemptsMade")) or 0,
+        attempts_started=_int(raw.get("ats")) or 0,
+        stalled_counter=_int(raw.get("stc")) or 0,
+        max_attempts=attempts if isinstance(attempts, int) else None,
+        priority=_int(raw.get("priority")) or 0,
+        delay=delay,
+        progress=progress,
+        timestamp=timestamp,
+        processed_on=_int(raw.get("processedOn")),
+        finished_on=_int(raw.get("finishedOn")),
+        due_at=(timestamp + delay) if timestamp is not None and delay else None,
+        failed_reason=raw.get("failedReason") or None,
+        stacktrace=[str(s) for s in stack] if isinstance(stack, list) else [str(stack)],
+        returnvalue=returnvalue,
+        processed_by=raw.get("pb") or None,
+    )
+
+
+def _bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover

@@ -1,0 +1,483 @@
+"""Operator commands: stats, cancel, clean, retry, promote, pause, resume, jobs, doctor.
+
+A thin shell over `bullwait.ops`: parse and check arguments (before touching Redis),
+call the library, print a table or `--json`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import sys
+from typing import Any, Awaitable, Callable, List, Optional, TypeVar
+
+import typer
+from redis.exceptions import RedisError, ResponseError
+from rich import box
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from bullwait.catalog import QueueKey, resolve_queue
+from bullwait.durations import parse_duration_ms
+from bullwait.errors import BullwaitError, RedisUnavailable
+from bullwait.ops import (
+    CLEAN_STATES,
+    JOB_STATES,
+    CleanResult,
+    JobInfo,
+    Ops,
+    QueueStats,
+    check_count,
+    check_job_id,
+    local_time,
+    normalize_state,
+    run_doctor,
+)
+from bullwait.settings import Settings
+
+from bullwait_cli.common import AsJson, RedisUrl, err_console, fail, print_json, run_async, settings_from
+
+T = TypeVar("T")
+
+# Tables keep their columns when piped (rich would squeeze them to 80 columns).
+console = Console() if sys.stdout.isatty() else Console(width=220)
+
+QueueOpt = typer.Option(None, "--queue", "-q", help="Queue name (repeatable); default: every queue of the catalog.")
+
+jobs_app = typer.Typer(
+    name="jobs",
+    help="List and inspect jobs.\n\nExample: bullwait jobs list waitlist-expiry --status failed --limit 5",
+    no_args_is_help=True,
+)
+
+
+def _checked(make: Callable[[], T]) -> T:
+    """Run an argument check; a bad argument is one line and exit code 2."""
+    try:
+        return make()
+    except BullwaitError as exc:
+        raise fail(str(exc), exc.exit_code)
+
+
+def _keys(names: Optional[List[str]], settings: Settings) -> list[QueueKey]:
+    if not names:
+        return list(QueueKey)
+    keys: list[QueueKey] = []
+    for name in names:
+        key = _checked(lambda n=name: resolve_queue(n, settings))
+        if key not in keys:
+            keys.append(key)
+    return keys
+
+
+def _with_ops(settings: Settings, action: Callable[[Ops], Awaitable[T]]) -> T:
+    async def go() -> T:
+        async with await Ops.open(settings) as ops:
+            try:
+                return await action(ops)
+            except ResponseError as exc:
+                raise RedisRefused(f"Redis refused a command: {_first_line(exc)}") from None
+            except (RedisError, OSError) as exc:
+                raise RedisUnavailable(f"Redis stopped answering ({_first_line(exc)}); check it and try again") from None
+
+    return run_async(go)
+
+
+class RedisRefused(BullwaitError):
+    """Redis answered with an error (ACL NOPERM, OOM, read-only replica...)."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+# --- stats ---------------------------------------------------------------------------
+
+
+def _table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for i, column in enumerate(rows[0]):
+        numeric = isinstance(rows[0][column], (int, float))
+        table.add_column(str(column), justify="right" if numeric else "left", no_wrap=i == 0)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    return table
+
+
+def print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
+    console.print(_table(rows, title) if rows else "(nothing)")
+
+
+def _stats_table(rows: list[QueueStats]) -> Table:
+    return _table([r.to_row() for r in rows], "bullwait stats")
+
+
+def stats(
+    queue: Optional[List[str]] = QueueOpt,
+    watch: Optional[float] = typer.Option(None, "--watch", "-w", help="Refresh every SECONDS until Ctrl-C."),
+    as_json: bool = AsJson,
+    redis_url: Optional[str] = RedisUrl,
+) -> None:
+    """Per queue: waiting, prioritized, delayed, active, completed, failed, paused, workers, oldest waiting.
+
+    Counts equal Node bullmq's getJobCounts; workers counts Node and Python workers.
+
+    --json prints a list of objects (name, waiting, active, completed, failed, delayed, prioritized, paused,
+    workers, ...); with --watch, one JSON line per refresh.
+
+    Example: bullwait stats --queue waitlist-expiry --watch 2
+    """
+    settings = settings_from(redis_url)
+    keys = _keys(queue, settings)
+    if watch is not None and not 0.1 <= watch <= 86_400:
+        raise fail(f"--watch must be between 0.1 and 86400 seconds (got {watch})", 2)
+
+    async def once(ops: Ops) -> list[QueueStats]:
+        return await ops.stats(keys)
+
+    if watch is None:
+        rows = _with_ops(settings, once)
+        if as_json:
+            print_json([r.to_json() for r in rows])
+        else:
+            console.print(_stats_table(rows))
+        return
+
+    async def loop(ops: Ops) -> None:
+        if as_json:
+            while True:
+                rows = await ops.stats(keys)
+                sys.stdout.write(json.dumps([r.to_json() for r in rows]) + "\n")
+                sys.stdout.flush()
+                await asyncio.sleep(watch)
+        if not console.is_terminal:  # piped: a new table per refresh
+            while True:
+                console.print(_stats_table(await ops.stats(keys)))
+                sys.stdout.flush()
+                await asyncio.sleep(watch)
+        with Live(_stats_table(await ops.stats(keys)), console=console, auto_refresh=False) as live:
+            while True:
+                await asyncio.sleep(watch)
+                live.update(_stats_table(await ops.stats(keys)), refresh=True)
+
+    _with_ops(settings, loop)
+
+
+# --- cancel --------------------------------------------------------------------------
+
+
+def cancel(
+    waitlist_id: Optional[str] = typer.Argument(None, help="Waitlist id whose expiry timer (job expiry_<id>) to cancel."),
+    queue: Optional[str] = typer.Option(None, "--queue", "-q", help="With --job: the job's queue."),
+    job: Optional[str] = typer.Option(None, "--job", "-j", help="Cancel this job id instead (needs --queue)."),
+    as_json: bool = AsJson,
+    redis_url: Optional[str] = RedisUrl,
+) -> None:
+    """Cancel a waiting or delayed job: a waitlist expiry timer, or any job with --queue/--job.
+
+    Exit 0 when removed; 1 when it is active/completed/failed (says which) or does not exist.
+
+    Example: bullwait cancel w-42   |   bullwait cancel --queue waitlist-notification --job 17
+    """
+    settings = settings_from(redis_url)
+    if (waitlist_id is None) == (job is None):
+        raise fail("give either a WAITLIST_ID or --queue Q --job JOB_ID", 2)
+    if job is not None:
+        if queue is None:
+            raise fail("--job needs --queue (the job's queue)", 2)
+        key = _keys([queue], settings)[0]
+        job_id = _checked(lambda: check_job_id(job))
+        result = _with_ops(settings, lambda ops: ops.cancel(key, job_id))
+        message = result.describe()
+    else:
+        assert waitlist_id is not None
+        if queue is not None:
+            raise fail("--queue goes with --job; a WAITLIST_ID always means the expiry queue", 2)
+        wid = _checked(lambda: check_job_id(waitlist_id, "waitlist id"))
+        result = _with_ops(settings, lambda ops: ops.cancel_expiry(wid))
+        if result.outcome == "missing":
+            message = f"no expiry timer for waitlist {wid} (no job {result.job_id} on {result.queue})"
+        elif result.cancelled:
+            message = f"cancelled the expiry timer of waitlist {wid} (job {result.job_id} on {result.queue})"
+        else:
+            message = (f"not cancelled: the expiry timer of waitlist {wid} is {result.outcome} "
+                       f"(job {result.job_id} on {result.queue}); only waiting or delayed timers can be cancelled")
+    if as_json:
+        print_json({"queue": result.queue, "job_id": result.job_id, "outcome": result.outcome,
+                    "cancelled": result.cancelled, "message": message})
+    else:
+        typer.echo(message)
+    raise typer.Exit(0 if result.cancelled else 1)
+
+
+# --- clean ---------------------------------------------------------------------------
+
+
+def clean(
+    queue: Optional[List[str]] = typer.Option(None, "--queue", "-q", help="Queue to clean (repeatable)."),
+    all_queues: bool = typer.Option(False, "--all", help="Clean every queue of the catalog."),
+    status: str = typer.Option("completed", "--status", "-s", help=f"One of: {', '.join(CLEAN_STATES)}."),
+    grace: str = typer.Option("24h", "--grace", "-g", help="Keep jobs newer than this: 24h, 15m, 30s, 0."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Remove at most N jobs per queue (default: all)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be removed; remove nothing."),
+    as_json: bool = AsJson,
+    redis_url: Optional[str] = RedisUrl,
+) -> None:
+    """Remove jobs of one state older than the grace period (BullMQ's Queue.clean).
+
+    Active jobs that still hold a lock are never removed. Prints the count per queue.
+
+    Example: bullwait clean --all --status completed --grace 24h --limit 1000
+    """
+    settings = settings_from(redis_url)
+    if bool(queue) == all_queues:
+        raise fail("say which queues: --queue Q (repeatable) or --all", 2)
+    keys = _keys(queue, settings)
+    state = _checked(lambda: normalize_state(status, CLEAN_STATES))
+    grace_ms = _checked(lambda: parse_duration_ms(grace, "--grace"))
+    _checked(lambda: check_count(limit, "--limit"))
+
+    show_progress = not as_json and not dry_run and err_console.is_terminal
+
+    async def go(ops: Ops) -> list[CleanResult]:
+        if not show_progress:
+            return await ops.clean(keys, state, grace_ms, limit, dry_run)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err_console, transient=True) as progress:
+            tasks: dict[str, Any] = {}
+
+            def report(name: str, done: int, total: int) -> None:
+                if total < 2000:  # short runs need no bar
+                    return
+                if name not in tasks:
+                    tasks[name] = progress.add_task(f"clean {name} {state}", total=total)
+                progress.update(tasks[name], completed=done)
+
+            return await ops.clean(keys, state, grace_ms, limit, dry_run, report)
+
+    results = _with_ops(settings, go)
+    if as_json:
+        print_json([r.to_json() for r in results])
+        return
+    verb = "would remove" if dry_run else "removed"
+    print_table([{"queue": r.queue, "status": r.status, verb: r.removed} for r in results],
+                title=f"clean {state} older than {grace}" + (" (dry run)" if dry_run else ""))
+
+
+# --- retry / promote -----------------------------------------------------------------
+
+
+def retry(
+    queue: Optional[List[str]] = QueueOpt,
+    count: Optional[int] = typer.Option(None, "--count", "-n", help="Move at most N jobs per queue (default: all)."),
+    as_json: bool = AsJson,
+    redis_url: Optional[str] = RedisUrl,
+) -> None:
+    """Move failed jobs back to wait (oldest failures first), as Bull Board's "retry all".
+
+    Example: bullwait retry --queue waitlist-notification --count 100
+    """
+    _move(queue, count, as_json, redis_url, "retry")
+
+
+def promote(
+    queue: Optional[List[str]] = QueueOpt,
+    count: Optional[int] = typer.Option(None, "--count", "-n", help="Promote at most N jobs per queue (default: all)."),
+    as_json: bool = AsJson,
+    redis_url: Optional[str] = RedisUrl,
+) -> None:
+    """Run delayed jobs now: move them to wait (soonest due first).
+
+    Example: bullwait promote --queue waitlist-expiry --count 10
+    """
+    _move(queue, count, as_json, redis_url, "promote")
+
+
+def _move(queue: Optional[List[str]], count: Optional[int], as_json: bool, redis_url: Optional[str], verb: str) -> None:
+    settings = settings_from(redis_url)
+    keys = _keys(queue, settings)
+    _checked(lambda: check_count(count, "--count"))
+    results = _with_ops(settings, lambda ops: getattr(ops, verb)(keys, count))
+    if as_json:
+        print_json([r.to_json() for r in results])
+        return
+    left = "still failed" if verb == "retry" else "still delayed"
+    print_table([{"queue": r.queue, "moved to wait": r.moved, left: r.left} for r in results], title=verb)
+
+
+# --- pause / resume ------------------------------------------------------------------
+
+
+def pause(
+    queue: str = typer.Argument(..., help="Queue to pause."),
+    as_json: bool = AsJson,
+    redis_url: Optional[str] = RedisUrl,
+) -> None:
+    """Pause a queue for every worker (Node and Python): active jobs finish, no new ones start.
+
+    Example: bullwait pause waitlist-notification
+    """
+    _set_paused(queue, True, as_json, redis_url)
+
+
+def resume(
+    queue: str = typer.Argument(..., help="Queue to resume."),
+    as_json: bool = AsJson,
+    redis_url: Optional[str] = RedisUrl,
+) -> None:
+    """Resume a paused queue.
+
+    Example: bullwait resume waitlist-notification
+    """
+    _set_paused(queue, False, as_json, redis_url)
+
+
+def _set_paused(queue: str, paused: bool, as_json: bool, redis_url: Optional[str]) -> None:
+    settings = settings_from(redis_url)
+    key = _keys([queue], settings)[0]
+    result = _with_ops(settings, lambda ops: ops.set_paused(key, paused))
+    if as_json:
+        print_json(result.to_json())
+        return
+    state = "paused" if paused else "resumed"
+    typer.echo(f"{result.queue} {state}" + ("" if result.changed else f" (it already was {'paused' if paused else 'running'})"))
+
+
+# --- jobs ----------------------------------------------------------------------------
+
+
+def jobs_list(
+    queue: str = typer.Argument(..., help="Queue name."),
+    status: str = typer.Option(..., "--status", "-s", help=f"One of: {', '.join(JOB_STATES)} (or waiting)."),
+    limit: int = typer.Option(20, "--limit", "-n", help="Show at most N jobs."),
+    as_json: bool = AsJson,
+    redis_url: Optional[str] = RedisUrl,
+) -> None:
+    """List jobs of one state: next to run first; newest first for completed and failed.
+
+    Example: bullwait jobs list waitlist-expiry --status delayed --limit 10
+    """
+    settings = settings_from(redis_url)
+    key = _keys([queue], settings)[0]
+    state = _checked(lambda: normalize_state(status))
+    _checked(lambda: check_count(limit, "--limit"))
+    if limit > 10_000:
+        raise fail(f"--limit {limit} is too many to print; use at most 10000", 2)
+    jobs = _with_ops(settings, lambda ops: ops.list_jobs(key, state, limit))
+    if as_json:
+        print_json([j.to_json() for j in jobs])
+        return
+    print_table([j.to_row() for j in jobs], title=f"{queue}: {state}")
+
+
+def jobs_show(
+    queue: str = typer.Argument(..., help="Queue name."),
+    job_id: str = typer.Argument(..., help="Job id (quote it; use -- before ids that start with '-')."),
+    as_json: bool = AsJson,
+    redis_url: Optional[str] = RedisUrl,
+) -> None:
+    """Show one job: state, data, options, attempts, failedReason, stack trace, logs, local times.
+
+    Example: bullwait jobs show waitlist-expiry expiry_w-42
+    """
+    settings = settings_from(redis_url)
+    key = _keys([queue], settings)[0]
+    jid = _checked(lambda: check_job_id(job_id))
+    job = _with_ops(settings, lambda ops: ops.show_job(key, jid))
+    if as_json:
+        print_json(job.to_json())
+        return
+    _print_job(job)
+
+
+def _print_job(job: JobInfo) -> None:
+    out = Console(highlight=False, soft_wrap=True)
+    attempts = f"{job.attempts_made}" + (f" of {job.max_attempts}" if job.max_attempts else "")
+    lines = [
+        ("queue", job.queue),
+        ("id", job.id),
+        ("name", job.name),
+        ("state", job.state + (" (locked by a worker)" if job.locked else "")),
+        ("attempts", f"{attempts} made, {job.attempts_started} started, stalled {job.stalled_counter}x"),
+        ("priority", job.priority or "none"),
+        ("created", local_time(job.timestamp)),
+        ("due", local_time(job.due_at) if job.delay else None),
+        ("processed", local_time(job.processed_on)),
+        ("finished", local_time(job.finished_on)),
+        ("processed by", job.processed_by),
+        ("failedReason", job.failed_reason),
+    ]
+    for label, value in lines:
+        if value not in (None, ""):
+            out.print(f"{label + ':':<14}{value}", markup=False)
+    out.print("data:" + ("" if job.data_is_json else " (not valid JSON; shown raw)"), markup=False)
+    out.print(_indent(job.data if not job.data_is_json else json.dumps(job.data, indent=2, ensure_ascii=False)), markup=False)
+    out.print("options:", markup=False)
+    out.print(_indent(json.dumps(job.opts, indent=2, ensure_ascii=False)), markup=False)
+    if job.returnvalue is not None:
+        out.print("returnvalue:", markup=False)
+        out.print(_indent(json.dumps(job.returnvalue, indent=2, ensure_ascii=False)), markup=False)
+    if job.stacktrace:
+        out.print(f"stacktrace ({len(job.stacktrace)}):", markup=False)
+        for trace in job.stacktrace:
+            out.print(_indent(trace), markup=False)
+    out.print(f"logs ({job.logs_count}):" + ("" if job.logs else " none"), markup=False)
+    for entry in job.logs:
+        out.print(_indent(entry), markup=False)
+
+
+def _indent(text: Any) -> str:
+    return "\n".join("  " + line for line in str(text).splitlines()) or "  "
+
+
+# --- doctor --------------------------------------------------------------------------
+
+
+def doctor(
+    queue: Optional[List[str]] = QueueOpt,
+    as_json: bool = AsJson,
+    redis_url: Optional[str] = RedisUrl,
+) -> None:
+    """Check Redis and every queue; one line per check: ok|warn|fail, the check, what to do.
+
+    Checks: Redis ping and version (6.2+), maxmemory-policy, hz (timer wake-up precision), clock skew
+    against Redis TIME, memory vs maxmemory, queue names Node bullmq 5.12.12+ can open.
+
+    Per queue: paused, workers (Node and Python), overdue delayed jobs, stalled active jobs, failed over
+    HEALTH_MAX_FAILED, the Node bullmq version in the queue's meta.
+
+    Exit code: 0 all ok, 1 warnings, 2 failures.
+
+    Example: bullwait doctor --json
+    """
+    settings = settings_from(redis_url)
+    keys = _keys(queue, settings)
+    report = run_async(lambda: run_doctor(settings, keys))
+    if as_json:
+        print_json(report.to_json())
+    else:
+        for line in report.lines():
+            typer.echo(line)
+    raise typer.Exit(report.exit_code)
+
+
+def _help(command: Callable[..., Any]) -> str:
+    """The docstring with each paragraph on one line, so rich wraps it to the terminal."""
+    text = inspect.cleandoc(command.__doc__ or "")
+    return "\n\n".join(" ".join(p.split()) for p in text.split("\n\n"))
+
+
+jobs_app.command("list", help=_help(jobs_list))(jobs_list)
+jobs_app.command("show", help=_help(jobs_show))(jobs_show)
+
+
+def register(app: typer.Typer) -> None:
+    for command in (stats, cancel, clean, retry, promote, pause, resume, doctor):
+        app.command(help=_help(command))(command)
+    app.add_typer(jobs_app, name="jobs")
+
