@@ -160,7 +160,9 @@ def catalog(
 
 
 # Operator commands live in their own modules (cmd_*.py); each adds itself to `app`.
-for _module in ():
+from bullwait_cli import cmd_migrate  # noqa: E402
+
+for _module in (cmd_migrate,):
     _module.register(app)
 
 
