@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
 from bullmq import Job
 
 from bullwait.catalog import QueueKey
@@ -40,6 +41,10 @@ def test_board_asks_for_login_and_binds_loopback(start_board, start_node) -> Non
     assert httpx.get(f"{board.base}/api/queues").status_code == 401
     assert httpx.get(f"{board.base}/api/queues", auth=(BOARD_USER, "wrong")).status_code == 401
     assert board.get("/api/queues").status_code == 200
+    external = _non_loopback_address()
+    if external:  # the port answers on loopback only
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://{external}:{board.port}/admin/queues", timeout=3)
     # Switched off explicitly, it serves without a login (and says so).
     from bullwait.embedded import free_port
 
@@ -48,6 +53,19 @@ def test_board_asks_for_login_and_binds_loopback(start_board, start_node) -> Non
                             ready="bull board listening")
     assert "auth OFF" in open_board.log()
     assert httpx.get(f"http://127.0.0.1:{port}/admin/queues/api/queues").status_code == 200
+
+
+def _non_loopback_address() -> str | None:
+    """This host's address on its default route (a UDP connect sends nothing), if any."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect(("10.255.255.255", 1))
+            address = sock.getsockname()[0]
+    except OSError:
+        return None
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
 
 
 async def test_read_only_board_writes_no_queue_meta(settings: Settings, start_board, sync_redis, prefix, env) -> None:  # type: ignore[no-untyped-def]
