@@ -116,6 +116,8 @@ async def run_workers(
         log.info("stopped before Redis answered")
         return 0
     pool = WorkerPool(settings, registry, list(queues or list(QueueKey)), services, observer, log=log)
+    if settings.bullwait_worker_name:
+        pool.worker_name = settings.bullwait_worker_name  # shown in Bull Board's Workers tab
     tasks = pool.start()
     stopper = asyncio.ensure_future(stop_event.wait())
     await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)

@@ -12,6 +12,13 @@
 3. Undecodable job data. A job whose `data` is not JSON makes bullmq-py raise while
    fetching it, leaving it active until it stalls. We fail it at once, unrecoverably,
    with a reason that says so; its raw data stays in Redis.
+4. Blocking reads. redis-py 8 gives every connection a 5 s `socket_timeout`, and the
+   worker blocks on `BZPOPMIN` for up to 5 s (drainDelay) or 10 s (waiting for the next
+   delayed job). The read then times out, redis-py retries with exponential backoff (up
+   to 20 s between tries) and the worker sleeps through due timers and new jobs: an idle
+   worker noticed a job added 6 s after it went idle only after tens of seconds, and never
+   noticed delayed jobs from a Node bullmq 4.x producer (which writes no wake-up marker).
+   The blocking connection's read timeout is raised above the longest block.
 """
 
 from __future__ import annotations
@@ -38,8 +45,32 @@ def node_client_name(prefix: str, queue: str, worker_name: str | None) -> str:
     return f"{prefix}:{encoded}" + (f":w:{worker_name}" if worker_name else "")
 
 
+BLOCKING_READ_MARGIN_S = 5.0
+
+
 class BullwaitWorker(Worker):
     """A bullmq Worker that is on time, visible to Node, and robust to undecodable data."""
+
+    def __init__(self, name: str, processor: Any = None, opts: dict[str, Any] | None = None, *args: Any, **kwargs: Any) -> None:
+        super().__init__(name, processor, opts or {}, *args, **kwargs)
+        self._allow_long_blocking_reads()
+
+    def _allow_long_blocking_reads(self) -> None:
+        """Give the blocking connection a read timeout longer than any BZPOPMIN it sends."""
+        conn = getattr(self.backend, "blocking_connection", None)
+        pool = getattr(getattr(conn, "conn", None), "connection_pool", None)
+        kwargs = getattr(pool, "connection_kwargs", None)
+        if not isinstance(kwargs, dict):  # Redis Cluster nodes carry their own settings
+            return
+        longest = max(float(self.maximumBlockTimeout), float(self.opts.get("drainDelay", 5)))
+        current = kwargs.get("socket_timeout")
+        if current is not None and current < longest + BLOCKING_READ_MARGIN_S:
+            kwargs["socket_timeout"] = longest + BLOCKING_READ_MARGIN_S
+
+    def blocking_read_timeout(self) -> float | None:
+        conn = getattr(self.backend, "blocking_connection", None)
+        pool = getattr(getattr(conn, "conn", None), "connection_pool", None)
+        return getattr(pool, "connection_kwargs", {}).get("socket_timeout")
 
     async def run(self) -> None:  # type: ignore[override]
         await self.prime()

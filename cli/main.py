@@ -165,9 +165,9 @@ def catalog(
 
 
 # Operator commands live in their own modules (cmd_*.py); each adds itself to `app`.
-from bullwait_cli import cmd_monitoring, cmd_ops  # noqa: E402
+from bullwait_cli import cmd_migrate, cmd_monitoring, cmd_ops  # noqa: E402
 
-for _module in (cmd_monitoring, cmd_ops):
+for _module in (cmd_monitoring, cmd_ops, cmd_migrate):
     _module.register(app)
 
 

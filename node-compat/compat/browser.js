@@ -1,0 +1,33 @@
+#!/usr/bin/env node
+'use strict';
+// Headless Chromium (Debian's /usr/bin/chromium, never a downloaded browser) driven by
+// playwright-core: log in to Bull Board with basic auth, open one queue, wait for a job id
+// to appear, save a screenshot.
+//   node compat/browser.js <board base url> <user> <password> <queue> <status> <job id> <png path>
+// Prints {"found": true, "title": ...} on success; exits 1 with one line otherwise.
+const { chromium } = require('playwright-core');
+const { runMain } = require('../lib/config');
+
+const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--no-first-run'];
+
+async function main() {
+  const [base, user, password, queue, status, jobId, png] = process.argv.slice(2);
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true, timeout: 60000 });
+  try {
+    const context = await browser.newContext({ httpCredentials: { username: user, password }, viewport: { width: 1400, height: 900 } });
+    const page = await context.newPage();
+    const url = `${base}/queue/${encodeURIComponent(queue)}?status=${status}`;
+    const response = await page.goto(url, { waitUntil: 'domcontentloaded', timeout: 30000 });
+    if (!response || response.status() !== 200) throw new Error(`GET ${url} answered ${response && response.status()}`);
+    await page.getByText(jobId, { exact: false }).first().waitFor({ timeout: 30000 });
+    await page.screenshot({ path: png, fullPage: true });
+    process.stdout.write(JSON.stringify({ found: true, title: await page.title(), url }) + '\n');
+  } finally {
+    await browser.close();
+  }
+  return 0;
+}
+
+runMain('browser', main);

@@ -1,0 +1,116 @@
+"""bullwait's Python producer -> a Node bullmq 6 Worker, and both runtimes' workers on one queue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from bullmq import Job
+
+from bullwait.catalog import Priority, QueueKey
+from bullwait.payloads import NotificationJob, PreferenceJob
+from bullwait.producer import Producer, new_expiry
+from bullwait.settings import Settings
+
+from fixtures import notification_data, preference_data
+from nodecompat import node_required, start_node  # noqa: F401 (fixture)
+
+pytestmark = node_required
+
+
+async def _until(predicate: Any, timeout: float = 60, message: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+async def _finished(queue: Any, job_id: str) -> Any:
+    async def check() -> Any:
+        state = await queue.getJobState(job_id)
+        return state if state in ("completed", "failed") else None
+
+    await _until(check, message=f"job {job_id} finished")
+    return await Job.fromId(queue, job_id)
+
+
+async def test_python_jobs_arrive_intact_in_a_node_worker(settings: Settings, start_node) -> None:  # type: ignore[no-untyped-def]
+    async with Producer(settings) as producer:
+        expiry = new_expiry("w-5", "slot-5", "cust-5", "salon-5", delay_ms=300)
+        exp_id = await producer.schedule_expiry(expiry, delay_ms=300)
+        note = NotificationJob.model_validate(notification_data("w-5"))
+        note_id = await producer.send_slot_available(note, Priority.NORMAL, job_id="note-w-5")
+        bad_id = await producer.add(QueueKey.WAITLIST_NOTIFICATION, note, job_id="note-refused", attempts=1)
+        pref = PreferenceJob.model_validate(preference_data())
+        pref_id = await producer.queue_preferences(pref)
+        for key in ("WAITLIST_EXPIRY", "WAITLIST_NOTIFICATION", "PREFERENCE_CALCULATION"):
+            start_node("compat/worker.js", key, "--fail-ids", "note-refused", ready="node worker ready")
+
+        exp_job = await _finished(producer.queue(QueueKey.WAITLIST_EXPIRY), exp_id)
+        seen = exp_job.returnvalue
+        assert seen["by"] == "node" and seen["name"] == "check-expiry" and seen["id"] == "expiry_w-5"
+        assert seen["data"] == expiry.to_wire()
+        assert seen["opts"]["delay"] == 300 and seen["opts"]["attempts"] == 3
+        assert seen["opts"]["backoff"] == {"type": "exponential", "delay": 1000}
+        assert seen["opts"]["removeOnComplete"] == {"count": 100, "age": 3600}
+
+        note_job = await _finished(producer.queue(QueueKey.WAITLIST_NOTIFICATION), note_id)
+        assert note_job.returnvalue["data"] == note.to_wire() == notification_data("w-5")
+        assert note_job.returnvalue["opts"]["priority"] == 1 and note_job.returnvalue["id"] == "note-w-5"
+
+        pref_job = await _finished(producer.queue(QueueKey.PREFERENCE_CALCULATION), pref_id)
+        assert pref_job.returnvalue["data"] == preference_data()
+        assert pref_job.returnvalue["opts"]["priority"] == 10
+
+        refused = await _finished(producer.queue(QueueKey.WAITLIST_NOTIFICATION), bad_id)
+        assert await producer.queue(QueueKey.WAITLIST_NOTIFICATION).getJobState(bad_id) == "failed"
+        assert refused.failedReason == "node refused note-refused"
+        assert refused.attemptsMade == 1 and "node refused" in refused.stacktrace[0]
+
+
+async def test_both_runtimes_share_a_queue_under_load(env, settings: Settings, start_worker, start_node, sync_redis, prefix) -> None:  # type: ignore[no-untyped-def]
+    total = 5000
+    async with Producer(settings) as producer:
+        queue = producer.queue(QueueKey.PREFERENCE_CALCULATION)
+        jobs = [
+            {"name": "calculate-preferences", "data": preference_data(f"b-{i}", f"c-{i}"),
+             "opts": {"jobId": f"load-{i}", "removeOnComplete": False, "attempts": 1}}
+            for i in range(total)
+        ]
+        for start in range(0, total, 1000):
+            await queue.addBulk(jobs[start : start + 1000])
+        python = start_worker("-q", "waitlist-preference-calculation", extra_env={"PREFERENCE_CALCULATION_CONCURRENCY": "20", "QUEUE_LOG_LEVEL": "info"})
+        node = start_node("compat/worker.js", "PREFERENCE_CALCULATION", "--concurrency", "20", "--record", ready="node worker ready")
+
+        async def all_done() -> bool:
+            counts = await queue.getJobCounts("completed", "failed")
+            return counts["completed"] + counts["failed"] >= total
+
+        await _until(all_done, timeout=120, message=f"{total} jobs finished")
+        assert await queue.getFailedCount() == 0
+        assert python.terminate() == 0
+        assert node.stop() == 0
+
+    by_node = sync_redis.lrange(f"{prefix}:compat:node-processed", 0, -1)
+    by_python = [
+        entry["jobId"]
+        for entry in (json.loads(line) for line in python.log().splitlines() if line.startswith("{"))
+        if entry.get("event") == "job completed"
+    ]
+    expected = {f"load-{i}" for i in range(total)}
+    assert len(by_node) == len(set(by_node)), "a job ran twice in Node"
+    assert len(by_python) == len(set(by_python)), "a job ran twice in Python"
+    assert not set(by_node) & set(by_python), "a job ran in both runtimes"
+    assert set(by_node) | set(by_python) == expected, "a job was lost"
+    assert by_node and by_python, f"one runtime did all the work (node {len(by_node)}, python {len(by_python)})"
+    # Every job was started once (bullmq's own attemptsStarted counter).
+    pipe = sync_redis.pipeline(transaction=False)
+    for job_id in sorted(expected):
+        pipe.hget(f"{prefix}:waitlist-preference-calculation:{job_id}", "ats")
+    assert set(pipe.execute()) == {"1"}
+    print(f"load: {total} jobs, node {len(by_node)}, python {len(by_python)}")
