@@ -37,3 +37,7 @@ class JobNotFound(BullwaitError):
 
 class CancelRefused(BullwaitError):
     """A job cannot be cancelled in its current state (active, completed, failed)."""
+
+
+class WaitlistError(BullwaitError):
+    """A waitlist operation got bad input (phone, ids); the message says what to fix."""

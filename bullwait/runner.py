@@ -24,7 +24,7 @@ def worker_options(key: QueueKey, settings: Settings, worker_name: str) -> dict[
     """bullmq Worker options from the catalog and settings."""
     spec = SPECS[key]
     defaults = spec.default_job_options()
-    return {
+    options: dict[str, Any] = {
         "connection": redis_options(settings),
         "prefix": settings.bullmq_prefix,
         "concurrency": concurrency(key, settings),
@@ -34,6 +34,11 @@ def worker_options(key: QueueKey, settings: Settings, worker_name: str) -> dict[
         "removeOnComplete": defaults["removeOnComplete"],
         "removeOnFail": defaults["removeOnFail"],
     }
+    if key is QueueKey.WAITLIST_NOTIFICATION:
+        # The Cloud API's throughput, shared by every worker of the queue (BullMQ's
+        # limiter counts in Redis). Per-salon limits are bullwait.ratelimit's.
+        options["limiter"] = {"max": settings.whatsapp_max_messages_per_second, "duration": 1000}
+    return options
 
 
 @dataclass

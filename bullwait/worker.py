@@ -9,13 +9,19 @@
    `getWorkers()` and Bull Board look for `bull:<base64(queue)>:w:<name>`. The main
    connection keeps the Python name (bullmq-py's `get_workers()` still sees us) and the
    blocking connection takes the Node name (Node and Bull Board see us).
-3. Undecodable job data. A job whose `data` is not JSON makes bullmq-py raise while
+3. Rate limiter. When BullMQ's `limiter` refuses a job, `moveToActive` returns how
+   long until the window reopens; Node waits that long and asks again. bullmq-py 3.4.4
+   stores it (`limitUntil`) but then blocks on the marker, which nothing re-adds, so a
+   limited queue stalled (5 jobs in 60 s at max 5/s in our measurement). We wait the
+   limit out and ask again, as Node does.
+4. Undecodable job data. A job whose `data` is not JSON makes bullmq-py raise while
    fetching it, leaving it active until it stalls. We fail it at once, unrecoverably,
    with a reason that says so; its raw data stays in Redis.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -39,7 +45,8 @@ def node_client_name(prefix: str, queue: str, worker_name: str | None) -> str:
 
 
 class BullwaitWorker(Worker):
-    """A bullmq Worker that is on time, visible to Node, and robust to undecodable data."""
+    """A bullmq Worker that is on time, visible to Node, honours its limiter, and is robust
+    to undecodable data."""
 
     async def run(self) -> None:  # type: ignore[override]
         await self.prime()
@@ -60,6 +67,20 @@ class BullwaitWorker(Worker):
         if self.backend.blocking_connection is not None:
             await self.backend.blocking_connection.set_client_name(node_name)
         self._client_name_set = True
+
+    async def getNextJob(self, token: str) -> Job | None:  # type: ignore[override]
+        if self.limitUntil > 0 and not self.closing:
+            # Rate limited: `limitUntil` is the limiter key's TTL in ms (see moveToActive).
+            wait = self.limitUntil
+            self.limitUntil = 0
+            await asyncio.sleep(wait / 1000)
+            if self.closing:
+                return None
+            job = await self.moveToActive(token)
+            if job is not None:
+                self.emit("active", job, "waiting")
+            return job
+        return await super().getNextJob(token)
 
     async def nextJobFromJobData(  # type: ignore[override]
         self,
