@@ -19,6 +19,9 @@ from bullwait.errors import RedisUnavailable
 from bullwait.settings import Settings
 
 
+BLOCKING_READ_TIMEOUT = 30.0
+
+
 def redis_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for `redis.asyncio.Redis` (and bullmq's `connection` option)."""
     if settings.redis_url:
@@ -37,6 +40,12 @@ def redis_options(settings: Settings) -> dict[str, Any]:
         opts["ssl_ca_certs"] = settings.redis_tls_ca_file
         opts["ssl_cert_reqs"] = ssl.CERT_REQUIRED
     opts.pop("connection_class", None)
+    # redis-py 8 reads with a 5 s socket timeout by default and bullmq-py retries timeouts
+    # (20 times), re-sending the worker's BZPOPMIN, which blocks up to 10 s. Every wait
+    # longer than 5 s then times out and starts over, so an idle worker ran a delayed job
+    # (a 15-minute timer) tens of seconds to minutes late. Reads must outlast the longest
+    # block (10 s); dead peers are still caught by TCP keepalive and health checks.
+    opts.setdefault("socket_timeout", BLOCKING_READ_TIMEOUT)
     opts.setdefault("socket_connect_timeout", settings.redis_connect_timeout)
     opts.setdefault("socket_keepalive", True)
     opts.setdefault("health_check_interval", 15)
