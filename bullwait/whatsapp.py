@@ -21,6 +21,7 @@ never part of an exception message.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any, Protocol
 
@@ -109,7 +110,11 @@ class CloudApiSender:
     async def send_slot_offer(self, phone: str, slot: SlotDetails) -> str:
         body = template_message(self.settings, phone, slot)
         try:
-            response = await self._client.post(self.url, json=body)
+            # httpx times each phase (connect, write, read) apart; bound the whole send so
+            # it always ends inside the send record's claim (timeout + 2 s).
+            response = await asyncio.wait_for(self._client.post(self.url, json=body), self.settings.whatsapp_timeout_seconds)
+        except asyncio.TimeoutError:
+            raise WhatsAppUnavailable("WhatsApp Cloud API timed out (whole request)") from None
         except httpx.TimeoutException as exc:
             raise WhatsAppUnavailable(f"WhatsApp Cloud API timed out ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
