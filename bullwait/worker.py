@@ -11,9 +11,10 @@
    blocking connection takes the Node name (Node and Bull Board see us).
 3. Rate limiter. When BullMQ's `limiter` refuses a job, `moveToActive` returns how
    long until the window reopens; Node waits that long and asks again. bullmq-py 3.4.4
-   stores it (`limitUntil`) but then blocks on the marker, which nothing re-adds, so a
-   limited queue stalled (5 jobs in 60 s at max 5/s in our measurement). We wait the
-   limit out and ask again, as Node does.
+   stores it (`limitUntil`) but then blocks on the marker, which nothing re-adds, for
+   the 5 s drain delay: 30 jobs at max 5/s took 25 s instead of 5 s (and stalled
+   outright, 5 jobs in 60 s, under redis-py 8's 5 s read timeout, see connection.py).
+   We wait the limit out and ask again, as Node does: 5.0 s.
 4. Undecodable job data. A job whose `data` is not JSON makes bullmq-py raise while
    fetching it, leaving it active until it stalls. We fail it at once, unrecoverably,
    with a reason that says so; its raw data stays in Redis.
