@@ -139,3 +139,11 @@ def test_secrets_are_redacted_by_key_name() -> None:
 def test_settings_never_show_the_token() -> None:
     settings = Settings(whatsapp_phone_number_id="1", whatsapp_access_token=TOKEN)
     assert TOKEN not in repr(settings) and TOKEN not in str(settings.model_dump())
+
+
+def test_throttle_backoff() -> None:
+    from bullwait.processors.notification import throttle_backoff_ms
+
+    assert [throttle_backoff_ms(n) for n in (1, 2, 3)] == [1000, 2000, 4000]
+    assert [throttle_backoff_ms(n, 131056) for n in (1, 2)] == [6000, 12000]
+    assert throttle_backoff_ms(30) == 60_000

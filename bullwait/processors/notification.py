@@ -12,7 +12,8 @@ Order of a run:
    the claim back and sleep until there is (`moveToDelayed` + `DelayedError`: no
    failure, no attempt used).
 4. Send. 429/130429/131056 -> give back claim and place, sleep (Retry-After, else
-   1 s, 2 s, 4 s ... up to 60 s), no attempt used. Other 4xx -> `UnrecoverableError`
+   1 s, 2 s, 4 s ...; 6 s, 12 s ... for the pair rate limit; at most 60 s), no
+   attempt used. Other 4xx -> `UnrecoverableError`
    with the API's code and message. 5xx/timeout -> raise: BullMQ retries with backoff.
 5. Record `sent` with the `wamid` and return `{"outcome": "sent", "wamid": ...}`.
 
@@ -42,8 +43,14 @@ def slot_reference(payload: NotificationJob) -> str:
     return f"{d.date}T{d.time}/{d.master_id}/{d.service_id}"
 
 
-def throttle_backoff_ms(throttled: int) -> int:
-    return min(MAX_THROTTLE_BACKOFF_MS, 1000 * 2 ** max(0, throttled - 1))
+PAIR_RATE_LIMIT_CODE = 131056
+PAIR_RATE_BASE_MS = 6000  # Meta: about one message every 6 s to one customer
+
+
+def throttle_backoff_ms(throttled: int, code: int | None = None) -> int:
+    """1 s, 2 s, 4 s ... for throughput limits; 6 s, 12 s ... for the pair rate limit."""
+    base = PAIR_RATE_BASE_MS if code == PAIR_RATE_LIMIT_CODE else 1000
+    return min(MAX_THROTTLE_BACKOFF_MS, base * 2 ** max(0, throttled - 1))
 
 
 async def send_slot_available(payload: NotificationJob, ctx: Context) -> dict[str, Any]:
@@ -81,7 +88,7 @@ async def send_slot_available(payload: NotificationJob, ctx: Context) -> dict[st
     except WhatsAppThrottled as exc:
         throttled = await records.release(key, owner, str(exc), throttled=True)
         await svc.rate_limiter.release(payload.salon_id, member)
-        wait = exc.retry_after_ms if exc.retry_after_ms is not None else throttle_backoff_ms(max(1, throttled))
+        wait = exc.retry_after_ms if exc.retry_after_ms is not None else throttle_backoff_ms(max(1, throttled), exc.code)
         ctx.log.warning("whatsapp throttled, backing off", code=exc.code, status=exc.status, retry_in=f"{wait}ms")
         await _sleep(ctx, now_ms() + wait, str(exc))
     except WhatsAppRejected as exc:
