@@ -14,6 +14,8 @@ from bullwait.payloads import ExpiryJob, NotificationJob, PreferenceJob, SlotDet
 from bullwait.processing import Context, Registry
 from bullwait.producer import CancelResult, Producer, expiry_job_id, new_expiry
 from bullwait.settings import Settings, load_settings
+from bullwait.store import RedisWaitlistStore, Transition, WaitlistStore
+from bullwait.waitlist import Waitlist
 
 __version__ = "0.1.0"
 
@@ -35,11 +37,15 @@ __all__ = [
     "Producer",
     "QueueKey",
     "RedisUnavailable",
+    "RedisWaitlistStore",
     "Registry",
     "Settings",
     "SettingsError",
     "SlotDetails",
+    "Transition",
     "UnknownQueue",
+    "Waitlist",
+    "WaitlistStore",
     "expiry_job_id",
     "load_settings",
     "new_expiry",

@@ -1,4 +1,5 @@
-"""What a worker process holds: settings, the producer, the processor registry, metrics.
+"""What a worker process holds: settings, the producer, the processor registry, metrics,
+and the waitlist domain (store, sender, limiter, send records).
 
 `build_services` wires them from settings; processors reach them as `ctx.services`.
 """
@@ -9,10 +10,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bullwait.catalog import QueueKey, queue_name
+from bullwait.connection import redis_client
+from bullwait.idempotency import SendRecords
 from bullwait.processing import JobObserver, NullObserver, Registry
 from bullwait.processors import builtin_registry
 from bullwait.producer import Producer
+from bullwait.ratelimit import SalonRateLimiter
 from bullwait.settings import Settings
+from bullwait.store import RedisWaitlistStore, WaitlistStore
+from bullwait.waitlist import Waitlist
+from bullwait.whatsapp import MessageSender, build_sender
 
 
 @dataclass
@@ -22,9 +29,22 @@ class Services:
     registry: Registry
     observer: JobObserver = field(default_factory=NullObserver)
     extras: dict[str, Any] = field(default_factory=dict)
+    # --- waitlist domain (issue #3) ---
+    store: WaitlistStore | None = None
+    waitlist: Waitlist | None = None
+    sender: MessageSender | None = None
+    rate_limiter: SalonRateLimiter | None = None
+    send_records: SendRecords | None = None
+    _redis: Any = None
 
     async def close(self) -> None:
         await self.producer.close()
+        if self.sender is not None:
+            await self.sender.close()
+        if self.store is not None:
+            await self.store.close()
+        if self._redis is not None:
+            await self._redis.aclose()
 
 
 def job_metrics(settings: Settings) -> JobObserver:
@@ -39,10 +59,30 @@ def job_metrics(settings: Settings) -> JobObserver:
     )
 
 
-async def build_services(settings: Settings, registry: Registry | None = None) -> Services:
+async def build_services(
+    settings: Settings,
+    registry: Registry | None = None,
+    store: WaitlistStore | None = None,
+    sender: MessageSender | None = None,
+) -> Services:
+    """Wire the services. Pass `store` to use your own `WaitlistStore` (see README)."""
+    producer = Producer(settings)
+    client = redis_client(settings)
+    own_store = store if store is not None else RedisWaitlistStore(redis_client(settings), settings.bullwait_store_prefix)
     return Services(
         settings=settings,
-        producer=Producer(settings),
+        producer=producer,
         registry=registry or builtin_registry(),
+        store=own_store,
+        waitlist=Waitlist(own_store, producer, settings),
+        sender=sender if sender is not None else build_sender(settings),
+        rate_limiter=SalonRateLimiter(
+            client,
+            settings.bullwait_store_prefix,
+            settings.waitlist_notification_rate_limit,
+            settings.waitlist_notification_rate_window_ms,
+        ),
+        send_records=SendRecords(client, settings.bullwait_store_prefix),
         observer=job_metrics(settings),
+        _redis=client,
     )

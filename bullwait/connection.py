@@ -39,6 +39,8 @@ def redis_options(settings: Settings) -> dict[str, Any]:
         opts["ssl_ca_certs"] = settings.redis_tls_ca_file
         opts["ssl_cert_reqs"] = ssl.CERT_REQUIRED
     opts.pop("connection_class", None)
+    # Plain commands keep redis-py's read timeout (a hung Redis is noticed in seconds); a
+    # worker's blocking connection raises its own above the longest BZPOPMIN (worker.py).
     opts.setdefault("socket_connect_timeout", settings.redis_connect_timeout)
     opts.setdefault("socket_keepalive", True)
     opts.setdefault("health_check_interval", 15)

@@ -1,7 +1,15 @@
-"""Demo traffic: a few waitlist offers, notifications and bookings, then a report.
+"""Demo traffic: the real waitlist flow, then a report.
 
-Used by `bullwait demo` (the README's first command): it enqueues through the same
-`Producer` a real application uses and waits until the workers have processed it all.
+Used by `bullwait demo` (the README's first command), against running workers:
+
+1. `customers` (at least 3) join one salon's waitlist;
+2. two slots free up: slot A is offered to customer 0, slot B to customer 1;
+3. customer 1 books B as soon as the offer arrives (their timer is cancelled, a preference job queued);
+4. customer 0 lets the timer run out: the expiry job expires the offer and passes A
+   to customer 2 (notification and new timer, enqueued by the worker);
+5. customer 2 books A (timer cancelled, preference job queued).
+
+Every step goes through `bullwait.waitlist.Waitlist`, the same API an application uses.
 """
 
 from __future__ import annotations
@@ -9,12 +17,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bullwait.catalog import QueueKey
-from bullwait.payloads import BookingFacts, NotificationJob, PreferenceJob, SlotDetails
-from bullwait.producer import Producer, new_expiry
+from bullwait.payloads import SlotDetails
+from bullwait.producer import expiry_job_id
+from bullwait.waitlist import Waitlist, booking_preference, notification_job_id
+
+MIN_CUSTOMERS = 3
 
 
 @dataclass(frozen=True)
@@ -24,56 +35,40 @@ class DemoReport:
     completed: dict[str, int]
     failed: dict[str, int]
     seconds: float
+    cancelled: dict[str, int] = field(default_factory=dict)
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    flow_ok: bool = True
 
     @property
     def ok(self) -> bool:
-        return self.added == self.completed and not any(self.failed.values())
+        return self.flow_ok and self.added == self.completed and not any(self.failed.values())
 
 
-def _slot(i: int) -> SlotDetails:
+def _slot(hour: int, master: int) -> SlotDetails:
     return SlotDetails(
         date="2026-12-01",
-        time=f"{10 + i % 8:02d}:00",
-        master_id=f"master-{i % 3}",
-        master_name=["Ana", "Luis", "Marta"][i % 3],
-        service_id=f"service-{i % 2}",
-        service_name=["Haircut", "Colour"][i % 2],
+        time=f"{hour:02d}:00",
+        master_id=f"master-{master}",
+        master_name=["Ana", "Luis", "Marta"][master % 3],
+        service_id="service-cut",
+        service_name="Haircut",
         duration=45,
         price=35.0,
     )
 
 
-async def enqueue_demo(producer: Producer, run_id: str, customers: int, timer_ms: int) -> dict[QueueKey, list[str]]:
-    """Offer a slot to each demo customer: a notification, an expiry timer, a booking fact."""
-    ids: dict[QueueKey, list[str]] = {k: [] for k in QueueKey}
-    for i in range(customers):
-        waitlist_id = f"demo-{run_id}-{i}"
-        customer = f"cust-{run_id}-{i}"
-        salon = f"salon-{i % 2}"
-        note = NotificationJob(
-            waitlist_id=waitlist_id,
-            customer_id=customer,
-            customer_phone=f"+3460011{i:04d}",
-            salon_id=salon,
-            slot_details=_slot(i),
-        )
-        ids[QueueKey.WAITLIST_NOTIFICATION].append(await producer.send_slot_available(note))
-        timer = new_expiry(waitlist_id, f"slot-{run_id}-{i}", customer, salon, delay_ms=timer_ms)
-        ids[QueueKey.WAITLIST_EXPIRY].append(await producer.schedule_expiry(timer))
-        pref = PreferenceJob(
-            customer_id=customer,
-            booking_id=f"booking-{run_id}-{i}",
-            salon_id=salon,
-            data=BookingFacts(service_id=f"service-{i % 2}", master_id=f"master-{i % 3}", day_of_week=2, hour=10 + i % 8),
-        )
-        ids[QueueKey.PREFERENCE_CALCULATION].append(await producer.queue_preferences(pref))
-    return ids
+async def _wait_for(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return False
 
 
-async def wait_processed(
-    producer: Producer, ids: dict[QueueKey, list[str]], timeout: float
-) -> tuple[dict[str, int], dict[str, int]]:
+async def wait_processed(waitlist: Waitlist, ids: dict[QueueKey, list[str]], timeout: float) -> tuple[dict[str, int], dict[str, int]]:
     """Poll job states until every demo job finished (or `timeout`)."""
+    producer = waitlist.producer
     deadline = time.monotonic() + timeout
     while True:
         completed: dict[str, int] = {}
@@ -86,20 +81,69 @@ async def wait_processed(
         done = sum(completed.values()) + sum(failed.values()) == sum(len(v) for v in ids.values())
         if done or time.monotonic() > deadline:
             return completed, failed
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.1)
 
 
-async def run_demo(producer: Producer, customers: int = 5, timer_ms: int = 2000, timeout: float = 60) -> DemoReport:
+async def run_demo(waitlist: Waitlist, customers: int = 5, timeout: float = 60) -> DemoReport:
     run_id = uuid.uuid4().hex[:8]
     started = time.monotonic()
-    ids = await enqueue_demo(producer, run_id, customers, timer_ms)
-    completed, failed = await wait_processed(producer, ids, timeout)
+    producer = waitlist.producer
+    store = waitlist.store
+    salon = f"demo-salon-{run_id}"
+    people = [f"demo-{run_id}-{i}" for i in range(max(customers, MIN_CUSTOMERS))]
+    for i, entry in enumerate(people):
+        await waitlist.join(salon, entry, f"cust-{run_id}-{i}", f"+3460011{i:04d}")
+    slot_a, slot_b = f"slot-{run_id}-A", f"slot-{run_id}-B"
+    await waitlist.free_slot(salon, slot_a, _slot(10, 0))  # -> customer 0
+    await waitlist.free_slot(salon, slot_b, _slot(11, 1))  # -> customer 1
+    notifications = producer.queue(QueueKey.WAITLIST_NOTIFICATION)
+
+    async def customer_1_notified() -> bool:
+        return await notifications.getJobState(notification_job_id(people[1], slot_b)) in ("completed", "failed")
+
+    await _wait_for(customer_1_notified, timeout)
+    prefs = []
+    await waitlist.book(salon, people[1])  # customer 1 takes B as soon as the offer arrives
+    prefs.append(await producer.queue_preferences(booking_preference(f"cust-{run_id}-1", f"booking-{run_id}-1", salon, _slot(11, 1))))
+
+    async def passed_to_customer_2() -> bool:
+        entry = await store.get_entry(salon, people[2])
+        return entry is not None and entry.state == "notified"
+
+    flow_ok = await _wait_for(passed_to_customer_2, timeout)  # customer 0's timer runs out
+    if flow_ok:
+        await waitlist.book(salon, people[2])
+        prefs.append(await producer.queue_preferences(booking_preference(f"cust-{run_id}-2", f"booking-{run_id}-2", salon, _slot(10, 0))))
+    ids = {
+        QueueKey.WAITLIST_NOTIFICATION: [
+            notification_job_id(people[0], slot_a),
+            notification_job_id(people[1], slot_b),
+            notification_job_id(people[2], slot_a),
+        ],
+        QueueKey.WAITLIST_EXPIRY: [expiry_job_id(people[0])],
+        QueueKey.PREFERENCE_CALCULATION: prefs,
+    }
+    remaining = max(1.0, timeout - (time.monotonic() - started))
+    completed, failed = await wait_processed(waitlist, ids, remaining)
+    expiry = producer.queue(QueueKey.WAITLIST_EXPIRY)
+    cancelled = {expiry.name: sum([await expiry.getJobState(expiry_job_id(p)) == "unknown" for p in people[1:3]])}
     added = {producer.queue(k).name: len(v) for k, v in ids.items()}
-    return DemoReport(run_id, added, completed, failed, time.monotonic() - started)
+    entries = []
+    for entry_id in people:
+        entry = await store.get_entry(salon, entry_id)
+        if entry is not None:
+            entries.append({"entry": entry_id, "state": entry.state, "slot": entry.slot_id or "", "passed to": entry.passed_to or ""})
+    return DemoReport(run_id, added, completed, failed, time.monotonic() - started, cancelled, entries, flow_ok)
 
 
 def report_rows(report: DemoReport) -> list[dict[str, Any]]:
     return [
-        {"queue": q, "added": report.added[q], "completed": report.completed.get(q, 0), "failed": report.failed.get(q, 0)}
+        {
+            "queue": q,
+            "added": report.added[q],
+            "completed": report.completed.get(q, 0),
+            "failed": report.failed.get(q, 0),
+            "timers cancelled": report.cancelled.get(q, 0),
+        }
         for q in report.added
     ]

@@ -49,3 +49,7 @@ class BadArgument(BullwaitError):
     """A command argument with a bad value (negative limit, unknown status, odd job id)."""
 
     exit_code = 2
+
+
+class WaitlistError(BullwaitError):
+    """A waitlist operation got bad input (phone, ids); the message says what to fix."""

@@ -75,6 +75,9 @@ class NotificationJob(WireModel):
     salon_id: str = Id
     slot_details: SlotDetails
     notification_type: Literal["slot_available"] = "slot_available"
+    # Optional (bullwait's own offers set it): names the slot for the send's idempotency
+    # record; without it the slot is identified by date, time, master and service.
+    slot_id: str | None = Field(default=None, min_length=1, max_length=200)
 
     @field_validator("customer_phone")
     @classmethod

@@ -12,7 +12,7 @@ from enum import Enum
 from functools import cached_property
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bullwait.errors import SettingsError
@@ -66,6 +66,22 @@ class Settings(BaseSettings):
     bullwait_worker_name: str | None = None
     bullwait_shutdown_timeout: float = Field(30.0, ge=0)
 
+    # --- Waitlist domain: store, offers, WhatsApp Cloud API (issue #3) ---
+    # Keys of bullwait's own waitlist store; each salon's/customer's keys share a hash tag.
+    bullwait_store_prefix: str = Field("bullwait:", min_length=1)
+    # How long a customer has to take an offered slot (the expiry timer).
+    waitlist_offer_minutes: float = Field(15.0, gt=0, le=7 * 24 * 60)
+    whatsapp_api_base_url: str = "https://graph.facebook.com"
+    whatsapp_api_version: str = Field("v21.0", pattern=r"^v\d+\.\d+$")
+    whatsapp_phone_number_id: str | None = None
+    # Secret: never logged, never shown in errors. Unset -> console sender (logs, sends nothing).
+    whatsapp_access_token: SecretStr | None = None
+    whatsapp_template_name: str = Field("slot_available", min_length=1)
+    whatsapp_template_language: str = Field("en_US", min_length=2)
+    whatsapp_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    # Cloud API default throughput; enforced by BullMQ's worker limiter across all workers.
+    whatsapp_max_messages_per_second: int = Field(80, ge=1, le=10_000)
+
     # --- Monitoring server and BullMQ metrics (issue 6; QUEUE_MONITORING_ENABLED, METRICS_HOST,
     # METRICS_PORT and HEALTH_MAX_FAILED are above) ---
     # Per-minute data points BullMQ keeps in `<prefix>:<queue>:metrics:completed|failed`
@@ -100,10 +116,31 @@ class Settings(BaseSettings):
             raise ValueError("must not contain white space")
         return value
 
+    @field_validator("bullwait_store_prefix")
+    @classmethod
+    def _check_store_prefix(cls, value: str) -> str:
+        if any(ch.isspace() for ch in value):
+            raise ValueError("must not contain white space")
+        return value
+
+    @field_validator("whatsapp_api_base_url")
+    @classmethod
+    def _check_api_base(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (or http:// for a local test server)")
+        return value.rstrip("/")
+
+    @field_validator("whatsapp_access_token", "whatsapp_phone_number_id", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _check_tls_file(self) -> "Settings":
         if self.redis_tls_ca_file and not os.path.isfile(self.redis_tls_ca_file):
             raise ValueError(f"REDIS_TLS_CA_FILE: no such file {self.redis_tls_ca_file!r}")
+        if self.whatsapp_access_token is not None and not self.whatsapp_phone_number_id:
+            raise ValueError("WHATSAPP_PHONE_NUMBER_ID: required when WHATSAPP_ACCESS_TOKEN is set")
         return self
 
     @cached_property

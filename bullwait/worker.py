@@ -9,10 +9,16 @@
    `getWorkers()` and Bull Board look for `bull:<base64(queue)>:w:<name>`. The main
    connection keeps the Python name (bullmq-py's `get_workers()` still sees us) and the
    blocking connection takes the Node name (Node and Bull Board see us).
-3. Undecodable job data. A job whose `data` is not JSON makes bullmq-py raise while
+3. Rate limiter. When BullMQ's `limiter` refuses a job, `moveToActive` returns how
+   long until the window reopens; Node waits that long and asks again. bullmq-py 3.4.4
+   stores it (`limitUntil`) but then blocks on the marker, which nothing re-adds, for
+   the 5 s drain delay: 30 jobs at max 5/s took 25 s instead of 5 s (and stalled
+   outright, 5 jobs in 60 s, under redis-py 8's 5 s read timeout, see 5.).
+   We wait the limit out and ask again, as Node does: 5.0 s.
+4. Undecodable job data. A job whose `data` is not JSON makes bullmq-py raise while
    fetching it, leaving it active until it stalls. We fail it at once, unrecoverably,
    with a reason that says so; its raw data stays in Redis.
-4. Blocking reads. redis-py 8 gives every connection a 5 s `socket_timeout`, and the
+5. Blocking reads. redis-py 8 gives every connection a 5 s `socket_timeout`, and the
    worker blocks on `BZPOPMIN` for up to 5 s (drainDelay) or 10 s (waiting for the next
    delayed job). The read then times out, redis-py retries with exponential backoff (up
    to 20 s between tries) and the worker sleeps through due timers and new jobs: an idle
@@ -23,6 +29,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -49,7 +56,8 @@ BLOCKING_READ_MARGIN_S = 5.0
 
 
 class BullwaitWorker(Worker):
-    """A bullmq Worker that is on time, visible to Node, and robust to undecodable data."""
+    """A bullmq Worker that is on time, visible to Node, honours its limiter, and is robust
+    to undecodable data."""
 
     def __init__(self, name: str, processor: Any = None, opts: dict[str, Any] | None = None, *args: Any, **kwargs: Any) -> None:
         super().__init__(name, processor, opts or {}, *args, **kwargs)
@@ -91,6 +99,20 @@ class BullwaitWorker(Worker):
         if self.backend.blocking_connection is not None:
             await self.backend.blocking_connection.set_client_name(node_name)
         self._client_name_set = True
+
+    async def getNextJob(self, token: str) -> Job | None:  # type: ignore[override]
+        if self.limitUntil > 0 and not self.closing:
+            # Rate limited: `limitUntil` is the limiter key's TTL in ms (see moveToActive).
+            wait = self.limitUntil
+            self.limitUntil = 0
+            await asyncio.sleep(wait / 1000)
+            if self.closing:
+                return None
+            job = await self.moveToActive(token)
+            if job is not None:
+                self.emit("active", job, "waiting")
+            return job
+        return await super().getNextJob(token)
 
     async def nextJobFromJobData(  # type: ignore[override]
         self,

@@ -74,8 +74,8 @@ async def _worker(settings: Settings, keys: list[QueueKey], shutdown_timeout: Op
 
 @app.command()
 def demo(
-    customers: int = typer.Option(5, "--customers", min=1, max=10_000, help="Demo waitlist customers to offer slots to."),
-    timer_ms: int = typer.Option(2000, "--timer-ms", min=0, help="Expiry timer delay for the demo (the real one is 15 min)."),
+    customers: int = typer.Option(5, "--customers", min=3, max=10_000, help="Customers joining the demo waitlist (at least 3)."),
+    timer_ms: int = typer.Option(2000, "--timer-ms", min=100, max=60_000, help="Offer time (expiry timer) for the demo, in ms (the real one is 15 min)."),
     timeout: float = typer.Option(60, "--timeout", min=1, help="Seconds to wait for the demo jobs."),
     embedded: str = typer.Option("auto", "--embedded-redis", help="auto: start a private redis-server when none is configured or answering; always; never."),
     redis_url: Optional[str] = RedisUrl,
@@ -110,6 +110,7 @@ def demo(
     from bullwait.demo import report_rows
 
     print_table(report_rows(report), title=f"demo {report.run_id}: {report.seconds:.1f}s")
+    print_table(report.entries, title="waitlist entries")
     if not report.ok:
         raise fail("not every demo job completed; see the log above and `bullwait stats`")
 
@@ -119,13 +120,14 @@ async def _demo(settings: Settings, customers: int, timer_ms: int, timeout: floa
     from bullwait.demo import run_demo
     from bullwait.runner import run_workers
 
+    settings = settings.with_overrides(waitlist_offer_minutes=timer_ms / 60_000)
     services = await build_services(settings)
     stop = asyncio.Event()
     workers = asyncio.ensure_future(
         run_workers(settings, services.registry, services=services, observer=services.observer, stop=stop)
     )
     try:
-        return await run_demo(services.producer, customers, timer_ms, timeout)
+        return await run_demo(services.waitlist, customers, timeout)
     finally:
         stop.set()
         await workers
@@ -165,9 +167,9 @@ def catalog(
 
 
 # Operator commands live in their own modules (cmd_*.py); each adds itself to `app`.
-from bullwait_cli import cmd_migrate, cmd_monitoring, cmd_ops  # noqa: E402
+from bullwait_cli import cmd_domain, cmd_migrate, cmd_monitoring, cmd_ops  # noqa: E402
 
-for _module in (cmd_monitoring, cmd_ops, cmd_migrate):
+for _module in (cmd_domain, cmd_monitoring, cmd_ops, cmd_migrate):
     _module.register(app)
 
 

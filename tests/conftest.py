@@ -49,6 +49,7 @@ def env(redis_server: RedisServer, prefix: str) -> dict[str, str]:
     base.update(
         REDIS_URL=f"{redis_server.url}/0",
         BULLMQ_PREFIX=prefix,
+        BULLWAIT_STORE_PREFIX=f"{prefix}-store:",
         QUEUE_LOG_LEVEL="info",
         PYTHONUNBUFFERED="1",
         METRICS_PORT="0",
@@ -58,7 +59,9 @@ def env(redis_server: RedisServer, prefix: str) -> dict[str, str]:
 
 @pytest.fixture
 def settings(env: dict[str, str]) -> Settings:
-    return Settings(redis_url=env["REDIS_URL"], bullmq_prefix=env["BULLMQ_PREFIX"])
+    return Settings(
+        redis_url=env["REDIS_URL"], bullmq_prefix=env["BULLMQ_PREFIX"], bullwait_store_prefix=env["BULLWAIT_STORE_PREFIX"]
+    )
 
 
 @pytest.fixture

@@ -1,32 +1,30 @@
-"""Built-in processors of the three waitlist jobs.
+"""Built-in processors of the three waitlist jobs; `builtin_registry()` is what
+`bullwait worker` runs.
 
-`builtin_registry()` is what `bullwait worker` runs. Until the waitlist domain lands
-(`processors/expiry.py`, `notification.py`, `preferences.py`), each job is validated
-against its payload model and logged; invalid data fails the job unrecoverably.
+- `check-expiry` -> `expiry.check_expiry`: expire an offer, pass the slot on (FIFO).
+- `send-slot-available` -> `notification.send_slot_available`: one WhatsApp offer,
+  idempotent, within the per-salon and global limits.
+- `calculate-preferences` -> `preferences.calculate_preferences`: fold a booking once.
+
+They reach the waitlist store, sender and limiter through `ctx.services`
+(`bullwait.app.Services`).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from bullwait.catalog import JOB_NAMES, QueueKey
-from bullwait.payloads import ExpiryJob, NotificationJob, PreferenceJob, WireModel
-from bullwait.processing import Context, Registry
-
-
-async def validate_and_log(payload: WireModel, ctx: Context) -> dict[str, Any]:
-    """Accept a valid job: log its (masked) payload and return what was validated."""
-    ctx.log.info("job validated", payload=payload.to_wire())
-    return {"validated": True, "job": ctx.job.name}
+from bullwait.payloads import ExpiryJob, NotificationJob, PreferenceJob
+from bullwait.processing import Registry
+from bullwait.processors.expiry import check_expiry
+from bullwait.processors.notification import send_slot_available
+from bullwait.processors.preferences import calculate_preferences
 
 
 def builtin_registry() -> Registry:
     registry = Registry()
-    registry.register(QueueKey.WAITLIST_EXPIRY, JOB_NAMES["CHECK_EXPIRY"], ExpiryJob, validate_and_log)
+    registry.register(QueueKey.WAITLIST_EXPIRY, JOB_NAMES["CHECK_EXPIRY"], ExpiryJob, check_expiry)
+    registry.register(QueueKey.WAITLIST_NOTIFICATION, JOB_NAMES["SEND_SLOT_AVAILABLE"], NotificationJob, send_slot_available)
     registry.register(
-        QueueKey.WAITLIST_NOTIFICATION, JOB_NAMES["SEND_SLOT_AVAILABLE"], NotificationJob, validate_and_log
-    )
-    registry.register(
-        QueueKey.PREFERENCE_CALCULATION, JOB_NAMES["CALCULATE_PREFERENCES"], PreferenceJob, validate_and_log
+        QueueKey.PREFERENCE_CALCULATION, JOB_NAMES["CALCULATE_PREFERENCES"], PreferenceJob, calculate_preferences
     )
     return registry

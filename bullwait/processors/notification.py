@@ -1,0 +1,121 @@
+"""`send-slot-available` (waitlist-notification): one WhatsApp offer, sent once.
+
+Order of a run:
+
+1. If the store knows the entry and it no longer holds this offer (booked, expired,
+   cancelled, another slot), nothing is sent: outcome `skipped-<state>`. An entry the
+   store does not know (a NestJS app keeping its own waitlist) is sent as asked.
+2. Claim the send record (`bullwait.idempotency`): `sent` -> return the recorded
+   `wamid` (outcome `already-sent`); `busy` -> sleep until the other run's claim ends;
+   `unknown` -> a run died mid-request: fail at once, do not risk a second message.
+3. Take a place in the salon's rolling window (`bullwait.ratelimit`); no room -> give
+   the claim back and sleep until there is (`moveToDelayed` + `DelayedError`: no
+   failure, no attempt used).
+4. Send. 429/130429/131056 -> give back claim and place, sleep (Retry-After, else
+   1 s, 2 s, 4 s ...; 6 s, 12 s ... for the pair rate limit; at most 60 s), no
+   attempt used. Other 4xx -> `UnrecoverableError`
+   with the API's code and message. 5xx/timeout -> raise: BullMQ retries with backoff.
+5. Record `sent` with the `wamid` and return `{"outcome": "sent", "wamid": ...}`.
+
+The global Cloud API limit is BullMQ's worker limiter (see `bullwait.runner`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bullmq import DelayedError, UnrecoverableError
+
+from bullwait.payloads import NotificationJob, SlotDetails
+from bullwait.processing import Context
+from bullwait.waitlist import now_ms
+from bullwait.whatsapp import WhatsAppRejected, WhatsAppThrottled, WhatsAppUnavailable
+
+CLAIM_MARGIN_MS = 2000
+MAX_THROTTLE_BACKOFF_MS = 60_000
+
+
+def slot_reference(payload: NotificationJob) -> str:
+    """What identifies the offered slot in the send record."""
+    if payload.slot_id:
+        return payload.slot_id
+    d: SlotDetails = payload.slot_details
+    return f"{d.date}T{d.time}/{d.master_id}/{d.service_id}"
+
+
+PAIR_RATE_LIMIT_CODE = 131056
+PAIR_RATE_BASE_MS = 6000  # Meta: about one message every 6 s to one customer
+
+
+def throttle_backoff_ms(throttled: int, code: int | None = None) -> int:
+    """1 s, 2 s, 4 s ... for throughput limits; 6 s, 12 s ... for the pair rate limit."""
+    base = PAIR_RATE_BASE_MS if code == PAIR_RATE_LIMIT_CODE else 1000
+    return min(MAX_THROTTLE_BACKOFF_MS, base * 2 ** max(0, throttled - 1))
+
+
+async def send_slot_available(payload: NotificationJob, ctx: Context) -> dict[str, Any]:
+    svc = ctx.services
+    base = {"waitlistId": payload.waitlist_id, "salonId": payload.salon_id}
+    skipped = await _stale_offer(payload, svc.store)
+    if skipped:
+        ctx.log.info("notification skipped: offer no longer open", outcome=skipped)
+        return {"outcome": skipped, **base}
+
+    records = svc.send_records
+    key = records.key(payload.salon_id, payload.waitlist_id, slot_reference(payload))
+    owner = f"{ctx.job.id}/{ctx.token}"
+    now = now_ms()
+    claim = await records.claim(key, owner, now, int(ctx.settings.whatsapp_timeout_seconds * 1000) + CLAIM_MARGIN_MS)
+    if claim.outcome == "sent":
+        return {"outcome": "already-sent", "wamid": claim.wamid, **base}
+    if claim.outcome == "busy" and claim.claim_until_ms is not None:
+        await _sleep(ctx, claim.claim_until_ms + 50, "another run is sending this notification")
+    if claim.outcome == "unknown":
+        raise UnrecoverableError(
+            f"Send outcome unknown: a worker ({claim.owner}) died while sending this message; "
+            f"not sent again to avoid a duplicate. To send anyway, delete Redis key {key} and retry the job"
+        )
+
+    member = f"{owner}/{now}"
+    decision = await svc.rate_limiter.acquire(payload.salon_id, member, now)
+    if not decision.allowed:
+        await records.release(key, owner, "salon rate limit")
+        ctx.log.info("salon rate limit reached, delaying", retry_in=f"{decision.retry_in_ms}ms")
+        await _sleep(ctx, now_ms() + decision.retry_in_ms, f"salon {payload.salon_id} rate limit")
+
+    try:
+        wamid = await svc.sender.send_slot_offer(payload.customer_phone, payload.slot_details)
+    except WhatsAppThrottled as exc:
+        throttled = await records.release(key, owner, str(exc), throttled=True)
+        await svc.rate_limiter.release(payload.salon_id, member)
+        wait = exc.retry_after_ms if exc.retry_after_ms is not None else throttle_backoff_ms(max(1, throttled), exc.code)
+        ctx.log.warning("whatsapp throttled, backing off", code=exc.code, status=exc.status, retry_in=f"{wait}ms")
+        await _sleep(ctx, now_ms() + wait, str(exc))
+    except WhatsAppRejected as exc:
+        await records.release(key, owner, str(exc))
+        await svc.rate_limiter.release(payload.salon_id, member)
+        raise UnrecoverableError(str(exc)) from None
+    except WhatsAppUnavailable as exc:
+        await records.release(key, owner, str(exc))
+        await svc.rate_limiter.release(payload.salon_id, member)
+        raise
+    await records.mark_sent(key, owner, wamid, now_ms())
+    ctx.log.info("whatsapp offer sent", wamid=wamid, customerPhone=payload.customer_phone)
+    return {"outcome": "sent", "wamid": wamid, **base}
+
+
+async def _stale_offer(payload: NotificationJob, store: Any) -> str | None:
+    entry = await store.get_entry(payload.salon_id, payload.waitlist_id)
+    if entry is None:
+        return None
+    if entry.state != "notified":
+        return f"skipped-{entry.state}"
+    if payload.slot_id and entry.slot_id != payload.slot_id:
+        return "skipped-other-slot"
+    return None
+
+
+async def _sleep(ctx: Context, until_ms: int, reason: str) -> None:
+    """Put the job back to delayed until `until_ms` without using up an attempt."""
+    await ctx.job.moveToDelayed(until_ms, ctx.token)
+    raise DelayedError(reason)

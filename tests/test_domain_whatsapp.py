@@ -1,0 +1,149 @@
+"""The Cloud API client against the local fake (real HTTP on loopback): request shape and
+error mapping; the console sender."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Iterator
+
+import pytest
+
+from bullwait.logging import configure_logging, get_logger
+from bullwait.payloads import SlotDetails
+from bullwait.settings import Settings
+from bullwait.whatsapp import (
+    CloudApiSender,
+    ConsoleSender,
+    WhatsAppRejected,
+    WhatsAppThrottled,
+    WhatsAppUnavailable,
+    build_sender,
+)
+
+from fake_whatsapp import FakeWhatsApp
+
+SLOT = SlotDetails(
+    date="2026-12-01", time="10:30", master_id="m-1", master_name="Ana",
+    service_id="s-1", service_name="Haircut", duration=45, price=35.5,
+)
+TOKEN = "EAAG-very-secret-token"
+
+
+@pytest.fixture
+def api() -> Iterator[FakeWhatsApp]:
+    with FakeWhatsApp() as fake:
+        yield fake
+
+
+def _settings(api: FakeWhatsApp, **extra: object) -> Settings:
+    return Settings(
+        whatsapp_api_base_url=api.base_url, whatsapp_phone_number_id="1055", whatsapp_access_token=TOKEN,
+        whatsapp_template_name="slot_offer", whatsapp_template_language="es", **extra,
+    )
+
+
+async def test_template_message_request(api: FakeWhatsApp) -> None:
+    sender = build_sender(_settings(api))
+    assert isinstance(sender, CloudApiSender)
+    try:
+        wamid = await sender.send_slot_offer("+34600111222", SLOT)
+    finally:
+        await sender.close()
+    assert wamid.startswith("wamid.")
+    [req] = api.received()
+    assert req.path == "/v21.0/1055/messages"
+    assert req.headers["Authorization"] == f"Bearer {TOKEN}"
+    body = req.body
+    assert body["messaging_product"] == "whatsapp" and body["type"] == "template" and body["to"] == "34600111222"
+    assert body["template"]["name"] == "slot_offer" and body["template"]["language"] == {"code": "es"}
+    params = [p["text"] for p in body["template"]["components"][0]["parameters"]]
+    assert params == ["Haircut", "2026-12-01", "10:30", "Ana", "45", "35.50"]
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [
+        (429, None, WhatsAppThrottled),
+        (None, 130429, WhatsAppThrottled),
+        (None, 131056, WhatsAppThrottled),
+        (None, 131026, WhatsAppRejected),
+        (None, 132001, WhatsAppRejected),
+        (401, 190, WhatsAppRejected),
+        (500, None, WhatsAppUnavailable),
+        (503, None, WhatsAppUnavailable),
+    ],
+)
+async def test_error_mapping(api: FakeWhatsApp, status: int | None, code: int | None, expected: type) -> None:
+    api.fail_next(status=status, code=code, message="Invalid OAuth access token" if code == 190 else None, retry_after=2 if status == 429 else None)
+    sender = CloudApiSender(_settings(api))
+    try:
+        with pytest.raises(expected) as info:
+            await sender.send_slot_offer("+34600111222", SLOT)
+    finally:
+        await sender.close()
+    text = str(info.value)
+    assert TOKEN not in text
+    if code is not None:
+        assert str(code) in text and info.value.code == code
+    if status == 429:
+        assert info.value.retry_after_ms == 2000  # type: ignore[attr-defined]
+
+
+async def test_timeout_is_unavailable(api: FakeWhatsApp) -> None:
+    api.latency = 1.0
+    sender = CloudApiSender(_settings(api, whatsapp_timeout_seconds=0.2))
+    try:
+        with pytest.raises(WhatsAppUnavailable, match="timed out"):
+            await sender.send_slot_offer("+34600111222", SLOT)
+    finally:
+        await sender.close()
+
+
+async def test_unreachable_is_unavailable() -> None:
+    from bullwait.embedded import free_port
+
+    settings = Settings(whatsapp_api_base_url=f"http://127.0.0.1:{free_port()}", whatsapp_phone_number_id="1", whatsapp_access_token=TOKEN)
+    sender = CloudApiSender(settings)
+    try:
+        with pytest.raises(WhatsAppUnavailable, match="unreachable"):
+            await sender.send_slot_offer("+34600111222", SLOT)
+    finally:
+        await sender.close()
+
+
+async def test_console_sender_without_token_logs_masked_phone() -> None:
+    out = io.StringIO()
+    configure_logging("info", json=True, stream=out)
+    try:
+        sender = build_sender(Settings())
+        assert isinstance(sender, ConsoleSender)
+        wamid = await sender.send_slot_offer("+34600111222", SLOT)
+    finally:
+        configure_logging("info", json=True)
+    line = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert line["to"] == "+34*******22" and wamid == line["wamid"]
+    assert "+34600111222" not in out.getvalue()
+
+
+def test_secrets_are_redacted_by_key_name() -> None:
+    out = io.StringIO()
+    configure_logging("info", json=True, stream=out)
+    try:
+        get_logger().info("x", access_token=TOKEN, authorization=f"Bearer {TOKEN}", note=f"Bearer {TOKEN}")
+    finally:
+        configure_logging("info", json=True)
+    assert TOKEN not in out.getvalue()
+
+
+def test_settings_never_show_the_token() -> None:
+    settings = Settings(whatsapp_phone_number_id="1", whatsapp_access_token=TOKEN)
+    assert TOKEN not in repr(settings) and TOKEN not in str(settings.model_dump())
+
+
+def test_throttle_backoff() -> None:
+    from bullwait.processors.notification import throttle_backoff_ms
+
+    assert [throttle_backoff_ms(n) for n in (1, 2, 3)] == [1000, 2000, 4000]
+    assert [throttle_backoff_ms(n, 131056) for n in (1, 2)] == [6000, 12000]
+    assert throttle_backoff_ms(30) == 60_000
