@@ -9,20 +9,35 @@
    `getWorkers()` and Bull Board look for `bull:<base64(queue)>:w:<name>`. The main
    connection keeps the Python name (bullmq-py's `get_workers()` still sees us) and the
    blocking connection takes the Node name (Node and Bull Board see us).
-3. Undecodable job data. A job whose `data` is not JSON makes bullmq-py raise while
+3. Round trips. A stock Worker completes a job with `moveToFinished(fetchNext=false)` and
+   then asks for the next one with a separate `moveToActive`: two Lua calls per job. Like
+   Node, we let `moveToFinished` fetch the next job in the same call and process it in
+   the same slot (same token, locks tracked and released per job, `active`/`completed`
+   events as before). We stop fetching as soon as the worker is closing or paused, so a
+   graceful close still drains; a failed, delayed or rate-limited job ends the chain and
+   the slot goes back to the stock loop.
+4. Rate limits. When the worker `limiter` is hit, a stock Worker goes back to blocking on
+   the marker and can stay there: under `limiter: {max: 80, duration: 1000}` it stopped
+   for good after the first 80 jobs here. Like Node, we wait out the limit ourselves
+   (`limitUntil` ms) and then ask for the next job.
+5. Undecodable job data. A job whose `data` is not JSON makes bullmq-py raise while
    fetching it, leaving it active until it stalls. We fail it at once, unrecoverably,
    with a reason that says so; its raw data stays in Redis.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
 import socket
 from typing import Any
 
+import time
+
 from bullmq import Worker
+from bullmq.custom_errors import DelayedError, UnrecoverableError, WaitingChildrenError
 from bullmq.job import Job
 
 
@@ -40,6 +55,9 @@ def node_client_name(prefix: str, queue: str, worker_name: str | None) -> str:
 
 class BullwaitWorker(Worker):
     """A bullmq Worker that is on time, visible to Node, and robust to undecodable data."""
+
+    # Fetch the next job with moveToFinished (one Lua call per job instead of two).
+    fetch_next: bool = True
 
     async def run(self) -> None:  # type: ignore[override]
         await self.prime()
@@ -60,6 +78,81 @@ class BullwaitWorker(Worker):
         if self.backend.blocking_connection is not None:
             await self.backend.blocking_connection.set_client_name(node_name)
         self._client_name_set = True
+
+    async def processJob(self, job: Job, token: str) -> None:  # type: ignore[override]
+        """Process `job`, then each job that completing it fetched, in this slot."""
+        current: Job | None = job
+        while current is not None:
+            current = await self._process_one(current, token)
+
+    async def getNextJob(self, token: str) -> Job | None:  # type: ignore[override]
+        if not self.limitUntil:
+            return await super().getNextJob(token)
+        await asyncio.sleep(self.limitUntil / 1000)
+        if self.closing or self.paused:
+            return None
+        job = await self.moveToActive(token)
+        if job is not None:
+            self.emit("active", job, "waiting")
+        return job
+
+    def _may_fetch_next(self) -> bool:
+        return self.fetch_next and not (self.closing or self.paused or self.forceClosing or self.closed)
+
+    async def _process_one(self, job: Job, token: str) -> Job | None:
+        """bullmq-py's `processJob` for one job; returns the next job if completing fetched one."""
+        fetched: Any = None
+        try:
+            if "removeOnComplete" not in job.opts and "removeOnComplete" in self.opts:
+                job.opts["removeOnComplete"] = self.opts["removeOnComplete"]
+            if "removeOnFail" not in job.opts and "removeOnFail" in self.opts:
+                job.opts["removeOnFail"] = self.opts["removeOnFail"]
+            self.jobs.add((job, token))
+            controller = self.lockManager.track_job(
+                job.id, token, int(time.time() * 1000), should_create_controller=self._processor_wants_signal
+            )
+            if job.deferredFailure:
+                await job.moveToFailed(UnrecoverableError(job.deferredFailure), token)
+                self.emit("failed", job, UnrecoverableError(job.deferredFailure))
+                return None
+            if controller is not None:
+                result = await self.processor(job, token, controller.signal)
+            else:
+                result = await self.processor(job, token)
+            if not self.forceClosing:
+                fetch = self._may_fetch_next()
+                moved = await self.backend.moveToCompleted(
+                    job, result, job.opts.get("removeOnComplete", False), token, fetch_next=fetch
+                )
+                job.returnvalue = result
+                job.attemptsMade = job.attemptsMade + 1
+                if fetch:
+                    fetched = moved["result"]
+            self.emit("completed", job, result)
+        except (DelayedError, WaitingChildrenError):
+            return None
+        except Exception as err:
+            try:
+                if not self.forceClosing:
+                    await job.moveToFailed(err, token)
+                self.emit("failed", job, err)
+            except Exception as err2:
+                self.emit("error", err2, job)
+            return None
+        finally:
+            self.jobs.discard((job, token))
+            self.lockManager.untrack_job(job.id)
+        if not fetched:
+            return None
+        job_data, job_id, limit_until, delay_until = fetched
+        try:
+            following = await self.nextJobFromJobData(job_data, job_id, limit_until or 0, delay_until or 0, token)
+        except Exception as err:  # the fetched job stays active; stalled recovery returns it
+            self.emit("error", err)
+            return None
+        if following is not None:
+            self.emit("active", following, "waiting")
+        return following
 
     async def nextJobFromJobData(  # type: ignore[override]
         self,
