@@ -4,7 +4,12 @@
    rounded *up* to whole seconds until something asks the server's version (which sets
    `canDoubleTimeout`); nothing in the worker does, so delayed jobs run ~0.5 s late on
    average and ~1 s at p99. We read the server version before the first wait, so the
-   wait ends at the next due time, as in Node.
+   wait ends at the next due time, as in Node. That still leaves Redis's own timer
+   resolution: Redis expires blocked clients from its event loop, which wakes `hz` times
+   a second (10 by default), so a wait ends up to 100 ms late (Node's workers too).
+   So we block in Redis only until `PRECISE_WAIT_MS` before the next due time and sleep
+   the rest in the event loop, whose timers are ~1 ms accurate. The price: a job added
+   to the wait list during that last stretch waits for it (at most `PRECISE_WAIT_MS`).
 2. Visibility. bullmq-py names its connections `bull:<queue>:w:<name>`; Node's
    `getWorkers()` and Bull Board look for `bull:<base64(queue)>:w:<name>`. The main
    connection keeps the Python name (bullmq-py's `get_workers()` still sees us) and the
@@ -30,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import os
 import socket
 from typing import Any
@@ -53,6 +59,10 @@ def node_client_name(prefix: str, queue: str, worker_name: str | None) -> str:
     return f"{prefix}:{encoded}" + (f":w:{worker_name}" if worker_name else "")
 
 
+# Longer than Redis's blocked-client timeout granularity at the default hz 10 (100 ms).
+PRECISE_WAIT_MS = 110
+
+
 class BullwaitWorker(Worker):
     """A bullmq Worker that is on time, visible to Node, and robust to undecodable data."""
 
@@ -68,6 +78,30 @@ class BullwaitWorker(Worker):
         for conn in (self.backend.connection, self.backend.blocking_connection):
             if conn is not None:
                 await conn.getRedisVersion()
+
+    async def waitForJob(self) -> int:  # type: ignore[override]
+        """Wait for the marker; the last `PRECISE_WAIT_MS` before a due time in the event loop."""
+        now = time.time() * 1000
+        if self.blockUntil and self.blockUntil - now <= PRECISE_WAIT_MS:
+            if self.blockUntil > now:
+                await asyncio.sleep((self.blockUntil - now) / 1000)
+            return 0
+        until = self.blockUntil - PRECISE_WAIT_MS if self.blockUntil else 0
+        timeout = self.getBlockTimeout(int(until))
+        if not self.backend.capabilities.get("canDoubleTimeout", False):
+            timeout = math.ceil(timeout)
+        try:
+            result = await self.backend.waitForJob(timeout)
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as err:
+            if self.isConnectionError(err) and not self.closing and not self.closed:
+                await asyncio.sleep(0.1)
+            raise
+        if result:
+            _key, member, score = result
+            return int(score) if member else 0
+        return 0
 
     async def _ensure_client_names(self) -> None:
         if self._client_name_set:
