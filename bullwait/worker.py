@@ -25,7 +25,12 @@
    the marker and can stay there: under `limiter: {max: 80, duration: 1000}` it stopped
    for good after the first 80 jobs here. Like Node, we wait out the limit ourselves
    (`limitUntil` ms) and then ask for the next job.
-5. Undecodable job data. A job whose `data` is not JSON makes bullmq-py raise while
+5. Socket timeout. redis-py (8.x) gives every connection a 5 s `socket_timeout`, while
+   the worker blocks for up to 10 s (5 s `drainDelay` when idle). A wait longer than
+   5 s raised TimeoutError, which bullmq-py treats as a lost connection and retries
+   after `runRetryDelay` (15 s): here a worker started before its timers were added
+   ran none of them for 20+ s. We raise the timeout above the longest block.
+6. Undecodable job data. A job whose `data` is not JSON makes bullmq-py raise while
    fetching it, leaving it active until it stalls. We fail it at once, unrecoverably,
    with a reason that says so; its raw data stays in Redis.
 """
@@ -59,6 +64,8 @@ def node_client_name(prefix: str, queue: str, worker_name: str | None) -> str:
     return f"{prefix}:{encoded}" + (f":w:{worker_name}" if worker_name else "")
 
 
+# Above bullmq-py's longest blocking wait (10 s) plus slack; redis-py's default is 5 s.
+SOCKET_TIMEOUT_S = 20.0
 # Longer than Redis's blocked-client timeout granularity at the default hz 10 (100 ms).
 PRECISE_WAIT_MS = 110
 
@@ -68,6 +75,13 @@ class BullwaitWorker(Worker):
 
     # Fetch the next job with moveToFinished (one Lua call per job instead of two).
     fetch_next: bool = True
+
+    def __init__(self, name: str, processor: Any, opts: dict[str, Any] | None = None) -> None:
+        opts = dict(opts or {})
+        conn = opts.get("connection")
+        if isinstance(conn, dict) and (conn.get("socket_timeout") or 0) < SOCKET_TIMEOUT_S:
+            opts["connection"] = {**conn, "socket_timeout": SOCKET_TIMEOUT_S}
+        super().__init__(name, processor, opts)
 
     async def run(self) -> None:  # type: ignore[override]
         await self.prime()

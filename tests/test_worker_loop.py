@@ -181,3 +181,26 @@ async def test_rate_limited_worker_keeps_going(settings: Settings, sync_redis: r
     assert max(sum(1 for t in starts if s <= t < s + 0.5) for s in starts) <= 20
     assert starts[-1] - starts[0] >= 0.9, "30 jobs at 10 per 500 ms need at least two more windows"
     await queue.close()
+
+
+async def test_idle_worker_runs_a_timer_added_later_on_time(settings: Settings) -> None:
+    """An idle wait longer than redis-py's default 5 s socket timeout must not break the loop."""
+    starts: list[float] = []
+
+    async def process(job: Any, token: str) -> None:
+        starts.append(time.time() * 1000 - (job.timestamp + job.opts["delay"]))
+
+    worker = BullwaitWorker("idle", process, _opts(settings, concurrency=2))
+    timeout = worker.backend.blocking_connection.conn.connection_pool.connection_kwargs["socket_timeout"]
+    assert timeout > 10, "above the longest BZPOPMIN (10 s)"
+    task = asyncio.ensure_future(worker.run())
+    queue = Queue("idle", _opts(settings))
+    try:
+        await asyncio.sleep(0.5)  # the worker is now blocked, idle
+        await queue.add("t", {}, {"delay": 7000})  # due after a > 5 s wait
+        await _until(lambda: _count(queue, "completed", 1), timeout=15, message="timer run")
+    finally:
+        await worker.close()
+        await task
+        await queue.close()
+    assert len(starts) == 1 and starts[0] < 1000, f"late by {starts} ms"
