@@ -1,9 +1,9 @@
 """The notification benchmark's processor, and the hook to swap in the real one.
 
 `bench_registry(options)` returns a `Registry` with a `send-slot-available` processor that
- 1. applies a per-salon fixed-window limit (`salonLimit` per `salonWindowMs`, one Redis
-    counter per salon under a `{prefix}` hash tag): over the limit, the job is moved back
-    to delayed until the window ends (`DelayedError`), never sent;
+ 1. applies a per-salon sliding-window limit (`salonLimit` sends in any `salonWindowMs`;
+    one sorted set of send times per salon under a `{prefix}` hash tag): over the limit,
+    the job is moved back to delayed until a slot frees (`DelayedError`), never sent;
  2. POSTs the Cloud API's template-message shape to `fakeUrl` with httpx.
 The global 80/s cap is BullMQ's worker `limiter` ({max: 80, duration: 1000}), set by the
 benchmark through `run_workers(options=...)`.
@@ -29,14 +29,18 @@ from bullwait.catalog import JOB_NAMES, QueueKey
 from bullwait.payloads import NotificationJob
 from bullwait.processing import Context, Registry
 
-# INCR a per-salon window counter; on the first hit set its expiry. Returns the count and
-# the window's remaining ms.
+# Sliding window: drop sends older than the window; admit if under the limit (record
+# this job), else return the ms until the oldest send leaves the window.
 WINDOW_HIT = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-local ttl = redis.call('PTTL', KEYS[1])
-if n > tonumber(ARGV[2]) then redis.call('DECR', KEYS[1]) end
-return {n, ttl}
+local now, window, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return {1, 0}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, tonumber(oldest[2]) + window - now}
 """
 
 
@@ -50,9 +54,11 @@ def bench_registry(o: dict[str, Any]) -> Registry:
 
     async def send_slot_available(payload: NotificationJob, ctx: Context) -> dict[str, Any]:
         if limit:
-            count, ttl = await hit(keys=[f"{{{o['prefix']}}}:salon-window:{payload.salon_id}"], args=[window, limit])
-            if int(count) > limit:
-                await ctx.job.moveToDelayed(int(time.time() * 1000) + max(int(ttl), 1), ctx.token)
+            now = int(time.time() * 1000)
+            key = f"{{{o['prefix']}}}:salon-window:{payload.salon_id}"
+            allowed, wait_ms = await hit(keys=[key], args=[now, window, limit, ctx.job.id])
+            if not int(allowed):
+                await ctx.job.moveToDelayed(now + max(int(wait_ms), 1) + 5, ctx.token)
                 raise DelayedError()
         details = payload.slot_details
         response = await client.post(

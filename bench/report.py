@@ -33,6 +33,9 @@ def rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
     if t:
         for hz, limit in ((10, 100), (100, 20)):
             get = lambda kind, key: (t.get(f"hz{hz}:{kind}") or {}).get(key)  # noqa: E731
+            due = round(t["n"] * t["observeS"] / t["spreadS"])
+            out.append((f"timers run of ~{due:,} due in the window, hz {hz}", _f(get("bullwait", "n")), _f(get("stock", "n")),
+                        _f(get("node", "n")), _ratio(get("bullwait", "n"), get("node", "n")), "all", "-"))
             for key in ("p50", "p99", "max"):
                 bw = get("bullwait", key)
                 target = f"<= {limit} ms" if key == "p99" else ""
@@ -80,7 +83,8 @@ def rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
         for key, row in n.items():
             if not isinstance(row, dict):
                 continue
-            label = f"sends/s, c {row['concurrency']}, {row['n']} msgs / {row['salons']} salons" + (
+            lim = row.get("limiter") or {"max": 80, "duration": 1000}
+            label = f"sends/s, c {row['concurrency']}, limiter {lim['max']}/{lim['duration']}ms, {row['n']} msgs / {row['salons']} salons" + (
                 f", salon limit {row['salonLimit']}/{row['salonWindowMs'] // 1000}s" if row["salonLimit"] else ""
             )
             ok = row["rate"] >= 0.95 * row["ceiling"] and row["maxPerSecond"] <= 80 and row["duplicates"] == 0 and row["missing"] == 0

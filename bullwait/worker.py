@@ -210,9 +210,14 @@ class BullwaitWorker(Worker):
         delay_until: int = 0,
         token: str | None = None,
     ) -> Job | None:
-        if job_data and not _decodes(job_data):
-            job_data = _with_deferred_failure(job_data)
-        return await super().nextJobFromJobData(job_data, job_id, limit_until, delay_until, token)
+        try:
+            return await super().nextJobFromJobData(job_data, job_id, limit_until, delay_until, token)
+        except (ValueError, TypeError):
+            # Decoding only fails for bad data: check then, not for every job (hot path).
+            if not job_data or _decodes(job_data):
+                raise
+            fixed = _with_deferred_failure(job_data)
+            return await super().nextJobFromJobData(fixed, job_id, limit_until, delay_until, token)
 
 
 def _decodes(job_data: Any) -> bool:
