@@ -159,7 +159,6 @@ def _drain_rate(b: Bench, prefix: str, n: int, worker: Proc, timeout: float) -> 
             seconds = max(now - start, 1e-3)
             return {"jobs": n, "seconds": round(seconds, 3), "rate": round(n / seconds, 1)}
         time.sleep(0.005)
-    worker.stop()
     raise RuntimeError(f"queue not drained within {timeout}s")
 
 
@@ -176,8 +175,10 @@ def throughput(b: Bench, log: Any) -> dict[str, Any]:
             prefix = b.fresh()
             asyncio.run(_fill(b.settings(prefix), n))
             worker = start_worker(kind, redisUrl=b.url, prefix=prefix, mode="throughput", concurrency=concurrency, queue=QUEUE, **extra)
-            row = _drain_rate(b, prefix, n, worker, timeout=300)
-            worker.stop()
+            try:
+                row = _drain_rate(b, prefix, n, worker, timeout=300)
+            finally:
+                worker.stop()
             results[f"c{concurrency}:{label}"] = dict(row, concurrency=concurrency, runtime=label)
             log(f"throughput c={concurrency} {label}: {row['rate']:.0f} jobs/s")
     return results
@@ -229,8 +230,10 @@ def enqueue_and_memory(b: Bench, log: Any) -> dict[str, Any]:
     asyncio.run(_fill(b.settings(prefix), m, {"removeOnComplete": False}))
     waiting = (b.used_memory() - before) / m
     worker = start_worker("bullwait", redisUrl=b.url, prefix=prefix, mode="timers", concurrency=10, queue=QUEUE)
-    _drain_rate(b, prefix, m, worker, timeout=300)
-    worker.stop()
+    try:
+        _drain_rate(b, prefix, m, worker, timeout=300)
+    finally:
+        worker.stop()
     completed = b.client.zcard(f"{prefix}:{QUEUE}:completed")
     results["completed"] = {
         "n": m,
