@@ -56,6 +56,8 @@ class WorkerPool:
     services: Any = None
     observer: JobObserver | None = None
     worker_name: str = field(default_factory=default_worker_name)
+    # Extra bullmq Worker options per queue (e.g. `limiter`), merged over `worker_options`.
+    options: dict[QueueKey, dict[str, Any]] = field(default_factory=dict)
     workers: dict[QueueKey, BullwaitWorker] = field(default_factory=dict)
     log: Any = field(default_factory=get_logger)
 
@@ -63,7 +65,8 @@ class WorkerPool:
         tasks = []
         for key in self.queues:
             name = queue_name(key, self.settings)
-            worker = BullwaitWorker(name, self._processor(key, name), worker_options(key, self.settings, self.worker_name))
+            opts = {**worker_options(key, self.settings, self.worker_name), **self.options.get(key, {})}
+            worker = BullwaitWorker(name, self._processor(key, name), opts)
             worker.on("error", lambda err, *_a, q=name: self.log.warning("worker error", queue=q, error=str(err)))
             worker.on("stalled", lambda job_id, *_a, q=name: self._stalled(q, job_id))
             self.workers[key] = worker
@@ -111,6 +114,7 @@ async def run_workers(
     services: Any = None,
     observer: JobObserver | None = None,
     stop: asyncio.Event | None = None,
+    options: dict[QueueKey, dict[str, Any]] | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT (or `stop` is set). Returns the process exit code."""
     log = get_logger()
@@ -119,7 +123,7 @@ async def run_workers(
     if not await _until_stopped(wait_for_redis(settings, log), stop_event):
         log.info("stopped before Redis answered")
         return 0
-    pool = WorkerPool(settings, registry, list(queues or list(QueueKey)), services, observer, log=log)
+    pool = WorkerPool(settings, registry, list(queues or list(QueueKey)), services, observer, log=log, options=options or {})
     if settings.bullwait_worker_name:
         pool.worker_name = settings.bullwait_worker_name  # shown in Bull Board's Workers tab
     tasks = pool.start()

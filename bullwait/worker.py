@@ -1,24 +1,36 @@
-"""`BullwaitWorker`: the official bullmq-py Worker with three fixes bullwait needs.
+"""`BullwaitWorker`: the official bullmq-py Worker with the fixes bullwait needs.
 
 1. Timer precision. A stock Worker blocks on the marker with `BZPOPMIN` for a timeout
    rounded *up* to whole seconds until something asks the server's version (which sets
    `canDoubleTimeout`); nothing in the worker does, so delayed jobs run ~0.5 s late on
    average and ~1 s at p99. We read the server version before the first wait, so the
-   wait ends at the next due time, as in Node.
+   wait ends at the next due time, as in Node. That still leaves Redis's own timer
+   resolution: Redis expires blocked clients from its event loop, which wakes `hz` times
+   a second (10 by default), so a wait ends up to 100 ms late (Node's workers too).
+   So we block in Redis only until `PRECISE_WAIT_MS` before the next due time and sleep
+   the rest in the event loop, whose timers are ~1 ms accurate. The price: a job added
+   to the wait list during that last stretch waits for it (at most `PRECISE_WAIT_MS`).
 2. Visibility. bullmq-py names its connections `bull:<queue>:w:<name>`; Node's
    `getWorkers()` and Bull Board look for `bull:<base64(queue)>:w:<name>`. The main
    connection keeps the Python name (bullmq-py's `get_workers()` still sees us) and the
    blocking connection takes the Node name (Node and Bull Board see us).
-3. Rate limiter. When BullMQ's `limiter` refuses a job, `moveToActive` returns how
+3. Round trips. A stock Worker completes a job with `moveToFinished(fetchNext=false)` and
+   then asks for the next one with a separate `moveToActive`: two Lua calls per job. Like
+   Node, we let `moveToFinished` fetch the next job in the same call and process it in
+   the same slot (same token, locks tracked and released per job, `active`/`completed`
+   events as before). We stop fetching as soon as the worker is closing or paused, so a
+   graceful close still drains; a failed, delayed or rate-limited job ends the chain and
+   the slot goes back to the stock loop.
+4. Rate limiter. When BullMQ's `limiter` refuses a job, `moveToActive` returns how
    long until the window reopens; Node waits that long and asks again. bullmq-py 3.4.4
    stores it (`limitUntil`) but then blocks on the marker, which nothing re-adds, for
    the 5 s drain delay: 30 jobs at max 5/s took 25 s instead of 5 s (and stalled
-   outright, 5 jobs in 60 s, under redis-py 8's 5 s read timeout, see 5.).
+   outright, 5 jobs in 60 s, under redis-py 8's 5 s read timeout, see 6.).
    We wait the limit out and ask again, as Node does: 5.0 s.
-4. Undecodable job data. A job whose `data` is not JSON makes bullmq-py raise while
+5. Undecodable job data. A job whose `data` is not JSON makes bullmq-py raise while
    fetching it, leaving it active until it stalls. We fail it at once, unrecoverably,
    with a reason that says so; its raw data stays in Redis.
-5. Blocking reads. redis-py 8 gives every connection a 5 s `socket_timeout`, and the
+6. Blocking reads. redis-py 8 gives every connection a 5 s `socket_timeout`, and the
    worker blocks on `BZPOPMIN` for up to 5 s (drainDelay) or 10 s (waiting for the next
    delayed job). The read then times out, redis-py retries with exponential backoff (up
    to 20 s between tries) and the worker sleeps through due timers and new jobs: an idle
@@ -32,11 +44,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import os
 import socket
+import time
 from typing import Any
 
 from bullmq import Worker
+from bullmq.custom_errors import DelayedError, UnrecoverableError, WaitingChildrenError
 from bullmq.job import Job
 
 
@@ -53,11 +68,16 @@ def node_client_name(prefix: str, queue: str, worker_name: str | None) -> str:
 
 
 BLOCKING_READ_MARGIN_S = 5.0
+# Longer than Redis's blocked-client timeout granularity at the default hz 10 (100 ms).
+PRECISE_WAIT_MS = 110
 
 
 class BullwaitWorker(Worker):
     """A bullmq Worker that is on time, visible to Node, honours its limiter, and is robust
     to undecodable data."""
+
+    # Fetch the next job with moveToFinished (one Lua call per job instead of two).
+    fetch_next: bool = True
 
     def __init__(self, name: str, processor: Any = None, opts: dict[str, Any] | None = None, *args: Any, **kwargs: Any) -> None:
         super().__init__(name, processor, opts or {}, *args, **kwargs)
@@ -90,6 +110,30 @@ class BullwaitWorker(Worker):
             if conn is not None:
                 await conn.getRedisVersion()
 
+    async def waitForJob(self) -> int:  # type: ignore[override]
+        """Wait for the marker; the last `PRECISE_WAIT_MS` before a due time in the event loop."""
+        now = time.time() * 1000
+        if self.blockUntil and self.blockUntil - now <= PRECISE_WAIT_MS:
+            if self.blockUntil > now:
+                await asyncio.sleep((self.blockUntil - now) / 1000)
+            return 0
+        until = self.blockUntil - PRECISE_WAIT_MS if self.blockUntil else 0
+        timeout = self.getBlockTimeout(int(until))
+        if not self.backend.capabilities.get("canDoubleTimeout", False):
+            timeout = math.ceil(timeout)
+        try:
+            result = await self.backend.waitForJob(timeout)
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as err:
+            if self.isConnectionError(err) and not self.closing and not self.closed:
+                await asyncio.sleep(0.1)
+            raise
+        if result:
+            _key, member, score = result
+            return int(score) if member else 0
+        return 0
+
     async def _ensure_client_names(self) -> None:
         if self._client_name_set:
             return
@@ -100,19 +144,82 @@ class BullwaitWorker(Worker):
             await self.backend.blocking_connection.set_client_name(node_name)
         self._client_name_set = True
 
+    async def processJob(self, job: Job, token: str) -> None:  # type: ignore[override]
+        """Process `job`, then each job that completing it fetched, in this slot."""
+        current: Job | None = job
+        while current is not None:
+            current = await self._process_one(current, token)
+
     async def getNextJob(self, token: str) -> Job | None:  # type: ignore[override]
-        if self.limitUntil > 0 and not self.closing:
-            # Rate limited: `limitUntil` is the limiter key's TTL in ms (see moveToActive).
-            wait = self.limitUntil
-            self.limitUntil = 0
-            await asyncio.sleep(wait / 1000)
-            if self.closing:
+        if self.limitUntil <= 0 or self.closing:
+            return await super().getNextJob(token)
+        # Rate limited: `limitUntil` is the limiter key's TTL in ms (see moveToActive).
+        wait, self.limitUntil = self.limitUntil, 0
+        await asyncio.sleep(wait / 1000)
+        if self.closing or self.paused:
+            return None
+        job = await self.moveToActive(token)
+        if job is not None:
+            self.emit("active", job, "waiting")
+        return job
+
+    def _may_fetch_next(self) -> bool:
+        return self.fetch_next and not (self.closing or self.paused or self.forceClosing or self.closed)
+
+    async def _process_one(self, job: Job, token: str) -> Job | None:
+        """bullmq-py's `processJob` for one job; returns the next job if completing fetched one."""
+        fetched: Any = None
+        try:
+            if "removeOnComplete" not in job.opts and "removeOnComplete" in self.opts:
+                job.opts["removeOnComplete"] = self.opts["removeOnComplete"]
+            if "removeOnFail" not in job.opts and "removeOnFail" in self.opts:
+                job.opts["removeOnFail"] = self.opts["removeOnFail"]
+            self.jobs.add((job, token))
+            controller = self.lockManager.track_job(
+                job.id, token, int(time.time() * 1000), should_create_controller=self._processor_wants_signal
+            )
+            if job.deferredFailure:
+                await job.moveToFailed(UnrecoverableError(job.deferredFailure), token)
+                self.emit("failed", job, UnrecoverableError(job.deferredFailure))
                 return None
-            job = await self.moveToActive(token)
-            if job is not None:
-                self.emit("active", job, "waiting")
-            return job
-        return await super().getNextJob(token)
+            if controller is not None:
+                result = await self.processor(job, token, controller.signal)
+            else:
+                result = await self.processor(job, token)
+            if not self.forceClosing:
+                fetch = self._may_fetch_next()
+                moved = await self.backend.moveToCompleted(
+                    job, result, job.opts.get("removeOnComplete", False), token, fetch_next=fetch
+                )
+                job.returnvalue = result
+                job.attemptsMade = job.attemptsMade + 1
+                if fetch:
+                    fetched = moved["result"]
+            self.emit("completed", job, result)
+        except (DelayedError, WaitingChildrenError):
+            return None
+        except Exception as err:
+            try:
+                if not self.forceClosing:
+                    await job.moveToFailed(err, token)
+                self.emit("failed", job, err)
+            except Exception as err2:
+                self.emit("error", err2, job)
+            return None
+        finally:
+            self.jobs.discard((job, token))
+            self.lockManager.untrack_job(job.id)
+        if not fetched:
+            return None
+        job_data, job_id, limit_until, delay_until = fetched
+        try:
+            following = await self.nextJobFromJobData(job_data, job_id, limit_until or 0, delay_until or 0, token)
+        except Exception as err:  # the fetched job stays active; stalled recovery returns it
+            self.emit("error", err)
+            return None
+        if following is not None:
+            self.emit("active", following, "waiting")
+        return following
 
     async def nextJobFromJobData(  # type: ignore[override]
         self,
@@ -122,9 +229,14 @@ class BullwaitWorker(Worker):
         delay_until: int = 0,
         token: str | None = None,
     ) -> Job | None:
-        if job_data and not _decodes(job_data):
-            job_data = _with_deferred_failure(job_data)
-        return await super().nextJobFromJobData(job_data, job_id, limit_until, delay_until, token)
+        try:
+            return await super().nextJobFromJobData(job_data, job_id, limit_until, delay_until, token)
+        except (ValueError, TypeError):
+            # Decoding only fails for bad data: check then, not for every job (hot path).
+            if not job_data or _decodes(job_data):
+                raise
+            fixed = _with_deferred_failure(job_data)
+            return await super().nextJobFromJobData(fixed, job_id, limit_until, delay_until, token)
 
 
 def _decodes(job_data: Any) -> bool:

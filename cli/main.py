@@ -41,17 +41,39 @@ def worker(
     shutdown_timeout: Optional[float] = typer.Option(
         None, "--shutdown-timeout", min=0, help="Seconds active jobs get to finish on SIGTERM (default 30, BULLWAIT_SHUTDOWN_TIMEOUT)."
     ),
+    processes: int = typer.Option(
+        1, "--processes", "-p", min=1, max=64,
+        help="Worker processes under one supervisor (one per core is the usual choice); SIGTERM drains them all.",
+    ),
     redis_url: Optional[str] = RedisUrl,
 ) -> None:
     """Run the waitlist workers until SIGTERM/SIGINT.
 
-    Example: bullwait worker --queue waitlist-expiry --shutdown-timeout 20
+    Example: bullwait worker --queue waitlist-expiry --shutdown-timeout 20 --processes 2
     """
     settings = settings_from(redis_url)
     configure_logging(settings.queue_log_level)
     keys = _queues(queue, settings)
+    if processes > 1:
+        raise typer.Exit(_supervise(settings, queue, shutdown_timeout, processes, redis_url))
     code = run_async(lambda: _worker(settings, keys, shutdown_timeout))
     raise typer.Exit(code)
+
+
+def _supervise(
+    settings: Settings, queue: Optional[List[str]], shutdown_timeout: Optional[float], processes: int, redis_url: Optional[str]
+) -> int:
+    from bullwait.supervisor import Supervisor
+
+    argv = [sys.executable, "-m", "bullwait_cli.main", "worker"]
+    for name in queue or []:
+        argv += ["--queue", name]
+    if shutdown_timeout is not None:
+        argv += ["--shutdown-timeout", str(shutdown_timeout)]
+    if redis_url:
+        argv += ["--redis-url", redis_url]
+    timeout = settings.bullwait_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
+    return Supervisor(argv, processes, shutdown_timeout=timeout).run()
 
 
 async def _worker(settings: Settings, keys: list[QueueKey], shutdown_timeout: Optional[float]) -> int:

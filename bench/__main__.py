@@ -1,0 +1,81 @@
+"""`python -m bench [--quick] [--only SECTION ...]`: bullwait vs Node bullmq 6 on one private Redis.
+
+Starts its own redis-server (bullwait.embedded.RedisServer, free port, AOF off, stock
+config; `hz` is set per timer run), runs each section, prints a table and writes
+bench/results/<UTC timestamp>.json. Never touches any other Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import redis
+
+from bullwait.embedded import RedisServer
+
+from bench import scenarios
+from bench.report import render
+
+SECTIONS = {
+    "timers": scenarios.timers,
+    "throughput": scenarios.throughput,
+    "enqueue": scenarios.enqueue_and_memory,
+    "notify": scenarios.notifications,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller runs (about 2 minutes)")
+    parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), help="run only these sections")
+    parser.add_argument(
+        "--notify-processor", default="bench.notify:bench_registry",
+        help="module:function(options) -> Registry for the notification run (see bench/notify.py)",
+    )
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    log = lambda msg: print(f"[{time.monotonic() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    server = RedisServer(appendonly=False).start()
+    try:
+        client = redis.Redis(port=server.port, decode_responses=True)
+        b = scenarios.Bench(url=f"{server.url}/0", quick=args.quick, client=client, notify_processor=args.notify_processor)
+        info = client.info("server")
+        results: dict = {
+            "startedAt": datetime.now(timezone.utc).isoformat(),
+            "quick": args.quick,
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "redis": {"version": info["redis_version"], "hzDefault": 10},
+            "node": _node_version(),
+        }
+        for name in args.only or list(SECTIONS):
+            log(f"section {name}")
+            results[name] = SECTIONS[name](b, log)
+        results["seconds"] = round(time.monotonic() - started, 1)
+    finally:
+        server.cleanup()
+    print(render(results))
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    path = out / (datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + (".quick" if args.quick else "") + ".json")
+    path.write_text(json.dumps(results, indent=2, default=str))
+    print(f"\nwrote {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path} ({results['seconds']}s)")
+    return 0
+
+
+def _node_version() -> str | None:
+    try:
+        return subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except OSError:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Starting and stopping the benchmark's worker processes (Python and Node)."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE_DIR = ROOT / "node-compat"
+NODE_BENCH = NODE_DIR / "bench"
+
+
+def node_available() -> bool:
+    return (NODE_DIR / "node_modules" / "bullmq").is_dir() and bool(_which("node"))
+
+
+def _which(name: str) -> str | None:
+    from shutil import which
+
+    return which(name)
+
+
+class Proc:
+    """A benchmark child process that prints `ready` and writes its JSON result on SIGTERM."""
+
+    def __init__(self, argv: list[str], out: str | None, cwd: Path = ROOT, env: dict[str, str] | None = None) -> None:
+        self.out = out
+        self.log = tempfile.NamedTemporaryFile(prefix="bench-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(
+            argv, cwd=cwd, stdout=subprocess.PIPE, stderr=self.log, env=env or dict(os.environ, PYTHONUNBUFFERED="1")
+        )
+
+    def wait_ready(self, timeout: float = 30) -> "Proc":
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        buf = b""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.1)
+            if ready:
+                chunk = os.read(self.proc.stdout.fileno(), 4096)
+                buf += chunk
+                if b"ready" in buf:
+                    self.ready_line = buf.decode(errors="replace").strip()
+                    return self
+                if not chunk:
+                    break
+            if self.proc.poll() is not None:
+                break
+        raise RuntimeError(f"{self.proc.args[:3]} not ready: exit {self.proc.poll()}\n{self.stderr()}")
+
+    def stderr(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")[-3000:]
+
+    def stop(self, timeout: float = 60) -> dict[str, Any]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        if code != 0:
+            raise RuntimeError(f"{self.proc.args[:3]} exited {code}\n{self.stderr()}")
+        os.unlink(self.log.name)
+        if self.out and os.path.exists(self.out):
+            with open(self.out) as fh:
+                data = json.load(fh)
+            os.unlink(self.out)
+            return data
+        return {}
+
+
+def _out() -> str:
+    fd, path = tempfile.mkstemp(prefix="bench-", suffix=".json")
+    os.close(fd)
+    os.unlink(path)
+    return path
+
+
+def start_worker(kind: str, **opts: Any) -> Proc:
+    """kind: bullwait | stock | node. opts: redisUrl, prefix, mode, concurrency, ..."""
+    out = _out()
+    o = dict(opts, kind=kind, out=out)
+    if kind == "node":
+        o["queue"] = o.get("queue", "waitlist-expiry")
+        o["redisUrl"] = o["redisUrl"]
+        return Proc(["node", str(NODE_BENCH / "worker.js"), json.dumps(o)], out, cwd=NODE_DIR).wait_ready()
+    return Proc([sys.executable, "-m", "bench.pyworker", json.dumps(o)], out).wait_ready()
+
+
+def run_node_enqueue(**opts: Any) -> dict[str, Any]:
+    out = _out()
+    o = dict(opts, out=out)
+    subprocess.run(["node", str(NODE_BENCH / "enqueue.js"), json.dumps(o)], cwd=NODE_DIR, check=True, timeout=600)
+    with open(out) as fh:
+        data = json.load(fh)
+    os.unlink(out)
+    return data

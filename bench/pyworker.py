@@ -1,0 +1,149 @@
+"""Python worker processes of the benchmark (started by `python -m bench`, one per run).
+
+    python -m bench.pyworker '<json options>'
+
+options: kind "bullwait" (BullwaitWorker through bullwait.runner + processing.dispatch, a
+registered processor, payload validation, structlog at info) or "stock" (a plain
+bullmq-py Worker and a bare processor); mode "timers" | "throughput" | "notify";
+redisUrl, prefix, concurrency, out; processes (bullwait only: N children under
+bullwait.supervisor); notify: fakeUrl, limiter, salonLimit, salonWindowMs, processor.
+Prints "ready", runs until SIGTERM, then writes `out` (JSON).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from bullmq import Worker
+
+from bullwait.catalog import QueueKey, queue_name
+from bullwait.connection import redis_options
+from bullwait.logging import configure_logging
+from bullwait.payloads import ExpiryJob
+from bullwait.processing import Context, Registry
+from bullwait.processors import builtin_registry
+from bullwait.runner import run_workers
+from bullwait.settings import Settings
+
+
+class Recorder:
+    """JobObserver: lateness at processor start (timers) and processor seconds."""
+
+    def __init__(self, timers: bool) -> None:
+        self.timers = timers
+        self.lateness: list[float] = []
+        self.proc_ms: list[float] = []
+        self.processed = 0
+
+    def started(self, queue: str, job: Any) -> None:
+        self.processed += 1
+        if self.timers:
+            self.lateness.append(time.time() * 1000 - (job.timestamp + int(job.opts.get("delay") or 0)))
+
+    def finished(self, queue: str, job: Any, status: str, seconds: float) -> None:
+        if self.timers:
+            self.proc_ms.append(seconds * 1000)
+
+
+async def noop(payload: ExpiryJob, ctx: Context) -> None:
+    return None
+
+
+def _registry(o: dict[str, Any]) -> tuple[Registry, QueueKey, dict[str, Any]]:
+    mode = o["mode"]
+    if mode == "timers":
+        return builtin_registry(), QueueKey.WAITLIST_EXPIRY, {}
+    if mode == "throughput":
+        registry = Registry()
+        registry.register(QueueKey.WAITLIST_EXPIRY, "check-expiry", ExpiryJob, noop)
+        return registry, QueueKey.WAITLIST_EXPIRY, {}
+    module, _, attr = o.get("processor", "bench.notify:bench_registry").partition(":")
+    registry = getattr(importlib.import_module(module), attr)(o)
+    extra = {"limiter": o["limiter"]} if o.get("limiter") else {}
+    return registry, QueueKey.WAITLIST_NOTIFICATION, extra
+
+
+def _settings(o: dict[str, Any]) -> Settings:
+    return Settings(
+        redis_url=o["redisUrl"],
+        bullmq_prefix=o["prefix"],
+        waitlist_expiry_concurrency=o["concurrency"],
+        waitlist_notification_concurrency=o["concurrency"],
+        queue_log_level=o.get("logLevel", "info"),
+        queue_monitoring_enabled=False,
+    )
+
+
+async def run_bullwait(o: dict[str, Any]) -> dict[str, Any]:
+    settings = _settings(o)
+    configure_logging(settings.queue_log_level, json=True, stream=open(os.devnull, "w"))
+    registry, key, extra = _registry(o)
+    recorder = Recorder(o["mode"] == "timers")
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.5, lambda: print("ready", flush=True))
+    await run_workers(settings, registry, [key], 10, observer=recorder, stop=stop, options={key: extra})
+    return {"processed": recorder.processed, "lateness": recorder.lateness, "procMs": recorder.proc_ms}
+
+
+async def run_stock(o: dict[str, Any]) -> dict[str, Any]:
+    settings = _settings(o)
+    lateness: list[float] = []
+    count = [0]
+
+    async def process(job: Any, token: str) -> None:
+        count[0] += 1
+        if o["mode"] == "timers":
+            lateness.append(time.time() * 1000 - (job.timestamp + int(job.opts.get("delay") or 0)))
+        return None
+
+    worker = Worker(
+        queue_name(QueueKey.WAITLIST_EXPIRY, settings),
+        process,
+        {"connection": redis_options(settings), "prefix": o["prefix"], "concurrency": o["concurrency"], "autorun": False},
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    task = asyncio.ensure_future(worker.run())
+    await worker.backend.connection.conn.ping()
+    print("ready", flush=True)
+    await stop.wait()
+    await worker.close()
+    await asyncio.gather(task, return_exceptions=True)
+    return {"processed": count[0], "lateness": lateness}
+
+
+def main() -> int:
+    o = json.loads(sys.argv[1])
+    if int(o.get("processes", 1)) > 1:
+        from bullwait.supervisor import Supervisor
+
+        child = dict(o, processes=1, out=None)
+        argv = [sys.executable, "-m", "bench.pyworker", json.dumps(child)]
+        configure_logging("warning", json=True, stream=open(os.devnull, "w"))
+        return Supervisor(argv, int(o["processes"]), shutdown_timeout=10).run()
+    if o.get("uvloop"):
+        import uvloop  # optional, measured only when installed
+
+        uvloop.install()
+    if "fetchNext" in o:
+        from bullwait.worker import BullwaitWorker
+
+        BullwaitWorker.fetch_next = bool(o["fetchNext"])
+    runner = run_bullwait if o["kind"] == "bullwait" else run_stock
+    result = asyncio.run(runner(o))
+    if o.get("out"):
+        with open(o["out"], "w") as fh:
+            json.dump(dict(result, runtime=o["kind"]), fh)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

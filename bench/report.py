@@ -1,0 +1,108 @@
+"""The benchmark's table: every figure next to the Node figure of the same run, as a ratio."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+HEAD = ("figure", "bullwait", "stock py", "node", "bw/node", "target", "met")
+
+
+def _f(value: Any, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, (int, float)):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _ratio(a: Any, b: Any) -> str:
+    try:
+        return f"{a / b:.2f}x" if a is not None and b else "-"
+    except TypeError:
+        return "-"
+
+
+def _met(ok: bool | None) -> str:
+    return "-" if ok is None else ("yes" if ok else "NO")
+
+
+def rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
+    out: list[tuple[str, ...]] = []
+    t = r.get("timers")
+    if t:
+        for hz, limit in ((10, 100), (100, 20)):
+            get = lambda kind, key: (t.get(f"hz{hz}:{kind}") or {}).get(key)  # noqa: E731
+            due = round(t["n"] * t["observeS"] / t["spreadS"])
+            out.append((f"timers run of ~{due:,} due in the window, hz {hz}", _f(get("bullwait", "n")), _f(get("stock", "n")),
+                        _f(get("node", "n")), _ratio(get("bullwait", "n"), get("node", "n")), "all", "-"))
+            for key in ("p50", "p99", "max"):
+                bw = get("bullwait", key)
+                target = f"<= {limit} ms" if key == "p99" else ""
+                ok = (bw is not None and bw <= limit) if key == "p99" else None
+                out.append((f"timer lateness {key} ms, hz {hz} (n={get('bullwait', 'n')})", _f(bw, 1), _f(get("stock", key), 1),
+                            _f(get("node", key), 1), _ratio(bw, get("node", key)), target, _met(ok)))
+        proc = (t.get("hz10:bullwait") or {}).get("procMs") or {}
+        out.append(("check-expiry processor p99 ms", _f(proc.get("p99"), 2), "", "", "", "< 10 ms",
+                    _met(proc.get("p99") is not None and proc["p99"] < 10)))
+    th = r.get("throughput")
+    if th:
+        for c in (10, 50):
+            get = lambda label: (th.get(f"c{c}:{label}") or {}).get("rate")  # noqa: E731
+            bw, st, nd = get("bullwait"), get("stock"), get("node")
+            out.append((f"no-op jobs/s, concurrency {c}", _f(bw), _f(st), _f(nd), _ratio(bw, nd), ">= 0.5x node",
+                        _met(bool(bw and nd and bw >= 0.5 * nd)) if nd else "-"))
+            nf = get("bullwait, stock fetch")
+            if nf:
+                out.append((f"  bullwait without fetch-next, c {c}", _f(nf), _f(st), _f(nd), _ratio(nf, nd), "", "-"))
+            if nf and st:
+                # Dispatch overhead like for like: bullwait with the stock fetch vs the stock Worker.
+                overhead = (st - nf) / st * 100
+                out.append((f"  bullwait dispatch overhead vs stock, c {c}", f"{overhead:+.1f}%", "", "", "", "<= 5%", _met(overhead <= 5)))
+            x2 = get("bullwait x2 processes")
+            out.append((f"  bullwait --processes 2, c {c}", _f(x2), "", _f(nd), _ratio(x2, nd), ">= 1.0x node",
+                        _met(bool(x2 and nd and x2 >= nd)) if nd else "-"))
+            uv = get("bullwait + uvloop")
+            if uv:
+                out.append((f"  bullwait + uvloop, c {c}", _f(uv), "", _f(nd), _ratio(uv, nd), "", "-"))
+    e = r.get("enqueue")
+    if e:
+        bw, nd = e.get("bullwait", {}), e.get("node", {})
+        out.append((f"addBulk timers/s (n={e['n']})", _f(bw.get("rate")), "", _f(nd.get("rate")), _ratio(bw.get("rate"), nd.get("rate")),
+                    ">= 1.0x node", _met(bool(nd and bw.get("rate", 0) >= nd.get("rate", 0))) if nd else "-"))
+        out.append(("Redis bytes per pending timer", _f(bw.get("bytesPerTimer")), "", _f(nd.get("bytesPerTimer")),
+                    _ratio(bw.get("bytesPerTimer"), nd.get("bytesPerTimer")), "< 1,024", _met(bw.get("bytesPerTimer", 1e9) < 1024)))
+        lp = e.get("bullwait+listpack", {})
+        if lp:
+            out.append(("  same, hash-max-listpack-value 512", _f(lp.get("bytesPerTimer")), "", _f(nd.get("bytesPerTimer")),
+                        _ratio(lp.get("bytesPerTimer"), nd.get("bytesPerTimer")), "< 1,024", _met(lp.get("bytesPerTimer", 1e9) < 1024)))
+        comp = e.get("completed", {})
+        out.append((f"Redis bytes per retained completed job (n={comp.get('n')})", _f(comp.get("bytesPerCompletedJob")), "", "", "", "", "-"))
+    n = r.get("notify")
+    if n:
+        for key, row in n.items():
+            if not isinstance(row, dict):
+                continue
+            lim = row.get("limiter") or {"max": 80, "duration": 1000}
+            label = f"sends/s, c {row['concurrency']}, limiter {lim['max']}/{lim['duration']}ms, {row['n']} msgs / {row['salons']} salons" + (
+                f", salon limit {row['salonLimit']}/{row['salonWindowMs'] // 1000}s" if row["salonLimit"] else ""
+            )
+            ok = row["rate"] >= 0.95 * row["ceiling"] and row["maxPerSecond"] <= 80 and row["duplicates"] == 0 and row["missing"] == 0
+            if row["salonLimit"]:
+                ok = ok and row["maxPerSalonWindow"] <= row["salonLimit"]
+            out.append((label, _f(row["rate"], 1), "", "", "", f">= {0.95 * row['ceiling']:.1f}/s", _met(ok)))
+            out.append((f"  max in any 1 s / dup / missing / salon max", f"{row['maxPerSecond']} / {row['duplicates']} / {row['missing']} / {row['maxPerSalonWindow']}",
+                        "", "", "", f"<= 80 / 0 / 0 / <= {row['salonLimit'] or '-'}", ""))
+        if "concurrencyFor95" in n:
+            out.append(("concurrency for >= 76 sends/s at 150 ms", str(n["concurrencyFor95"]), "", "", "", ">= 12", "-"))
+    return out
+
+
+def render(r: dict[str, Any]) -> str:
+    table = [HEAD, *rows(r)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(HEAD))]
+    line = lambda row: "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))  # noqa: E731
+    sep = "  ".join("-" * w for w in widths)
+    header = f"bullwait bench ({'quick' if r.get('quick') else 'full'}): Redis {r['redis']['version']}, node {r.get('node')}, " \
+             f"{r['machine']['cpus']} CPUs, {r.get('seconds')} s"
+    return "\n".join([header, line(HEAD), sep, *(line(row) for row in table[1:])])

@@ -1,0 +1,359 @@
+"""The benchmark's six measurements. Each returns plain data; `report.py` makes the table."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import redis
+
+from bullwait.catalog import SPECS, QueueKey
+from bullwait.payloads import ExpiryJob, NotificationJob, SlotDetails
+from bullwait.producer import Producer
+from bullwait.settings import Settings
+
+from bench.procs import Proc, node_available, run_node_enqueue, start_worker
+
+QUEUE = "waitlist-expiry"
+RUNTIMES = ("bullwait", "stock", "node")
+
+
+@dataclass
+class Bench:
+    """The private redis-server of this run and the knobs of full / quick."""
+
+    url: str
+    quick: bool
+    client: redis.Redis
+    notify_processor: str = "bench.notify:bench_registry"
+    counter: int = 0
+
+    def fresh(self, hz: int = 10) -> str:
+        """An empty database and a new key prefix; `hz` as asked."""
+        self.client.flushall()
+        self.client.config_set("hz", hz)
+        self.counter += 1
+        return f"b{self.counter}"
+
+    def settings(self, prefix: str) -> Settings:
+        return Settings(redis_url=self.url, bullmq_prefix=prefix)
+
+    def used_memory(self) -> int:
+        return int(self.client.info("memory")["used_memory"])
+
+    def runtimes(self) -> tuple[str, ...]:
+        return RUNTIMES if node_available() else RUNTIMES[:2]
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "n": len(values), "p50": pct(values, 50), "p90": pct(values, 90), "p99": pct(values, 99),
+        "max": max(values) if values else float("nan"),
+        "over": {str(ms): sum(1 for v in values if v > ms) for ms in (20, 50, 100)},
+    }
+
+
+def expiry(i: int, expires_at: datetime, now: datetime | None = None) -> ExpiryJob:
+    return ExpiryJob(
+        waitlist_id=f"w-{i}",
+        slot_id=f"slot-{i % 500}",
+        customer_id=f"cust-{i}",
+        salon_id=f"salon-{i % 200}",
+        notified_at=now or datetime.now(timezone.utc),
+        expires_at=expires_at,
+    )
+
+
+# 1 + 6 ------------------------------------------------------------------ timers
+
+
+async def _enqueue_timers(settings: Settings, n: int, base: float, spread: float) -> float:
+    started = time.perf_counter()
+    async with Producer(settings) as producer:
+        chunk = 1000
+        now = datetime.now(timezone.utc)
+        for start in range(0, n, chunk):
+            payloads = [
+                expiry(i, datetime.fromtimestamp(base + spread * i / n, timezone.utc), now)
+                for i in range(start, min(n, start + chunk))
+            ]
+            await producer.schedule_expiries(payloads, chunk)
+    return time.perf_counter() - started
+
+
+def timers(b: Bench, log: Any) -> dict[str, Any]:
+    """Lateness of check-expiry jobs (start - due), per runtime, stock hz 10 and hz 100.
+
+    n timers are due uniformly over `spread` s starting `lead` s from now; the worker
+    runs for the first `observe` s of that window (so all n are pending at the start).
+    """
+    n, spread, lead, observe = (10_000, 60.0, 4.0, 12.0) if b.quick else (100_000, 300.0, 20.0, 30.0)
+    results: dict[str, Any] = {"n": n, "spreadS": spread, "observeS": observe}
+    for hz in (10, 100):
+        for kind in b.runtimes():
+            prefix = b.fresh(hz)
+            worker = start_worker(kind, redisUrl=b.url, prefix=prefix, mode="timers", concurrency=5, queue=QUEUE)
+            base = time.time() + lead
+            enq = asyncio.run(_enqueue_timers(b.settings(prefix), n, base, spread))
+            time.sleep(max(0.0, base + observe - time.time()))
+            out = worker.stop()
+            late = out.get("lateness", [])
+            row = {"hz": hz, "runtime": kind, "enqueueS": round(enq, 2), **summary(late)}
+            if kind == "bullwait":
+                row["procMs"] = summary(out.get("procMs", []))
+            results[f"hz{hz}:{kind}"] = row
+            log(f"timers hz={hz} {kind}: n={row['n']} p50={row['p50']:.1f} p99={row['p99']:.1f} max={row['max']:.1f} ms")
+    return results
+
+
+# 2 -------------------------------------------------------------- throughput
+
+
+async def _fill(settings: Settings, n: int, opts: dict[str, Any] | None = None) -> None:
+    async with Producer(settings) as producer:
+        now = datetime.now(timezone.utc)
+        later = now + timedelta(minutes=15)
+        jobs = []
+        for i in range(n):
+            options = producer.job_options(QueueKey.WAITLIST_EXPIRY, job_id=f"expiry_w-{i}")
+            options.update(opts or {})
+            jobs.append((expiry(i, later, now), options))
+        await producer.add_bulk(QueueKey.WAITLIST_EXPIRY, jobs)
+
+
+def _drain_rate(b: Bench, prefix: str, n: int, worker: Proc, timeout: float) -> dict[str, Any]:
+    """Jobs/s from the last poll that saw all n jobs waiting to the queue being empty.
+
+    Redis is read every 5 ms; starting at the last full poll (not the first one that
+    saw a job gone) can only make the rate look lower, never higher.
+    """
+    wait, active = f"{prefix}:{QUEUE}:wait", f"{prefix}:{QUEUE}:active"
+    deadline = time.monotonic() + timeout
+    last_full = time.perf_counter()
+    start = None
+    while time.monotonic() < deadline:
+        pipe = b.client.pipeline(transaction=False)
+        pipe.llen(wait)
+        pipe.llen(active)
+        waiting, running = pipe.execute()
+        now = time.perf_counter()
+        if start is None:
+            if waiting >= n:
+                last_full = now
+            else:
+                start = last_full
+        if start is not None and waiting == 0 and running == 0:
+            seconds = max(now - start, 1e-3)
+            return {"jobs": n, "seconds": round(seconds, 3), "rate": round(n / seconds, 1)}
+        time.sleep(0.005)
+    raise RuntimeError(f"queue not drained within {timeout}s")
+
+
+def throughput(b: Bench, log: Any) -> dict[str, Any]:
+    n = 6_000 if b.quick else 30_000
+    variants: list[tuple[str, str, dict[str, Any]]] = [(k, k, {}) for k in b.runtimes()]
+    variants.append(("bullwait, stock fetch", "bullwait", {"fetchNext": False}))
+    variants.append(("bullwait x2 processes", "bullwait", {"processes": 2}))
+    if _has_uvloop():
+        variants.append(("bullwait + uvloop", "bullwait", {"uvloop": True}))
+    results: dict[str, Any] = {"n": n}
+    for concurrency in (10, 50):
+        for label, kind, extra in variants:
+            prefix = b.fresh()
+            asyncio.run(_fill(b.settings(prefix), n))
+            worker = start_worker(kind, redisUrl=b.url, prefix=prefix, mode="throughput", concurrency=concurrency, queue=QUEUE, **extra)
+            try:
+                row = _drain_rate(b, prefix, n, worker, timeout=300)
+            finally:
+                worker.stop()
+            results[f"c{concurrency}:{label}"] = dict(row, concurrency=concurrency, runtime=label)
+            log(f"throughput c={concurrency} {label}: {row['rate']:.0f} jobs/s")
+    return results
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+
+        return True
+    except ImportError:
+        return False
+
+
+# 4 + 5 ------------------------------------------------------ enqueue, memory
+
+
+def enqueue_and_memory(b: Bench, log: Any) -> dict[str, Any]:
+    n = 20_000 if b.quick else 100_000
+    results: dict[str, Any] = {"n": n}
+    opts = SPECS[QueueKey.WAITLIST_EXPIRY].default_job_options()
+    kinds = ("bullwait",) + (("node",) if node_available() else ()) + ("bullwait+listpack",)
+    for kind in kinds:
+        prefix = b.fresh()
+        # The setting `bullwait doctor` recommends for memory: job hashes stay listpacks.
+        b.client.config_set("hash-max-listpack-value", 512 if kind.endswith("listpack") else 64)
+        before = b.used_memory()
+        if kind == "node":
+            seconds = run_node_enqueue(redisUrl=b.url, prefix=prefix, queue=QUEUE, n=n, chunk=1000, delayMs=15 * 60_000, jobOpts=opts)["seconds"]
+        else:
+            seconds = asyncio.run(_enqueue_timers(b.settings(prefix), n, time.time() + 15 * 60, 0.0))
+        delayed = b.client.zcard(f"{prefix}:{QUEUE}:delayed")
+        per_timer = (b.used_memory() - before) / n
+        sample = b.client.hgetall(f"{prefix}:{QUEUE}:expiry_w-1")
+        results[kind] = {
+            "seconds": round(seconds, 2),
+            "rate": round(n / seconds, 1),
+            "delayed": delayed,
+            "bytesPerTimer": round(per_timer),
+            "jobHashBytes": sum(len(k) + len(v) for k, v in sample.items()),
+            "sampleJob": sample,
+        }
+        log(f"enqueue {kind}: {n / seconds:.0f} timers/s, {per_timer:.0f} B/timer in Redis")
+    b.client.config_set("hash-max-listpack-value", 64)
+    # Retained completed jobs: processed by the bullwait worker, all kept (removeOnComplete false).
+    m = 2_000 if b.quick else 10_000
+    prefix = b.fresh()
+    before = b.used_memory()
+    asyncio.run(_fill(b.settings(prefix), m, {"removeOnComplete": False}))
+    waiting = (b.used_memory() - before) / m
+    worker = start_worker("bullwait", redisUrl=b.url, prefix=prefix, mode="timers", concurrency=10, queue=QUEUE)
+    try:
+        _drain_rate(b, prefix, m, worker, timeout=300)
+    finally:
+        worker.stop()
+    completed = b.client.zcard(f"{prefix}:{QUEUE}:completed")
+    results["completed"] = {
+        "n": m,
+        "kept": completed,
+        "bytesPerWaitingJob": round(waiting),
+        "bytesPerCompletedJob": round((b.used_memory() - before) / max(1, completed)),
+    }
+    log(f"memory: {results['completed']['bytesPerCompletedJob']} B per retained completed job")
+    return results
+
+
+# 3 -------------------------------------------------------------- notifications
+
+
+def _notification(i: int, salon: int) -> NotificationJob:
+    return NotificationJob(
+        waitlist_id=f"w-{i}",
+        customer_id=f"cust-{i}",
+        customer_phone=f"+3460{i:07d}",
+        salon_id=f"salon-{salon}",
+        slot_details=SlotDetails(
+            date="2026-12-01", time="10:30", master_id="m-1", master_name="Ana", service_id="s-1",
+            service_name="Corte", duration=30, price=20.0,
+        ),
+    )
+
+
+async def _fill_notifications(settings: Settings, n: int, salons: int) -> dict[str, str]:
+    phone_salon = {}
+    async with Producer(settings) as producer:
+        jobs = []
+        for i in range(n):
+            job = _notification(i, i % salons)
+            phone_salon[job.customer_phone] = job.salon_id
+            jobs.append((job, producer.job_options(QueueKey.WAITLIST_NOTIFICATION)))
+        await producer.add_bulk(QueueKey.WAITLIST_NOTIFICATION, jobs)
+    return phone_salon
+
+
+def _max_in_window(times: list[float], width: float) -> int:
+    times = sorted(times)
+    best, lo = 0, 0
+    for hi, t in enumerate(times):
+        while t - times[lo] >= width:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def _notify_run(
+    b: Bench, fake_url: str, fake: Proc, n: int, salons: int, concurrency: int, salon_limit: int, window_ms: int,
+    limiter: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    limiter = limiter or {"max": 80, "duration": 1000}
+    import httpx
+
+    prefix = b.fresh()
+    phone_salon = asyncio.run(_fill_notifications(b.settings(prefix), n, salons))
+    seen_before = len(httpx.get(fake_url + "/__stats").json())
+    worker = start_worker(
+        "bullwait", redisUrl=b.url, prefix=prefix, mode="notify", concurrency=concurrency, fakeUrl=fake_url,
+        limiter=limiter, salonLimit=salon_limit, salonWindowMs=window_ms, processor=b.notify_processor,
+    )
+    keys = [f"{prefix}:waitlist-notification:{k}" for k in ("wait", "active", "delayed", "prioritized")]
+    deadline = time.monotonic() + (60 + n / 20)
+    while time.monotonic() < deadline:
+        pipe = b.client.pipeline(transaction=False)
+        pipe.llen(keys[0]); pipe.llen(keys[1]); pipe.zcard(keys[2]); pipe.zcard(keys[3])
+        if sum(pipe.execute()) == 0:
+            break
+        time.sleep(0.05)
+    worker.stop()
+    records = httpx.get(fake_url + "/__stats").json()[seen_before:]
+    times = [r["t"] for r in records]
+    phones = [r["to"] for r in records]
+    failed = b.client.zcard(f"{prefix}:waitlist-notification:failed")
+    by_salon: dict[str, list[float]] = {}
+    for r in records:
+        by_salon.setdefault(phone_salon.get(r["to"], "?"), []).append(r["t"])
+    salon_max = max((_max_in_window(ts, window_ms / 1000) for ts in by_salon.values()), default=0)
+    span = (max(times) - min(times)) if len(times) > 1 else float("nan")
+    ceiling = min(80.0, salons * salon_limit * 1000 / window_ms) if salon_limit else 80.0
+    rate = (len(times) - 1) / span if span and span > 0 else float("nan")
+    return {
+        "n": n, "salons": salons, "concurrency": concurrency, "limiter": limiter, "salonLimit": salon_limit, "salonWindowMs": window_ms,
+        "sent": len(records), "failed": failed, "duplicates": len(phones) - len(set(phones)),
+        "missing": len(set(phone_salon) - set(phones)), "seconds": round(span, 2), "rate": round(rate, 1),
+        "ceiling": round(ceiling, 1), "maxPerSecond": _max_in_window(times, 1.0),
+        "maxPerSalonWindow": salon_max,
+    }
+
+
+def notifications(b: Bench, log: Any) -> dict[str, Any]:
+    fake = Proc([sys.executable, "-m", "bench.fake_whatsapp", "--port", "0", "--latency", "0.15"], None).wait_ready()
+    fake_url = f"http://127.0.0.1:{fake.ready_line.split()[1]}"
+    results: dict[str, Any] = {"latencyMs": 150}
+    defaults = Settings()
+    try:
+        sweep = (12, 16, 24) if b.quick else (10, 12, 16, 24)
+        per = 800 if b.quick else 1_600
+        for c in sweep:
+            row = _notify_run(b, fake_url, fake, per, 200, c, 0, 60_000)
+            results[f"global:c{c}"] = row
+            log(f"notify global only c={c}: {row['rate']} sends/s, max {row['maxPerSecond']} in 1 s, dup {row['duplicates']}")
+        best = min((c for c in sweep if results[f"global:c{c}"]["rate"] >= 76), default=max(sweep))
+        results["concurrencyFor95"] = best
+        # BullMQ's limiter counts fixed windows; short ones keep every sliding second <= 80.
+        fine = {"max": 4, "duration": 50}
+        row = _notify_run(b, fake_url, fake, per, 200, 16, 0, 60_000, fine)
+        results["global:c16:fine"] = row
+        log(f"notify global only c=16 limiter 4/50ms: {row['rate']} sends/s, max {row['maxPerSecond']} in 1 s")
+        n, salons = (400, 200) if b.quick else (5_000, 200)
+        row = _notify_run(
+            b, fake_url, fake, n, salons, 16, defaults.waitlist_notification_rate_limit,
+            defaults.waitlist_notification_rate_window_ms, fine,
+        )
+        results["perSalon"] = row
+        log(f"notify {n} over {salons} salons c=16: {row['rate']} sends/s (ceiling {row['ceiling']}), "
+            f"max {row['maxPerSecond']}/s, salon max {row['maxPerSalonWindow']}, dup {row['duplicates']}")
+    finally:
+        fake.proc.terminate()
+        fake.proc.wait()
+    return results

@@ -1,0 +1,93 @@
+"""`bullwait worker --processes N` and `bullwait.supervisor.Supervisor` with real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from bullwait.producer import Producer, new_expiry
+from bullwait.settings import Settings
+from bullwait.supervisor import Supervisor
+
+from conftest import BULLWAIT, ROOT, wait_until
+
+CHILD = [sys.executable, "-c", "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); time.sleep(3600)"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); read its state.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_supervisor_starts_n_restarts_a_killed_child_and_stops_all() -> None:
+    spawned: list[tuple[int, int]] = []
+    sup = Supervisor(CHILD, 3, shutdown_timeout=5, on_spawn=lambda i, pid: spawned.append((i, pid)))
+
+    def driver() -> None:
+        wait_until(lambda: len(spawned) == 3, message="3 children")
+        victim = spawned[1][1]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: len(spawned) == 4, timeout=10, message="killed child restarted")
+        assert spawned[3][0] == 1, "the restarted child takes the dead one's slot"
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    helper = threading.Thread(target=driver)
+    helper.start()
+    code = sup.run()  # in the main thread: it installs the SIGTERM handler
+    helper.join()
+    assert code == 0
+    assert len({pid for _, pid in spawned}) == 4
+    assert not any(_alive(pid) for _, pid in spawned)
+
+
+def test_worker_processes_serve_jobs_and_drain_on_sigterm(env: dict[str, str], settings: Settings, tmp_path: Path) -> None:
+    log_path = tmp_path / "sup.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([*BULLWAIT, "worker", "--processes", "2", "-q", "waitlist-expiry"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        wait_until(lambda: log_path.read_text().count("worker started") == 2, timeout=30, message="2 worker processes")
+
+        async def add() -> list[str]:
+            async with Producer(settings) as producer:
+                return await producer.schedule_expiries(
+                    [new_expiry(f"w-{i}", "s", "c", "salon", delay_ms=0) for i in range(40)]
+                )
+
+        import asyncio
+
+        ids = asyncio.run(add())
+        assert len(ids) == 40
+        wait_until(lambda: log_path.read_text().count("job completed") == 40, timeout=30, message="40 jobs completed")
+        text = log_path.read_text()
+        pids = {line.split('"pid": ')[1].split(",")[0] for line in text.splitlines() if "worker process started" in line}
+        assert len(pids) == 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text()
+    assert text.count("stopped") >= 2 and "supervisor stopped" in text
+    for job_id in ids:
+        assert text.count(f'"jobId": "{job_id}"') >= 1
+
+
+@pytest.mark.parametrize("bad", ["0", "x"])
+def test_processes_bad_value_is_one_line(env: dict[str, str], bad: str) -> None:
+    out = subprocess.run([*BULLWAIT, "worker", "--processes", bad], env=env, capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and "--processes" in out.stderr
