@@ -15,6 +15,8 @@ Two sources, one registry:
 
 from __future__ import annotations
 
+import os
+
 import time
 from datetime import datetime
 from typing import Any, Iterable, Iterator
@@ -36,6 +38,25 @@ JOB_STATUSES = ("completed", "failed", "retried", "delayed", "stalled")
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Lateness of a 15-minute timer: the seed promises +-100 ms; le=0 counts early runs.
 LATENESS_BUCKETS = (0.0, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+def multiprocess_dir() -> str | None:
+    """Set by the supervisor (`--processes N`): children write their counters there."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def serving_registry(process_registry: CollectorRegistry | None) -> CollectorRegistry | None:
+    """What `/metrics` renders: this process's registry, or, under a supervisor, the
+    counters and histograms of every worker process summed from PROMETHEUS_MULTIPROC_DIR
+    (a restarted child's totals stay counted)."""
+    path = multiprocess_dir()
+    if path is None:
+        return process_registry
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)
+    return registry
 
 
 def new_registry() -> CollectorRegistry:

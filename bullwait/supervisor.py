@@ -5,16 +5,20 @@ processes. The supervisor starts N copies of one child command, restarts a child
 dies (with a growing delay if it keeps dying at once), and on SIGTERM/SIGINT forwards
 SIGTERM to every child, waits for them to drain (each child honours its own shutdown
 timeout) and exits 0 when all of them exited 0 (or died of that SIGTERM while starting). Each child gets `BULLWAIT_PROCESS_INDEX`
-(0..N-1). On Linux a child also gets SIGTERM if the supervisor itself is killed.
+(0..N-1) and a shared `PROMETHEUS_MULTIPROC_DIR`: every child counts its jobs there and
+the first child's `/metrics` serves the sum (the others serve no HTTP). On Linux a child
+also gets SIGTERM if the supervisor itself is killed.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -56,10 +60,13 @@ class Supervisor:
     on_spawn: Callable[[int, int], None] | None = None  # (index, pid), for tests and logs
     _slots: list[_Slot] = field(default_factory=list)
     _stopping: bool = False
+    _metrics_dir: str | None = None
 
     def spawn(self, slot: _Slot) -> None:
         env = dict(self.env if self.env is not None else os.environ)
         env["BULLWAIT_PROCESS_INDEX"] = str(slot.index)
+        if self._metrics_dir:
+            env["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir
         preexec = _die_with_parent if sys.platform.startswith("linux") else None
         slot.process = subprocess.Popen(list(self.argv), env=env, preexec_fn=preexec)
         slot.started_at = time.monotonic()
@@ -80,6 +87,9 @@ class Supervisor:
 
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        own_dir = not (self.env or os.environ).get("PROMETHEUS_MULTIPROC_DIR")
+        # Children write their Prometheus counters here; the first child serves the sum.
+        self._metrics_dir = tempfile.mkdtemp(prefix="bullwait-metrics-") if own_dir else None
         try:
             self._slots = [_Slot(i) for i in range(self.processes)]
             for slot in self._slots:
@@ -91,6 +101,8 @@ class Supervisor:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if self._metrics_dir:
+                shutil.rmtree(self._metrics_dir, ignore_errors=True)
 
     def _watch(self) -> None:
         now = time.monotonic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -82,11 +83,17 @@ async def _worker(settings: Settings, keys: list[QueueKey], shutdown_timeout: Op
     from bullwait.monitor import monitoring
     from bullwait.runner import run_workers
 
+    from bullwait.metrics import serving_registry
+
     services = await build_services(settings)
     try:
         # /metrics and /health/* for the queues this process serves (QUEUE_MONITORING_ENABLED).
+        # Under a supervisor (--processes N) only the first child serves them, for all children.
         names = [queue_name(k, settings) for k in keys]
-        async with monitoring(settings, names, getattr(services.observer, "registry", None)):
+        serves = os.environ.get("BULLWAIT_PROCESS_INDEX", "0") == "0"
+        registry = serving_registry(getattr(services.observer, "registry", None))
+        server = monitoring(settings, names, registry) if serves else contextlib.nullcontext()
+        async with server:
             return await run_workers(
                 settings, services.registry, keys, shutdown_timeout, services=services, observer=services.observer
             )

@@ -16,6 +16,7 @@ from bullwait.settings import Settings
 from bullwait.supervisor import Supervisor
 
 from conftest import BULLWAIT, ROOT, wait_until
+from test_monitoring import listening, scrape, value
 
 CHILD = [sys.executable, "-c", "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); time.sleep(3600)"]
 
@@ -74,6 +75,11 @@ def test_worker_processes_serve_jobs_and_drain_on_sigterm(env: dict[str, str], s
         text = log_path.read_text()
         pids = {line.split('"pid": ')[1].split(",")[0] for line in text.splitlines() if "worker process started" in line}
         assert len(pids) == 2
+        # One /metrics for both processes: counters summed across them.
+        assert text.count("monitoring server listening") == 1
+        port = int(listening(text)["port"])
+        samples = scrape(port)
+        assert value(samples, "bullmq_jobs_total", queue="waitlist-expiry", status="completed") == 40
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
