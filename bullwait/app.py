@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bullwait.processing import JobObserver, NullObserver, Registry
-from bullwait.processors import builtin_registry
+from bullwait.plugins import load_registry
 from bullwait.producer import Producer
 from bullwait.settings import Settings
 
@@ -27,4 +27,4 @@ class Services:
 
 
 async def build_services(settings: Settings, registry: Registry | None = None) -> Services:
-    return Services(settings=settings, producer=Producer(settings), registry=registry or builtin_registry())
+    return Services(settings=settings, producer=Producer(settings), registry=registry or load_registry(settings))

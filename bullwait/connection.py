@@ -13,7 +13,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError, BusyLoadingError, RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bullwait.errors import RedisUnavailable
 from bullwait.settings import Settings
@@ -122,3 +126,32 @@ async def wait_for_redis(settings: Settings, log: Any, max_delay: float = 30.0) 
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay)
             attempt += 1
+
+
+# --- Bounded retries (issue 8) ---------------------------------------------------------
+# bullmq-py gives every client `Retry(ExponentialBackoff(cap=20, base=1), 20)`: one command
+# keeps retrying through a lost connection for about six minutes. bullwait bounds that by
+# `BULLWAIT_REDIS_RETRY_TIMEOUT` so a producer fails with a clear error instead of hanging.
+
+RETRY_BACKOFF_BASE = 0.05
+RETRY_BACKOFF_CAP = 1.0
+RETRYABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, BusyLoadingError)
+
+
+def bounded_retry(timeout: float) -> Retry:
+    """A redis-py Retry whose back-off sleeps add up to about `timeout` seconds."""
+    retries = 0
+    total = 0.0
+    while total < timeout:
+        retries += 1
+        total += min(RETRY_BACKOFF_CAP, RETRY_BACKOFF_BASE * 2**retries)
+    return Retry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), retries, RETRYABLE_ERRORS)
+
+
+def bound_retries(settings: Settings, *connections: Any) -> None:
+    """Give bullmq `RedisConnection`s (or redis clients) bullwait's bounded retry."""
+    retry = bounded_retry(settings.bullwait_redis_retry_timeout)
+    for conn in connections:
+        client = getattr(conn, "conn", conn)
+        if client is not None and hasattr(client, "set_retry"):
+            client.set_retry(retry)

@@ -37,3 +37,13 @@ class JobNotFound(BullwaitError):
 
 class CancelRefused(BullwaitError):
     """A job cannot be cancelled in its current state (active, completed, failed)."""
+
+
+class RedisOutOfMemory(BullwaitError):
+    """Redis refused a write: `maxmemory` is reached and the policy is `noeviction`."""
+
+    exit_code = 3
+
+
+class PluginError(SettingsError):
+    """`BULLWAIT_PROCESSORS` names something that cannot be imported or called."""

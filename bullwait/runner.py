@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from bullwait.catalog import SPECS, QueueKey, concurrency, queue_name
-from bullwait.connection import redis_options, wait_for_redis
+from bullwait.connection import bound_retries, redis_options, wait_for_redis
 from bullwait.logging import get_logger
 from bullwait.processing import JobObserver, Registry, dispatch
 from bullwait.settings import Settings
@@ -33,6 +33,12 @@ def worker_options(key: QueueKey, settings: Settings, worker_name: str) -> dict[
         # Fallback retention for jobs whose producer wrote none (bullmq honours these).
         "removeOnComplete": defaults["removeOnComplete"],
         "removeOnFail": defaults["removeOnFail"],
+        # Stalled-job recovery: a dead worker's jobs come back after their lock expires.
+        "lockDuration": settings.bullwait_lock_duration_ms,
+        "stalledInterval": settings.bullwait_stalled_interval_ms,
+        "maxStalledCount": settings.bullwait_max_stalled_count,
+        # After Redis comes back, poll again within a second (bullmq-py waits 15 s).
+        "runRetryDelay": 1000,
     }
 
 
@@ -54,6 +60,7 @@ class WorkerPool:
         for key in self.queues:
             name = queue_name(key, self.settings)
             worker = BullwaitWorker(name, self._processor(key, name), worker_options(key, self.settings, self.worker_name))
+            bound_retries(self.settings, worker.backend.connection, worker.backend.blocking_connection)
             worker.on("error", lambda err, *_a, q=name: self.log.warning("worker error", queue=q, error=str(err)))
             worker.on("stalled", lambda job_id, *_a, q=name: self.log.warning("job stalled", queue=q, jobId=job_id))
             self.workers[key] = worker

@@ -66,6 +66,21 @@ class Settings(BaseSettings):
     bullwait_worker_name: str | None = None
     bullwait_shutdown_timeout: float = Field(30.0, ge=0)
 
+    # --- Reliability (issue 8): stalled-job recovery, Redis retries, extra processors ---
+    # A job whose worker died is taken back after its lock expires (lockDuration) by the
+    # next stalled check (stalledInterval); the BullMQ defaults are 30 s each.
+    bullwait_lock_duration_ms: int = Field(30_000, ge=100)
+    bullwait_stalled_interval_ms: int = Field(30_000, ge=100)
+    # How often one job may be recovered as stalled before it is failed instead.
+    bullwait_max_stalled_count: int = Field(1, ge=0)
+    # How long one Redis command keeps retrying through a lost connection before
+    # bullwait gives up on it (the producer then raises RedisUnavailable; a worker logs
+    # and tries again). bullmq-py alone retries for about six minutes.
+    bullwait_redis_retry_timeout: float = Field(20.0, ge=0)
+    # Extra processors for `bullwait worker`: `module:function[,module:function]`; each
+    # function gets the Registry and registers into it (or returns a Registry).
+    bullwait_processors: str | None = None
+
     @field_validator("queue_log_level", mode="before")
     @classmethod
     def _lower_level(cls, value: object) -> object:

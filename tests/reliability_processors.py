@@ -1,0 +1,56 @@
+"""A test plugin for `bullwait worker` (loaded with BULLWAIT_PROCESSORS=reliability_processors:register).
+
+It replaces the three built-in processors with ones that record their side effects in
+Redis, under the test's own prefix, so a test can count what really happened:
+
+    <prefix>:bwtest:starts   hash jobId -> how many times a processor started the job
+    <prefix>:bwtest:effects  hash jobId -> how many times it ran to the end
+    <prefix>:bwtest:by       hash jobId -> pid of the worker process that finished it
+
+Job data may carry `sleepMs` (kept by the payload models as an extra field): the
+processor sleeps that long between start and end, so a test can kill a worker mid-job.
+Payload validation is the built-in one: invalid data still fails the job once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from bullwait.catalog import JOB_NAMES, QueueKey
+from bullwait.connection import redis_client
+from bullwait.payloads import ExpiryJob, NotificationJob, PreferenceJob, WireModel
+from bullwait.processing import Context, Registry
+
+_clients: dict[str, Any] = {}
+
+
+def _redis(ctx: Context) -> Any:
+    key = ctx.settings.bullmq_prefix
+    if key not in _clients:
+        _clients[key] = redis_client(ctx.settings)
+    return _clients[key]
+
+
+def keys(prefix: str) -> dict[str, str]:
+    return {name: f"{prefix}:bwtest:{name}" for name in ("starts", "effects", "by")}
+
+
+async def counted(payload: WireModel, ctx: Context) -> dict[str, Any]:
+    names = keys(ctx.settings.bullmq_prefix)
+    client = _redis(ctx)
+    job_id = str(ctx.job.id)
+    await client.hincrby(names["starts"], job_id, 1)
+    sleep_ms = (payload.model_extra or {}).get("sleepMs", 0)
+    if isinstance(sleep_ms, (int, float)) and sleep_ms > 0:
+        await asyncio.sleep(sleep_ms / 1000)
+    await client.hincrby(names["effects"], job_id, 1)
+    await client.hset(names["by"], job_id, os.getpid())
+    return {"pid": os.getpid()}
+
+
+def register(registry: Registry) -> None:
+    registry.register(QueueKey.WAITLIST_EXPIRY, JOB_NAMES["CHECK_EXPIRY"], ExpiryJob, counted)
+    registry.register(QueueKey.WAITLIST_NOTIFICATION, JOB_NAMES["SEND_SLOT_AVAILABLE"], NotificationJob, counted)
+    registry.register(QueueKey.PREFERENCE_CALCULATION, JOB_NAMES["CALCULATE_PREFERENCES"], PreferenceJob, counted)
