@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ class DemoReport:
 
 def _slot(i: int) -> SlotDetails:
     return SlotDetails(
-        date="2026-12-01",
+        date=(datetime.now(timezone.utc) + timedelta(days=1 + i % 7)).date().isoformat(),
         time=f"{10 + i % 8:02d}:00",
         master_id=f"master-{i % 3}",
         master_name=["Ana", "Luis", "Marta"][i % 3],

@@ -80,7 +80,7 @@ def _decodes(job_data: Any) -> bool:
         json.loads(raw)
         json.loads(job_data.get("opts", "{}"))
         return True
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return False
 
 
@@ -91,6 +91,9 @@ def _with_deferred_failure(job_data: dict[str, Any]) -> dict[str, Any]:
     for field in ("data", "opts"):
         try:
             json.loads(fixed.get(field, "{}"))
+        except RecursionError:
+            reasons.append(f"{field} is nested too deeply")
+            fixed[field] = "{}"
         except (ValueError, TypeError):
             reasons.append(f"{field} is not valid JSON")
             fixed[field] = "{}"
