@@ -74,7 +74,8 @@ def mask_url(url: str) -> str:
 async def check_redis(settings: Settings, timeout: float | None = None) -> str:
     """Ping Redis once, fail fast. Returns the server version; raises `RedisUnavailable`."""
     limit = timeout if timeout is not None else settings.redis_connect_timeout
-    client = redis_client(settings, socket_timeout=limit, retry_on_timeout=False)
+    # One try, no redis-py retries: refused credentials must not be retried until the timeout.
+    client = redis_client(settings, socket_timeout=limit, retry_on_timeout=False, retry=bounded_retry(0))
     try:
         info = await asyncio.wait_for(_ping_version(client), timeout=limit + 1)
     except AuthenticationError:
@@ -138,6 +139,19 @@ RETRY_BACKOFF_CAP = 1.0
 RETRYABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, BusyLoadingError)
 
 
+class BoundedRetry(Retry):
+    """Retries lost connections, never refused credentials (redis-py counts those as
+    connection errors, so bad credentials would otherwise be retried for the whole wait)."""
+
+    async def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False) -> Any:
+        def retryable(error: Exception) -> bool:
+            if isinstance(error, AuthenticationError):
+                return False
+            return is_retryable(error) if is_retryable is not None else True
+
+        return await super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
 def bounded_retry(timeout: float) -> Retry:
     """A redis-py Retry whose back-off sleeps add up to about `timeout` seconds."""
     retries = 0
@@ -145,7 +159,7 @@ def bounded_retry(timeout: float) -> Retry:
     while total < timeout:
         retries += 1
         total += min(RETRY_BACKOFF_CAP, RETRY_BACKOFF_BASE * 2**retries)
-    return Retry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), retries, RETRYABLE_ERRORS)
+    return BoundedRetry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), retries, RETRYABLE_ERRORS)
 
 
 def bound_retries(settings: Settings, *connections: Any) -> None:

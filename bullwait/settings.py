@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bullwait.errors import SettingsError
+from bullwait.logging import redact_text
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
@@ -112,6 +113,14 @@ class Settings(BaseSettings):
         if self.redis_tls_ca_file and not os.path.isfile(self.redis_tls_ca_file):
             raise ValueError(f"REDIS_TLS_CA_FILE: no such file {self.redis_tls_ca_file!r}")
         return self
+
+    def __repr_args__(self):  # type: ignore[no-untyped-def]
+        """repr()/str() never show secrets: credentials in URLs and secret fields are masked."""
+        for name, value in super().__repr_args__():
+            if isinstance(value, str) and name and _is_secret(name.upper()):
+                yield name, redact_text(value) if name.upper().endswith("URL") else "***"
+            else:
+                yield name, value
 
     @cached_property
     def redis_configured(self) -> bool:
