@@ -37,3 +37,32 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 30, m
 async def counts(producer: Producer, key: QueueKey) -> dict[str, int]:
     states = ("waiting", "active", "delayed", "prioritized", "completed", "failed", "paused", "waiting-children")
     return dict(await producer.queue(key).getJobCounts(*states))
+
+
+async def add_counted(producer: Producer, i: int, sleep_ms: int = 5, bad: bool = False) -> tuple[QueueKey, str]:
+    """Add job number `i` (round-robin over the three queues) through the Producer, kept
+    after completion (`removeOnComplete: false`) so a test can account for every job.
+    `bad=True` writes data that fails validation (a deliberate, unretried failure)."""
+    from bullwait.payloads import ExpiryJob, NotificationJob, PreferenceJob, WireModel
+    from bullwait.producer import expiry_job_id, new_expiry
+
+    from fixtures import notification_data, preference_data
+
+    kind = i % 3
+    payload: WireModel
+    if kind == 0:
+        key = QueueKey.WAITLIST_NOTIFICATION
+        payload = NotificationJob.model_validate(dict(notification_data(f"w-{i}"), sleepMs=sleep_ms))
+        opts: dict[str, Any] = {}
+    elif kind == 1:
+        key = QueueKey.PREFERENCE_CALCULATION
+        payload = PreferenceJob.model_validate(dict(preference_data(f"b-{i}"), sleepMs=sleep_ms))
+        opts = {}
+    else:
+        key = QueueKey.WAITLIST_EXPIRY
+        payload = ExpiryJob.model_validate(new_expiry(f"w-{i}", "s", "c", "salon-1").to_wire() | {"sleepMs": sleep_ms})
+        opts = {"job_id": expiry_job_id(f"w-{i}"), "delay_ms": 50 if i % 2 else 0}
+    if bad:
+        payload = payload.model_copy(update={"salon_id": ""})  # no validation on copy: invalid on the wire
+    job_id = await producer.add(key, payload, removeOnComplete=False, removeOnFail=False, **opts)
+    return key, job_id

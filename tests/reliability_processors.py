@@ -3,9 +3,9 @@
 It replaces the three built-in processors with ones that record their side effects in
 Redis, under the test's own prefix, so a test can count what really happened:
 
-    <prefix>:bwtest:starts   hash jobId -> how many times a processor started the job
-    <prefix>:bwtest:effects  hash jobId -> how many times it ran to the end
-    <prefix>:bwtest:by       hash jobId -> pid of the worker process that finished it
+    <prefix>:bwtest:starts   hash <QueueKey>:<jobId> -> how many times a processor started the job
+    <prefix>:bwtest:effects  hash <QueueKey>:<jobId> -> how many times it ran to the end
+    <prefix>:bwtest:by       hash <QueueKey>:<jobId> -> pid of the worker process that finished it
 
 Job data may carry `sleepMs` (kept by the payload models as an extra field): the
 processor sleeps that long between start and end, so a test can kill a worker mid-job.
@@ -40,7 +40,7 @@ def keys(prefix: str) -> dict[str, str]:
 async def counted(payload: WireModel, ctx: Context) -> dict[str, Any]:
     names = keys(ctx.settings.bullmq_prefix)
     client = _redis(ctx)
-    job_id = str(ctx.job.id)
+    job_id = f"{ctx.queue.value}:{ctx.job.id}"  # ids are per queue
     await client.hincrby(names["starts"], job_id, 1)
     sleep_ms = (payload.model_extra or {}).get("sleepMs", 0)
     if isinstance(sleep_ms, (int, float)) and sleep_ms > 0:
@@ -54,3 +54,7 @@ def register(registry: Registry) -> None:
     registry.register(QueueKey.WAITLIST_EXPIRY, JOB_NAMES["CHECK_EXPIRY"], ExpiryJob, counted)
     registry.register(QueueKey.WAITLIST_NOTIFICATION, JOB_NAMES["SEND_SLOT_AVAILABLE"], NotificationJob, counted)
     registry.register(QueueKey.PREFERENCE_CALCULATION, JOB_NAMES["CALCULATE_PREFERENCES"], PreferenceJob, counted)
+
+
+def counter_field(queue: QueueKey, job_id: str) -> str:
+    return f"{queue.value}:{job_id}"

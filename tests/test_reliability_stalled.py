@@ -16,7 +16,7 @@ from bullwait.settings import Settings
 from conftest import wait_until
 from fixtures import notification_data
 from reliability_helpers import FAST_RECOVERY, counts, eventually
-from reliability_processors import keys
+from reliability_processors import counter_field, keys
 
 
 def _counts(sync_redis: redis.Redis, prefix: str, name: str) -> dict[str, int]:
@@ -50,8 +50,9 @@ async def test_sigkilled_worker_jobs_are_recovered_and_completed_once(
     starts = _counts(sync_redis, prefix, "starts")
     effects = _counts(sync_redis, prefix, "effects")
     by = _counts(sync_redis, prefix, "by")
-    assert starts == {job_id: 2 for job_id in ids}, "started by the killed worker, then once more"
-    assert effects == {job_id: 1 for job_id in ids}, "ran to completion exactly once"
+    fields = [counter_field(QueueKey.WAITLIST_NOTIFICATION, job_id) for job_id in ids]
+    assert starts == {f: 2 for f in fields}, "started by the killed worker, then once more"
+    assert effects == {f: 1 for f in fields}, "ran to completion exactly once"
     assert set(by.values()) == {second.proc.pid}
     for job_id in ids:
         stored = sync_redis.hgetall(f"{prefix}:waitlist-notification:{job_id}")
