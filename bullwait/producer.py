@@ -17,7 +17,7 @@ from typing import Any
 
 from bullmq import Queue
 from bullmq.redis_connection import loadScript
-from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError, WatchError
+from redis.exceptions import AuthenticationError, NoPermissionError, OutOfMemoryError, RedisError, ResponseError, WatchError
 
 from bullwait.catalog import (
     EXPIRY_DELAY_MS,
@@ -201,7 +201,7 @@ class Producer:
         await self._remove_script(keys=keys, args=args, client=pipe)
 
 
-OOM_MARKER = "OOM command not allowed"
+OOM_MARKER = "command not allowed when used memory"
 
 
 @asynccontextmanager
@@ -224,7 +224,7 @@ async def redis_errors(settings: Settings, consequence: str) -> Any:
             "grant the ACL in README 'Security'"
         ) from None
     except ResponseError as exc:
-        if OOM_MARKER not in str(exc):
+        if not isinstance(exc, OutOfMemoryError) and OOM_MARKER not in str(exc):
             raise
         raise RedisOutOfMemory(
             f"Redis at {where} is out of memory (maxmemory reached, policy noeviction): {consequence}; "
