@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -42,6 +43,35 @@ def worker_options(key: QueueKey, settings: Settings, worker_name: str) -> dict[
     }
 
 
+class ErrorThrottle:
+    """One `worker error` line per queue and message every `every` seconds.
+
+    bullmq retries a failing fetch about ten times a second: Redis out of memory or an
+    ACL that denies a command would otherwise flood the log. Repeats are counted and
+    reported with the next line of the same error (`repeated`).
+    """
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def log(self, log: Any, queue: str, err: BaseException) -> None:
+        message = str(err) or type(err).__name__
+        key = (queue, message)
+        now = time.monotonic()
+        last, repeated = self._last.get(key, (float("-inf"), 0))
+        if now - last < self.every:
+            self._last[key] = (last, repeated + 1)
+            return
+        self._last[key] = (now, 0)
+        fields: dict[str, Any] = {"queue": queue, "error": message}
+        if repeated:
+            fields["repeated"] = repeated
+        if "command not allowed when used memory" in message:
+            fields["hint"] = "Redis is out of memory (maxmemory, noeviction): free memory or raise maxmemory"
+        log.warning("worker error", **fields)
+
+
 @dataclass
 class WorkerPool:
     """The running workers of one process."""
@@ -54,6 +84,7 @@ class WorkerPool:
     worker_name: str = field(default_factory=default_worker_name)
     workers: dict[QueueKey, BullwaitWorker] = field(default_factory=dict)
     log: Any = field(default_factory=get_logger)
+    _errors: "ErrorThrottle" = field(default_factory=lambda: ErrorThrottle())
 
     def start(self) -> list[asyncio.Task[None]]:
         tasks = []
@@ -61,7 +92,7 @@ class WorkerPool:
             name = queue_name(key, self.settings)
             worker = BullwaitWorker(name, self._processor(key, name), worker_options(key, self.settings, self.worker_name))
             bound_retries(self.settings, worker.backend.connection, worker.backend.blocking_connection)
-            worker.on("error", lambda err, *_a, q=name: self.log.warning("worker error", queue=q, error=str(err)))
+            worker.on("error", lambda err, *_a, q=name: self._errors.log(self.log, q, err))
             worker.on("stalled", lambda job_id, *_a, q=name: self.log.warning("job stalled", queue=q, jobId=job_id))
             self.workers[key] = worker
             tasks.append(asyncio.ensure_future(worker.run()))

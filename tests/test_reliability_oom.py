@@ -76,3 +76,26 @@ async def test_out_of_memory_refuses_adds_and_loses_nothing(small_redis: RedisSe
         final = {key: await counts(producer, key) for key in QueueKey}
         assert all(c["failed"] == 0 for c in final.values()), final
     assert worker.terminate() == 0
+    log = worker.log()
+    assert "free memory or raise maxmemory" in log, "the worker says what is wrong"
+    assert log.count('"worker error"') < 30, "repeated errors are throttled, not one line per retry"
+
+
+def test_error_throttle_counts_repeats() -> None:
+    from bullwait.runner import ErrorThrottle
+
+    lines: list[dict[str, Any]] = []
+
+    class Log:
+        def warning(self, event: str, **fields: Any) -> None:
+            lines.append(fields)
+
+    throttle = ErrorThrottle(every=3600)
+    for _ in range(100):
+        throttle.log(Log(), "q1", RuntimeError("boom"))
+    throttle.log(Log(), "q2", RuntimeError("boom"))
+    throttle.log(Log(), "q1", RuntimeError("other"))
+    assert [(f["queue"], f["error"]) for f in lines] == [("q1", "boom"), ("q2", "boom"), ("q1", "other")]
+    throttle.every = 0
+    throttle.log(Log(), "q1", RuntimeError("boom"))
+    assert lines[-1]["repeated"] == 99
