@@ -107,7 +107,8 @@ async def test_redis_restart_under_load(tmp_path: Path, env: dict[str, str], pre
             assert not missing, f"{len(missing)} acknowledged jobs not completed: {missing[:5]}"
             assert all(int(effects.get(f"{key.value}:{j}", 0)) >= 1 for key, j in acked)
             final = {key: await counts(producer, key) for key in QueueKey}
-            assert sum(c["completed"] for c in final.values()) == len(acked), final
+            # An add that raised may still have reached Redis (its reply was lost): bounded by `refused`.
+            assert len(acked) <= sum(c["completed"] for c in final.values()) <= len(acked) + len(refused), final
             assert all(c["failed"] == c["active"] == c["waiting"] == 0 for c in final.values()), final
 
             # Processing goes on after the restart, on the same worker process.
