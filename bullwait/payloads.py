@@ -20,7 +20,7 @@ from bullwait.catalog import JOB_NAMES
 from bullwait.errors import InvalidJobData
 
 MAX_JOB_DATA_BYTES = 64 * 1024
-E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")  # ASCII digits only: \d also matches other scripts
 Id = Field(min_length=1, max_length=200)
 
 

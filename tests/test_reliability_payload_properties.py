@@ -147,7 +147,7 @@ def test_a_missing_required_field_is_named(model: type[WireModel], data: st.Data
 
 
 @PROPS
-@given(phone=st.text(max_size=25))
+@given(phone=st.text(max_size=25) | st.from_regex(r"\+[1-9]\d{6,14}", fullmatch=True))
 def test_phone_is_e164_or_refused_naming_the_field(phone: str) -> None:
     raw = dict(notification_data(), customerPhone=phone)
     try:
@@ -155,8 +155,16 @@ def test_phone_is_e164_or_refused_naming_the_field(phone: str) -> None:
     except InvalidJobData as exc:
         assert "customerPhone" in str(exc)
     else:
-        assert payload.customer_phone.startswith("+") and payload.customer_phone[1:].isdigit()  # type: ignore[attr-defined]
+        digits = payload.customer_phone[1:]  # type: ignore[attr-defined]
+        assert payload.customer_phone.startswith("+") and all(c in "0123456789" for c in digits)  # type: ignore[attr-defined]
         assert 8 <= len(payload.customer_phone) <= 16  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("phone", ["+3\u0664\u0666\u0660\u0660\u0661\u0661\u0661\u0662\u0662\u0662", "+34\uff16\uff10\uff10111222"])
+def test_phone_digits_from_other_scripts_are_refused(phone: str) -> None:
+    """Python's \\d matches Arabic-Indic and full-width digits; a phone number must not."""
+    with pytest.raises(InvalidJobData, match="customerPhone"):
+        parse_payload(NotificationJob, dict(notification_data(), customerPhone=phone))
 
 
 @PROPS
