@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -117,15 +118,19 @@ class Producer:
         priority: Priority | None = None,
         **opts: Any,
     ) -> str:
-        """Add one job with the catalog's default options; returns its id."""
+        """Add one job with the catalog's default options; returns its id.
+
+        Without `job_id` the producer gives the job a UUID: when Redis goes away after
+        running an add but before replying, the retried add finds that id and adds
+        nothing, where an id counted by Redis would have added the job twice.
+        """
         spec = SPECS[key]
         options: dict[str, Any] = spec.default_job_options()
         options.pop("priority", None)
         level = (priority or spec.priority).bullmq_priority
         if level:
             options["priority"] = level
-        if job_id is not None:
-            options["jobId"] = job_id
+        options["jobId"] = job_id if job_id is not None else str(uuid.uuid4())
         if delay_ms:
             options["delay"] = int(delay_ms)
         options.update(opts)

@@ -19,7 +19,7 @@ import os
 from typing import Any
 
 from bullwait.catalog import JOB_NAMES, QueueKey
-from bullwait.connection import redis_client
+from bullwait.connection import bound_retries, redis_client
 from bullwait.payloads import ExpiryJob, NotificationJob, PreferenceJob, WireModel
 from bullwait.processing import Context, Registry
 
@@ -29,7 +29,9 @@ _clients: dict[str, Any] = {}
 def _redis(ctx: Context) -> Any:
     key = ctx.settings.bullmq_prefix
     if key not in _clients:
+        # Like bullwait's own connections: ride through a Redis restart (BULLWAIT_REDIS_RETRY_TIMEOUT).
         _clients[key] = redis_client(ctx.settings)
+        bound_retries(ctx.settings, _clients[key])
     return _clients[key]
 
 
