@@ -169,3 +169,27 @@ def bound_retries(settings: Settings, *connections: Any) -> None:
         client = getattr(conn, "conn", conn)
         if client is not None and hasattr(client, "set_retry"):
             client.set_retry(retry)
+
+
+# --- Blocking reads (issue 8) ------------------------------------------------------------
+# redis-py 8 gives every connection a 5 s read timeout, and bullmq's marker wait (BZPOPMIN)
+# blocks for up to 5 s when idle (drainDelay) and 10 s at most. The read timed out just as
+# Redis answered, and the retry sent the same wait again, never reaching the fetch that
+# follows a wait: a job whose wake-up marker was lost (its BZPOPMIN answer died with a
+# restarting Redis) then sat in `wait` for minutes while its queue looked idle.
+BLOCKING_READ_MARGIN = 10.0
+
+
+def bound_blocking_reads(connection: Any, max_block_seconds: float) -> None:
+    """Give a bullmq blocking connection a read timeout well above its longest wait."""
+    client = getattr(connection, "conn", connection)
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        return
+    timeout = max_block_seconds + BLOCKING_READ_MARGIN
+    pool.connection_kwargs["socket_timeout"] = timeout
+    for conn in [*getattr(pool, "_available_connections", []), *getattr(pool, "_in_use_connections", [])]:
+        conn.socket_timeout = timeout
+    single = getattr(client, "connection", None)
+    if single is not None:
+        single.socket_timeout = timeout

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from bullwait.catalog import SPECS, QueueKey, concurrency, queue_name
-from bullwait.connection import bound_retries, redis_options, wait_for_redis
+from bullwait.connection import bound_blocking_reads, bound_retries, redis_options, wait_for_redis
 from bullwait.logging import get_logger
 from bullwait.processing import JobObserver, Registry, dispatch
 from bullwait.settings import Settings
@@ -92,6 +92,7 @@ class WorkerPool:
             name = queue_name(key, self.settings)
             worker = BullwaitWorker(name, self._processor(key, name), worker_options(key, self.settings, self.worker_name))
             bound_retries(self.settings, worker.backend.connection, worker.backend.blocking_connection)
+            bound_blocking_reads(worker.backend.blocking_connection, worker.maximumBlockTimeout)
             worker.on("error", lambda err, *_a, q=name: self._errors.log(self.log, q, err))
             worker.on("stalled", lambda job_id, *_a, q=name: self.log.warning("job stalled", queue=q, jobId=job_id))
             self.workers[key] = worker

@@ -52,7 +52,31 @@ async def counted(payload: WireModel, ctx: Context) -> dict[str, Any]:
     return {"pid": os.getpid()}
 
 
+def _dump_tasks() -> None:
+    """SIGUSR1: print every asyncio task's stack (diagnostics for a test that hangs)."""
+    import sys
+
+    for task in asyncio.all_tasks():
+        print(f"--- task {task.get_name()}", file=sys.stderr)
+        coro: Any = task.get_coro()
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is not None:
+                print(f"    {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}", file=sys.stderr)
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+            if coro is not None and not hasattr(coro, "cr_frame") and not hasattr(coro, "gi_frame"):
+                print(f"    awaiting {coro!r}"[:300], file=sys.stderr)
+                break
+    sys.stderr.flush()
+
+
 def register(registry: Registry) -> None:
+    try:
+        import signal
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _dump_tasks)
+    except (RuntimeError, NotImplementedError):
+        pass
     registry.register(QueueKey.WAITLIST_EXPIRY, JOB_NAMES["CHECK_EXPIRY"], ExpiryJob, counted)
     registry.register(QueueKey.WAITLIST_NOTIFICATION, JOB_NAMES["SEND_SLOT_AVAILABLE"], NotificationJob, counted)
     registry.register(QueueKey.PREFERENCE_CALCULATION, JOB_NAMES["CALCULATE_PREFERENCES"], PreferenceJob, counted)

@@ -5,6 +5,7 @@ is back or raises a bullwait error, never drops a job silently."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -94,10 +95,12 @@ async def test_redis_restart_under_load(tmp_path: Path, env: dict[str, str], pre
                 await eventually(all_acked_completed, timeout=60, message="every acknowledged job completed")
             except AssertionError:
                 final = {key.value: await counts(producer, key) for key in QueueKey}
+                worker.proc.send_signal(signal.SIGUSR1)  # the test plugin dumps the worker's asyncio tasks
+                await asyncio.sleep(1.0)
                 notable = [line for line in worker.log().splitlines() if "job completed" not in line]
                 raise AssertionError(
                     f"acked {len(acked)}, refused {len(refused)}; counts {final}; alive {worker.proc.poll() is None}\n"
-                    + "\n".join(notable[-60:])
+                    + "\n".join(notable[-400:])
                 ) from None
             client = redis.Redis(port=port, decode_responses=True)
             try:
