@@ -25,7 +25,6 @@ ROOT = Path(__file__).resolve().parent.parent
 BULLWAIT = [sys.executable, "-m", "bullwait_cli.main"]
 
 # No ambient configuration leaks into tests (BULLWAIT_SLOW is a switch of the suite itself).
-SLOW = os.environ.get("BULLWAIT_SLOW") == "1"
 for _name in list(os.environ):
     if _name != "BULLWAIT_SLOW" and _name.startswith(("REDIS_", "BULLMQ_", "BULLWAIT_", "WAITLIST_", "WHATSAPP_", "QUEUE_", "METRICS_", "HEALTH_")):
         del os.environ[_name]

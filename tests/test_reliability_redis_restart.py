@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +15,11 @@ import redis
 from bullwait.catalog import QueueKey
 from bullwait.embedded import RedisServer, free_port
 from bullwait.errors import BullwaitError, RedisUnavailable
-from bullwait.payloads import NotificationJob, PreferenceJob
-from bullwait.producer import Producer, new_expiry
+from bullwait.payloads import NotificationJob
+from bullwait.producer import Producer
 from bullwait.settings import Settings
 
-from fixtures import notification_data, preference_data
+from fixtures import notification_data
 from reliability_helpers import FAST_RECOVERY, add_counted, counts, eventually
 from reliability_processors import keys
 
@@ -144,7 +143,6 @@ async def test_producer_add_during_outage_succeeds_after_or_raises(tmp_path: Pat
             for producer in (slow, fast):  # connected before the outage
                 await producer.send_slot_available(NotificationJob.model_validate(notification_data("warm-up")))
             server.kill()
-            started = time.monotonic()
             with pytest.raises(RedisUnavailable) as info:
                 await fast.send_slot_available(NotificationJob.model_validate(notification_data("during-outage")))
             message = str(info.value)
@@ -158,6 +156,5 @@ async def test_producer_add_during_outage_succeeds_after_or_raises(tmp_path: Pat
             job_id = await asyncio.wait_for(pending, 30)
             job = await slow.queue(QueueKey.WAITLIST_NOTIFICATION).getJob(job_id)
             assert job is not None and job.data["waitlistId"] == "retried"
-            assert time.monotonic() - started > 0  # (no timing asserted; the order above is what matters)
     finally:
         server.cleanup()

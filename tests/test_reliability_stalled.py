@@ -38,7 +38,6 @@ async def test_sigkilled_worker_jobs_are_recovered_and_completed_once(
         assert _counts(sync_redis, prefix, "effects") == {}, "the killed worker finished nothing"
 
         second = start_worker("-q", "waitlist-notification", extra_env=FAST_RECOVERY)
-        queue = producer.queue(QueueKey.WAITLIST_NOTIFICATION)
 
         async def all_completed() -> bool:
             return (await counts(producer, QueueKey.WAITLIST_NOTIFICATION))["completed"] == len(ids)

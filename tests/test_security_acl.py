@@ -11,14 +11,14 @@ import redis
 from bullwait.acl import acl_rules
 from bullwait.catalog import QueueKey
 from bullwait.errors import RedisUnavailable
-from bullwait.payloads import ExpiryJob, NotificationJob, PreferenceJob
+from bullwait.payloads import NotificationJob, PreferenceJob
 from bullwait.producer import Producer, new_expiry
 from bullwait.settings import Settings
 
 from conftest import ROOT, run_cli
 from fixtures import notification_data, preference_data
 from reliability_helpers import COUNTING, counts, eventually
-from security_helpers import ADMIN_PASSWORD, AuthRedisServer, acl_server, least_privilege_user  # noqa: F401
+from security_helpers import AuthRedisServer, acl_server, least_privilege_user  # noqa: F401
 
 
 def _url(server: AuthRedisServer, user: str, password: str) -> str:
