@@ -1,4 +1,16 @@
-"""Helpers shared by the reliability and security tests."""
+"""Helpers shared by the reliability and security tests.
+
+Extending them when the other pieces land:
+- WhatsApp sender (idempotent sends): run the fault tests with the real notification
+  processor against the loopback fake Cloud API and assert one HTTP send per job id where
+  these tests assert one side effect per job id (`reliability_processors.keys`).
+- A Node worker taking over stalled jobs: in test_reliability_stalled.py start the Node
+  worker instead of the second `bullwait worker`; the counters are plain Redis hashes.
+- Metrics, health JSON, Bull Board: add their output to `outputs` in
+  test_security_secrets.py so no secret or unmasked phone appears there either.
+- Ops commands (`bullwait stats/doctor`): call them on the OOM and unreachable servers
+  started here (test_reliability_oom.py, test_worker.py) and assert one-line reasons.
+"""
 
 from __future__ import annotations
 
