@@ -13,7 +13,7 @@ from bullwait.catalog import QueueKey, queue_name
 from bullwait.connection import redis_client
 from bullwait.idempotency import SendRecords
 from bullwait.processing import JobObserver, NullObserver, Registry
-from bullwait.processors import builtin_registry
+from bullwait.plugins import load_registry
 from bullwait.producer import Producer
 from bullwait.ratelimit import SalonRateLimiter
 from bullwait.settings import Settings
@@ -72,7 +72,7 @@ async def build_services(
     return Services(
         settings=settings,
         producer=producer,
-        registry=registry or builtin_registry(),
+        registry=registry or load_registry(settings),
         store=own_store,
         waitlist=Waitlist(own_store, producer, settings),
         sender=sender if sender is not None else build_sender(settings),

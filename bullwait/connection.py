@@ -14,8 +14,10 @@ from urllib.parse import urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError, BusyLoadingError, RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bullwait.errors import RedisUnavailable
 from bullwait.settings import Settings
@@ -74,8 +76,8 @@ def mask_url(url: str) -> str:
 async def check_redis(settings: Settings, timeout: float | None = None) -> str:
     """Ping Redis once, fail fast. Returns the server version; raises `RedisUnavailable`."""
     limit = timeout if timeout is not None else settings.redis_connect_timeout
-    # One try: redis-py 8 otherwise retries a refused connection 10 times with backoff.
-    client = redis_client(settings, socket_timeout=limit, retry_on_timeout=False, retry=Retry(NoBackoff(), 0))
+    # One try, no redis-py retries: refused credentials must not be retried until the timeout.
+    client = redis_client(settings, socket_timeout=limit, retry_on_timeout=False, retry=bounded_retry(0))
     try:
         info = await asyncio.wait_for(_ping_version(client), timeout=limit + 1)
     except AuthenticationError:
@@ -127,3 +129,69 @@ async def wait_for_redis(settings: Settings, log: Any, max_delay: float = 30.0) 
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay)
             attempt += 1
+
+
+# --- Bounded retries (issue 8) ---------------------------------------------------------
+# bullmq-py gives every client `Retry(ExponentialBackoff(cap=20, base=1), 20)`: one command
+# keeps retrying through a lost connection for about six minutes. bullwait bounds that by
+# `BULLWAIT_REDIS_RETRY_TIMEOUT` so a producer fails with a clear error instead of hanging.
+
+RETRY_BACKOFF_BASE = 0.05
+RETRY_BACKOFF_CAP = 1.0
+RETRYABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, BusyLoadingError)
+
+
+class BoundedRetry(Retry):
+    """Retries lost connections, never refused credentials (redis-py counts those as
+    connection errors, so bad credentials would otherwise be retried for the whole wait)."""
+
+    async def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False) -> Any:
+        def retryable(error: Exception) -> bool:
+            if isinstance(error, AuthenticationError):
+                return False
+            return is_retryable(error) if is_retryable is not None else True
+
+        return await super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
+def bounded_retry(timeout: float) -> Retry:
+    """A redis-py Retry whose back-off sleeps add up to about `timeout` seconds."""
+    retries = 0
+    total = 0.0
+    while total < timeout:
+        retries += 1
+        total += min(RETRY_BACKOFF_CAP, RETRY_BACKOFF_BASE * 2**retries)
+    return BoundedRetry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), retries, RETRYABLE_ERRORS)
+
+
+def bound_retries(settings: Settings, *connections: Any) -> None:
+    """Give bullmq `RedisConnection`s (or redis clients) bullwait's bounded retry."""
+    retry = bounded_retry(settings.bullwait_redis_retry_timeout)
+    for conn in connections:
+        client = getattr(conn, "conn", conn)
+        if client is not None and hasattr(client, "set_retry"):
+            client.set_retry(retry)
+
+
+# --- Blocking reads (issue 8) ------------------------------------------------------------
+# redis-py 8 gives every connection a 5 s read timeout, and bullmq's marker wait (BZPOPMIN)
+# blocks for up to 5 s when idle (drainDelay) and 10 s at most. The read timed out just as
+# Redis answered, and the retry sent the same wait again, never reaching the fetch that
+# follows a wait: a job whose wake-up marker was lost (its BZPOPMIN answer died with a
+# restarting Redis) then sat in `wait` for minutes while its queue looked idle.
+BLOCKING_READ_MARGIN = 10.0
+
+
+def bound_blocking_reads(connection: Any, max_block_seconds: float) -> None:
+    """Give a bullmq blocking connection a read timeout well above its longest wait."""
+    client = getattr(connection, "conn", connection)
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        return
+    timeout = max_block_seconds + BLOCKING_READ_MARGIN
+    pool.connection_kwargs["socket_timeout"] = timeout
+    for conn in [*getattr(pool, "_available_connections", []), *getattr(pool, "_in_use_connections", [])]:
+        conn.socket_timeout = timeout
+    single = getattr(client, "connection", None)
+    if single is not None:
+        single.socket_timeout = timeout

@@ -18,6 +18,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from bullwait.catalog import QueueKey
@@ -46,7 +47,7 @@ class DemoReport:
 
 def _slot(hour: int, master: int) -> SlotDetails:
     return SlotDetails(
-        date="2026-12-01",
+        date=(datetime.now(timezone.utc) + timedelta(days=1)).date().isoformat(),
         time=f"{hour:02d}:00",
         master_id=f"master-{master}",
         master_name=["Ana", "Luis", "Marta"][master % 3],

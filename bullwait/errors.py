@@ -53,3 +53,13 @@ class BadArgument(BullwaitError):
 
 class WaitlistError(BullwaitError):
     """A waitlist operation got bad input (phone, ids); the message says what to fix."""
+
+
+class RedisOutOfMemory(BullwaitError):
+    """Redis refused a write: `maxmemory` is reached and the policy is `noeviction`."""
+
+    exit_code = 3
+
+
+class PluginError(SettingsError):
+    """`BULLWAIT_PROCESSORS` names something that cannot be imported or called."""

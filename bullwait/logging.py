@@ -13,6 +13,7 @@ import structlog
 PHONE = re.compile(r"\+\d{7,15}\b")
 URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]*:)([^@\s]+)(@)")
 BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._\-~+/=]+", re.IGNORECASE)
+QUERY_SECRET = re.compile(r"((?:access_token|token|password|secret|api_key|appsecret_proof)=)[^&\s\"']+", re.IGNORECASE)
 SECRET_KEYS = ("password", "token", "secret", "authorization", "access_token", "api_key")
 
 
@@ -31,6 +32,8 @@ def redact_text(text: str) -> str:
         text = URL_PASSWORD.sub(r"\1***\3", text)
     if "earer" in text or "EARER" in text or "bearer" in text.lower():
         text = BEARER.sub(r"\1***", text)
+    if "=" in text:
+        text = QUERY_SECRET.sub(r"\1***", text)
     if "+" in text:
         text = PHONE.sub(lambda m: mask_phone(m.group(0)), text)
     return text

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import date, datetime, timedelta, timezone
+from datetime import time as dt_time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -19,7 +20,7 @@ from bullwait.catalog import JOB_NAMES
 from bullwait.errors import InvalidJobData
 
 MAX_JOB_DATA_BYTES = 64 * 1024
-E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")  # ASCII digits only: \d also matches other scripts
 Id = Field(min_length=1, max_length=200)
 
 
@@ -54,8 +55,22 @@ class ExpiryJob(WireModel):
             raise ValueError("must carry a time zone (ISO 8601 with Z or an offset)")
         return value
 
+    # `expiresAt` in the past is legitimate: a timer that runs late (workers down, Redis
+    # restarted) must still expire the offer. Only its order against `notifiedAt` is checked.
+    @model_validator(mode="after")
+    def _expires_after_notified(self) -> "ExpiryJob":
+        if self.notified_at.tzinfo is not None and self.expires_at < self.notified_at:
+            raise ValueError("expiresAt is before notifiedAt")
+        return self
+
 
 class SlotDetails(WireModel):
+    """The offered slot. `date` is the salon's local day; `time` its local start time.
+
+    A `date` that is over in every time zone (before yesterday in UTC) is refused: an
+    offer for a slot that has already happened must not be sent, however late the job.
+    """
+
     date: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
     time: str = Field(pattern=r"^\d{2}:\d{2}(:\d{2})?$")
     master_id: str = Id
@@ -63,7 +78,27 @@ class SlotDetails(WireModel):
     service_id: str = Id
     service_name: str = Field(min_length=1, max_length=200)
     duration: int = Field(gt=0, le=24 * 60)
-    price: float = Field(ge=0)
+    price: float = Field(ge=0, allow_inf_nan=False)
+
+    @field_validator("date")
+    @classmethod
+    def _real_future_day(cls, value: str) -> str:
+        try:
+            day = date.fromisoformat(value)
+        except ValueError:
+            raise ValueError("must be a real calendar day (YYYY-MM-DD)") from None
+        if day < datetime.now(timezone.utc).date() - timedelta(days=1):
+            raise ValueError(f"{value} is in the past: the slot is over, the offer cannot be sent")
+        return value
+
+    @field_validator("time")
+    @classmethod
+    def _real_time(cls, value: str) -> str:
+        try:
+            dt_time.fromisoformat(value)
+        except ValueError:
+            raise ValueError("must be a real time of day (HH:MM or HH:MM:SS)") from None
+        return value
 
 
 class NotificationJob(WireModel):
@@ -120,17 +155,31 @@ PAYLOAD_MODELS: dict[str, type[WireModel]] = {
 
 def parse_payload(model: type[WireModel], data: Any) -> WireModel:
     """Validate job data against `model`; raise `InvalidJobData` naming each bad field."""
-    if isinstance(data, (str, bytes)):
-        raise InvalidJobData("Invalid job data: expected a JSON object, got a string")
     if not isinstance(data, dict):
-        raise InvalidJobData(f"Invalid job data: expected a JSON object, got {type(data).__name__}")
-    size = len(json.dumps(data, default=str))
-    if size > MAX_JOB_DATA_BYTES:
-        raise InvalidJobData(f"Invalid job data: {size} bytes, more than the {MAX_JOB_DATA_BYTES} allowed")
+        raise InvalidJobData(f"Invalid job data: expected a JSON object, got {_json_type(data)}")
     try:
+        size = len(json.dumps(data, default=str))
+        if size > MAX_JOB_DATA_BYTES:
+            raise InvalidJobData(f"Invalid job data: {size} bytes, more than the {MAX_JOB_DATA_BYTES} allowed")
         return model.model_validate(data)
     except ValidationError as exc:
         raise InvalidJobData("Invalid job data: " + describe_errors(exc)) from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # defence in depth
+        raise InvalidJobData(f"Invalid job data: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, (str, bytes)):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    return type(value).__name__
 
 
 def describe_errors(exc: ValidationError) -> str:

@@ -82,6 +82,10 @@ class Registry:
     def job_names(self, queue: QueueKey) -> list[str]:
         return [name for (q, name) in self._entries if q is queue]
 
+    def merge(self, other: "Registry") -> None:
+        """Add `other`'s registrations; they replace ours for the same (queue, job name)."""
+        self._entries.update(other._entries)
+
 
 class JobObserver(Protocol):
     """Hooks for metrics; the default does nothing."""

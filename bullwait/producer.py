@@ -10,13 +10,15 @@
 from __future__ import annotations
 
 import time
+import uuid
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Sequence
 
 from bullmq import Queue
 from bullmq.redis_connection import loadScript
-from redis.exceptions import WatchError
+from redis.exceptions import AuthenticationError, NoPermissionError, OutOfMemoryError, RedisError, ResponseError, WatchError
 
 from bullwait.catalog import (
     EXPIRY_DELAY_MS,
@@ -26,7 +28,9 @@ from bullwait.catalog import (
     QueueKey,
     queue_name,
 )
-from bullwait.connection import redis_client, redis_options
+from bullwait.connection import bound_retries, describe_redis, redis_client, redis_options
+from bullwait.errors import RedisOutOfMemory, RedisUnavailable
+from bullwait.logging import redact_text
 from bullwait.payloads import ExpiryJob, NotificationJob, PreferenceJob, WireModel
 from bullwait.settings import Settings
 
@@ -93,6 +97,7 @@ class Producer:
                 queue_name(key, self.settings),
                 {"connection": redis_options(self.settings), "prefix": self.settings.bullmq_prefix},
             )
+            bound_retries(self.settings, self._queues[key].backend.connection)
         return self._queues[key]
 
     async def close(self) -> None:
@@ -113,10 +118,16 @@ class Producer:
         priority: Priority | None = None,
         **opts: Any,
     ) -> str:
-        """Add one job with the catalog's default options; returns its id."""
+        """Add one job with the catalog's default options; returns its id.
+
+        Without `job_id` the producer gives the job a UUID: when Redis goes away after
+        running an add but before replying, the retried add finds that id and adds
+        nothing, where an id counted by Redis would have added the job twice.
+        """
         options = self.job_options(key, job_id=job_id, delay_ms=delay_ms, priority=priority)
         options.update(opts)
-        job = await self.queue(key).add(SPECS[key].job_name, payload.to_wire(), options)
+        async with redis_errors(self.settings, "job not added"):
+            job = await self.queue(key).add(SPECS[key].job_name, payload.to_wire(), options)
         return str(job.id)
 
     def job_options(
@@ -129,8 +140,7 @@ class Producer:
         level = (priority or spec.priority).bullmq_priority
         if level:
             options["priority"] = level
-        if job_id is not None:
-            options["jobId"] = job_id
+        options["jobId"] = job_id if job_id is not None else str(uuid.uuid4())
         if delay_ms:
             options["delay"] = int(delay_ms)
         return options
@@ -150,7 +160,8 @@ class Producer:
             batch = [
                 {"name": name, "data": payload.to_wire(), "opts": opts} for payload, opts in jobs[start : start + chunk]
             ]
-            added = await queue.addBulk(batch)
+            async with redis_errors(self.settings, "jobs not added"):
+                added = await queue.addBulk(batch)
             ids.extend(str(job.id) for job in added)
         return ids
 
@@ -195,6 +206,10 @@ class Producer:
         `processedOn`) between our state check and the removal, the removal is
         discarded and the state is read again.
         """
+        async with redis_errors(self.settings, "nothing cancelled"):
+            return await self._cancel_job(key, job_id)
+
+    async def _cancel_job(self, key: QueueKey, job_id: str) -> CancelResult:
         queue = self.queue(key)
         name = queue_name(key, self.settings)
         client = self._own_redis()
@@ -220,6 +235,7 @@ class Producer:
     def _own_redis(self) -> Any:
         if self._redis is None:
             self._redis = redis_client(self.settings)
+            bound_retries(self.settings, self._redis)
             self._remove_script = self._redis.register_script(loadScript("removeJob-2.lua"))
         return self._redis
 
@@ -227,3 +243,44 @@ class Producer:
         keys = [queue.toKey(job_id), queue.keys["repeat"]]
         args = [job_id, 1, queue.keys[""]]
         await self._remove_script(keys=keys, args=args, client=pipe)
+
+
+OOM_MARKER = "command not allowed when used memory"
+
+
+@asynccontextmanager
+async def redis_errors(settings: Settings, consequence: str) -> Any:
+    """Turn redis-py errors into bullwait errors that say what happened and what to do.
+
+    `consequence` says what the caller may rely on (e.g. "job not added"). Passwords
+    never reach the message: Redis is described by its masked URL.
+    """
+    where = describe_redis(settings)
+    try:
+        yield
+    except AuthenticationError:
+        raise RedisUnavailable(
+            f"Redis at {where} refused the credentials ({consequence}): check REDIS_USERNAME / REDIS_PASSWORD (or the URL)"
+        ) from None
+    except NoPermissionError as exc:
+        raise RedisUnavailable(
+            f"Redis at {where} denied a command to this user ({consequence}): {_first_line(exc)}; "
+            "grant the ACL in README 'Security'"
+        ) from None
+    except ResponseError as exc:
+        if not isinstance(exc, OutOfMemoryError) and OOM_MARKER not in str(exc):
+            raise
+        raise RedisOutOfMemory(
+            f"Redis at {where} is out of memory (maxmemory reached, policy noeviction): {consequence}; "
+            "jobs already queued are kept. Free memory (clean finished jobs), raise maxmemory, then retry"
+        ) from None
+    except (RedisError, OSError) as exc:
+        raise RedisUnavailable(
+            f"cannot reach Redis at {where} after retrying for {settings.bullwait_redis_retry_timeout:g}s "
+            f"({_first_line(exc)}): {consequence}; retry later (BULLWAIT_REDIS_RETRY_TIMEOUT sets the wait)"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return redact_text(text.splitlines()[0] if text else type(exc).__name__)[:200]

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from bullwait.catalog import SPECS, QueueKey, concurrency, queue_name
-from bullwait.connection import redis_options, wait_for_redis
+from bullwait.connection import bound_retries, redis_options, wait_for_redis
 from bullwait.logging import get_logger
 from bullwait.processing import JobObserver, Registry, dispatch
 from bullwait.settings import Settings
@@ -33,6 +34,12 @@ def worker_options(key: QueueKey, settings: Settings, worker_name: str) -> dict[
         # Fallback retention for jobs whose producer wrote none (bullmq honours these).
         "removeOnComplete": defaults["removeOnComplete"],
         "removeOnFail": defaults["removeOnFail"],
+        # Stalled-job recovery: a dead worker's jobs come back after their lock expires.
+        "lockDuration": settings.bullwait_lock_duration_ms,
+        "stalledInterval": settings.bullwait_stalled_interval_ms,
+        "maxStalledCount": settings.bullwait_max_stalled_count,
+        # After Redis comes back, poll again within a second (bullmq-py waits 15 s).
+        "runRetryDelay": 1000,
     }
     if settings.bullmq_metrics_max_data_points:
         # BullMQ's own per-minute metrics (`<prefix>:<queue>:metrics:completed|failed`), which
@@ -44,6 +51,35 @@ def worker_options(key: QueueKey, settings: Settings, worker_name: str) -> dict[
         # limiter counts in Redis). Per-salon limits are bullwait.ratelimit's.
         options["limiter"] = {"max": settings.whatsapp_max_messages_per_second, "duration": 1000}
     return options
+
+
+class ErrorThrottle:
+    """One `worker error` line per queue and message every `every` seconds.
+
+    bullmq retries a failing fetch about ten times a second: Redis out of memory or an
+    ACL that denies a command would otherwise flood the log. Repeats are counted and
+    reported with the next line of the same error (`repeated`).
+    """
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def log(self, log: Any, queue: str, err: BaseException) -> None:
+        message = str(err) or type(err).__name__
+        key = (queue, message)
+        now = time.monotonic()
+        last, repeated = self._last.get(key, (float("-inf"), 0))
+        if now - last < self.every:
+            self._last[key] = (last, repeated + 1)
+            return
+        self._last[key] = (now, 0)
+        fields: dict[str, Any] = {"queue": queue, "error": message}
+        if repeated:
+            fields["repeated"] = repeated
+        if "command not allowed when used memory" in message:
+            fields["hint"] = "Redis is out of memory (maxmemory, noeviction): free memory or raise maxmemory"
+        log.warning("worker error", **fields)
 
 
 @dataclass
@@ -60,6 +96,7 @@ class WorkerPool:
     options: dict[QueueKey, dict[str, Any]] = field(default_factory=dict)
     workers: dict[QueueKey, BullwaitWorker] = field(default_factory=dict)
     log: Any = field(default_factory=get_logger)
+    _errors: "ErrorThrottle" = field(default_factory=lambda: ErrorThrottle())
 
     def start(self) -> list[asyncio.Task[None]]:
         tasks = []
@@ -67,7 +104,8 @@ class WorkerPool:
             name = queue_name(key, self.settings)
             opts = {**worker_options(key, self.settings, self.worker_name), **self.options.get(key, {})}
             worker = BullwaitWorker(name, self._processor(key, name), opts)
-            worker.on("error", lambda err, *_a, q=name: self.log.warning("worker error", queue=q, error=str(err)))
+            bound_retries(self.settings, worker.backend.connection, worker.backend.blocking_connection)
+            worker.on("error", lambda err, *_a, q=name: self._errors.log(self.log, q, err))
             worker.on("stalled", lambda job_id, *_a, q=name: self._stalled(q, job_id))
             self.workers[key] = worker
             tasks.append(asyncio.ensure_future(worker.run()))

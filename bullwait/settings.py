@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bullwait.errors import SettingsError
+from bullwait.logging import redact_text
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
@@ -90,6 +91,21 @@ class Settings(BaseSettings):
     # Seconds a scrape or health check waits for Redis before answering 503 / redis_up 0.
     health_redis_timeout: float = Field(2.0, gt=0, le=60)
 
+    # --- Reliability (issue 8): stalled-job recovery, Redis retries, extra processors ---
+    # A job whose worker died is taken back after its lock expires (lockDuration) by the
+    # next stalled check (stalledInterval); the BullMQ defaults are 30 s each.
+    bullwait_lock_duration_ms: int = Field(30_000, ge=100)
+    bullwait_stalled_interval_ms: int = Field(30_000, ge=100)
+    # How often one job may be recovered as stalled before it is failed instead.
+    bullwait_max_stalled_count: int = Field(1, ge=0)
+    # How long one Redis command keeps retrying through a lost connection before
+    # bullwait gives up on it (the producer then raises RedisUnavailable; a worker logs
+    # and tries again). bullmq-py alone retries for about six minutes.
+    bullwait_redis_retry_timeout: float = Field(20.0, ge=0)
+    # Extra processors for `bullwait worker`: `module:function[,module:function]`; each
+    # function gets the Registry and registers into it (or returns a Registry).
+    bullwait_processors: str | None = None
+
     @field_validator("queue_log_level", mode="before")
     @classmethod
     def _lower_level(cls, value: object) -> object:
@@ -142,6 +158,14 @@ class Settings(BaseSettings):
         if self.whatsapp_access_token is not None and not self.whatsapp_phone_number_id:
             raise ValueError("WHATSAPP_PHONE_NUMBER_ID: required when WHATSAPP_ACCESS_TOKEN is set")
         return self
+
+    def __repr_args__(self):  # type: ignore[no-untyped-def]
+        """repr()/str() never show secrets: credentials in URLs and secret fields are masked."""
+        for name, value in super().__repr_args__():
+            if isinstance(value, str) and name and _is_secret(name.upper()):
+                yield name, redact_text(value) if name.upper().endswith("URL") else "***"
+            else:
+                yield name, value
 
     @cached_property
     def redis_configured(self) -> bool:

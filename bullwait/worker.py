@@ -54,6 +54,8 @@ from bullmq import Worker
 from bullmq.custom_errors import DelayedError, UnrecoverableError, WaitingChildrenError
 from bullmq.job import Job
 
+from bullwait.connection import bound_blocking_reads
+
 
 def default_worker_name() -> str:
     """`bullwait-<host>-<pid>`: unique per process, readable in CLIENT LIST and Bull Board."""
@@ -67,7 +69,6 @@ def node_client_name(prefix: str, queue: str, worker_name: str | None) -> str:
     return f"{prefix}:{encoded}" + (f":w:{worker_name}" if worker_name else "")
 
 
-BLOCKING_READ_MARGIN_S = 5.0
 # Longer than Redis's blocked-client timeout granularity at the default hz 10 (100 ms).
 PRECISE_WAIT_MS = 110
 
@@ -85,15 +86,8 @@ class BullwaitWorker(Worker):
 
     def _allow_long_blocking_reads(self) -> None:
         """Give the blocking connection a read timeout longer than any BZPOPMIN it sends."""
-        conn = getattr(self.backend, "blocking_connection", None)
-        pool = getattr(getattr(conn, "conn", None), "connection_pool", None)
-        kwargs = getattr(pool, "connection_kwargs", None)
-        if not isinstance(kwargs, dict):  # Redis Cluster nodes carry their own settings
-            return
         longest = max(float(self.maximumBlockTimeout), float(self.opts.get("drainDelay", 5)))
-        current = kwargs.get("socket_timeout")
-        if current is not None and current < longest + BLOCKING_READ_MARGIN_S:
-            kwargs["socket_timeout"] = longest + BLOCKING_READ_MARGIN_S
+        bound_blocking_reads(getattr(self.backend, "blocking_connection", None), longest)
 
     def blocking_read_timeout(self) -> float | None:
         conn = getattr(self.backend, "blocking_connection", None)
@@ -231,7 +225,7 @@ class BullwaitWorker(Worker):
     ) -> Job | None:
         try:
             return await super().nextJobFromJobData(job_data, job_id, limit_until, delay_until, token)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             # Decoding only fails for bad data: check then, not for every job (hot path).
             if not job_data or _decodes(job_data):
                 raise
@@ -245,7 +239,7 @@ def _decodes(job_data: Any) -> bool:
         json.loads(raw)
         json.loads(job_data.get("opts", "{}"))
         return True
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return False
 
 
@@ -256,6 +250,9 @@ def _with_deferred_failure(job_data: dict[str, Any]) -> dict[str, Any]:
     for field in ("data", "opts"):
         try:
             json.loads(fixed.get(field, "{}"))
+        except RecursionError:
+            reasons.append(f"{field} is nested too deeply")
+            fixed[field] = "{}"
         except (ValueError, TypeError):
             reasons.append(f"{field} is not valid JSON")
             fixed[field] = "{}"

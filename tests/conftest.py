@@ -24,9 +24,9 @@ from bullwait.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 BULLWAIT = [sys.executable, "-m", "bullwait_cli.main"]
 
-# No ambient configuration leaks into tests.
+# No ambient configuration leaks into tests (BULLWAIT_SLOW is a switch of the suite itself).
 for _name in list(os.environ):
-    if _name.startswith(("REDIS_", "BULLMQ_", "BULLWAIT_", "WAITLIST_", "WHATSAPP_", "QUEUE_", "METRICS_", "HEALTH_")):
+    if _name != "BULLWAIT_SLOW" and _name.startswith(("REDIS_", "BULLMQ_", "BULLWAIT_", "WAITLIST_", "WHATSAPP_", "QUEUE_", "METRICS_", "HEALTH_")):
         del os.environ[_name]
 
 

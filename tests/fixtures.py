@@ -18,6 +18,11 @@ def expiry_data(waitlist_id: str = "w-1", minutes: float = 15) -> dict[str, Any]
     }
 
 
+def future_day(days: int = 3) -> str:
+    """A slot day that stays in the future whenever the suite runs (past days are refused)."""
+    return (datetime.now(timezone.utc) + timedelta(days=days)).date().isoformat()
+
+
 def notification_data(waitlist_id: str = "w-1", salon_id: str = "salon-1", phone: str = "+34600111222") -> dict[str, Any]:
     return {
         "waitlistId": waitlist_id,
@@ -25,7 +30,7 @@ def notification_data(waitlist_id: str = "w-1", salon_id: str = "salon-1", phone
         "customerPhone": phone,
         "salonId": salon_id,
         "slotDetails": {
-            "date": "2026-12-01",
+            "date": future_day(),
             "time": "10:30",
             "masterId": "master-1",
             "masterName": "Ana",

@@ -23,6 +23,7 @@ import pytest
 from bullwait.embedded import free_port
 
 from conftest import ROOT
+from fixtures import future_day
 
 NODE_DIR = ROOT / "node-compat"
 NODE = shutil.which("node")
@@ -155,7 +156,7 @@ def seed_slot(slot_id: str = "slot-1") -> dict[str, Any]:
     """The seed's `slot` argument."""
     return {
         "id": slot_id,
-        "date": "2026-12-01",
+        "date": future_day(),
         "startTime": "10:30",
         "masterId": "master-1",
         "master": {"name": "Ana"},
@@ -172,7 +173,7 @@ def seed_booking(booking_id: str = "b-1") -> dict[str, Any]:
         "salonId": "salon-1",
         "serviceId": "service-1",
         "masterId": "master-1",
-        "date": "2026-12-01",
+        "date": future_day(),
         "startTime": "10:30",
     }
 

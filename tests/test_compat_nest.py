@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import asyncio
 import json
 import time
@@ -68,7 +70,9 @@ async def test_nest_seed_jobs_are_processed_by_bullwait_worker(env, settings: Se
     note = _raw(sync_redis, prefix, "waitlist-notification", note_id)
     assert note["data"] == notification_data("w-7") and note["priority"] == "10"
     pref = _raw(sync_redis, prefix, "waitlist-preference-calculation", pref_id)
-    assert pref["data"]["data"] == {"serviceId": "service-1", "masterId": "master-1", "dayOfWeek": 2, "hour": 10}
+    # The seed computes dayOfWeek with JS `new Date(booking.date).getDay()`.
+    day = (datetime.date.fromisoformat(booking["date"]).weekday() + 1) % 7
+    assert pref["data"]["data"] == {"serviceId": "service-1", "masterId": "master-1", "dayOfWeek": day, "hour": 10}
     assert pref["priority"] == "1", "the seed's call-site priority wins over the catalog default"
 
     async with Producer(settings) as producer:

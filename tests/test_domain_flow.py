@@ -22,11 +22,11 @@ from bullwait.waitlist import notification_job_id
 
 from conftest import run_cli
 from fake_whatsapp import FakeWhatsApp
-from fixtures import notification_data, preference_data
+from fixtures import notification_data, preference_data, future_day
 
 TOKEN = "test-secret-token-xyz"
 DETAILS = SlotDetails(
-    date="2026-12-01", time="10:30", master_id="m-1", master_name="Ana",
+    date=future_day(), time="10:30", master_id="m-1", master_name="Ana",
     service_id="s-1", service_name="Haircut", duration=45, price=35.5,
 )
 
@@ -166,7 +166,8 @@ async def test_sigkill_mid_send_never_sends_twice(services: Services, api: FakeW
     await until(lambda: len(api.received()) == 1, message="the fake API got the request")
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait()
-    record_key = services.send_records.key("salon-k", "w-kill", "2026-12-01T10:30/master-1/service-1")
+    slot = payload.slot_details
+    record_key = services.send_records.key("salon-k", "w-kill", f"{slot.date}T{slot.time}/master-1/service-1")
     assert sync_redis.hget(record_key, "state") == "sending"
 
     # Its lock would expire after lockDuration (30 s); expire it now, then run BullMQ's own

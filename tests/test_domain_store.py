@@ -12,9 +12,10 @@ from bullwait.connection import redis_client
 from bullwait.payloads import SlotDetails
 from bullwait.settings import Settings
 from bullwait.store import RedisWaitlistStore, WaitlistStore
+from fixtures import future_day
 
 DETAILS = SlotDetails(
-    date="2026-12-01", time="10:30", master_id="m-1", master_name="Ana",
+    date=future_day(), time="10:30", master_id="m-1", master_name="Ana",
     service_id="s-1", service_name="Haircut", duration=45, price=35.5,
 )
 NOW = 1_800_000_000_000

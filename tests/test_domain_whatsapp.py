@@ -22,9 +22,10 @@ from bullwait.whatsapp import (
 )
 
 from fake_whatsapp import FakeWhatsApp
+from fixtures import future_day
 
 SLOT = SlotDetails(
-    date="2026-12-01", time="10:30", master_id="m-1", master_name="Ana",
+    date=future_day(), time="10:30", master_id="m-1", master_name="Ana",
     service_id="s-1", service_name="Haircut", duration=45, price=35.5,
 )
 TOKEN = "EAAG-very-secret-token"
@@ -58,7 +59,7 @@ async def test_template_message_request(api: FakeWhatsApp) -> None:
     assert body["messaging_product"] == "whatsapp" and body["type"] == "template" and body["to"] == "34600111222"
     assert body["template"]["name"] == "slot_offer" and body["template"]["language"] == {"code": "es"}
     params = [p["text"] for p in body["template"]["components"][0]["parameters"]]
-    assert params == ["Haircut", "2026-12-01", "10:30", "Ana", "45", "35.50"]
+    assert params == ["Haircut", SLOT.date, "10:30", "Ana", "45", "35.50"]
 
 
 @pytest.mark.parametrize(

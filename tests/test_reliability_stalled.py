@@ -1,0 +1,60 @@
+"""A worker SIGKILLed mid-job: its jobs are recovered as stalled by another worker and
+run to the end exactly once after recovery (side effects counted in Redis)."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import redis
+
+from bullwait.catalog import QueueKey
+from bullwait.payloads import NotificationJob
+from bullwait.producer import Producer
+from bullwait.settings import Settings
+
+from conftest import wait_until
+from fixtures import notification_data
+from reliability_helpers import FAST_RECOVERY, counts, eventually
+from reliability_processors import counter_field, keys
+
+
+def _counts(sync_redis: redis.Redis, prefix: str, name: str) -> dict[str, int]:
+    return {k: int(v) for k, v in sync_redis.hgetall(keys(prefix)[name]).items()}
+
+
+async def test_sigkilled_worker_jobs_are_recovered_and_completed_once(
+    settings: Settings, start_worker: Any, sync_redis: redis.Redis, prefix: str
+) -> None:
+    first = start_worker("-q", "waitlist-notification", extra_env=FAST_RECOVERY)
+    async with Producer(settings) as producer:
+        ids = []
+        for i in range(8):  # concurrency is 10: all eight are active on the first worker
+            data = dict(notification_data(f"w-{i}"), sleepMs=2500)
+            ids.append(await producer.send_slot_available(NotificationJob.model_validate(data)))
+        wait_until(lambda: len(_counts(sync_redis, prefix, "starts")) == len(ids), message="all jobs started")
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait()
+        assert _counts(sync_redis, prefix, "effects") == {}, "the killed worker finished nothing"
+
+        second = start_worker("-q", "waitlist-notification", extra_env=FAST_RECOVERY)
+
+        async def all_completed() -> bool:
+            return (await counts(producer, QueueKey.WAITLIST_NOTIFICATION))["completed"] == len(ids)
+
+        await eventually(all_completed, timeout=30, message="recovered jobs completed")
+        final = await counts(producer, QueueKey.WAITLIST_NOTIFICATION)
+        assert final["active"] == final["failed"] == final["waiting"] == 0, final
+
+    starts = _counts(sync_redis, prefix, "starts")
+    effects = _counts(sync_redis, prefix, "effects")
+    by = _counts(sync_redis, prefix, "by")
+    fields = [counter_field(QueueKey.WAITLIST_NOTIFICATION, job_id) for job_id in ids]
+    assert starts == {f: 2 for f in fields}, "started by the killed worker, then once more"
+    assert effects == {f: 1 for f in fields}, "ran to completion exactly once"
+    assert set(by.values()) == {second.proc.pid}
+    for job_id in ids:
+        stored = sync_redis.hgetall(f"{prefix}:waitlist-notification:{job_id}")
+        assert stored.get("stc") == "1", stored  # BullMQ's stalled counter: recovered once
+    assert second.log().count('"job stalled"') == len(ids)
+    assert second.terminate() == 0
