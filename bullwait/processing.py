@@ -3,7 +3,7 @@
     registry = Registry()
 
     @registry.processor(QueueKey.WAITLIST_EXPIRY, "check-expiry", ExpiryJob)
-    async def check_expiry(payload: ExpiryJob, ctx: JobContext) -> dict:
+    async def check_expiry(payload: ExpiryJob, ctx: Context) -> dict:
         ...
 
 `dispatch` validates the job's data with the model, runs the function, logs the seed's
@@ -26,23 +26,14 @@ from bullwait.payloads import WireModel, parse_payload
 from bullwait.settings import Settings
 
 
-class JobContext(Protocol):
-    """What a processor gets besides its payload."""
-
-    job: Job
-    token: str
-    queue: QueueKey
-    queue_name: str
-    settings: Settings
-    log: Any
-    services: Any
-
-
 Handler = Callable[[Any, "Context"], Awaitable[Any]]
 
 
 @dataclass
 class Context:
+    """What a processor gets besides its payload: the bullmq job and its lock token, the
+    queue, settings, a logger bound to the job, and the process's `Services`."""
+
     job: Job
     token: str
     queue: QueueKey

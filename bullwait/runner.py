@@ -114,9 +114,8 @@ class WorkerPool:
 
     def _stalled(self, queue: str, job_id: str) -> None:
         self.log.warning("job stalled", queue=queue, jobId=job_id)
-        hook = getattr(self.observer, "stalled", None)  # observers written before the hook existed
-        if hook is not None:
-            hook(queue, job_id)
+        if self.observer is not None:
+            self.observer.stalled(queue, job_id)
 
     def _processor(self, key: QueueKey, name: str) -> Any:
         async def process(job: Any, token: str) -> Any:
