@@ -27,6 +27,8 @@ def redis_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for `redis.asyncio.Redis` (and bullmq's `connection` option)."""
     if settings.redis_url:
         opts: dict[str, Any] = dict(parse_url(settings.redis_url))
+        if "path" in opts:  # unix:// -> redis.asyncio's name for it
+            opts["unix_socket_path"] = opts.pop("path")
         if settings.redis_url.startswith("rediss://"):
             opts.pop("connection_class", None)
             opts["ssl"] = True

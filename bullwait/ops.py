@@ -882,7 +882,7 @@ def _queue_checks(s: QueueStats, settings: Settings, clients_ok: bool) -> list[C
     if s.stalled:
         out.append(
             Check("warn", f"{q}/stalled", f"{s.stalled} active job(s) without a lock (their worker died); a running "
-                  "worker moves them back to wait within its stalled interval (30 s); start one if none runs")
+                  "worker moves them back to wait within its stalled interval (BULLWAIT_STALLED_INTERVAL_MS); start one if none runs")
         )
     else:
         scanned = "" if s.active <= s.active_scanned else f" (first {s.active_scanned} checked)"
@@ -944,7 +944,7 @@ def _json_or_raw(raw: str | None, default: Any = None) -> tuple[Any, bool]:
         return default, True
     try:
         return json.loads(raw), True
-    except ValueError:
+    except (ValueError, RecursionError):
         return raw, False
 
 

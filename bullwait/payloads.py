@@ -13,7 +13,7 @@ from datetime import date, datetime, timedelta, timezone
 from datetime import time as dt_time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator, ValidationInfo
 from pydantic.alias_generators import to_camel
 
 from bullwait.catalog import JOB_NAMES
@@ -82,12 +82,13 @@ class SlotDetails(WireModel):
 
     @field_validator("date")
     @classmethod
-    def _real_future_day(cls, value: str) -> str:
+    def _real_future_day(cls, value: str, info: ValidationInfo) -> str:
         try:
             day = date.fromisoformat(value)
         except ValueError:
             raise ValueError("must be a real calendar day (YYYY-MM-DD)") from None
-        if day < datetime.now(timezone.utc).date() - timedelta(days=1):
+        stored = bool(info.context and info.context.get("stored"))  # read back, not a new offer
+        if not stored and day < datetime.now(timezone.utc).date() - timedelta(days=1):
             raise ValueError(f"{value} is in the past: the slot is over, the offer cannot be sent")
         return value
 

@@ -2,7 +2,9 @@
 
 SIGTERM/SIGINT stop fetching, let active jobs finish within `shutdown_timeout`, then
 close; jobs still running after that are left to BullMQ's stalled-job recovery (their
-locks expire and another worker takes them), so nothing is lost.
+locks expire and another worker takes them). A job that stalls more often than
+BULLWAIT_MAX_STALLED_COUNT is failed, and a notification cut off mid-request is failed
+as "outcome unknown" rather than risk a second message.
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ class ErrorThrottle:
         if now - last < self.every:
             self._last[key] = (last, repeated + 1)
             return
+        if len(self._last) >= 1000:  # messages can carry job ids: keep the table bounded
+            self._last.clear()
         self._last[key] = (now, 0)
         fields: dict[str, Any] = {"queue": queue, "error": message}
         if repeated:
@@ -166,6 +170,13 @@ async def run_workers(
     tasks = pool.start()
     stopper = asyncio.ensure_future(stop_event.wait())
     await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    # A worker loop that ended while nobody asked to stop is a crash, not a shutdown:
+    # say why and exit non-zero so a supervisor (ours, systemd, Kubernetes) restarts us.
+    crashed = [t for t in tasks if t.done()] if not stop_event.is_set() else []
+    for task in crashed:
+        error = task.exception() if not task.cancelled() else None
+        log.error("worker loop ended unexpectedly, stopping", error=repr(error) if error else "ended without error")
+    stopper.cancel()
     timeout = settings.bullwait_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
     log.info("shutting down", timeout=f"{timeout}s")
     clean = await pool.close(timeout)
@@ -174,7 +185,7 @@ async def run_workers(
             task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     log.info("stopped", graceful=clean)
-    return 0
+    return 1 if crashed else 0
 
 
 async def _until_stopped(work: Any, stop: asyncio.Event) -> bool:

@@ -405,7 +405,8 @@ class RedisWaitlistStore:
         return Slot(
             id=raw["id"],
             salon_id=raw["salonId"],
-            details=SlotDetails.model_validate(json.loads(raw["details"])),
+            # Validated when stored; re-validating would refuse a slot whose day has passed.
+            details=SlotDetails.model_validate(json.loads(raw["details"]), context={"stored": True}),
             state=raw["state"],
             offered_to=raw.get("offeredTo") or None,
             booked_by=raw.get("bookedBy") or None,

@@ -75,7 +75,11 @@ class Waitlist:
     async def free_slot(self, salon_id: str, slot_id: str, details: SlotDetails) -> tuple[Transition, Offer | None]:
         now = now_ms()
         result = await self.store.free_slot(salon_id, slot_id, details, now, now + self.offer_ms)
-        offer = await self.announce(salon_id, result.next_id) if result.outcome == "offered" and result.next_id else None
+        # `already-offered`: a retry after a crash between the store and the producer; the
+        # follow-ups are idempotent (deterministic job ids), so make sure of them.
+        offer = None
+        if result.outcome in ("offered", "already-offered") and result.next_id:
+            offer = await self.announce(salon_id, result.next_id, only_if_slot=slot_id)
         return result, offer
 
     async def expire(self, salon_id: str, waitlist_id: str, slot_id: str) -> tuple[Transition, Offer | None]:
@@ -94,7 +98,8 @@ class Waitlist:
         result = await self.store.book(salon_id, waitlist_id, now_ms())
         if result.outcome in ("booked", "already-booked"):
             await self.producer.cancel_expiry_timer(waitlist_id)
-        if result.outcome == "booked" and booking_id and result.slot_id:
+        # Also on `already-booked` (a retried call): folding is idempotent per bookingId.
+        if result.outcome in ("booked", "already-booked") and booking_id and result.slot_id:
             entry = await self.store.get_entry(salon_id, waitlist_id)
             slot = await self.store.get_slot(salon_id, result.slot_id)
             if entry is not None and slot is not None:

@@ -133,7 +133,8 @@ def parse_response(response: httpx.Response) -> str:
         messages = payload.get("messages") if isinstance(payload, dict) else None
         if isinstance(messages, list) and messages and isinstance(messages[0], dict) and messages[0].get("id"):
             return str(messages[0]["id"])
-        raise WhatsAppUnavailable(f"WhatsApp Cloud API answered {status} without a message id")
+        # Accepted (2xx) but no id: the message is on its way; retrying would send it twice.
+        return f"unknown-id-http-{status}"
     error = payload.get("error", {}) if isinstance(payload, dict) else {}
     error = error if isinstance(error, dict) else {}
     code = error.get("code") if isinstance(error.get("code"), int) else None

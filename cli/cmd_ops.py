@@ -37,7 +37,7 @@ from bullwait.ops import (
 )
 from bullwait.settings import Settings
 
-from bullwait_cli.common import AsJson, RedisUrl, err_console, fail, print_json, run_async, settings_from
+from bullwait_cli.common import AsJson, RedisUrl, err_console, fail, print_json, run_async, settings_from, _first_line
 
 T = TypeVar("T")
 
@@ -87,11 +87,6 @@ def _with_ops(settings: Settings, action: Callable[[Ops], Awaitable[T]]) -> T:
 
 class RedisRefused(BullwaitError):
     """Redis answered with an error (ACL NOPERM, OOM, read-only replica...)."""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 # --- stats ---------------------------------------------------------------------------

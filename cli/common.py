@@ -11,7 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from redis.exceptions import RedisError
+
 from bullwait.errors import BullwaitError
+from bullwait.logging import redact_text
 from bullwait.settings import Settings, load_settings
 
 T = TypeVar("T")
@@ -48,12 +51,19 @@ def run_async(make: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(_run(make))
     except BullwaitError as exc:
         raise fail(str(exc), exc.exit_code)
+    except (RedisError, OSError) as exc:  # Redis went away or refused a command mid-way
+        raise fail(f"Redis failed during the command: {_first_line(exc)}", 1)
     except KeyboardInterrupt:
         raise typer.Exit(130)
 
 
 async def _run(make: Callable[[], Awaitable[T]]) -> T:
     return await make()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return redact_text(text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 def print_json(data: Any) -> None:

@@ -71,10 +71,11 @@ def _supervise(
         argv += ["--queue", name]
     if shutdown_timeout is not None:
         argv += ["--shutdown-timeout", str(shutdown_timeout)]
-    if redis_url:
-        argv += ["--redis-url", redis_url]
+    # The URL may carry a password: children get it in their environment, never in argv
+    # (which any local user can read with `ps`).
+    env = dict(os.environ, REDIS_URL=redis_url) if redis_url else None
     timeout = settings.bullwait_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
-    return Supervisor(argv, processes, shutdown_timeout=timeout).run()
+    return Supervisor(argv, processes, env=env, shutdown_timeout=timeout).run()
 
 
 async def _worker(settings: Settings, keys: list[QueueKey], shutdown_timeout: Optional[float]) -> int:

@@ -317,3 +317,19 @@ def test_demo_runs_the_real_flow_with_the_console_sender(env: dict[str, str]) ->
     assert "expired" in result.stdout and "booked" in result.stdout
     assert "whatsapp message (console sender, not sent)" in result.stderr
     assert os.environ.get("WHATSAPP_ACCESS_TOKEN") is None
+
+
+async def test_free_slot_retried_after_a_crash_still_announces(services: Services) -> None:
+    """The store offered the slot, then the app crashed before enqueuing the offer's jobs:
+    calling free_slot again must enqueue them (not leave the entry notified with no
+    message and no timer)."""
+    wl = services.waitlist
+    await wl.join("salon-r", "R1", "cust-R1", "+34600000009")
+    now = int(time.time() * 1000)
+    first = await services.store.free_slot("salon-r", "slot-r", DETAILS, now, now + 60_000)  # store only: the "crash"
+    assert first.outcome == "offered" and first.next_id == "R1"
+    expiry = services.producer.queue(QueueKey.WAITLIST_EXPIRY)
+    assert await expiry.getJobState(expiry_job_id("R1")) == "unknown"
+    again, offer = await wl.free_slot("salon-r", "slot-r", DETAILS)
+    assert again.outcome == "already-offered" and offer is not None
+    assert await expiry.getJobState(expiry_job_id("R1")) == "delayed"

@@ -76,3 +76,9 @@ def test_env_file_is_read(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  #
     monkeypatch.chdir(tmp_path)
     s = load_settings()
     assert (s.redis_queue_db, s.waitlist_expiry_concurrency) == (7, 9)
+
+
+def test_unix_socket_url() -> None:
+    opts = redis_options(load_settings(redis_url="unix:///run/redis/redis.sock?db=1"))
+    assert opts["unix_socket_path"] == "/run/redis/redis.sock" and "path" not in opts
+    assert opts["db"] == 1

@@ -77,7 +77,13 @@ async def send_slot_available(payload: NotificationJob, ctx: Context) -> dict[st
         )
 
     member = f"{owner}/{now}"
-    decision = await svc.rate_limiter.acquire(payload.salon_id, member, now)
+    try:
+        decision = await svc.rate_limiter.acquire(payload.salon_id, member, now)
+    except BaseException:
+        # Nothing was sent: without this the retry would find a dead claim and refuse
+        # to send ("outcome unknown").
+        await records.release(key, owner, "failed before sending")
+        raise
     if not decision.allowed:
         await records.release(key, owner, "salon rate limit")
         ctx.log.info("salon rate limit reached, delaying", retry_in=f"{decision.retry_in_ms}ms")
