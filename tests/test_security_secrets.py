@@ -1,10 +1,13 @@
 """Secrets never leave: passwords and tokens stay out of logs, CLI output, job data,
-exception messages and reprs; phone numbers are masked in logs.
+metrics labels and values, the health JSON, exception messages and reprs; phone numbers
+are masked in logs.
 
-Extend `_outputs` when new surfaces land (metrics labels, health JSON, Bull Board)."""
+Extend `outputs` when new surfaces land (Bull Board)."""
 
 from __future__ import annotations
 
+import json
+import urllib.request
 import uuid
 from typing import Any
 
@@ -25,6 +28,19 @@ from security_helpers import AuthRedisServer, acl_server, least_privilege_user  
 TOKEN = "EAAG" + uuid.uuid4().hex + uuid.uuid4().hex
 APP_SECRET = "appsecret" + uuid.uuid4().hex
 PHONE = "+34699887766"
+
+
+def _http(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+        return resp.read().decode()
+
+
+def _monitoring_port(log: str) -> int:
+    """The port of the worker's metrics/health server (METRICS_PORT=0: any free one)."""
+    for line in log.splitlines():
+        if "monitoring server listening" in line:
+            return int(json.loads(line)["port"])
+    raise AssertionError(f"no 'monitoring server listening' in log:\n{log}")
 
 
 def _assert_clean(text: str, *secrets: str) -> None:
@@ -57,6 +73,15 @@ async def test_no_secret_in_output_logs_or_redis(
             return c["completed"] == 1 and c["failed"] == 1
 
         await eventually(processed, timeout=30, message="good and bad job processed")
+
+        # The worker's metrics and health server (METRICS_PORT=0 in the test env), scraped
+        # while it runs with the password in REDIS_URL and the token configured.
+        port = _monitoring_port(worker.log())
+        metrics = _http(port, "/metrics")
+        assert "bullmq_job_completed_total" in metrics and "waitlist-notification" in metrics, metrics[:2000]
+        queues = _http(port, "/health/queues")
+        assert json.loads(queues)["queues"], queues
+        outputs += [metrics, queues, _http(port, "/health/live"), _http(port, "/")]
     assert worker.terminate() == 0
     outputs.append(worker.log())
     assert "job completed" in outputs[-1] and "job failed" in outputs[-1]
