@@ -7,6 +7,7 @@ Extend `outputs` when new surfaces land (Bull Board)."""
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 import uuid
 from typing import Any
@@ -169,3 +170,30 @@ def test_log_redaction_covers_tokens_in_urls_and_headers() -> None:
         "to": PHONE,
     })
     _assert_clean(str(event), TOKEN, PHONE)
+
+
+async def test_health_and_metrics_with_redis_down_hide_the_password(env: dict[str, str], prefix: str, start_worker: Any) -> None:
+    """The 503 health JSON names Redis and the error; with a password in REDIS_URL the
+    password stays out of it, out of /metrics, and out of the worker's log."""
+    password = "pw-" + uuid.uuid4().hex
+    server = AuthRedisServer(appendonly=False, extra_args=["--requirepass", password]).start()
+    try:
+        url = f"redis://:{password}@127.0.0.1:{server.port}/0"
+        worker = start_worker("-q", "waitlist-expiry", extra_env={"REDIS_URL": url, "WHATSAPP_ACCESS_TOKEN": TOKEN, "WHATSAPP_PHONE_NUMBER_ID": "1"})
+        port = _monitoring_port(worker.log())
+        up = json.loads(_http(port, "/health/queues"))
+        assert up["queues"], up
+        server.kill()  # Redis gone while the worker runs
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health/queues", timeout=15)
+            raise AssertionError("/health/queues answered 200 with Redis down")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 503
+            down = exc.read().decode()
+        assert "did not answer" in down and "redis://:***@127.0.0.1" in down, down
+        metrics = _http(port, "/metrics")
+        assert "bullmq_redis_up 0.0" in metrics, metrics[-2000:]
+        outputs = [json.dumps(up), down, metrics, worker.log()]
+    finally:
+        server.cleanup()
+    _assert_clean("\n".join(outputs), password, TOKEN)
