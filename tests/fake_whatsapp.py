@@ -4,6 +4,7 @@
         env["WHATSAPP_API_BASE_URL"] = api.base_url
         api.fail_next(1, status=429, code=130429)     # the next request is throttled
         api.latency = 1.5                             # hold each response 1.5 s
+        api.fail_for(6.0, status=429, code=130429)    # every request in the next 6 s is throttled
         ...
         api.requests  # every request received (path, headers, JSON body, time)
 
@@ -57,6 +58,7 @@ class FakeWhatsApp:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
     _counter: int = 0
+    _window: tuple[float, Planned] | None = None
 
     @property
     def base_url(self) -> str:
@@ -80,6 +82,16 @@ class FakeWhatsApp:
         with self._lock:
             for _ in range(count):
                 self._plan.append(Planned(status or default_status, code, message or default_message, retry_after, hang))
+
+    def fail_for(
+        self, seconds: float, status: int | None = None, code: int | None = None, message: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        """Answer every request arriving in the next `seconds` with an error (an outage or
+        a throttling storm); requests queued with `fail_next` are answered first."""
+        default_status, default_message = ERRORS.get(code or 0, (status or 500, "error"))
+        with self._lock:
+            self._window = (time.time() + seconds, Planned(status or default_status, code, message or default_message, retry_after))
 
     def sent(self) -> list[Recorded]:
         """Requests answered with a message id."""
@@ -110,6 +122,8 @@ class FakeWhatsApp:
                 with fake._lock:
                     fake.requests.append(record)
                     plan = fake._plan.pop(0) if fake._plan else None
+                    if plan is None and fake._window is not None and record.at < fake._window[0]:
+                        plan = fake._window[1]
                     fake._counter += 1
                     number = fake._counter
                 time.sleep(fake.latency + (plan.hang if plan else 0))

@@ -1,10 +1,11 @@
 """Redis out of memory (maxmemory reached, noeviction): adds fail with a clear bullwait
 error, nothing already queued is lost, a worker survives it and drains the queues once
-memory is available again."""
+memory is available again; `bullwait doctor` reports it (fail, with what to do)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from bullwait.errors import BullwaitError, RedisOutOfMemory
 from bullwait.producer import Producer
 from bullwait.settings import Settings
 
+from conftest import run_cli
 from reliability_helpers import COUNTING, add_counted, counts, eventually
 
 
@@ -26,7 +28,9 @@ def small_redis() -> Any:
     server.cleanup()
 
 
-async def test_out_of_memory_refuses_adds_and_loses_nothing(small_redis: RedisServer, prefix: str, start_worker: Any) -> None:
+async def test_out_of_memory_refuses_adds_and_loses_nothing(
+    small_redis: RedisServer, prefix: str, start_worker: Any, env: dict[str, str]
+) -> None:
     url = f"{small_redis.url}/0"
     settings = Settings(redis_url=url, bullmq_prefix=prefix)
     acked: set[tuple[QueueKey, str]] = set()
@@ -58,6 +62,21 @@ async def test_out_of_memory_refuses_adds_and_loses_nothing(small_redis: RedisSe
         # Every acknowledged job is still there.
         queued = {key: (await counts(producer, key)) for key in QueueKey}
         assert sum(c["waiting"] + c["delayed"] + c["prioritized"] for c in queued.values()) == len(acked), queued
+
+        # `bullwait doctor` says so, and what to do; `bullwait stats` still reads the queues.
+        ops_env = dict(env, REDIS_URL=url, BULLMQ_PREFIX=prefix)
+        doctor = run_cli(ops_env, "doctor", "--json")
+        assert doctor.returncode == 2, doctor.stdout + doctor.stderr
+        memory = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}["memory"]
+        assert memory["status"] == "fail", memory
+        assert "of maxmemory" in memory["detail"], memory
+        assert "new jobs will be refused" in memory["detail"] and "raise maxmemory" in memory["detail"], memory
+        text = run_cli(ops_env, "doctor")
+        assert text.returncode == 2 and any(
+            line.startswith("fail") and "memory" in line and "raise maxmemory" in line for line in text.stdout.splitlines()
+        ), text.stdout
+        stats = run_cli(ops_env, "stats", "--json")
+        assert stats.returncode == 0 and "Traceback" not in stats.stderr, stats.stderr
 
         # A worker started while Redis is full stays up, then drains everything once memory is freed.
         worker = start_worker(extra_env={**COUNTING, "REDIS_URL": url})

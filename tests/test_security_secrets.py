@@ -1,10 +1,14 @@
 """Secrets never leave: passwords and tokens stay out of logs, CLI output, job data,
-exception messages and reprs; phone numbers are masked in logs.
+metrics labels and values, the health JSON, exception messages and reprs; phone numbers
+are masked in logs.
 
-Extend `_outputs` when new surfaces land (metrics labels, health JSON, Bull Board)."""
+Extend `outputs` when new surfaces land (Bull Board)."""
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 import uuid
 from typing import Any
 
@@ -25,6 +29,19 @@ from security_helpers import AuthRedisServer, acl_server, least_privilege_user  
 TOKEN = "EAAG" + uuid.uuid4().hex + uuid.uuid4().hex
 APP_SECRET = "appsecret" + uuid.uuid4().hex
 PHONE = "+34699887766"
+
+
+def _http(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+        return resp.read().decode()
+
+
+def _monitoring_port(log: str) -> int:
+    """The port of the worker's metrics/health server (METRICS_PORT=0: any free one)."""
+    for line in log.splitlines():
+        if "monitoring server listening" in line:
+            return int(json.loads(line)["port"])
+    raise AssertionError(f"no 'monitoring server listening' in log:\n{log}")
 
 
 def _assert_clean(text: str, *secrets: str) -> None:
@@ -57,6 +74,15 @@ async def test_no_secret_in_output_logs_or_redis(
             return c["completed"] == 1 and c["failed"] == 1
 
         await eventually(processed, timeout=30, message="good and bad job processed")
+
+        # The worker's metrics and health server (METRICS_PORT=0 in the test env), scraped
+        # while it runs with the password in REDIS_URL and the token configured.
+        port = _monitoring_port(worker.log())
+        metrics = _http(port, "/metrics")
+        assert "bullmq_job_completed_total" in metrics and "waitlist-notification" in metrics, metrics[:2000]
+        queues = _http(port, "/health/queues")
+        assert json.loads(queues)["queues"], queues
+        outputs += [metrics, queues, _http(port, "/health/live"), _http(port, "/")]
     assert worker.terminate() == 0
     outputs.append(worker.log())
     assert "job completed" in outputs[-1] and "job failed" in outputs[-1]
@@ -144,3 +170,30 @@ def test_log_redaction_covers_tokens_in_urls_and_headers() -> None:
         "to": PHONE,
     })
     _assert_clean(str(event), TOKEN, PHONE)
+
+
+async def test_health_and_metrics_with_redis_down_hide_the_password(env: dict[str, str], prefix: str, start_worker: Any) -> None:
+    """The 503 health JSON names Redis and the error; with a password in REDIS_URL the
+    password stays out of it, out of /metrics, and out of the worker's log."""
+    password = "pw-" + uuid.uuid4().hex
+    server = AuthRedisServer(appendonly=False, extra_args=["--requirepass", password]).start()
+    try:
+        url = f"redis://:{password}@127.0.0.1:{server.port}/0"
+        worker = start_worker("-q", "waitlist-expiry", extra_env={"REDIS_URL": url, "WHATSAPP_ACCESS_TOKEN": TOKEN, "WHATSAPP_PHONE_NUMBER_ID": "1"})
+        port = _monitoring_port(worker.log())
+        up = json.loads(_http(port, "/health/queues"))
+        assert up["queues"], up
+        server.kill()  # Redis gone while the worker runs
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health/queues", timeout=15)
+            raise AssertionError("/health/queues answered 200 with Redis down")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 503
+            down = exc.read().decode()
+        assert "did not answer" in down and "redis://:***@127.0.0.1" in down, down
+        metrics = _http(port, "/metrics")
+        assert "bullmq_redis_up 0.0" in metrics, metrics[-2000:]
+        outputs = [json.dumps(up), down, metrics, worker.log()]
+    finally:
+        server.cleanup()
+    _assert_clean("\n".join(outputs), password, TOKEN)

@@ -2,6 +2,7 @@
 'use strict';
 // A Node bullmq 6 Worker on one of bullwait's queues, for the cross-runtime suite.
 //   node compat/worker.js <QUEUE_KEY> [--concurrency N] [--fail-ids a,b] [--record]
+//                         [--stalled-interval MS] [--lock-duration MS]
 // Returns {by: "node", name, id, data, opts} for each job; throws "node refused <id>" for ids in
 // --fail-ids; with --record, RPUSHes each processed id to <prefix>:compat:node-processed.
 // Prints "node worker ready" once it is connected; SIGTERM closes it gracefully.
@@ -17,6 +18,8 @@ function parseArgs(argv) {
     else if (argv[i] === '--fail-ids') out.failIds = new Set(argv[++i].split(',').filter(Boolean));
     else if (argv[i] === '--record') out.record = true;
     else if (argv[i] === '--name') out.name = argv[++i];
+    else if (argv[i] === '--stalled-interval') out.stalledInterval = Number(argv[++i]);
+    else if (argv[i] === '--lock-duration') out.lockDuration = Number(argv[++i]);
     else throw new ConfigError(`unknown argument ${argv[i]}`);
   }
   return out;
@@ -36,8 +39,13 @@ async function main() {
       if (recorder) await recorder.rpush(recordKey, job.id);
       return { by: 'node', name: job.name, id: job.id, data: job.data, opts: job.opts, attemptsMade: job.attemptsMade };
     },
-    { connection: config.connection, prefix: config.prefix, concurrency: args.concurrency, name: args.name },
+    {
+      connection: config.connection, prefix: config.prefix, concurrency: args.concurrency, name: args.name,
+      ...(args.stalledInterval ? { stalledInterval: args.stalledInterval } : {}),
+      ...(args.lockDuration ? { lockDuration: args.lockDuration } : {}),
+    },
   );
+  worker.on('stalled', (jobId) => process.stdout.write(`node job stalled ${jobId}\n`));
   worker.on('error', (err) => process.stderr.write(`node worker error: ${err.message}\n`));
   await worker.waitUntilReady();
   process.stdout.write(`node worker ready on ${queueName}\n`);
