@@ -3,7 +3,6 @@
 from bullwait.catalog import JOB_NAMES, LEGACY_QUEUE_NAMES, QUEUE_NAMES, SPECS, Priority, QueueKey, queue_name
 from bullwait.errors import (
     BullwaitError,
-    CancelRefused,
     InvalidJobData,
     JobNotFound,
     RedisUnavailable,
@@ -25,7 +24,6 @@ __all__ = [
     "QUEUE_NAMES",
     "SPECS",
     "BullwaitError",
-    "CancelRefused",
     "CancelResult",
     "Context",
     "ExpiryJob",

@@ -28,7 +28,6 @@ class Services:
     producer: Producer
     registry: Registry
     observer: JobObserver = field(default_factory=NullObserver)
-    extras: dict[str, Any] = field(default_factory=dict)
     # --- waitlist domain (issue #3) ---
     store: WaitlistStore | None = None
     waitlist: Waitlist | None = None

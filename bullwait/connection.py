@@ -19,7 +19,7 @@ from redis.exceptions import AuthenticationError, BusyLoadingError, RedisError, 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bullwait.errors import RedisUnavailable
+from bullwait.errors import RedisAccessDenied, RedisUnavailable
 from bullwait.settings import Settings
 
 
@@ -83,12 +83,12 @@ async def check_redis(settings: Settings, timeout: float | None = None) -> str:
     try:
         info = await asyncio.wait_for(_ping_version(client), timeout=limit + 1)
     except AuthenticationError:
-        raise RedisUnavailable(
+        raise RedisAccessDenied(
             f"Redis at {describe_redis(settings)} refused the credentials: "
             "check REDIS_USERNAME / REDIS_PASSWORD (or the URL)"
         ) from None
     except ResponseError as exc:
-        raise RedisUnavailable(f"Redis at {describe_redis(settings)} answered with an error: {exc}") from None
+        raise RedisAccessDenied(f"Redis at {describe_redis(settings)} answered with an error: {exc}") from None
     except (RedisError, OSError, asyncio.TimeoutError) as exc:
         reason = _short_reason(exc)
         raise RedisUnavailable(
@@ -124,9 +124,9 @@ async def wait_for_redis(settings: Settings, log: Any, max_delay: float = 30.0) 
     while True:
         try:
             return await check_redis(settings)
+        except RedisAccessDenied:
+            raise
         except RedisUnavailable as exc:
-            if "credentials" in str(exc):
-                raise
             log.warning("redis unreachable, retrying", attempt=attempt, retry_in=f"{delay:.1f}s", error=str(exc))
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay)

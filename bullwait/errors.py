@@ -21,6 +21,11 @@ class RedisUnavailable(BullwaitError):
     exit_code = 3
 
 
+class RedisAccessDenied(RedisUnavailable):
+    """Redis answered but refused: bad credentials, or an ACL that denies a command.
+    Retrying does not help, so the worker stops instead of waiting."""
+
+
 class UnknownQueue(BullwaitError):
     """A queue name that is not in the catalog."""
 
@@ -35,8 +40,6 @@ class JobNotFound(BullwaitError):
     """No job with that id in that queue."""
 
 
-class CancelRefused(BullwaitError):
-    """A job cannot be cancelled in its current state (active, completed, failed)."""
 
 
 class MonitoringUnavailable(BullwaitError):

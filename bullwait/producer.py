@@ -29,7 +29,7 @@ from bullwait.catalog import (
     queue_name,
 )
 from bullwait.connection import bound_retries, describe_redis, redis_client, redis_options
-from bullwait.errors import RedisOutOfMemory, RedisUnavailable
+from bullwait.errors import BadArgument, RedisOutOfMemory, RedisUnavailable
 from bullwait.logging import redact_text
 from bullwait.payloads import ExpiryJob, NotificationJob, PreferenceJob, WireModel
 from bullwait.settings import Settings
@@ -55,6 +55,17 @@ class CancelResult:
         if self.outcome == "missing":
             return f"no job {self.job_id} on {self.queue}"
         return f"job {self.job_id} on {self.queue} is {self.outcome}; only waiting or delayed jobs can be cancelled"
+
+
+def check_job_id(job_id: str) -> str:
+    """Refuse the custom ids Node bullmq refuses: an integer id collides with the queue's
+    own counter (a later Node add without an id would be dropped as a duplicate), and
+    `:` is reserved (Node throws "Custom Id cannot contain :")."""
+    if job_id.lstrip("-").isdigit() and str(int(job_id)) == job_id:  # Node: `${parseInt(id)}` === id
+        raise BadArgument(f"job id {job_id!r} is an integer: BullMQ keeps those for its own counter; add a prefix")
+    if ":" in job_id and len(job_id.split(":")) != 3:
+        raise BadArgument(f"job id {job_id!r} contains ':': Node bullmq refuses it; use '_' or '-'")
+    return job_id
 
 
 def expiry_job_id(waitlist_id: str) -> str:
@@ -140,7 +151,7 @@ class Producer:
         level = (priority or spec.priority).bullmq_priority
         if level:
             options["priority"] = level
-        options["jobId"] = job_id if job_id is not None else str(uuid.uuid4())
+        options["jobId"] = check_job_id(job_id) if job_id is not None else str(uuid.uuid4())
         if delay_ms:
             options["delay"] = int(delay_ms)
         return options

@@ -118,3 +118,16 @@ async def test_notification_wire_format(settings: Settings) -> None:
         assert job.data == notification_data()
         assert "priority" not in job.opts or job.opts["priority"] == 0
         assert job.opts["removeOnComplete"] == {"count": 200, "age": 86400}
+
+
+async def test_custom_ids_node_refuses_are_refused(settings: Settings) -> None:
+    import pytest
+
+    from bullwait.errors import BadArgument
+
+    async with Producer(settings) as producer:
+        payload = PreferenceJob.model_validate(preference_data("b-id"))
+        for bad in ("17", "a:b"):
+            with pytest.raises(BadArgument):
+                await producer.add(QueueKey.PREFERENCE_CALCULATION, payload, job_id=bad)
+        assert await producer.add(QueueKey.PREFERENCE_CALCULATION, payload, job_id="pref_17") == "pref_17"
