@@ -169,9 +169,14 @@ class Settings(BaseSettings):
 
     @cached_property
     def redis_configured(self) -> bool:
-        """True when the environment names a Redis (so no embedded one may be started)."""
+        """True when the environment or `.env` names a Redis (so no embedded one may be started)."""
         names = ("REDIS_URL", "REDIS_HOST", "REDIS_PORT")
-        return any(os.environ.get(n) for n in names) or bool(self.redis_url)
+        from_file: dict[str, str | None] = {}
+        if os.path.isfile(".env"):
+            from dotenv import dotenv_values  # pydantic-settings' own .env reader
+
+            from_file = {k.upper(): v for k, v in dotenv_values(".env").items()}
+        return any(os.environ.get(n) or from_file.get(n) for n in names) or bool(self.redis_url)
 
     def with_overrides(self, **values: object) -> "Settings":
         """A copy with some fields replaced (validated), e.g. from `--redis-url`."""

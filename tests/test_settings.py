@@ -82,3 +82,11 @@ def test_unix_socket_url() -> None:
     opts = redis_options(load_settings(redis_url="unix:///run/redis/redis.sock?db=1"))
     assert opts["unix_socket_path"] == "/run/redis/redis.sock" and "path" not in opts
     assert opts["db"] == 1
+
+
+def test_redis_named_only_in_env_file_counts_as_configured(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """`demo --embedded-redis auto` must not start a private Redis when `.env` names one."""
+    monkeypatch.chdir(tmp_path)
+    assert load_settings().redis_configured is False
+    (tmp_path / ".env").write_text("REDIS_HOST=10.9.9.9\n")
+    assert load_settings().redis_configured is True
