@@ -13,8 +13,8 @@ message id it records `sent` and the `wamid`. Outcomes of `claim`:
   mid-request (SIGKILL, OOM, host loss) and the message may or may not have left.
   bullwait does not send again (no duplicate offers); the job fails visibly instead.
 
-A send that certainly did not happen (the API answered with an error, or the
-connection failed) `release`s the record so a retry may send. The record lives in the
+A send that certainly did not happen (the API answered with an error, or it failed
+before the request went out) `release`s the record so a retry may send. The record lives in the
 salon's hash tag (`<prefix>{salon:<salonId>}:sent:<waitlistId>:<slot>`) and expires
 after `RECORD_TTL_MS` (7 days, longer than any retry or retention window).
 """
@@ -28,19 +28,27 @@ import redis.asyncio as aioredis
 RECORD_TTL_MS = 7 * 24 * 3600 * 1000
 
 # KEYS: record. ARGV: owner, now, claimUntil, ttl. -> {outcome, detail}
+# Deadlines are kept on Redis's clock (TIME), not the workers': with clock skew between
+# hosts a live claim must not look dead (that would fail a send as "outcome unknown").
+# Only the claim's length (claimUntil - now) is taken from the caller.
 _CLAIM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local r = redis.call('HMGET', KEYS[1], 'state', 'owner', 'claimUntil', 'wamid')
 if r[1] == 'sent' then return {'sent', r[4] or ''} end
 if r[1] == 'sending' then
-  if tonumber(r[3]) > tonumber(ARGV[2]) then return {'busy', r[3]} end
+  if tonumber(r[3]) > now then return {'busy', r[3]} end
   return {'unknown', r[2] or ''}
 end
-redis.call('HSET', KEYS[1], 'state', 'sending', 'owner', ARGV[1], 'claimedAt', ARGV[2], 'claimUntil', ARGV[3])
+local hold = tonumber(ARGV[3]) - tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'state', 'sending', 'owner', ARGV[1],
+  'claimedAt', string.format('%.0f', now), 'claimUntil', string.format('%.0f', now + hold))
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return {'claimed', ''}
 """
 
-# KEYS: record. ARGV: owner, wamid, now, ttl. Only the claim's owner records the send.
+# KEYS: record. ARGV: owner, wamid, now, ttl. Whoever learns of a send records it (a late
+# answer to a claim that was taken over still proves the message left).
 _MARK_SENT = """
 local r = redis.call('HMGET', KEYS[1], 'state', 'owner')
 if r[1] == 'sent' then return 0 end

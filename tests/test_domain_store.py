@@ -158,3 +158,20 @@ def _hash_tag(key: str) -> str:
     """What Redis Cluster hashes: the text between the first `{` and the next `}`."""
     start = key.index("{")
     return key[start + 1 : key.index("}", start)]
+
+
+async def test_send_claims_use_redis_clock_not_the_workers(settings: Settings) -> None:
+    """Worker A (clock an hour slow) claims; worker B (clock an hour fast) must see the
+    claim as live, not as a dead one ("outcome unknown" would fail the send)."""
+    from bullwait.idempotency import SendRecords
+
+    client = redis_client(settings)
+    try:
+        records = SendRecords(client, settings.bullwait_store_prefix)
+        key = records.key("salon-skew", "w-skew", "slot")
+        real = int(__import__("time").time() * 1000)
+        assert (await records.claim(key, "A", real - 3_600_000, 12_000)).outcome == "claimed"
+        seen = await records.claim(key, "B", real + 3_600_000, 12_000)
+        assert seen.outcome == "busy", seen
+    finally:
+        await client.aclose()
