@@ -6,8 +6,9 @@ where `<rules>` is `acl_rules(prefix)`. Rules apply left to right: start from no
 allow reading and writing keys, MULTI/EXEC/WATCH and Lua scripts (BullMQ's queue operations are
 scripts), connection commands, then take back everything Redis flags `@dangerous`
 (FLUSHALL, CONFIG, KEYS, DEBUG, CLIENT KILL, ...) and script/function administration, and
-give back the three read-only commands bullmq needs: INFO (server version), CLIENT
-SETNAME and CLIENT LIST (worker names, as Bull Board shows them).
+give back the read-only commands bullmq and bullwait need: INFO (server version), TIME
+(send claims run on Redis's clock), CLIENT SETNAME and CLIENT LIST (worker names, as
+Bull Board shows them).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ COMMAND_RULES = (
     "-fcall",
     "-fcall_ro",
     "+info",
+    "+time",
     "+client|setname",
     "+client|getname",
     "+client|list",
