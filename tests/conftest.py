@@ -137,3 +137,17 @@ def wait_until(predicate, timeout: float = 20, interval: float = 0.05, message: 
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+async def wait_job_state(queue, job_id: str, state: str, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+    """Poll a bullmq Queue until job `job_id` is in `state` (or fail saying where it is)."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    current = None
+    while time.monotonic() < deadline:
+        current = await queue.getJobState(job_id)
+        if current == state:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{queue.name} job {job_id} is {current}, expected {state}")

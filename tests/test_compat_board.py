@@ -17,6 +17,7 @@ from bullwait.runner import run_workers
 from bullwait.settings import Settings
 
 from fixtures import notification_data
+from conftest import wait_job_state
 from nodecompat import BOARD_USER, env_without, node_json, node_required, run_node
 from nodecompat import start_board, start_node  # noqa: F401 (fixtures)
 
@@ -138,27 +139,16 @@ async def test_failed_python_job_retried_from_board_runs_again_in_python(setting
             queue = producer.queue(QueueKey.WAITLIST_NOTIFICATION)
             job_id = await producer.add(QueueKey.WAITLIST_NOTIFICATION, NotificationJob.model_validate(notification_data("w-r")),
                                         job_id="note-retry", attempts=1)
-            await _state(queue, job_id, "failed")
+            await wait_job_state(queue, job_id, "failed")
             board = start_board()
             response = board.put(f"/api/queues/waitlist-notification/{job_id}/retry")
             assert response.status_code in (200, 204), response.text
-            await _state(queue, job_id, "completed")
+            await wait_job_state(queue, job_id, "completed")
             job = await Job.fromId(queue, job_id)
             assert job.returnvalue == {"sent": "w-r", "run": 2}
             assert len(runs) == 2
     finally:
         stop.set()
         await run
-
-
-async def _state(queue: Any, job_id: str, state: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    current = None
-    while time.monotonic() < deadline:
-        current = await queue.getJobState(job_id)
-        if current == state:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"job {job_id} is {current}, expected {state}")
 
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from typing import Any
 
 from bullwait.catalog import QueueKey
 from bullwait.producer import Producer
 from bullwait.settings import QueueNaming, Settings
 
-from conftest import run_cli
+from conftest import run_cli, wait_job_state
 from fixtures import notification_data, preference_data
 from nodecompat import legacy, nest, node_json, node_required, seed_booking, seed_entry, seed_slot
 from nodecompat import start_node  # noqa: F401 (fixture)
@@ -25,18 +23,6 @@ def _legacy(settings: Settings) -> Settings:
     return settings.with_overrides(bullwait_queue_names=QueueNaming.LEGACY)
 
 
-async def _until_state(producer: Producer, key: QueueKey, job_id: str, state: str, timeout: float = 30) -> None:
-    queue = producer.queue(key)
-    deadline = time.monotonic() + timeout
-    current = None
-    while time.monotonic() < deadline:
-        current = await queue.getJobState(job_id)
-        if current == state:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{queue.name} job {job_id} is {current}, expected {state}")
-
-
 async def test_legacy_producer_is_served_by_bullwait_in_legacy_mode(env, settings: Settings, start_worker) -> None:  # type: ignore[no-untyped-def]
     worker = start_worker(extra_env={"BULLWAIT_QUEUE_NAMES": "legacy"})
     entry, slot = seed_entry("w-old"), seed_slot()
@@ -47,7 +33,7 @@ async def test_legacy_producer_is_served_by_bullwait_in_legacy_mode(env, setting
     ])
     async with Producer(_legacy(settings)) as producer:
         for key, result in zip(QueueKey, ids):
-            await _until_state(producer, key, result["jobId"], "completed")
+            await wait_job_state(producer.queue(key), result["jobId"], "completed")
     assert worker.terminate() == 0
     log = worker.log()
     assert "waitlist:expiry" in log and "expiry_w-old" in log and "Invalid job data" not in log
@@ -87,8 +73,8 @@ async def test_migrate_legacy_moves_every_job_with_its_due_time(env, settings: S
                                    "opts": {"jobId": "n-retry", "attempts": 3, "backoff": {"type": "fixed", "delay": 10 * MIN}}}},
     ])
     async with Producer(_legacy(settings)) as old_side:
-        await _until_state(old_side, QueueKey.WAITLIST_NOTIFICATION, "n-fail", "failed")
-        await _until_state(old_side, QueueKey.WAITLIST_NOTIFICATION, "n-retry", "delayed")
+        await wait_job_state(old_side.queue(QueueKey.WAITLIST_NOTIFICATION), "n-fail", "failed")
+        await wait_job_state(old_side.queue(QueueKey.WAITLIST_NOTIFICATION), "n-retry", "delayed")
     assert old.stop() == 0
 
     # 2. Timers, prioritized and plain notifications, a paused preference queue, from the seed's 4.x code.
@@ -178,9 +164,9 @@ async def test_migrate_legacy_moves_every_job_with_its_due_time(env, settings: S
         moved_waiting = [renumbered.get(i, i) for i in before["WAITLIST_NOTIFICATION"]["states"]["wait"]]
         moved_paused = list(before["PREFERENCE_CALCULATION"]["states"]["paused"])
         for job_id in moved_waiting:
-            await _until_state(producer, QueueKey.WAITLIST_NOTIFICATION, job_id, "completed")
+            await wait_job_state(producer.queue(QueueKey.WAITLIST_NOTIFICATION), job_id, "completed")
         for job_id in moved_paused:
-            await _until_state(producer, QueueKey.PREFERENCE_CALCULATION, job_id, "completed")
+            await wait_job_state(producer.queue(QueueKey.PREFERENCE_CALCULATION), job_id, "completed")
     worker.terminate()
 
     # A custom id that exists on both sides is a conflict: left on the legacy queue, reported, exit 1.

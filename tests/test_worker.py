@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 import redis
@@ -16,7 +15,7 @@ from bullwait.producer import Producer
 from bullwait.runner import run_workers
 from bullwait.settings import Settings
 
-from conftest import run_cli, wait_until
+from conftest import run_cli, wait_job_state, wait_until
 from fixtures import expiry_data, notification_data, preference_data
 
 
@@ -39,22 +38,12 @@ async def test_seed_jobs_with_seed_options_are_processed(settings: Settings, sta
         )
         for queue, job in ((QueueKey.WAITLIST_EXPIRY, exp), (QueueKey.WAITLIST_NOTIFICATION, note), (QueueKey.PREFERENCE_CALCULATION, pref)):
             q = producer.queue(queue)
-            await _wait_state(q, job.id, "completed")
+            await wait_job_state(q, job.id, "completed")
     assert worker.terminate() == 0
     log = worker.log()
     assert "job completed" in log and "expiry_w-9" in log
     assert "+34600111222" not in log, "phone numbers must be masked in logs"
 
-
-async def _wait_state(queue: Any, job_id: str, state: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    current = None
-    while time.monotonic() < deadline:
-        current = await queue.getJobState(job_id)
-        if current == state:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"job {job_id} is {current}, expected {state}")
 
 
 async def test_invalid_data_fails_once_and_keeps_data(settings: Settings, start_worker, sync_redis, prefix) -> None:  # type: ignore[no-untyped-def]
@@ -64,7 +53,7 @@ async def test_invalid_data_fails_once_and_keeps_data(settings: Settings, start_
     async with Producer(settings) as producer:
         queue = producer.queue(QueueKey.WAITLIST_NOTIFICATION)
         job = await queue.add("send-slot-available", bad, {"attempts": 3, "backoff": {"type": "fixed", "delay": 10}})
-        await _wait_state(queue, job.id, "failed")
+        await wait_job_state(queue, job.id, "failed")
         stored = await queue.getJob(job.id)
     assert stored.attemptsMade == 1
     assert stored.failedReason.startswith("Invalid job data:")
@@ -86,7 +75,7 @@ async def test_undecodable_data_fails_once(settings: Settings, start_worker, syn
         queue = producer.queue(QueueKey.WAITLIST_EXPIRY)
         job2 = await queue.add("check-expiry", expiry_data("w-2"), {"attempts": 3, "delay": 1500})
         sync_redis.hset(f"{prefix}:waitlist-expiry:{job2.id}", "data", "{not json")
-        await _wait_state(queue, job2.id, "failed")
+        await wait_job_state(queue, job2.id, "failed")
     stored = sync_redis.hgetall(f"{prefix}:waitlist-expiry:{job2.id}")
     assert stored["failedReason"].startswith("Invalid job data: data is not valid JSON")
     assert stored["data"] == "{not json"
@@ -98,7 +87,7 @@ async def test_unknown_job_name_fails_visibly(settings: Settings, start_worker) 
     async with Producer(settings) as producer:
         queue = producer.queue(QueueKey.WAITLIST_EXPIRY)
         job = await queue.add("check-expiry-v2", expiry_data(), {"attempts": 3})
-        await _wait_state(queue, job.id, "failed")
+        await wait_job_state(queue, job.id, "failed")
         stored = await queue.getJob(job.id)
     assert "No processor for job name 'check-expiry-v2'" in stored.failedReason
     assert stored.attemptsMade == 1
