@@ -198,6 +198,17 @@ local function offer_next(slotKey, waitingKey, entryBase, slotId, now, expiresAt
     end
   end
 end
+
+-- An entry leaves its offer (expired, cancelled): if it still held the slot, the slot
+-- goes to the next waiting entry. Records and returns who got it ('' for nobody).
+local function pass_on(entryKey, slotKey, waitingKey, id, slotId, entryBase, now, expiresAt)
+  local nextId = ''
+  if redis.call('HGET', slotKey, 'offeredTo') == id then
+    nextId = offer_next(slotKey, waitingKey, entryBase, slotId, now, expiresAt)
+  end
+  redis.call('HSET', entryKey, 'passedTo', nextId)
+  return nextId
+end
 """
 
 # KEYS: entry, waiting, seq. ARGV: id, salonId, customerId, phone, now
@@ -240,12 +251,7 @@ if e[1] ~= 'notified' then return {'already-' .. e[1], e[2] or '', e[4] or '', e
 if ARGV[2] ~= '' and e[2] ~= ARGV[2] then return {'other-slot', e[2], '', e[3]} end
 if tonumber(e[3]) > tonumber(ARGV[3]) then return {'early', e[2], '', e[3]} end
 redis.call('HSET', KEYS[1], 'state', 'expired', 'updatedAt', ARGV[3])
-local slotKey = ARGV[6] .. e[2]
-local nextId = ''
-if redis.call('HGET', slotKey, 'offeredTo') == ARGV[1] then
-  nextId = offer_next(slotKey, KEYS[2], ARGV[5], e[2], ARGV[3], ARGV[4])
-end
-redis.call('HSET', KEYS[1], 'passedTo', nextId)
+local nextId = pass_on(KEYS[1], ARGV[6] .. e[2], KEYS[2], ARGV[1], e[2], ARGV[5], ARGV[3], ARGV[4])
 return {'expired', e[2], nextId, e[3]}
 """
 )
@@ -276,40 +282,36 @@ if e[1] == 'waiting' then
 end
 if e[1] ~= 'notified' then return {'already-' .. e[1], e[2] or '', e[3] or ''} end
 redis.call('HSET', KEYS[1], 'state', 'cancelled', 'updatedAt', ARGV[2])
-local slotKey = ARGV[5] .. e[2]
-local nextId = ''
-if redis.call('HGET', slotKey, 'offeredTo') == ARGV[1] then
-  nextId = offer_next(slotKey, KEYS[2], ARGV[4], e[2], ARGV[2], ARGV[3])
-end
-redis.call('HSET', KEYS[1], 'passedTo', nextId)
+local nextId = pass_on(KEYS[1], ARGV[5] .. e[2], KEYS[2], ARGV[1], e[2], ARGV[4], ARGV[2], ARGV[3])
 return {'cancelled', e[2], nextId}
 """
 )
 
 # KEYS: bookings, prefs. ARGV: bookingId, facts JSON
-_FOLD = """
+_COUNT_BOOKING = """
+local function count_booking(prefsKey, factsJson)
+  local f = cjson.decode(factsJson)
+  redis.call('HINCRBY', prefsKey, 'bookings', 1)
+  redis.call('HINCRBY', prefsKey, 'service:' .. f['serviceId'], 1)
+  redis.call('HINCRBY', prefsKey, 'master:' .. f['masterId'], 1)
+  redis.call('HINCRBY', prefsKey, 'day:' .. f['dayOfWeek'], 1)
+  redis.call('HINCRBY', prefsKey, 'hour:' .. f['hour'], 1)
+end
+"""
+
+_FOLD = _COUNT_BOOKING + """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-local f = cjson.decode(ARGV[2])
-redis.call('HINCRBY', KEYS[2], 'bookings', 1)
-redis.call('HINCRBY', KEYS[2], 'service:' .. f['serviceId'], 1)
-redis.call('HINCRBY', KEYS[2], 'master:' .. f['masterId'], 1)
-redis.call('HINCRBY', KEYS[2], 'day:' .. f['dayOfWeek'], 1)
-redis.call('HINCRBY', KEYS[2], 'hour:' .. f['hour'], 1)
+count_booking(KEYS[2], ARGV[2])
 return 1
 """
 
 # KEYS: bookings, prefs. Rebuild the counts from the recorded bookings.
-_RECALCULATE = """
+_RECALCULATE = _COUNT_BOOKING + """
 redis.call('DEL', KEYS[2])
 local all = redis.call('HGETALL', KEYS[1])
 local n = 0
 for i = 2, #all, 2 do
-  local f = cjson.decode(all[i])
-  redis.call('HINCRBY', KEYS[2], 'bookings', 1)
-  redis.call('HINCRBY', KEYS[2], 'service:' .. f['serviceId'], 1)
-  redis.call('HINCRBY', KEYS[2], 'master:' .. f['masterId'], 1)
-  redis.call('HINCRBY', KEYS[2], 'day:' .. f['dayOfWeek'], 1)
-  redis.call('HINCRBY', KEYS[2], 'hour:' .. f['hour'], 1)
+  count_booking(KEYS[2], all[i])
   n = n + 1
 end
 return n
