@@ -1,0 +1,83 @@
+"""AutoPipeline against the real redis-server: every reply reaches its own caller.
+
+The worker sends each job's `moveToFinished` through it; a reply given to the wrong
+caller would hand one fetched job to two slots (it did, while the connection's
+handshake was still running: this file's first test caught that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from bullwait.autopipeline import AutoPipeline, pack
+
+ECHO = "return {KEYS[1], ARGV[1]}"
+ODD_FAILS = "if tonumber(ARGV[1]) % 2 == 1 then return redis.error_reply('odd ' .. ARGV[1]) end return ARGV[1]"
+
+
+@pytest.fixture
+async def client(redis_server):
+    # db 3 and a client name: the connection's handshake sends SELECT and CLIENT SETNAME.
+    c = aioredis.Redis(port=redis_server.port, db=3, client_name="autopipeline-test", decode_responses=True)
+    yield c
+    await c.aclose()
+
+
+async def test_each_caller_gets_its_own_reply_from_the_first_call_on(client, prefix):
+    pipeline = AutoPipeline(client, eager=2)
+    echo = client.register_script(ECHO)
+    await client.script_load(ECHO)
+
+    async def call(i: int) -> object:
+        for _ in range(i % 30):  # spread the calls over the turns of the connection's handshake
+            await asyncio.sleep(0)
+        return await pipeline.run_script(echo, [f"{prefix}:k{i}"], [i])
+
+    replies = await asyncio.gather(*(call(i) for i in range(600)))
+    assert replies == [[f"{prefix}:k{i}", str(i)] for i in range(600)]
+    assert pipeline.writes < pipeline.calls  # they did travel together
+    await pipeline.close()
+
+
+async def test_an_error_reply_goes_to_its_caller_only(client, prefix):
+    pipeline = AutoPipeline(client)
+    odd = client.register_script(ODD_FAILS)
+    results = await asyncio.gather(*(pipeline.run_script(odd, [prefix], [i]) for i in range(40)), return_exceptions=True)
+    for i, result in enumerate(results):
+        if i % 2:
+            assert isinstance(result, ResponseError) and f"odd {i}" in str(result)
+        else:
+            assert result == str(i)
+    await pipeline.close()
+
+
+async def test_flushed_scripts_and_a_killed_connection_fall_back_to_the_client(client, prefix):
+    pipeline = AutoPipeline(client)
+    echo = client.register_script(ECHO)
+    assert await pipeline.run_script(echo, [prefix], ["a"]) == [prefix, "a"]
+    await client.script_flush()  # NOSCRIPT: the client loads the script again
+    assert await asyncio.gather(*(pipeline.run_script(echo, [prefix], [i]) for i in range(10))) == [[prefix, str(i)] for i in range(10)]
+    # Kill the pipeline's own connection (not the client's): the calls are resent, then it reconnects.
+    for entry in await client.client_list():
+        if entry["name"] == "autopipeline-test" and entry["cmd"] in ("evalsha", "eval"):
+            await client.client_kill_filter(_id=entry["id"])
+    assert await asyncio.gather(*(pipeline.run_script(echo, [prefix], [i]) for i in range(10))) == [[prefix, str(i)] for i in range(10)]
+    writes = pipeline.writes
+    assert await pipeline.run_script(echo, [prefix], ["b"]) == [prefix, "b"]
+    assert pipeline.writes == writes + 1  # pipelining again
+    await pipeline.close()
+    assert await pipeline.run_script(echo, [prefix], ["c"]) == [prefix, "c"]  # after close: the client
+    assert pipeline.writes == writes + 1
+
+
+def test_pack_writes_what_redis_py_writes():
+    from redis.asyncio.connection import Connection
+
+    command = ("EVALSHA", "abc", 2, "k:1", "k:2", b"\x81\xa1a\x01", "", 12345678901234, "é")
+    assert pack(command) == b"".join(Connection().pack_command(*command))
+    with pytest.raises(TypeError, match="cannot send NoneType"):
+        pack(("GET", None))
