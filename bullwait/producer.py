@@ -9,14 +9,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Sequence
 
 from bullmq import Queue
+from bullmq.job import Job
 from bullmq.redis_connection import loadScript
 from redis.exceptions import AuthenticationError, NoPermissionError, OutOfMemoryError, RedisError, ResponseError, WatchError
 
@@ -28,6 +31,7 @@ from bullwait.catalog import (
     QueueKey,
     queue_name,
 )
+from bullwait.bulk import add_jobs
 from bullwait.connection import bound_retries, describe_redis, redis_client, redis_options
 from bullwait.errors import BadArgument, RedisOutOfMemory, RedisUnavailable
 from bullwait.logging import redact_text
@@ -162,19 +166,35 @@ class Producer:
         """Add many jobs of `key`, each `(payload, options)`, in MULTI pipelines of `chunk` jobs.
 
         Same wire format as `add` (and Node's `addBulk`): one round trip per chunk
-        instead of one per job. Returns the job ids in order.
+        instead of one per job. Two chunks are in flight at a time, so the next chunk is
+        packed while Redis runs the previous one. Each chunk is atomic; if one fails,
+        chunks before it (and the one in flight beside it) may have been added: adding
+        them again with the same job ids adds nothing twice. Returns the job ids in order.
         """
         queue = self.queue(key)
         name = SPECS[key].job_name
         ids: list[str] = []
-        for start in range(0, len(jobs), max(1, chunk)):
-            batch = [
-                {"name": name, "data": payload.to_wire(), "opts": opts} for payload, opts in jobs[start : start + chunk]
-            ]
-            async with redis_errors(self.settings, "jobs not added"):
-                added = await queue.addBulk(batch)
-            ids.extend(str(job.id) for job in added)
+        in_flight: deque[asyncio.Future[list[str]]] = deque()
+        try:
+            for start in range(0, len(jobs), max(1, chunk)):
+                in_flight.append(asyncio.ensure_future(self._add_chunk(queue, name, jobs[start : start + chunk])))
+                if len(in_flight) >= 2:
+                    ids.extend(await in_flight.popleft())
+            while in_flight:
+                ids.extend(await in_flight.popleft())
+        finally:
+            for task in in_flight:
+                task.cancel()
         return ids
+
+    async def _add_chunk(self, queue: Queue, name: str, jobs: Sequence[tuple[WireModel, dict[str, Any]]]) -> list[str]:
+        """One chunk as `Queue.addBulk` would add it (see `bullwait.bulk` for how it travels)."""
+        batch = []
+        for payload, opts in jobs:
+            merged = {**queue.jobsOpts, **opts}
+            batch.append(Job(queue=queue, name=name, data=payload.to_wire(), opts=merged, job_id=merged.get("jobId")))
+        async with redis_errors(self.settings, "jobs not added"):
+            return [str(job_id) for job_id in await add_jobs(queue, batch)]
 
     async def schedule_expiries(self, payloads: Iterable[ExpiryJob], chunk: int = 1000) -> list[str]:
         """`schedule_expiry` for many timers at once (see `add_bulk`); each due at its `expiresAt`."""

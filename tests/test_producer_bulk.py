@@ -39,3 +39,52 @@ async def test_add_bulk_with_per_job_options(settings: Settings, sync_redis: red
         ids = await producer.add_bulk(QueueKey.WAITLIST_EXPIRY, jobs)
     assert ids == ["custom-0", "custom-1", "custom-2"]
     assert sync_redis.llen(f"{prefix}:waitlist-expiry:wait") == 3
+
+
+async def test_bulk_adds_write_exactly_what_bullmq_addbulk_writes(redis_server, sync_redis: redis.Redis, prefix: str) -> None:
+    """`bullwait.bulk.add_jobs` packs bullmq's add scripts itself: the keys it leaves must be
+    bullmq-py's own `Queue.addBulk`'s, for standard, prioritized and delayed jobs."""
+    from bullmq import Queue
+    from bullmq.job import Job
+
+    from bullwait.bulk import add_jobs
+
+    specs = [
+        ("std", {"attempts": 3, "backoff": {"type": "exponential", "delay": 1000}, "removeOnComplete": {"count": 100}}),
+        ("prio", {"priority": 5, "removeOnFail": {"age": 60}}),
+        ("late", {"delay": 60_000, "attempts": 2}),
+    ]
+    conn = {"connection": f"redis://127.0.0.1:{redis_server.port}/0"}
+    ref, ours = Queue("q", {**conn, "prefix": f"{prefix}a"}), Queue("q", {**conn, "prefix": f"{prefix}b"})
+    try:
+        batch = [{"name": n, "data": {"n": n, "é": [1, 2]}, "opts": dict(o, jobId=n, timestamp=1_700_000_000_000)} for n, o in specs]
+        await ref.addBulk(batch)
+        await ref.addBulk(batch[:1])
+        sync_redis.script_flush()  # ours must load the scripts again
+        jobs = [Job(ours, n, {"n": n, "é": [1, 2]}, dict(o, jobId=n, timestamp=1_700_000_000_000), n) for n, o in specs]
+        assert await add_jobs(ours, jobs) == ["std", "prio", "late"]
+        assert await add_jobs(ours, jobs[:1]) == ["std"]  # same id again: nothing added twice
+    finally:
+        await ref.close()
+        await ours.close()
+
+    def dump(p: str) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for key in sorted(sync_redis.scan_iter(f"{p}:q:*")):
+            name, kind = key[len(p) + 3 :], sync_redis.type(key)
+            if kind == "hash":
+                out[name] = sync_redis.hgetall(key)
+            elif kind == "zset":
+                out[name] = sync_redis.zrange(key, 0, -1, withscores=True)
+            elif kind == "list":
+                out[name] = sync_redis.lrange(key, 0, -1)
+            elif kind == "string":
+                out[name] = sync_redis.get(key)
+            elif kind == "stream":
+                out[name] = [(f["event"], f.get("jobId")) for _, f in sync_redis.xrange(key)]
+        return out
+
+    a, b = dump(f"{prefix}a"), dump(f"{prefix}b")
+    assert set(a) == set(b) and {"std", "prio", "late", "delayed", "prioritized", "wait", "events"} <= set(a)
+    for name in a:
+        assert a[name] == b[name], name
