@@ -39,17 +39,31 @@ _RESEND = (RedisConnectionError, RedisTimeoutError, OSError, _Resend)
 
 
 def pack(command: tuple[Any, ...]) -> bytes:
-    """One command in RESP: what redis-py's `pack_command` writes, for str/bytes/int args."""
-    parts = [b"*%d\r\n" % len(command)]
+    """One command in RESP, as redis-py's `pack_command` writes it (str, bytes, int, float)."""
+    out = [b"*%d\r\n" % len(command)]
+    append = out.append
     for arg in command:
-        if isinstance(arg, str):
+        kind = type(arg)
+        if kind is str:
             arg = arg.encode()
-        elif isinstance(arg, int) and not isinstance(arg, bool):
+        elif kind is int:
             arg = b"%d" % arg
-        elif not isinstance(arg, (bytes, bytearray)):
-            raise TypeError(f"cannot send {type(arg).__name__} to Redis: {arg!r}")
-        parts.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
-    return b"".join(parts)
+        elif kind is not bytes:
+            arg = _encode_other(arg)
+        append(b"$%d\r\n" % len(arg))
+        append(arg)
+        append(b"\r\n")
+    return b"".join(out)
+
+
+def _encode_other(arg: Any) -> bytes:
+    if isinstance(arg, (bytes, bytearray, memoryview)):
+        return bytes(arg)
+    if isinstance(arg, bool) or not isinstance(arg, (str, int, float)):
+        raise TypeError(f"cannot send {type(arg).__name__} to Redis: {arg!r}")
+    if isinstance(arg, str):
+        return arg.encode()
+    return repr(arg).encode() if isinstance(arg, float) else b"%d" % arg
 
 
 class AutoPipeline:

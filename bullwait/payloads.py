@@ -154,12 +154,16 @@ PAYLOAD_MODELS: dict[str, type[WireModel]] = {
 }
 
 
-def parse_payload(model: type[WireModel], data: Any) -> WireModel:
-    """Validate job data against `model`; raise `InvalidJobData` naming each bad field."""
+def parse_payload(model: type[WireModel], data: Any, raw_size: int | None = None) -> WireModel:
+    """Validate job data against `model`; raise `InvalidJobData` naming each bad field.
+
+    `raw_size`: the length of the JSON the data was read from, if known (saves encoding
+    it again just to measure it).
+    """
     if not isinstance(data, dict):
         raise InvalidJobData(f"Invalid job data: expected a JSON object, got {_json_type(data)}")
     try:
-        size = len(json.dumps(data, default=str))
+        size = raw_size if raw_size is not None else len(json.dumps(data, default=str))
         if size > MAX_JOB_DATA_BYTES:
             raise InvalidJobData(f"Invalid job data: {size} bytes, more than the {MAX_JOB_DATA_BYTES} allowed")
         return model.model_validate(data)

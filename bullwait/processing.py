@@ -123,7 +123,7 @@ async def dispatch(
                 f"No processor for job name {job.name!r} on queue {queue_name!r} (registered: {known})"
             )
         try:
-            payload = parse_payload(registration.model, job.data)
+            payload = parse_payload(registration.model, job.data, getattr(job, "raw_data_size", None))
         except InvalidJobData as exc:
             raise UnrecoverableError(str(exc)) from None
         ctx = Context(job, token, queue, queue_name, settings, jlog, services)

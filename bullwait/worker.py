@@ -245,7 +245,10 @@ class BullwaitWorker(Worker):
         token: str | None = None,
     ) -> Job | None:
         try:
-            return await super().nextJobFromJobData(job_data, job_id, limit_until, delay_until, token)
+            job = await super().nextJobFromJobData(job_data, job_id, limit_until, delay_until, token)
+            if job is not None and isinstance(job_data, dict):
+                job.raw_data_size = len((job_data.get("data") or "").encode())  # the size check, without re-encoding
+            return job
         except (ValueError, TypeError, RecursionError):
             # Decoding only fails for bad data: check then, not for every job (hot path).
             if not job_data or _decodes(job_data):

@@ -77,7 +77,7 @@ async def test_flushed_scripts_and_a_killed_connection_fall_back_to_the_client(c
 def test_pack_writes_what_redis_py_writes():
     from redis.asyncio.connection import Connection
 
-    command = ("EVALSHA", "abc", 2, "k:1", "k:2", b"\x81\xa1a\x01", "", 12345678901234, "é")
+    command = ("EVALSHA", "abc", 2, "k:1", "k:2", b"\x81\xa1a\x01", "", 12345678901234, "é", 1.5, -3)
     assert pack(command) == b"".join(Connection().pack_command(*command))
     with pytest.raises(TypeError, match="cannot send NoneType"):
         pack(("GET", None))
