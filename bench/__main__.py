@@ -46,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     server = RedisServer(appendonly=False).start()
     try:
         client = redis.Redis(port=server.port, decode_responses=True)
-        b = scenarios.Bench(url=f"{server.url}/0", quick=args.quick, client=client, notify_processor=args.notify_processor)
+        b = scenarios.Bench(
+            url=f"{server.url}/0", quick=args.quick, client=client, notify_processor=args.notify_processor,
+            redis_pid=server.process.pid if server.process else None,
+        )
         info = client.info("server")
         results: dict = {
             "startedAt": datetime.now(timezone.utc).isoformat(),

@@ -78,6 +78,28 @@ class Proc:
         return {}
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of `pid` and its live descendants (Linux /proc; else None)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    if pid not in stats:
+        return None
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += stats[current][1]
+        todo.extend(child for child, (parent, _) in stats.items() if parent == current)
+    return total
+
+
 def _out() -> str:
     fd, path = tempfile.mkstemp(prefix="bench-", suffix=".json")
     os.close(fd)
@@ -86,7 +108,7 @@ def _out() -> str:
 
 
 def start_worker(kind: str, **opts: Any) -> Proc:
-    """kind: bullwait | stock | node. opts: redisUrl, prefix, mode, concurrency, ..."""
+    """kind: bullwait | bare | stock | node. opts: redisUrl, prefix, mode, concurrency, ..."""
     out = _out()
     o = dict(opts, kind=kind, out=out)
     if kind == "node":

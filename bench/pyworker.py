@@ -3,8 +3,9 @@
     python -m bench.pyworker '<json options>'
 
 options: kind "bullwait" (BullwaitWorker through bullwait.runner + processing.dispatch, a
-registered processor, payload validation, structlog at info) or "stock" (a plain
-bullmq-py Worker and a bare processor); mode "timers" | "throughput" | "notify";
+registered processor, payload validation, structlog at info), "bare" (BullwaitWorker with
+a bare processor: bullwait's worker without its processing layer) or "stock" (a plain
+bullmq-py Worker and the same bare processor); mode "timers" | "throughput" | "notify";
 redisUrl, prefix, concurrency, out; processes (bullwait only: N children under
 bullwait.supervisor); notify: fakeUrl, limiter, salonLimit, salonWindowMs, processor.
 Prints "ready", runs until SIGTERM, then writes `out` (JSON).
@@ -93,6 +94,7 @@ async def run_bullwait(o: dict[str, Any]) -> dict[str, Any]:
 
 
 async def run_stock(o: dict[str, Any]) -> dict[str, Any]:
+    """A bare processor on bullmq-py's Worker ("stock") or on BullwaitWorker ("bare")."""
     settings = _settings(o)
     lateness: list[float] = []
     count = [0]
@@ -103,7 +105,10 @@ async def run_stock(o: dict[str, Any]) -> dict[str, Any]:
             lateness.append(time.time() * 1000 - (job.timestamp + int(job.opts.get("delay") or 0)))
         return None
 
-    worker = Worker(
+    from bullwait.worker import BullwaitWorker
+
+    worker_class = BullwaitWorker if o["kind"] == "bare" else Worker
+    worker = worker_class(
         queue_name(QueueKey.WAITLIST_EXPIRY, settings),
         process,
         {"connection": redis_options(settings), "prefix": o["prefix"], "concurrency": o["concurrency"], "autorun": False},

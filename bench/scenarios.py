@@ -18,7 +18,7 @@ from bullwait.payloads import ExpiryJob, NotificationJob, SlotDetails
 from bullwait.producer import Producer
 from bullwait.settings import Settings
 
-from bench.procs import Proc, node_available, run_node_enqueue, start_worker
+from bench.procs import Proc, cpu_seconds, node_available, run_node_enqueue, start_worker
 
 QUEUE = "waitlist-expiry"
 RUNTIMES = ("bullwait", "stock", "node")
@@ -33,6 +33,7 @@ class Bench:
     client: redis.Redis
     notify_processor: str = "bench.notify:bench_registry"
     counter: int = 0
+    redis_pid: int | None = None
 
     def fresh(self, hz: int = 10) -> str:
         """An empty database and a new key prefix; `hz` as asked."""
@@ -135,7 +136,8 @@ async def _fill(settings: Settings, n: int, opts: dict[str, Any] | None = None) 
 
 
 def _drain_rate(b: Bench, prefix: str, n: int, worker: Proc, timeout: float) -> dict[str, Any]:
-    """Jobs/s from the last poll that saw all n jobs waiting to the queue being empty.
+    """Jobs/s from the last poll that saw all n jobs waiting to the queue being empty,
+    and the CPU the worker (with its child processes) and Redis spent per job meanwhile.
 
     Redis is read every 5 ms; starting at the last full poll (not the first one that
     saw a job gone) can only make the rate look lower, never higher.
@@ -144,6 +146,7 @@ def _drain_rate(b: Bench, prefix: str, n: int, worker: Proc, timeout: float) -> 
     deadline = time.monotonic() + timeout
     last_full = time.perf_counter()
     start = None
+    cpu_at_full = (cpu_seconds(worker.proc.pid), cpu_seconds(b.redis_pid) if b.redis_pid else None)
     while time.monotonic() < deadline:
         pipe = b.client.pipeline(transaction=False)
         pipe.llen(wait)
@@ -153,35 +156,57 @@ def _drain_rate(b: Bench, prefix: str, n: int, worker: Proc, timeout: float) -> 
         if start is None:
             if waiting >= n:
                 last_full = now
+                cpu_at_full = (cpu_seconds(worker.proc.pid), cpu_seconds(b.redis_pid) if b.redis_pid else None)
             else:
                 start = last_full
         if start is not None and waiting == 0 and running == 0:
             seconds = max(now - start, 1e-3)
-            return {"jobs": n, "seconds": round(seconds, 3), "rate": round(n / seconds, 1)}
+            cpu_end = (cpu_seconds(worker.proc.pid), cpu_seconds(b.redis_pid) if b.redis_pid else None)
+            per_job = [round((end - begin) / n * 1e6) if end is not None and begin is not None else None
+                       for begin, end in zip(cpu_at_full, cpu_end)]
+            return {"jobs": n, "seconds": round(seconds, 3), "rate": round(n / seconds, 1),
+                    "workerCpuUsPerJob": per_job[0], "redisCpuUsPerJob": per_job[1]}
         time.sleep(0.005)
     raise RuntimeError(f"queue not drained within {timeout}s")
 
 
 def throughput(b: Bench, log: Any) -> dict[str, Any]:
-    n = 6_000 if b.quick else 30_000
+    """No-op jobs/s per runtime at concurrency 10 and 50: the median of `rounds` runs each,
+    the runtimes interleaved within a round so that a noisy minute hits all of them."""
+    n, rounds = (6_000, 2) if b.quick else (20_000, 3)
     variants: list[tuple[str, str, dict[str, Any]]] = [(k, k, {}) for k in b.runtimes()]
-    variants.append(("bullwait, stock fetch", "bullwait", {"fetchNext": False}))
+    variants.append(("bare", "bare", {}))
     variants.append(("bullwait x2 processes", "bullwait", {"processes": 2}))
     if _has_uvloop():
         variants.append(("bullwait + uvloop", "bullwait", {"uvloop": True}))
-    results: dict[str, Any] = {"n": n}
+    results: dict[str, Any] = {"n": n, "rounds": rounds}
     for concurrency in (10, 50):
-        for label, kind, extra in variants:
-            prefix = b.fresh()
-            asyncio.run(_fill(b.settings(prefix), n))
-            worker = start_worker(kind, redisUrl=b.url, prefix=prefix, mode="throughput", concurrency=concurrency, queue=QUEUE, **extra)
-            try:
-                row = _drain_rate(b, prefix, n, worker, timeout=300)
-            finally:
-                worker.stop()
-            results[f"c{concurrency}:{label}"] = dict(row, concurrency=concurrency, runtime=label)
-            log(f"throughput c={concurrency} {label}: {row['rate']:.0f} jobs/s")
+        runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in variants}
+        for _ in range(rounds):
+            for label, kind, extra in variants:
+                prefix = b.fresh()
+                asyncio.run(_fill(b.settings(prefix), n))
+                worker = start_worker(kind, redisUrl=b.url, prefix=prefix, mode="throughput", concurrency=concurrency, queue=QUEUE, **extra)
+                try:
+                    runs[label].append(_drain_rate(b, prefix, n, worker, timeout=300))
+                finally:
+                    worker.stop()
+        for label, rows in runs.items():
+            row = dict(_median_row(rows), concurrency=concurrency, runtime=label, rates=[r["rate"] for r in rows])
+            results[f"c{concurrency}:{label}"] = row
+            log(f"throughput c={concurrency} {label}: {row['rate']:.0f} jobs/s (runs {row['rates']}), "
+                f"CPU us/job worker {row['workerCpuUsPerJob']} redis {row['redisCpuUsPerJob']}")
     return results
+
+
+def _median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median rate; CPU figures are the medians over all runs."""
+    ordered = sorted(rows, key=lambda r: r["rate"])
+    row = dict(ordered[(len(ordered) - 1) // 2])
+    for key in ("workerCpuUsPerJob", "redisCpuUsPerJob"):
+        values = sorted(r[key] for r in rows if r.get(key) is not None)
+        row[key] = values[(len(values) - 1) // 2] if values else None
+    return row
 
 
 def _has_uvloop() -> bool:
