@@ -21,6 +21,7 @@ their caller unchanged.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from typing import Any
 
@@ -87,6 +88,9 @@ class AutoPipeline:
         self._connecting: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
+        self._progress = 0.0  # loop time of the last reply (or of a write to an idle pipeline)
+        self._stuck = False
+        self._watchdog: asyncio.TimerHandle | None = None
         self._loading: dict[str, asyncio.Future[Any]] = {}
         self.writes = 0
         self.calls = 0
@@ -165,6 +169,8 @@ class AutoPipeline:
         if not live:
             return
         conn = self._conn
+        if not self._sent:
+            self._progress = asyncio.get_running_loop().time()
         self._sent.extend(fut for _, fut in live)
         try:
             conn._writer.write(b"".join(cmd for cmd, _ in live))
@@ -177,19 +183,49 @@ class AutoPipeline:
             self._reader = asyncio.ensure_future(self._read(conn))
 
     async def _read(self, conn: Any) -> None:
-        while self._sent:
-            try:
-                reply = await conn.read_response()
-            except ResponseError as exc:
-                _settle(self._sent.popleft(), exc=exc)
-            except asyncio.CancelledError:
-                self._fail_all(RedisConnectionError("auto-pipeline closed"))
-                raise
-            except Exception as exc:
-                self._fail_all(exc)
-                return
-            else:
-                _settle(self._sent.popleft(), result=reply)
+        """Settle the sent calls in order. A watchdog, not a timeout per reply, bounds the wait."""
+        loop = asyncio.get_running_loop()
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self._patience(conn), self._check_progress, conn)
+        try:
+            while self._sent:
+                try:
+                    reply = await conn.read_response(timeout=math.inf)
+                except ResponseError as exc:
+                    _settle(self._sent.popleft(), exc=exc)
+                except asyncio.CancelledError:
+                    self._fail_all(
+                        RedisTimeoutError(f"no reply from Redis within {self._patience(conn)} s")
+                        if self._stuck else RedisConnectionError("auto-pipeline closed")
+                    )
+                    if self._stuck:
+                        return
+                    raise
+                except Exception as exc:
+                    self._fail_all(exc)
+                    return
+                else:
+                    _settle(self._sent.popleft(), result=reply)
+                self._progress = loop.time()
+        finally:
+            self._stuck = False
+
+    @staticmethod
+    def _patience(conn: Any) -> float:
+        return float(conn.socket_timeout or 30.0)
+
+    def _check_progress(self, conn: Any) -> None:
+        """Cancel the reader if calls wait and no reply came for `socket_timeout` s."""
+        self._watchdog = None
+        if self._reader is None or self._reader.done() or not self._sent:
+            return
+        loop = asyncio.get_running_loop()
+        idle = loop.time() - self._progress
+        if idle >= self._patience(conn):
+            self._stuck = True
+            self._reader.cancel()
+        else:
+            self._watchdog = loop.call_later(self._patience(conn) - idle, self._check_progress, conn)
 
     def _fail_all(self, exc: Exception) -> None:
         """Every call without a reply gets `exc`; the connection starts afresh next time."""

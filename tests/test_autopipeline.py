@@ -81,3 +81,26 @@ def test_pack_writes_what_redis_py_writes():
     assert pack(command) == b"".join(Connection().pack_command(*command))
     with pytest.raises(TypeError, match="cannot send NoneType"):
         pack(("GET", None))
+
+
+async def test_a_silent_redis_fails_the_waiting_calls_over_to_the_client(redis_server, prefix):
+    """No reply within socket_timeout: the pipeline gives up on its connection (a watchdog,
+    not a timeout per reply) and the calls go through the client, which waits it out."""
+    client = aioredis.Redis(port=redis_server.port, socket_timeout=0.3, decode_responses=True)
+    admin = aioredis.Redis(port=redis_server.port, decode_responses=True)
+    pipeline = AutoPipeline(client)
+    echo = client.register_script(ECHO)
+    try:
+        assert await pipeline.run_script(echo, [prefix], ["warm"]) == [prefix, "warm"]
+        first_conn = pipeline._conn
+        await admin.execute_command("CLIENT", "PAUSE", 1200, "ALL")
+        replies = await asyncio.gather(*(pipeline.run_script(echo, [prefix], [i]) for i in range(5)), return_exceptions=True)
+        # The client's own reads time out too and are retried until the pause ends.
+        assert replies == [[prefix, str(i)] for i in range(5)]
+        assert pipeline._conn is not first_conn  # that connection was dropped
+        assert await pipeline.run_script(echo, [prefix], ["after"]) == [prefix, "after"]
+    finally:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        await pipeline.close()
+        await client.aclose()
+        await admin.aclose()
