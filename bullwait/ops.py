@@ -15,13 +15,11 @@ unreachable Redis is one `RedisUnavailable`, not bullmq-py's minutes of retries.
 
 from __future__ import annotations
 
-import base64
 import importlib.metadata
 import json
 import re
 import time
 import unicodedata
-from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterable
@@ -37,6 +35,7 @@ from bullwait.durations import format_ms
 from bullwait.errors import BadArgument, JobNotFound, RedisUnavailable
 from bullwait.producer import CancelResult, Producer
 from bullwait.settings import Settings
+from bullwait.snapshot import count_workers
 
 # States as BullMQ names its keys; `waiting` is accepted for `wait`.
 LIST_STATES = ("wait", "active", "paused")
@@ -383,43 +382,6 @@ def local_time(ms: int | None) -> str | None:
 # ---------------------------------------------------------------------------------------
 # Workers, from one CLIENT LIST
 # ---------------------------------------------------------------------------------------
-
-
-def count_workers(clients: list[dict[str, Any]], prefix: str, queue: str) -> tuple[int, int, int]:
-    """(total, node, python) workers of `queue` among CLIENT LIST entries.
-
-    Node bullmq names only a worker's blocking connection `<prefix>:<base64(queue)>`
-    (`...:w:<name>` when named): one such connection is one worker. bullmq-py names
-    every connection of a worker `<prefix>:<queue>[:w:<name>]` (its pool may hold
-    several); its blocking connection is the one that runs BZPOPMIN. BullwaitWorker
-    gives its blocking connection the Node name and its main one the Python name, so a
-    Node-named worker whose name also appears Python-named is a Python worker.
-    """
-    node_base = f"{prefix}:{base64.b64encode(queue.encode()).decode()}"
-    py_base = f"{prefix}:{queue}"
-    node: Counter[str] = Counter()
-    python: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for client in clients:
-        name = str(client.get("name") or "")
-        for base, is_node in ((node_base, True), (py_base, False)):
-            if name == base:
-                worker = ""
-            elif name.startswith(base + ":w:"):
-                worker = name[len(base) + 3 :]
-            else:
-                continue
-            if is_node:
-                node[worker] += 1
-            else:
-                python[worker].append(client)
-            break
-    bullwait = sum(n for worker, n in node.items() if worker and worker in python)
-    node_only = sum(node.values()) - bullwait
-    stock = 0
-    for worker, conns in python.items():
-        blocking = sum(1 for c in conns if str(c.get("cmd", "")).lower() == "bzpopmin" or "b" in str(c.get("flags", "")))
-        stock += blocking if (worker and worker in node) else max(1, blocking)
-    return node_only + bullwait + stock, node_only, bullwait + stock
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ started with the `metrics` option). Delayed scores are `due_ms * 0x1000 + counte
 from __future__ import annotations
 
 import base64
+from collections import Counter, defaultdict
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -133,13 +134,53 @@ async def read_snapshots(client: Any, prefix: str, queues: Iterable[str], worker
     for name, size in zip(names, sizes, strict=True):
         snapshots.append(_parse_queue(name, results[offset : offset + size]))
         offset += size
-    if workers:
-        clients = results[offset]
-        if not isinstance(clients, Exception):
-            for snap in snapshots:
-                snap.worker_names = worker_names(clients, prefix, snap.name)
-                snap.workers = len(snap.worker_names)
+    if workers and not isinstance(results[offset], Exception):
+        count_queue_workers(snapshots, results[offset], prefix)
     return snapshots
+
+
+def count_queue_workers(snapshots: list[QueueSnapshot], clients: list[dict[str, Any]], prefix: str) -> None:
+    """Fill each snapshot's workers from CLIENT LIST, counted as `bullwait stats` counts them."""
+    for snap in snapshots:
+        snap.worker_names = worker_names(clients, prefix, snap.name)
+        snap.workers = count_workers(clients, prefix, snap.name)[0]
+
+
+def count_workers(clients: list[dict[str, Any]], prefix: str, queue: str) -> tuple[int, int, int]:
+    """(total, node, python) workers of `queue` among CLIENT LIST entries.
+
+    Node bullmq names only a worker's blocking connection `<prefix>:<base64(queue)>`
+    (`...:w:<name>` when named): one such connection is one worker. bullmq-py names
+    every connection of a worker `<prefix>:<queue>[:w:<name>]` (its pool may hold
+    several); its blocking connection is the one that runs BZPOPMIN. BullwaitWorker
+    gives its blocking connection the Node name and its main one the Python name, so a
+    Node-named worker whose name also appears Python-named is a Python worker.
+    """
+    node_base = f"{prefix}:{base64.b64encode(queue.encode()).decode()}"
+    py_base = f"{prefix}:{queue}"
+    node: Counter[str] = Counter()
+    python: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for client in clients:
+        name = str(client.get("name") or "")
+        for base, is_node in ((node_base, True), (py_base, False)):
+            if name == base:
+                worker = ""
+            elif name.startswith(base + ":w:"):
+                worker = name[len(base) + 3 :]
+            else:
+                continue
+            if is_node:
+                node[worker] += 1
+            else:
+                python[worker].append(client)
+            break
+    bullwait = sum(n for worker, n in node.items() if worker and worker in python)
+    node_only = sum(node.values()) - bullwait
+    stock = 0
+    for worker, conns in python.items():
+        blocking = sum(1 for c in conns if str(c.get("cmd", "")).lower() == "bzpopmin" or "b" in str(c.get("flags", "")))
+        stock += blocking if (worker and worker in node) else max(1, blocking)
+    return node_only + bullwait + stock, node_only, bullwait + stock
 
 
 def worker_names(clients: list[dict[str, Any]], prefix: str, queue: str) -> list[str]:

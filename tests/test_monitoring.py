@@ -508,3 +508,21 @@ def test_workers_record_bullmq_metrics(settings: Settings) -> None:
     off = worker_options(QueueKey.WAITLIST_EXPIRY, settings.with_overrides(bullmq_metrics_max_data_points=0), "w")
     assert "metrics" not in off
     assert queue_name(QueueKey.WAITLIST_EXPIRY, settings) == EXPIRY
+
+
+def test_health_counts_workers_as_stats_does() -> None:
+    """Two processes sharing BULLWAIT_WORKER_NAME are two workers for `stats` and /health alike."""
+    from bullwait.snapshot import count_workers
+
+    clients = [
+        {"name": "bull:d2FpdGxpc3QtZXhwaXJ5:w:shared", "cmd": "bzpopmin"},
+        {"name": "bull:waitlist-expiry:w:shared", "cmd": "evalsha"},
+        {"name": "bull:d2FpdGxpc3QtZXhwaXJ5:w:shared", "cmd": "bzpopmin"},
+        {"name": "bull:waitlist-expiry:w:shared", "cmd": "evalsha"},
+    ]
+    from bullwait.snapshot import QueueSnapshot, count_queue_workers
+
+    snap = QueueSnapshot(name="waitlist-expiry")
+    count_queue_workers([snap], clients, "bull")
+    assert snap.workers == count_workers(clients, "bull", "waitlist-expiry")[0] == 2
+    assert snap.worker_names == ["shared"]
