@@ -73,6 +73,8 @@ class AutoPipeline:
     Calls are written at the end of the loop turn they were made in, or as soon as
     `eager` of them are waiting: Redis then starts on the first ones while the worker
     is still finishing the rest of the turn's jobs, instead of the two taking turns.
+    (No-op jobs, concurrency 10, on 2 cores: eager 4 ran ~5,000-6,900 jobs/s, 10 -
+    one write per turn - ~3,100, 2 ~3,800-5,400.)
     Writes are synchronous (order of writes = order of replies) and never wait for the
     socket: a worker has at most one call per job slot outstanding.
     """
