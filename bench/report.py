@@ -75,7 +75,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
         for kind, label, ref in (
             ("bullwait+listpack", "  same, hash-max-listpack-value 512", e.get("node+listpack", {})),
             ("bullwait+uuid", "  same, 36-char (UUID) ids", e.get("node+uuid", {})),
-            ("bullwait+uuid+listpack", "  same, UUID ids, hash-max-listpack-value 512", e.get("node+uuid", {})),
+            ("bullwait+uuid+listpack", "  same, UUID ids, hash-max-listpack-value 512", e.get("node+uuid+listpack", {})),
         ):
             row = e.get(kind, {})
             if row:

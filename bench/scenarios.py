@@ -217,6 +217,7 @@ ENQUEUE_RUNS: dict[str, tuple[str, str, int]] = {
     "bullwait+uuid": ("bullwait", "uuid", 64),
     "node+uuid": ("node", "uuid", 64),
     "bullwait+uuid+listpack": ("bullwait", "uuid", 512),
+    "node+uuid+listpack": ("node", "uuid", 512),
 }
 
 
