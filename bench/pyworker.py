@@ -24,6 +24,7 @@ from typing import Any
 
 from bullmq import Worker
 
+from bullwait.app import build_services
 from bullwait.catalog import QueueKey, queue_name
 from bullwait.connection import redis_options
 from bullwait.logging import configure_logging
@@ -88,8 +89,14 @@ async def run_bullwait(o: dict[str, Any]) -> dict[str, Any]:
     registry, key, extra = _registry(o)
     recorder = Recorder(o["mode"] == "timers")
     stop = asyncio.Event()
+    # check-expiry works on the waitlist store (ctx.services); without it every timer failed.
+    services = await build_services(settings, registry) if o["mode"] == "timers" else None
     asyncio.get_running_loop().call_later(0.5, lambda: print("ready", flush=True))
-    await run_workers(settings, registry, [key], 10, observer=recorder, stop=stop, options={key: extra})
+    try:
+        await run_workers(settings, registry, [key], 10, services=services, observer=recorder, stop=stop, options={key: extra})
+    finally:
+        if services is not None:
+            await services.close()
     return {"processed": recorder.processed, "lateness": recorder.lateness, "procMs": recorder.proc_ms}
 
 

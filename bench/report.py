@@ -83,12 +83,19 @@ def rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
                     ">= 1.0x node", _met(bool(nd and bw.get("rate", 0) >= nd.get("rate", 0))) if nd else "-"))
         out.append(("Redis bytes per pending timer", _f(bw.get("bytesPerTimer")), "", _f(nd.get("bytesPerTimer")),
                     _ratio(bw.get("bytesPerTimer"), nd.get("bytesPerTimer")), "< 1,024", _met(bw.get("bytesPerTimer", 1e9) < 1024)))
-        lp = e.get("bullwait+listpack", {})
-        if lp:
-            out.append(("  same, hash-max-listpack-value 512", _f(lp.get("bytesPerTimer")), "", _f(nd.get("bytesPerTimer")),
-                        _ratio(lp.get("bytesPerTimer"), nd.get("bytesPerTimer")), "< 1,024", _met(lp.get("bytesPerTimer", 1e9) < 1024)))
+        for kind, label, ref in (
+            ("bullwait+listpack", "  same, hash-max-listpack-value 512", e.get("node+listpack", {})),
+            ("bullwait+uuid", "  same, 36-char (UUID) ids", e.get("node+uuid", {})),
+            ("bullwait+uuid+listpack", "  same, UUID ids, hash-max-listpack-value 512", e.get("node+uuid+listpack", {})),
+        ):
+            row = e.get(kind, {})
+            if row:
+                out.append((label, _f(row.get("bytesPerTimer")), "", _f(ref.get("bytesPerTimer")),
+                            _ratio(row.get("bytesPerTimer"), ref.get("bytesPerTimer")), "< 1,024", _met(row.get("bytesPerTimer", 1e9) < 1024)))
         comp = e.get("completed", {})
         out.append((f"Redis bytes per retained completed job (n={comp.get('n')})", _f(comp.get("bytesPerCompletedJob")), "", "", "", "", "-"))
+        if "bytesPerCompletedJobWithoutEvents" in comp:
+            out.append(("  same, without the events stream's share", _f(comp.get("bytesPerCompletedJobWithoutEvents")), "", "", "", "", "-"))
     n = r.get("notify")
     if n:
         for key, row in n.items():

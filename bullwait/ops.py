@@ -770,17 +770,17 @@ def _check_hz(hz: int) -> Check:
 
 def _check_listpack(limit: int | None) -> Check:
     """A pending timer's job hash has `data` and `opts` values over Redis's default 64-byte
-    listpack limit, so Redis stores it as a full hash: ~1,070 bytes per timer, ~740 with
-    `hash-max-listpack-value 512` (measured by bench/ at 100,000 timers)."""
+    listpack limit, so Redis stores it as a full hash: ~1,070 bytes per timer (~1,270 with
+    UUID ids), ~670 (~930) with `hash-max-listpack-value 512` (bench/ at 100,000 timers)."""
     if limit is None:
         return Check("ok", "memory-encoding", "CONFIG GET not allowed for this user; skipped")
     if limit >= 512:
-        return Check("ok", "memory-encoding", f"hash-max-listpack-value {limit}: job hashes stay compact (~740 B per timer)")
+        return Check("ok", "memory-encoding", f"hash-max-listpack-value {limit}: job hashes stay compact (~670 B per timer)")
     return Check(
         "ok",
         "memory-encoding",
         f"hash-max-listpack-value {limit}: each pending timer takes ~1,070 B; "
-        "`hash-max-listpack-value 512` in redis.conf brings it to ~740 B",
+        "`hash-max-listpack-value 512` in redis.conf brings it to ~670 B",
     )
 
 

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Sequence
 
-from bullmq import Queue
-from bullmq.job import Job
+from bullmq import Job, Queue
 from bullmq.redis_connection import loadScript
 from redis.exceptions import AuthenticationError, NoPermissionError, OutOfMemoryError, RedisError, ResponseError, WatchError
 
@@ -70,6 +69,26 @@ def check_job_id(job_id: str) -> str:
     if ":" in job_id and len(job_id.split(":")) != 3:
         raise BadArgument(f"job id {job_id!r} contains ':': Node bullmq refuses it; use '_' or '-'")
     return job_id
+
+
+def stored_job(queue: Queue, name: str, payload: WireModel, opts: dict[str, Any]) -> Job:
+    """The bullmq `Job` that `Queue.add` would build, with `jobId` given as the job's id
+    instead of inside its options.
+
+    BullMQ names the job's hash after its id and no worker (Node or Python), Lua script
+    or Bull Board reads `opts.jobId` back, so writing it would store a second copy in the
+    `opts` field of every job hash: 11 bytes plus the id (54 for `expiry_<uuid>`).
+    bullmq-py also fills in `"delay":0` for a job without a delay, which Node does not
+    write and BullMQ reads as 0 when absent (the hash's own `delay` field is written
+    either way), so that default is left out too. Everything else in `opts` (attempts,
+    backoff, retention, a real delay, priority) is written as given.
+    """
+    options = {**queue.jobsOpts, **opts}
+    job_id = options.pop("jobId", None)
+    job = Job(queue, name, payload.to_wire(), options, job_id=str(job_id) if job_id is not None else None)
+    if not job.opts.get("delay"):
+        job.opts.pop("delay", None)
+    return job
 
 
 def expiry_job_id(waitlist_id: str) -> str:
@@ -141,8 +160,9 @@ class Producer:
         """
         options = self.job_options(key, job_id=job_id, delay_ms=delay_ms, priority=priority)
         options.update(opts)
+        job = stored_job(self.queue(key), SPECS[key].job_name, payload, options)
         async with redis_errors(self.settings, "job not added"):
-            job = await self.queue(key).add(SPECS[key].job_name, payload.to_wire(), options)
+            job.id = await job.queue.backend.addJob(job)
         return str(job.id)
 
     def job_options(
@@ -189,10 +209,7 @@ class Producer:
 
     async def _add_chunk(self, queue: Queue, name: str, jobs: Sequence[tuple[WireModel, dict[str, Any]]]) -> list[str]:
         """One chunk as `Queue.addBulk` would add it (see `bullwait.bulk` for how it travels)."""
-        batch = []
-        for payload, opts in jobs:
-            merged = {**queue.jobsOpts, **opts}
-            batch.append(Job(queue=queue, name=name, data=payload.to_wire(), opts=merged, job_id=merged.get("jobId")))
+        batch = [stored_job(queue, name, payload, opts) for payload, opts in jobs]
         async with redis_errors(self.settings, "jobs not added"):
             return [str(job_id) for job_id in await add_jobs(queue, batch)]
 

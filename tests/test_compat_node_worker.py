@@ -11,7 +11,7 @@ from bullmq import Job
 
 from bullwait.catalog import Priority, QueueKey
 from bullwait.payloads import NotificationJob, PreferenceJob
-from bullwait.producer import Producer, new_expiry
+from bullwait.producer import Producer, expiry_job_id, new_expiry
 from bullwait.settings import Settings
 
 from fixtures import notification_data, preference_data
@@ -114,3 +114,40 @@ async def test_both_runtimes_share_a_queue_under_load(env, settings: Settings, s
         pipe.hget(f"{prefix}:waitlist-preference-calculation:{job_id}", "ats")
     assert set(pipe.execute()) == {"1"}
     print(f"load: {total} jobs, node {len(by_node)}, python {len(by_python)}")
+
+
+async def test_node_worker_honours_options_of_python_timers(settings: Settings, start_node, sync_redis, prefix) -> None:  # type: ignore[no-untyped-def]
+    """Timers added by the Producer (id outside `opts`, no `"delay":0`): a Node worker
+    runs them under their own id, retries with the catalog's attempts and exponential
+    backoff, and trims completed jobs to the job's removeOnComplete."""
+    key = QueueKey.WAITLIST_EXPIRY
+    ok_ids = [expiry_job_id(f"w-keep-{i}") for i in range(3)]
+    async with Producer(settings) as producer:
+        for i in range(3):
+            await producer.add(key, new_expiry(f"w-keep-{i}", "s", "c", "salon"), job_id=ok_ids[i], delay_ms=100,
+                               removeOnComplete={"count": 1, "age": 3600})
+        fail_id = await producer.schedule_expiry(new_expiry("w-fail", "s", "c", "salon"), delay_ms=100)
+        start_node("compat/worker.js", key.value, "--concurrency", "1", "--record", "--fail-ids", fail_id, ready="node worker ready")
+        queue = producer.queue(key)
+
+        async def all_ran() -> bool:
+            ran = set(sync_redis.lrange(f"{prefix}:compat:node-processed", 0, -1))
+            return ran >= set(ok_ids) and await queue.getJobState(fail_id) == "failed"
+
+        await _until(all_ran, message="3 timers completed and 1 out of attempts")
+        failed = await Job.fromId(queue, fail_id)
+
+    assert failed.id == fail_id and failed.attemptsMade == 3, "attempts: 3 from the job's opts"
+    assert failed.failedReason == f"node refused {fail_id}" and len(failed.stacktrace) == 3
+    # Each retry was delayed by the exponential backoff (1 s, then 2 s): the 'delayed'
+    # events carry the due time, the stream id the time they were written (both Redis-side).
+    retries = [
+        int(fields["delay"]) - int(entry_id.split("-")[0])
+        for entry_id, fields in sync_redis.xrange(f"{prefix}:waitlist-expiry:events")
+        if fields.get("event") == "delayed" and fields.get("jobId") == fail_id
+    ][1:]  # the first one is the add's own 100 ms delay
+    assert len(retries) == 2 and 500 <= retries[0] <= 1000 and 1500 <= retries[1] <= 2000, retries
+    # removeOnComplete {count: 1}: of the three completed timers only the last one is kept.
+    completed = sync_redis.zrange(f"{prefix}:waitlist-expiry:completed", 0, -1)
+    assert len(completed) == 1 and completed[0] in ok_ids
+    assert sum(sync_redis.exists(f"{prefix}:waitlist-expiry:{job_id}") for job_id in ok_ids) == 1

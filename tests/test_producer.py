@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from bullmq import Queue
@@ -31,6 +32,32 @@ async def test_expiry_timer_options_and_idempotency(settings: Settings) -> None:
         assert 14 * 60_000 < job.delay <= 15 * 60_000
         assert job.opts["attempts"] == 3
         assert job.opts["backoff"] == {"type": "exponential", "delay": 1000}
+
+
+async def test_stored_opts_keep_every_option_and_no_redundant_copies(settings: Settings, sync_redis: Any, prefix: str) -> None:
+    """The job hash's `opts` JSON holds what workers read (attempts, backoff, retention,
+    delay, priority) and not what BullMQ keeps elsewhere: the job id (the key's name) and
+    bullmq-py's `"delay":0` default. Both runtimes read the job back with the same id."""
+    async with Producer(settings) as producer:
+        await producer.schedule_expiry(ExpiryJob.model_validate(expiry_data("w-opts")), delay_ms=60_000)
+        note_id = await producer.send_slot_available(
+            NotificationJob.model_validate(notification_data("w-opts")), Priority.NORMAL, job_id="note-w-opts"
+        )
+        job = await producer.queue(QueueKey.WAITLIST_EXPIRY).getJob("expiry_w-opts")
+        assert job.id == "expiry_w-opts"
+    expiry = sync_redis.hgetall(f"{prefix}:waitlist-expiry:expiry_w-opts")
+    assert json.loads(expiry["opts"]) == {
+        "attempts": 3,
+        "backoff": {"type": "exponential", "delay": 1000},
+        "removeOnComplete": {"count": 100, "age": 3600},
+        "removeOnFail": {"count": 1000, "age": 604800},
+        "delay": 60_000,
+    }
+    assert expiry["delay"] == "60000"
+    note = sync_redis.hgetall(f"{prefix}:waitlist-notification:{note_id}")
+    note_opts = json.loads(note["opts"])
+    assert "jobId" not in note_opts and "delay" not in note_opts, note_opts
+    assert note_opts["priority"] == 1 and note_opts["attempts"] == 3 and note["delay"] == "0"
 
 
 async def _state_job(producer: Producer, settings: Settings, state: str) -> str:

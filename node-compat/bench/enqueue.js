@@ -1,14 +1,20 @@
 // Node bullmq 6 addBulk rate for bullwait's benchmark (python -m bench starts it).
 //   node enqueue.js '<json options>'
-// options: {redisUrl, prefix, queue, n, chunk, delayMs, jobOpts, out}
-// Adds n check-expiry jobs (jobId expiry_<prefix>-<i>, the seed's payload) with addBulk in
-// chunks of `chunk`, then writes {seconds, n} to `out`.
+// options: {redisUrl, prefix, queue, n, chunk, delayMs, jobOpts, ids, out}
+// Adds n check-expiry jobs (jobId expiry_<waitlistId>, the seed's payload) with addBulk in
+// chunks of `chunk`, then writes {seconds, n} to `out`. ids: "short" (w-1, slot-1, ...) or
+// "uuid" (36-character ids, the same as bench/scenarios.py uuid_like).
 'use strict';
 const fs = require('fs');
 const { Queue } = require('bullmq');
 const IORedis = require('ioredis');
 
 const o = JSON.parse(process.argv[2]);
+
+const uuidLike = (kind, i) => `${kind.toString(16).padStart(8, '0')}-0000-4000-8000-${i.toString(16).padStart(12, '0')}`;
+const ids = (j) => (o.ids === 'uuid'
+  ? [uuidLike(1, j), uuidLike(2, j % 500), uuidLike(3, j), uuidLike(4, j % 200)]
+  : [`w-${j}`, `slot-${j % 500}`, `cust-${j}`, `salon-${j % 200}`]);
 
 async function main() {
   const connection = new IORedis(o.redisUrl, { maxRetriesPerRequest: null });
@@ -20,17 +26,18 @@ async function main() {
     const expires = new Date(now.getTime() + o.delayMs);
     const jobs = [];
     for (let j = i; j < Math.min(o.n, i + o.chunk); j++) {
+      const [waitlistId, slotId, customerId, salonId] = ids(j);
       jobs.push({
         name: 'check-expiry',
         data: {
-          waitlistId: `w-${j}`,
-          slotId: `slot-${j % 500}`,
-          customerId: `cust-${j}`,
-          salonId: `salon-${j % 200}`,
+          waitlistId,
+          slotId,
+          customerId,
+          salonId,
           notifiedAt: now.toISOString(),
           expiresAt: expires.toISOString(),
         },
-        opts: { ...o.jobOpts, jobId: `expiry_w-${j}`, delay: o.delayMs },
+        opts: { ...o.jobOpts, jobId: `expiry_${waitlistId}`, delay: o.delayMs },
       });
     }
     await queue.addBulk(jobs);
