@@ -108,11 +108,13 @@ async def run_demo(waitlist: Waitlist, customers: int = 5, timeout: float = 60) 
     prefs.append(await producer.queue_preferences(booking_preference(f"cust-{run_id}-1", f"booking-{run_id}-1", salon, _slot(11, 1))))
 
     async def passed_to_customer_2() -> bool:
+        # Offered slot A (its own short timer may already have run out on a slow machine).
         entry = await store.get_entry(salon, people[2])
-        return entry is not None and entry.state == "notified"
+        return entry is not None and entry.slot_id == slot_a and entry.state != "waiting"
 
     flow_ok = await _wait_for(passed_to_customer_2, timeout)  # customer 0's timer runs out
-    if flow_ok:
+    entry_2 = await store.get_entry(salon, people[2])
+    if flow_ok and entry_2 is not None and entry_2.state == "notified":
         await waitlist.book(salon, people[2])
         prefs.append(await producer.queue_preferences(booking_preference(f"cust-{run_id}-2", f"booking-{run_id}-2", salon, _slot(10, 0))))
     ids = {

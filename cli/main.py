@@ -141,6 +141,8 @@ def demo(
 
     print_table(report_rows(report), title=f"demo {report.run_id}: {report.seconds:.1f}s")
     print_table(report.entries, title="waitlist entries")
+    if not report.flow_ok:
+        raise fail(f"the expired offer did not pass to the next customer within {timeout:g} s; see the log above (on a slow machine, try a longer --timer-ms)")
     if not report.ok:
         raise fail("not every demo job completed; see the log above and `bullwait stats`")
 

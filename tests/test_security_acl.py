@@ -50,7 +50,7 @@ async def test_least_privilege_user_runs_workers_and_producer(
     assert "NOPERM" not in log and "worker error" not in log, log
     assert worker.terminate() == 0
     # The built-in processors and the demo traffic too.
-    demo = run_cli(dict(env, REDIS_URL=url), "demo", "--customers", "3", "--timer-ms", "200", "--embedded-redis", "never")
+    demo = run_cli(dict(env, REDIS_URL=url), "demo", "--customers", "3", "--timer-ms", "1500", "--timeout", "40", "--embedded-redis", "never")
     assert demo.returncode == 0, demo.stderr[-2000:]
     assert "NOPERM" not in demo.stderr
 

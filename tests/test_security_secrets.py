@@ -93,7 +93,7 @@ async def test_no_secret_in_output_logs_or_redis(
         dict(env, **secret_env),
         {**env, **secret_env, "REDIS_URL": f"redis://127.0.0.1:{acl_server.port}/0", "REDIS_USERNAME": user, "REDIS_PASSWORD": password},
     ):
-        demo = run_cli(variant, "demo", "--customers", "3", "--timer-ms", "100", "--embedded-redis", "never")
+        demo = run_cli(variant, "demo", "--customers", "3", "--timer-ms", "1500", "--timeout", "40", "--embedded-redis", "never")
         assert demo.returncode == 0, demo.stderr[-2000:]
         outputs += [demo.stdout, demo.stderr]
 
