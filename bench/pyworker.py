@@ -6,14 +6,14 @@ options: kind "bullwait" (BullwaitWorker through bullwait.runner + processing.di
 registered processor, payload validation, structlog at info) or "stock" (a plain
 bullmq-py Worker and a bare processor); mode "timers" | "throughput" | "notify";
 redisUrl, prefix, concurrency, out; processes (bullwait only: N children under
-bullwait.supervisor); notify: fakeUrl, limiter, salonLimit, salonWindowMs, processor.
+bullwait.supervisor); notify (the real send-slot-available processor and WhatsApp sender
+against bench/fake_whatsapp.py): fakeUrl, perSecond, marginMs, salonLimit, salonWindowMs.
 Prints "ready", runs until SIGTERM, then writes `out` (JSON).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import os
 import signal
@@ -23,6 +23,7 @@ from typing import Any
 
 from bullmq import Worker
 
+from bullwait.app import build_services
 from bullwait.catalog import QueueKey, queue_name
 from bullwait.connection import redis_options
 from bullwait.logging import configure_logging
@@ -56,21 +57,31 @@ async def noop(payload: ExpiryJob, ctx: Context) -> None:
     return None
 
 
-def _registry(o: dict[str, Any]) -> tuple[Registry, QueueKey, dict[str, Any]]:
-    mode = o["mode"]
-    if mode == "timers":
-        return builtin_registry(), QueueKey.WAITLIST_EXPIRY, {}
-    if mode == "throughput":
+def _registry(o: dict[str, Any]) -> tuple[Registry, QueueKey]:
+    if o["mode"] == "timers":
+        return builtin_registry(), QueueKey.WAITLIST_EXPIRY
+    if o["mode"] == "throughput":
         registry = Registry()
         registry.register(QueueKey.WAITLIST_EXPIRY, "check-expiry", ExpiryJob, noop)
-        return registry, QueueKey.WAITLIST_EXPIRY, {}
-    module, _, attr = o.get("processor", "bench.notify:bench_registry").partition(":")
-    registry = getattr(importlib.import_module(module), attr)(o)
-    extra = {"limiter": o["limiter"]} if o.get("limiter") else {}
-    return registry, QueueKey.WAITLIST_NOTIFICATION, extra
+        return registry, QueueKey.WAITLIST_EXPIRY
+    return builtin_registry(), QueueKey.WAITLIST_NOTIFICATION
 
 
 def _settings(o: dict[str, Any]) -> Settings:
+    notify: dict[str, Any] = {}
+    if o["mode"] == "notify":
+        # The real sender (bullwait.whatsapp.CloudApiSender) against bench/fake_whatsapp.py.
+        notify = {
+            "whatsapp_api_base_url": o["fakeUrl"],
+            "whatsapp_access_token": "bench-token",
+            "whatsapp_phone_number_id": "1234567890",
+            "whatsapp_max_messages_per_second": o.get("perSecond", 80),
+            # salonLimit 0: only the global limit applies (the salon window is still checked).
+            "waitlist_notification_rate_limit": o.get("salonLimit") or 1_000_000,
+            "waitlist_notification_rate_window_ms": o.get("salonWindowMs") or 60_000,
+        }
+        if o.get("marginMs") is not None:
+            notify["whatsapp_rate_window_margin_ms"] = o["marginMs"]
     return Settings(
         redis_url=o["redisUrl"],
         bullmq_prefix=o["prefix"],
@@ -78,17 +89,23 @@ def _settings(o: dict[str, Any]) -> Settings:
         waitlist_notification_concurrency=o["concurrency"],
         queue_log_level=o.get("logLevel", "info"),
         queue_monitoring_enabled=False,
+        **notify,
     )
 
 
 async def run_bullwait(o: dict[str, Any]) -> dict[str, Any]:
     settings = _settings(o)
     configure_logging(settings.queue_log_level, json=True, stream=open(os.devnull, "w"))
-    registry, key, extra = _registry(o)
+    registry, key = _registry(o)
     recorder = Recorder(o["mode"] == "timers")
     stop = asyncio.Event()
+    services = await build_services(settings, registry) if o["mode"] == "notify" else None
     asyncio.get_running_loop().call_later(0.5, lambda: print("ready", flush=True))
-    await run_workers(settings, registry, [key], 10, observer=recorder, stop=stop, options={key: extra})
+    try:
+        await run_workers(settings, registry, [key], 10, services=services, observer=recorder, stop=stop)
+    finally:
+        if services is not None:
+            await services.close()
     return {"processed": recorder.processed, "lateness": recorder.lateness, "procMs": recorder.proc_ms}
 
 
