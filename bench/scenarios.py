@@ -343,7 +343,7 @@ def notifications(b: Bench, log: Any) -> dict[str, Any]:
     results: dict[str, Any] = {"latencyMs": 150}
     defaults = Settings()
     try:
-        sweep = (10, 12, 16, 24)
+        sweep = (10, 12, 16, 20, 24)
         per = 800 if b.quick else 1_600
         for c in sweep:
             row = _notify_run(b, fake_url, per, 200, c, 0, 60_000)

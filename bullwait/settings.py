@@ -51,7 +51,8 @@ class Settings(BaseSettings):
 
     # --- Concurrency and limits (seed defaults) ---
     waitlist_expiry_concurrency: int = Field(5, ge=1, le=10_000)
-    waitlist_notification_concurrency: int = Field(10, ge=1, le=10_000)
+    # 80 msg/s at 150 ms API latency needs >= 16 in flight (README, Rate limits); the seed had 10.
+    waitlist_notification_concurrency: int = Field(20, ge=1, le=10_000)
     preference_calculation_concurrency: int = Field(2, ge=1, le=10_000)
     waitlist_notification_rate_limit: int = Field(10, ge=1)
     waitlist_notification_rate_window_ms: int = Field(60_000, ge=1)
