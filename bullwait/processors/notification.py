@@ -97,9 +97,7 @@ async def send_slot_available(payload: NotificationJob, ctx: Context) -> dict[st
         await _sleep(ctx, now_ms() + retry_in_ms, f"{which} rate limit ({payload.salon_id})")
 
     try:
-        wamid = await svc.sender.send_slot_offer(
-            payload.customer_phone, payload.slot_details, on_sent=_stamper(payload, svc, member, ctx.log)
-        )
+        wamid = await _send(payload, svc, member, ctx.log)
     except WhatsAppThrottled as exc:
         throttled = await records.release(key, owner, str(exc), throttled=True)
         await _give_back(payload, svc, member)
@@ -151,10 +149,13 @@ async def _take_places(payload: NotificationJob, svc: Any, member: str) -> tuple
     return None
 
 
-def _stamper(payload: NotificationJob, svc: Any, member: str, log: Any) -> Any:
-    """Once the request has left, count both places from then (`bullwait.ratelimit`)."""
+async def _send(payload: NotificationJob, svc: Any, member: str, log: Any) -> str:
+    """The request; once its body has left, both places are re-stamped with that time
+    (`bullwait.ratelimit`), in a task of its own so a slow Redis never holds up reading
+    the answer (an answer read late could time out a message the API accepted)."""
+    stamps: list[asyncio.Future[None]] = []
 
-    async def stamp() -> None:
+    async def restamp() -> None:
         try:
             if svc.global_limiter is not None:
                 await svc.global_limiter.stamp(member)
@@ -162,7 +163,15 @@ def _stamper(payload: NotificationJob, svc: Any, member: str, log: Any) -> Any:
         except Exception as exc:  # the message is on its way: never fail the send for this
             log.warning("could not re-stamp the send's rate-limit places", error=repr(exc))
 
-    return stamp
+    async def on_sent() -> None:
+        stamps.append(asyncio.ensure_future(restamp()))
+
+    try:
+        return await svc.sender.send_slot_offer(payload.customer_phone, payload.slot_details, on_sent=on_sent)
+    finally:
+        # Before the places are given back or the send recorded: a stamp after a release
+        # would take the place again.
+        await asyncio.gather(*stamps)
 
 
 async def _give_back_global(svc: Any, member: str) -> None:
