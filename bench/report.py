@@ -103,7 +103,7 @@ def _notify_rows(row: dict[str, Any]) -> list[tuple[str, ...]]:
     if row["salonLimit"] and row["n"] > row["salons"] * row["salonLimit"]:
         out.append((f"  sends/s, whole run (salon limits binding)", _f(row["rate"], 1), "", "", "",
                     f">= {0.95 * row['ceiling']:.1f}/s", _met(row["rate"] >= 0.95 * row["ceiling"] and limits_ok)))
-    out.append(("  max in any 1 s / dup / missing / failed / salon max",
+    out.append(("  max in any 1 s (read: " + str(row.get("maxPerSecondRead", "-")) + ") / dup / missing / failed / salon max",
                 f"{row['maxPerSecond']} / {row['duplicates']} / {row['missing']} / {row['failed']} / {row['maxPerSalonWindow']}",
                 "", "", "", f"<= 80 / 0 / 0 / 0 / <= {row['salonLimit'] or '-'}", ""))
     return out

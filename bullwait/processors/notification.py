@@ -8,11 +8,12 @@ Order of a run:
 2. Claim the send record (`bullwait.idempotency`): `sent` -> return the recorded
    `wamid` (outcome `already-sent`); `busy` -> sleep until the other run's claim ends;
    `unknown` -> a run died mid-request: fail at once, do not risk a second message.
-3. Take a place in the global sliding second (`WHATSAPP_MAX_MESSAGES_PER_SECOND`,
-   `bullwait.ratelimit`); no room -> wait in-process the few ms until one frees (at
-   most `GLOBAL_WAIT_MAX_MS`, then as below). Then a place in the salon's rolling
-   window; no room -> give back the global place and the claim and sleep until there
-   is (`moveToDelayed` + `DelayedError`: no failure, no attempt used).
+3. Take a place in the salon's rolling window (`bullwait.ratelimit`); no room -> give
+   the claim back and sleep until there is (`moveToDelayed` + `DelayedError`: no
+   failure, no attempt used). Then a place in the global sliding second
+   (`WHATSAPP_MAX_MESSAGES_PER_SECOND`); no room -> wait in-process the few ms until one
+   frees (at most `GLOBAL_WAIT_MAX_MS`, then give both back and sleep as above). Once
+   the request has left, both places are re-stamped with that moment.
 4. Send. 429/130429/131056 -> give back claim and both places, sleep (Retry-After, else
    1 s, 2 s, 4 s ...; 6 s, 12 s ... for the pair rate limit; at most 60 s), no
    attempt used. Other 4xx -> `UnrecoverableError`
@@ -118,35 +119,37 @@ async def send_slot_available(payload: NotificationJob, ctx: Context) -> dict[st
 
 
 async def _take_places(payload: NotificationJob, svc: Any, member: str) -> tuple[str, int] | None:
-    """A place in the global window, then one in the salon's, right before the send.
+    """A place in the salon's window, then one in the global second, right before the send.
 
     The global window frees a place every few ms at full speed, so a refused job waits
-    for it here (no Redis round trip through delayed, no attempt used), up to
+    for it here (no round trip through delayed, no attempt used), up to
     `GLOBAL_WAIT_MAX_MS`. Returns None with both places held, or (`global`|`salon`, ms
-    to wait) with neither held. The global place comes first so that the salon's is
-    taken at the moment of sending (a salon place taken before a global wait would
-    be stamped early, and the salon's window would not hold on the API's side).
+    to wait) with neither held. The salon's place comes first: a job its salon refuses
+    never touches the global window, and the global place is taken as late as possible.
+    Both are re-stamped when the request leaves (`_send`), so waiting in between does
+    not make either count from too early.
     """
+    salon = await svc.rate_limiter.acquire(payload.salon_id, member)
+    if not salon.allowed:
+        return ("salon", salon.retry_in_ms)
     glob = svc.global_limiter
-    if glob is not None:
+    if glob is None:
+        return None
+    try:
         started = time.monotonic()
         while True:
             decision = await glob.acquire(member)
             if decision.allowed:
-                break
+                return None
             waited_ms = (time.monotonic() - started) * 1000
             if waited_ms + decision.retry_in_ms > GLOBAL_WAIT_MAX_MS:
+                await svc.rate_limiter.release(payload.salon_id, member)
                 return ("global", decision.retry_in_ms)
             await asyncio.sleep(decision.retry_in_ms / 1000)
-    try:
-        salon = await svc.rate_limiter.acquire(payload.salon_id, member)
     except BaseException:
+        await svc.rate_limiter.release(payload.salon_id, member)
         await _give_back_global(svc, member)
         raise
-    if not salon.allowed:
-        await _give_back_global(svc, member)
-        return ("salon", salon.retry_in_ms)
-    return None
 
 
 async def _send(payload: NotificationJob, svc: Any, member: str, log: Any) -> str:
