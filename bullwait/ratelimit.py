@@ -25,6 +25,8 @@ did not happen (the API refused it, or was unreachable) `release`s its place.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -136,9 +138,34 @@ class GlobalSendLimiter:
     def __init__(self, client: aioredis.Redis, prefix: str, phone_number_id: str | None, per_second: int, margin_ms: int = 0) -> None:
         self.key = f"{prefix}{{whatsapp:{phone_number_id or 'console'}}}:sends"
         self.window = SlidingWindow(client, per_second, GLOBAL_WINDOW_MS, margin_ms)
+        self._waiters = asyncio.Lock()
 
     async def acquire(self, member: str) -> Decision:
         return await self.window.acquire(self.key, member)
+
+    async def acquire_waiting(self, member: str, max_wait_ms: int) -> Decision:
+        """Take a place, waiting in-process for one to free; refused only if that would
+        take more than `max_wait_ms` (the decision then says how long). The jobs of one
+        process wait in line: only the first polls Redis, so a freed place costs one
+        script call per process, not one per waiting job."""
+        decision = await self.acquire(member)
+        if decision.allowed:
+            return decision
+        deadline = time.monotonic() + max_wait_ms / 1000
+        try:
+            await asyncio.wait_for(self._waiters.acquire(), timeout=max_wait_ms / 1000)
+        except asyncio.TimeoutError:
+            return decision  # the line ahead took all the time there was
+        try:
+            while True:
+                decision = await self.acquire(member)
+                if decision.allowed:
+                    return decision
+                if time.monotonic() + decision.retry_in_ms / 1000 > deadline:
+                    return decision
+                await asyncio.sleep(decision.retry_in_ms / 1000)
+        finally:
+            self._waiters.release()
 
     async def stamp(self, member: str) -> None:
         await self.window.stamp(self.key, member)

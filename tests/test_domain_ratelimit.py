@@ -161,3 +161,16 @@ async def test_global_limit_exact_across_worker_processes(settings: Settings, ap
     sent = api.sent()
     assert sorted(r.body["to"] for r in sent) == sorted(f"346100{i:05d}" for i in range(total))
     assert max_in_window([r.at for r in sent]) <= 5
+
+
+async def test_waiting_in_line_gives_up_after_max_wait(settings: Settings) -> None:
+    # 1 per second, 3 jobs willing to wait 300 ms: one sends, two are told how long to wait.
+    from bullwait.connection import redis_client
+    from bullwait.ratelimit import GlobalSendLimiter
+
+    client = redis_client(settings)
+    limiter = GlobalSendLimiter(client, settings.bullwait_store_prefix, "line", per_second=1)
+    decisions = await asyncio.gather(*(limiter.acquire_waiting(f"m{i}", 300) for i in range(3)))
+    await client.aclose()
+    assert sum(d.allowed for d in decisions) == 1
+    assert all(d.retry_in_ms > 0 for d in decisions if not d.allowed)

@@ -25,7 +25,6 @@ Order of a run:
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from bullmq import DelayedError, UnrecoverableError
@@ -136,16 +135,11 @@ async def _take_places(payload: NotificationJob, svc: Any, member: str) -> tuple
     if glob is None:
         return None
     try:
-        started = time.monotonic()
-        while True:
-            decision = await glob.acquire(member)
-            if decision.allowed:
-                return None
-            waited_ms = (time.monotonic() - started) * 1000
-            if waited_ms + decision.retry_in_ms > GLOBAL_WAIT_MAX_MS:
-                await svc.rate_limiter.release(payload.salon_id, member)
-                return ("global", decision.retry_in_ms)
-            await asyncio.sleep(decision.retry_in_ms / 1000)
+        decision = await glob.acquire_waiting(member, GLOBAL_WAIT_MAX_MS)
+        if decision.allowed:
+            return None
+        await svc.rate_limiter.release(payload.salon_id, member)
+        return ("global", decision.retry_in_ms)
     except BaseException:
         await svc.rate_limiter.release(payload.salon_id, member)
         await _give_back_global(svc, member)
