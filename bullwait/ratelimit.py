@@ -152,9 +152,7 @@ class GlobalSendLimiter:
         if decision.allowed:
             return decision
         deadline = time.monotonic() + max_wait_ms / 1000
-        try:
-            await asyncio.wait_for(self._waiters.acquire(), timeout=max_wait_ms / 1000)
-        except asyncio.TimeoutError:
+        if not await self._join_line(max_wait_ms / 1000):
             return decision  # the line ahead took all the time there was
         try:
             while True:
@@ -166,6 +164,20 @@ class GlobalSendLimiter:
                 await asyncio.sleep(decision.retry_in_ms / 1000)
         finally:
             self._waiters.release()
+
+    async def _join_line(self, timeout: float) -> bool:
+        """Hold the line's lock within `timeout` s; False (not holding it) if not."""
+        turn = asyncio.ensure_future(self._waiters.acquire())
+        await asyncio.wait([turn], timeout=timeout)
+        if turn.done():
+            return not turn.cancelled()
+        turn.cancel()
+        try:
+            await turn  # it may have got the lock while being cancelled: then give it back
+        except asyncio.CancelledError:
+            return False
+        self._waiters.release()
+        return False
 
     async def stamp(self, member: str) -> None:
         await self.window.stamp(self.key, member)
