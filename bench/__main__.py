@@ -36,10 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs (about 2 minutes)")
     parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), help="run only these sections")
-    parser.add_argument(
-        "--notify-processor", default="bench.notify:bench_registry",
-        help="module:function(options) -> Registry for the notification run (see bench/notify.py)",
-    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     log = lambda msg: print(f"[{time.monotonic() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)  # noqa: E731
@@ -47,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         client = redis.Redis(port=server.port, decode_responses=True)
         b = scenarios.Bench(
-            url=f"{server.url}/0", quick=args.quick, client=client, notify_processor=args.notify_processor,
+            url=f"{server.url}/0", quick=args.quick, client=client,
             redis_pid=server.process.pid if server.process else None,
         )
         info = client.info("server")

@@ -7,14 +7,14 @@ registered processor, payload validation, structlog at info), "bare" (BullwaitWo
 a bare processor: bullwait's worker without its processing layer) or "stock" (a plain
 bullmq-py Worker and the same bare processor); mode "timers" | "throughput" | "notify";
 redisUrl, prefix, concurrency, out; processes (bullwait only: N children under
-bullwait.supervisor); notify: fakeUrl, limiter, salonLimit, salonWindowMs, processor.
+bullwait.supervisor); notify (the real send-slot-available processor and WhatsApp sender
+against bench/fake_whatsapp.py): fakeUrl, perSecond, marginMs, salonLimit, salonWindowMs.
 Prints "ready", runs until SIGTERM, then writes `out` (JSON).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import os
 import signal
@@ -58,21 +58,31 @@ async def noop(payload: ExpiryJob, ctx: Context) -> None:
     return None
 
 
-def _registry(o: dict[str, Any]) -> tuple[Registry, QueueKey, dict[str, Any]]:
-    mode = o["mode"]
-    if mode == "timers":
-        return builtin_registry(), QueueKey.WAITLIST_EXPIRY, {}
-    if mode == "throughput":
+def _registry(o: dict[str, Any]) -> tuple[Registry, QueueKey]:
+    if o["mode"] == "timers":
+        return builtin_registry(), QueueKey.WAITLIST_EXPIRY
+    if o["mode"] == "throughput":
         registry = Registry()
         registry.register(QueueKey.WAITLIST_EXPIRY, "check-expiry", ExpiryJob, noop)
-        return registry, QueueKey.WAITLIST_EXPIRY, {}
-    module, _, attr = o.get("processor", "bench.notify:bench_registry").partition(":")
-    registry = getattr(importlib.import_module(module), attr)(o)
-    extra = {"limiter": o["limiter"]} if o.get("limiter") else {}
-    return registry, QueueKey.WAITLIST_NOTIFICATION, extra
+        return registry, QueueKey.WAITLIST_EXPIRY
+    return builtin_registry(), QueueKey.WAITLIST_NOTIFICATION
 
 
 def _settings(o: dict[str, Any]) -> Settings:
+    notify: dict[str, Any] = {}
+    if o["mode"] == "notify":
+        # The real sender (bullwait.whatsapp.CloudApiSender) against bench/fake_whatsapp.py.
+        notify = {
+            "whatsapp_api_base_url": o["fakeUrl"],
+            "whatsapp_access_token": "bench-token",
+            "whatsapp_phone_number_id": "1234567890",
+            "whatsapp_max_messages_per_second": o.get("perSecond", 80),
+            # salonLimit 0: only the global limit applies (the salon window is still checked).
+            "waitlist_notification_rate_limit": o.get("salonLimit") or 1_000_000,
+            "waitlist_notification_rate_window_ms": o.get("salonWindowMs") or 60_000,
+        }
+        if o.get("marginMs") is not None:
+            notify["whatsapp_rate_window_margin_ms"] = o["marginMs"]
     return Settings(
         redis_url=o["redisUrl"],
         bullmq_prefix=o["prefix"],
@@ -80,20 +90,21 @@ def _settings(o: dict[str, Any]) -> Settings:
         waitlist_notification_concurrency=o["concurrency"],
         queue_log_level=o.get("logLevel", "info"),
         queue_monitoring_enabled=False,
+        **notify,
     )
 
 
 async def run_bullwait(o: dict[str, Any]) -> dict[str, Any]:
     settings = _settings(o)
     configure_logging(settings.queue_log_level, json=True, stream=open(os.devnull, "w"))
-    registry, key, extra = _registry(o)
+    registry, key = _registry(o)
     recorder = Recorder(o["mode"] == "timers")
     stop = asyncio.Event()
-    # check-expiry works on the waitlist store (ctx.services); without it every timer failed.
-    services = await build_services(settings, registry) if o["mode"] == "timers" else None
+    # check-expiry and send-slot-available work on the waitlist store (ctx.services).
+    services = await build_services(settings, registry) if o["mode"] in ("timers", "notify") else None
     asyncio.get_running_loop().call_later(0.5, lambda: print("ready", flush=True))
     try:
-        await run_workers(settings, registry, [key], 10, services=services, observer=recorder, stop=stop, options={key: extra})
+        await run_workers(settings, registry, [key], 10, services=services, observer=recorder, stop=stop)
     finally:
         if services is not None:
             await services.close()

@@ -101,18 +101,29 @@ def rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
         for key, row in n.items():
             if not isinstance(row, dict):
                 continue
-            lim = row.get("limiter") or {"max": 80, "duration": 1000}
-            label = f"sends/s, c {row['concurrency']}, limiter {lim['max']}/{lim['duration']}ms, {row['n']} msgs / {row['salons']} salons" + (
-                f", salon limit {row['salonLimit']}/{row['salonWindowMs'] // 1000}s" if row["salonLimit"] else ""
-            )
-            ok = row["rate"] >= 0.95 * row["ceiling"] and row["maxPerSecond"] <= 80 and row["duplicates"] == 0 and row["missing"] == 0
-            if row["salonLimit"]:
-                ok = ok and row["maxPerSalonWindow"] <= row["salonLimit"]
-            out.append((label, _f(row["rate"], 1), "", "", "", f">= {0.95 * row['ceiling']:.1f}/s", _met(ok)))
-            out.append((f"  max in any 1 s / dup / missing / salon max", f"{row['maxPerSecond']} / {row['duplicates']} / {row['missing']} / {row['maxPerSalonWindow']}",
-                        "", "", "", f"<= 80 / 0 / 0 / <= {row['salonLimit'] or '-'}", ""))
+            out.extend(_notify_rows(row))
         if "concurrencyFor95" in n:
-            out.append(("concurrency for >= 76 sends/s at 150 ms", str(n["concurrencyFor95"]), "", "", "", ">= 12", "-"))
+            out.append(("concurrency for >= 76 sends/s at 150 ms", str(n["concurrencyFor95"]), "", "", "", "<= default", "-"))
+    return out
+
+
+def _notify_rows(row: dict[str, Any]) -> list[tuple[str, ...]]:
+    """A notification run: the global-bound rate (>= 95% of 80/s), the whole run against its
+    ceiling (the salons' when they bind), and the counts that must hold on the fake API."""
+    what = f"c {row['concurrency']}, {row['n']} msgs / {row['salons']} salons"
+    if row["salonLimit"]:
+        what += f", salon limit {row['salonLimit']}/{row['salonWindowMs'] // 1000}s"
+    limits_ok = row["maxPerSecond"] <= 80 and row["duplicates"] == 0 and row["missing"] == 0 and row["failed"] == 0
+    if row["salonLimit"]:
+        limits_ok = limits_ok and row["maxPerSalonWindow"] <= row["salonLimit"]
+    out = [(f"sends/s, first {row['bindingN']} (global limit binding), {what}", _f(row["bindingRate"], 1), "", "", "",
+            ">= 76.0/s", _met(row["bindingRate"] >= 76 and limits_ok))]
+    if row["salonLimit"] and row["n"] > row["salons"] * row["salonLimit"]:
+        out.append((f"  sends/s, whole run (salon limits binding)", _f(row["rate"], 1), "", "", "",
+                    f">= {0.95 * row['ceiling']:.1f}/s", _met(row["rate"] >= 0.95 * row["ceiling"] and limits_ok)))
+    out.append(("  max in any 1 s (read: " + str(row.get("maxPerSecondRead", "-")) + ") / dup / missing / failed / salon max",
+                f"{row['maxPerSecond']} / {row['duplicates']} / {row['missing']} / {row['failed']} / {row['maxPerSalonWindow']}",
+                "", "", "", f"<= 80 / 0 / 0 / 0 / <= {row['salonLimit'] or '-'}", ""))
     return out
 
 

@@ -15,7 +15,7 @@ from bullwait.idempotency import SendRecords
 from bullwait.processing import JobObserver, NullObserver, Registry
 from bullwait.plugins import load_registry
 from bullwait.producer import Producer
-from bullwait.ratelimit import SalonRateLimiter
+from bullwait.ratelimit import GlobalSendLimiter, SalonRateLimiter
 from bullwait.settings import Settings
 from bullwait.store import RedisWaitlistStore, WaitlistStore
 from bullwait.waitlist import Waitlist
@@ -33,6 +33,7 @@ class Services:
     waitlist: Waitlist | None = None
     sender: MessageSender | None = None
     rate_limiter: SalonRateLimiter | None = None
+    global_limiter: GlobalSendLimiter | None = None
     send_records: SendRecords | None = None
     _redis: Any = None
 
@@ -80,6 +81,14 @@ async def build_services(
             settings.bullwait_store_prefix,
             settings.waitlist_notification_rate_limit,
             settings.waitlist_notification_rate_window_ms,
+            settings.whatsapp_rate_window_margin_ms,
+        ),
+        global_limiter=GlobalSendLimiter(
+            client,
+            settings.bullwait_store_prefix,
+            settings.whatsapp_phone_number_id,
+            settings.whatsapp_max_messages_per_second,
+            settings.whatsapp_rate_window_margin_ms,
         ),
         send_records=SendRecords(client, settings.bullwait_store_prefix),
         observer=job_metrics(settings),

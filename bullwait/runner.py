@@ -48,10 +48,10 @@ def worker_options(key: QueueKey, settings: Settings, worker_name: str) -> dict[
         # Node's getMetrics()/exportPrometheusMetrics() and Bull Board read. bullmq-py 3.4.4
         # passes it on as `maxMetricsSize` in moveToFinished's packed options.
         options["metrics"] = {"maxDataPoints": settings.bullmq_metrics_max_data_points}
-    if key is QueueKey.WAITLIST_NOTIFICATION:
-        # The Cloud API's throughput, shared by every worker of the queue (BullMQ's
-        # limiter counts in Redis). Per-salon limits are bullwait.ratelimit's.
-        options["limiter"] = {"max": settings.whatsapp_max_messages_per_second, "duration": 1000}
+    # No BullMQ `limiter` on the notification queue: it counts job *starts* in fixed 1 s
+    # windows (a sliding second saw up to ~2x its max), and starts that send nothing
+    # (stale offers, salon-limited jobs) would use it up. The Cloud API's throughput is
+    # a sliding window counted at the moment of sending (bullwait.ratelimit).
     return options
 
 

@@ -51,7 +51,8 @@ class Settings(BaseSettings):
 
     # --- Concurrency and limits (seed defaults) ---
     waitlist_expiry_concurrency: int = Field(5, ge=1, le=10_000)
-    waitlist_notification_concurrency: int = Field(10, ge=1, le=10_000)
+    # 80 msg/s at 150 ms API latency needs >= 16 in flight (README, Rate limits); the seed had 10.
+    waitlist_notification_concurrency: int = Field(20, ge=1, le=10_000)
     preference_calculation_concurrency: int = Field(2, ge=1, le=10_000)
     waitlist_notification_rate_limit: int = Field(10, ge=1)
     waitlist_notification_rate_window_ms: int = Field(60_000, ge=1)
@@ -80,8 +81,12 @@ class Settings(BaseSettings):
     whatsapp_template_name: str = Field("slot_available", min_length=1)
     whatsapp_template_language: str = Field("en_US", min_length=2)
     whatsapp_timeout_seconds: float = Field(10.0, gt=0, le=300)
-    # Cloud API default throughput; enforced by BullMQ's worker limiter across all workers.
+    # Cloud API default throughput: at most this many sends in any sliding second, across
+    # all workers (bullwait.ratelimit, on Redis's clock).
     whatsapp_max_messages_per_second: int = Field(80, ge=1, le=10_000)
+    # Both send windows (global 1 s, per salon) are kept this much longer than nominal, for
+    # the hop between taking a place and the request reaching the API (bullwait.ratelimit).
+    whatsapp_rate_window_margin_ms: int = Field(25, ge=0, le=1000)
 
     # --- Monitoring server and BullMQ metrics (issue 6; QUEUE_MONITORING_ENABLED, METRICS_HOST,
     # METRICS_PORT and HEALTH_MAX_FAILED are above) ---

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 import httpx
 
@@ -60,9 +60,14 @@ class WhatsAppUnavailable(WhatsAppError):
     """5xx, timeout or connection failure: retry with backoff."""
 
 
+# Awaited once the request has been written to the socket (before its answer is read).
+OnSent = Callable[[], Awaitable[None]]
+
+
 class MessageSender(Protocol):
-    async def send_slot_offer(self, phone: str, slot: SlotDetails) -> str:
-        """Send the offer; return the message id (`wamid`)."""
+    async def send_slot_offer(self, phone: str, slot: SlotDetails, on_sent: OnSent | None = None) -> str:
+        """Send the offer; return the message id (`wamid`). `on_sent`, if given, is awaited
+        once the request has left (it must not raise)."""
         ...
 
     async def close(self) -> None: ...
@@ -107,12 +112,14 @@ class CloudApiSender:
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
         )
 
-    async def send_slot_offer(self, phone: str, slot: SlotDetails) -> str:
+    async def send_slot_offer(self, phone: str, slot: SlotDetails, on_sent: OnSent | None = None) -> str:
         body = template_message(self.settings, phone, slot)
+        extensions = {"trace": _when_sent(on_sent)} if on_sent is not None else None
         try:
             # httpx times each phase (connect, write, read) apart; bound the whole send so
             # it always ends inside the send record's claim (timeout + 2 s).
-            response = await asyncio.wait_for(self._client.post(self.url, json=body), self.settings.whatsapp_timeout_seconds)
+            post = self._client.post(self.url, json=body, extensions=extensions)
+            response = await asyncio.wait_for(post, self.settings.whatsapp_timeout_seconds)
         except asyncio.TimeoutError:
             raise WhatsAppUnavailable("WhatsApp Cloud API timed out (whole request)") from None
         except httpx.TimeoutException as exc:
@@ -123,6 +130,16 @@ class CloudApiSender:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _when_sent(on_sent: OnSent) -> Callable[[str, dict[str, Any]], Awaitable[None]]:
+    """An httpcore `trace` callback that awaits `on_sent` once the request body is written."""
+
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        if event.endswith("send_request_body.complete"):
+            await on_sent()
+
+    return trace
 
 
 def parse_response(response: httpx.Response) -> str:
@@ -172,7 +189,7 @@ class ConsoleSender:
         self.settings = settings
         self.log = get_logger(sender="console")
 
-    async def send_slot_offer(self, phone: str, slot: SlotDetails) -> str:
+    async def send_slot_offer(self, phone: str, slot: SlotDetails, on_sent: OnSent | None = None) -> str:
         wamid = f"console.{uuid.uuid4().hex}"
         self.log.info(
             "whatsapp message (console sender, not sent)",
@@ -181,6 +198,8 @@ class ConsoleSender:
             parameters=template_parameters(slot),
             wamid=wamid,
         )
+        if on_sent is not None:
+            await on_sent()
         return wamid
 
     async def close(self) -> None:

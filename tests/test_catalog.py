@@ -21,7 +21,8 @@ from conftest import ROOT, run_cli
 SEED = {
     # queue: (concurrency, backoff ms, completed (count, age s), failed (count, age s))
     QueueKey.WAITLIST_EXPIRY: (5, 1000, (100, 3600), (1000, 7 * 86400)),
-    QueueKey.WAITLIST_NOTIFICATION: (10, 1000, (200, 86400), (2000, 7 * 86400)),
+    # Concurrency 20, not the seed's 10: 10 cannot reach 80 msg/s at 150 ms (README, Rate limits).
+    QueueKey.WAITLIST_NOTIFICATION: (20, 1000, (200, 86400), (2000, 7 * 86400)),
     QueueKey.PREFERENCE_CALCULATION: (2, 5000, (50, 3600), (500, 7 * 86400)),
 }
 
@@ -37,7 +38,7 @@ def test_names() -> None:
     }
 
 
-def test_specs_equal_the_seed_table() -> None:
+def test_specs_equal_the_seed_table_but_notification_concurrency() -> None:
     for key, (conc, backoff, completed, failed) in SEED.items():
         spec = SPECS[key]
         opts = spec.default_job_options()

@@ -16,7 +16,6 @@ from bullwait.app import Services, build_services
 from bullwait.catalog import QueueKey
 from bullwait.payloads import NotificationJob, PreferenceJob, SlotDetails
 from bullwait.producer import expiry_job_id
-from bullwait.runner import worker_options
 from bullwait.settings import Settings
 from bullwait.waitlist import notification_job_id
 
@@ -289,12 +288,6 @@ def test_prefs_cli_errors_are_one_line(env: dict[str, str]) -> None:
     assert empty.returncode == 2 and "CUSTOMER_ID" in empty.stderr
     none = run_cli(env, "prefs", "nobody")
     assert none.returncode == 0 and "no bookings recorded" in none.stdout
-
-
-def test_global_limit_is_bullmq_limiter(settings: Settings) -> None:
-    opts = worker_options(QueueKey.WAITLIST_NOTIFICATION, settings.with_overrides(whatsapp_max_messages_per_second=80), "w")
-    assert opts["limiter"] == {"max": 80, "duration": 1000}
-    assert "limiter" not in worker_options(QueueKey.WAITLIST_EXPIRY, settings, "w")
 
 
 async def test_global_limit_holds_across_salons(services: Services, api: FakeWhatsApp, start_worker) -> None:  # type: ignore[no-untyped-def]

@@ -8,7 +8,6 @@ notification, so a 5 s storm makes each notification retry three or four times).
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from typing import Any, Iterator
@@ -29,9 +28,11 @@ SALONS = ("salon-a", "salon-b", "salon-c")
 PER_SALON = 4
 SALON_LIMIT, SALON_WINDOW_S = 3, 3.0
 GLOBAL_PER_SECOND = 4
-# The fake stamps a request when it arrives, after the limiter admitted the job: allow
-# for that hop on a loaded 2-core machine (as test_domain_flow.py does).
-SALON_SLACK_S, GLOBAL_SLACK_S = 1.0, 0.5
+# The fake stamps a request when its thread has read it, a hop after the worker took its
+# place: both windows are kept MARGIN_MS longer (WHATSAPP_RATE_WINDOW_MARGIN_MS) so the
+# counts hold exactly on the fake's clock on a loaded 2-core machine.
+MARGIN_MS = 300
+SALON_SLACK_S = GLOBAL_SLACK_S = 0.0
 
 
 @pytest.fixture
@@ -46,6 +47,7 @@ def _limits(api: FakeWhatsApp, timeout_s: float = 10) -> dict[str, str]:
         "WAITLIST_NOTIFICATION_RATE_LIMIT": str(SALON_LIMIT),
         "WAITLIST_NOTIFICATION_RATE_WINDOW_MS": str(int(SALON_WINDOW_S * 1000)),
         "WHATSAPP_MAX_MESSAGES_PER_SECOND": str(GLOBAL_PER_SECOND),
+        "WHATSAPP_RATE_WINDOW_MARGIN_MS": str(MARGIN_MS),
         "WHATSAPP_TIMEOUT_SECONDS": str(timeout_s),
     }
 
@@ -80,21 +82,10 @@ def _assert_window(times: list[float], limit: int, window: float, slack: float, 
     assert all(g >= window - slack for g in gaps), f"{what}: more than {limit} in {window}s: {gaps}"
 
 
-def _assert_global_limit(times: list[float], per_second: int, slack: float) -> None:
-    """BullMQ's limiter counts jobs moved to active in fixed windows of 1 s, each starting
-    with the first job after the previous one ended: n requests from the first one on need
-    ceil(n / max) windows, and no sliding second holds more than 2 x max."""
-    times = sorted(times)
-    for j in range(len(times)):
-        assert times[j] - times[0] >= math.ceil((j + 1) / per_second) - 1 - slack, (j, [round(t - times[0], 3) for t in times])
-    _assert_window(times, 2 * per_second, 1.0, slack, "global limit, any second")
-
-
 def _assert_limits_held(api: FakeWhatsApp) -> None:
-    # The global limit is BullMQ's limiter on the worker: it bounds every request to the API
-    # (a job delayed by the salon limit or a throttle takes its place in it too).
-    _assert_global_limit([r.at for r in api.received()], GLOBAL_PER_SECOND, GLOBAL_SLACK_S)
-    # The per-salon window counts messages sent (a throttled or failed request gives its place back).
+    # Both limits count messages sent: a throttled or failed request gives its global and
+    # salon places back (bullwait.ratelimit), so only the answered-200 requests are counted.
+    _assert_window([r.at for r in api.sent()], GLOBAL_PER_SECOND, 1.0, GLOBAL_SLACK_S, "global limit, any second")
     for s, salon in enumerate(SALONS):
         sent = [r.at for r in api.sent() if r.body["to"].startswith(_phone(s, 0).lstrip("+")[:6])]
         assert len(sent) == PER_SALON, (salon, len(sent))

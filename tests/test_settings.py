@@ -14,7 +14,7 @@ def test_defaults_are_the_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
     s = load_settings()
     assert (s.redis_host, s.redis_port, s.redis_queue_db) == ("localhost", 6379, 1)
     assert s.waitlist_expiry_concurrency == 5
-    assert s.waitlist_notification_concurrency == 10
+    assert s.waitlist_notification_concurrency == 20
     assert s.preference_calculation_concurrency == 2
     assert s.waitlist_notification_rate_limit == 10
     assert s.queue_monitoring_enabled is True

@@ -10,18 +10,21 @@ Order of a run:
    `unknown` -> a run died mid-request: fail at once, do not risk a second message.
 3. Take a place in the salon's rolling window (`bullwait.ratelimit`); no room -> give
    the claim back and sleep until there is (`moveToDelayed` + `DelayedError`: no
-   failure, no attempt used).
-4. Send. 429/130429/131056 -> give back claim and place, sleep (Retry-After, else
+   failure, no attempt used). Then a place in the global sliding second
+   (`WHATSAPP_MAX_MESSAGES_PER_SECOND`); no room -> wait in-process the few ms until one
+   frees (at most `GLOBAL_WAIT_MAX_MS`, then give both back and sleep as above). Once
+   the request has left, both places are re-stamped with that moment.
+4. Send. 429/130429/131056 -> give back claim and both places, sleep (Retry-After, else
    1 s, 2 s, 4 s ...; 6 s, 12 s ... for the pair rate limit; at most 60 s), no
    attempt used. Other 4xx -> `UnrecoverableError`
    with the API's code and message. 5xx/timeout -> raise: BullMQ retries with backoff.
+   Each of these gives both places back (the API did not accept the message).
 5. Record `sent` with the `wamid` and return `{"outcome": "sent", "wamid": ...}`.
-
-The global Cloud API limit is BullMQ's worker limiter (see `bullwait.runner`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from bullmq import DelayedError, UnrecoverableError
@@ -32,6 +35,9 @@ from bullwait.waitlist import now_ms
 from bullwait.whatsapp import WhatsAppRejected, WhatsAppThrottled, WhatsAppUnavailable
 
 CLAIM_MARGIN_MS = 2000
+# Longest in-process wait for a global place. The claim is taken before it and lasts the
+# HTTP timeout + CLAIM_MARGIN_MS, so the send must start within the margin.
+GLOBAL_WAIT_MAX_MS = 1500
 MAX_THROTTLE_BACKOFF_MS = 60_000
 
 
@@ -78,36 +84,102 @@ async def send_slot_available(payload: NotificationJob, ctx: Context) -> dict[st
 
     member = f"{owner}/{now}"
     try:
-        decision = await svc.rate_limiter.acquire(payload.salon_id, member, now)
+        refused = await _take_places(payload, svc, member)
     except BaseException:
         # Nothing was sent: without this the retry would find a dead claim and refuse
         # to send ("outcome unknown").
         await records.release(key, owner, "failed before sending")
         raise
-    if not decision.allowed:
-        await records.release(key, owner, "salon rate limit")
-        ctx.log.info("salon rate limit reached, delaying", retry_in=f"{decision.retry_in_ms}ms")
-        await _sleep(ctx, now_ms() + decision.retry_in_ms, f"salon {payload.salon_id} rate limit")
+    if refused is not None:
+        which, retry_in_ms = refused
+        await records.release(key, owner, f"{which} rate limit")
+        ctx.log.info(f"{which} rate limit reached, delaying", retry_in=f"{retry_in_ms}ms")
+        await _sleep(ctx, now_ms() + retry_in_ms, f"{which} rate limit ({payload.salon_id})")
 
     try:
-        wamid = await svc.sender.send_slot_offer(payload.customer_phone, payload.slot_details)
+        wamid = await _send(payload, svc, member, ctx.log)
     except WhatsAppThrottled as exc:
         throttled = await records.release(key, owner, str(exc), throttled=True)
-        await svc.rate_limiter.release(payload.salon_id, member)
+        await _give_back(payload, svc, member)
         wait = exc.retry_after_ms if exc.retry_after_ms is not None else throttle_backoff_ms(max(1, throttled), exc.code)
         ctx.log.warning("whatsapp throttled, backing off", code=exc.code, status=exc.status, retry_in=f"{wait}ms")
         await _sleep(ctx, now_ms() + wait, str(exc))
     except WhatsAppRejected as exc:
         await records.release(key, owner, str(exc))
-        await svc.rate_limiter.release(payload.salon_id, member)
+        await _give_back(payload, svc, member)
         raise UnrecoverableError(str(exc)) from None
     except WhatsAppUnavailable as exc:
         await records.release(key, owner, str(exc))
-        await svc.rate_limiter.release(payload.salon_id, member)
+        await _give_back(payload, svc, member)
         raise
     await records.mark_sent(key, owner, wamid, now_ms())
     ctx.log.info("whatsapp offer sent", wamid=wamid, customerPhone=payload.customer_phone)
     return {"outcome": "sent", "wamid": wamid, **base}
+
+
+async def _take_places(payload: NotificationJob, svc: Any, member: str) -> tuple[str, int] | None:
+    """A place in the salon's window, then one in the global second, right before the send.
+
+    The global window frees a place every few ms at full speed, so a refused job waits
+    for it here (no round trip through delayed, no attempt used), up to
+    `GLOBAL_WAIT_MAX_MS`. Returns None with both places held, or (`global`|`salon`, ms
+    to wait) with neither held. The salon's place comes first: a job its salon refuses
+    never touches the global window, and the global place is taken as late as possible.
+    Both are re-stamped when the request leaves (`_send`), so waiting in between does
+    not make either count from too early.
+    """
+    salon = await svc.rate_limiter.acquire(payload.salon_id, member)
+    if not salon.allowed:
+        return ("salon", salon.retry_in_ms)
+    glob = svc.global_limiter
+    if glob is None:
+        return None
+    try:
+        decision = await glob.acquire_waiting(member, GLOBAL_WAIT_MAX_MS)
+        if decision.allowed:
+            return None
+        await svc.rate_limiter.release(payload.salon_id, member)
+        return ("global", decision.retry_in_ms)
+    except BaseException:
+        await svc.rate_limiter.release(payload.salon_id, member)
+        await _give_back_global(svc, member)
+        raise
+
+
+async def _send(payload: NotificationJob, svc: Any, member: str, log: Any) -> str:
+    """The request; once its body has left, both places are re-stamped with that time
+    (`bullwait.ratelimit`), in a task of its own so a slow Redis never holds up reading
+    the answer (an answer read late could time out a message the API accepted)."""
+    stamps: list[asyncio.Future[None]] = []
+
+    async def restamp() -> None:
+        try:
+            if svc.global_limiter is not None:
+                await svc.global_limiter.stamp(member)
+            await svc.rate_limiter.stamp(payload.salon_id, member)
+        except Exception as exc:  # the message is on its way: never fail the send for this
+            log.warning("could not re-stamp the send's rate-limit places", error=repr(exc))
+
+    async def on_sent() -> None:
+        stamps.append(asyncio.ensure_future(restamp()))
+
+    try:
+        return await svc.sender.send_slot_offer(payload.customer_phone, payload.slot_details, on_sent=on_sent)
+    finally:
+        # Before the places are given back or the send recorded: a stamp after a release
+        # would take the place again.
+        await asyncio.gather(*stamps)
+
+
+async def _give_back_global(svc: Any, member: str) -> None:
+    if svc.global_limiter is not None:
+        await svc.global_limiter.release(member)
+
+
+async def _give_back(payload: NotificationJob, svc: Any, member: str) -> None:
+    """The send did not happen (the API said so): free its global and salon places."""
+    await svc.rate_limiter.release(payload.salon_id, member)
+    await _give_back_global(svc, member)
 
 
 async def _stale_offer(payload: NotificationJob, store: Any) -> str | None:
