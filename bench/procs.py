@@ -65,6 +65,9 @@ class Proc:
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            # Stuck: have it print its Python stacks (faulthandler, see pyworker) before the kill.
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1)
             self.proc.kill()
             code = self.proc.wait()
         if code != 0:

@@ -144,6 +144,9 @@ async def run_stock(o: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> int:
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the bench's stop() asks for stacks of a stuck worker
     o = json.loads(sys.argv[1])
     if int(o.get("processes", 1)) > 1:
         from bullwait.supervisor import Supervisor

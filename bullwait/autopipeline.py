@@ -67,6 +67,30 @@ def _encode_other(arg: Any) -> bytes:
     return repr(arg).encode() if isinstance(arg, float) else b"%d" % arg
 
 
+class _Link:
+    """One connection and the calls written on it, in order, with the task reading their replies.
+
+    Everything about a connection lives and dies together: when it fails, only its own
+    calls fail, and a reader never settles another connection's calls.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.sent: deque[asyncio.Future[Any]] = deque()
+        self.reader: asyncio.Task[None] | None = None
+        self.progress = 0.0  # loop time of the last reply (or of a write while idle)
+        self.stuck = False
+        self.watchdog: asyncio.TimerHandle | None = None
+        self.dead = False
+
+    def writable(self) -> bool:
+        writer = getattr(self.conn, "_writer", None)
+        return not self.dead and writer is not None and not writer.transport.is_closing()
+
+    def patience(self) -> float:
+        return float(self.conn.socket_timeout or 30.0)
+
+
 class AutoPipeline:
     """Queue `EVALSHA` calls, write them together on one connection, read replies in order.
 
@@ -82,20 +106,18 @@ class AutoPipeline:
     def __init__(self, client: aioredis.Redis, eager: int = 4) -> None:
         self.client = client
         self.eager = eager
-        self._conn: Any = None
-        self._ready = False  # connected AND handshake (AUTH, SELECT, ...) done
+        self._link: _Link | None = None  # only set once connected AND handshake done
         self._queued: list[tuple[bytes, asyncio.Future[Any]]] = []
-        self._sent: deque[asyncio.Future[Any]] = deque()
         self._flush_scheduled = False
         self._connecting: asyncio.Task[None] | None = None
-        self._reader: asyncio.Task[None] | None = None
         self._closed = False
-        self._progress = 0.0  # loop time of the last reply (or of a write to an idle pipeline)
-        self._stuck = False
-        self._watchdog: asyncio.TimerHandle | None = None
         self._loading: dict[str, asyncio.Future[Any]] = {}
         self.writes = 0
         self.calls = 0
+
+    @property
+    def _conn(self) -> Any:
+        return self._link.conn if self._link is not None else None
 
     async def run_script(self, script: AsyncScript, keys: list[Any], args: list[Any], retried: bool = False) -> Any:
         """`script(keys=keys, args=args)`, written together with other calls."""
@@ -130,11 +152,9 @@ class AutoPipeline:
         await asyncio.shield(loading)
 
     def _writable(self) -> bool:
-        conn = self._conn
-        if not self._ready or conn is None or not conn.is_connected:
-            return False
-        writer = getattr(conn, "_writer", None)
-        return writer is not None and not writer.transport.is_closing()
+        if self._link is not None and not self._link.writable():
+            self._fail_link(self._link, RedisConnectionError("auto-pipeline connection closed"))
+        return self._link is not None
 
     def _end_of_turn(self) -> None:
         self._flush_scheduled = False
@@ -146,101 +166,108 @@ class AutoPipeline:
             self._connecting = asyncio.ensure_future(self._connect_then_write())
 
     async def _connect_then_write(self) -> None:
+        pool = self.client.connection_pool
+        conn = pool.connection_class(**pool.connection_kwargs)
         try:
-            if self._conn is None:
-                pool = self.client.connection_pool
-                self._conn = pool.connection_class(**pool.connection_kwargs)
-            await self._conn.connect()
-            if getattr(self._conn, "_writer", None) is None:  # a redis-py without it: no pipelining
+            await conn.connect()
+            if getattr(conn, "_writer", None) is None:  # a redis-py without it: no pipelining
                 self._closed = True
                 raise _Resend("redis-py connection has no stream writer")
-            self._ready = True
         except Exception as exc:
             queued, self._queued = self._queued, []
             for _, fut in queued:
                 _settle(fut, exc=exc if isinstance(exc, _RESEND) else RedisConnectionError(str(exc)))
-            self._drop_connection()
+            asyncio.ensure_future(conn.disconnect(nowait=True))
             return
+        if self._closed:
+            await conn.disconnect()
+            queued, self._queued = self._queued, []
+            for _, fut in queued:
+                _settle(fut, exc=_Resend("auto-pipeline closed"))
+            return
+        self._link = _Link(conn)
         if self._queued:
             self._write_queued()
 
     def _write_queued(self) -> None:
-        """Write every queued call now."""
+        """Write every queued call now on the current link (which `_writable` checked)."""
+        link = self._link
+        assert link is not None
         batch, self._queued = self._queued, []
         live = [(cmd, fut) for cmd, fut in batch if not fut.done()]
         if not live:
             return
-        conn = self._conn
-        if not self._sent:
-            self._progress = asyncio.get_running_loop().time()
-        self._sent.extend(fut for _, fut in live)
+        loop = asyncio.get_running_loop()
+        if not link.sent:
+            link.progress = loop.time()
+        link.sent.extend(fut for _, fut in live)
         try:
-            conn._writer.write(b"".join(cmd for cmd, _ in live))
+            link.conn._writer.write(b"".join(cmd for cmd, _ in live))
         except Exception as exc:
-            self._fail_all(exc)
+            self._fail_link(link, exc)
             return
         self.writes += 1
         self.calls += len(live)
-        if self._reader is None or self._reader.done():
-            self._reader = asyncio.ensure_future(self._read(conn))
+        if link.reader is None or link.reader.done():
+            link.reader = asyncio.ensure_future(self._read(link))
+        if link.watchdog is None:
+            link.watchdog = loop.call_later(link.patience(), self._check_progress, link)
 
-    async def _read(self, conn: Any) -> None:
-        """Settle the sent calls in order. A watchdog, not a timeout per reply, bounds the wait."""
+    async def _read(self, link: _Link) -> None:
+        """Settle `link`'s calls in order. A watchdog, not a timeout per reply, bounds the wait."""
         loop = asyncio.get_running_loop()
-        if self._watchdog is None:
-            self._watchdog = loop.call_later(self._patience(conn), self._check_progress, conn)
-        try:
-            while self._sent:
-                try:
-                    reply = await conn.read_response(timeout=math.inf)
-                except ResponseError as exc:
-                    _settle(self._sent.popleft(), exc=exc)
-                except asyncio.CancelledError:
-                    self._fail_all(
-                        RedisTimeoutError(f"no reply from Redis within {self._patience(conn)} s")
-                        if self._stuck else RedisConnectionError("auto-pipeline closed")
-                    )
-                    if self._stuck:
-                        return
-                    raise
-                except Exception as exc:
-                    self._fail_all(exc)
+        while link.sent and not link.dead:
+            try:
+                reply = await link.conn.read_response(timeout=math.inf)
+            except ResponseError as exc:
+                if link.sent:
+                    _settle(link.sent.popleft(), exc=exc)
+            except asyncio.CancelledError:
+                if link.stuck or link.dead:  # our own watchdog or _fail_link: the link is done for
+                    self._fail_link(link, RedisTimeoutError(f"no reply from Redis within {link.patience()} s"))
                     return
-                else:
-                    _settle(self._sent.popleft(), result=reply)
-                self._progress = loop.time()
-        finally:
-            self._stuck = False
+                self._fail_link(link, RedisConnectionError("auto-pipeline closed"))
+                raise
+            except Exception as exc:
+                self._fail_link(link, exc)
+                return
+            else:
+                if link.sent:
+                    _settle(link.sent.popleft(), result=reply)
+            link.progress = loop.time()
 
-    @staticmethod
-    def _patience(conn: Any) -> float:
-        return float(conn.socket_timeout or 30.0)
-
-    def _check_progress(self, conn: Any) -> None:
-        """Cancel the reader if calls wait and no reply came for `socket_timeout` s."""
-        self._watchdog = None
-        if self._reader is None or self._reader.done() or not self._sent:
+    def _check_progress(self, link: _Link) -> None:
+        """Give up on `link` if calls wait on it and no reply came for `socket_timeout` s."""
+        link.watchdog = None
+        if link.dead or not link.sent:
             return
         loop = asyncio.get_running_loop()
-        idle = loop.time() - self._progress
-        if idle >= self._patience(conn):
-            self._stuck = True
-            self._reader.cancel()
+        idle = loop.time() - link.progress
+        if idle >= link.patience():
+            link.stuck = True
+            if link.reader is not None and not link.reader.done():
+                link.reader.cancel()
+            else:
+                self._fail_link(link, RedisTimeoutError(f"no reply from Redis within {link.patience()} s"))
         else:
-            self._watchdog = loop.call_later(self._patience(conn) - idle, self._check_progress, conn)
+            link.watchdog = loop.call_later(link.patience() - idle, self._check_progress, link)
 
-    def _fail_all(self, exc: Exception) -> None:
-        """Every call without a reply gets `exc`; the connection starts afresh next time."""
-        waiting, self._sent = list(self._sent), deque()
+    def _fail_link(self, link: _Link, exc: Exception) -> None:
+        """Every call on `link` without a reply gets `exc`; the next call opens a new link."""
+        if self._link is link:
+            self._link = None
+        waiting = list(link.sent)
+        link.sent.clear()
         for fut in waiting:
             _settle(fut, exc=exc if isinstance(exc, _RESEND) else RedisConnectionError(str(exc)))
-        self._drop_connection()
-
-    def _drop_connection(self) -> None:
-        self._ready = False
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            asyncio.ensure_future(conn.disconnect(nowait=True))
+        if link.dead:
+            return
+        link.dead = True
+        if link.watchdog is not None:
+            link.watchdog.cancel()
+        if link.reader is not None and not link.reader.done() and link.reader is not asyncio.current_task():
+            link.reader.cancel()
+        asyncio.ensure_future(link.conn.disconnect(nowait=True))
 
     async def close(self) -> None:
         """Stop pipelining: later calls go through the client; calls already made finish."""
@@ -252,13 +279,13 @@ class AutoPipeline:
                 queued, self._queued = self._queued, []
                 for _, fut in queued:
                     _settle(fut, exc=_Resend("auto-pipeline closed"))
-        if self._reader is not None and not self._reader.done():
-            await asyncio.wait([self._reader], timeout=5)
-            self._reader.cancel()
-        self._ready = False
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await conn.disconnect()
+        link = self._link
+        if link is None:
+            return
+        if link.reader is not None and not link.reader.done():
+            await asyncio.wait([link.reader], timeout=5)
+        self._fail_link(link, _Resend("auto-pipeline closed"))
+        await link.conn.disconnect()
 
 
 def _settle(fut: asyncio.Future[Any], result: Any = None, exc: BaseException | None = None) -> None:

@@ -104,3 +104,37 @@ async def test_a_silent_redis_fails_the_waiting_calls_over_to_the_client(redis_s
         await pipeline.close()
         await client.aclose()
         await admin.aclose()
+
+
+async def test_replies_stay_with_their_callers_when_the_connection_dies_mid_flight(redis_server, prefix):
+    """CLIENT KILL of the pipeline's connection while calls are in flight, twice: every call
+    still gets its own reply (resent through the client), none another connection's."""
+    client = aioredis.Redis(port=redis_server.port, client_name="autopipeline-test", max_connections=5000, decode_responses=True)
+    pipeline = AutoPipeline(client, eager=3)
+    echo = client.register_script(ECHO)
+    await client.script_load(ECHO)
+    admin = aioredis.Redis(port=client.connection_pool.connection_kwargs["port"], decode_responses=True)
+
+    async def call(i: int) -> object:
+        for _ in range(i % 50):
+            await asyncio.sleep(0)
+        return await pipeline.run_script(echo, [f"{prefix}:{i}"], [i])
+
+    async def killer() -> int:
+        killed = 0
+        for _ in range(2):
+            for _ in range(15):
+                await asyncio.sleep(0)
+            for entry in await admin.client_list():
+                if entry["name"] == "autopipeline-test" and entry["cmd"] in ("evalsha", "eval"):
+                    killed += int(await admin.client_kill_filter(_id=entry["id"]))
+        return killed
+
+    try:
+        *replies, killed = await asyncio.gather(*(call(i) for i in range(1500)), killer())
+        assert replies == [[f"{prefix}:{i}", str(i)] for i in range(1500)]
+        assert killed >= 1
+    finally:
+        await pipeline.close()
+        await admin.aclose()
+        await client.aclose()
