@@ -57,7 +57,7 @@ class Proc:
         raise RuntimeError(f"{self.proc.args[:3]} not ready: exit {self.proc.poll()}\n{self.stderr()}")
 
     def stderr(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")[-3000:]
+        return Path(self.log.name).read_text(errors="replace")[-20000:]
 
     def stop(self, timeout: float = 60) -> dict[str, Any]:
         if self.proc.poll() is None:
@@ -66,7 +66,9 @@ class Proc:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             # Stuck: have it print its Python stacks (faulthandler, see pyworker) before the kill.
-            self.proc.send_signal(signal.SIGUSR1)
+            self.proc.send_signal(signal.SIGUSR2)  # asyncio tasks' stacks (pyworker)
+            time.sleep(1)
+            self.proc.send_signal(signal.SIGUSR1)  # threads' stacks (faulthandler)
             time.sleep(1)
             self.proc.kill()
             code = self.proc.wait()

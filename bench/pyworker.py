@@ -94,7 +94,16 @@ def _settings(o: dict[str, Any]) -> Settings:
     )
 
 
+def _dump_tasks() -> None:
+    """SIGUSR2: every asyncio task's stack to stderr (the bench asks a stuck worker for it)."""
+    for task in asyncio.all_tasks():
+        print(f"--- {task!r}", file=sys.stderr)
+        task.print_stack(file=sys.stderr)
+    sys.stderr.flush()
+
+
 async def run_bullwait(o: dict[str, Any]) -> dict[str, Any]:
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, _dump_tasks)
     settings = _settings(o)
     configure_logging(settings.queue_log_level, json=True, stream=open(os.devnull, "w"))
     registry, key = _registry(o)

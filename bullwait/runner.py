@@ -147,6 +147,9 @@ class WorkerPool:
         return True
 
 
+LOOP_EXIT_TIMEOUT = 5.0
+
+
 async def run_workers(
     settings: Settings,
     registry: Registry,
@@ -183,8 +186,12 @@ async def run_workers(
     for task in tasks:
         if not task.done():
             task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    log.info("stopped", graceful=clean)
+    # bullmq's own close swallows cancellation while its teardown runs: never wait forever
+    # for a worker loop, so SIGTERM always ends the process.
+    _, stuck = await asyncio.wait(tasks, timeout=LOOP_EXIT_TIMEOUT) if tasks else (set(), set())
+    if stuck:
+        log.warning("worker loop did not stop; exiting anyway", loops=len(stuck), waited=f"{LOOP_EXIT_TIMEOUT}s")
+    log.info("stopped", graceful=clean and not stuck)
     return 1 if crashed else 0
 
 
