@@ -135,3 +135,29 @@ def render(r: dict[str, Any]) -> str:
     header = f"bullwait bench ({'quick' if r.get('quick') else 'full'}): Redis {r['redis']['version']}, node {r.get('node')}, " \
              f"{r['machine']['cpus']} CPUs, {r.get('seconds')} s"
     return "\n".join([header, line(HEAD), sep, *(line(row) for row in table[1:])])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.report A.json [B.json ...]`: one table from the sections of several runs
+    (a later file's section replaces an earlier one's)."""
+    import json
+    import sys
+
+    paths = (argv if argv is not None else sys.argv[1:])
+    if not paths:
+        print("usage: python -m bench.report bench/results/<run>.json [...]", file=sys.stderr)
+        return 2
+    merged: dict[str, Any] = {}
+    seconds = []
+    for path in paths:
+        with open(path) as fh:
+            run = json.load(fh)
+        seconds.append(str(run.get("seconds")))
+        merged.update(run)
+    merged["seconds"] = " + ".join(seconds)
+    print(render(merged))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

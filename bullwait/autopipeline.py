@@ -41,9 +41,14 @@ _RESEND = (RedisConnectionError, RedisTimeoutError, OSError, _Resend)
 
 def pack(command: tuple[Any, ...]) -> bytes:
     """One command in RESP, as redis-py's `pack_command` writes it (str, bytes, int, float)."""
-    out = [b"*%d\r\n" % len(command)]
+    return b"*%d\r\n" % len(command) + pack_args(command)
+
+
+def pack_args(args: tuple[Any, ...] | list[Any]) -> bytes:
+    """The bulk strings of `args`, without the array header (`pack` adds it)."""
+    out = []
     append = out.append
-    for arg in command:
+    for arg in args:
         kind = type(arg)
         if kind is str:
             arg = arg.encode()

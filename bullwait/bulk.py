@@ -23,31 +23,46 @@ from bullmq import Queue
 from bullmq.job import Job
 from redis.exceptions import NoScriptError, ResponseError
 
-from bullwait.autopipeline import pack
+from bullwait.autopipeline import pack, pack_args
 
 _MULTI = pack(("MULTI",))
 _EXEC = pack(("EXEC",))
 
 
-def _call(queue: Queue, job: Job) -> tuple[Any, bytes]:
-    """(script, packed EVALSHA) of bullmq's `Scripts.addJob` for `job`."""
+_KEYS = {
+    "addDelayedJob": ["marker", "meta", "id", "delayed", "completed", "events"],
+    "addPrioritizedJob": ["marker", "meta", "id", "prioritized", "delayed", "completed", "active", "events", "pc"],
+    "addStandardJob": ["wait", "paused", "meta", "id", "completed", "delayed", "active", "events", "marker"],
+}
+
+
+def _call(queue: Queue, job: Job, heads: dict[str, tuple[int, bytes]]) -> tuple[Any, bytes]:
+    """(script, packed EVALSHA) of bullmq's `Scripts.addJob` for `job`.
+
+    `heads` caches each script's packed `EVALSHA <sha> <numkeys> <keys...>` (the same for
+    every job of a queue), so only the arguments are packed per job."""
     scripts = queue.backend.scripts
     delay, priority = job.opts.get("delay"), job.opts.get("priority")
     if delay:
-        name, keys, last = "addDelayedJob", ["marker", "meta", "id", "delayed", "completed", "events"], delay
+        name, last = "addDelayedJob", delay
     elif priority:
-        name, keys, last = "addPrioritizedJob", ["marker", "meta", "id", "prioritized", "delayed", "completed", "active", "events", "pc"], priority
+        name, last = "addPrioritizedJob", priority
     else:
-        name, keys, last = "addStandardJob", ["wait", "paused", "meta", "id", "completed", "delayed", "active", "events", "marker"], job.timestamp
+        name, last = "addStandardJob", job.timestamp
     script = scripts.commands[name]
+    if name not in heads:
+        keys = scripts.getKeys(_KEYS[name])
+        heads[name] = (3 + len(keys), pack_args(("EVALSHA", script.sha, len(keys), *keys)))
+    count, head = heads[name]
     args = scripts.addJobArgs(job)
     args.append(last)
-    return script, pack(("EVALSHA", script.sha, len(keys), *scripts.getKeys(keys), *args))
+    return script, b"*%d\r\n" % (count + len(args)) + head + pack_args(args)
 
 
 async def add_jobs(queue: Queue, jobs: Sequence[Job]) -> list[str]:
     """Add `jobs` (bullmq Job objects of `queue`) in one transaction; sets and returns their ids."""
-    calls = [_call(queue, job) for job in jobs]
+    heads: dict[str, tuple[int, bytes]] = {}
+    calls = [_call(queue, job, heads) for job in jobs]
     client = queue.backend.connection.conn
     replies = await _transaction(client, [packed for _, packed in calls])
     missing = [i for i, reply in enumerate(replies) if _is_noscript(reply)]

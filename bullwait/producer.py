@@ -110,6 +110,11 @@ def new_expiry(
     )
 
 
+# Chunks of `add_bulk` sent before waiting for the first one's reply (Python packs one
+# while Redis runs another).
+IN_FLIGHT_CHUNKS = 3
+
+
 class Producer:
     """Adds and cancels the waitlist jobs. One bullmq `Queue` per queue, opened lazily."""
 
@@ -186,9 +191,9 @@ class Producer:
         """Add many jobs of `key`, each `(payload, options)`, in MULTI pipelines of `chunk` jobs.
 
         Same wire format as `add` (and Node's `addBulk`): one round trip per chunk
-        instead of one per job. Two chunks are in flight at a time, so the next chunk is
-        packed while Redis runs the previous one. Each chunk is atomic; if one fails,
-        chunks before it (and the one in flight beside it) may have been added: adding
+        instead of one per job. `IN_FLIGHT_CHUNKS` chunks are in flight at a time, so the
+        next chunk is packed while Redis runs the previous ones. Each chunk is atomic; if one fails,
+        chunks before it (and those in flight beside it) may have been added: adding
         them again with the same job ids adds nothing twice. Returns the job ids in order.
         """
         queue = self.queue(key)
@@ -198,7 +203,7 @@ class Producer:
         try:
             for start in range(0, len(jobs), max(1, chunk)):
                 in_flight.append(asyncio.ensure_future(self._add_chunk(queue, name, jobs[start : start + chunk])))
-                if len(in_flight) >= 2:
+                if len(in_flight) >= IN_FLIGHT_CHUNKS:
                     ids.extend(await in_flight.popleft())
             while in_flight:
                 ids.extend(await in_flight.popleft())
