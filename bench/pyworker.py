@@ -31,7 +31,7 @@ from bullwait.logging import configure_logging
 from bullwait.payloads import ExpiryJob
 from bullwait.processing import Context, Registry
 from bullwait.processors import builtin_registry
-from bullwait.runner import run_workers
+from bullwait.runner import run_until_done, run_workers
 from bullwait.settings import Settings
 
 
@@ -173,7 +173,7 @@ def main() -> int:
 
         BullwaitWorker.fetch_next = bool(o["fetchNext"])
     runner = run_bullwait if o["kind"] == "bullwait" else run_stock
-    result = asyncio.run(runner(o))
+    result = run_until_done(runner(o))
     if o.get("out"):
         with open(o["out"], "w") as fh:
             json.dump(dict(result, runtime=o["kind"]), fh)

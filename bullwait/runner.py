@@ -13,7 +13,7 @@ import asyncio
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Awaitable, Iterable, TypeVar
 
 from bullwait.catalog import SPECS, QueueKey, concurrency, queue_name
 from bullwait.connection import bound_retries, redis_options, wait_for_redis
@@ -147,7 +147,30 @@ class WorkerPool:
         return True
 
 
+T = TypeVar("T")
 LOOP_EXIT_TIMEOUT = 5.0
+
+
+def run_until_done(main: Awaitable[T], cleanup_timeout: float = LOOP_EXIT_TIMEOUT) -> T:
+    """`asyncio.run(main)`, except that tasks still running when `main` returns get
+    `cleanup_timeout` s to finish after being cancelled. asyncio.run waits for them
+    forever, and bullmq's `Worker.close` ignores cancellation while its teardown waits
+    for the worker's jobs: a process asked to stop must stop."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.wait(pending, timeout=cleanup_timeout))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 async def run_workers(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from typing import Any, Awaitable, Callable, Optional, TypeVar
@@ -13,6 +12,7 @@ from rich.table import Table
 
 from redis.exceptions import RedisError
 
+from bullwait.runner import run_until_done
 from bullwait.errors import BullwaitError
 from bullwait.logging import redact_text
 from bullwait.settings import Settings, load_settings
@@ -48,7 +48,7 @@ def settings_from(redis_url: Optional[str] = None, **overrides: Any) -> Settings
 def run_async(make: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine; turn bullwait errors into one line and their exit code."""
     try:
-        return asyncio.run(_run(make))
+        return run_until_done(_run(make))
     except BullwaitError as exc:
         raise fail(str(exc), exc.exit_code)
     except (RedisError, OSError) as exc:  # Redis went away or refused a command mid-way

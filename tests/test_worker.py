@@ -136,3 +136,31 @@ def test_unknown_queue_is_refused(env: dict[str, str]) -> None:
     result = run_cli(env, "worker", "--queue", "waitlist-nope")
     assert result.returncode == 2
     assert "unknown queue 'waitlist-nope'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_task_that_ignores_cancellation_does_not_keep_the_process_alive() -> None:
+    """bullmq's Worker.close ignores cancellation while its teardown waits; asyncio.run
+    would wait for such a task forever at exit, `run_until_done` gives it a bounded time."""
+    import subprocess
+    import sys
+
+    code = """
+import asyncio
+from bullwait.runner import run_until_done
+
+async def stubborn():
+    while True:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            continue
+
+async def main():
+    asyncio.ensure_future(stubborn())
+    await asyncio.sleep(0)
+    return 7
+
+print(run_until_done(main(), cleanup_timeout=0.2))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and done.stdout.strip() == "7", done.stderr[-2000:]
