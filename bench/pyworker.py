@@ -168,10 +168,6 @@ def main() -> int:
         import uvloop  # optional, measured only when installed
 
         uvloop.install()
-    if "fetchNext" in o:
-        from bullwait.worker import BullwaitWorker
-
-        BullwaitWorker.fetch_next = bool(o["fetchNext"])
     runner = run_bullwait if o["kind"] == "bullwait" else run_stock
     result = run_until_done(runner(o))
     if o.get("out"):

@@ -85,9 +85,6 @@ class BullwaitWorker(Worker):
     """A bullmq Worker that is on time, visible to Node, honours its limiter, and is robust
     to undecodable data."""
 
-    # Fetch the next job with moveToFinished (one Lua call per job instead of two).
-    fetch_next: bool = True
-
     def __init__(self, name: str, processor: Any = None, opts: dict[str, Any] | None = None, *args: Any, **kwargs: Any) -> None:
         super().__init__(name, processor, opts or {}, *args, **kwargs)
         self._allow_long_blocking_reads()
@@ -167,7 +164,7 @@ class BullwaitWorker(Worker):
         return job
 
     def _may_fetch_next(self) -> bool:
-        return self.fetch_next and not (self.closing or self.paused or self.forceClosing or self.closed)
+        return not (self.closing or self.paused or self.forceClosing or self.closed)
 
     async def _process_one(self, job: Job, token: str) -> Job | None:
         """bullmq-py's `processJob` for one job; returns the next job if completing fetched one."""
