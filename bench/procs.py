@@ -66,14 +66,14 @@ class Proc:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             # Stuck: have it print its Python stacks (faulthandler, see pyworker) before the kill.
-            self.proc.send_signal(signal.SIGUSR2)  # asyncio tasks' stacks (pyworker)
+            self.proc.send_signal(signal.SIGUSR1)  # threads' stacks (faulthandler, set at start)
             time.sleep(1)
-            self.proc.send_signal(signal.SIGUSR1)  # threads' stacks (faulthandler)
+            self.proc.send_signal(signal.SIGUSR2)  # asyncio tasks' stacks (while its loop runs)
             time.sleep(1)
             self.proc.kill()
             code = self.proc.wait()
         if code != 0:
-            raise RuntimeError(f"{self.proc.args[:3]} exited {code}\n{self.stderr()}")
+            raise RuntimeError(f"{self.proc.args[:3]} {self.proc.args[3:][:1]} exited {code}\n{self.stderr()}")
         os.unlink(self.log.name)
         if self.out and os.path.exists(self.out):
             with open(self.out) as fh:

@@ -122,6 +122,7 @@ async def run_bullwait(o: dict[str, Any]) -> dict[str, Any]:
 
 async def run_stock(o: dict[str, Any]) -> dict[str, Any]:
     """A bare processor on bullmq-py's Worker ("stock") or on BullwaitWorker ("bare")."""
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, _dump_tasks)
     settings = _settings(o)
     lateness: list[float] = []
     count = [0]
