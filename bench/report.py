@@ -81,6 +81,9 @@ def rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
         bw, nd = e.get("bullwait", {}), e.get("node", {})
         out.append((f"addBulk timers/s (n={e['n']})", _f(bw.get("rate")), "", _f(nd.get("rate")), _ratio(bw.get("rate"), nd.get("rate")),
                     ">= 1.0x node", _met(bool(nd and bw.get("rate", 0) >= nd.get("rate", 0))) if nd else "-"))
+        awaited = e.get("nodeAwaited", {}).get("rate")
+        if awaited:
+            out.append(("  Node awaiting each addBulk (1 in flight)", "", "", _f(awaited), _ratio(bw.get("rate"), awaited), "", "-"))
         out.append(("Redis bytes per pending timer", _f(bw.get("bytesPerTimer")), "", _f(nd.get("bytesPerTimer")),
                     _ratio(bw.get("bytesPerTimer"), nd.get("bytesPerTimer")), "< 1,024", _met(bw.get("bytesPerTimer", 1e9) < 1024)))
         for kind, label, ref in (

@@ -1,33 +1,42 @@
 """Adding many jobs at once: bullmq's own add scripts in one MULTI/EXEC, written in one go.
 
-bullmq-py's `Queue.addBulk` goes through redis-py's transaction pipeline, which packs
-every argument of every command in Python and reads every reply through its own
-timeout wrapper: more than half of a producer's CPU per job. `add_jobs` sends the same
-calls (the same scripts by SHA, keys and arguments, built by bullmq's
-`Scripts.addJobArgs`, script chosen as `Scripts.addJob` does) packed with
-`autopipeline.pack`, as one write on one pool connection.
+bullmq-py's `Queue.addBulk` builds a `Job` per job and goes through redis-py's
+transaction pipeline, which packs every argument of every command in Python and reads
+every reply through its own timeout wrapper: most of a producer's CPU per job.
+`add_jobs` sends the same calls (the same scripts by SHA, the same keys, the arguments
+`Scripts.addJobArgs` would build, the script chosen as `Scripts.addJob` chooses it)
+packed with `autopipeline.pack`, as one write on one pool connection. A job is a small
+`NewJob` (its data already JSON) instead of a bullmq `Job`, and its options are
+normalised the way `Job.__init__` normalises them (`stored_opts`).
 
 Like `addBulk` the chunk is one transaction. Connection errors are retried with the
 client's retry policy (adding a job again under the same id adds nothing twice, and the
 producer gives every job an id). Scripts missing on the server (first use, SCRIPT FLUSH,
 failover) are loaded and the calls they refused sent again.
+
+Options that make a job part of a flow, deduplicated or repeated are not packed here
+(`NewJob` refuses them); add such jobs with bullmq's `Queue.add`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any, Sequence
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
+import msgpack
 from bullmq import Queue
-from bullmq.job import Job
+from bullmq.backoffs import Backoffs
+from bullmq.job import optsEncodeMap
 from redis.exceptions import NoScriptError, ResponseError
 
 from bullwait.autopipeline import pack, pack_args
+from bullwait.errors import BadArgument
 
 _MULTI = pack(("MULTI",))
 _EXEC = pack(("EXEC",))
-
 
 _KEYS = {
     "addDelayedJob": ["marker", "meta", "id", "delayed", "completed", "events"],
@@ -35,32 +44,80 @@ _KEYS = {
     "addStandardJob": ["wait", "paused", "meta", "id", "completed", "delayed", "active", "events", "marker"],
 }
 
+# Options whose arguments (parent key, deduplication key, repeat key) `_call` does not build.
+UNSUPPORTED_OPTS = frozenset(
+    {"parent", "deduplication", "debounce", "repeat", "repeatJobKey", "failParentOnFailure",
+     "removeDependencyOnFailure", "ignoreDependencyOnFailure", "continueParentOnFailure"}
+)
 
-def _call(queue: Queue, job: Job, heads: dict[str, tuple[int, bytes]]) -> tuple[Any, bytes]:
+
+def stored_opts(opts: Mapping[str, Any]) -> dict[str, Any]:
+    """`opts` as bullmq's `Job` stores them: `attempts` defaults to 0, a number `backoff`
+    becomes `{"type": "fixed", "delay": n}`. `jobId` is left out (the id names the job's
+    key; no worker, script or Bull Board reads the copy) and so is a zero `delay` (Node
+    does not write it; BullMQ reads it as 0 when absent)."""
+    final: dict[str, Any] = {"attempts": 0, "delay": 0}
+    final.update(opts)
+    final["backoff"] = Backoffs.normalize(opts.get("backoff"))
+    final.pop("jobId", None)
+    if not final["delay"]:
+        del final["delay"]
+    return final
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """One job for `add_jobs`: `data` is its payload as JSON text, `opts` as `stored_opts` returns them."""
+
+    name: str
+    data: str
+    opts: dict[str, Any]
+    id: str
+    timestamp: int
+
+    def __post_init__(self) -> None:
+        unsupported = UNSUPPORTED_OPTS.intersection(self.opts)
+        if unsupported:
+            raise BadArgument(
+                f"job {self.id!r}: option(s) {', '.join(sorted(unsupported))} are not supported in a bulk add; "
+                "add such jobs one by one with bullmq's Queue.add"
+            )
+
+
+def now_ms() -> int:
+    """A job's `timestamp`, as bullmq computes it."""
+    return round(time.time() * 1000)
+
+
+def _call(queue: Queue, job: NewJob, heads: dict[str, tuple[int, bytes]]) -> tuple[Any, bytes]:
     """(script, packed EVALSHA) of bullmq's `Scripts.addJob` for `job`.
 
     `heads` caches each script's packed `EVALSHA <sha> <numkeys> <keys...>` (the same for
     every job of a queue), so only the arguments are packed per job."""
-    scripts = queue.backend.scripts
-    delay, priority = job.opts.get("delay"), job.opts.get("priority")
+    opts = job.opts
+    delay, priority = opts.get("delay"), opts.get("priority")
     if delay:
         name, last = "addDelayedJob", delay
     elif priority:
         name, last = "addPrioritizedJob", priority
     else:
         name, last = "addStandardJob", job.timestamp
+    scripts = queue.backend.scripts
     script = scripts.commands[name]
     if name not in heads:
         keys = scripts.getKeys(_KEYS[name])
         heads[name] = (3 + len(keys), pack_args(("EVALSHA", script.sha, len(keys), *keys)))
     count, head = heads[name]
-    args = scripts.addJobArgs(job)
-    args.append(last)
-    return script, b"*%d\r\n" % (count + len(args)) + head + pack_args(args)
+    # Scripts.addJobArgs: [prefix, id, name, timestamp, parentKey, parent dependencies
+    # key, parent, repeat job key, deduplication key] msgpacked, the data, the options
+    # with their short names msgpacked; then the delay, priority or timestamp.
+    packed = msgpack.packb([scripts.keys[""], job.id, job.name, job.timestamp, None, None, None, None, None])
+    encoded = msgpack.packb({optsEncodeMap.get(key, key): value for key, value in opts.items()})
+    return script, b"*%d\r\n" % (count + 4) + head + pack_args((packed, job.data, encoded, last))
 
 
-async def add_jobs(queue: Queue, jobs: Sequence[Job]) -> list[str]:
-    """Add `jobs` (bullmq Job objects of `queue`) in one transaction; sets and returns their ids."""
+async def add_jobs(queue: Queue, jobs: Sequence[NewJob]) -> list[str]:
+    """Add `jobs` to `queue` in one transaction; returns their ids."""
     heads: dict[str, tuple[int, bytes]] = {}
     calls = [_call(queue, job, heads) for job in jobs]
     client = queue.backend.connection.conn
@@ -77,9 +134,8 @@ async def add_jobs(queue: Queue, jobs: Sequence[Job]) -> list[str]:
         if isinstance(reply, ResponseError):
             raise reply
         if isinstance(reply, int) and reply < 0:
-            raise queue.backend.scripts.finishedErrors({"code": reply, "parentKey": job.parentKey, "command": "addJob"})
-        job.id = reply
-        ids.append(reply)
+            raise queue.backend.scripts.finishedErrors({"code": reply, "parentKey": None, "command": "addJob"})
+        ids.append(reply.decode() if isinstance(reply, bytes) else str(reply))
     return ids
 
 

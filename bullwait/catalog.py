@@ -62,7 +62,10 @@ class Priority(str, Enum):
 
     @property
     def bullmq_priority(self) -> int:
-        return {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 10}[self]
+        return _BULLMQ_PRIORITY[self]
+
+
+_BULLMQ_PRIORITY = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 10}
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,10 @@ class WireModel(BaseModel):
     def to_wire(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
+    def to_wire_json(self) -> str:
+        """`to_wire` as JSON text, in one step (non-ASCII written as UTF-8, as Node writes it)."""
+        return self.model_dump_json(by_alias=True, exclude_none=True)
+
 
 class ExpiryJob(WireModel):
     """`check-expiry` on waitlist-expiry: the 15-minute offer timer."""

@@ -16,7 +16,8 @@ from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Sequence
+from itertools import islice
+from typing import Any, Iterable, Iterator, Sequence
 
 from bullmq import Job, Queue
 from bullmq.redis_connection import loadScript
@@ -30,7 +31,7 @@ from bullwait.catalog import (
     QueueKey,
     queue_name,
 )
-from bullwait.bulk import add_jobs
+from bullwait.bulk import NewJob, add_jobs, now_ms, stored_opts
 from bullwait.connection import bound_retries, describe_redis, redis_client, redis_options
 from bullwait.errors import BadArgument, RedisOutOfMemory, RedisUnavailable
 from bullwait.logging import redact_text
@@ -89,6 +90,15 @@ def stored_job(queue: Queue, name: str, payload: WireModel, opts: dict[str, Any]
     if not job.opts.get("delay"):
         job.opts.pop("delay", None)
     return job
+
+
+def new_job(queue: Queue, name: str, payload: WireModel, opts: dict[str, Any], timestamp: int) -> NewJob:
+    """What `stored_job` stores, for `bullwait.bulk.add_jobs` (no bullmq `Job` built)."""
+    options = {**queue.jobsOpts, **opts} if queue.jobsOpts else opts
+    job_id = options.get("jobId")
+    if job_id is None:
+        raise BadArgument(f"a bulk add needs a job id for every job ({name}): the producer's job_options() gives one")
+    return NewJob(name, payload.to_wire_json(), stored_opts(options), str(job_id), options.get("timestamp", timestamp))
 
 
 def expiry_job_id(waitlist_id: str) -> str:
@@ -186,23 +196,26 @@ class Producer:
         return options
 
     async def add_bulk(
-        self, key: QueueKey, jobs: Sequence[tuple[WireModel, dict[str, Any]]], chunk: int = 1000
+        self, key: QueueKey, jobs: Iterable[tuple[WireModel, dict[str, Any]]], chunk: int = 1000
     ) -> list[str]:
         """Add many jobs of `key`, each `(payload, options)`, in MULTI pipelines of `chunk` jobs.
 
         Same wire format as `add` (and Node's `addBulk`): one round trip per chunk
-        instead of one per job. `IN_FLIGHT_CHUNKS` chunks are in flight at a time, so the
-        next chunk is packed while Redis runs the previous ones. Each chunk is atomic; if one fails,
-        chunks before it (and those in flight beside it) may have been added: adding
-        them again with the same job ids adds nothing twice. Returns the job ids in order.
+        instead of one per job. `jobs` is read a chunk at a time (a generator of a
+        million jobs is fine) and `IN_FLIGHT_CHUNKS` chunks are in flight at a time, so
+        the next chunk is built while Redis runs the previous ones. Each chunk is atomic;
+        if one fails, chunks before it (and those in flight beside it) may have been
+        added: adding them again with the same job ids adds nothing twice. Returns the
+        job ids in order.
         """
         queue = self.queue(key)
         name = SPECS[key].job_name
         ids: list[str] = []
         in_flight: deque[asyncio.Future[list[str]]] = deque()
+        source = iter(jobs)
         try:
-            for start in range(0, len(jobs), max(1, chunk)):
-                in_flight.append(asyncio.ensure_future(self._add_chunk(queue, name, jobs[start : start + chunk])))
+            while batch := list(islice(source, max(1, chunk))):
+                in_flight.append(asyncio.ensure_future(self._add_chunk(queue, name, batch)))
                 if len(in_flight) >= IN_FLIGHT_CHUNKS:
                     ids.extend(await in_flight.popleft())
             while in_flight:
@@ -214,21 +227,28 @@ class Producer:
 
     async def _add_chunk(self, queue: Queue, name: str, jobs: Sequence[tuple[WireModel, dict[str, Any]]]) -> list[str]:
         """One chunk as `Queue.addBulk` would add it (see `bullwait.bulk` for how it travels)."""
-        batch = [stored_job(queue, name, payload, opts) for payload, opts in jobs]
+        timestamp = now_ms()
+        batch = [new_job(queue, name, payload, opts, timestamp) for payload, opts in jobs]
         async with redis_errors(self.settings, "jobs not added"):
-            return [str(job_id) for job_id in await add_jobs(queue, batch)]
+            return await add_jobs(queue, batch)
 
     async def schedule_expiries(self, payloads: Iterable[ExpiryJob], chunk: int = 1000) -> list[str]:
-        """`schedule_expiry` for many timers at once (see `add_bulk`); each due at its `expiresAt`."""
-        now_ms = time.time() * 1000
-        jobs = []
-        for payload in payloads:
-            delay_ms = max(0, int(payload.expires_at.timestamp() * 1000 - now_ms))
-            opts = self.job_options(
-                QueueKey.WAITLIST_EXPIRY, job_id=expiry_job_id(payload.waitlist_id), delay_ms=delay_ms
-            )
-            jobs.append((payload, opts))
-        return await self.add_bulk(QueueKey.WAITLIST_EXPIRY, jobs, chunk)
+        """`schedule_expiry` for many timers at once (see `add_bulk`); each due at its `expiresAt`.
+
+        `payloads` is read a chunk at a time: pass a generator to schedule more timers
+        than fit in memory, or to build the next ones while Redis adds the first."""
+        template = self.job_options(QueueKey.WAITLIST_EXPIRY)
+
+        def jobs() -> Iterator[tuple[WireModel, dict[str, Any]]]:
+            for payload in payloads:
+                opts = template.copy()  # the same options as `schedule_expiry` writes, built once
+                opts["jobId"] = check_job_id(expiry_job_id(payload.waitlist_id))
+                delay_ms = int(payload.expires_at.timestamp() * 1000 - time.time() * 1000)
+                if delay_ms > 0:
+                    opts["delay"] = delay_ms
+                yield payload, opts
+
+        return await self.add_bulk(QueueKey.WAITLIST_EXPIRY, jobs(), chunk)
 
     async def schedule_expiry(self, payload: ExpiryJob, delay_ms: int | None = None) -> str:
         """The 15-minute offer timer, due at `expiresAt` (or after `delay_ms`).

@@ -46,9 +46,8 @@ async def test_bulk_adds_write_exactly_what_bullmq_addbulk_writes(redis_server, 
     """`bullwait.bulk.add_jobs` packs bullmq's add scripts itself: the keys it leaves must be
     bullmq-py's own `Queue.addBulk`'s, for standard, prioritized and delayed jobs."""
     from bullmq import Queue
-    from bullmq.job import Job
 
-    from bullwait.bulk import add_jobs
+    from bullwait.bulk import NewJob, add_jobs, stored_opts
 
     specs = [
         ("std", {"attempts": 3, "backoff": {"type": "exponential", "delay": 1000}, "removeOnComplete": {"count": 100}}),
@@ -62,7 +61,10 @@ async def test_bulk_adds_write_exactly_what_bullmq_addbulk_writes(redis_server, 
         await ref.addBulk(batch)
         await ref.addBulk(batch[:1])
         sync_redis.script_flush()  # ours must load the scripts again
-        jobs = [Job(ours, n, {"n": n, "é": [1, 2]}, dict(o, jobId=n, timestamp=1_700_000_000_000), n) for n, o in specs]
+        jobs = [
+            NewJob(n, json.dumps({"n": n, "é": [1, 2]}, separators=(",", ":")), stored_opts(dict(o, jobId=n, timestamp=1_700_000_000_000)), n, 1_700_000_000_000)
+            for n, o in specs
+        ]
         assert await add_jobs(ours, jobs) == ["std", "prio", "late"]
         assert await add_jobs(ours, jobs[:1]) == ["std"]  # same id again: nothing added twice
     finally:
@@ -74,7 +76,13 @@ async def test_bulk_adds_write_exactly_what_bullmq_addbulk_writes(redis_server, 
         for key in sorted(sync_redis.scan_iter(f"{p}:q:*")):
             name, kind = key[len(p) + 3 :], sync_redis.type(key)
             if kind == "hash":
-                out[name] = sync_redis.hgetall(key)
+                out[name] = fields = sync_redis.hgetall(key)
+                if "opts" in fields:  # ours leaves out what no reader uses: opts.jobId, a zero delay
+                    opts = json.loads(fields["opts"])
+                    opts.pop("jobId", None)
+                    if opts.get("delay") == 0:
+                        del opts["delay"]
+                    fields["opts"] = opts
             elif kind == "zset":
                 out[name] = sync_redis.zrange(key, 0, -1, withscores=True)
             elif kind == "list":
@@ -89,3 +97,25 @@ async def test_bulk_adds_write_exactly_what_bullmq_addbulk_writes(redis_server, 
     assert set(a) == set(b) and {"std", "prio", "late", "delayed", "prioritized", "wait", "events"} <= set(a)
     for name in a:
         assert a[name] == b[name], name
+
+
+def test_bulk_add_refuses_options_it_does_not_pack() -> None:
+    """Flow, deduplication and repeat options need arguments `add_jobs` does not build:
+    refused by name instead of adding a job without its parent or deduplication key."""
+    import pytest
+
+    from bullwait.bulk import NewJob, stored_opts
+    from bullwait.errors import BadArgument
+
+    with pytest.raises(BadArgument, match="deduplication, parent.*Queue.add"):
+        NewJob("n", "{}", stored_opts({"parent": {"id": "1", "queue": "q"}, "deduplication": {"id": "d"}}), "j-1", 1)
+
+
+async def test_schedule_expiries_reads_a_generator(settings: Settings, sync_redis: redis.Redis, prefix: str) -> None:
+    """A generator of payloads is read a chunk at a time; non-ASCII data arrives intact."""
+    async with Producer(settings) as producer:
+        ids = await producer.schedule_expiries((new_expiry(f"gen-{i}", "s", "Zoë", "salon") for i in range(7)), chunk=3)
+    assert ids == [f"expiry_gen-{i}" for i in range(7)]
+    assert sync_redis.zcard(f"{prefix}:waitlist-expiry:delayed") == 7
+    data = json.loads(sync_redis.hget(f"{prefix}:waitlist-expiry:expiry_gen-6", "data"))
+    assert data["customerId"] == "Zoë" and data["waitlistId"] == "gen-6"

@@ -1,8 +1,9 @@
 // Node bullmq 6 addBulk rate for bullwait's benchmark (python -m bench starts it).
 //   node enqueue.js '<json options>'
-// options: {redisUrl, prefix, queue, n, chunk, delayMs, jobOpts, ids, out}
+// options: {redisUrl, prefix, queue, n, chunk, delayMs, jobOpts, ids, inFlight, out}
 // Adds n check-expiry jobs (jobId expiry_<waitlistId>, the seed's payload) with addBulk in
-// chunks of `chunk`, then writes {seconds, n} to `out`. ids: "short" (w-1, slot-1, ...) or
+// chunks of `chunk`, `inFlight` addBulk calls at a time (default 1: each awaited before the
+// next is built), then writes {seconds, n} to `out`. ids: "short" (w-1, slot-1, ...) or
 // "uuid" (36-character ids, the same as bench/scenarios.py uuid_like).
 'use strict';
 const fs = require('fs');
@@ -21,6 +22,8 @@ async function main() {
   const queue = new Queue(o.queue, { connection, prefix: o.prefix });
   await queue.waitUntilReady();
   const started = process.hrtime.bigint();
+  const inFlight = o.inFlight || 1;
+  const pending = [];
   for (let i = 0; i < o.n; i += o.chunk) {
     const now = new Date();
     const expires = new Date(now.getTime() + o.delayMs);
@@ -40,8 +43,10 @@ async function main() {
         opts: { ...o.jobOpts, jobId: `expiry_${waitlistId}`, delay: o.delayMs },
       });
     }
-    await queue.addBulk(jobs);
+    pending.push(queue.addBulk(jobs));
+    if (pending.length >= inFlight) await pending.shift();
   }
+  await Promise.all(pending);
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   fs.writeFileSync(o.out, JSON.stringify({ runtime: 'node', n: o.n, seconds }));
   await queue.close();
