@@ -121,6 +121,10 @@ class BullwaitWorker(Worker):
 
     async def waitForJob(self) -> int:  # type: ignore[override]
         """Wait for the marker; the last `PRECISE_WAIT_MS` before a due time in the event loop."""
+        if self.closing or self.paused:
+            # close()/pause() cancel the wait in progress; a fetch the worker loop started
+            # before them must not begin another (bullmq's getNextJob ends on this).
+            raise asyncio.CancelledError()
         now = time.time() * 1000
         if self.blockUntil and self.blockUntil - now <= PRECISE_WAIT_MS:
             if self.blockUntil > now:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from bullmq import Queue
+
 from bullwait.connection import redis_options
 from bullwait.settings import Settings
 from bullwait.worker import BullwaitWorker
@@ -70,3 +72,20 @@ async def test_close_ends_a_wait_whose_cancellation_came_as_the_bzpopmin_was_sen
     assert wait is not None and wait.done()
     assert wait.cancelled(), f"the wait outlived close(): it ended with {wait.result()!r} from Redis"
 
+
+async def test_no_wait_starts_once_close_has_begun(settings: Settings) -> None:
+    """`close()` cancels the wait in progress; a fetch the worker loop had already started
+    (its task not yet run) then began a new BZPOPMIN that nobody cancelled: close() waited
+    out the drain delay, or the worker took one more job. That fetch must give up."""
+    worker = _worker(settings)
+    queue = Queue("waitlist-expiry", {"connection": redis_options(settings), "prefix": settings.bullmq_prefix})
+    try:
+        await worker.prime()
+        job = await queue.add("check-expiry", {})  # also sets the marker: BZPOPMIN would not block
+        worker.drained = True  # the worker had found the queue empty: its next fetch waits first
+        worker.closing = True  # what close() sets before it cancels the wait in progress
+        assert await worker.getNextJob("late-fetch") is None
+        assert await queue.getJobState(job.id) == "waiting"
+    finally:
+        await worker.close(force=True)
+        await queue.close()
