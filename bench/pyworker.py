@@ -26,7 +26,7 @@ from bullmq import Worker
 
 from bullwait.app import build_services
 from bullwait.catalog import QueueKey, queue_name
-from bullwait.connection import redis_options
+from bullwait.connection import keep_cancellations, redis_options
 from bullwait.logging import configure_logging
 from bullwait.payloads import ExpiryJob
 from bullwait.processing import Context, Registry
@@ -141,6 +141,10 @@ async def run_stock(o: dict[str, Any]) -> dict[str, Any]:
         process,
         {"connection": redis_options(settings), "prefix": o["prefix"], "concurrency": o["concurrency"], "autorun": False},
     )
+    # Stopping only: without it, a SIGTERM that lands as the stock worker's BZPOPMIN leaves is
+    # lost (Python 3.11's wait_for inside redis-py), and the stock worker's 5 s read timeout on
+    # its 5 s block makes it re-send that BZPOPMIN for minutes (bullwait.worker, 8.).
+    keep_cancellations(worker.backend.blocking_connection)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -197,3 +197,46 @@ def bound_blocking_reads(connection: Any, max_block_seconds: float) -> None:
     single = getattr(client, "connection", None)
     if single is not None:
         single.socket_timeout = timeout
+
+
+# --- Cancellation of blocking waits --------------------------------------------------------
+# redis-py sends every command through `asyncio.wait_for(send, socket_timeout)`. On Python
+# 3.11 (3.12 rewrote wait_for) a cancellation that arrives in the loop turn where the send
+# finishes is swallowed: wait_for returns the send's result and the task goes on to read
+# the reply. `Worker.close()` stops an idle worker by cancelling its BZPOPMIN; when that
+# cancellation landed just as the BZPOPMIN left (SIGTERM right after the queue drained),
+# close() waited out the whole block (5-10 s), and a stock bullmq-py worker, whose 5 s read
+# timeout equals its 5 s block, re-sent the BZPOPMIN after each read timeout for minutes.
+
+
+class CancelSafeSend:
+    """Connection mixin: a cancellation that redis-py's send swallowed is raised again.
+
+    The command was written but its reply will never be read, so the connection is closed
+    first (as redis-py does when a read is cancelled)."""
+
+    __slots__ = ()
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        task = asyncio.current_task()
+        requested = task.cancelling() if task is not None else 0
+        await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        if task is not None and task.cancelling() > requested:
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            raise asyncio.CancelledError()
+
+
+def keep_cancellations(connection: Any) -> None:
+    """Make the connections of a bullmq connection (or redis client) `CancelSafeSend`."""
+    client = getattr(connection, "conn", connection)
+    pool = getattr(client, "connection_pool", None)
+    if pool is None or issubclass(pool.connection_class, CancelSafeSend):
+        return
+    original = pool.connection_class
+    safe = type(f"CancelSafe{original.__name__}", (CancelSafeSend, original), {"__slots__": ()})
+    pool.connection_class = safe
+    existing = [*getattr(pool, "_available_connections", []), *getattr(pool, "_in_use_connections", [])]
+    existing.append(getattr(client, "connection", None))
+    for conn in existing:
+        if type(conn) is original:
+            conn.__class__ = safe
