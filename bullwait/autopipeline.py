@@ -124,13 +124,19 @@ class AutoPipeline:
     def _conn(self) -> Any:
         return self._link.conn if self._link is not None else None
 
-    async def run_script(self, script: AsyncScript, keys: list[Any], args: list[Any], retried: bool = False) -> Any:
-        """`script(keys=keys, args=args)`, written together with other calls."""
+    async def run_script(
+        self, script: AsyncScript, keys: list[Any], args: list[Any], retried: bool = False, packed: bytes | None = None
+    ) -> Any:
+        """`script(keys=keys, args=args)`, written together with other calls.
+
+        `packed`, when given, is that call already packed (`EVALSHA sha numkeys keys args`)."""
         if self._closed:
             return await script(keys=keys, args=args)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queued.append((pack(("EVALSHA", script.sha, len(keys), *keys, *args)), future))
+        if packed is None:
+            packed = pack(("EVALSHA", script.sha, len(keys), *keys, *args))
+        self._queued.append((packed, future))
         if len(self._queued) >= self.eager and self._writable():
             self._write_queued()
         elif not self._flush_scheduled:
@@ -142,7 +148,7 @@ class AutoPipeline:
             if retried:
                 raise
             await self._load(script)
-            return await self.run_script(script, keys, args, retried=True)
+            return await self.run_script(script, keys, args, retried=True, packed=packed)
         except _RESEND:
             # No reply, so not known to have run: the client retries it (its retry policy).
             return await script(keys=keys, args=args)

@@ -70,6 +70,7 @@ from bullmq.job import Job
 from bullmq.scripts import raw2NextJobData
 
 from bullwait.autopipeline import AutoPipeline
+from bullwait.completion import CompletionCalls
 from bullwait.connection import bound_blocking_reads, keep_cancellations
 
 
@@ -98,6 +99,7 @@ class BullwaitWorker(Worker):
         self._allow_long_blocking_reads()
         keep_cancellations(self.backend.blocking_connection)  # see 8.
         self.pipeline = AutoPipeline(self.backend.connection.conn)
+        self._completions: CompletionCalls | None = None  # built on first use (scripts are loaded by then)
 
     def _allow_long_blocking_reads(self) -> None:
         """Give the blocking connection a read timeout longer than any BZPOPMIN it sends."""
@@ -233,12 +235,13 @@ class BullwaitWorker(Worker):
         return following
 
     async def _move_to_completed(self, job: Job, result: Any, token: str, fetch: bool) -> Any:
-        """bullmq's `moveToFinished` script, sent through the auto-pipeline (see 7.)."""
-        scripts = self.backend.scripts
-        keys, args = scripts.moveToCompletedArgs(job, result, job.opts.get("removeOnComplete", False), token, fetch)
-        raw = await self.pipeline.run_script(scripts.commands["moveToFinished"], keys, args)
+        """bullmq's `moveToFinished` script, packed by `CompletionCalls` and sent through the auto-pipeline (see 7.)."""
+        if self._completions is None:
+            self._completions = CompletionCalls(self)
+        keys, args, packed = self._completions.build(job, result, token, fetch)
+        raw = await self.pipeline.run_script(self._completions.script, keys, args, packed=packed)
         if isinstance(raw, int) and raw < 0:
-            raise scripts.finishedErrors({"code": raw, "jobId": job.id, "command": "moveToFinished", "state": "active"})
+            raise self.backend.scripts.finishedErrors({"code": raw, "jobId": job.id, "command": "moveToFinished", "state": "active"})
         return raw2NextJobData(raw) if raw is not None else None
 
     async def close(self, force: bool = False) -> None:  # type: ignore[override]
