@@ -43,6 +43,8 @@ async def test_python_jobs_arrive_intact_in_a_node_worker(settings: Settings, st
     async with Producer(settings) as producer:
         expiry = new_expiry("w-5", "slot-5", "cust-5", "salon-5", delay_ms=300)
         exp_id = await producer.schedule_expiry(expiry, delay_ms=300)
+        bulk = new_expiry("w-bulk-é", "slot-5", "Zoë", "salon-5", delay_ms=300)  # through bullwait.bulk
+        [bulk_id] = await producer.schedule_expiries(iter([bulk]))
         note = NotificationJob.model_validate(notification_data("w-5"))
         note_id = await producer.send_slot_available(note, Priority.NORMAL, job_id="note-w-5")
         bad_id = await producer.add(QueueKey.WAITLIST_NOTIFICATION, note, job_id="note-refused", attempts=1)
@@ -58,6 +60,11 @@ async def test_python_jobs_arrive_intact_in_a_node_worker(settings: Settings, st
         assert seen["opts"]["delay"] == 300 and seen["opts"]["attempts"] == 3
         assert seen["opts"]["backoff"] == {"type": "exponential", "delay": 1000}
         assert seen["opts"]["removeOnComplete"] == {"count": 100, "age": 3600}
+
+        bulk_seen = (await _finished(producer.queue(QueueKey.WAITLIST_EXPIRY), bulk_id)).returnvalue
+        assert bulk_seen["id"] == "expiry_w-bulk-é" and bulk_seen["data"] == bulk.to_wire()
+        assert 0 < bulk_seen["opts"]["delay"] <= 300
+        assert {k: v for k, v in bulk_seen["opts"].items() if k != "delay"} == {k: v for k, v in seen["opts"].items() if k != "delay"}
 
         note_job = await _finished(producer.queue(QueueKey.WAITLIST_NOTIFICATION), note_id)
         assert note_job.returnvalue["data"] == note.to_wire() == notification_data("w-5")
