@@ -65,6 +65,14 @@ def describe_redis(settings: Settings) -> str:
     return f"redis://{settings.redis_host}:{settings.redis_port}/{settings.redis_queue_db}"
 
 
+def redis_hostname(settings: Settings) -> str | None:
+    """The host Redis is reached at (None for a Unix socket)."""
+    if settings.redis_url:
+        parts = urlsplit(settings.redis_url)
+        return None if parts.scheme == "unix" else (parts.hostname or "")
+    return settings.redis_host
+
+
 def mask_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:

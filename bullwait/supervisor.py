@@ -28,6 +28,26 @@ from bullwait.logging import get_logger
 QUICK_DEATH_S = 5.0
 MAX_RESTART_DELAY_S = 30.0
 
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", ""})
+
+
+def core_contention(processes: int, redis_host: str | None, cpus: int | None) -> str | None:
+    """A warning when `processes` workers and a Redis on this host need more cores than there are.
+
+    Redis is single-threaded and every job costs it about as much CPU as the worker's
+    (bench: ~45 us each per no-op job). On 2 CPUs with Redis local, two worker processes
+    ran 0.6-1.0x the jobs/s of one: three busy processes preempt each other. `redis_host`
+    None means a Unix socket (local)."""
+    local = redis_host is None or redis_host in LOCAL_HOSTS
+    if not local or not cpus or processes + 1 <= cpus:
+        return None
+    better = max(1, cpus - 1)
+    return (
+        f"{processes} worker processes and the Redis on this host share {cpus} CPUs, so they preempt each other "
+        f"and may run fewer jobs/s than {better} process{'es' if better > 1 else ''}; use --processes {better} "
+        "or run Redis on its own host"
+    )
+
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     try:

@@ -13,7 +13,8 @@ import typer
 
 from bullwait.catalog import QueueKey, catalog_json, resolve_queue
 from bullwait.errors import BullwaitError
-from bullwait.logging import configure_logging
+from bullwait.connection import redis_hostname
+from bullwait.logging import configure_logging, get_logger
 from bullwait.settings import Settings
 
 from bullwait_cli.common import AsJson, RedisUrl, fail, print_json, print_table, run_async, settings_from
@@ -44,7 +45,7 @@ def worker(
     ),
     processes: int = typer.Option(
         1, "--processes", "-p", min=1, max=64,
-        help="Worker processes under one supervisor (one per core is the usual choice); SIGTERM drains them all.",
+        help="Worker processes under one supervisor (one per core that Redis does not need); SIGTERM drains them all.",
     ),
     redis_url: Optional[str] = RedisUrl,
 ) -> None:
@@ -64,8 +65,11 @@ def worker(
 def _supervise(
     settings: Settings, queue: Optional[List[str]], shutdown_timeout: Optional[float], processes: int, redis_url: Optional[str]
 ) -> int:
-    from bullwait.supervisor import Supervisor
+    from bullwait.supervisor import Supervisor, core_contention
 
+    warning = core_contention(processes, redis_hostname(settings), os.cpu_count())
+    if warning:
+        get_logger().warning("worker processes contend with Redis for CPUs", advice=warning)
     argv = [sys.executable, "-m", "bullwait_cli.main", "worker"]
     for name in queue or []:
         argv += ["--queue", name]

@@ -97,3 +97,34 @@ def test_processes_bad_value_is_one_line(env: dict[str, str], bad: str) -> None:
     out = subprocess.run([*BULLWAIT, "worker", "--processes", bad], env=env, capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and "--processes" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "processes, host, cpus, warned",
+    [
+        (2, "127.0.0.1", 2, True),   # 2 workers + Redis on 2 CPUs: measured slower than 1 process
+        (2, None, 2, True),          # Unix socket: Redis is local
+        (1, "localhost", 2, False),
+        (3, "localhost", 4, False),
+        (4, "localhost", 4, True),
+        (8, "redis.internal", 2, False),  # Redis on its own host: no contention here
+        (2, "127.0.0.1", None, False),    # CPU count unknown: say nothing
+    ],
+)
+def test_core_contention_warns_only_when_workers_and_local_redis_outnumber_cpus(
+    processes: int, host: str | None, cpus: int | None, warned: bool
+) -> None:
+    from bullwait.supervisor import core_contention
+
+    message = core_contention(processes, host, cpus)
+    assert (message is not None) == warned
+    if message:
+        assert f"--processes {max(1, cpus - 1)}" in message and "Redis" in message  # type: ignore[operator]
+
+
+def test_redis_hostname_reads_url_host_or_socket() -> None:
+    from bullwait.connection import redis_hostname
+
+    assert redis_hostname(Settings(redis_url="redis://:pw@cache.internal:6380/0")) == "cache.internal"
+    assert redis_hostname(Settings(redis_url="unix:///run/redis.sock")) is None
+    assert redis_hostname(Settings(redis_host="10.0.0.5")) == "10.0.0.5"
