@@ -52,10 +52,15 @@ UNSUPPORTED_OPTS = frozenset(
 
 
 def stored_opts(opts: Mapping[str, Any]) -> dict[str, Any]:
-    """`opts` as bullmq's `Job` stores them: `attempts` defaults to 0, a number `backoff`
-    becomes `{"type": "fixed", "delay": n}`. `jobId` is left out (the id names the job's
-    key; no worker, script or Bull Board reads the copy) and so is a zero `delay` (Node
-    does not write it; BullMQ reads it as 0 when absent)."""
+    """`opts` as bullmq's `Job` stores them (`attempts` defaults to 0, a number `backoff`
+    becomes `{"type": "fixed", "delay": n}`), less two things no reader needs.
+
+    `jobId`: BullMQ names the job's hash after its id and no worker (Node or Python), Lua
+    script or Bull Board reads `opts.jobId` back; the copy would cost 11 bytes plus the id
+    (54 for `expiry_<uuid>`) in every job hash. A zero `delay`: bullmq-py fills it in, Node
+    does not write it, and BullMQ reads it as 0 when absent (the hash's own `delay` field
+    is written either way). Everything else (attempts, backoff, retention, a real delay,
+    priority) is kept as given."""
     final: dict[str, Any] = {"attempts": 0, "delay": 0}
     final.update(opts)
     final["backoff"] = Backoffs.normalize(opts.get("backoff"))

@@ -74,21 +74,12 @@ def check_job_id(job_id: str) -> str:
 
 def stored_job(queue: Queue, name: str, payload: WireModel, opts: dict[str, Any]) -> Job:
     """The bullmq `Job` that `Queue.add` would build, with `jobId` given as the job's id
-    instead of inside its options.
-
-    BullMQ names the job's hash after its id and no worker (Node or Python), Lua script
-    or Bull Board reads `opts.jobId` back, so writing it would store a second copy in the
-    `opts` field of every job hash: 11 bytes plus the id (54 for `expiry_<uuid>`).
-    bullmq-py also fills in `"delay":0` for a job without a delay, which Node does not
-    write and BullMQ reads as 0 when absent (the hash's own `delay` field is written
-    either way), so that default is left out too. Everything else in `opts` (attempts,
-    backoff, retention, a real delay, priority) is written as given.
-    """
+    and its options as `bullwait.bulk.stored_opts` writes them (no `opts.jobId`, no
+    `"delay":0`: see there), so single and bulk adds store the same thing."""
     options = {**queue.jobsOpts, **opts}
-    job_id = options.pop("jobId", None)
+    job_id = options.get("jobId")
     job = Job(queue, name, payload.to_wire(), options, job_id=str(job_id) if job_id is not None else None)
-    if not job.opts.get("delay"):
-        job.opts.pop("delay", None)
+    job.opts = stored_opts(options)
     return job
 
 
