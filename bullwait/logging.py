@@ -27,6 +27,14 @@ def mask_phone(phone: str) -> str:
     return digits[:3] + "*" * (len(digits) - 5) + digits[-2:]
 
 
+def clip(text: str, limit: int = 2000) -> str:
+    """`text` cut to about `limit` characters, saying how much was cut: a 5 MB error message
+    must not become a 5 MB log line or failedReason."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 def redact_text(text: str) -> str:
     # Each pattern needs a marker substring; testing for it first keeps the per-log-line
     # cost low (a busy worker logs every job) without changing what is masked.

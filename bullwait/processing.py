@@ -22,11 +22,14 @@ from bullmq.job import Job
 
 from bullwait.catalog import QueueKey
 from bullwait.errors import InvalidJobData
+from bullwait.logging import clip
 from bullwait.payloads import WireModel, parse_payload
 from bullwait.settings import Settings
 
 
 Handler = Callable[[Any, "Context"], Awaitable[Any]]
+# Longest error message kept as a job's failedReason and logged (the rest is cut).
+FAILED_REASON_LIMIT = 2000
 
 
 @dataclass
@@ -134,6 +137,7 @@ async def dispatch(
         status = "delayed"
         raise
     except Exception as exc:
+        _clip_message(exc)
         status = "failed" if _final(job, exc) else "retried"
         level = "error" if status == "failed" else "warning"
         getattr(jlog, level)(
@@ -153,6 +157,13 @@ async def dispatch(
 def _final(job: Job, exc: Exception) -> bool:
     attempts = int(job.opts.get("attempts") or 1)
     return isinstance(exc, UnrecoverableError) or job.attemptsMade + 1 >= attempts
+
+
+def _clip_message(exc: Exception) -> None:
+    """Cap the message bullmq stores as failedReason (and in the stacktrace) and we log."""
+    text = str(exc)
+    if len(text) > FAILED_REASON_LIMIT and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        exc.args = (clip(text, FAILED_REASON_LIMIT),)
 
 
 def _ms(started: float) -> str:
