@@ -38,6 +38,8 @@ class Services:
     _redis: Any = None
 
     async def close(self) -> None:
+        if self.send_records is not None:
+            await self.send_records.close()  # record writes Redis has not confirmed yet
         await self.producer.close()
         if self.sender is not None:
             await self.sender.close()

@@ -1,81 +1,145 @@
 """Send records: one WhatsApp message per (waitlist entry, slot), whoever runs the job.
 
-Before sending, a job *claims* the record (`sending`, with its owner and a claim
-deadline of the HTTP timeout plus a margin); after the Cloud API answers with a
-message id it records `sent` and the `wamid`. Outcomes of `claim`:
+Before sending, a job *claims* the record (`sending`, with its owner `<job id>/<lock
+token>`, the job id, and a claim deadline of the HTTP timeout plus a margin); after the
+Cloud API answers with a message id it records `sent` and the `wamid`. Outcomes of `claim`:
 
-- `claimed`: go ahead and send.
+- `claimed`: go ahead and send (also the answer to the claim's own owner asking again).
 - `sent`: already sent (a retry, a stalled job run again after its send, the same
   notification enqueued twice): return the recorded `wamid`, send nothing.
 - `busy`: another run holds a live claim (a duplicate job running right now): wait
   until `claim_until` and look again.
-- `unknown`: a claim whose deadline passed without `sent`: the run that made it died
-  mid-request (SIGKILL, OOM, host loss) and the message may or may not have left.
+- `unknown`: a claim whose deadline passed and whose owner never said how its send
+  ended: the run that made it died mid-request (SIGKILL, OOM, host loss; or lost Redis
+  for longer than the claim and then died) and the message may or may not have left.
   bullwait does not send again (no duplicate offers); the job fails visibly instead.
+- `ambiguous`: two sends of this record ended without an answer (see below); closed
+  until an operator deletes the record.
 
 A send that certainly did not happen (the API answered with an error, or it failed
-before the request went out) `release`s the record so a retry may send. The record lives in the
-salon's hash tag (`<prefix>{salon:<salonId>}:sent:<waitlistId>:<slot>`) and expires
-after `RECORD_TTL_MS` (7 days, longer than any retry or retention window).
+before the request went out) `release`s the record so a retry may send. A send whose
+request left but whose answer never came (a timeout, a reset, an answer cut before its
+status line) is *ambiguous*: the API may have taken it. `ambiguous` counts these per
+record: the first releases the record so one retry may send again, the second
+(`AMBIGUOUS_LIMIT`) closes it, and the job fails saying the message may have arrived.
+So an offer is sent at most twice, and twice only after an ambiguous outcome.
+
+Every script is safe to run twice (redis-py sends a command again when its reply was
+lost): a claim asked again by its owner answers `claimed`, `mark_sent`, `release` and
+`ambiguous` asked again by the same owner answer as the first time and change nothing.
+
+A record write whose reply never came (Redis unreachable for longer than redis-py's
+retries) is not dropped: this process keeps it (`_backlog`) and writes it again in the
+background until Redis answers, and a later claim of the same record in this process
+writes it first. After a send the API accepted, `record_sent` retries a few times in
+process, then leaves it to that backlog and still reports the send: the message left, the
+job must not fail for want of a Redis reply. Hence "outcome unknown" means only what it
+says above: the claim's owner is gone and nobody can know.
+
+The record lives in the salon's hash tag (`<prefix>{salon:<salonId>}:sent:<waitlistId>:<slot>`)
+and expires after `RECORD_TTL_MS` (7 days, longer than any retry or retention window).
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from bullwait.logging import get_logger
 
 RECORD_TTL_MS = 7 * 24 * 3600 * 1000
+# Ambiguous outcomes a record tolerates: the first allows one more send, this many close it.
+AMBIGUOUS_LIMIT = 2
+# `record_sent`: tries in process before the backlog takes over, and the pauses between them.
+RECORD_SENT_PAUSES = (0.1, 0.5, 1.0)
+BACKLOG_PAUSE_MAX = 30.0
 
-# KEYS: record. ARGV: owner, now, claimUntil, ttl. -> {outcome, detail}
+# KEYS: record. ARGV: owner, now, claimUntil, ttl, job id. -> {outcome, detail}
 # Deadlines are kept on Redis's clock (TIME), not the workers': with clock skew between
 # hosts a live claim must not look dead (that would fail a send as "outcome unknown").
-# Only the claim's length (claimUntil - now) is taken from the caller.
+# Only the claim's length (claimUntil - now) is taken from the caller. A claim asked again
+# by its own owner (its first reply was lost) is renewed and answered `claimed` again.
 _CLAIM = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local r = redis.call('HMGET', KEYS[1], 'state', 'owner', 'claimUntil', 'wamid')
+local r = redis.call('HMGET', KEYS[1], 'state', 'owner', 'claimUntil', 'wamid', 'ambiguous')
+local ambiguous = r[5] or '0'
 if r[1] == 'sent' then return {'sent', r[4] or ''} end
-if r[1] == 'sending' then
+if r[1] == 'ambiguous' then return {'ambiguous', ambiguous} end
+if r[1] == 'sending' and r[2] ~= ARGV[1] then
   if tonumber(r[3]) > now then return {'busy', r[3]} end
   return {'unknown', r[2] or ''}
 end
 local hold = tonumber(ARGV[3]) - tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], 'state', 'sending', 'owner', ARGV[1],
+redis.call('HSET', KEYS[1], 'state', 'sending', 'owner', ARGV[1], 'job', ARGV[5],
   'claimedAt', string.format('%.0f', now), 'claimUntil', string.format('%.0f', now + hold))
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return {'claimed', ''}
+return {'claimed', ambiguous}
 """
 
 # KEYS: record. ARGV: owner, wamid, now, ttl. Whoever learns of a send records it (a late
-# answer to a claim that was taken over still proves the message left).
+# answer to a claim that was taken over still proves the message left). 1: this owner's
+# send is recorded (now or by an earlier run of this call); 0: another send was.
 _MARK_SENT = """
-local r = redis.call('HMGET', KEYS[1], 'state', 'owner')
-if r[1] == 'sent' then return 0 end
+local r = redis.call('HMGET', KEYS[1], 'state', 'owner', 'wamid')
+if r[1] == 'sent' then
+  if r[2] == ARGV[1] and r[3] == ARGV[2] then return 1 end
+  return 0
+end
 redis.call('HSET', KEYS[1], 'state', 'sent', 'wamid', ARGV[2], 'sentAt', ARGV[3], 'owner', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 """
 
 # KEYS: record. ARGV: owner, reason, throttled (1/0). Only the claim's owner may release
-# it. Returns the number of throttled sends so far (for the back-off), or -1.
+# it. Returns the number of throttled sends so far (for the back-off), or -1. The same
+# owner asking again (a lost reply) gets the same count, not a second increment.
 _RELEASE = """
-local r = redis.call('HMGET', KEYS[1], 'state', 'owner')
+local r = redis.call('HMGET', KEYS[1], 'state', 'owner', 'releasedBy')
 if r[1] == 'sending' and r[2] == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'state', 'released', 'owner', '', 'claimUntil', '0', 'lastError', ARGV[2])
+  redis.call('HSET', KEYS[1], 'state', 'released', 'owner', '', 'claimUntil', '0', 'lastError', ARGV[2],
+    'releasedBy', ARGV[1])
   if ARGV[3] == '1' then return redis.call('HINCRBY', KEYS[1], 'throttled', 1) end
   return tonumber(redis.call('HGET', KEYS[1], 'throttled') or '0')
 end
+if r[1] == 'released' and r[3] == ARGV[1] then
+  return tonumber(redis.call('HGET', KEYS[1], 'throttled') or '0')
+end
+return -1
+"""
+
+# KEYS: record. ARGV: owner, reason, limit. The owner's request left and no answer came:
+# count it; below `limit` the record is released (one more send may go), at `limit` it is
+# closed (`ambiguous`). Returns the count, or -1 if `owner` held no claim.
+_AMBIGUOUS = """
+local r = redis.call('HMGET', KEYS[1], 'state', 'owner', 'releasedBy', 'ambiguous')
+if r[1] == 'sending' and r[2] == ARGV[1] then
+  local n = redis.call('HINCRBY', KEYS[1], 'ambiguous', 1)
+  local state = 'released'
+  if n >= tonumber(ARGV[3]) then state = 'ambiguous' end
+  redis.call('HSET', KEYS[1], 'state', state, 'owner', '', 'claimUntil', '0', 'lastError', ARGV[2],
+    'releasedBy', ARGV[1])
+  return n
+end
+if (r[1] == 'released' or r[1] == 'ambiguous') and r[3] == ARGV[1] then return tonumber(r[4] or '0') end
 return -1
 """
 
 
 @dataclass(frozen=True)
 class Claim:
-    outcome: str  # claimed | sent | busy | unknown
+    outcome: str  # claimed | sent | busy | unknown | ambiguous
     wamid: str | None = None
     claim_until_ms: int | None = None
     owner: str | None = None
+    ambiguous: int = 0  # ambiguous outcomes of earlier sends of this record
+
+
+Write = Callable[[], Awaitable[Any]]
 
 
 class SendRecords:
@@ -85,27 +149,120 @@ class SendRecords:
         self._claim = client.register_script(_CLAIM)
         self._sent = client.register_script(_MARK_SENT)
         self._release = client.register_script(_RELEASE)
+        self._ambiguous = client.register_script(_AMBIGUOUS)
+        # Writes Redis never confirmed, per record, in order; and sends known only here.
+        self._backlog: dict[str, list[Write]] = {}
+        self._unrecorded: dict[str, str] = {}
+        self._flusher: asyncio.Task[None] | None = None
+        self.log = get_logger(component="send-records")
 
     def key(self, salon_id: str, waitlist_id: str, slot: str) -> str:
         return f"{self.prefix}{{salon:{salon_id}}}:sent:{waitlist_id}:{slot}"
 
-    async def claim(self, key: str, owner: str, now_ms: int, claim_ms: int) -> Claim:
-        outcome, detail = await self._claim(keys=[key], args=[owner, now_ms, now_ms + claim_ms, RECORD_TTL_MS])
+    async def claim(self, key: str, owner: str, now_ms: int, claim_ms: int, job_id: str = "") -> Claim:
+        if key in self._backlog and not await self._flush_key(key) and key in self._unrecorded:
+            return Claim("sent", wamid=self._unrecorded[key])  # Redis still away; this process knows
+        try:
+            outcome, detail = await self._claim(
+                keys=[key], args=[owner, now_ms, now_ms + claim_ms, RECORD_TTL_MS, job_id or owner.split("/")[0]]
+            )
+        except RedisError:
+            # The claim may have been written: give it back once Redis answers, or a retry
+            # of this job would wait it out and fail "outcome unknown" with nothing sent.
+            self._defer(key, lambda: self._release(keys=[key], args=[owner, "claim reply lost", "0"]))
+            raise
         if outcome == "sent":
             return Claim("sent", wamid=detail or None)
         if outcome == "busy":
             return Claim("busy", claim_until_ms=int(detail))
         if outcome == "unknown":
             return Claim("unknown", owner=detail or None)
-        return Claim("claimed")
+        if outcome == "ambiguous":
+            return Claim("ambiguous", ambiguous=int(detail or 0))
+        return Claim("claimed", ambiguous=int(detail or 0))
 
     async def mark_sent(self, key: str, owner: str, wamid: str, now_ms: int) -> bool:
         return bool(await self._sent(keys=[key], args=[owner, wamid, now_ms, RECORD_TTL_MS]))
 
+    async def record_sent(self, key: str, owner: str, wamid: str, now_ms: int) -> bool:
+        """`mark_sent` after a send the API accepted; never raises. Retried a few times in
+        process; if Redis still does not answer, kept in the backlog (and known to this
+        process's claims) until it does. Returns whether Redis confirmed it here."""
+        for pause in (*RECORD_SENT_PAUSES, None):
+            try:
+                await self.mark_sent(key, owner, wamid, now_ms)
+                return True
+            except RedisError as exc:
+                if pause is None:
+                    self.log.warning("message sent but not recorded yet; retrying in the background",
+                                     record=key, wamid=wamid, error=str(exc)[:200])
+                    self._unrecorded[key] = wamid
+                    self._defer(key, lambda: self.mark_sent(key, owner, wamid, now_ms))
+                    return False
+                await asyncio.sleep(pause)
+        return False  # not reached
+
     async def release(self, key: str, owner: str, reason: str, throttled: bool = False) -> int:
         """Back to claimable; returns how many sends of this record were throttled (or -1
-        if `owner` no longer held the claim)."""
-        return int(await self._release(keys=[key], args=[owner, reason[:300], "1" if throttled else "0"]))
+        if `owner` no longer held the claim). A release Redis did not confirm is kept in
+        the backlog (so a retry can claim) and the error raised."""
+        write = lambda: self._release(keys=[key], args=[owner, reason[:300], "1" if throttled else "0"])  # noqa: E731
+        try:
+            return int(await write())
+        except RedisError:
+            self._defer(key, write)
+            raise
+
+    async def ambiguous(self, key: str, owner: str, reason: str) -> int:
+        """Count an ambiguous outcome of `owner`'s send; returns the record's count (1: one
+        more send may go; `AMBIGUOUS_LIMIT`: closed), or -1 if `owner` held no claim."""
+        write = lambda: self._ambiguous(keys=[key], args=[owner, reason[:300], AMBIGUOUS_LIMIT])  # noqa: E731
+        try:
+            return int(await write())
+        except RedisError:
+            self._defer(key, write)
+            raise
 
     async def get(self, key: str) -> dict[str, str]:
         return dict(await self.client.hgetall(key))
+
+    # --- writes Redis did not confirm ---
+
+    @property
+    def backlog(self) -> int:
+        return sum(len(writes) for writes in self._backlog.values())
+
+    def _defer(self, key: str, write: Write) -> None:
+        self._backlog.setdefault(key, []).append(write)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush_forever())
+
+    async def _flush_key(self, key: str) -> bool:
+        """Write `key`'s backlog in order; True once it is empty."""
+        writes = self._backlog.get(key, [])
+        while writes:
+            try:
+                await writes[0]()
+            except RedisError:
+                return False
+            writes.pop(0)
+        self._backlog.pop(key, None)
+        self._unrecorded.pop(key, None)
+        return True
+
+    async def _flush_forever(self) -> None:
+        pause = 0.5
+        while self._backlog:
+            await asyncio.sleep(pause)
+            for key in list(self._backlog):
+                await self._flush_key(key)
+            pause = min(BACKLOG_PAUSE_MAX, pause * 2)
+
+    async def close(self) -> None:
+        """One last try at the backlog; what is left is logged (the records to fix by hand)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+        for key in list(self._backlog):
+            if not await self._flush_key(key):
+                self.log.error("send record not written; check it by hand", record=key,
+                               wamid=self._unrecorded.get(key), pending=len(self._backlog[key]))

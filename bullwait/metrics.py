@@ -10,7 +10,8 @@ Two sources, one registry:
 - `JobMetrics` is the worker's `JobObserver`: `bullmq_jobs_total{queue,status}`,
   `bullmq_jobs_duration_seconds{queue}` and `bullmq_expiry_lateness_seconds{queue}`,
   for the jobs *this process* ran. It runs per job on the hot path: no Redis calls,
-  label children created once.
+  label children created once. It also counts `bullwait_whatsapp_ambiguous_total{kind,
+  decision}`: sends that got no answer (bullwait.processors.notification).
 """
 
 from __future__ import annotations
@@ -100,6 +101,13 @@ class JobMetrics:
             buckets=LATENESS_BUCKETS,
             registry=self.registry,
         )
+        self.ambiguous = Counter(
+            "bullwait_whatsapp_ambiguous",
+            "WhatsApp sends whose request left and got no answer (the message may have been delivered), "
+            "by kind (timeout, connection) and what followed (retried: one more send; failed: the job failed)",
+            ["kind", "decision"],
+            registry=self.registry,
+        )
         self._counters: dict[tuple[str, str], Any] = {}
         self._durations: dict[str, Any] = {}
         self._lateness: Any = None
@@ -139,6 +147,12 @@ class JobMetrics:
             if counter is None:
                 counter = self._counters[(queue, status)] = self.jobs.labels(queue, status)
             counter.inc()
+        except Exception:  # noqa: BLE001
+            return
+
+    def whatsapp_ambiguous(self, kind: str, decision: str) -> None:
+        try:
+            self.ambiguous.labels(kind, decision).inc()
         except Exception:  # noqa: BLE001
             return
 

@@ -8,15 +8,28 @@
         ...
         api.requests  # every request received (path, headers, JSON body, time)
 
+        api.slow_next(3.0)                            # accept the next message, answering after 3 s
+        api.odd_next("reset")                          # read the request, then reset the connection
+        api.odd_next("nested", status=500)            # a 500 whose body is JSON nested 100,000 deep
+
 It answers `POST /<version>/<phone-number-id>/messages` like the Cloud API: 200 with
 `{"messages": [{"id": "wamid.<n>"}]}`, or the error that was queued with `fail_next`
 (`{"error": {"code", "message", ...}}`). A request is recorded as soon as its body is
 read, *before* the latency wait, so a test can kill the sender in between.
+
+`odd_next` queues answers no API should give (`ODD_KINDS`): `nested` (JSON nested past
+any recursion limit), `huge` (`size` bytes of JSON, streamed, never held in memory),
+`truncated` (Content-Length promises the whole answer, half is sent, then the connection
+closes), `html` (not JSON), `reset` (no answer: the connection is reset once the request
+is read), each with `status` (200: the message *was* accepted) and an optional `hang`
+first (a slow answer). `Recorded.answered` is the status sent (-1 for a reset).
 """
 
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,6 +43,8 @@ ERRORS = {
     132001: (404, "(#132001) Template name does not exist in the translation"),
     131000: (500, "Something went wrong"),
 }
+ODD_KINDS = ("nested", "huge", "truncated", "html", "reset")
+NESTING = 100_000
 
 
 @dataclass
@@ -48,6 +63,8 @@ class Planned:
     message: str
     retry_after: float | None = None
     hang: float = 0.0
+    odd: str | None = None  # one of ODD_KINDS
+    size: int = 0
 
 
 @dataclass
@@ -82,6 +99,19 @@ class FakeWhatsApp:
         with self._lock:
             for _ in range(count):
                 self._plan.append(Planned(status or default_status, code, message or default_message, retry_after, hang))
+
+    def slow_next(self, hang: float, count: int = 1) -> None:
+        """Accept the next `count` messages (200 with an id), but only after `hang` s."""
+        with self._lock:
+            for _ in range(count):
+                self._plan.append(Planned(200, None, "", hang=hang))
+
+    def odd_next(self, kind: str, count: int = 1, status: int = 200, hang: float = 0.0, size: int = 200 * 2**20) -> None:
+        """Answer the next `count` requests oddly (`ODD_KINDS`, see the module docstring)."""
+        assert kind in ODD_KINDS, kind
+        with self._lock:
+            for _ in range(count):
+                self._plan.append(Planned(status, None, "", hang=hang, odd=kind, size=size))
 
     def fail_for(
         self, seconds: float, status: int | None = None, code: int | None = None, message: str | None = None,
@@ -131,7 +161,11 @@ class FakeWhatsApp:
                     self._answer(404, {"error": {"code": 100, "message": "Unknown path", "type": "GraphMethodException"}})
                     record.answered = 404
                     return
-                if plan is None:
+                if plan is not None and plan.odd is not None:
+                    record.answered = -1 if plan.odd == "reset" else plan.status
+                    self._odd(plan, number)
+                    return
+                if plan is None or plan.status == 200:
                     self._answer(200, {
                         "messaging_product": "whatsapp",
                         "contacts": [{"input": body.get("to") if isinstance(body, dict) else "", "wa_id": "1"}],
@@ -146,6 +180,49 @@ class FakeWhatsApp:
                 headers = {"Retry-After": str(plan.retry_after)} if plan.retry_after is not None else {}
                 self._answer(plan.status, {"error": error}, headers)
                 record.answered = plan.status
+
+            def _odd(self, plan: Planned, number: int) -> None:
+                self.close_connection = True
+                try:
+                    if plan.odd == "reset":
+                        # SO_LINGER 0: close() sends RST instead of FIN.
+                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        self.connection.close()
+                        return
+                    if plan.odd == "huge":
+                        self._stream_huge(plan)
+                        return
+                    data = {
+                        "nested": b"[" * NESTING + b"]" * NESTING,
+                        "html": b"<html><body><h1>502 Bad Gateway</h1></body></html>",
+                        "truncated": json.dumps({"messaging_product": "whatsapp",
+                                                 "messages": [{"id": f"wamid.FAKE{number:06d}"}]}).encode(),
+                    }[plan.odd]
+                    sent = data[: len(data) // 2] if plan.odd == "truncated" else data
+                    self.send_response(plan.status)
+                    self.send_header("Content-Type", "text/html" if plan.odd == "html" else "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(sent)
+                    self.wfile.flush()
+                except OSError:
+                    pass
+
+            def _stream_huge(self, plan: Planned) -> None:
+                """`plan.size` bytes of one JSON string, written a chunk at a time."""
+                chunk = b"x" * 65536
+                self.send_response(plan.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(plan.size))
+                self.end_headers()
+                head = b'{"error": {"code": 131000, "message": "'
+                tail = b'"}}'
+                self.wfile.write(head)
+                left = plan.size - len(head) - len(tail)
+                while left > 0:
+                    self.wfile.write(chunk[: min(left, len(chunk))])
+                    left -= len(chunk)
+                self.wfile.write(tail)
 
             def _answer(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(payload).encode()

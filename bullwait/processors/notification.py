@@ -7,7 +7,8 @@ Order of a run:
    store does not know (a NestJS app keeping its own waitlist) is sent as asked.
 2. Claim the send record (`bullwait.idempotency`): `sent` -> return the recorded
    `wamid` (outcome `already-sent`); `busy` -> sleep until the other run's claim ends;
-   `unknown` -> a run died mid-request: fail at once, do not risk a second message.
+   `unknown` -> a run died mid-request: fail at once, do not risk a second message;
+   `ambiguous` -> two sends got no answer: fail at once (see step 4).
 3. Take a place in the salon's rolling window (`bullwait.ratelimit`); no room -> give
    the claim back and sleep until there is (`moveToDelayed` + `DelayedError`: no
    failure, no attempt used). Then a place in the global sliding second
@@ -17,9 +18,15 @@ Order of a run:
 4. Send. 429/130429/131056 -> give back claim and both places, sleep (Retry-After, else
    1 s, 2 s, 4 s ...; 6 s, 12 s ... for the pair rate limit; at most 60 s), no
    attempt used. Other 4xx -> `UnrecoverableError`
-   with the API's code and message. 5xx/timeout -> raise: BullMQ retries with backoff.
-   Each of these gives both places back (the API did not accept the message).
-5. Record `sent` with the `wamid` and return `{"outcome": "sent", "wamid": ...}`.
+   with the API's code and message. 5xx, or a failure before the request was sent ->
+   raise: BullMQ retries with backoff. Each of these gives the claim and both places
+   back (the API did not accept the message). The request left and no answer came
+   (`WhatsAppAmbiguous`: a read timeout, a reset) -> counted on the record and in
+   `bullwait_whatsapp_ambiguous_total`; the places stay taken (it may have left); the
+   first time BullMQ retries (one more send), the second fails the job for good with
+   the record's key to delete to send anyway.
+5. Record `sent` with the `wamid` (retried; never fails the job: the message left) and
+   return `{"outcome": "sent", "wamid": ...}`.
 """
 
 from __future__ import annotations
@@ -28,11 +35,13 @@ import asyncio
 from typing import Any
 
 from bullmq import DelayedError, UnrecoverableError
+from redis.exceptions import RedisError
 
+from bullwait.idempotency import AMBIGUOUS_LIMIT
 from bullwait.payloads import NotificationJob, SlotDetails
 from bullwait.processing import Context
 from bullwait.waitlist import now_ms
-from bullwait.whatsapp import WhatsAppRejected, WhatsAppThrottled, WhatsAppUnavailable
+from bullwait.whatsapp import WhatsAppAmbiguous, WhatsAppRejected, WhatsAppThrottled, WhatsAppUnavailable
 
 CLAIM_MARGIN_MS = 2000
 # Longest in-process wait for a global place. The claim is taken before it and lasts the
@@ -71,7 +80,8 @@ async def send_slot_available(payload: NotificationJob, ctx: Context) -> dict[st
     key = records.key(payload.salon_id, payload.waitlist_id, slot_reference(payload))
     owner = f"{ctx.job.id}/{ctx.token}"
     now = now_ms()
-    claim = await records.claim(key, owner, now, int(ctx.settings.whatsapp_timeout_seconds * 1000) + CLAIM_MARGIN_MS)
+    claim_ms = int(ctx.settings.whatsapp_timeout_seconds * 1000) + CLAIM_MARGIN_MS
+    claim = await records.claim(key, owner, now, claim_ms, job_id=str(ctx.job.id))
     if claim.outcome == "sent":
         return {"outcome": "already-sent", "wamid": claim.wamid, **base}
     if claim.outcome == "busy" and claim.claim_until_ms is not None:
@@ -81,6 +91,8 @@ async def send_slot_available(payload: NotificationJob, ctx: Context) -> dict[st
             f"Send outcome unknown: a worker ({claim.owner}) died while sending this message; "
             f"not sent again to avoid a duplicate. To send anyway, delete Redis key {key} and retry the job"
         )
+    if claim.outcome == "ambiguous":
+        raise UnrecoverableError(ambiguous_reason(key, f"{AMBIGUOUS_LIMIT} sends got no answer"))
 
     member = f"{owner}/{now}"
     try:
@@ -88,33 +100,74 @@ async def send_slot_available(payload: NotificationJob, ctx: Context) -> dict[st
     except BaseException:
         # Nothing was sent: without this the retry would find a dead claim and refuse
         # to send ("outcome unknown").
-        await records.release(key, owner, "failed before sending")
+        await _release(records, key, owner, "failed before sending", ctx.log)
         raise
     if refused is not None:
         which, retry_in_ms = refused
-        await records.release(key, owner, f"{which} rate limit")
+        await _release(records, key, owner, f"{which} rate limit", ctx.log)
         ctx.log.info(f"{which} rate limit reached, delaying", retry_in=f"{retry_in_ms}ms")
         await _sleep(ctx, now_ms() + retry_in_ms, f"{which} rate limit ({payload.salon_id})")
 
     try:
         wamid = await _send(payload, svc, member, ctx.log)
     except WhatsAppThrottled as exc:
-        throttled = await records.release(key, owner, str(exc), throttled=True)
+        throttled = await _release(records, key, owner, str(exc), ctx.log, throttled=True)
         await _give_back(payload, svc, member)
         wait = exc.retry_after_ms if exc.retry_after_ms is not None else throttle_backoff_ms(max(1, throttled), exc.code)
         ctx.log.warning("whatsapp throttled, backing off", code=exc.code, status=exc.status, retry_in=f"{wait}ms")
         await _sleep(ctx, now_ms() + wait, str(exc))
     except WhatsAppRejected as exc:
-        await records.release(key, owner, str(exc))
+        await _release(records, key, owner, str(exc), ctx.log)
         await _give_back(payload, svc, member)
         raise UnrecoverableError(str(exc)) from None
+    except WhatsAppAmbiguous as exc:
+        # The message may have left: its rate-limit places stay taken.
+        await _after_ambiguous(records, key, owner, exc, ctx)
     except WhatsAppUnavailable as exc:
-        await records.release(key, owner, str(exc))
+        await _release(records, key, owner, str(exc), ctx.log)
         await _give_back(payload, svc, member)
         raise
-    await records.mark_sent(key, owner, wamid, now_ms())
-    ctx.log.info("whatsapp offer sent", wamid=wamid, customerPhone=payload.customer_phone)
+    recorded = await records.record_sent(key, owner, wamid, now_ms())
+    ctx.log.info("whatsapp offer sent", wamid=wamid, customerPhone=payload.customer_phone, recorded=recorded)
     return {"outcome": "sent", "wamid": wamid, **base}
+
+
+def ambiguous_reason(key: str, what: str) -> str:
+    """Why a job fails after its second send without an answer, and how to send anyway."""
+    return (
+        f"No answer from the WhatsApp Cloud API: {what}; the message may have been delivered, "
+        f"so it is not sent again. To send anyway, delete Redis key {key} and retry the job"
+    )
+
+
+async def _after_ambiguous(records: Any, key: str, owner: str, exc: WhatsAppAmbiguous, ctx: Context) -> None:
+    """The request left and no answer came. The first time for this record: raise it, so
+    BullMQ retries (one more send); the second: fail for good. Always raises."""
+    try:
+        count = await records.ambiguous(key, owner, str(exc))
+    except RedisError:
+        # Not counted yet (the backlog will): retrying now could send a third time. The
+        # retry's claim finds this run's claim and waits it out, or the count once written.
+        count = 0
+    observe = getattr(getattr(ctx.services, "observer", None), "whatsapp_ambiguous", None)
+    final = count == -1 or count >= AMBIGUOUS_LIMIT
+    if observe is not None:
+        observe(exc.kind, "failed" if final else "retried")
+    ctx.log.warning("whatsapp send got no answer; the message may have been delivered",
+                    kind=exc.kind, ambiguous=count, retry=not final)
+    if final:
+        raise UnrecoverableError(ambiguous_reason(key, f"{exc} (send {max(count, 1)} without one)")) from None
+    raise exc
+
+
+async def _release(records: Any, key: str, owner: str, reason: str, log: Any, throttled: bool = False) -> int:
+    """Give the claim back after a send that did not happen. A release Redis did not
+    confirm stays in the send records' backlog; it never replaces the job's real outcome."""
+    try:
+        return int(await records.release(key, owner, reason, throttled=throttled))
+    except RedisError as exc:
+        log.warning("could not release the send record yet; retrying in the background", error=str(exc)[:200])
+        return -1
 
 
 async def _take_places(payload: NotificationJob, svc: Any, member: str) -> tuple[str, int] | None:
