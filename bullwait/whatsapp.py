@@ -51,6 +51,7 @@ BODY_LIMIT = 64 * 1024
 MESSAGE_LIMIT = 500
 MAX_RETRY_AFTER_MS = 60_000
 # A message id in a 2xx body that is not JSON as a whole (cut short at BODY_LIMIT).
+ERROR_MESSAGE = re.compile(rb'"message"\s*:\s*"([^"\\]{1,%d})' % MESSAGE_LIMIT)
 WAMID = re.compile(rb'"id"\s*:\s*"(wamid\.[A-Za-z0-9+/=_\-]{1,200})"')
 
 
@@ -217,7 +218,7 @@ def parse_answer(status: int, headers: httpx.Headers, body: bytes, reason_phrase
     error = payload.get("error", {}) if isinstance(payload, dict) else {}
     error = error if isinstance(error, dict) else {}
     code = error.get("code") if type(error.get("code")) is int else None
-    message = clip(str(error.get("message") or reason_phrase or "no message"), MESSAGE_LIMIT)
+    message = clip(str(error.get("message") or _message_in(body) or reason_phrase or "no message"), MESSAGE_LIMIT)
     data = error.get("error_data")
     details = data.get("details") if isinstance(data, dict) else None
     text = f"WhatsApp Cloud API error {code if code is not None else status} (HTTP {status}): {message}"
@@ -228,6 +229,12 @@ def parse_answer(status: int, headers: httpx.Headers, body: bytes, reason_phrase
     if 400 <= status < 500:
         raise WhatsAppRejected(text, status, code)
     raise WhatsAppUnavailable(text, status, code)
+
+
+def _message_in(body: bytes) -> str | None:
+    """The start of the error message of a body that is not JSON as a whole (cut at BODY_LIMIT)."""
+    found = ERROR_MESSAGE.search(body)
+    return found.group(1).decode("utf-8", "replace") if found else None
 
 
 def _json(body: bytes) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import tracemalloc
 from typing import Iterator
 
 import pytest
@@ -15,6 +16,7 @@ from bullwait.settings import Settings
 from bullwait.whatsapp import (
     CloudApiSender,
     ConsoleSender,
+    WhatsAppAmbiguous,
     WhatsAppRejected,
     WhatsAppThrottled,
     WhatsAppUnavailable,
@@ -148,3 +150,84 @@ def test_throttle_backoff() -> None:
     assert [throttle_backoff_ms(n) for n in (1, 2, 3)] == [1000, 2000, 4000]
     assert [throttle_backoff_ms(n, 131056) for n in (1, 2)] == [6000, 12000]
     assert throttle_backoff_ms(30) == 60_000
+
+
+# --- answers of any shape (issue 13 item 4) --------------------------------------------
+
+@pytest.mark.parametrize(
+    ("kind", "status", "expected"),
+    [
+        ("nested", 500, WhatsAppUnavailable),   # json.loads raises RecursionError, not ValueError
+        ("nested", 200, "unknown-id-http-200"),
+        ("huge", 500, WhatsAppUnavailable),
+        ("huge", 200, "unknown-id-http-200"),
+        ("truncated", 200, "unknown-id-http-200"),  # a 200 status line: the API took it
+        ("truncated", 503, WhatsAppUnavailable),
+        ("html", 502, WhatsAppUnavailable),
+        ("html", 200, "unknown-id-http-200"),
+        ("reset", 200, WhatsAppAmbiguous),  # the request was read, no answer came
+    ],
+)
+async def test_odd_answers_map_to_whatsapp_outcomes_in_bounded_memory(
+    api: FakeWhatsApp, kind: str, status: int, expected: type | str
+) -> None:
+    api.odd_next(kind, status=status)  # "huge": a 200 MB body
+    sender = CloudApiSender(_settings(api))
+    tracemalloc.start()
+    try:
+        if isinstance(expected, str):
+            assert await sender.send_slot_offer("+34600111222", SLOT) == expected
+        else:
+            with pytest.raises(expected) as info:
+                await sender.send_slot_offer("+34600111222", SLOT)
+            assert type(info.value) is expected and len(str(info.value)) < 1000
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        await sender.close()
+    assert peak < 8 * 2**20, f"{peak / 2**20:.0f} MiB held to read one answer"
+    assert len(api.received()) == 1
+
+
+async def test_huge_error_message_is_clipped(api: FakeWhatsApp) -> None:
+    api.fail_next(status=400, code=131026, message="x" * (5 * 2**20))  # a 5 MB message
+    sender = CloudApiSender(_settings(api))
+    try:
+        with pytest.raises(WhatsAppRejected) as info:
+            await sender.send_slot_offer("+34600111222", SLOT)
+    finally:
+        await sender.close()
+    # Past the 64 KiB read the code is lost (Meta puts it after the message): the status decides.
+    assert str(info.value).startswith("WhatsApp Cloud API error 400 (HTTP 400): xxxxx") and len(str(info.value)) < 1000
+
+
+async def test_slow_answer_after_the_request_left_is_ambiguous(api: FakeWhatsApp) -> None:
+    api.slow_next(1.0)
+    sender = CloudApiSender(_settings(api, whatsapp_timeout_seconds=0.3))
+    try:
+        with pytest.raises(WhatsAppAmbiguous, match="may have been delivered") as info:
+            await sender.send_slot_offer("+34600111222", SLOT)
+    finally:
+        await sender.close()
+    assert info.value.kind == "timeout"
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e400", "soon"])
+async def test_odd_retry_after_is_ignored_or_capped(api: FakeWhatsApp, value: str) -> None:
+    api.fail_next(status=429, code=130429, retry_after=None)
+    api._plan[-1].retry_after = value  # type: ignore[assignment]  # sent as the header's text
+    sender = CloudApiSender(_settings(api))
+    try:
+        with pytest.raises(WhatsAppThrottled) as info:
+            await sender.send_slot_offer("+34600111222", SLOT)
+    finally:
+        await sender.close()
+    assert info.value.retry_after_ms is None or info.value.retry_after_ms <= 60_000
+
+
+def test_failed_reason_and_log_field_are_clipped() -> None:
+    from bullwait.processing import FAILED_REASON_LIMIT, _clip_message
+
+    exc = RuntimeError("y" * (5 * 2**20))
+    _clip_message(exc)
+    assert len(str(exc)) < FAILED_REASON_LIMIT + 100 and "more characters" in str(exc)
