@@ -21,6 +21,11 @@ are kept `WHATSAPP_RATE_WINDOW_MARGIN_MS` longer than nominal for that, so arriv
 
 A refused caller learns how long until the oldest place leaves the window. A send that
 did not happen (the API refused it, or was unreachable) `release`s its place.
+
+Each script is safe to run twice (redis-py re-sends a command whose reply was lost): an
+`acquire` by a member already holding a place answers "allowed" (not "refused", which
+would leave that place taken by nobody for a whole window); `stamp` moves the time to
+the later run (never back); `release` is a ZREM.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local window = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+-- The member already holds a place: this call is a re-send after a lost reply.
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then return 0 end
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
   redis.call('ZADD', KEYS[1], now, ARGV[3])
   redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000))

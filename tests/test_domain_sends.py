@@ -242,3 +242,16 @@ async def test_many_notifications_each_received_at_most_twice(services: Services
         else:
             assert job.failedReason.startswith("No answer from the WhatsApp Cloud API"), job.failedReason
             assert per_phone[to] == 2, "a job fails only after its second send without an answer"
+
+
+# --- the other Lua of bullwait, run twice (a re-send after a lost reply) ---------------
+
+async def test_rate_limit_acquire_run_twice_keeps_the_place(services: Services) -> None:
+    from bullwait.ratelimit import SlidingWindow
+
+    window = SlidingWindow(services.send_records.client, limit=1, window_ms=60_000)
+    key = f"{services.settings.bullwait_store_prefix}{{salon:twice}}:sends"
+    first, again = await window.acquire(key, "job-1/tok/1"), await window.acquire(key, "job-1/tok/1")
+    assert first.allowed and again.allowed, "a re-sent acquire finds its own place"
+    assert not (await window.acquire(key, "job-2/tok/2")).allowed
+    assert await window.in_window(key) == 1
