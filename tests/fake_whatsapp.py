@@ -106,7 +106,9 @@ class FakeWhatsApp:
             for _ in range(count):
                 self._plan.append(Planned(200, None, "", hang=hang))
 
-    def odd_next(self, kind: str, count: int = 1, status: int = 200, hang: float = 0.0, size: int = 200 * 2**20) -> None:
+    def odd_next(
+        self, kind: str, count: int = 1, status: int = 200, hang: float = 0.0, size: int = 200 * 2**20
+    ) -> None:
         """Answer the next `count` requests oddly (`ODD_KINDS`, see the module docstring)."""
         assert kind in ODD_KINDS, kind
         with self._lock:

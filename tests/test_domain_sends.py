@@ -134,7 +134,9 @@ async def test_claim_resent_after_a_lost_reply_still_sends_once(services: Servic
     assert len(api.received()) == 1
 
 
-async def test_claim_whose_reply_never_came_is_given_back_and_the_retry_sends(services: Services, api: FakeWhatsApp) -> None:
+async def test_claim_whose_reply_never_came_is_given_back_and_the_retry_sends(
+    services: Services, api: FakeWhatsApp
+) -> None:
     records = services.send_records
     records._claim = LostReply(records._claim)  # type: ignore[method-assign]
     data = notification_data("w-lostclaim", salon_id="salon-lr2", phone="+34600000102")
@@ -143,7 +145,9 @@ async def test_claim_whose_reply_never_came_is_given_back_and_the_retry_sends(se
     assert job.attemptsMade == 2 and len(api.received()) == 1
 
 
-async def test_redis_error_after_the_send_completes_the_job_with_one_message(services: Services, api: FakeWhatsApp) -> None:
+async def test_redis_error_after_the_send_completes_the_job_with_one_message(
+    services: Services, api: FakeWhatsApp
+) -> None:
     records = services.send_records
     lost = LostReply(records._sent)
     records._sent = lost  # type: ignore[method-assign]
