@@ -1,9 +1,16 @@
 """The metrics and health HTTP server: `/metrics`, `/health/queues`, `/health/live`.
 
-A minimal HTTP/1.1 server on `asyncio.start_server`, in the event loop of the worker
-(or of `bullwait serve`): one request per connection, GET/HEAD only, bounded header
-size and read time. Each `/metrics` or `/health/queues` request reads every queue from
-Redis in one pipelined round trip, with a timeout, so a hung Redis gives 503 quickly.
+A minimal HTTP/1.1 server in the event loop of the worker (or of `bullwait serve`): one
+request per connection, GET/HEAD only, bounded header size. Each `/metrics` or
+`/health/queues` request reads every queue from Redis in one pipelined round trip, with a
+timeout, so a hung Redis gives 503 quickly.
+
+It shares the worker's file descriptors, so it must never take them all (slowloris: a few
+hundred half-open connections once starved a worker's WhatsApp sends). Its own accept loop
+accepts a connection only when one of a few slots is free (the rest wait in the kernel's
+backlog, costing the process nothing), the whole request head must arrive within a deadline,
+and writes have one too. Trouble is logged as one structured line per kind and interval,
+never a traceback per connection (asyncio's own accept loop logged one per failed accept).
 
     async with monitoring(settings, queues, registry) as server:
         ...  # server.port is the bound port (METRICS_PORT=0 picks a free one)
@@ -14,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
+import socket
 import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
@@ -30,8 +39,44 @@ from bullwait.settings import Settings
 from bullwait.snapshot import QueueSnapshot, read_snapshots
 
 MAX_HEADER_BYTES = 16 * 1024
-READ_TIMEOUT = 10.0
-REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Request", 503: "Service Unavailable"}
+HEADER_DEADLINE = 5.0  # seconds for the whole request head: trickling bytes does not extend it
+WRITE_DEADLINE = 5.0  # seconds to hand over the response to a client that may not read
+MAX_CONNECTIONS = 32
+FD_SHARE = 16  # at most 1/FD_SHARE of RLIMIT_NOFILE for this server: the rest is the worker's
+ACCEPT_RETRY_SECONDS = 1.0
+LOG_INTERVAL = 30.0  # seconds between two lines about the same kind of trouble
+BACKLOG = 128
+REASONS = {
+    200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+    503: "Service Unavailable",
+}
+
+
+def connection_limit(max_connections: int = MAX_CONNECTIONS) -> int:
+    """Concurrent connections this server may hold, from the process's file-descriptor limit."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return max_connections
+    return max(1, min(max_connections, soft // FD_SHARE))
+
+
+class ThrottledLog:
+    """One warning per kind of trouble and interval, carrying how often it happened meanwhile."""
+
+    def __init__(self, log: Any, interval: float = LOG_INTERVAL) -> None:
+        self.log = log
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def warn(self, kind: str, message: str, **fields: Any) -> None:
+        self._counts[kind] = self._counts.get(kind, 0) + 1
+        now = time.monotonic()
+        if now - self._last.get(kind, -self.interval) < self.interval:
+            return
+        self._last[kind] = now
+        count = self._counts.pop(kind)
+        self.log.warning(message, kind=kind, count=count, intervalSeconds=self.interval, **fields)
 
 
 class Monitor:
@@ -94,68 +139,116 @@ class Monitor:
 class MonitorServer:
     """The HTTP front of a `Monitor`."""
 
-    def __init__(self, monitor: Monitor, host: str, port: int, log: Any = None) -> None:
+    def __init__(self, monitor: Monitor, host: str, port: int, log: Any = None, max_connections: int | None = None) -> None:
         self.monitor = monitor
         self.host = host
         self.requested_port = port
         self.port = 0
         self.log = log or get_logger()
-        self._server: asyncio.base_events.Server | None = None
+        self.max_connections = max_connections or connection_limit()
+        self.trouble = ThrottledLog(self.log)
+        self._sockets: list[socket.socket] = []
+        self._slots = asyncio.Semaphore(self.max_connections)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> "MonitorServer":
         try:
-            self._server = await asyncio.start_server(self._handle, self.host, self.requested_port, reuse_address=True)
+            self._sockets = await _listen(self.host, self.requested_port)
         except OSError as exc:
             reason = os.strerror(exc.errno).lower() if isinstance(exc.errno, int) and exc.errno > 0 else (exc.strerror or str(exc))
             raise MonitoringUnavailable(
                 f"cannot serve metrics on {self.host}:{self.requested_port} ({reason}): "
                 "set METRICS_PORT / METRICS_HOST to a free address, or QUEUE_MONITORING_ENABLED=false"
             ) from None
-        sockname = self._server.sockets[0].getsockname()
+        sockname = self._sockets[0].getsockname()
         self.host, self.port = sockname[0], sockname[1]
+        for sock in self._sockets:
+            self._spawn(self._accept_loop(sock))
         self.log.info(
             "monitoring server listening",
             host=self.host,
             port=self.port,
             url=f"http://{self.host}:{self.port}/metrics",
             queues=self.monitor.queues,
+            maxConnections=self.max_connections,
         )
         return self
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        for sock in self._sockets:
+            sock.close()
+        self._sockets = []
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.monitor.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept_loop(self, sock: socket.socket) -> None:
+        """Accept only into a free slot: beyond the limit, clients wait in the kernel's backlog."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._slots.acquire()
+            try:
+                conn, _addr = await loop.sock_accept(sock)
+            except asyncio.CancelledError:
+                self._slots.release()
+                raise
+            except OSError as exc:  # EMFILE/ENFILE: the worker's descriptors are gone; back off, do not spin
+                self._slots.release()
+                self.trouble.warn(
+                    "accept", "monitoring server cannot accept connections", error=_os_error(exc),
+                    retryInSeconds=ACCEPT_RETRY_SECONDS,
+                )
+                await asyncio.sleep(ACCEPT_RETRY_SECONDS)
+                continue
+            if self._slots.locked():
+                self.trouble.warn(
+                    "busy", "monitoring server at its connection limit; further clients wait",
+                    maxConnections=self.max_connections,
+                )
+            self._spawn(self._serve(conn))
+
+    async def _serve(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            reader = asyncio.StreamReader(limit=MAX_HEADER_BYTES)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            try:
+                transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn)
+            except OSError:
+                conn.close()
+                return
+            await self._handle(reader, asyncio.StreamWriter(transport, protocol, reader, loop))
+        finally:
+            self._slots.release()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
-            if len(head) > MAX_HEADER_BYTES:
-                raise ValueError("headers too large")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEADER_DEADLINE)
             status, body, ctype, method = await self._respond(head)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ConnectionError, ValueError):
+        except asyncio.TimeoutError:
+            self.trouble.warn(
+                "slow-client", "monitoring client sent no complete request in time; closed",
+                deadlineSeconds=HEADER_DEADLINE,
+            )
+            status, body, ctype, method = 408, b"request timeout\n", "text/plain; charset=utf-8", "GET"
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
             status, body, ctype, method = 400, b"bad request\n", "text/plain; charset=utf-8", "GET"
         except Exception as exc:  # noqa: BLE001 - a bug here must not kill the worker
             self.log.error("monitoring request failed", error=str(exc) or type(exc).__name__)
             status, body, ctype, method = 503, b"internal error\n", "text/plain; charset=utf-8", "GET"
-        try:
-            headers = (
-                f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
-                f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                "Cache-Control: no-store\r\nConnection: close\r\n\r\n"
-            )
-            writer.write(headers.encode("latin-1") + (b"" if method == "HEAD" else body))
-            await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
+        headers = (
+            f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
+            f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+            "Cache-Control: no-store\r\nConnection: close\r\n\r\n"
+        )
+        await _send_and_close(writer, headers.encode("latin-1") + (b"" if method == "HEAD" else body))
 
     async def _respond(self, head: bytes) -> tuple[int, bytes, str, str]:
         lines = head.decode("latin-1").split("\r\n")
@@ -182,6 +275,45 @@ class MonitorServer:
         if path == "/":
             return 200, b"bullwait: /metrics /health/queues /health/live\n", "text/plain; charset=utf-8", method
         return 404, b"not found: try /metrics, /health/queues or /health/live\n", "text/plain; charset=utf-8", method
+
+
+async def _send_and_close(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """Write, then close; a client that does not read loses its connection after the deadline."""
+    try:
+        writer.write(data)
+        await asyncio.wait_for(writer.drain(), WRITE_DEADLINE)
+        writer.close()
+        await asyncio.wait_for(writer.wait_closed(), WRITE_DEADLINE)
+    except (asyncio.TimeoutError, ConnectionError, OSError):
+        pass
+    finally:
+        writer.transport.abort()  # no-op once closed; frees the descriptor of a stuck one now
+
+
+async def _listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for every address of `host`, as asyncio.start_server would bind them."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _name, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # or binding :: would also take 0.0.0.0's port
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _os_error(exc: OSError) -> str:
+    return os.strerror(exc.errno) if isinstance(exc.errno, int) and exc.errno > 0 else (exc.strerror or str(exc))
 
 
 def _json(doc: Any) -> bytes:

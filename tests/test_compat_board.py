@@ -18,7 +18,7 @@ from bullwait.settings import Settings
 
 from fixtures import notification_data
 from conftest import wait_job_state
-from nodecompat import BOARD_USER, env_without, node_json, node_required, run_node
+from nodecompat import BOARD_PASSWORD, BOARD_USER, env_without, node_json, node_required, run_node
 from nodecompat import start_board, start_node  # noqa: F401 (fixtures)
 
 pytestmark = node_required
@@ -152,3 +152,91 @@ async def test_failed_python_job_retried_from_board_runs_again_in_python(setting
         await run
 
 
+# --- cross-site writes, Host, blank passwords, Redis down ------------------------------------
+
+ADD = "/api/queues/waitlist-expiry/add"
+JOB = '{"name": "check-expiry", "data": {"waitlistId": "w-csrf"}}'
+
+
+def test_board_refuses_cross_site_writes(start_board, sync_redis, prefix) -> None:  # type: ignore[no-untyped-def]
+    """What a web page can make a browser send with the operator's cached login is refused."""
+    board = start_board()
+    own = f"http://127.0.0.1:{board.port}"
+    evil = "http://evil.example"
+    refused = [
+        ({"Content-Type": "text/plain"}, 415),  # CORS-simple: no preflight, credentials sent
+        ({"Content-Type": "text/plain;charset=UTF-8", "Origin": own}, 415),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415),
+        ({"Content-Type": "multipart/form-data; boundary=x"}, 415),
+        ({"Content-Type": "application/json", "Origin": evil}, 403),
+        ({"Content-Type": "application/json", "Origin": "null"}, 403),
+        ({"Content-Type": "application/json", "Referer": f"{evil}/page"}, 403),
+    ]
+    for headers, status in refused:
+        response = board.client.post(ADD, content=JOB, headers=headers)
+        assert response.status_code == status, (headers, response.status_code, response.text)
+    assert board.put("/api/queues/waitlist-expiry/pause", headers={"Origin": evil}).status_code == 403
+    assert not sync_redis.exists(f"{prefix}:waitlist-expiry:wait"), "a refused request added a job"
+    assert not sync_redis.hexists(f"{prefix}:waitlist-expiry:meta", "paused")
+
+    # The board's own UI (JSON, its own origin; body-less PUTs) and non-browser clients still work.
+    for extra in ({"Origin": own}, {}, {"Referer": f"{own}/admin/queues/"}):
+        response = board.client.post(ADD, content=JOB, headers={"Content-Type": "application/json", **extra})
+        assert response.status_code == 200, (extra, response.text)
+    assert sync_redis.llen(f"{prefix}:waitlist-expiry:wait") == 3
+    assert board.put("/api/queues/waitlist-expiry/pause", headers={"Origin": own}).status_code in (200, 204)
+    assert sync_redis.hexists(f"{prefix}:waitlist-expiry:meta", "paused")
+
+
+def test_board_answers_only_to_its_own_host_names(start_board) -> None:  # type: ignore[no-untyped-def]
+    """DNS rebinding: a page on evil.example whose name now resolves to the board is same-origin, but not allowed."""
+    import httpx
+
+    board = start_board(extra_env={"BULL_BOARD_ALLOWED_HOSTS": "board.example.com, ops.internal"})
+    for host in ("evil.example", f"evil.example:{board.port}", "127.0.0.1.evil.example", ""):
+        response = board.get("/api/queues", headers={"Host": host})
+        assert response.status_code == 421 and "BULL_BOARD_ALLOWED_HOSTS" in response.text, (host, response.status_code)
+    assert httpx.get(f"http://127.0.0.1:{board.port}/healthz", headers={"Host": "evil.example"}).status_code == 421
+    for host in (f"127.0.0.1:{board.port}", f"localhost:{board.port}", "board.example.com", "OPS.internal:443"):
+        assert board.get("/api/queues", headers={"Host": host}).status_code == 200, host
+
+
+@pytest.mark.parametrize("blank", ["user", "password"])
+def test_board_refuses_a_blank_login(env: dict[str, str], blank: str) -> None:
+    login = {"BULL_BOARD_USER": "ops", "BULL_BOARD_PASSWORD": "s3cret"}
+    name = f"BULL_BOARD_{blank.upper()}"
+    login[name] = " \t "
+    proc = run_node(dict(env, BULL_BOARD_PORT="0", **login), "board/server.js", check=False, timeout=20)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and name in lines[0] and "blank" in lines[0], proc.stderr
+    assert "listening" not in proc.stdout and "s3cret" not in proc.stdout + proc.stderr
+
+
+def test_board_with_redis_down_logs_one_line_per_retry(start_node) -> None:  # type: ignore[no-untyped-def]
+    from bullwait.embedded import RedisServer, free_port
+
+    redis_port = free_port()  # nothing listens here until the end
+    board = start_node("board/server.js", extra_env={
+        "BULL_BOARD_PORT": str(free_port()), "BULL_BOARD_USER": BOARD_USER, "BULL_BOARD_PASSWORD": BOARD_PASSWORD,
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+    }, ready="bull board listening")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and board.log().count("unreachable") < 3:
+        time.sleep(0.1)
+    lines = board.log().splitlines()
+    retries = [line for line in lines if line.startswith("bull-board: redis ") and "unreachable" in line]
+    assert len(retries) >= 3, board.log()
+    # Only the start line and one line per reconnect attempt: no stack traces, no duplicates per queue.
+    others = [line for line in lines if "listening" not in line and line not in retries]
+    assert not others, "\n".join(others[:20])
+    assert "ECONNREFUSED" in retries[0] and f"127.0.0.1:{redis_port}/0" in retries[0]
+
+    # When Redis comes up, the board says so once and serves the queues.
+    server = RedisServer(port=redis_port, appendonly=False).start()
+    try:
+        board.wait_for_log("reachable again", timeout=40)
+        assert board.log().count("reachable again") == 1
+    finally:
+        board.stop()
+        server.cleanup()

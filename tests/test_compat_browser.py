@@ -20,7 +20,9 @@ HAVE_BROWSER = os.access(CHROMIUM, os.X_OK) and (NODE_DIR / "node_modules" / "pl
 pytestmark = [*node_required, pytest.mark.skipif(not HAVE_BROWSER, reason=f"no {CHROMIUM} (apt-get install chromium) or playwright-core")]
 
 
-async def test_browser_logs_in_and_sees_a_bullwait_job(settings: Settings, env, start_worker, start_board) -> None:  # type: ignore[no-untyped-def]
+async def test_browser_logs_in_and_sees_a_bullwait_job(  # type: ignore[no-untyped-def]
+    settings: Settings, env, start_worker, start_board, sync_redis, prefix
+) -> None:
     start_worker("-q", "waitlist-expiry", extra_env={"BULLWAIT_WORKER_NAME": "py-browser"})
     async with Producer(settings) as producer:
         job_id = await producer.schedule_expiry(new_expiry("w-browser-42", "slot-9", "cust-9", "salon-9"))
@@ -33,3 +35,6 @@ async def test_browser_logs_in_and_sees_a_bullwait_job(settings: Settings, env, 
                        job_id, str(png), timeout=120)
     assert result["found"] is True
     assert png.stat().st_size > 10_000
+    # The cross-site guard lets the board's own page act on jobs (a browser's same-origin PUT).
+    assert result["promote"] in (200, 204), result
+    assert sync_redis.zscore(f"{prefix}:waitlist-expiry:delayed", job_id) is None, "the promoted job is still delayed"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 import shutil
 import socket
 import subprocess
@@ -26,7 +27,8 @@ from bullwait.runner import WorkerPool, worker_options
 from bullwait.settings import Settings
 from bullwait.snapshot import NODE_STATES, worker_names
 
-from conftest import BULLWAIT, ROOT, run_cli, wait_until
+from conftest import BULLWAIT, ROOT, WorkerProcess, run_cli, wait_until
+from fake_whatsapp import FakeWhatsApp
 from fixtures import expiry_data, notification_data, preference_data
 
 NODE_COMPAT = ROOT / "node-compat"
@@ -445,6 +447,94 @@ def test_worker_without_monitoring_serves_nothing(start_worker) -> None:  # type
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
     assert worker.terminate() == 0
+
+
+# --- slowloris: the server never starves the worker --------------------------------------
+
+FD_LIMIT = 256  # RLIMIT_NOFILE of the attacked worker
+ATTACKERS = 300  # more half-open connections than it has descriptors
+
+
+class LimitedWorker(WorkerProcess):
+    """`bullwait worker` started with a low RLIMIT_NOFILE."""
+
+    def __init__(self, env: dict[str, str], args: list[str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [*BULLWAIT, "worker", *args], env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT)),
+        )
+
+
+def half_open(port: int, count: int) -> list[socket.socket]:
+    """Connections that start a request and never finish it (connects do not wait for the server)."""
+    socks = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.connect_ex(("127.0.0.1", port))
+        socks.append(sock)
+    return socks
+
+
+def trickle(socks: list[socket.socket], data: bytes) -> None:
+    for sock in socks:
+        try:
+            sock.send(data)
+        except OSError:  # not accepted yet (still in the server's backlog or SYN queue)
+            pass
+
+
+async def test_slowloris_on_the_metrics_port_does_not_starve_the_worker(settings: Settings, env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with FakeWhatsApp() as api:
+        worker = LimitedWorker({**env, **api.env()}, ["-q", NOTIFY], tmp_path / "worker.log")
+        try:
+            worker.wait_for_log("worker started")
+            port = int(listening(worker.log())["port"])
+            attackers = half_open(port, ATTACKERS)
+            try:
+                trickle(attackers, b"GET /metrics HTTP/1.1\r\n")
+                async with Producer(settings) as producer:
+                    notify = producer.queue(QueueKey.WAITLIST_NOTIFICATION)
+                    for i in range(20):
+                        await notify.add("send-slot-available", notification_data(f"w-slow-{i}", salon_id=f"salon-slow-{i}"), {"attempts": 1})
+                    deadline = time.monotonic() + 30
+                    counts = await job_counts(settings, NOTIFY)
+                    while time.monotonic() < deadline and counts["completed"] + counts["failed"] < 20:
+                        trickle(attackers, b"X-a: b\r\n")
+                        await asyncio.sleep(0.2)
+                        counts = await job_counts(settings, NOTIFY)
+                    assert counts["completed"] == 20, f"jobs under attack: {counts}\n{worker.log()[-3000:]}"
+                assert len(api.received()) == 20
+            finally:
+                for sock in attackers:
+                    sock.close()
+            # Once the attackers are gone, scrapes succeed again.
+            wait_until(lambda: _answers(port), timeout=30, message="/metrics to answer after the attack")
+            assert worker.terminate() == 0
+        finally:
+            worker.kill()
+    lines = worker.log().splitlines()
+    not_json = [line for line in lines if not _is_json(line)]
+    assert not not_json, f"{len(not_json)} non-JSON lines, e.g.:\n" + "\n".join(not_json[:10])
+    assert len(lines) < 80, f"{len(lines)} log lines for one attack: not throttled"
+    trouble = [json.loads(line) for line in lines if "monitoring" in line and '"warning"' in line]
+    assert trouble and all(t["level"] == "warning" and "kind" in t for t in trouble), trouble
+
+
+def _answers(port: int) -> bool:
+    try:
+        return get(port, "/metrics", timeout=3)[0] == 200
+    except OSError:
+        return False
+
+
+def _is_json(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 # --- in-process: the observer, worker counting, options ----------------------------------

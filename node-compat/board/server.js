@@ -5,12 +5,22 @@
 //   REDIS_URL | REDIS_HOST, REDIS_PORT, REDIS_QUEUE_DB; REDIS_USERNAME, REDIS_PASSWORD,
 //   REDIS_TLS_CA_FILE; BULLMQ_PREFIX; BULLWAIT_QUEUE_NAMES
 // and its own:
-//   BULL_BOARD_USER, BULL_BOARD_PASSWORD  basic-auth credentials (required ...)
+//   BULL_BOARD_USER, BULL_BOARD_PASSWORD  basic-auth credentials (required, not blank ...)
 //   BULL_BOARD_AUTH=off                   ... unless auth is switched off explicitly
 //   BULL_BOARD_HOST (127.0.0.1), BULL_BOARD_PORT (3001), BULL_BOARD_BASE_PATH (/admin/queues)
+//   BULL_BOARD_ALLOWED_HOSTS              extra Host names it answers to (loopback always)
 //   BULL_BOARD_READ_ONLY=true             no retries/cleans/pauses, and no queue meta written
+//
+// A browser sends the operator's cached basic-auth credentials with any request a web page
+// makes, and a POST with a text/plain or form body needs no CORS preflight. So every
+// state-changing request must be JSON if it has a body (a POST always) and, when the browser
+// says where it came from (Origin, else Referer), come from the board's own origin. Body-less
+// PUT/PATCH/DELETE (the board UI's buttons) cannot cross sites without a preflight, which this
+// server never grants. The Host check stops DNS rebinding, where an attacker's name resolves
+// to this board and so looks same-origin.
 const crypto = require('node:crypto');
 const express = require('express');
+const IORedis = require('ioredis');
 const { Queue } = require('bullmq');
 const { createBullBoard } = require('@bull-board/api');
 const { BullMQAdapter } = require('@bull-board/api/bullMQAdapter');
@@ -39,18 +49,106 @@ function boardSettings(env = process.env) {
   if (authRaw === 'on' && (!user || !password)) {
     throw new ConfigError('refusing to start without BULL_BOARD_USER and BULL_BOARD_PASSWORD (set both, or BULL_BOARD_AUTH=off to run without a login)');
   }
+  if (authRaw === 'on') {
+    for (const [name, value] of [['BULL_BOARD_USER', user], ['BULL_BOARD_PASSWORD', password]]) {
+      if (!value.trim()) {
+        throw new ConfigError(`${name} is blank: set a real value, or BULL_BOARD_AUTH=off to run without a login`);
+      }
+    }
+  }
   const port = Number(env.BULL_BOARD_PORT || 3001);
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
     throw new ConfigError(`BULL_BOARD_PORT: must be a port number (got ${JSON.stringify(env.BULL_BOARD_PORT)})`);
   }
   const basePath = (env.BULL_BOARD_BASE_PATH || '/admin/queues').replace(/\/+$/, '');
   if (!basePath.startsWith('/')) throw new ConfigError('BULL_BOARD_BASE_PATH: must start with /');
+  const host = env.BULL_BOARD_HOST || '127.0.0.1';
   return {
     auth: authRaw === 'on' ? { user, password } : null,
-    host: env.BULL_BOARD_HOST || '127.0.0.1',
+    host,
     port,
     basePath,
+    allowedHosts: allowedHosts(env.BULL_BOARD_ALLOWED_HOSTS || '', host),
     readOnly: boolEnv(env, 'BULL_BOARD_READ_ONLY', false),
+  };
+}
+
+const LOOPBACK_NAMES = new Set(['localhost', '127.0.0.1', '::1']);
+const WILDCARD_BINDS = new Set(['0.0.0.0', '::', '']);
+
+/** Host names (no port) the board answers to besides loopback: the configured ones and a specific bind address. */
+function allowedHosts(raw, bindHost) {
+  const names = raw.split(',').map((h) => h.trim().toLowerCase()).filter(Boolean);
+  for (const name of names) {
+    if (/[\s/:@]/.test(name) && !name.startsWith('[')) {
+      throw new ConfigError(
+        `BULL_BOARD_ALLOWED_HOSTS: ${JSON.stringify(name)} is not a host name (list names without scheme or port)`,
+      );
+    }
+  }
+  if (!WILDCARD_BINDS.has(bindHost)) names.push(bindHost.toLowerCase());
+  return new Set(names.map((n) => n.replace(/^\[|\]$/g, '')));
+}
+
+/** The host name of a Host header value (`name:port`, `[v6]:port`), lower case, or null if malformed. */
+function hostName(value) {
+  if (!value) return null;
+  try {
+    return new URL(`http://${value}`).hostname.toLowerCase().replace(/^\[|\]$/g, '');
+  } catch {
+    return null;
+  }
+}
+
+function isLoopback(name) {
+  return LOOPBACK_NAMES.has(name) || /^127\.\d+\.\d+\.\d+$/.test(name);
+}
+
+function refuse(res, status, message) {
+  res.status(status).type('text/plain').send(`${message}\n`);
+}
+
+function hostGuard(allowed) {
+  return (req, res, next) => {
+    const name = hostName(req.headers.host);
+    if (name && (isLoopback(name) || allowed.has(name))) return next();
+    refuse(res, 421, 'this board does not answer to that Host name: add it to BULL_BOARD_ALLOWED_HOSTS');
+  };
+}
+
+const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
+
+/** The `host[:port]` of an Origin or Referer value, or null for `null`, opaque or malformed ones. */
+function originHost(value) {
+  try {
+    const url = new URL(value);
+    return url.protocol === 'http:' || url.protocol === 'https:' ? url.host.toLowerCase() : null;
+  } catch {
+    return null;
+  }
+}
+
+function hasBody(req) {
+  return req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] || 0) > 0;
+}
+
+function isJson(req) {
+  const type = (req.headers['content-type'] || '').split(';')[0].trim().toLowerCase();
+  return type === 'application/json';
+}
+
+function sameOriginWrites() {
+  return (req, res, next) => {
+    if (SAFE_METHODS.has(req.method)) return next();
+    if ((req.method === 'POST' || hasBody(req)) && !isJson(req)) {
+      return refuse(res, 415, 'refused: a state-changing request with a body must be Content-Type: application/json');
+    }
+    const source = req.headers.origin !== undefined ? req.headers.origin : req.headers.referer;
+    if (source !== undefined && originHost(source) !== String(req.headers.host || '').toLowerCase()) {
+      return refuse(res, 403, 'refused: cross-site request (Origin/Referer is not this board); '
+        + 'use the board itself or a client without a browser');
+    }
+    return next();
   };
 }
 
@@ -76,7 +174,41 @@ function basicAuth({ user, password }) {
   };
 }
 
-function openQueues(config, readOnly) {
+/**
+ * One Redis connection for every queue of the board, so an unreachable Redis costs one line
+ * per reconnect attempt (not a stack trace per queue and attempt, as bullmq prints errors
+ * nobody listens to).
+ */
+function sharedConnection(config, log = (line) => process.stderr.write(`${line}\n`)) {
+  const where = describeRedis(config.connection);
+  const client = new IORedis({
+    ...config.connection,
+    // bullmq's own default for the connections it makes: 1 s at first, growing to 20 s.
+    retryStrategy: (times) => Math.max(Math.min(Math.exp(times), 20000), 1000),
+  });
+  let lastError = null;
+  let down = false;
+  client.on('error', (err) => {
+    lastError = err;
+    down = true;
+    log(`bull-board: redis ${where} unreachable (${firstLine(err)}); retrying`);
+  });
+  client.on('ready', () => {
+    if (down) log(`bull-board: redis ${where} reachable again`);
+    down = false;
+  });
+  // Each queue forwards the connection's errors: those are logged above already.
+  const queueError = (name) => (err) => {
+    if (err !== lastError) log(`bull-board: queue ${name}: ${firstLine(err)}`);
+  };
+  return { client, queueError };
+}
+
+function firstLine(err) {
+  return String((err && (err.message || err.code)) || err).split('\n')[0];
+}
+
+function openQueues(config, readOnly, connection) {
   return config.queues.map((q) => {
     if (q.active.includes(':')) {
       throw new ConfigError(
@@ -86,12 +218,16 @@ function openQueues(config, readOnly) {
     }
     // skipMetasUpdate: a bullmq Queue otherwise writes `version` and `opts.maxLenEvents` into
     // <prefix>:<queue>:meta as soon as it connects; a read-only board must write nothing.
-    return new Queue(q.active, { connection: config.connection, prefix: config.prefix, skipMetasUpdate: readOnly });
+    const options = { connection: connection.client, prefix: config.prefix, skipMetasUpdate: readOnly };
+    const queue = new Queue(q.active, options);
+    queue.on('error', connection.queueError(q.active));
+    return queue;
   });
 }
 
 function buildApp(config, board) {
-  const queues = openQueues(config, board.readOnly);
+  const connection = sharedConnection(config);
+  const queues = openQueues(config, board.readOnly, connection);
   const serverAdapter = new ExpressAdapter();
   serverAdapter.setBasePath(board.basePath);
   createBullBoard({
@@ -101,16 +237,18 @@ function buildApp(config, board) {
   });
   const app = express();
   app.disable('x-powered-by');
+  app.use(hostGuard(board.allowedHosts));
   app.get('/healthz', (_req, res) => res.json({ ok: true }));
+  app.use(board.basePath, sameOriginWrites());
   if (board.auth) app.use(board.basePath, basicAuth(board.auth));
   app.use(board.basePath, serverAdapter.getRouter());
-  return { app, queues };
+  return { app, queues, client: connection.client };
 }
 
 async function main() {
   const config = loadConfig();
   const board = boardSettings();
-  const { app, queues } = buildApp(config, board);
+  const { app, queues, client } = buildApp(config, board);
   const server = await new Promise((resolve, reject) => {
     const s = app.listen(board.port, board.host, () => resolve(s));
     s.on('error', (err) => reject(new Error(`cannot listen on ${board.host}:${board.port}: ${err.code || err.message}`)));
@@ -128,6 +266,7 @@ async function main() {
   });
   server.close();
   await Promise.all(queues.map((q) => q.close()));
+  client.disconnect();
   return 0;
 }
 

@@ -2,9 +2,10 @@
 'use strict';
 // Headless Chromium (Debian's /usr/bin/chromium, never a downloaded browser) driven by
 // playwright-core: log in to Bull Board with basic auth, open one queue, wait for a job id
-// to appear, save a screenshot.
+// to appear, save a screenshot. Then promote that job from the board's page with a body-less
+// PUT, as the board's UI does (the browser adds its Origin header: the board must accept it).
 //   node compat/browser.js <board base url> <user> <password> <queue> <status> <job id> <png path>
-// Prints {"found": true, "title": ...} on success; exits 1 with one line otherwise.
+// Prints {"found": true, "title": ..., "promote": <HTTP status>} on success; exits 1 with one line otherwise.
 const { chromium } = require('playwright-core');
 const { runMain } = require('../lib/config');
 
@@ -23,7 +24,9 @@ async function main() {
     if (!response || response.status() !== 200) throw new Error(`GET ${url} answered ${response && response.status()}`);
     await page.getByText(jobId, { exact: false }).first().waitFor({ timeout: 30000 });
     await page.screenshot({ path: png, fullPage: true });
-    process.stdout.write(JSON.stringify({ found: true, title: await page.title(), url }) + '\n');
+    const promote = await page.evaluate(async (target) => (await fetch(target, { method: 'PUT' })).status,
+      `${base}/api/queues/${encodeURIComponent(queue)}/${encodeURIComponent(jobId)}/promote`);
+    process.stdout.write(JSON.stringify({ found: true, title: await page.title(), url, promote }) + '\n');
   } finally {
     await browser.close();
   }
