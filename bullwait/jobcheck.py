@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 INT_FIELDS = ("delay", "priority", "timestamp", "atm", "ats", "stc", "processedOn", "finishedOn", "attemptsMade")
 JSON_FIELDS = ("data", "opts", "progress", "stacktrace", "parent")
 MAX_SHOWN = 40  # characters of a bad value quoted in a reason
 _BACKOFF_TYPES = ("fixed", "exponential")
+_ESCAPED = re.compile(rb"\\x([0-9a-fA-F]{2})")
 
 
 class BadOption(ValueError):
@@ -48,6 +50,12 @@ def printable(value: str) -> str:
     if value.isascii():
         return value
     return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def unescape(shown_id: str) -> str:
+    """The inverse of `printable`: `\\xNN` back to the byte it stands for (as a surrogate escape)."""
+    raw = _ESCAPED.sub(lambda m: bytes([int(m.group(1), 16)]), shown_id.encode("utf-8", "surrogateescape"))
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def not_utf8(value: Any) -> bool:
