@@ -325,15 +325,15 @@ class BullwaitWorker(Worker):
             return job
         if job is None or not isinstance(job_data, dict):
             return job
-        for value in job_data.values():  # isascii() reads a flag: nothing ASCII is encoded (hot path)
-            if not value.isascii():
-                _check_utf8(job, job_data, job_id)
-                return job
-        if job_id is not None and not job_id.isascii():
+        # isascii() reads a flag, so an ASCII job is checked without encoding anything (hot path).
+        if all(map(_isascii, job_data.values())) and (job_id is None or job_id.isascii()):
+            job.raw_data_size = len(job_data.get("data") or "")  # ASCII: characters are bytes
+        else:
             _check_utf8(job, job_data, job_id)
-            return job
-        job.raw_data_size = len(job_data.get("data") or "")  # ASCII: characters are bytes
         return job
+
+
+_isascii = str.isascii
 
 
 def _check_utf8(job: Job, job_data: dict[str, Any], job_id: Any) -> None:
