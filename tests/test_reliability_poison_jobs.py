@@ -36,7 +36,8 @@ CASES: list[tuple[bytes, dict[str, bytes], list[str], int]] = [
     (b"str-attempts", {"data": FAILING, "opts": b'{"attempts":"3"}'}, ["asked to fail"], 3),  # "3" means 3, as in Node
     (b"abc-attempts", {"data": FAILING, "opts": b'{"attempts":"abc"}'}, ["opts.attempts is 'abc'", "asked to fail"], 1),
     (b"null-attempts", {"data": FAILING, "opts": b'{"attempts":null}'}, ["opts.attempts is null", "asked to fail"], 1),
-    (b"abc-backoff", {"data": FAILING, "opts": b'{"attempts":3,"backoff":{"type":"fixed","delay":"x"}}'}, ["opts.backoff"], 1),
+    (b"abc-backoff", {"data": FAILING, "opts": b'{"attempts":3,"backoff":{"type":"fixed","delay":"x"}}'},
+     ["opts.backoff"], 1),
     (b"abc-timestamp", {"timestamp": b"abc"}, ["timestamp is 'abc'"], 1),
     (b"abc-delay", {"delay": b"abc"}, ["delay is 'abc'"], 1),
     (b"abc-priority", {"priority": b"abc"}, ["priority is 'abc'"], 1),
