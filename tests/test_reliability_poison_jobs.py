@@ -147,6 +147,9 @@ async def test_a_waiting_poison_job_can_be_listed_shown_and_cancelled(
         listed = run_cli(env, "jobs", "list", QUEUE, "--status", status)
         assert listed.returncode == 0, listed.stderr
         assert "bad-\\xff" in listed.stdout and "array-opts" in listed.stdout
+    stats = run_cli(env, "stats", "--json")  # the oldest waiting job is a bad one
+    assert stats.returncode == 0, stats.stderr
+    assert {q["name"]: q["waiting"] for q in json.loads(stats.stdout)}[QUEUE] == 2
     show = run_cli(env, "jobs", "show", QUEUE, "bad-\\xff")
     assert show.returncode == 0, show.stderr
     assert "\\xff\\xfe" in show.stdout and "not valid UTF-8" in show.stdout
@@ -159,7 +162,7 @@ async def test_a_waiting_poison_job_can_be_listed_shown_and_cancelled(
         assert "Traceback" not in cancelled.stdout + cancelled.stderr
     assert raw_redis.llen(f"{prefix}:{QUEUE}:wait") == 0
     assert not raw_redis.exists(job_key(prefix, b"bad-\xff"))
-    for result in (listed, show, shown_json):
+    for result in (listed, stats, show, shown_json):
         assert "Traceback" not in result.stdout + result.stderr
 
 
