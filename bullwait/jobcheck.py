@@ -30,6 +30,7 @@ INT_FIELDS = ("delay", "priority", "timestamp", "atm", "ats", "stc", "processedO
 JSON_FIELDS = ("data", "opts", "progress", "stacktrace", "parent")
 MAX_SHOWN = 40  # characters of a bad value quoted in a reason
 _BACKOFF_TYPES = ("fixed", "exponential")
+_HUGE = 2**53
 _ESCAPED = re.compile(rb"\\x([0-9a-fA-F]{2})")
 
 
@@ -78,7 +79,14 @@ def non_utf8_fields(job_data: dict[str, Any], job_id: Any) -> list[str]:
 
 
 def attempts_value(raw: Any) -> int:
-    """`opts.attempts` as Node's `attemptsMade + 1 < attempts` reads it; BadOption when no number fits."""
+    """`opts.attempts` as Node's `attemptsMade + 1 < attempts` reads it; BadOption when no number fits.
+
+    Beyond 2**53 (JSON's largest exact integer) means "for ever" all the same, and the
+    number must still fit bullmq's msgpack'd arguments."""
+    return max(-_HUGE, min(_HUGE, _attempts(raw)))
+
+
+def _attempts(raw: Any) -> int:
     if type(raw) is int:
         return raw
     number: Any = raw

@@ -22,7 +22,7 @@ from bullwait.processing import _final
 
 
 @pytest.mark.parametrize(
-    "raw,expected", [(3, 3), (3.0, 3), ("3", 3), (" 3 ", 3), ("", 0), (True, 1), (0, 0), (1e300, int(1e300))]
+    "raw,expected", [(3, 3), (3.0, 3), ("3", 3), (" 3 ", 3), ("", 0), (True, 1), (0, 0), (1e300, 2**53), (10**30, 2**53)]
 )
 def test_attempts_read_as_node_compares_them(raw: Any, expected: int) -> None:
     assert attempts_value(raw) == expected

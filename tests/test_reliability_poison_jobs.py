@@ -33,6 +33,7 @@ INVALID = json.dumps({k: v for k, v in expiry_data().items() if k != "customerId
 CASES: list[tuple[bytes, dict[str, bytes], list[str], int]] = [
     (b"inf-attempts", {"data": INVALID, "opts": b'{"attempts":1e400}'},
      ["Invalid job data", "customerId", "opts.attempts", "not finite"], 1),
+    (b"huge-attempts", {"data": INVALID, "opts": b'{"attempts":100000000000000000000000}'}, ["customerId"], 1),
     (b"str-attempts", {"data": FAILING, "opts": b'{"attempts":"3"}'}, ["asked to fail"], 3),  # "3" means 3, as in Node
     (b"abc-attempts", {"data": FAILING, "opts": b'{"attempts":"abc"}'}, ["opts.attempts is 'abc'", "asked to fail"], 1),
     (b"null-attempts", {"data": FAILING, "opts": b'{"attempts":null}'}, ["opts.attempts is null", "asked to fail"], 1),
