@@ -16,6 +16,12 @@ scripts: a lost connection (every call without a reply is re-sent through the cl
 as redis-py itself would retry it). `NOSCRIPT` (first use, `SCRIPT FLUSH`, failover)
 loads the script once and sends the calls again. Other error replies are raised to
 their caller unchanged.
+
+Bad bytes. A reply holding bytes that are not UTF-8 (a job hash written by hand) made
+redis-py raise while reading it, which failed the connection and every call written
+with it: jobs of other slots were re-sent after they had run. The connection reads such
+bytes as surrogate escapes instead (`errors="surrogateescape"`), so the reply reaches
+its own caller, which can see them (`bullwait.jobcheck.not_utf8`) and write them back.
 """
 
 from __future__ import annotations
@@ -178,7 +184,10 @@ class AutoPipeline:
 
     async def _connect_then_write(self) -> None:
         pool = self.client.connection_pool
-        conn = pool.connection_class(**pool.connection_kwargs)
+        kwargs = dict(pool.connection_kwargs)
+        if kwargs.get("decode_responses"):
+            kwargs["encoding_errors"] = "surrogateescape"  # see "Bad bytes" above
+        conn = pool.connection_class(**kwargs)
         try:
             await conn.connect()
             if getattr(conn, "_writer", None) is None:  # a redis-py without it: no pipelining

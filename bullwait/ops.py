@@ -27,13 +27,14 @@ from typing import Any, Callable, Iterable
 from bullmq.redis_connection import loadScript
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError, WatchError
 
 from bullwait.catalog import QueueKey, queue_name
 from bullwait.connection import check_redis, describe_redis, redis_client
 from bullwait.durations import format_ms
 from bullwait.errors import BadArgument, JobNotFound, RedisUnavailable
-from bullwait.producer import CancelResult, Producer
+from bullwait.jobcheck import hash_problems, not_utf8, printable, unescape
+from bullwait.producer import CANCELLABLE_STATES, CancelResult, Producer
 from bullwait.settings import Settings
 from bullwait.snapshot import count_workers
 
@@ -281,6 +282,7 @@ class JobInfo:
     locked: bool = False
     logs: list[str] = field(default_factory=list)
     logs_count: int = 0
+    problems: list[str] = field(default_factory=list)  # what a worker cannot read (bullwait.jobcheck)
 
     def times(self) -> dict[str, str | None]:
         return {
@@ -403,13 +405,18 @@ class Ops:
         self._move = client.register_script(loadScript("moveJobsToWait-8.lua"))
         self._pause = client.register_script(loadScript("pause-7.lua"))
         self._state = client.register_script(loadScript("getStateV2-8.lua"))
+        self._remove = client.register_script(loadScript("removeJob-2.lua"))
 
     @classmethod
     async def open(cls, settings: Settings, timeout: float | None = None) -> "Ops":
         """Check Redis answers (fail fast), then connect for the operations."""
         version = await check_redis(settings, timeout)
         # One retry, no backoff: an operator would rather see the error than wait.
-        client = redis_client(settings, socket_timeout=60, retry_on_timeout=False, retry=Retry(NoBackoff(), 1))
+        # Bytes that are not UTF-8 (a hand-written job) come back as surrogate escapes, not an error.
+        client = redis_client(
+            settings, socket_timeout=60, retry_on_timeout=False, retry=Retry(NoBackoff(), 1),
+            encoding_errors="surrogateescape",
+        )
         return cls(settings, client, version)
 
     async def __aenter__(self) -> "Ops":
@@ -505,8 +512,39 @@ class Ops:
     async def cancel(self, key: QueueKey, job_id: str) -> CancelResult:
         """Remove a job only while waiting or delayed (the seed's cancelExpiryTimer rule)."""
         check_job_id(job_id)
+        stored = await self._stored_id(key, job_id)
+        if not_utf8(stored):
+            return await self._cancel_undecodable(key, stored, job_id)
         async with Producer(self.settings) as producer:
             return await producer.cancel_job(key, job_id)
+
+    async def _stored_id(self, key: QueueKey, job_id: str) -> str:
+        """`job_id`, or the id it shows in `\\xNN` form (bytes that are not UTF-8) if only that exists."""
+        if "\\x" not in job_id or await self.client.exists(self.k(key, job_id)):
+            return job_id
+        raw = unescape(job_id)
+        return raw if await self.client.exists(self.k(key, raw)) else job_id
+
+    async def _cancel_undecodable(self, key: QueueKey, raw_id: str, shown_id: str) -> CancelResult:
+        """`Producer.cancel_job` for an id only this client can send (its bytes are not UTF-8)."""
+        job_key = self.k(key, raw_id)
+        for _ in range(10):
+            async with self.client.pipeline(transaction=True) as pipe:
+                await pipe.watch(job_key)
+                state = await self.job_state(key, raw_id)
+                if state == "unknown":
+                    return CancelResult(self.name(key), shown_id, "missing")
+                if state not in CANCELLABLE_STATES:
+                    return CancelResult(self.name(key), shown_id, state)
+                pipe.multi()
+                await self._remove(keys=[job_key, self.k(key, "repeat")], args=[raw_id, 1, self.base(key)], client=pipe)
+                try:
+                    removed = (await pipe.execute())[0]
+                except WatchError:
+                    continue
+                if removed == 1:
+                    return CancelResult(self.name(key), shown_id, "cancelled")
+        return CancelResult(self.name(key), shown_id, await self.job_state(key, raw_id))
 
     async def cancel_expiry(self, waitlist_id: str) -> CancelResult:
         check_job_id(waitlist_id, "waitlist id")
@@ -657,15 +695,17 @@ class Ops:
     async def show_job(self, key: QueueKey, job_id: str) -> JobInfo:
         """One job with data, options, attempts, failure, stack trace and logs."""
         check_job_id(job_id)
+        job_id = await self._stored_id(key, job_id)
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.hgetall(self.k(key, job_id))
             pipe.lrange(self.k(key, f"{job_id}:logs"), 0, -1)
             pipe.exists(self.k(key, f"{job_id}:lock"))
             raw, logs, locked = await pipe.execute()
         if not raw:
-            raise JobNotFound(f"no job {job_id!r} on {self.name(key)}; list them with `bullwait jobs list {self.name(key)} --status <state>`")
+            listing = f"bullwait jobs list {self.name(key)} --status <state>"
+            raise JobNotFound(f"no job {printable(job_id)!r} on {self.name(key)}; list them with `{listing}`")
         info = _job_info(self.name(key), job_id, await self.job_state(key, job_id), raw)
-        info.logs = list(logs)
+        info.logs = [printable(str(line)) for line in logs]
         info.logs_count = len(logs)
         info.locked = bool(locked)
         return info
@@ -917,8 +957,14 @@ def _int(raw: Any) -> int | None:
         return None
 
 
-def _job_info(queue: str, job_id: str, state: str, raw: dict[str, str]) -> JobInfo:
+def _job_info(queue: str, job_id: str, state: str, stored: dict[str, str]) -> JobInfo:
+    """Every field readable and printable, whatever the hash holds; bytes that are not UTF-8
+    shown as `\\xNN` (the id too: `jobs show` and `cancel` accept that form)."""
+    problems = hash_problems(stored, job_id)
+    raw = {printable(k): printable(v) for k, v in stored.items()}
     data, data_ok = _json_or_raw(raw.get("data"), {})
+    if not_utf8(stored.get("data")):
+        data, data_ok = raw["data"], False
     opts, _ = _json_or_raw(raw.get("opts"), {})
     if not isinstance(opts, dict):
         opts = {"raw": opts}
@@ -931,7 +977,7 @@ def _job_info(queue: str, job_id: str, state: str, raw: dict[str, str]) -> JobIn
     attempts = opts.get("attempts")
     return JobInfo(
         queue=queue,
-        id=job_id,
+        id=printable(job_id),
         state=state,
         name=raw.get("name"),
         data=data,
@@ -952,6 +998,7 @@ def _job_info(queue: str, job_id: str, state: str, raw: dict[str, str]) -> JobIn
         stacktrace=[str(s) for s in stack] if isinstance(stack, list) else [str(stack)],
         returnvalue=returnvalue,
         processed_by=raw.get("pb") or None,
+        problems=problems,
     )
 
 

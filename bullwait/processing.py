@@ -22,6 +22,7 @@ from bullmq.job import Job
 
 from bullwait.catalog import QueueKey
 from bullwait.errors import InvalidJobData
+from bullwait.jobcheck import BadOption, attempts_value
 from bullwait.logging import clip
 from bullwait.payloads import WireModel, parse_payload
 from bullwait.settings import Settings
@@ -155,8 +156,14 @@ async def dispatch(
 
 
 def _final(job: Job, exc: Exception) -> bool:
-    attempts = int(job.opts.get("attempts") or 1)
-    return isinstance(exc, UnrecoverableError) or job.attemptsMade + 1 >= attempts
+    """Whether the worker will fail `job` for good (an option it cannot use counts: see `jobcheck`)."""
+    if isinstance(exc, UnrecoverableError):
+        return True
+    try:
+        attempts = attempts_value(job.opts.get("attempts", 0))
+    except BadOption:
+        return True
+    return job.attemptsMade + 1 >= max(attempts, 1)
 
 
 def _clip_message(exc: Exception) -> None:

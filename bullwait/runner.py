@@ -111,10 +111,15 @@ class WorkerPool:
             bound_retries(self.settings, worker.backend.connection, worker.backend.blocking_connection)
             worker.on("error", lambda err, *_a, q=name: self._errors.log(self.log, q, err))
             worker.on("stalled", lambda job_id, *_a, q=name: self._stalled(q, job_id))
+            worker.on("poison", lambda job_id, reason, *_a, q=name: self._poison(q, job_id, reason))
             self.workers[key] = worker
             tasks.append(asyncio.ensure_future(worker.run()))
             self.log.info("worker started", queue=name, concurrency=worker.opts["concurrency"], worker=self.worker_name)
         return tasks
+
+    def _poison(self, queue: str, job_id: str, reason: str) -> None:
+        """A job failed for its own hash or options, with no processor to log it (worker.py, 5.)."""
+        self.log.error("job failed", queue=queue, jobId=job_id, error=reason)
 
     def _stalled(self, queue: str, job_id: str) -> None:
         self.log.warning("job stalled", queue=queue, jobId=job_id)

@@ -27,9 +27,15 @@
    the 5 s drain delay: 30 jobs at max 5/s took 25 s instead of 5 s (and stalled
    outright, 5 jobs in 60 s, under redis-py 8's 5 s read timeout, see 6.).
    We wait the limit out and ask again, as Node does: 5.0 s.
-5. Undecodable job data. A job whose `data` is not JSON makes bullmq-py raise while
-   fetching it, leaving it active until it stalls. We fail it at once, unrecoverably,
-   with a reason that says so; its raw data stays in Redis.
+5. Poison jobs. A job hash bullmq-py cannot read (data not JSON, `delay: "abc"`, `opts` an
+   array, bytes that are not UTF-8) made it raise while fetching; one it cannot fail
+   (`attempts: "3"`, Infinity) made `moveToFailed` raise: either way the job stayed
+   active, stalled, came back and did it again for ever. A job it cannot read fails at
+   once, unrecoverably, naming the fields (its hash stays as it was); a failing job's
+   options are checked (`bullwait.jobcheck`) and the job fails once if they are invalid.
+   The worker's connections read undecodable bytes as surrogate escapes rather than
+   raising (one bad reply on the shared completion connection used to fail every call
+   written with it), and write them back as the same bytes, so the job's own keys work.
 6. Blocking reads. redis-py 8 gives every connection a 5 s `socket_timeout`, and the
    worker blocks on `BZPOPMIN` for up to 5 s (drainDelay) or 10 s (waiting for the next
    delayed job). The read then times out, redis-py retries with exponential backoff (up
@@ -72,6 +78,15 @@ from bullmq.scripts import raw2NextJobData
 from bullwait.autopipeline import AutoPipeline
 from bullwait.completion import CompletionCalls
 from bullwait.connection import bound_blocking_reads, keep_cancellations
+from bullwait.jobcheck import (
+    hash_problems,
+    non_utf8_fields,
+    option_problems,
+    printable,
+    readable_hash,
+    repairs,
+    shown,
+)
 
 
 def default_worker_name() -> str:
@@ -95,7 +110,8 @@ class BullwaitWorker(Worker):
     to undecodable data."""
 
     def __init__(self, name: str, processor: Any = None, opts: dict[str, Any] | None = None, *args: Any, **kwargs: Any) -> None:
-        super().__init__(name, processor, opts or {}, *args, **kwargs)
+        super().__init__(name, processor, _escaping_undecodable(opts or {}), *args, **kwargs)
+        _escape_undecodable(self.backend.connection.conn)
         self._allow_long_blocking_reads()
         keep_cancellations(self.backend.blocking_connection)  # see 8.
         self.pipeline = AutoPipeline(self.backend.connection.conn)
@@ -189,14 +205,13 @@ class BullwaitWorker(Worker):
                 job.opts["removeOnComplete"] = self.opts["removeOnComplete"]
             if "removeOnFail" not in job.opts and "removeOnFail" in self.opts:
                 job.opts["removeOnFail"] = self.opts["removeOnFail"]
+            if job.deferredFailure:  # before its lock is renewed: an undecodable id cannot be sent in a batch
+                await self._fail(job, UnrecoverableError(job.deferredFailure), token)
+                return None
             self.jobs.add((job, token))
             controller = self.lockManager.track_job(
                 job.id, token, int(time.time() * 1000), should_create_controller=self._processor_wants_signal
             )
-            if job.deferredFailure:
-                await job.moveToFailed(UnrecoverableError(job.deferredFailure), token)
-                self.emit("failed", job, UnrecoverableError(job.deferredFailure))
-                return None
             if controller is not None:
                 result = await self.processor(job, token, controller.signal)
             else:
@@ -214,8 +229,9 @@ class BullwaitWorker(Worker):
         except Exception as err:
             try:
                 if not self.forceClosing:
-                    await job.moveToFailed(err, token)
-                self.emit("failed", job, err)
+                    await self._fail(job, err, token)
+                else:
+                    self.emit("failed", job, err)
             except Exception as err2:
                 self.emit("error", err2, job)
             return None
@@ -233,6 +249,42 @@ class BullwaitWorker(Worker):
         if following is not None:
             self.emit("active", following, "waiting")
         return following
+
+    async def _fail(self, job: Job, err: Exception, token: str) -> None:
+        """bullmq's `moveToFailed`, once the job's options are known to be usable.
+
+        Only failing jobs pay for the check. Options no retry decision can be made from
+        fail the job now, unrecoverably, with a reason naming them (see `jobcheck`)."""
+        problems = option_problems(job)
+        if not problems and not job.deferredFailure:
+            await job.moveToFailed(err, token)
+            self.emit("failed", job, err)
+            return
+        if problems:
+            invalid = "invalid job options: " + "; ".join(problems)
+            if isinstance(err, UnrecoverableError):
+                err = UnrecoverableError(f"{err}; {invalid}")
+            else:
+                err = UnrecoverableError(f"{invalid[0].upper()}{invalid[1:]}; not retried. It failed with: {err}")
+        await self._fail_for_good(job, err, token)
+        self.emit("poison", printable(str(job.id)), str(err))  # no processor logged it: see runner
+        self.emit("failed", job, err)
+
+    async def _fail_for_good(self, job: Job, err: Exception, token: str) -> None:
+        """bullmq's `moveToFailed` without a retry decision; also rewrites the counters its
+        script increments if they were not numbers (`repairs`), or the script stops half-way."""
+        reason = printable(str(err))
+        job.failedReason = reason
+        if err.__traceback__ is not None:
+            job.updateStacktrace()
+        fields = {
+            "failedReason": reason,
+            "stacktrace": json.dumps([printable(str(t)) for t in job.stacktrace], separators=(",", ":")),
+            **getattr(job, "repairs", {}),
+        }
+        keep = job.opts.get("removeOnFail", False)
+        await self.backend.moveToFailed(job, reason, keep, token, False, fields)
+        job.attemptsMade += 1
 
     async def _move_to_completed(self, job: Job, result: Any, token: str, fetch: bool) -> Any:
         """bullmq's `moveToFinished` script, packed by `CompletionCalls` and sent through the auto-pipeline (see 7.)."""
@@ -260,39 +312,54 @@ class BullwaitWorker(Worker):
     ) -> Job | None:
         try:
             job = await super().nextJobFromJobData(job_data, job_id, limit_until, delay_until, token)
-            if job is not None and isinstance(job_data, dict):
-                job.raw_data_size = len((job_data.get("data") or "").encode())  # the size check, without re-encoding
-            return job
-        except (ValueError, TypeError, RecursionError):
-            # Decoding only fails for bad data: check then, not for every job (hot path).
-            if not job_data or _decodes(job_data):
+        except Exception as err:  # anything: a job left active here would stall and come back for ever
+            if not job_data or not isinstance(job_data, dict):
                 raise
-            fixed = _with_deferred_failure(job_data)
-            return await super().nextJobFromJobData(fixed, job_id, limit_until, delay_until, token)
+            # Decoding only fails for a bad hash: look for the cause then, not for every job (hot path).
+            unknown = f"bullmq-py cannot read it ({shown(f'{type(err).__name__}: {err}')})"
+            problems = hash_problems(job_data, job_id) or [unknown]
+            fixed = readable_hash(job_data, problems)
+            job = await super().nextJobFromJobData(fixed, job_id, limit_until, delay_until, token)
+            if job is not None:
+                job.repairs = repairs(problems)
+            return job
+        if job is None or not isinstance(job_data, dict):
+            return job
+        # isascii() reads a flag, so an ASCII job is checked without encoding anything (hot path).
+        if all(map(_isascii, job_data.values())) and (job_id is None or job_id.isascii()):
+            job.raw_data_size = len(job_data.get("data") or "")  # ASCII: characters are bytes
+        else:
+            _check_utf8(job, job_data, job_id)
+        return job
 
 
-def _decodes(job_data: Any) -> bool:
-    try:
-        raw = job_data.get("data", "{}") if isinstance(job_data, dict) else "{}"
-        json.loads(raw)
-        json.loads(job_data.get("opts", "{}"))
-        return True
-    except (ValueError, TypeError, RecursionError):
-        return False
+_isascii = str.isascii
 
 
-def _with_deferred_failure(job_data: dict[str, Any]) -> dict[str, Any]:
-    """Replace undecodable fields so the Job can be built, and mark it to fail unrecoverably."""
-    fixed = dict(job_data)
-    reasons = []
-    for field in ("data", "opts"):
-        try:
-            json.loads(fixed.get(field, "{}"))
-        except RecursionError:
-            reasons.append(f"{field} is nested too deeply")
-            fixed[field] = "{}"
-        except (ValueError, TypeError):
-            reasons.append(f"{field} is not valid JSON")
-            fixed[field] = "{}"
-    fixed["defa"] = "Invalid job data: " + ", ".join(reasons) + " (left unchanged in Redis)"
-    return fixed
+def _check_utf8(job: Job, job_data: dict[str, Any], job_id: Any) -> None:
+    """Size the data in bytes; a job with fields that are not UTF-8 is marked to fail at once."""
+    bad = non_utf8_fields(job_data, job_id)
+    if not bad:
+        job.raw_data_size = len((job_data.get("data") or "").encode())
+        return
+    job.raw_data_size = 0
+    job.deferredFailure = (
+        "Invalid job data: " + "; ".join(f"{name} is not valid UTF-8" for name in bad) + " (left unchanged in Redis)"
+    )
+    job.data = {}
+    job.name = printable(job.name) if isinstance(job.name, str) else ""
+
+
+def _escaping_undecodable(opts: dict[str, Any]) -> dict[str, Any]:
+    """Worker options whose connections read bytes that are not UTF-8 as surrogate escapes."""
+    connection = opts.get("connection")
+    if isinstance(connection, dict) and connection.get("decode_responses", True):
+        opts = {**opts, "connection": {**connection, "encoding_errors": "surrogateescape"}}
+    return opts
+
+
+def _escape_undecodable(client: Any) -> None:
+    """The same for a client passed in (its connections are made on first use)."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    if isinstance(kwargs, dict) and kwargs.get("decode_responses"):
+        kwargs["encoding_errors"] = "surrogateescape"

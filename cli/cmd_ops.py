@@ -406,6 +406,7 @@ def _print_job(job: JobInfo) -> None:
         ("finished", local_time(job.finished_on)),
         ("processed by", job.processed_by),
         ("failedReason", job.failed_reason),
+        ("unreadable", "; ".join(job.problems)),  # why a worker fails it at once (bullwait.jobcheck)
     ]
     for label, value in lines:
         if value not in (None, ""):

@@ -9,6 +9,7 @@ Redis, under the test's own prefix, so a test can count what really happened:
 
 Job data may carry `sleepMs` (kept by the payload models as an extra field): the
 processor sleeps that long between start and end, so a test can kill a worker mid-job.
+`failAlways: true` makes it raise (a retryable error) right after counting the start.
 Payload validation is the built-in one: invalid data still fails the job once.
 """
 
@@ -44,6 +45,8 @@ async def counted(payload: WireModel, ctx: Context) -> dict[str, Any]:
     client = _redis(ctx)
     job_id = f"{ctx.queue.value}:{ctx.job.id}"  # ids are per queue
     await client.hincrby(names["starts"], job_id, 1)
+    if (payload.model_extra or {}).get("failAlways"):
+        raise RuntimeError("asked to fail (failAlways)")
     sleep_ms = (payload.model_extra or {}).get("sleepMs", 0)
     if isinstance(sleep_ms, (int, float)) and sleep_ms > 0:
         await asyncio.sleep(sleep_ms / 1000)

@@ -138,3 +138,21 @@ async def test_replies_stay_with_their_callers_when_the_connection_dies_mid_flig
         await pipeline.close()
         await admin.aclose()
         await client.aclose()
+
+
+COUNT_AND_ECHO = "redis.call('INCR', KEYS[1]) return ARGV[1]"
+
+
+async def test_a_reply_with_bytes_that_are_not_utf8_fails_no_other_call(client, prefix):
+    """A job hash written by hand can hold any bytes: its reply reaches its own caller (as
+    surrogate escapes, the same bytes when sent back) and no other call is lost or re-run."""
+    pipeline = AutoPipeline(client, eager=2)
+    script = client.register_script(COUNT_AND_ECHO)
+    await client.script_load(COUNT_AND_ECHO)
+    bad = b"job-\xff\xfe"
+    args = [bad if i == 7 else f"ok-{i}" for i in range(40)]
+    replies = await asyncio.gather(*(pipeline.run_script(script, [f"{prefix}:runs"], [a]) for a in args))
+    assert replies[7] == bad.decode("utf-8", "surrogateescape")
+    assert [r for i, r in enumerate(replies) if i != 7] == [f"ok-{i}" for i in range(40) if i != 7]
+    assert int(await client.get(f"{prefix}:runs")) == 40, "every call ran once (none re-sent)"
+    await pipeline.close()
