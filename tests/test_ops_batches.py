@@ -16,8 +16,9 @@ from typing import Iterator
 import pytest
 import redis
 
-from bullwait.catalog import QueueKey, queue_name
+from bullwait.catalog import LEGACY_QUEUE_NAMES, QUEUE_NAMES, QueueKey, queue_name
 from bullwait.embedded import RedisServer
+from bullwait.migrate import PAGE, migrate_legacy
 from bullwait.ops import BATCH, CLEAN_STATES, Ops
 from bullwait.settings import Settings
 
@@ -124,3 +125,23 @@ async def test_clean_limit_takes_the_oldest_first(logged_redis: RedisServer, adm
         [result] = await ops.clean([QueueKey.WAITLIST_EXPIRY], "wait", 0, limit=BATCH + 5)
     assert result.removed == BATCH + 5 and result.job_ids[:3] == ["1", "2", "3"]
     assert admin.llen(base + "wait") == BATCH + 5 and admin.lindex(base + "wait", -1) == str(BATCH + 6)
+
+
+async def test_migrate_legacy_reads_ids_in_pages(logged_redis: RedisServer, admin: redis.Redis) -> None:
+    """A legacy list or set is read PAGE ids at a time, never in one LRANGE/ZRANGE 0 -1."""
+    settings = _settings(logged_redis)
+    legacy = f"{settings.bullmq_prefix}:{LEGACY_QUEUE_NAMES[QueueKey.WAITLIST_EXPIRY]}:"
+    jobs = 2 * PAGE + 3
+    _fill(admin, legacy, "wait", jobs)
+    admin.slowlog_reset()
+    report = await migrate_legacy(settings)
+    assert report.moved == jobs and admin.llen(legacy + "wait") == 0
+    target = f"{settings.bullmq_prefix}:{QUEUE_NAMES[QueueKey.WAITLIST_EXPIRY]}:wait"
+    assert admin.lrange(target, -3, -1) == ["3", "2", "1"], "the oldest job still runs first"
+    reads = []
+    for entry in admin.slowlog_get(100_000):
+        command = entry["command"]
+        args = (command.decode() if isinstance(command, bytes) else command).split(" ")
+        if args[0].upper() in ("LRANGE", "ZRANGE") and args[1].startswith(legacy):
+            reads.append((int(args[2]), int(args[3])))
+    assert reads and all(0 <= start <= stop and stop - start + 1 <= PAGE for start, stop in reads), reads
