@@ -120,6 +120,8 @@ def measure(server: RedisServer, admin: redis.Redis, label: str, action: Callabl
         "max_command_ms": round(worst["duration"] / 1000, 1) if worst else 0.0,
         "worst_command": _text(worst["command"])[:70] if worst else "",
         "commands_over_50ms": sum(1 for e in entries if e["duration"] > 50_000),
+        "median_slow_command_ms": round(sorted(e["duration"] for e in entries)[len(entries) // 2] / 1000, 1) if entries else 0.0,
+        "commands_over_1ms": len(entries),
         "max_ping_ms": round(probe.worst * 1000, 1),
         "wall_s": round(wall, 1),
         "result": result,

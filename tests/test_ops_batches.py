@@ -22,7 +22,7 @@ from bullwait.migrate import PAGE, migrate_legacy
 from bullwait.ops import BATCH, CLEAN_STATES, Ops
 from bullwait.settings import Settings
 
-JOBS = 12 * BATCH + 7  # a partial last batch too
+JOBS = 12 * BATCH + 7  # a partial last batch too (Redis 7 logs a script's own commands too: keep it small)
 WINDOW_ARG = 3 + 3 + 5 - 1  # EVALSHA sha numkeys KEYS[1..3] ARGV[1..]: ARGV[5] is the window
 
 # BullMQ's layout for `n` jobs in one state (the fields clean reads); see bench/bulk_block.py.
