@@ -103,11 +103,17 @@ class Probe:
         self.client.close()
 
 
+def _median_ms(micros: list[int]) -> float:
+    return round(sorted(micros)[len(micros) // 2] / 1000, 1) if micros else 0.0
+
+
 def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def measure(server: RedisServer, admin: redis.Redis, label: str, action: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
+def measure(
+    server: RedisServer, admin: redis.Redis, label: str, action: Callable[[], Awaitable[Any]]
+) -> dict[str, Any]:
     admin.slowlog_reset()
     started = time.monotonic()
     with Probe(server.port) as probe:
@@ -120,7 +126,7 @@ def measure(server: RedisServer, admin: redis.Redis, label: str, action: Callabl
         "max_command_ms": round(worst["duration"] / 1000, 1) if worst else 0.0,
         "worst_command": _text(worst["command"])[:70] if worst else "",
         "commands_over_50ms": sum(1 for e in entries if e["duration"] > 50_000),
-        "median_slow_command_ms": round(sorted(e["duration"] for e in entries)[len(entries) // 2] / 1000, 1) if entries else 0.0,
+        "median_slow_command_ms": _median_ms([e["duration"] for e in entries]),
         "commands_over_1ms": len(entries),
         "max_ping_ms": round(probe.worst * 1000, 1),
         "wall_s": round(wall, 1),
@@ -175,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         if wanted("cancel"):
             fill(admin, queue, "wait", n)
             fill(admin, queue, "delayed", n, first=n + 1)
-            ids = [str(i) for i in range(1, n + 1, max(1, n // 100))] + [str(n + i) for i in range(1, n + 1, max(1, n // 100))]
+            step = max(1, n // 100)
+            ids = [str(i) for i in range(1, n + 1, step)] + [str(n + i) for i in range(1, n + 1, step)]
 
             async def cancel_many() -> int:
                 async def go(ops: Ops) -> int:

@@ -34,6 +34,9 @@ from bullwait.settings import Settings
 MOVABLE_STATES = ("delayed", "prioritized", "wait", "paused", "failed")
 MAX_EVENTS = 10_000
 PAGE = 1000  # ids per read of a legacy list or set
+# Script calls per pipeline: Redis runs a client's pipelined calls back to back, so another
+# client waits for the whole pipeline, not just for one call.
+MOVES_PER_ROUND_TRIP = 50
 _MARKER = re.compile(r"^0:\d+$|^0$")  # bullmq 4.x wake-up markers in the wait list
 
 
@@ -231,7 +234,9 @@ async def _active(client: Any, prefix: str) -> dict[QueueKey, list[str]]:
     return {key: await _ids(client, prefix, LEGACY_QUEUE_NAMES[key], "active") for key in QueueKey}
 
 
-async def migrate_legacy(settings: Settings, dry_run: bool = False, batch: int = 200) -> MigrationReport:
+async def migrate_legacy(
+    settings: Settings, dry_run: bool = False, batch: int = MOVES_PER_ROUND_TRIP
+) -> MigrationReport:
     """Move every movable job from the legacy names to the current ones (see module doc).
 
     Raises `ActiveLegacyJobs` (moving nothing) while any legacy queue has active jobs.

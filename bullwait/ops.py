@@ -613,7 +613,9 @@ class Ops:
             results.append(CleanResult(self.name(key), state, removed, dry_run, first))
         return results
 
-    async def _finished_preview(self, key: QueueKey, state: str, cutoff: int, limit: int | None) -> tuple[int, list[str]]:
+    async def _finished_preview(
+        self, key: QueueKey, state: str, cutoff: int, limit: int | None
+    ) -> tuple[int, list[str]]:
         """Finished jobs go by score alone: a count and the first few ids, no per-job look."""
         count = int(await self.client.zcount(self.k(key, state), 0, cutoff))
         first = await self.client.zrangebyscore(self.k(key, state), 0, cutoff, start=0, num=min(20, limit or 20))

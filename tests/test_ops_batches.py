@@ -39,7 +39,8 @@ end
 
 @pytest.fixture(scope="module")
 def logged_redis() -> Iterator[RedisServer]:
-    server = RedisServer(appendonly=False, extra_args=["--slowlog-log-slower-than", "0", "--slowlog-max-len", "100000"]).start()
+    logging = ["--slowlog-log-slower-than", "0", "--slowlog-max-len", "100000"]
+    server = RedisServer(appendonly=False, extra_args=logging).start()
     yield server
     server.cleanup()
 

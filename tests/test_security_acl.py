@@ -18,7 +18,8 @@ from bullwait.settings import Settings
 from conftest import ROOT, run_cli
 from fixtures import notification_data, preference_data
 from reliability_helpers import COUNTING, counts, eventually
-from nodecompat import HAVE_NODE, SKIP_REASON, node_json, seed_entry, seed_slot, nest, start_board, start_node  # noqa: F401
+from nodecompat import HAVE_NODE, SKIP_REASON, nest, node_json, seed_entry, seed_slot
+from nodecompat import start_board, start_node  # noqa: F401 (fixtures)
 from security_helpers import AuthRedisServer, acl_refusals, acl_server, least_privilege_user  # noqa: F401
 
 
@@ -98,7 +99,8 @@ async def test_node_side_board_and_ops_need_nothing_more(
                  ("retry", "--queue", "waitlist-notification"), ("promote", "--queue", "waitlist-expiry"),
                  ("pause", "waitlist-preference-calculation"), ("resume", "waitlist-preference-calculation")):
         result = run_cli(user_env, *args, "--json")
-        assert result.returncode in (0, 1) and "NOPERM" not in result.stdout + result.stderr, (args, result.stderr[-1000:])
+        output = result.stdout + result.stderr
+        assert result.returncode in (0, 1) and "NOPERM" not in output, (args, result.stderr[-1000:])
     # `doctor` tries CONFIG GET for one optional check and says it skipped it: the only refusal.
     assert [r for r in acl_refusals(acl_server, user) if "config|get" not in r] == []
 
