@@ -2,8 +2,8 @@
 
 Works on any BullMQ queue of the catalog, whoever wrote the jobs (Node or Python):
 it reads and changes the keys with BullMQ's own Lua scripts (shipped in bullmq-py)
-where a change is made, and with small read-only scripts of its own where it only
-looks. Every script of a queue touches only that queue's keys (`<prefix>:<queue>:*`),
+where a change is made (clean drives BullMQ's clean functions a bounded batch at a
+time), and with small read-only scripts of its own where it only looks. Every script of a queue touches only that queue's keys (`<prefix>:<queue>:*`),
 so a hash-tagged prefix such as `{bull}` keeps each one in a single Cluster slot.
 
     async with await Ops.open(settings) as ops:
