@@ -33,6 +33,10 @@ from bullwait.settings import Settings
 
 MOVABLE_STATES = ("delayed", "prioritized", "wait", "paused", "failed")
 MAX_EVENTS = 10_000
+PAGE = 1000  # ids per read of a legacy list or set
+# Script calls per pipeline: Redis runs a client's pipelined calls back to back, so another
+# client waits for the whole pipeline, not just for one call.
+MOVES_PER_ROUND_TRIP = 50
 _MARKER = re.compile(r"^0:\d+$|^0$")  # bullmq 4.x wake-up markers in the wait list
 
 
@@ -123,7 +127,9 @@ else
 end
 rcall("XADD", dst .. "events", "MAXLEN", "~", ARGV[3], "*", "event", event, "jobId", newId, "prev", "migrated")
 
-if isList then rcall("LREM", container, 0, id) else rcall("ZREM", container, id) end
+-- LREM from the head stops at the id, which LPOS found near the head (newest first is the
+-- order of the walk); LREM 0 would scan the whole list for every job moved.
+if isList then rcall("LREM", container, 1, id) else rcall("ZREM", container, id) end
 rcall("DEL", srcJob)
 return {"moved", newId}
 """
@@ -208,18 +214,29 @@ def _key(prefix: str, queue: str, suffix: str = "") -> str:
 
 
 async def _ids(client: Any, prefix: str, queue: str, state: str) -> list[str]:
+    """Every id of one state, read PAGE at a time so no single read of a long list or set holds
+    Redis up. Lists come newest first (RPUSH in this order keeps FIFO), sets in score order;
+    an id read twice (a producer added jobs between two pages) is kept once."""
     key = _key(prefix, queue, state)
-    if state in ("wait", "paused", "active"):
-        ids = await client.lrange(key, 0, -1)  # newest first; RPUSH in this order keeps FIFO
-        return [i for i in ids if not _MARKER.match(i)]
-    return list(await client.zrange(key, 0, -1))  # delayed by due time, prioritized by rank
+    is_list = state in ("wait", "paused", "active")
+    read = client.lrange if is_list else client.zrange
+    ids: dict[str, None] = {}
+    start = 0
+    while True:
+        page = await read(key, start, start + PAGE - 1)
+        ids.update((i, None) for i in page if not (is_list and _MARKER.match(i)))
+        if len(page) < PAGE:
+            return list(ids)
+        start += PAGE
 
 
 async def _active(client: Any, prefix: str) -> dict[QueueKey, list[str]]:
     return {key: await _ids(client, prefix, LEGACY_QUEUE_NAMES[key], "active") for key in QueueKey}
 
 
-async def migrate_legacy(settings: Settings, dry_run: bool = False, batch: int = 200) -> MigrationReport:
+async def migrate_legacy(
+    settings: Settings, dry_run: bool = False, batch: int = MOVES_PER_ROUND_TRIP
+) -> MigrationReport:
     """Move every movable job from the legacy names to the current ones (see module doc).
 
     Raises `ActiveLegacyJobs` (moving nothing) while any legacy queue has active jobs.
@@ -257,9 +274,14 @@ async def _migrate_queue(
         result.found[state] = len(ids)
         result.moved[state] = 0
         if dry_run:
-            for job_id in ids:
-                if not job_id.isdigit() and await client.exists(_key(prefix, target, job_id)):
-                    result.conflicts.append(job_id)
+            custom = [job_id for job_id in ids if not job_id.isdigit()]
+            for start in range(0, len(custom), batch):
+                chunk = custom[start : start + batch]
+                async with client.pipeline(transaction=False) as pipe:
+                    for job_id in chunk:
+                        pipe.exists(_key(prefix, target, job_id))
+                    taken = await pipe.execute()
+                result.conflicts.extend(job_id for job_id, hit in zip(chunk, taken) if hit)
             continue
         for start in range(0, len(ids), batch):
             chunk = ids[start : start + batch]

@@ -2,8 +2,8 @@
 
 Works on any BullMQ queue of the catalog, whoever wrote the jobs (Node or Python):
 it reads and changes the keys with BullMQ's own Lua scripts (shipped in bullmq-py)
-where a change is made, and with small read-only scripts of its own where it only
-looks. Every script of a queue touches only that queue's keys (`<prefix>:<queue>:*`),
+where a change is made (clean drives BullMQ's clean functions a bounded batch at a
+time), and with small read-only scripts of its own where it only looks. Every script of a queue touches only that queue's keys (`<prefix>:<queue>:*`),
 so a hash-tagged prefix such as `{bull}` keeps each one in a single Cluster slot.
 
     async with await Ops.open(settings) as ops:
@@ -45,7 +45,10 @@ JOB_STATES = ("wait", "prioritized", "delayed", "active", "completed", "failed",
 CLEAN_STATES = ("completed", "failed", "delayed", "wait", "active", "prioritized", "paused")
 STATE_ALIASES = {"waiting": "wait"}
 
-BATCH = 1000  # jobs per script call in bulk operations, so Redis is never blocked for long
+# Jobs per script call in bulk operations (clean, retry, promote): a call's time grows with
+# the jobs it touches; this many keep each well under 50 ms on a busy server (measure with
+# `python -m bench.bulk_block`).
+BATCH = 500
 SCAN_CAP = 1000  # active / prioritized entries a stats call looks at (stalled, oldest waiting)
 OVERDUE_GRACE_MS = 1000  # a delayed job due longer ago than this should have run
 MAX_JOB_ID = 512
@@ -118,51 +121,115 @@ return {
 """
 _INSPECT_KEYS = ("wait", "active", "delayed", "prioritized", "completed", "failed", "waiting-children", "paused", "meta")
 
-# What cleanJobsInSet-3.lua would remove, without removing: the same selection
-# (range, lock check for active, scheduler jobs kept, timestamp attributes).
-_CLEAN_PREVIEW_LUA = """
-local rcall = redis.call
-local setKey, repeatKey = KEYS[1], KEYS[2]
-local prefix = ARGV[1]
-local ts = tonumber(ARGV[2])
-local limit = tonumber(ARGV[3])
-local state = ARGV[4]
-local function schedulerJob(id, jobKey)
-  local rjk = rcall("HGET", jobKey, "rjk")
-  if rjk then
-    local prev = rcall("ZSCORE", repeatKey, rjk)
-    if prev then return id == ("repeat:" .. rjk .. ":" .. prev) end
-  end
-  return false
+# `bullwait clean`, one bounded window per call. BullMQ's cleanJobsInSet-3.lua handles a whole
+# set in one call (1.65 s for 100,000 delayed timers: Redis answers no one meanwhile). This
+# driver reuses that script's own functions (everything before its `local result`: removeJob,
+# isJobSchedulerJob, getTimestamp), so each job is selected and removed exactly as BullMQ
+# does it (same timestamp fields, lock check for active, scheduler jobs kept, parent and
+# deduplication keys, `cleaned` event), but it looks at no more than ARGV[5] jobs per call
+# and returns a cursor for the next call:
+#   lists (wait, active, paused): walked from the tail (oldest) towards the head; the cursor
+#     is the innermost job kept, found again with LPOS, else the count of jobs kept;
+#   delayed, prioritized: walked in set order; the cursor is the last job kept (ZRANK),
+#     else its score;
+#   completed, failed: every job scored up to the cutoff goes, the first ARGV[5] each call.
+# ARGV[1] job key prefix, ARGV[2] cutoff (ms), ARGV[3] jobs still to remove (0: no limit),
+# ARGV[4] state, ARGV[5] window, ARGV[6] jobs kept so far, ARGV[7] cursor job, ARGV[8] its
+# score, ARGV[9] "1" to only report. Returns {ids, done, kept, cursor, score}.
+# Jobs that move while a clean runs may be left for the next one (it is no snapshot).
+_CLEAN_DRIVER_LUA = """
+local setKey, state = KEYS[1], ARGV[4]
+local window, kept, cursor, cursorScore = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8]
+local dry = ARGV[9] == "1"
+local deleted = {}
+local done = false
+local function full() return limit > 0 and #deleted >= limit end
+local function removable(job, attrs, checkLock)
+  local jobKey = ARGV[1] .. job
+  if checkLock and rcall("EXISTS", jobKey .. ":lock") == 1 then return false end
+  if isJobSchedulerJob(job, jobKey, repeatKey) then return false end
+  local jobTS = getTimestamp(jobKey, attrs)
+  return (not jobTS or jobTS <= ARGV[2])
 end
-local function stamp(jobKey, attrs)
-  for _, v in ipairs(rcall("HMGET", jobKey, unpack(attrs))) do
-    if v then return tonumber(v) end
+local function visit(job, score, attrs, checkLock, onRemove)
+  local ok = removable(job, attrs, checkLock)
+  if ok then
+    if not dry then onRemove(); removeJob(job, true, ARGV[1], true) end
+    deleted[#deleted + 1] = job
   end
-  return nil
+  if dry or not ok then kept = kept + 1; cursor = job; cursorScore = score end
 end
-local ids, attrs, checkLock
-if state == "active" or state == "wait" or state == "paused" then
-  if limit > 0 then ids = rcall("LRANGE", setKey, -limit, -1) else ids = rcall("LRANGE", setKey, 0, -1) end
-  attrs = {"finishedOn", "processedOn", "timestamp"}
-  checkLock = state == "active"
+local function nothing() end
+
+if state == "completed" or state == "failed" then
+  local n = window
+  if limit > 0 then n = math.min(limit, window) end
+  local jobs = rcall("ZRANGEBYSCORE", setKey, 0, ARGV[2], "LIMIT", 0, n)
+  for _, job in ipairs(jobs) do
+    if not dry then removeJob(job, true, ARGV[1], true) end
+    deleted[#deleted + 1] = job
+  end
+  if not dry and #deleted > 0 then rcall("ZREM", setKey, unpack(deleted)) end
+  done = dry or #jobs < n or full()
+elseif state == "delayed" or state == "prioritized" then
+  local attrs = {"timestamp"}
+  if state == "delayed" then attrs = {"processedOn", "timestamp"} end
+  local rank = cursor ~= "" and rcall("ZRANK", setKey, cursor)
+  local jobs
+  if rank then
+    jobs = rcall("ZRANGE", setKey, rank + 1, rank + window, "WITHSCORES")
+  elseif cursorScore ~= "" then
+    jobs = rcall("ZRANGEBYSCORE", setKey, "(" .. cursorScore, "+inf", "WITHSCORES", "LIMIT", 0, window)
+  else
+    jobs = rcall("ZRANGE", setKey, 0, window - 1, "WITHSCORES")
+  end
+  for i = 1, #jobs, 2 do
+    if full() then break end
+    visit(jobs[i], jobs[i + 1], attrs, false, nothing)
+  end
+  if not dry and #deleted > 0 then rcall("ZREM", setKey, unpack(deleted)) end
+  done = #jobs < 2 * window or full()
 else
-  if limit > 0 then ids = rcall("ZRANGEBYSCORE", setKey, 0, "+inf", "LIMIT", 0, limit)
-  else ids = rcall("ZRANGEBYSCORE", setKey, 0, "+inf") end
-  if state == "delayed" then attrs = {"processedOn", "timestamp"} else attrs = {"timestamp"} end
-  checkLock = false
-end
-local found = {}
-for _, id in ipairs(ids) do
-  if limit > 0 and #found >= limit then break end
-  local jobKey = prefix .. id
-  if not (checkLock and rcall("EXISTS", jobKey .. ":lock") == 1) and not schedulerJob(id, jobKey) then
-    local jts = stamp(jobKey, attrs)
-    if not jts or jts <= ts then found[#found + 1] = id end
+  local len = rcall("LLEN", setKey)
+  if cursor ~= "" then
+    local pos = rcall("LPOS", setKey, cursor, "RANK", -1)
+    if pos then kept = len - pos end
+  end
+  local stop = len - kept - 1
+  if stop < 0 then
+    done = true
+  else
+    local start = math.max(0, stop - window + 1)
+    local jobs = rcall("LRANGE", setKey, start, stop)
+    local attrs = {"finishedOn", "processedOn", "timestamp"}
+    for i = #jobs, 1, -1 do
+      if full() then break end
+      -- counted from the tail, where the window is: a positive index walks the list from its head
+      visit(jobs[i], "", attrs, state == "active", function() rcall("LSET", setKey, start + i - 1 - len, "") end)
+    end
+    -- the deletion markers are the first ones from the tail: only the kept jobs lie behind them
+    if not dry and #deleted > 0 then rcall("LREM", setKey, -#deleted, "") end
+    done = start == 0 or full()
   end
 end
-return found
+if not dry and (#deleted > 0 or done) then
+  rcall("XADD", KEYS[2], "*", "event", "cleaned", "count", #deleted)
+end
+return {deleted, done and 1 or 0, kept, cursor, cursorScore}
 """
+
+
+def _clean_batch_script() -> str:
+    """BullMQ's clean functions followed by the windowed driver (see _CLEAN_DRIVER_LUA)."""
+    bullmq = loadScript("cleanJobsInSet-3.lua")
+    head, found, _ = bullmq.partition("\nlocal result\n")
+    if not found or "local function removeJob(" not in head or "local limit = tonumber(ARGV[3])" not in head:
+        raise RuntimeError("bullmq-py's cleanJobsInSet-3.lua changed shape: update bullwait.ops's clean driver")
+    return head + "\n" + _CLEAN_DRIVER_LUA
+
+
+_CLEAN_BATCH_LUA = _clean_batch_script()
+FINISHED_STATES = ("completed", "failed")
 
 # ---------------------------------------------------------------------------------------
 # Results
@@ -400,8 +467,8 @@ class Ops:
         self.redis_version = redis_version
         self.prefix = settings.bullmq_prefix
         self._inspect = client.register_script(_INSPECT_LUA)
-        self._preview = client.register_script(_CLEAN_PREVIEW_LUA)
-        self._clean = client.register_script(loadScript("cleanJobsInSet-3.lua"))
+        self._clean = client.register_script(_CLEAN_BATCH_LUA)
+        self.batch = BATCH
         self._move = client.register_script(loadScript("moveJobsToWait-8.lua"))
         self._pause = client.register_script(loadScript("pause-7.lua"))
         self._state = client.register_script(loadScript("getStateV2-8.lua"))
@@ -564,9 +631,10 @@ class Ops:
     ) -> list[CleanResult]:
         """BullMQ's `Queue.clean(grace, limit, status)` per queue; `dry_run` only counts.
 
-        Finished sets (completed, failed) go in batches of 1000 so Redis is never blocked
-        long and `on_progress(queue, done, total)` can report; other states are one call,
-        exactly as bullmq does it (active jobs with a lock are never removed).
+        Every state goes in windows of `self.batch` jobs, one script call each, so Redis is
+        never blocked long whatever the queue holds; `on_progress(queue, looked_at, total)`
+        reports. Active jobs with a lock are never removed. With `limit`, the oldest jobs
+        that qualify go first (BullMQ looks only at the last `limit` jobs of a list).
         """
         state = normalize_state(status, CLEAN_STATES)
         if grace_ms < 0:
@@ -575,24 +643,21 @@ class Ops:
         results = []
         for key in self._keys(keys):
             cutoff = int(time.time() * 1000) - grace_ms
-            if dry_run:
-                ids = await self._clean_preview(key, state, cutoff, limit)
-                results.append(CleanResult(self.name(key), state, len(ids), True, ids[:20]))
+            if dry_run and state in FINISHED_STATES:
+                ids = await self._finished_preview(key, state, cutoff, limit)
+                results.append(CleanResult(self.name(key), state, ids[0], True, ids[1]))
                 continue
-            removed = await self._clean_queue(key, state, cutoff, limit, on_progress)
-            results.append(CleanResult(self.name(key), state, len(removed), False, removed[:20]))
+            removed, first = await self._clean_queue(key, state, cutoff, limit, dry_run, on_progress)
+            results.append(CleanResult(self.name(key), state, removed, dry_run, first))
         return results
 
-    async def _clean_preview(self, key: QueueKey, state: str, cutoff: int, limit: int | None) -> list[str]:
-        if state in ("completed", "failed"):
-            ids = await self.client.zrangebyscore(
-                self.k(key, state), 0, cutoff, start=0 if limit else None, num=limit if limit else None
-            )
-            return list(ids)
-        reply = await self._preview(
-            keys=[self.k(key, state), self.k(key, "repeat")], args=[self.base(key), cutoff, limit or 0, state]
-        )
-        return list(reply)
+    async def _finished_preview(
+        self, key: QueueKey, state: str, cutoff: int, limit: int | None
+    ) -> tuple[int, list[str]]:
+        """Finished jobs go by score alone: a count and the first few ids, no per-job look."""
+        count = int(await self.client.zcount(self.k(key, state), 0, cutoff))
+        first = await self.client.zrangebyscore(self.k(key, state), 0, cutoff, start=0, num=min(20, limit or 20))
+        return (min(count, limit) if limit else count), list(first)
 
     async def _clean_queue(
         self,
@@ -600,26 +665,32 @@ class Ops:
         state: str,
         cutoff: int,
         limit: int | None,
+        dry_run: bool,
         on_progress: Callable[[str, int, int], None] | None,
-    ) -> list[str]:
-        script_keys = [self.k(key, state), self.k(key, "events"), self.k(key, "repeat")]
-        if state not in ("completed", "failed"):
-            return list(await self._clean(keys=script_keys, args=[self.base(key), cutoff, limit or 0, state]))
-        total = int(await self.client.zcount(self.k(key, state), 0, cutoff))
-        if limit:
-            total = min(total, limit)
-        removed: list[str] = []
+    ) -> tuple[int, list[str]]:
+        """Windowed clean of one queue's state: (jobs removed or removable, the first 20 ids)."""
+        set_key = self.k(key, state)
+        script_keys = [set_key, self.k(key, "events"), self.k(key, "repeat")]
+        if state in FINISHED_STATES:
+            found = int(await self.client.zcount(set_key, 0, cutoff))
+            total = min(found, limit) if limit else found
+        elif state in ZSET_STATES:
+            total = int(await self.client.zcard(set_key))
+        else:
+            total = int(await self.client.llen(set_key))
         if on_progress:
             on_progress(self.name(key), 0, total)
-        while len(removed) < total:
-            batch = min(BATCH, total - len(removed))
-            ids = list(await self._clean(keys=script_keys, args=[self.base(key), cutoff, batch, state]))
-            removed.extend(ids)
+        removed, first, kept, cursor, score = 0, [], 0, "", ""
+        while True:
+            todo = 0 if limit is None else limit - removed
+            args = [self.base(key), cutoff, todo, state, self.batch, kept, cursor, score, int(dry_run)]
+            ids, done, kept, cursor, score = await self._clean(keys=script_keys, args=args)
+            removed += len(ids)
+            first.extend(ids[: 20 - len(first)])
             if on_progress:
-                on_progress(self.name(key), len(removed), total)
-            if len(ids) < batch:
-                break
-        return removed
+                on_progress(self.name(key), min(_looked_at(state, dry_run, removed, int(kept)), total), total)
+            if int(done):
+                return removed, first
 
     # --- retry / promote ----------------------------------------------------------------
 
@@ -1000,6 +1071,14 @@ def _job_info(queue: str, job_id: str, state: str, stored: dict[str, str]) -> Jo
         processed_by=raw.get("pb") or None,
         problems=problems,
     )
+
+
+def _looked_at(state: str, dry_run: bool, removed: int, kept: int) -> int:
+    """Jobs a clean has examined so far: finished sets look only at what they remove; a dry
+    run keeps (counts as kept) every job it looks at."""
+    if state in FINISHED_STATES:
+        return removed
+    return kept if dry_run else removed + kept
 
 
 def _bytes(n: int) -> str:

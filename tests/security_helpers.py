@@ -42,16 +42,27 @@ def acl_server() -> Iterator[AuthRedisServer]:
     server.cleanup()
 
 
-def least_privilege_user(server: AuthRedisServer, prefix: str) -> tuple[str, str]:
+def least_privilege_user(server: AuthRedisServer, prefix: str, db: int = 0) -> tuple[str, str]:
     """Create a user with exactly the ACL the README documents, for this test's prefix."""
     username = f"bw-{prefix}"
     password = "pw-" + uuid.uuid4().hex
     admin = server.admin()
     try:
-        admin.execute_command("ACL", "SETUSER", username, "reset", "on", f">{password}", *acl_rules(prefix, f"{prefix}-store:").split())
+        rules = acl_rules(prefix, f"{prefix}-store:", db=db).split()
+        admin.execute_command("ACL", "SETUSER", username, "reset", "on", f">{password}", *rules)
     finally:
         admin.close()
     return username, password
+
+
+def acl_refusals(server: AuthRedisServer, username: str) -> list[str]:
+    """What the ACL LOG recorded as refused for `username`: `reason object (context)` each."""
+    admin = server.admin()
+    try:
+        entries = admin.acl_log(count=1000)
+    finally:
+        admin.close()
+    return [f"{e['reason']} {e['object']} ({e['context']})" for e in entries if e.get("username") == username]
 
 
 def make_certs(directory: Path) -> dict[str, Path]:

@@ -9,7 +9,7 @@ from bullmq import Queue
 
 from bullwait.catalog import QueueKey, queue_name
 from bullwait.connection import redis_options
-from bullwait.ops import Ops
+from bullwait.ops import BATCH, Ops
 from bullwait.settings import Settings
 
 from conftest import run_cli
@@ -95,7 +95,7 @@ async def test_clean_states_grace_limit_dry_run(settings: Settings, env: dict[st
 
 
 async def test_clean_in_batches_reports_all(settings: Settings, env: dict[str, str], sync_redis) -> None:
-    """More finished jobs than one batch (1000): all removed, the count is exact."""
+    """More finished jobs than one batch (BATCH): all removed, the count is exact."""
     name = queue_name(QueueKey.PREFERENCE_CALCULATION, settings)
     base = f"{settings.bullmq_prefix}:{name}:"
     now = int(time.time() * 1000) - 10_000
@@ -110,7 +110,8 @@ async def test_clean_in_batches_reports_all(settings: Settings, env: dict[str, s
         assert dry[0].removed == 2200 and sync_redis.zcard(base + "completed") == 2500
         done = await ops.clean([QueueKey.PREFERENCE_CALCULATION], "completed", 5000, 2200, on_progress=lambda *a: progress.append(a))
     assert done[0].removed == 2200
-    assert progress == [(name, 0, 2200), (name, 1000, 2200), (name, 2000, 2200), (name, 2200, 2200)]
+    steps = [*range(0, 2200, BATCH), 2200]
+    assert progress == [(name, done, 2200) for done in steps]
     result = run_cli(env, "clean", "--queue", name, "--grace", "5s", "--json")
     assert json.loads(result.stdout)[0]["removed"] == 300
     assert sync_redis.zcard(base + "completed") == 0 and not sync_redis.exists(base + "p7")

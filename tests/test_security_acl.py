@@ -18,18 +18,20 @@ from bullwait.settings import Settings
 from conftest import ROOT, run_cli
 from fixtures import notification_data, preference_data
 from reliability_helpers import COUNTING, counts, eventually
-from security_helpers import AuthRedisServer, acl_server, least_privilege_user  # noqa: F401
+from nodecompat import HAVE_NODE, SKIP_REASON, nest, node_json, seed_entry, seed_slot
+from nodecompat import start_board, start_node  # noqa: F401 (fixtures)
+from security_helpers import AuthRedisServer, acl_refusals, acl_server, least_privilege_user  # noqa: F401
 
 
-def _url(server: AuthRedisServer, user: str, password: str) -> str:
-    return f"redis://{user}:{password}@127.0.0.1:{server.port}/0"
+def _url(server: AuthRedisServer, user: str, password: str, db: int = 0) -> str:
+    return f"redis://{user}:{password}@127.0.0.1:{server.port}/{db}"
 
 
 async def test_least_privilege_user_runs_workers_and_producer(
     acl_server: AuthRedisServer, env: dict[str, str], prefix: str, start_worker: Any
 ) -> None:
-    user, password = least_privilege_user(acl_server, prefix)
-    url = _url(acl_server, user, password)
+    user, password = least_privilege_user(acl_server, prefix, db=1)  # SELECT 1: allowed for this db only
+    url = _url(acl_server, user, password, db=1)
     worker = start_worker(extra_env={**COUNTING, "REDIS_URL": url})
     settings = Settings(redis_url=url, bullmq_prefix=prefix)
     async with Producer(settings) as producer:
@@ -53,6 +55,54 @@ async def test_least_privilege_user_runs_workers_and_producer(
     demo = run_cli(dict(env, REDIS_URL=url), "demo", "--customers", "3", "--timer-ms", "1500", "--timeout", "40", "--embedded-redis", "never")
     assert demo.returncode == 0, demo.stderr[-2000:]
     assert "NOPERM" not in demo.stderr
+    assert acl_refusals(acl_server, user) == []
+
+
+@pytest.mark.node
+@pytest.mark.skipif(not HAVE_NODE, reason=SKIP_REASON)
+async def test_node_side_board_and_ops_need_nothing_more(
+    acl_server: AuthRedisServer, env: dict[str, str], prefix: str, start_node: Any, start_board: Any
+) -> None:
+    """Node bullmq 6 (worker, NestJS producer, Queue getters), Bull Board and the ops CLI under
+    the same user: every command they send is allowed (the ACL LOG stays empty)."""
+    user, password = least_privilege_user(acl_server, prefix)
+    url = _url(acl_server, user, password)
+    user_env = dict(env, REDIS_URL=url)
+    settings = Settings(redis_url=url, bullmq_prefix=prefix)
+    note = NotificationJob.model_validate(notification_data("w-acl-fail"))
+    async with Producer(settings) as producer:
+        await producer.add(QueueKey.WAITLIST_NOTIFICATION, note, job_id="acl-fail", attempts=1)
+    start_node("compat/worker.js", "WAITLIST_NOTIFICATION", "--fail-ids", "acl-fail", extra_env={"REDIS_URL": url},
+               ready="node worker ready")
+    sent = nest(user_env, "sendSlotAvailableNotification", {"waitlistEntry": seed_entry("w-acl"), "slot": seed_slot()})
+    nest(user_env, "notifyWaitlistCustomer", {"waitlistEntry": seed_entry("w-acl2"), "slot": seed_slot()})
+    assert nest(user_env, "cancelExpiryTimer", {"waitlistId": "w-acl2"})["cancelled"] is True
+    nest(user_env, "getQueueStats")
+
+    def node_view() -> Any:
+        return node_json(user_env, "compat/inspect.js", "--jobs", f"WAITLIST_NOTIFICATION:{sent['jobId']},acl-fail")
+
+    view = node_view()
+    for _ in range(100):
+        jobs = view["WAITLIST_NOTIFICATION"]["jobs"]
+        if jobs[sent["jobId"]]["state"] == "completed" and jobs["acl-fail"]["state"] == "failed":
+            break
+        view = node_view()
+    assert view["WAITLIST_NOTIFICATION"]["workers"], "getWorkers (CLIENT LIST) sees the Node worker"
+    board = start_board(extra_env={"REDIS_URL": url})
+    assert board.get("/api/queues").status_code == 200
+    assert board.get("/api/queues/waitlist-notification/workers").status_code == 200
+    assert board.get("/api/redis/stats").status_code == 200
+    for args in (("stats",), ("doctor",), ("jobs", "list", "waitlist-notification", "--status", "failed"),
+                 ("jobs", "show", "waitlist-notification", "acl-fail"),
+                 ("clean", "--queue", "waitlist-notification", "--status", "completed", "--grace", "0"),
+                 ("retry", "--queue", "waitlist-notification"), ("promote", "--queue", "waitlist-expiry"),
+                 ("pause", "waitlist-preference-calculation"), ("resume", "waitlist-preference-calculation")):
+        result = run_cli(user_env, *args, "--json")
+        output = result.stdout + result.stderr
+        assert result.returncode in (0, 1) and "NOPERM" not in output, (args, result.stderr[-1000:])
+    # `doctor` tries CONFIG GET for one optional check and says it skipped it: the only refusal.
+    assert [r for r in acl_refusals(acl_server, user) if "config|get" not in r] == []
 
 
 @pytest.mark.parametrize(
@@ -83,6 +133,48 @@ def test_restricted_user_is_refused_everything_else(acl_server: AuthRedisServer,
         assert client.set(f"{prefix}:own", "1")  # its own keys: allowed
         with pytest.raises(redis.exceptions.NoPermissionError):
             client.execute_command(*command)
+    finally:
+        client.close()
+
+
+OTHER_APP_KEYS = ("otherapp:session:alice", "otherapp:invoice:2024-17", "bull-staging:waitlist-expiry:meta")
+
+
+def test_other_apps_key_names_do_not_leak(acl_server: AuthRedisServer, prefix: str) -> None:
+    """Commands that name no key escape `~prefix:*`: none may list, count or push other keys' names."""
+    admin = acl_server.admin()
+    try:
+        for db in (0, 1):
+            admin.execute_command("SELECT", db)
+            for key in OTHER_APP_KEYS:
+                admin.set(key, "x")
+    finally:
+        admin.close()
+    user, password = least_privilege_user(acl_server, prefix)
+    client = redis.Redis(port=acl_server.port, username=user, password=password, decode_responses=True)
+    own = f"{prefix}:own"
+    refused = [
+        ("SCAN", "0", "MATCH", "otherapp*", "COUNT", "1000"), ("SCAN", "0"), ("RANDOMKEY",), ("KEYS", "*"), ("DBSIZE",),
+        ("MOVE", own, "1"), ("COPY", own, f"{prefix}:copy", "DB", "1"), ("SWAPDB", "0", "1"),
+        ("CLIENT", "TRACKING", "on", "BCAST"), ("CLIENT", "TRACKING", "on", "BCAST", "PREFIX", "otherapp"),
+        ("EVAL", "return redis.call('SCAN', '0')", "0"), ("EVAL", "return redis.call('RANDOMKEY')", "0"),
+        ("SORT", own, "BY", "nosort", "GET", "otherapp:*"), ("OBJECT", "ENCODING", OTHER_APP_KEYS[0]),
+        ("SLOWLOG", "GET"), ("SCRIPT", "DEBUG", "YES"), ("FUNCTION", "LIST"), ("PUBSUB", "CHANNELS"),
+        ("SELECT", "1"),  # last: where allowed it moves this connection to the other database
+    ]
+    try:
+        client.lpush(own, "1")
+        seen = []
+        for command in refused:
+            try:
+                seen.append((command, client.execute_command(*command)))
+            except redis.exceptions.ResponseError as exc:  # NOPERM, or its form from inside a script
+                if "permission" not in str(exc) and "can't run this command" not in str(exc):
+                    seen.append((command, f"allowed, then failed: {exc}"))
+        assert seen == [], f"allowed to the restricted user: {seen}"
+        # What stays visible names no key: INFO has per-db counts, CLIENT LIST the connections.
+        visible = str(client.info()) + str(client.client_list())
+        assert not [k for k in OTHER_APP_KEYS if k in visible]
     finally:
         client.close()
 
