@@ -103,8 +103,13 @@ def _board_lists_worker(board: Any) -> bool | str:
     seen = {}
     for queue in QUEUES:
         reply = board.get(f"/api/queues/{queue}/workers")
-        seen[queue] = [w.get("name") for w in reply.json().get("workers", [])] if reply.status_code == 200 else reply.status_code
+        ok = reply.status_code == 200
+        seen[queue] = [w.get("name") for w in reply.json().get("workers", [])] if ok else reply.status_code
     return True if all(isinstance(v, list) and NAME in v for v in seen.values()) else json.dumps(seen)
+
+
+def _since(started: float) -> str:
+    return f"{time.monotonic() - started:.2f}s"
 
 
 async def _add_timers(settings: Settings) -> None:
@@ -136,18 +141,18 @@ def test_worker_listed_again_after_redis_restart(tmp_path: Path, env: dict[str, 
         server = RedisServer(port=port, data_dir=str(data_dir), extra_args=["--appendfsync", "always"]).start()
         restarted = time.monotonic()
         node_named = [n for n in before if not n.startswith(tuple(f"{prefix}:{q}:" for q in QUEUES))]
-        _poll(lambda: _names_back(port, prefix, node_named), 20, f"the Node-style names {node_named} back in CLIENT LIST")
-        print(f"\nNode-style names back in CLIENT LIST {time.monotonic() - restarted:.2f}s after the restart")
+        _poll(lambda: _names_back(port, prefix, node_named), 20, f"the Node-style names {node_named} back")
+        print(f"\nNode-style names back in CLIENT LIST {_since(restarted)} after the restart")
         # Node and Bull Board see the blocking connection, which the worker loop reconnects at once.
         _poll(lambda: _node_lists_worker(own), 20, "Node Queue.getWorkers() lists the worker again")
         _poll(lambda: _board_lists_worker(board), 20, "Bull Board lists the worker again")
         _poll(lambda: _health_sees_worker(health_port), 20, "/health/queues answers 200 with the worker counted")
         _poll(lambda: _stats_lists_worker(own), 20, "`bullwait stats --json` counts the worker again")
-        print(f"Node getWorkers, Bull Board, /health/queues and stats count it {time.monotonic() - restarted:.2f}s after the restart")
-        # The Python-named main connection reconnects on its next command (at most drainDelay when idle).
-        _poll(lambda: _names_back(port, prefix, before), 20, f"the worker's connection names {before} back in CLIENT LIST")
-        print(f"all names back in CLIENT LIST {time.monotonic() - restarted:.2f}s after the restart")
-        _poll(lambda: _stats_lists_worker(own, python_named=True), 20, "`bullwait stats --json` sees a Python worker again")
+        print(f"Node getWorkers, Bull Board, /health/queues and stats count it {_since(restarted)} after the restart")
+        # The Python-named main connection reconnects on its next command (within one blocking wait when idle).
+        _poll(lambda: _names_back(port, prefix, before), 20, f"all the worker's connection names {before} back")
+        print(f"all names back in CLIENT LIST {_since(restarted)} after the restart")
+        _poll(lambda: _stats_lists_worker(own, python_named=True), 20, "`bullwait stats` sees a Python worker again")
         assert worker.proc.poll() is None
         assert worker.terminate() == 0
     finally:
