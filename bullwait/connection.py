@@ -207,6 +207,27 @@ def bound_blocking_reads(connection: Any, max_block_seconds: float) -> None:
         single.socket_timeout = timeout
 
 
+# --- Client names through reconnects (issue 13) ---------------------------------------------
+# Node's getWorkers(), Bull Board and `bullwait stats` find workers by CLIENT LIST names.
+# bullmq-py names a connection with one CLIENT SETNAME and puts the name in the pool's
+# kwargs, but its single connection already exists by then: redis-py sends a name on
+# connect only from the connection's own `client_name`, so after a Redis restart every
+# reconnected worker connection was anonymous and the workers vanished (ioredis re-sends it).
+
+
+def keep_client_name(connection: Any, name: str) -> None:
+    """Make every connection of a bullmq connection (or redis client), now or later, connect as `name`."""
+    client = getattr(connection, "conn", connection)
+    pool = getattr(client, "connection_pool", None)
+    existing: list[Any] = [getattr(client, "connection", None)]
+    if pool is not None:
+        pool.connection_kwargs["client_name"] = name
+        existing += [*getattr(pool, "_available_connections", []), *getattr(pool, "_in_use_connections", [])]
+    for conn in existing:
+        if conn is not None:
+            conn.client_name = name
+
+
 # --- Cancellation of blocking waits --------------------------------------------------------
 # redis-py sends every command through `asyncio.wait_for(send, socket_timeout)`. On Python
 # 3.11 (3.12 rewrote wait_for) a cancellation that arrives in the loop turn where the send

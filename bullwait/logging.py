@@ -1,11 +1,22 @@
-"""structlog set-up: the seed's event shapes, JSON off a terminal, secrets never printed."""
+"""structlog set-up: the seed's event shapes, JSON off a terminal, secrets never printed.
+
+Logging never fails a job or holds up the process: log lines go through `SafeStream`,
+which drops (and counts) a line it cannot write instead of raising or blocking. A worker
+whose log reader died (`bullwait worker 2>&1 | head`) used to fail every job with
+"[Errno 32] Broken pipe" (the `job completed` line raised after the processor ran) and
+then ignored SIGTERM, whose handler logged before it set the stop flag.
+"""
 
 from __future__ import annotations
 
+import errno
 import functools
 import json as _json
 import logging
+import os
 import re
+import select
+import stat
 import sys
 import time
 from typing import Any
@@ -116,9 +127,166 @@ def render_json(_logger: Any, _name: str, event: dict[str, Any]) -> str:
     return _ENCODER.encode(event)
 
 
+# How long a log write may wait for a full pipe (a reader that stopped reading) before the
+# line is dropped; while the pipe stays full, lines are dropped without waiting.
+BLOCKED_WRITE_GRACE = 0.05
+# Writes of at most PIPE_BUF bytes to a pipe with room never block (POSIX atomic writes).
+_CHUNK = getattr(select, "PIPE_BUF", 4096)
+_GONE = (errno.EPIPE, errno.EBADF, errno.ECONNRESET, errno.ENOTCONN)
+
+
+class SafeStream:
+    """A log stream whose failures stay inside it.
+
+    A line that cannot be written (reader gone, stream closed, any OSError, a pipe still
+    full after `BLOCKED_WRITE_GRACE`) is dropped and counted; the first drop is noted once
+    on stderr (if stderr still works), and a line with the count follows when the stream
+    takes lines again. Streams with a file descriptor are written with `os.write`, past
+    Python's buffer, so nothing is left half-flushed to fail again at exit.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.dropped = 0
+        self.unreported = 0
+        self.noted = False
+        self.gone = False
+        self.blocked = False
+        self.torn = False  # a line was cut short: start the next one on a new line
+        self.fd, self.poller = _writable_fd(stream)
+        self.encoding = getattr(stream, "encoding", None) or "utf-8"
+
+    def isatty(self) -> bool:
+        try:
+            return bool(self.stream.isatty())
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    def write(self, text: str) -> int:
+        if self.gone:
+            self._drop("the log stream is closed")
+            return 0
+        if self.fd is None:
+            return self._write_stream(text)
+        report = self._dropped_line() if self.unreported else b""
+        head = (b"\n" if self.torn else b"") + report
+        data = head + text.encode(self.encoding, "backslashreplace")
+        written = self._write_fd(data)
+        if written >= len(head):
+            self.unreported = 0
+        if written < len(data):
+            self.torn = self.torn or written > 0
+            self._drop("the log stream is full (nobody reads it)" if self.blocked else "the log stream failed")
+        else:
+            self.torn = False
+        return len(text)
+
+    def flush(self) -> None:
+        if self.fd is None and not self.gone:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError) as exc:
+                self._failed(exc)
+
+    def _write_stream(self, text: str) -> int:
+        try:
+            return int(self.stream.write(text) or 0)
+        except (OSError, ValueError) as exc:
+            self._failed(exc)
+            return 0
+
+    def _write_fd(self, data: bytes) -> int:
+        view = memoryview(data)
+        done = 0
+        while done < len(data):
+            if not self._room(0 if self.blocked else BLOCKED_WRITE_GRACE):
+                self.blocked = True
+                return done
+            try:
+                done += os.write(self.fd, view[done : done + _CHUNK])  # type: ignore[arg-type]
+            except BlockingIOError:  # someone made the descriptor non-blocking
+                self.blocked = True
+                return done
+            except OSError as exc:
+                self.gone = exc.errno in _GONE
+                self._note_once(exc)
+                return done
+            self.blocked = False
+        return done
+
+    def _room(self, wait: float) -> bool:
+        if self.poller is None:
+            return True
+        events = self.poller.poll(wait * 1000)
+        # An error or hang-up is "ready": the write that follows says what is wrong.
+        return bool(events)
+
+    def _dropped_line(self) -> bytes:
+        event = {"event": "log lines dropped", "dropped": self.unreported, "total": self.dropped,
+                 "level": "warning", "timestamp": utc_timestamp()}
+        return (_ENCODER.encode(event) + "\n").encode()
+
+    def _failed(self, exc: BaseException) -> None:
+        self.gone = isinstance(exc, ValueError) or getattr(exc, "errno", None) in _GONE
+        self._note_once(exc)
+        self._drop(str(exc))
+
+    def _drop(self, reason: str) -> None:
+        self.dropped += 1
+        self.unreported += 1
+        self._note_once(reason)
+
+    def _note_once(self, reason: object) -> None:
+        if self.noted:
+            return
+        self.noted = True
+        reason = str(reason) or type(reason).__name__
+        note = f"bullwait: cannot write the log ({reason}); dropping log lines, jobs go on\n"
+        if self.fd != 2:
+            _try_stderr(note)
+
+
+def _writable_fd(stream: Any) -> tuple[int | None, Any]:
+    """The stream's descriptor, and a poller for it when a write to it can block."""
+    try:
+        fd = stream.fileno()
+        mode = os.fstat(fd).st_mode
+    except (OSError, ValueError, AttributeError):
+        return None, None
+    try:
+        stream.flush()  # what Python already buffered goes first
+    except (OSError, ValueError):
+        pass
+    if stat.S_ISREG(mode):
+        return fd, None
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return fd, poller
+
+
+def _try_stderr(text: str) -> None:
+    """Write `text` to stderr if that can be done now, without waiting."""
+    try:
+        poller = select.poll()
+        poller.register(2, select.POLLOUT)
+        if poller.poll(0):
+            os.write(2, text.encode("utf-8", "backslashreplace"))
+    except (OSError, ValueError):
+        pass
+
+
+_stream: SafeStream | None = None
+
+
+def dropped_log_lines() -> int:
+    """Log lines this process could not write (see `SafeStream`)."""
+    return _stream.dropped if _stream is not None else 0
+
+
 def configure_logging(level: str = "info", json: bool | None = None, stream: Any = None) -> None:
     """Configure structlog once per process. JSON unless writing to a terminal."""
-    out = stream or sys.stderr
+    global _stream
+    out = _stream = SafeStream(stream or sys.stderr)
     as_json = (not out.isatty()) if json is None else json
     renderer: Any = render_json if as_json else structlog.dev.ConsoleRenderer(colors=False)
     numeric = logging.getLevelName(level.upper())

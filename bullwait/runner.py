@@ -241,9 +241,10 @@ def _install_signal_handlers(stop: asyncio.Event, log: Any) -> None:
     loop = asyncio.get_running_loop()
 
     def request_stop(signame: str) -> None:
-        if not stop.is_set():
+        first = not stop.is_set()
+        stop.set()  # before logging: nothing may keep a signal from stopping the process
+        if first:
             log.info("signal received, stopping", signal=signame)
-        stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:

@@ -80,6 +80,7 @@ class Supervisor:
     on_spawn: Callable[[int, int], None] | None = None  # (index, pid), for tests and logs
     _slots: list[_Slot] = field(default_factory=list)
     _stopping: bool = False
+    _stop_signal: str = ""
     _metrics_dir: str | None = None
 
     def spawn(self, slot: _Slot) -> None:
@@ -95,8 +96,10 @@ class Supervisor:
             self.on_spawn(slot.index, slot.process.pid)
 
     def request_stop(self, signum: int = signal.SIGTERM, _frame: Any = None) -> None:
+        # No logging here: a signal handler interrupts whatever the main thread does, maybe
+        # a log write holding the log's lock. The loop in run() says it is stopping.
         if not self._stopping:
-            self.log.info("supervisor stopping", signal=signal.Signals(signum).name, processes=self.processes)
+            self._stop_signal = signal.Signals(signum).name
         self._stopping = True
         for slot in self._slots:
             if slot.process is not None and slot.process.poll() is None:
@@ -117,6 +120,7 @@ class Supervisor:
             while not self._stopping:
                 self._watch()
                 time.sleep(self.poll_interval)
+            self.log.info("supervisor stopping", signal=self._stop_signal, processes=self.processes)
             return self._drain()
         finally:
             for sig, handler in previous.items():

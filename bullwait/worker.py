@@ -77,7 +77,7 @@ from bullmq.scripts import raw2NextJobData
 
 from bullwait.autopipeline import AutoPipeline
 from bullwait.completion import CompletionCalls
-from bullwait.connection import bound_blocking_reads, keep_cancellations
+from bullwait.connection import bound_blocking_reads, keep_cancellations, keep_client_name
 from bullwait.jobcheck import (
     hash_problems,
     non_utf8_fields,
@@ -170,8 +170,11 @@ class BullwaitWorker(Worker):
             return
         python_name = self.clientName
         node_name = node_client_name(self.prefix, self.name, self.workerName)
+        # Names kept on the connections themselves survive reconnects (see keep_client_name).
+        keep_client_name(self.backend.connection, python_name)
         await self.backend.connection.set_client_name(python_name)
         if self.backend.blocking_connection is not None:
+            keep_client_name(self.backend.blocking_connection, node_name)
             await self.backend.blocking_connection.set_client_name(node_name)
         self._client_name_set = True
 

@@ -141,14 +141,29 @@ def demo(
     finally:
         if server is not None:
             server.stop()
-    from bullwait.demo import report_rows
-
-    print_table(report_rows(report), title=f"demo {report.run_id}: {report.seconds:.1f}s")
-    print_table(report.entries, title="waitlist entries")
+    _print_demo_report(report)
     if not report.flow_ok:
         raise fail(f"the expired offer did not pass to the next customer within {timeout:g} s; see the log above (on a slow machine, try a longer --timer-ms)")
     if not report.ok:
         raise fail("not every demo job completed; see the log above and `bullwait stats`")
+
+
+def _print_demo_report(report) -> None:  # type: ignore[no-untyped-def]
+    """The demo's tables. A reader that left early (`bullwait demo | head -2`) has what it
+    wanted: the rest goes to /dev/null and the demo's verdict still sets the exit code."""
+    from bullwait.demo import report_rows
+    from bullwait_cli.common import console
+
+    try:
+        print_table(report_rows(report), title=f"demo {report.run_id}: {report.seconds:.1f}s")
+        print_table(report.entries, title="waitlist entries")
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except SystemExit:
+        if not console.quiet:  # rich exits at once on a closed stdout, after setting `quiet` and muting it
+            raise
 
 
 async def _demo(settings: Settings, customers: int, timer_ms: int, timeout: float):  # type: ignore[no-untyped-def]
