@@ -48,6 +48,8 @@ BATCH = 1000  # jobs per script call in bulk operations, so Redis is never block
 SCAN_CAP = 1000  # active / prioritized entries a stats call looks at (stalled, oldest waiting)
 OVERDUE_GRACE_MS = 1000  # a delayed job due longer ago than this should have run
 MAX_JOB_ID = 512
+# A count (--limit, --count) beyond any queue's size; larger ones would reach Lua as floats.
+MAX_COUNT = 1_000_000_000
 BULLMQ_PY_PAIRS = {"3.4": "6.4.0"}  # bullmq-py minor -> Node bullmq whose Lua it ships
 
 # ---------------------------------------------------------------------------------------
@@ -369,6 +371,9 @@ def check_count(value: int | None, what: str) -> int | None:
         return None
     if value < 1:
         raise BadArgument(f"{what} must be 1 or more (got {value}); leave it out for no limit")
+    if value > MAX_COUNT:
+        shown = value if value < 10**20 else f"a {len(str(value))}-digit number"
+        raise BadArgument(f"{what} must be at most {MAX_COUNT} (got {shown}); leave it out for no limit")
     return value
 
 
