@@ -105,7 +105,8 @@ def parse_redis_url(url: str) -> RedisAddress:
     scheme = scheme.lower()
     login, at, _ = rest.rpartition("@")
     if at and any(ch in login for ch in "/?#"):
-        raise BadRedisUrl(f"the user name or password holds '/', '?' or '#', which end a URL's login part: {_PERCENT_HINT}")
+        raise BadRedisUrl(f"the user name or password holds '/', '?' or '#', which end a URL's login part: "
+                          f"{_PERCENT_HINT}")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -153,7 +154,8 @@ def _path_db(path: str) -> int | None:
         return None
     if not text.isdigit() or not text.isascii() or int(text) > MAX_DB:
         shown = repr(unquote(text)[:40])
-        raise BadRedisUrl(f"the path {shown} is not a database number; end the URL with /<db>, e.g. redis://localhost:6379/1")
+        raise BadRedisUrl(f"the path {shown} is not a database number; end the URL with /<db>, "
+                          "e.g. redis://localhost:6379/1")
     return int(text)
 
 
