@@ -375,7 +375,7 @@ def _confirm(verb: str, source: str, pending: dict[str, int]) -> None:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise BadArgument(f"{what}: add --yes to confirm, or --count N to move fewer")
     if not typer.confirm(f"{what}. Go ahead?", default=False):
-        raise typer.Exit(1)
+        raise fail("not confirmed; nothing moved", 1)
 
 
 # --- pause / resume ------------------------------------------------------------------
