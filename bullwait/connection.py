@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import AuthenticationError, BusyLoadingError, RedisError, ResponseError
@@ -25,15 +23,7 @@ from bullwait.settings import Settings
 
 def redis_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for `redis.asyncio.Redis` (and bullmq's `connection` option)."""
-    if settings.redis_url:
-        opts: dict[str, Any] = dict(parse_url(settings.redis_url))
-        if "path" in opts:  # unix:// -> redis.asyncio's name for it
-            opts["unix_socket_path"] = opts.pop("path")
-        if settings.redis_url.startswith("rediss://"):
-            opts.pop("connection_class", None)
-            opts["ssl"] = True
-    else:
-        opts = {"host": settings.redis_host, "port": settings.redis_port, "db": settings.redis_queue_db}
+    opts = settings.redis_address.connect_kwargs()
     if settings.redis_username and not opts.get("username"):
         opts["username"] = settings.redis_username
     if settings.redis_password and not opts.get("password"):
@@ -42,7 +32,6 @@ def redis_options(settings: Settings) -> dict[str, Any]:
         opts["ssl"] = True
         opts["ssl_ca_certs"] = settings.redis_tls_ca_file
         opts["ssl_cert_reqs"] = ssl.CERT_REQUIRED
-    opts.pop("connection_class", None)
     # Plain commands keep redis-py's read timeout (a hung Redis is noticed in seconds); a
     # worker's blocking connection raises its own above the longest BZPOPMIN (worker.py).
     opts.setdefault("socket_connect_timeout", settings.redis_connect_timeout)
@@ -59,28 +48,13 @@ def redis_client(settings: Settings, **extra: Any) -> aioredis.Redis:
 
 
 def describe_redis(settings: Settings) -> str:
-    """Where Redis is, for messages: the URL with any password masked."""
-    if settings.redis_url:
-        return mask_url(settings.redis_url)
-    return f"redis://{settings.redis_host}:{settings.redis_port}/{settings.redis_queue_db}"
+    """Where Redis is, for messages: scheme, host, port and db, any password masked."""
+    return settings.redis_address.display()
 
 
 def redis_hostname(settings: Settings) -> str | None:
     """The host Redis is reached at (None for a Unix socket)."""
-    if settings.redis_url:
-        parts = urlsplit(settings.redis_url)
-        return None if parts.scheme == "unix" else (parts.hostname or "")
-    return settings.redis_host
-
-
-def mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return settings.redis_address.host
 
 
 async def check_redis(settings: Settings, timeout: float | None = None) -> str:

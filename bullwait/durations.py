@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from bullwait.errors import BadArgument
@@ -14,6 +15,8 @@ class BadDuration(BadArgument):
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _FORMS = "use a number with a unit, e.g. 24h, 15m, 30s, 500ms, 7d, 1h30m, or 0"
+# Longer than any job lives; past it, a float loses whole milliseconds and then overflows.
+MAX_DURATION_MS = 36_500 * _UNITS_MS["d"]
 
 
 def parse_duration_ms(text: str, what: str = "duration") -> int:
@@ -31,8 +34,15 @@ def parse_duration_ms(text: str, what: str = "duration") -> int:
         total += float(match.group(1)) * _UNITS_MS[match.group(2)]
         pos = match.end()
     if pos != len(value) or pos == 0:
-        raise BadDuration(f"{what}: cannot read {text!r}; {_FORMS}")
+        raise BadDuration(f"{what}: cannot read {_shown(text)}; {_FORMS}")
+    if not math.isfinite(total) or total > MAX_DURATION_MS:
+        raise BadDuration(f"{what}: {_shown(text)} is longer than 36500d (100 years); use a shorter duration")
     return int(round(total))
+
+
+def _shown(text: str) -> str:
+    """The operator's input for a message, cut short: a pasted number can be 400 digits."""
+    return repr(text) if len(text) <= 40 else repr(text[:37] + "...")
 
 
 def format_ms(ms: float | int | None) -> str:

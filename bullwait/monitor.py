@@ -19,6 +19,7 @@ never a traceback per connection (asyncio's own accept loop logged one per faile
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import resource
@@ -151,15 +152,22 @@ class MonitorServer:
         self._slots = asyncio.Semaphore(self.max_connections)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> "MonitorServer":
+    async def start(self, fallback: bool = False) -> "MonitorServer":
+        """Bind and listen. `fallback`: when the port is in use, take a free one and say so
+        (for the default METRICS_PORT; a port the operator chose is kept or refused)."""
         try:
             self._sockets = await _listen(self.host, self.requested_port)
         except OSError as exc:
-            reason = os.strerror(exc.errno).lower() if isinstance(exc.errno, int) and exc.errno > 0 else (exc.strerror or str(exc))
-            raise MonitoringUnavailable(
-                f"cannot serve metrics on {self.host}:{self.requested_port} ({reason}): "
-                "set METRICS_PORT / METRICS_HOST to a free address, or QUEUE_MONITORING_ENABLED=false"
-            ) from None
+            if fallback and exc.errno == errno.EADDRINUSE and self.requested_port:
+                self.log.warning(
+                    "metrics port in use (another worker?), serving on a free port instead",
+                    wanted=self.requested_port,
+                    advice="give each worker its own METRICS_PORT for a fixed scrape target, "
+                    "or run one worker with --processes N (one server for all)",
+                )
+                self.requested_port = 0
+                return await self.start()
+            raise MonitoringUnavailable(_bind_problem(self.host, self.requested_port, exc)) from None
         sockname = self._sockets[0].getsockname()
         self.host, self.port = sockname[0], sockname[1]
         for sock in self._sockets:
@@ -316,6 +324,16 @@ def _os_error(exc: OSError) -> str:
     return os.strerror(exc.errno) if isinstance(exc.errno, int) and exc.errno > 0 else (exc.strerror or str(exc))
 
 
+def _bind_problem(host: str, port: int, exc: OSError) -> str:
+    reason = _os_error(exc).lower()
+    if exc.errno == errno.EADDRINUSE:
+        return (f"cannot serve metrics on {host}:{port} ({reason}; another bullwait process?): run several workers "
+                "as one `bullwait worker --processes N` (one server for all), give each its own METRICS_PORT "
+                "(0 = any free port, logged), or set QUEUE_MONITORING_ENABLED=false")
+    return (f"cannot serve metrics on {host}:{port} ({reason}): "
+            "set METRICS_PORT / METRICS_HOST to a free address, or QUEUE_MONITORING_ENABLED=false")
+
+
 def _json(doc: Any) -> bytes:
     return (json.dumps(doc, separators=(",", ":")) + "\n").encode()
 
@@ -331,7 +349,9 @@ async def monitoring(
         yield None
         return
     server = MonitorServer(Monitor(settings, queues, registry), settings.metrics_host, settings.metrics_port, logger)
-    await server.start()
+    # A second worker on one host finds the default port taken: it moves (and logs where);
+    # a METRICS_PORT the operator set is held to, as a scrape target depends on it.
+    await server.start(fallback="metrics_port" not in settings.model_fields_set)
     try:
         yield server
     finally:

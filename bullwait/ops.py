@@ -52,6 +52,8 @@ BATCH = 500
 SCAN_CAP = 1000  # active / prioritized entries a stats call looks at (stalled, oldest waiting)
 OVERDUE_GRACE_MS = 1000  # a delayed job due longer ago than this should have run
 MAX_JOB_ID = 512
+# A count (--limit, --count) beyond any queue's size; larger ones would reach Lua as floats.
+MAX_COUNT = 1_000_000_000
 BULLMQ_PY_PAIRS = {"3.4": "6.4.0"}  # bullmq-py minor -> Node bullmq whose Lua it ships
 
 # ---------------------------------------------------------------------------------------
@@ -420,8 +422,19 @@ def normalize_state(state: str, allowed: Iterable[str] = JOB_STATES) -> str:
     return wanted
 
 
-def check_job_id(job_id: str, what: str = "job id") -> str:
-    """Refuse ids no producer can have written: empty, padded, control characters, huge."""
+# Keys BullMQ keeps for a queue itself (Node's QueueKeys, plus metrics): `jobs show Q meta`
+# would read `<prefix>:<queue>:meta` and show the queue's meta hash as if it were a job.
+QUEUE_OWN_KEYS = frozenset({
+    "active", "wait", "waiting-children", "paused", "id", "delayed", "prioritized", "stalled-check", "completed",
+    "failed", "stalled", "repeat", "limiter", "meta", "events", "pc", "marker", "de", "metrics",
+})
+# A job's own sub-keys: `<prefix>:<queue>:<id>:logs` and so on.
+JOB_SUB_KEYS = frozenset({"logs", "lock", "dependencies", "processed", "failed", "unsuccessful"})
+
+
+def check_job_id(job_id: str, what: str = "job id", own_keys: bool = True, queue: str = "QUEUE") -> str:
+    """Refuse ids no producer can have written: empty, padded, control characters, huge,
+    and (`own_keys`) the names of BullMQ's own keys, which no job can use."""
     if job_id is None or job_id == "" or not job_id.strip():
         raise BadArgument(f"{what} is empty; pass the id as shown by `bullwait jobs list`")
     if job_id != job_id.strip():
@@ -430,7 +443,21 @@ def check_job_id(job_id: str, what: str = "job id") -> str:
         raise BadArgument(f"{what} {job_id!r} contains control characters; pass the exact id")
     if len(job_id) > MAX_JOB_ID:
         raise BadArgument(f"{what} is {len(job_id)} characters long; ids longer than {MAX_JOB_ID} are not accepted")
+    if own_keys:
+        _refuse_own_key(job_id, what, queue)
     return job_id
+
+
+def _refuse_own_key(job_id: str, what: str, queue: str) -> None:
+    head, _, tail = job_id.rpartition(":")
+    first = job_id.split(":", 1)[0]
+    scheduler = first == "repeat" and job_id.count(":") == 1  # a job scheduler's hash; its jobs have 3 parts
+    if job_id in QUEUE_OWN_KEYS or (first in ("metrics", "de") and ":" in job_id) or scheduler:
+        raise BadArgument(f"{what} {job_id!r} names a key BullMQ keeps for the queue itself, not a job; "
+                          f"find job ids with `bullwait jobs list {queue} --status <state>`")
+    if head and tail in JOB_SUB_KEYS and head not in QUEUE_OWN_KEYS:
+        raise BadArgument(f"{what} {job_id!r} names the {tail!r} key of job {head!r}, not a job; "
+                          f"show that job with `bullwait jobs show {queue} {head}`")
 
 
 def check_count(value: int | None, what: str) -> int | None:
@@ -438,6 +465,9 @@ def check_count(value: int | None, what: str) -> int | None:
         return None
     if value < 1:
         raise BadArgument(f"{what} must be 1 or more (got {value}); leave it out for no limit")
+    if value > MAX_COUNT:
+        shown = value if value < 10**20 else f"a {len(str(value))}-digit number"
+        raise BadArgument(f"{what} must be at most {MAX_COUNT} (got {shown}); leave it out for no limit")
     return value
 
 
@@ -446,6 +476,69 @@ def local_time(ms: int | None) -> str | None:
     if ms is None:
         return None
     return datetime.fromtimestamp(ms / 1000).astimezone().isoformat(timespec="milliseconds")
+
+
+# ---------------------------------------------------------------------------------------
+# Is this the right Redis db? (the catalog's queues, checked by key name)
+# ---------------------------------------------------------------------------------------
+
+# Keys any queue that has ever held a job (or had a worker) has at least one of. Checked
+# by name with EXISTS: never KEYS or SCAN over a keyspace that other applications share.
+QUEUE_MARK_KEYS = ("meta", "id", "events", "wait", "active", "delayed", "prioritized", "completed", "failed",
+                   "paused", "waiting-children", "stalled-check", "marker", "repeat")
+
+
+@dataclass
+class QueuePresence:
+    """Which of the catalog's queues have keys in the configured Redis db."""
+
+    where: str
+    prefix: str
+    found: list[str]
+    other_naming: list[str]  # found under the other BULLWAIT_QUEUE_NAMES
+    checked: bool = True  # False: the server refused EXISTS (ACL)
+
+    def warning(self) -> str | None:
+        """What to tell the operator when this db looks like the wrong one; None when fine."""
+        if not self.checked or self.found:
+            return None
+        text = (f"{self.where} holds none of the catalog's queues under prefix {self.prefix!r}: likely the wrong "
+                "db (REDIS_URL's /<db> or REDIS_QUEUE_DB) or BULLMQ_PREFIX; fine for a new deployment")
+        if self.other_naming:
+            text += f"; it does hold {', '.join(self.other_naming)}: check BULLWAIT_QUEUE_NAMES"
+        return text
+
+
+async def queue_presence(client: Any, settings: Settings) -> QueuePresence:
+    """One EXISTS per catalog queue (both namings), in one round trip."""
+    from bullwait.catalog import LEGACY_QUEUE_NAMES, QUEUE_NAMES
+
+    current = [queue_name(k, settings) for k in QueueKey]
+    other = [n for n in (*QUEUE_NAMES.values(), *LEGACY_QUEUE_NAMES.values()) if n not in current]
+    prefix = settings.bullmq_prefix
+    pipe = client.pipeline(transaction=False)
+    for name in (*current, *other):
+        pipe.exists(*(f"{prefix}:{name}:{suffix}" for suffix in QUEUE_MARK_KEYS))
+    try:
+        counts = await pipe.execute()
+    except ResponseError:
+        return QueuePresence(describe_redis(settings), prefix, [], [], checked=False)
+    found = [n for n, c in zip(current, counts) if int(c)]
+    others = [n for n, c in zip(other, counts[len(current):]) if int(c)]
+    return QueuePresence(describe_redis(settings), prefix, found, others)
+
+
+async def warn_if_wrong_db(settings: Settings, log: Any) -> None:
+    """Log a warning when the configured db holds none of the catalog's queues (worker start-up)."""
+    client = redis_client(settings, socket_timeout=settings.redis_connect_timeout, retry_on_timeout=False)
+    try:
+        warning = (await queue_presence(client, settings)).warning()
+    except (RedisError, OSError):
+        return  # the worker's own connection reports an unreachable Redis
+    finally:
+        await client.aclose()
+    if warning:
+        log.warning("no catalog queue in this Redis db", detail=warning)
 
 
 # ---------------------------------------------------------------------------------------
@@ -614,7 +707,7 @@ class Ops:
         return CancelResult(self.name(key), shown_id, await self.job_state(key, raw_id))
 
     async def cancel_expiry(self, waitlist_id: str) -> CancelResult:
-        check_job_id(waitlist_id, "waitlist id")
+        check_job_id(waitlist_id, "waitlist id", own_keys=False)
         async with Producer(self.settings) as producer:
             return await producer.cancel_expiry_timer(waitlist_id)
 
@@ -693,6 +786,15 @@ class Ops:
                 return removed, first
 
     # --- retry / promote ----------------------------------------------------------------
+
+    async def movable(self, keys: Iterable[QueueKey] | None, source: str, count: int | None) -> dict[str, int]:
+        """How many jobs `retry` (source failed) or `promote` (delayed) would move, per queue."""
+        wanted = self._keys(keys)
+        pipe = self.client.pipeline(transaction=False)
+        for key in wanted:
+            pipe.zcard(self.k(key, source))
+        sizes = await pipe.execute()
+        return {self.name(k): int(n) if count is None else min(int(n), count) for k, n in zip(wanted, sizes)}
 
     async def retry(self, keys: Iterable[QueueKey] | None = None, count: int | None = None) -> list[MoveResult]:
         """Failed -> wait (BullMQ's retryJobs: oldest failures first; attemptsMade is kept)."""
@@ -800,7 +902,10 @@ class Ops:
         wanted = self._keys(keys)
         checks.append(_check_names([self.name(k) for k in wanted]))
         clients = await self.client_list()
-        for stats in await self.stats(wanted, clients):
+        all_stats = await self.stats(wanted, clients)
+        workers = sum(s.workers or 0 for s in all_stats)
+        checks.append(_check_presence(await queue_presence(self.client, self.settings), workers))
+        for stats in all_stats:
             checks.extend(_queue_checks(stats, self.settings, clients is not None))
         return DoctorReport(checks)
 
@@ -914,6 +1019,17 @@ def _check_memory(used: int, maxmemory: int) -> Check:
     if ratio >= 0.75:
         return Check("warn", "memory", detail + ": clean finished jobs (`bullwait clean`) or raise maxmemory")
     return Check("ok", "memory", detail)
+
+
+def _check_presence(presence: QueuePresence, workers: int) -> Check:
+    if not presence.checked:
+        return Check("ok", "queues-found", "EXISTS not allowed for this user; skipped")
+    if presence.found:
+        found = ", ".join(presence.found)
+        return Check("ok", "queues-found", f"{found} in {presence.where}, prefix {presence.prefix!r}")
+    if workers:
+        return Check("ok", "queues-found", f"no jobs yet in {presence.where}, but {workers} worker(s) serve its queues")
+    return Check("warn", "queues-found", presence.warning() or "")
 
 
 def _check_names(names: list[str]) -> Check:

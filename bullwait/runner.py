@@ -13,7 +13,7 @@ import asyncio
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Iterable, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from bullwait.catalog import SPECS, QueueKey, concurrency, queue_name
 from bullwait.connection import bound_retries, redis_options, wait_for_redis
@@ -187,14 +187,19 @@ async def run_workers(
     observer: JobObserver | None = None,
     stop: asyncio.Event | None = None,
     options: dict[QueueKey, dict[str, Any]] | None = None,
+    before_start: Callable[[], Awaitable[None]] | None = None,
 ) -> int:
-    """Run until SIGTERM/SIGINT (or `stop` is set). Returns the process exit code."""
+    """Run until SIGTERM/SIGINT (or `stop` is set). Returns the process exit code.
+
+    `before_start` runs once Redis answers, before any worker touches a queue key."""
     log = get_logger()
     stop_event = stop or asyncio.Event()
     _install_signal_handlers(stop_event, log)
     if not await _until_stopped(wait_for_redis(settings, log), stop_event):
         log.info("stopped before Redis answered")
         return 0
+    if before_start is not None:
+        await before_start()
     pool = WorkerPool(settings, registry, list(queues or list(QueueKey)), services, observer, log=log, options=options or {})
     if settings.bullwait_worker_name:
         pool.worker_name = settings.bullwait_worker_name  # shown in Bull Board's Workers tab

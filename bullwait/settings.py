@@ -3,14 +3,22 @@
 Every field is read from the upper-case environment variable of the same name, so
 `redis_queue_db` is `REDIS_QUEUE_DB`. A bad value raises `SettingsError`, whose message
 names the variable; the CLI turns it into one line on stderr and exit code 2.
+
+Where Redis is (`REDIS_URL`, or `REDIS_HOST`/`REDIS_PORT`/`REDIS_QUEUE_DB`) is parsed once,
+here, into a `RedisAddress` that every entry point connects with and shows (password
+masked). urllib and redis-py raise tracebacks that quote the password on a malformed URL
+(an unencoded `#` in it becomes the "port"), and silently read `/abc` as db 0: a URL is
+therefore checked part by part, and every refusal is one line that never repeats it.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from enum import Enum
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,6 +36,155 @@ class QueueNaming(str, Enum):
     LEGACY = "legacy"
 
 
+URL_FORM = "redis://[user:password@]host:port/db"
+_PERCENT_HINT = "percent-encode them (# as %23, / as %2F, ? as %3F, @ as %40, % as %25)"
+MAX_DB = 2**31 - 1
+# Query options handed to redis-py besides those its own URL parser types (db, socket_timeout,
+# ...): any other name would reach redis.Redis() as an unknown keyword and raise there.
+_TEXT_OPTIONS = frozenset({"username", "password", "ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"})
+# redis-py types `timeout` but redis.Redis() has no such argument.
+_UNSUPPORTED_OPTIONS = frozenset({"timeout"})
+
+
+class BadRedisUrl(ValueError):
+    """A REDIS_URL that cannot be used; the message is one line and never holds the URL."""
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where Redis is and how to log in: one parse of REDIS_URL (or REDIS_HOST/PORT/QUEUE_DB)."""
+
+    scheme: str  # redis | rediss | unix
+    host: str | None
+    port: int | None
+    socket_path: str | None
+    db: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    options: dict[str, Any] = field(default_factory=dict, repr=False)  # typed query options
+
+    def display(self) -> str:
+        """The address for messages and logs, with the password masked, the db always shown."""
+        if self.scheme == "unix":
+            return f"unix://{self.socket_path}?db={self.db}"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        if self.password is not None or self.options.get("password"):
+            # A user name without a password is most often a password that lost its ':'.
+            login = f"{self.username or ''}:***@"
+        else:
+            login = "***@" if self.username else ""
+        return f"{self.scheme}://{login}{host}:{self.port}/{self.db}"
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `redis.asyncio.Redis` (TLS from `rediss://` included)."""
+        kwargs: dict[str, Any] = dict(self.options)
+        if self.scheme == "unix":
+            kwargs["unix_socket_path"] = self.socket_path
+        else:
+            kwargs.update(host=self.host, port=self.port)
+        kwargs["db"] = self.db
+        if self.username:
+            kwargs["username"] = self.username
+        if self.password is not None:
+            kwargs["password"] = self.password
+        if self.scheme == "rediss":
+            kwargs["ssl"] = True
+        return kwargs
+
+
+def parse_redis_url(url: str) -> RedisAddress:
+    """Check a Redis URL part by part; raise `BadRedisUrl` saying what to change.
+
+    The URL is never repeated in a message: it may hold a password.
+    """
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        raise BadRedisUrl("contains white space or a control character (a newline from a secret file?); remove it")
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("redis", "rediss", "unix"):
+        raise BadRedisUrl(f"must start with redis://, rediss:// or unix://, as in {URL_FORM}")
+    scheme = scheme.lower()
+    login, at, _ = rest.rpartition("@")
+    if at and any(ch in login for ch in "/?#"):
+        raise BadRedisUrl(f"the user name or password holds '/', '?' or '#', which end a URL's login part: "
+                          f"{_PERCENT_HINT}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise BadRedisUrl(_host_port_problem(_netloc(rest))) from None
+    if parts.fragment:
+        raise BadRedisUrl("has a '#' (a URL fragment); if it belongs to the password, write it as %23")
+    options, query_db = _query_options(parts.query)
+    username = unquote(parts.username) if parts.username else options.pop("username", None)
+    password = unquote(parts.password) if parts.password is not None else options.pop("password", None)
+    if scheme == "unix":
+        if not parts.path or parts.path == "/":
+            raise BadRedisUrl("unix:// needs the socket's path, e.g. unix:///run/redis/redis.sock?db=1")
+        return RedisAddress(scheme, None, None, unquote(parts.path), query_db or 0, username, password, options)
+    if not parts.hostname:
+        raise BadRedisUrl(f"names no host; use {URL_FORM}, e.g. redis://localhost:6379/1")
+    if port == 0:
+        raise BadRedisUrl("port must be a number from 1 to 65535 (got 0)")
+    db = _path_db(parts.path)
+    if query_db is not None and db is not None and query_db != db:
+        raise BadRedisUrl(f"names two databases ({db} in the path, {query_db} in ?db=); give it once, e.g. {URL_FORM}")
+    db = query_db if query_db is not None else db
+    return RedisAddress(scheme, parts.hostname, port or 6379, None, db or 0, username, password, options)
+
+
+def _netloc(rest: str) -> str:
+    """The host:port part after `scheme://` (login removed), for messages about it."""
+    netloc = rest.split("/", 1)[0].split("?", 1)[0]
+    return netloc.rpartition("@")[2]
+
+
+def _host_port_problem(hostport: str) -> str:
+    if hostport.count("[") != hostport.count("]"):
+        return f"an IPv6 address needs both brackets, e.g. redis://[::1]:6379/1 ({URL_FORM})"
+    port = hostport.rpartition("]")[2].rpartition(":")[2] if "]" in hostport else hostport.rpartition(":")[2]
+    if port.isdigit():
+        return f"port must be a number from 1 to 65535 (got {int(port)})"
+    return f"the port is not a number; use {URL_FORM} (if ':' belongs to a password, add the '@' before the host)"
+
+
+def _path_db(path: str) -> int | None:
+    """The database number after the host: None when there is no path."""
+    text = path[1:] if path.startswith("/") else path
+    if not text:
+        return None
+    if not text.isdigit() or not text.isascii() or int(text) > MAX_DB:
+        shown = repr(unquote(text)[:40])
+        raise BadRedisUrl(f"the path {shown} is not a database number; end the URL with /<db>, "
+                          "e.g. redis://localhost:6379/1")
+    return int(text)
+
+
+def _query_options(query: str) -> tuple[dict[str, Any], int | None]:
+    """Query options typed as redis-py types them; unknown names refused by name."""
+    from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS
+
+    options: dict[str, Any] = {}
+    db = None
+    for name, values in parse_qs(query, keep_blank_values=True).items():
+        parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
+        if name in _UNSUPPORTED_OPTIONS or (parser is None and name not in _TEXT_OPTIONS):
+            raise BadRedisUrl(f"unknown option {name[:40]!r} after '?'; only redis-py's URL options work "
+                              "(db, socket_timeout, socket_connect_timeout, ssl_cert_reqs, ...)")
+        value = values[-1]
+        if parser is None:
+            options[name] = value
+            continue
+        try:
+            options[name] = parser(value)
+        except (TypeError, ValueError):
+            raise BadRedisUrl(f"option {name!r} after '?' has a value of the wrong type") from None
+    if "db" in options:
+        db = options.pop("db")
+        if not 0 <= db <= MAX_DB:
+            raise BadRedisUrl(f"?db= must be a database number from 0 to {MAX_DB} (got {db})")
+    return options, db
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env",
@@ -35,13 +192,15 @@ class Settings(BaseSettings):
         case_sensitive=False,
         extra="ignore",
         frozen=True,
+        # "inf" and "nan" parse as floats: refused, as every number must be one a timer can hold.
+        allow_inf_nan=False,
     )
 
     # --- Redis (the seed's names, plus URL and credentials) ---
     redis_url: str | None = None
     redis_host: str = "localhost"
     redis_port: int = Field(6379, ge=1, le=65535)
-    redis_queue_db: int = Field(1, ge=0)
+    redis_queue_db: int = Field(1, ge=0, le=MAX_DB)
     redis_username: str | None = None
     redis_password: str | None = None
     redis_tls_ca_file: str | None = None
@@ -126,8 +285,14 @@ class Settings(BaseSettings):
     def _check_url(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        parse_redis_url(value)
+        return value
+
+    @field_validator("redis_host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        if not value.strip() or any(ch.isspace() or ch in "/@?#" for ch in value):
+            raise ValueError("must be a host name or address only; put a URL in REDIS_URL")
         return value
 
     @field_validator("bullmq_prefix")
@@ -173,6 +338,13 @@ class Settings(BaseSettings):
                 yield name, value
 
     @cached_property
+    def redis_address(self) -> RedisAddress:
+        """Where Redis is: REDIS_URL when set, else REDIS_HOST/REDIS_PORT/REDIS_QUEUE_DB."""
+        if self.redis_url:
+            return parse_redis_url(self.redis_url)
+        return RedisAddress("redis", self.redis_host, self.redis_port, None, self.redis_queue_db)
+
+    @cached_property
     def redis_configured(self) -> bool:
         """True when the environment or `.env` names a Redis (so no embedded one may be started)."""
         names = ("REDIS_URL", "REDIS_HOST", "REDIS_PORT")
@@ -188,7 +360,9 @@ class Settings(BaseSettings):
         clean = {k: v for k, v in values.items() if v is not None}
         if not clean:
             return self
-        data = self.model_dump()
+        # Only what was configured, so `model_fields_set` still tells a chosen value from a
+        # default (an explicit METRICS_PORT is held to; the default one may move).
+        data = {name: getattr(self, name) for name in self.model_fields_set}
         data.update(clean)
         try:
             return Settings.model_validate(data)

@@ -8,7 +8,7 @@ import typer
 
 from bullwait.settings import Settings
 
-from bullwait_cli.common import AsJson, RedisUrl, fail, print_json, print_table, run_async, settings_from
+from bullwait_cli.common import AsJson, RedisUrl, context_line, fail, print_json, print_table, run_async, settings_from
 
 DAYS = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat")
 
@@ -33,6 +33,7 @@ def prefs(
     if as_json:
         print_json(data)
         return
+    typer.echo(context_line(settings, settings.bullwait_store_prefix))
     if not data["bookings"]:
         typer.echo(f"no bookings recorded for customer {customer_id!r} (store prefix {settings.bullwait_store_prefix!r})")
         return

@@ -8,7 +8,7 @@ import typer
 
 from bullwait.settings import Settings
 
-from bullwait_cli.common import AsJson, RedisUrl, fail, print_json, print_table, run_async, settings_from
+from bullwait_cli.common import AsJson, RedisUrl, context_line, fail, print_json, print_table, run_async, settings_from
 
 
 def register(app: typer.Typer) -> None:
@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(report.as_dict())
         else:
+            typer.echo(context_line(settings))
             title = ("dry run: would move " if dry_run else "moved ") + f"{report.moved if not dry_run else report.found} job(s), prefix {report.prefix}"
             print_table([q.row(dry_run) for q in report.queues], title=title)
         if report.active:

@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from bullwait.catalog import QueueKey, queue_name, resolve_queue
+from bullwait.connection import describe_redis
 from bullwait.errors import BullwaitError
 from bullwait.logging import configure_logging, get_logger
 from bullwait.settings import Settings
@@ -48,6 +49,7 @@ async def _serve(settings: Settings, keys: list[QueueKey]) -> int:
     from bullwait.monitor import monitoring
 
     log = get_logger()
+    log.info("serve starting", redis=describe_redis(settings), prefix=settings.bullmq_prefix)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import os
 import sys
 from typing import Any, Awaitable, Callable, List, Optional, TypeVar
 
@@ -21,7 +22,7 @@ from rich.table import Table
 
 from bullwait.catalog import QueueKey, resolve_queue
 from bullwait.durations import parse_duration_ms
-from bullwait.errors import BullwaitError, RedisUnavailable
+from bullwait.errors import BadArgument, BullwaitError, RedisUnavailable
 from bullwait.ops import (
     CLEAN_STATES,
     JOB_STATES,
@@ -33,16 +34,28 @@ from bullwait.ops import (
     check_job_id,
     local_time,
     normalize_state,
+    queue_presence,
     run_doctor,
 )
 from bullwait.settings import Settings
 
-from bullwait_cli.common import AsJson, RedisUrl, err_console, fail, print_json, run_async, settings_from, _first_line
+from bullwait_cli.common import (
+    AsJson, RedisUrl, _first_line, context_line, err_console, fail, print_json, run_async, settings_from,
+)
 
 T = TypeVar("T")
 
-# Tables keep their columns when piped (rich would squeeze them to 80 columns).
-console = Console() if sys.stdout.isatty() else Console(width=220)
+# `retry`/`promote` moving more jobs than this ask first (--yes); fewer are routine.
+CONFIRM_ABOVE = 100
+
+
+def _console() -> Console:
+    """stdout as wide as COLUMNS says; else the terminal's width, or 220 when piped (rich
+    would squeeze a piped table to 80 columns). Made per command, when COLUMNS is known."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return Console(width=int(columns))
+    return Console() if sys.stdout.isatty() else Console(width=220)
 
 QueueOpt = typer.Option(None, "--queue", "-q", help="Queue name (repeatable); default: every queue of the catalog.")
 
@@ -72,10 +85,15 @@ def _keys(names: Optional[List[str]], settings: Settings) -> list[QueueKey]:
     return keys
 
 
-def _with_ops(settings: Settings, action: Callable[[Ops], Awaitable[T]]) -> T:
+def _with_ops(settings: Settings, action: Callable[[Ops], Awaitable[T]], human: bool = False) -> T:
+    """Run `action` on an open Ops; `human` output first says which Redis, db and prefix
+    it reads, and warns when that db holds none of the catalog's queues."""
+
     async def go() -> T:
         async with await Ops.open(settings) as ops:
             try:
+                if human:
+                    await _orient(ops)
                 return await action(ops)
             except ResponseError as exc:
                 raise RedisRefused(f"Redis refused a command: {_first_line(exc)}") from None
@@ -83,6 +101,13 @@ def _with_ops(settings: Settings, action: Callable[[Ops], Awaitable[T]]) -> T:
                 raise RedisUnavailable(f"Redis stopped answering ({_first_line(exc)}); check it and try again") from None
 
     return run_async(go)
+
+
+async def _orient(ops: Ops) -> None:
+    _console().print(context_line(ops.settings), markup=False, highlight=False)
+    warning = (await queue_presence(ops.client, ops.settings)).warning()
+    if warning:
+        print(f"bullwait: warning: {warning}", file=sys.stderr, flush=True)
 
 
 class RedisRefused(BullwaitError):
@@ -103,11 +128,25 @@ def _table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
 
 
 def print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
-    console.print(_table(rows, title) if rows else "(nothing)")
+    _console().print(_table(rows, title) if rows else "(nothing)")
 
 
-def _stats_table(rows: list[QueueStats]) -> Table:
-    return _table([r.to_row() for r in rows], "bullwait stats")
+def _stats_table(rows: list[QueueStats], console: Console) -> Table:
+    """One row per queue when it fits the width; else one column per queue, so no header
+    is cut to `w…` (ten columns with a 31-character queue name need ~145)."""
+    wide = _table([r.to_row() for r in rows], "bullwait stats")
+    # Measured unbounded: rich clamps a measurement to the console's width.
+    if not rows or console.measure(wide, options=console.options.update_width(100_000)).maximum <= console.width:
+        return wide
+    table = Table(title="bullwait stats", box=box.SIMPLE_HEAD)
+    table.add_column("", no_wrap=True)
+    for r in rows:
+        # Break after the first '-' (`waitlist-` / `notification`): three names fit 80 columns.
+        table.add_column(r.name.replace("-", "-\n", 1), justify="right", no_wrap=True)
+    by_queue = [r.to_row() for r in rows]
+    for label in list(by_queue[0])[1:]:
+        table.add_row(label, *(str(row[label]) for row in by_queue))
+    return table
 
 
 def stats(
@@ -130,15 +169,17 @@ def stats(
     if watch is not None and not 0.1 <= watch <= 86_400:
         raise fail(f"--watch must be between 0.1 and 86400 seconds (got {watch})", 2)
 
+    console = _console()
+
     async def once(ops: Ops) -> list[QueueStats]:
         return await ops.stats(keys)
 
     if watch is None:
-        rows = _with_ops(settings, once)
+        rows = _with_ops(settings, once, human=not as_json)
         if as_json:
             print_json([r.to_json() for r in rows])
         else:
-            console.print(_stats_table(rows))
+            console.print(_stats_table(rows, console))
         return
 
     async def loop(ops: Ops) -> None:
@@ -150,15 +191,15 @@ def stats(
                 await asyncio.sleep(watch)
         if not console.is_terminal:  # piped: a new table per refresh
             while True:
-                console.print(_stats_table(await ops.stats(keys)))
+                console.print(_stats_table(await ops.stats(keys), console))
                 sys.stdout.flush()
                 await asyncio.sleep(watch)
-        with Live(_stats_table(await ops.stats(keys)), console=console, auto_refresh=False) as live:
+        with Live(_stats_table(await ops.stats(keys), console), console=console, auto_refresh=False) as live:
             while True:
                 await asyncio.sleep(watch)
-                live.update(_stats_table(await ops.stats(keys)), refresh=True)
+                live.update(_stats_table(await ops.stats(keys), console), refresh=True)
 
-    _with_ops(settings, loop)
+    _with_ops(settings, loop, human=not as_json)
 
 
 # --- cancel --------------------------------------------------------------------------
@@ -184,15 +225,15 @@ def cancel(
         if queue is None:
             raise fail("--job needs --queue (the job's queue)", 2)
         key = _keys([queue], settings)[0]
-        job_id = _checked(lambda: check_job_id(job))
-        result = _with_ops(settings, lambda ops: ops.cancel(key, job_id))
+        job_id = _checked(lambda: check_job_id(job, queue=queue))
+        result = _with_ops(settings, lambda ops: ops.cancel(key, job_id), human=not as_json)
         message = result.describe()
     else:
         assert waitlist_id is not None
         if queue is not None:
             raise fail("--queue goes with --job; a WAITLIST_ID always means the expiry queue", 2)
-        wid = _checked(lambda: check_job_id(waitlist_id, "waitlist id"))
-        result = _with_ops(settings, lambda ops: ops.cancel_expiry(wid))
+        wid = _checked(lambda: check_job_id(waitlist_id, "waitlist id", own_keys=False))
+        result = _with_ops(settings, lambda ops: ops.cancel_expiry(wid), human=not as_json)
         if result.outcome == "missing":
             message = f"no expiry timer for waitlist {wid} (no job {result.job_id} on {result.queue})"
         elif result.cancelled:
@@ -255,7 +296,7 @@ def clean(
 
             return await ops.clean(keys, state, grace_ms, limit, dry_run, report)
 
-    results = _with_ops(settings, go)
+    results = _with_ops(settings, go, human=not as_json)
     if as_json:
         print_json([r.to_json() for r in results])
         return
@@ -268,41 +309,73 @@ def clean(
 
 
 def retry(
-    queue: Optional[List[str]] = QueueOpt,
+    queue: Optional[List[str]] = typer.Option(None, "--queue", "-q", help="Queue to retry (repeatable)."),
+    all_queues: bool = typer.Option(False, "--all", help="Retry the failed jobs of every queue of the catalog."),
     count: Optional[int] = typer.Option(None, "--count", "-n", help="Move at most N jobs per queue (default: all)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help=f"Do not ask before moving more than {CONFIRM_ABOVE} jobs."),
     as_json: bool = AsJson,
     redis_url: Optional[str] = RedisUrl,
 ) -> None:
     """Move failed jobs back to wait (oldest failures first), as Bull Board's "retry all".
 
+    Needs --queue or --all. Asks before moving more than 100 jobs; without a terminal it refuses unless --yes.
+
     Example: bullwait retry --queue waitlist-notification --count 100
     """
-    _move(queue, count, as_json, redis_url, "retry")
+    _move(queue, all_queues, count, yes, as_json, redis_url, "retry")
 
 
 def promote(
-    queue: Optional[List[str]] = QueueOpt,
+    queue: Optional[List[str]] = typer.Option(None, "--queue", "-q", help="Queue to promote (repeatable)."),
+    all_queues: bool = typer.Option(False, "--all", help="Promote the delayed jobs of every queue of the catalog."),
     count: Optional[int] = typer.Option(None, "--count", "-n", help="Promote at most N jobs per queue (default: all)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help=f"Do not ask before moving more than {CONFIRM_ABOVE} jobs."),
     as_json: bool = AsJson,
     redis_url: Optional[str] = RedisUrl,
 ) -> None:
     """Run delayed jobs now: move them to wait (soonest due first).
 
+    Promoting waitlist-expiry timers ends those offers now. Needs --queue or --all. Asks before moving more than
+    100 jobs; without a terminal it refuses unless --yes.
+
     Example: bullwait promote --queue waitlist-expiry --count 10
     """
-    _move(queue, count, as_json, redis_url, "promote")
+    _move(queue, all_queues, count, yes, as_json, redis_url, "promote")
 
 
-def _move(queue: Optional[List[str]], count: Optional[int], as_json: bool, redis_url: Optional[str], verb: str) -> None:
+def _move(queue: Optional[List[str]], all_queues: bool, count: Optional[int], yes: bool, as_json: bool,
+          redis_url: Optional[str], verb: str) -> None:
     settings = settings_from(redis_url)
+    if bool(queue) == all_queues:
+        raise fail(f"say which queues: --queue Q (repeatable) or --all (`{verb}` with neither used to mean all)", 2)
     keys = _keys(queue, settings)
     _checked(lambda: check_count(count, "--count"))
-    results = _with_ops(settings, lambda ops: getattr(ops, verb)(keys, count))
+    source = "failed" if verb == "retry" else "delayed"
+
+    async def go(ops: Ops) -> Any:
+        if not yes:
+            pending = await ops.movable(keys, source, count)
+            if sum(pending.values()) > CONFIRM_ABOVE:
+                _confirm(verb, source, pending)
+        return await getattr(ops, verb)(keys, count)
+
+    results = _with_ops(settings, go, human=not as_json)
     if as_json:
         print_json([r.to_json() for r in results])
         return
     left = "still failed" if verb == "retry" else "still delayed"
     print_table([{"queue": r.queue, "moved to wait": r.moved, left: r.left} for r in results], title=verb)
+
+
+def _confirm(verb: str, source: str, pending: dict[str, int]) -> None:
+    """Ask on a terminal; refuse without one (a script must say --yes)."""
+    total = sum(pending.values())
+    detail = ", ".join(f"{name} {n}" for name, n in pending.items() if n)
+    what = f"{verb} would move {total} {source} jobs to wait ({detail})"
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise BadArgument(f"{what}: add --yes to confirm, or --count N to move fewer")
+    if not typer.confirm(f"{what}. Go ahead?", default=False):
+        raise fail("not confirmed; nothing moved", 1)
 
 
 # --- pause / resume ------------------------------------------------------------------
@@ -335,7 +408,7 @@ def resume(
 def _set_paused(queue: str, paused: bool, as_json: bool, redis_url: Optional[str]) -> None:
     settings = settings_from(redis_url)
     key = _keys([queue], settings)[0]
-    result = _with_ops(settings, lambda ops: ops.set_paused(key, paused))
+    result = _with_ops(settings, lambda ops: ops.set_paused(key, paused), human=not as_json)
     if as_json:
         print_json(result.to_json())
         return
@@ -363,7 +436,7 @@ def jobs_list(
     _checked(lambda: check_count(limit, "--limit"))
     if limit > 10_000:
         raise fail(f"--limit {limit} is too many to print; use at most 10000", 2)
-    jobs = _with_ops(settings, lambda ops: ops.list_jobs(key, state, limit))
+    jobs = _with_ops(settings, lambda ops: ops.list_jobs(key, state, limit), human=not as_json)
     if as_json:
         print_json([j.to_json() for j in jobs])
         return
@@ -382,8 +455,8 @@ def jobs_show(
     """
     settings = settings_from(redis_url)
     key = _keys([queue], settings)[0]
-    jid = _checked(lambda: check_job_id(job_id))
-    job = _with_ops(settings, lambda ops: ops.show_job(key, jid))
+    jid = _checked(lambda: check_job_id(job_id, queue=queue))
+    job = _with_ops(settings, lambda ops: ops.show_job(key, jid), human=not as_json)
     if as_json:
         print_json(job.to_json())
         return

@@ -66,6 +66,13 @@ def _first_line(exc: BaseException) -> str:
     return redact_text(text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
+def context_line(settings: Settings, prefix: str | None = None) -> str:
+    """Which Redis, db and key prefix a command works on (password masked), for human output."""
+    from bullwait.connection import describe_redis
+
+    return f"Redis {describe_redis(settings)}, prefix {prefix or settings.bullmq_prefix}"
+
+
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 

@@ -11,9 +11,9 @@ from typing import List, Optional
 
 import typer
 
-from bullwait.catalog import QueueKey, catalog_json, resolve_queue
+from bullwait.catalog import QueueKey, catalog_json, queue_name, resolve_queue
 from bullwait.errors import BullwaitError
-from bullwait.connection import redis_hostname
+from bullwait.connection import describe_redis, redis_hostname
 from bullwait.logging import configure_logging, get_logger
 from bullwait.settings import Settings
 
@@ -56,6 +56,9 @@ def worker(
     settings = settings_from(redis_url)
     configure_logging(settings.queue_log_level)
     keys = _queues(queue, settings)
+    # The first line says where this worker reads jobs from: a wrong db or prefix shows here.
+    get_logger().info("worker starting", redis=describe_redis(settings), prefix=settings.bullmq_prefix,
+                      queues=[queue_name(k, settings) for k in keys], processes=processes)
     if processes > 1:
         raise typer.Exit(_supervise(settings, queue, shutdown_timeout, processes, redis_url))
     code = run_async(lambda: _worker(settings, keys, shutdown_timeout))
@@ -84,8 +87,8 @@ def _supervise(
 
 async def _worker(settings: Settings, keys: list[QueueKey], shutdown_timeout: Optional[float]) -> int:
     from bullwait.app import build_services
-    from bullwait.catalog import queue_name
     from bullwait.monitor import monitoring
+    from bullwait.ops import warn_if_wrong_db
     from bullwait.runner import run_workers
 
     from bullwait.metrics import serving_registry
@@ -100,7 +103,8 @@ async def _worker(settings: Settings, keys: list[QueueKey], shutdown_timeout: Op
         server = monitoring(settings, names, registry) if serves else contextlib.nullcontext()
         async with server:
             return await run_workers(
-                settings, services.registry, keys, shutdown_timeout, services=services, observer=services.observer
+                settings, services.registry, keys, shutdown_timeout, services=services, observer=services.observer,
+                before_start=(lambda: warn_if_wrong_db(settings, get_logger())) if serves else None,
             )
     finally:
         await services.close()

@@ -125,14 +125,14 @@ async def test_retry_and_promote(settings: Settings, env: dict[str, str], sync_r
     retried = [j for j in pop.ids["failed"] if _state(sync_redis, settings, q, j) == "wait"]
     assert retried == ["expiry_failed-0", "expiry_failed-1"]  # oldest failures first
     assert sync_redis.hget(f"{settings.bullmq_prefix}:{q}:expiry_failed-0", "failedReason") is None
-    result = run_cli(env, "retry")
+    result = run_cli(env, "retry", "--all")
     assert result.returncode == 0 and q in result.stdout
     assert _stats(env, q)["failed"] == 0 and _stats(env, q)["waiting"] == 7
     # promote: the soonest due first (the overdue timer), then the rest
     result = run_cli(env, "promote", "--queue", "expiry", "--count", "1", "--json")
     assert json.loads(result.stdout)[0]["moved"] == 1
     assert _state(sync_redis, settings, q, "expiry_late-0") == "wait"
-    result = run_cli(env, "promote", "--json")
+    result = run_cli(env, "promote", "--all", "--json")
     rows = {r["queue"]: r for r in json.loads(result.stdout)}
     assert rows[q]["moved"] == 5 and rows[q]["left"] == 0
     assert _stats(env, q)["waiting"] == 13
@@ -141,7 +141,7 @@ async def test_retry_and_promote(settings: Settings, env: dict[str, str], sync_r
 async def test_pause_resume(settings: Settings, env: dict[str, str], sync_redis) -> None:
     pop = await populate(settings, sync_redis)
     result = run_cli(env, "pause", "expiry")
-    assert result.returncode == 0 and result.stdout.strip() == f"{pop.expiry} paused"
+    assert result.returncode == 0 and result.stdout.strip().splitlines()[-1] == f"{pop.expiry} paused"
     assert _stats(env, pop.expiry)["paused"] is True and _stats(env, pop.expiry)["waiting"] == 4
     assert "already was paused" in run_cli(env, "pause", pop.expiry).stdout
     # bullmq itself sees it paused, and the event went out (Bull Board/QueueEvents see it).

@@ -128,7 +128,7 @@ def test_redis_refusing_commands_is_one_line(env: dict[str, str], sync_redis, pr
 
 def test_unreachable_redis_is_one_line(env: dict[str, str]) -> None:
     dead = dict(env, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
-    for args in (["stats"], ["stats", "--json"], ["jobs", "list", "expiry", "--status", "failed"], ["retry"]):
+    for args in (["stats"], ["stats", "--json"], ["jobs", "list", "expiry", "--status", "failed"], ["retry", "--all"]):
         result = subprocess.run([*BULLWAIT, *args], env=dead, capture_output=True, text=True, timeout=20, cwd=ROOT)
         assert result.returncode == 3, (args, result)
         lines = result.stderr.strip().splitlines()

@@ -90,3 +90,94 @@ def test_redis_named_only_in_env_file_counts_as_configured(tmp_path, monkeypatch
     assert load_settings().redis_configured is False
     (tmp_path / ".env").write_text("REDIS_HOST=10.9.9.9\n")
     assert load_settings().redis_configured is True
+
+
+# --- REDIS_URL: one parse, one-line refusals that never show the password (issue 13, item 8) ---
+
+SECRET = "S3cretPw"
+
+
+@pytest.mark.parametrize(
+    "url, advice",
+    [
+        (f"redis://:{SECRET}#x@localhost:6379/1", "%23"),
+        (f"redis://:{SECRET}/x@localhost:6379/1", "%2F"),
+        (f"redis://:{SECRET}?x@localhost:6379/1", "%3F"),
+        (f"redis://app:{SECRET}#@cache.example:6380/2", "percent-encode"),
+        (f"redis://:{SECRET}/1", "port is not a number"),  # the '@' before the host is missing
+        ("redis://[", "both brackets"),
+        ("redis://[::1:6379/1", "both brackets"),
+        ("redis://localhost:99999/1", "1 to 65535 (got 99999)"),
+        ("redis://localhost:0/1", "1 to 65535 (got 0)"),
+        (f"redis://:{SECRET}@localhost:6379/abc", "'abc' is not a database number"),
+        (f"redis://:{SECRET}@localhost:6379/1/2", "not a database number"),
+        ("redis://localhost:6379/99999999999", "not a database number"),
+        ("redis://localhost:6379/1?db=x", "'db' after '?'"),
+        ("redis://localhost:6379/1?db=2", "two databases"),
+        (f"redis://:{SECRET}@localhost:6379/1?foo=bar", "unknown option 'foo'"),
+        (f"redis://:{SECRET}@localhost:6379/1\n", "white space"),
+        ("redis://", "names no host"),
+        ("redis:///1", "names no host"),
+        ("unix://", "socket's path"),
+        (f"http://:{SECRET}@localhost", "must start with redis://"),
+    ],
+)
+def test_bad_url_is_one_line_without_the_password(monkeypatch: pytest.MonkeyPatch, url: str, advice: str) -> None:
+    for source in ("env", "flag"):
+        if source == "env":
+            monkeypatch.setenv("REDIS_URL", url)
+        else:
+            monkeypatch.delenv("REDIS_URL", raising=False)
+        with pytest.raises(SettingsError) as info:
+            load_settings() if source == "env" else load_settings(redis_url=url)
+        message = str(info.value)
+        assert "REDIS_URL" in message and advice in message, (source, message)
+        assert "\n" not in message and SECRET[:4] not in message, (source, message)
+
+
+@pytest.mark.parametrize(
+    "url, shown, kwargs",
+    [
+        ("redis://u:p%23w%2Fd%3F@cache.example:6380/4", "redis://u:***@cache.example:6380/4",
+         {"host": "cache.example", "port": 6380, "db": 4, "username": "u", "password": "p#w/d?"}),
+        ("redis://localhost", "redis://localhost:6379/0", {"host": "localhost", "port": 6379, "db": 0}),
+        ("redis://localhost:6379/?db=3", "redis://localhost:6379/3", {"host": "localhost", "port": 6379, "db": 3}),
+        ("rediss://[::1]:6390/2?socket_timeout=5", "rediss://[::1]:6390/2",
+         {"host": "::1", "port": 6390, "db": 2, "ssl": True, "socket_timeout": 5.0}),
+        ("unix:///run/redis.sock?db=5&password=pw", "unix:///run/redis.sock?db=5",
+         {"unix_socket_path": "/run/redis.sock", "db": 5, "password": "pw"}),
+    ],
+)
+def test_good_urls_parse_once_for_everyone(url: str, shown: str, kwargs: dict) -> None:
+    s = load_settings(redis_url=url)
+    assert describe_redis(s) == shown
+    opts = redis_options(s)
+    assert {k: opts[k] for k in kwargs} == kwargs
+    assert "connection_class" not in opts
+
+
+def test_host_settings_are_shown_with_their_db(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_HOST", "10.0.0.5")
+    monkeypatch.setenv("REDIS_QUEUE_DB", "4")
+    monkeypatch.setenv("REDIS_PASSWORD", SECRET)
+    s = load_settings()
+    assert describe_redis(s) == "redis://10.0.0.5:6379/4"
+    monkeypatch.setenv("REDIS_HOST", "redis://10.0.0.5:6379/4")
+    with pytest.raises(SettingsError, match="REDIS_HOST: must be a host name"):
+        load_settings()
+
+
+@pytest.mark.parametrize("name, value", [("REDIS_CONNECT_TIMEOUT", "inf"), ("BULLWAIT_SHUTDOWN_TIMEOUT", "nan"),
+                                         ("REDIS_QUEUE_DB", "99999999999999999999")])
+def test_numbers_no_timer_can_hold_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=name):
+        load_settings()
+
+
+def test_overrides_keep_which_settings_were_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir("/")
+    s = load_settings(redis_url="redis://localhost:6379/1")
+    assert "metrics_port" not in s.model_fields_set and "redis_url" in s.model_fields_set
+    monkeypatch.setenv("METRICS_PORT", "9191")
+    assert "metrics_port" in load_settings(redis_url="redis://localhost:6379/1").model_fields_set
