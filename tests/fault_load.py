@@ -218,9 +218,11 @@ async def describe_job(raw: aioredis.Redis, prefix: str, ledger: Ledger, queue: 
     atm, stc, reason = await raw.hmget(base + _b(job_id), [b"atm", b"stc", b"failedReason"])
     text = (reason or b"").decode(errors="replace")[:160]
     shown = _b(job_id).decode(errors="backslashreplace")
+    outcome = ledger.outcome(queue, job_id)
     return (
         f"{queue}/{shown}: {await job_state(raw, prefix, queue, job_id)}, atm={_s(atm)}, stc={_s(stc)}, "
-        f"events[{ledger.history(queue, job_id)}]" + (f", failedReason={text!r}" if text else "")
+        f"events[{ledger.history(queue, job_id)}]" + (f", outcome={outcome}" if outcome else "")
+        + (f", failedReason={text!r}" if text else "")
     )
 
 

@@ -4,6 +4,7 @@
         env["REDIS_URL"] = proxy.url()          # the worker reaches Redis through the proxy
         proxy.freeze(7.0)                       # nothing moves for 7 s, sockets stay open
         proxy.cut_mid_reply()                   # the next reply is half-sent, then the connection closes
+        proxy.cut_every(50)                     # the same for every 50th reply, until cut_every(0)
         proxy.reset_all()                       # every open connection is reset (RST, SO_LINGER 0)
         proxy.latency(25)                       # every chunk is held 25 ms, each way
         proxy.counters                          # what happened so far
@@ -60,6 +61,8 @@ class FaultProxy:
         self._latency_s = 0.0
         self._frozen_until = 0.0
         self._cuts_armed = 0
+        self._cut_every = 0
+        self._replies = 0
         self._links: set[_Link] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="faultproxy", daemon=True)
@@ -107,6 +110,11 @@ class FaultProxy:
 
     def cuts_pending(self) -> int:
         return self._cuts_armed
+
+    def cut_every(self, n: int) -> None:
+        """Cut every `n`-th server->client chunk (0 stops): a steady rate of lost replies
+        tied to traffic, not to a clock."""
+        self._cut_every = max(0, n)
 
     def reset_all(self) -> int:
         """Reset every open connection, both sides (RST, not FIN). Returns how many."""
@@ -167,8 +175,7 @@ class FaultProxy:
                 await self._hold(due)
                 if link.closed:
                     return
-                if to_client and self._cuts_armed > 0:
-                    self._cuts_armed -= 1
+                if to_client and self._take_cut():
                     self.counters.cuts += 1
                     dst.write(data[: max(1, len(data) // 2)])
                     await dst.drain()
@@ -184,6 +191,13 @@ class FaultProxy:
             pass
         finally:
             self._close(link)
+
+    def _take_cut(self) -> bool:
+        self._replies += 1
+        if self._cuts_armed > 0:
+            self._cuts_armed -= 1
+            return True
+        return self._cut_every > 0 and self._replies % self._cut_every == 0
 
     async def _hold(self, due: float) -> None:
         while True:
