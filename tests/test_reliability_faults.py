@@ -55,6 +55,7 @@ NOTIFICATIONS = 2000 if SLOW else 300
 # either still finds its offer open and a lost send shows as lost, not as "skipped".
 OFFER_S = 10.0
 IDLE_S = 45.0  # stop waiting when no job finished for this long (then report what is unfinished)
+CAP_S = 900.0 if SLOW else 300.0  # and in any case after this long
 WHATSAPP_TIMEOUT_S = 3  # a send's claim lasts this + 2 s: keeps today's "busy" waits short
 FREEZE_S = 7.0  # longer than redis-py's 5 s socket timeout
 CUT_EVERY = 40  # cut one reply in this many (all connections together)
@@ -117,7 +118,8 @@ const { loadConfig } = require('./lib/config');
   const cfg = loadConfig();
   const q = new Queue(cfg.queueNames.WAITLIST_NOTIFICATION, { connection: cfg.connection, prefix: cfg.prefix });
   // A string where BullMQ expects a number (an env var passed through): Node accepts it.
-  const job = await q.add('send-slot-available', { waitlistId: 'node-poison' }, { attempts: '3', jobId: 'node-poison-attempts-string' });
+  const job = await q.add('send-slot-available', { waitlistId: 'node-poison' },
+    { attempts: '3', jobId: 'node-poison-attempts-string' });
   await q.close();
   process.stdout.write(JSON.stringify({ jobId: job.id }) + '\\n');
 })().catch((err) => { process.stderr.write(String(err) + '\\n'); process.exit(1); });
@@ -136,7 +138,8 @@ def node_produce(env: dict[str, str]) -> dict[str, Any]:
                 "duration": 45, "price": 35.5}
         steps.append({"action": "sendSlotAvailableNotification", "args": {"waitlistEntry": entry, "slot": slot}})
         timer_entry = dict(entry, id=f"nt{k}")
-        steps.append({"action": "notifyWaitlistCustomer", "args": {"waitlistEntry": timer_entry, "slot": slot, "delayMs": 500}})
+        timer_args = {"waitlistEntry": timer_entry, "slot": slot, "delayMs": 500}
+        steps.append({"action": "notifyWaitlistCustomer", "args": timer_args})
     ids = node_json(env, "nest/produce.js", "batch", steps, timeout=120)
     poison = json.loads(run_node(env, "-e", NODE_POISON, timeout=60).stdout.strip().splitlines()[-1])
     return {
@@ -189,7 +192,7 @@ async def drive(run: Run, fault: Fault, proxy: FaultProxy) -> dict[str, float]:
             break
         if len(pending) != left:
             left, last_change = len(pending), time.monotonic()
-        elif time.monotonic() - last_change > IDLE_S:
+        elif time.monotonic() - last_change > IDLE_S or time.monotonic() - started > CAP_S:
             break
         await asyncio.sleep(0.1)
     times["all"] = time.monotonic() - started
@@ -254,10 +257,12 @@ async def audit(run: Run, services: Services) -> tuple[list[str], dict[str, int]
     for (queue, jid), kind in poison.items():
         state = await job_state(raw, prefix, queue, jid)
         reason = await raw.hget(f"{prefix}:{queue}:".encode() + jid, b"failedReason")
-        if ledger.count(queue, jid, "failed") != 1 or ledger.count(queue, jid, "completed") or state != "failed" or not reason:
+        once = ledger.count(queue, jid, "failed") == 1 and not ledger.count(queue, jid, "completed")
+        if not once or state != "failed" or not reason:
             wrong.append(f"[{kind}] " + await describe_job(raw, prefix, ledger, queue, jid))
     if wrong:
-        problems.append(f"POISON not failed exactly once with a reason: {len(wrong)} of {len(poison)}\n    " + "\n    ".join(wrong))
+        listed = "\n    ".join(wrong)
+        problems.append(f"POISON not failed exactly once with a reason: {len(wrong)} of {len(poison)}\n    {listed}")
 
     # Nothing stuck or left behind; no good job stalled.
     poison_ids = {(q, j) for q, j in poison}
