@@ -56,6 +56,7 @@ def worker(
     settings = settings_from(redis_url)
     configure_logging(settings.queue_log_level)
     keys = _queues(queue, settings)
+    _check_plugins(settings)
     # The first line says where this worker reads jobs from: a wrong db or prefix shows here.
     get_logger().info("worker starting", redis=describe_redis(settings), prefix=settings.bullmq_prefix,
                       queues=[queue_name(k, settings) for k in keys], processes=processes)
@@ -63,6 +64,16 @@ def worker(
         raise typer.Exit(_supervise(settings, queue, shutdown_timeout, processes, redis_url))
     code = run_async(lambda: _worker(settings, keys, shutdown_timeout))
     raise typer.Exit(code)
+
+
+def _check_plugins(settings: Settings) -> None:
+    """A bad BULLWAIT_PROCESSORS stops the worker in one line, before it logs anything."""
+    from bullwait.plugins import load_registry
+
+    try:
+        load_registry(settings)
+    except BullwaitError as exc:
+        raise fail(str(exc), exc.exit_code)
 
 
 def _supervise(
