@@ -112,6 +112,8 @@ class WorkerPool:
             worker.on("error", lambda err, *_a, q=name: self._errors.log(self.log, q, err))
             worker.on("stalled", lambda job_id, *_a, q=name: self._stalled(q, job_id))
             worker.on("poison", lambda job_id, reason, *_a, q=name: self._poison(q, job_id, reason))
+            worker.on("orphans", lambda ids, *_a, q=name: self.log.warning(
+                "jobs fetched without a reply given back to the queue", queue=q, jobIds=ids[:20], count=len(ids)))
             self.workers[key] = worker
             tasks.append(asyncio.ensure_future(worker.run()))
             self.log.info("worker started", queue=name, concurrency=worker.opts["concurrency"], worker=self.worker_name)

@@ -57,6 +57,10 @@
    (concurrency 50) right after their queue drained, as the benchmark does, hit it about
    once in 6-10 stops. The blocking connection raises such a cancellation again
    (`keep_cancellations`).
+9. Fetches whose reply was lost. redis-py sends a call again when its reply is lost, and a
+   fetch sent twice moves two jobs to active: the first then waited out its lock and the
+   stalled check (a minute) and counted as stalled. `bullwait.orphans` gives such jobs
+   back to the queue within seconds.
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ from bullmq.scripts import raw2NextJobData
 from bullwait.autopipeline import AutoPipeline
 from bullwait.completion import CompletionCalls
 from bullwait.connection import bound_blocking_reads, keep_cancellations, keep_client_name
+from bullwait.orphans import OrphanSweeper
 from bullwait.jobcheck import (
     hash_problems,
     non_utf8_fields,
@@ -116,6 +121,7 @@ class BullwaitWorker(Worker):
         keep_cancellations(self.backend.blocking_connection)  # see 8.
         self.pipeline = AutoPipeline(self.backend.connection.conn)
         self._completions: CompletionCalls | None = None  # built on first use (scripts are loaded by then)
+        self.orphans = OrphanSweeper(self)  # see 9.
 
     def _allow_long_blocking_reads(self) -> None:
         """Give the blocking connection a read timeout longer than any BZPOPMIN it sends."""
@@ -129,7 +135,22 @@ class BullwaitWorker(Worker):
 
     async def run(self) -> None:  # type: ignore[override]
         await self.prime()
-        await super().run()
+        self.orphans.start()
+        try:
+            await super().run()
+        finally:
+            await self.orphans.stop()
+
+    async def moveToActive(self, token: str) -> Job | None:  # type: ignore[override]
+        """bullmq's fetch, with `token` live from before the call until its slot ends (see 9.)."""
+        self.orphans.live.add(token)
+        job = None
+        try:
+            job = await super().moveToActive(token)
+        finally:
+            if job is None:
+                self.orphans.live.discard(token)
+        return job
 
     async def prime(self) -> None:
         """Learn the server's capabilities (1 ms and fractional blocking timeouts)."""
@@ -181,8 +202,12 @@ class BullwaitWorker(Worker):
     async def processJob(self, job: Job, token: str) -> None:  # type: ignore[override]
         """Process `job`, then each job that completing it fetched, in this slot."""
         current: Job | None = job
-        while current is not None:
-            current = await self._process_one(current, token)
+        self.orphans.live.add(token)
+        try:
+            while current is not None:
+                current = await self._process_one(current, token)
+        finally:
+            self.orphans.live.discard(token)
 
     async def getNextJob(self, token: str) -> Job | None:  # type: ignore[override]
         if self.limitUntil <= 0 or self.closing:

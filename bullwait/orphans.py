@@ -1,0 +1,108 @@
+"""Jobs a worker fetched but never received: given back to the queue within seconds.
+
+A fetch (`moveToActive`, or `moveToFinished` fetching the next job) moves a job to
+`active` under the slot's lock token. When its reply is lost (a connection cut
+mid-reply, a stall past the read timeout), redis-py sends the same call again, and the
+second run fetches *another* job: the first one sits in `active`, locked by a token no
+slot is working on, until its lock expires and the stalled check returns it (about
+`lockDuration` + `stalledInterval`, a minute by default) and counts it as stalled.
+Under a flaky link that delayed timers and offers by a minute each.
+
+A worker knows its own tokens (`<worker id>:<n>`) and which of them are live: from the
+moment a fetch with the token starts until the slot that got it finishes. Every few
+seconds `OrphanSweeper` reads the head of `active` (where fetches put jobs) and the
+locks of those jobs; a job locked by one of this worker's tokens that is not live was
+fetched by a call whose reply never came. It goes back to `wait` (or `prioritized`)
+through bullmq's own `moveJobFromActiveToWait`, which checks the lock token, so a job
+that any slot holds is never touched. The job keeps its attempts and stalled count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from bullmq.redis_connection import loadScript
+
+# Fetches push to the head of `active`; jobs further down are long-running ones (or other
+# workers'), whose locks are renewed and which the stalled check covers.
+SCAN_DEPTH = 1000
+# Seconds between sweeps: well inside the default 30 s lock, so an orphan goes back
+# before it would count as stalled.
+MAX_INTERVAL = 5.0
+_MOVE_KEYS = ["active", "wait", "stalled", "paused", "meta", "limiter", "prioritized", "marker", "events"]
+
+
+class OrphanSweeper:
+    """Tracks a worker's live tokens and gives back jobs locked by its dead ones."""
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+        self.live: set[str] = set()
+        self.returned = 0
+        self._script: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    def interval(self) -> float:
+        lock_ms = float(self.worker.opts.get("lockDuration") or 30_000)
+        return min(MAX_INTERVAL, lock_ms / 1000 / 3)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._loop())
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        worker = self.worker
+        while not (worker.closing or worker.closed):
+            await asyncio.sleep(self.interval())
+            if worker.closing or worker.closed:
+                return
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away: the next sweep tries again
+                worker.emit("error", exc)
+
+    async def sweep(self) -> list[str]:
+        """Give back the orphans found now; returns their ids."""
+        worker = self.worker
+        client = worker.backend.connection.conn
+        scripts = worker.backend.scripts
+        ids = await client.lrange(scripts.keys["active"], 0, SCAN_DEPTH - 1)
+        if not ids:
+            return []
+        async with client.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.get(f"{scripts.toKey(job_id)}:lock")
+            locks = await pipe.execute()
+        mine = f"{worker.id}:"
+        # Decided after the reads, against the live tokens as they are now: a fetch that
+        # was still under way when the locks were read has made its token live by then.
+        orphans = [
+            (job_id, lock) for job_id, lock in zip(ids, locks)
+            if isinstance(lock, str) and lock.startswith(mine) and lock not in self.live
+        ]
+        returned = []
+        for job_id, token in orphans:
+            if await self._give_back(job_id, token) >= 0:
+                returned.append(job_id)
+        self.returned += len(returned)
+        if returned:
+            worker.emit("orphans", returned)
+        return returned
+
+    async def _give_back(self, job_id: str, token: str) -> int:
+        scripts = self.worker.backend.scripts
+        if self._script is None:
+            self._script = self.worker.backend.connection.conn.register_script(
+                loadScript("moveJobFromActiveToWait-9.lua")
+            )
+        keys = scripts.getKeys(_MOVE_KEYS)
+        return int(await self._script(keys=keys, args=[job_id, token, scripts.toKey(job_id)]))
