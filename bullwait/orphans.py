@@ -8,18 +8,22 @@ slot is working on, until its lock expires and the stalled check returns it (abo
 `lockDuration` + `stalledInterval`, a minute by default) and counts it as stalled.
 Under a flaky link that delayed timers and offers by a minute each.
 
-A worker knows its own tokens (`<worker id>:<n>`) and which of them are live: from the
-moment a fetch with the token starts until the slot that got it finishes. Every few
+A worker knows its own tokens (`<worker id>:<n>`), the fetches under way and the jobs
+its slots hold (from the fetch's reply until the slot is done with the job). Tokens are
+not one per slot: bullmq-py's run loop hands every fetch it starts in one turn the last
+token it made (a closure over the loop variable), so two jobs may share one. Every few
 seconds `OrphanSweeper` reads the head of `active` (where fetches put jobs) and the
-locks of those jobs; a job locked by one of this worker's tokens that is not live was
-fetched by a call whose reply never came. It goes back to `wait` (or `prioritized`)
-through bullmq's own `moveJobFromActiveToWait`, which checks the lock token, so a job
-that any slot holds is never touched. The job keeps its attempts and stalled count.
+locks of those jobs; a job locked by one of this worker's tokens, held by no slot, with
+no fetch under that token in flight, was fetched by a call whose reply never came. It
+goes back to `wait` (or `prioritized`) through bullmq's own `moveJobFromActiveToWait`,
+which checks the lock token, so a job that any slot holds is never touched. The job
+keeps its attempts and stalled count.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any
 
 from bullmq.redis_connection import loadScript
@@ -34,14 +38,30 @@ _MOVE_KEYS = ["active", "wait", "stalled", "paused", "meta", "limiter", "priorit
 
 
 class OrphanSweeper:
-    """Tracks a worker's live tokens and gives back jobs locked by its dead ones."""
+    """Tracks a worker's fetches and held jobs, and gives back jobs locked by it that nobody holds."""
 
     def __init__(self, worker: Any) -> None:
         self.worker = worker
-        self.live: set[str] = set()
+        self.held: dict[str, str] = {}  # job id -> token, while a slot has the job
+        self.fetching: Counter[str] = Counter()  # token -> fetches under way
         self.returned = 0
         self._script: Any = None
         self._task: asyncio.Task[None] | None = None
+
+    def fetch_started(self, token: str) -> None:
+        self.fetching[token] += 1
+
+    def fetch_ended(self, token: str, job_id: str | None) -> None:
+        """A fetch answered (`job_id` None: it brought no job, or failed)."""
+        if job_id is not None:
+            self.held[job_id] = token
+        self.fetching[token] -= 1
+        if self.fetching[token] <= 0:
+            del self.fetching[token]
+
+    def released(self, job_id: str) -> None:
+        """The slot is done with the job (completed, failed, delayed, or given up)."""
+        self.held.pop(job_id, None)
 
     def interval(self) -> float:
         lock_ms = float(self.worker.opts.get("lockDuration") or 30_000)
@@ -83,11 +103,12 @@ class OrphanSweeper:
                 pipe.get(f"{scripts.toKey(job_id)}:lock")
             locks = await pipe.execute()
         mine = f"{worker.id}:"
-        # Decided after the reads, against the live tokens as they are now: a fetch that
-        # was still under way when the locks were read has made its token live by then.
+        # Decided after the reads, against the state as it is now: a fetch that was under
+        # way when the locks were read has either registered its job or is still counted.
         orphans = [
             (job_id, lock) for job_id, lock in zip(ids, locks)
-            if isinstance(lock, str) and lock.startswith(mine) and lock not in self.live
+            if isinstance(lock, str) and lock.startswith(mine)
+            and job_id not in self.held and lock not in self.fetching
         ]
         returned = []
         for job_id, token in orphans:

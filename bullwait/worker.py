@@ -142,14 +142,13 @@ class BullwaitWorker(Worker):
             await self.orphans.stop()
 
     async def moveToActive(self, token: str) -> Job | None:  # type: ignore[override]
-        """bullmq's fetch, with `token` live from before the call until its slot ends (see 9.)."""
-        self.orphans.live.add(token)
+        """bullmq's fetch, counted by the orphan sweeper until its job is registered (see 9.)."""
+        self.orphans.fetch_started(token)
         job = None
         try:
             job = await super().moveToActive(token)
         finally:
-            if job is None:
-                self.orphans.live.discard(token)
+            self.orphans.fetch_ended(token, job.id if job is not None else None)
         return job
 
     async def prime(self) -> None:
@@ -202,12 +201,12 @@ class BullwaitWorker(Worker):
     async def processJob(self, job: Job, token: str) -> None:  # type: ignore[override]
         """Process `job`, then each job that completing it fetched, in this slot."""
         current: Job | None = job
-        self.orphans.live.add(token)
-        try:
-            while current is not None:
-                current = await self._process_one(current, token)
-        finally:
-            self.orphans.live.discard(token)
+        while current is not None:
+            try:
+                following = await self._process_one(current, token)
+            finally:
+                self.orphans.released(current.id)
+            current = following
 
     async def getNextJob(self, token: str) -> Job | None:  # type: ignore[override]
         if self.limitUntil <= 0 or self.closing:
@@ -227,7 +226,7 @@ class BullwaitWorker(Worker):
 
     async def _process_one(self, job: Job, token: str) -> Job | None:
         """bullmq-py's `processJob` for one job; returns the next job if completing fetched one."""
-        fetched: Any = None
+        following: Job | None = None
         try:
             if "removeOnComplete" not in job.opts and "removeOnComplete" in self.opts:
                 job.opts["removeOnComplete"] = self.opts["removeOnComplete"]
@@ -245,12 +244,9 @@ class BullwaitWorker(Worker):
             else:
                 result = await self.processor(job, token)
             if not self.forceClosing:
-                fetch = self._may_fetch_next()
-                moved = await self._move_to_completed(job, result, token, fetch)
+                following = await self._complete(job, result, token, self._may_fetch_next())
                 job.returnvalue = result
                 job.attemptsMade = job.attemptsMade + 1
-                if fetch:
-                    fetched = moved
             self.emit("completed", job, result)
         except (DelayedError, WaitingChildrenError):
             return None
@@ -266,17 +262,33 @@ class BullwaitWorker(Worker):
         finally:
             self.jobs.discard((job, token))
             self.lockManager.untrack_job(job.id)
-        if not fetched:
-            return None
-        job_data, job_id, limit_until, delay_until = fetched
-        try:
-            following = await self.nextJobFromJobData(job_data, job_id, limit_until or 0, delay_until or 0, token)
-        except Exception as err:  # the fetched job stays active; stalled recovery returns it
-            self.emit("error", err)
-            return None
         if following is not None:
             self.emit("active", following, "waiting")
         return following
+
+    async def _complete(self, job: Job, result: Any, token: str, fetch: bool) -> Job | None:
+        """Complete `job`; with `fetch`, the job that the same call moved to active, counted
+        as a fetch under way (see 9.) until it is built or known to be lost."""
+        if not fetch:
+            await self._move_to_completed(job, result, token, False)
+            return None
+        self.orphans.fetch_started(token)
+        following: Job | None = None
+        try:
+            fetched = await self._move_to_completed(job, result, token, True)
+            if fetched:
+                following = await self._following(fetched, token)
+        finally:
+            self.orphans.fetch_ended(token, following.id if following is not None else None)
+        return following
+
+    async def _following(self, fetched: Any, token: str) -> Job | None:
+        job_data, job_id, limit_until, delay_until = fetched
+        try:
+            return await self.nextJobFromJobData(job_data, job_id, limit_until or 0, delay_until or 0, token)
+        except Exception as err:  # the fetched job is held by nobody: the orphan sweeper gives it back
+            self.emit("error", err)
+            return None
 
     async def _fail(self, job: Job, err: Exception, token: str) -> None:
         """bullmq's `moveToFailed`, once the job's options are known to be usable.

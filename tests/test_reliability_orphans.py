@@ -39,11 +39,12 @@ async def test_sweep_gives_back_only_jobs_locked_by_its_dead_tokens(settings: Se
     try:
         for name in ("lost", "live", "foreign"):
             await queue.add("job", {}, {"jobId": name})
-        dead, live = f"{worker.id}:1", f"{worker.id}:2"
+        token = f"{worker.id}:1"  # bullmq-py may give one token to several fetches
         # Each fetch takes the oldest waiting job: `lost`, then `live`, then `foreign`.
-        await worker.backend.moveToActive(dead, worker.opts)  # its reply never reached the worker
-        worker.orphans.live.add(live)
-        await worker.backend.moveToActive(live, worker.opts)  # a slot is working on this one
+        await worker.backend.moveToActive(token, worker.opts)  # its reply never reached the worker
+        worker.orphans.fetch_started(token)
+        await worker.backend.moveToActive(token, worker.opts)
+        worker.orphans.fetch_ended(token, "live")  # a slot is working on this one
         await other.backend.moveToActive(f"{other.id}:1", other.opts)  # another worker's job
 
         assert await worker.orphans.sweep() == ["lost"]
@@ -57,6 +58,39 @@ async def test_sweep_gives_back_only_jobs_locked_by_its_dead_tokens(settings: Se
     finally:
         await worker.close(force=True)
         await other.close(force=True)
+        await queue.close()
+
+
+async def test_jobs_being_processed_are_never_given_back(settings: Settings, sync_redis: redis.Redis) -> None:
+    """Slots share tokens (bullmq-py hands concurrent fetches one token); none of their jobs is an orphan."""
+    prefix = settings.bullmq_prefix
+    queue = Queue(QUEUE, {"connection": redis_options(settings), "prefix": prefix})
+    release = asyncio.Event()
+    started: list[str] = []
+
+    async def slow(job: Any, token: str) -> str:
+        started.append(job.id)
+        await release.wait()
+        return "ok"
+
+    worker = _worker(settings, slow, concurrency=10)
+    try:
+        for i in range(4):
+            await queue.add("job", {}, {"jobId": f"s{i}"})
+        run = asyncio.ensure_future(worker.run())
+        deadline = time.monotonic() + 20
+        while len(started) < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert sorted(started) == [f"s{i}" for i in range(4)]
+        assert await worker.orphans.sweep() == []
+        release.set()
+        while sync_redis.llen(f"{prefix}:{QUEUE}:active") and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert sorted(started) == [f"s{i}" for i in range(4)], "a job ran twice"
+    finally:
+        release.set()
+        await worker.close()
+        await asyncio.gather(run, return_exceptions=True)
         await queue.close()
 
 
