@@ -228,6 +228,11 @@ def readable_hash(job_data: dict[str, Any], problems: list[str]) -> dict[str, An
     return fixed
 
 
+def bare_hash(fixed: dict[str, Any]) -> dict[str, Any]:
+    """The least a Job is built from: name, empty data and options, the deferred failure."""
+    return {"name": fixed.get("name", ""), "data": "{}", "opts": "{}", "defa": fixed["defa"]}
+
+
 def _opts_object(raw: Any) -> str:
     """The job's opts if they decode to an object bullmq-py accepts, else `{}`."""
     try:

@@ -34,6 +34,10 @@ SCAN_DEPTH = 1000
 # Seconds between sweeps: well inside the default 30 s lock, so an orphan goes back
 # before it would count as stalled.
 MAX_INTERVAL = 5.0
+# A job left behind again and again is not a lost reply but a job the worker cannot
+# finish or fail (a hash bullmq's own scripts choke on): after this many give-backs it is
+# left to the stalled check, which fails it after `maxStalledCount`.
+MAX_GIVE_BACKS = 3
 _MOVE_KEYS = ["active", "wait", "stalled", "paused", "meta", "limiter", "prioritized", "marker", "events"]
 
 
@@ -42,8 +46,11 @@ class OrphanSweeper:
 
     def __init__(self, worker: Any) -> None:
         self.worker = worker
-        self.held: dict[str, str] = {}  # job id -> token, while a slot has the job
+        # (job id, token) -> slots holding it: a job that stalled can be fetched again by
+        # this worker while its stale run is still going, under another token.
+        self.held: Counter[tuple[str, str]] = Counter()
         self.fetching: Counter[str] = Counter()  # token -> fetches under way
+        self.given_back: Counter[str] = Counter()  # job id -> times given back
         self.returned = 0
         self._script: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -54,14 +61,17 @@ class OrphanSweeper:
     def fetch_ended(self, token: str, job_id: str | None) -> None:
         """A fetch answered (`job_id` None: it brought no job, or failed)."""
         if job_id is not None:
-            self.held[job_id] = token
+            self.held[(job_id, token)] += 1
         self.fetching[token] -= 1
         if self.fetching[token] <= 0:
             del self.fetching[token]
 
-    def released(self, job_id: str) -> None:
+    def released(self, job_id: str, token: str) -> None:
         """The slot is done with the job (completed, failed, delayed, or given up)."""
-        self.held.pop(job_id, None)
+        key = (job_id, token)
+        self.held[key] -= 1
+        if self.held[key] <= 0:
+            del self.held[key]
 
     def interval(self) -> float:
         lock_ms = float(self.worker.opts.get("lockDuration") or 30_000)
@@ -108,11 +118,15 @@ class OrphanSweeper:
         orphans = [
             (job_id, lock) for job_id, lock in zip(ids, locks)
             if isinstance(lock, str) and lock.startswith(mine)
-            and job_id not in self.held and lock not in self.fetching
+            and (job_id, lock) not in self.held and lock not in self.fetching
+            and self.given_back[job_id] < MAX_GIVE_BACKS
         ]
         returned = []
+        if len(self.given_back) > 10_000:
+            self.given_back.clear()
         for job_id, token in orphans:
             if await self._give_back(job_id, token) >= 0:
+                self.given_back[job_id] += 1
                 returned.append(job_id)
         self.returned += len(returned)
         if returned:

@@ -84,6 +84,7 @@ from bullwait.completion import CompletionCalls
 from bullwait.connection import bound_blocking_reads, keep_cancellations, keep_client_name
 from bullwait.orphans import OrphanSweeper
 from bullwait.jobcheck import (
+    bare_hash,
     hash_problems,
     non_utf8_fields,
     option_problems,
@@ -205,7 +206,7 @@ class BullwaitWorker(Worker):
             try:
                 following = await self._process_one(current, token)
             finally:
-                self.orphans.released(current.id)
+                self.orphans.released(current.id, token)
             current = following
 
     async def getNextJob(self, token: str) -> Job | None:  # type: ignore[override]
@@ -359,7 +360,10 @@ class BullwaitWorker(Worker):
             unknown = f"bullmq-py cannot read it ({shown(f'{type(err).__name__}: {err}')})"
             problems = hash_problems(job_data, job_id) or [unknown]
             fixed = readable_hash(job_data, problems)
-            job = await super().nextJobFromJobData(fixed, job_id, limit_until, delay_until, token)
+            try:
+                job = await super().nextJobFromJobData(fixed, job_id, limit_until, delay_until, token)
+            except Exception:  # an option bullmq-py reads while building the Job (`parent`, ...)
+                job = await super().nextJobFromJobData(bare_hash(fixed), job_id, limit_until, delay_until, token)
             if job is not None:
                 job.repairs = repairs(problems)
             return job

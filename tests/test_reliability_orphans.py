@@ -55,6 +55,15 @@ async def test_sweep_gives_back_only_jobs_locked_by_its_dead_tokens(settings: Se
         assert sync_redis.exists(f"{prefix}:{QUEUE}:lost:lock") == 0
         assert sync_redis.hget(f"{prefix}:{QUEUE}:lost", "stc") in (None, "0")
         assert await worker.orphans.sweep() == []
+
+        # The same job fetched again by this worker (it stalled) while its stale run goes on:
+        # the stale run's end does not make the new holder's job an orphan.
+        worker.orphans.fetch_started(token)
+        worker.orphans.fetch_ended(token, "live")
+        worker.orphans.released("live", token)
+        assert await worker.orphans.sweep() == []
+        worker.orphans.released("live", token)
+        assert await worker.orphans.sweep() == ["live"]
     finally:
         await worker.close(force=True)
         await other.close(force=True)

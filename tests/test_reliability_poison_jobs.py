@@ -47,6 +47,10 @@ CASES: list[tuple[bytes, dict[str, bytes], list[str], int]] = [
     (b"bad-utf8-data", {"data": b'{"waitlistId":"w-\xff\xfe"}'}, ["data is not valid UTF-8"], 1),
     (b"bad-utf8-name", {"name": b"check-expiry\xff"}, ["name is not valid UTF-8"], 1),
     (b"bad-utf8-id-\xff\xfe", {}, ["id is not valid UTF-8"], 1),
+    # Options bullmq-py reads while building the Job, which keeping `opts` does not fix.
+    (b"str-parent", {"opts": b'{"parent":"x"}'}, ["Invalid job data"], 1),
+    (b"both-parent-flags", {"opts": b'{"failParentOnFailure":true,"continueParentOnFailure":true}'},
+     ["Invalid job data"], 1),
 ]
 
 
