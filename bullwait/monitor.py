@@ -183,13 +183,15 @@ class MonitorServer:
         return self
 
     async def close(self) -> None:
-        for sock in self._sockets:
-            sock.close()
-        self._sockets = []
+        # Accepts are cancelled before their sockets close: a cancelled sock_accept removes
+        # its reader by descriptor, which a socket opened meanwhile could have taken.
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for sock in self._sockets:
+            sock.close()
+        self._sockets = []
         await self.monitor.close()
 
     def _spawn(self, coro: Any) -> None:

@@ -103,8 +103,11 @@ def parse_redis_url(url: str) -> RedisAddress:
     if not sep or scheme.lower() not in ("redis", "rediss", "unix"):
         raise BadRedisUrl(f"must start with redis://, rediss:// or unix://, as in {URL_FORM}")
     scheme = scheme.lower()
-    login, at, _ = rest.rpartition("@")
-    if at and any(ch in login for ch in "/?#"):
+    # A query (after a path) may hold '@' (`?password=a@b`), and so may a socket path.
+    query_at = rest.find("?")
+    tail = rest[:query_at] if query_at >= 0 and "/" in rest[:query_at] else rest
+    login, at, _ = tail.rpartition("@")
+    if scheme != "unix" and at and any(ch in login for ch in "/?#"):
         raise BadRedisUrl(f"the user name or password holds '/', '?' or '#', which end a URL's login part: "
                           f"{_PERCENT_HINT}")
     try:

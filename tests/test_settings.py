@@ -181,3 +181,10 @@ def test_overrides_keep_which_settings_were_chosen(monkeypatch: pytest.MonkeyPat
     assert "metrics_port" not in s.model_fields_set and "redis_url" in s.model_fields_set
     monkeypatch.setenv("METRICS_PORT", "9191")
     assert "metrics_port" in load_settings(redis_url="redis://localhost:6379/1").model_fields_set
+
+
+def test_an_at_sign_in_the_query_or_a_socket_path_is_not_taken_for_a_login() -> None:
+    from bullwait.settings import parse_redis_url
+
+    assert parse_redis_url("redis://h:6379/0?password=a@b").password == "a@b"
+    assert parse_redis_url("unix:///run/a@b.sock").socket_path == "/run/a@b.sock"
