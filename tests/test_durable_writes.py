@@ -293,3 +293,33 @@ def test_bad_wait_settings_are_one_line_naming_them(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("BULLWAIT_WAIT_TIMEOUT_MS", "0")
     with pytest.raises(SettingsError, match="BULLWAIT_WAIT_TIMEOUT_MS"):
         load_settings()
+
+
+# --- the least-privilege user of README 'Security' ------------------------------------------
+
+@pytest.mark.parametrize("op", list(OPS))
+async def test_least_privilege_user_may_wait_and_write_the_marker(
+    pair: Pair, prefix: str, clients: Any, op: str
+) -> None:
+    """WAIT is in @connection, which the documented ACL does not grant as a whole; a write
+    sent again after a short WAIT also writes its marker key (in the prefix's key pattern)."""
+    from bullwait.acl import acl_rules
+
+    username, password = f"bw-{prefix}", f"pw-{prefix}"
+    admin = pair.master_client()
+    admin.execute_command("ACL", "SETUSER", username, "reset", "on", f">{password}",
+                          *acl_rules(prefix, f"{prefix}-store:", db=0).split())
+    admin.execute_command("ACL", "LOG", "RESET")
+    settings = durable(pair, prefix, timeout_ms=300).with_overrides(redis_username=username, redis_password=password)
+    producer, store, records = clients(settings)
+    try:
+        await OPS[op](producer, store, records, "acl-warm")
+        with pair.frozen():
+            call = asyncio.ensure_future(OPS[op](producer, store, records, "acl"))
+            await asyncio.sleep(0.5)  # one WAIT short at least: the repeat writes the marker
+        await asyncio.wait_for(call, 30)
+        refused = [entry for entry in admin.execute_command("ACL", "LOG") if username in str(entry)]
+        assert refused == [], refused
+        assert on_replica(pair, settings, op, "acl")
+    finally:
+        admin.execute_command("ACL", "DELUSER", username)
