@@ -323,3 +323,50 @@ async def test_least_privilege_user_may_wait_and_write_the_marker(
         assert on_replica(pair, settings, op, "acl")
     finally:
         admin.execute_command("ACL", "DELUSER", username)
+
+
+# --- a real graceful failover (master, replica, three sentinels) -----------------------------
+
+async def _add_through(producer: Producer, stop: asyncio.Event, confirmed: list[str], refused: list[str]) -> None:
+    """One expiry timer every 50 ms until `stop`; ids reported added, and the errors."""
+    n = 0
+    while not stop.is_set():
+        n += 1
+        try:
+            confirmed.append(await producer.schedule_expiry(_expiry(f"f{n}")))
+        except Exception as exc:  # WriteNotDurable, READONLY, a lost connection: not confirmed
+            refused.append(type(exc).__name__)
+        await asyncio.sleep(0.05)
+
+
+async def test_no_confirmed_add_is_lost_in_a_graceful_failover(prefix: str) -> None:
+    """Producers pointed at the master by address (no Sentinel client: that is another
+    part of issue 14) keep adding through `SENTINEL FAILOVER`. The old master stays
+    writable for a while after the replica is promoted; with N=1 nothing it alone took
+    is reported added. The N=0 producer beside it is only measured (printed)."""
+    from sentinel_helpers import SentinelSet
+
+    with SentinelSet().start() as topo:
+        old = topo.master_port()
+        base: dict[str, Any] = dict(
+            redis_url=f"redis://127.0.0.1:{old}/0", bullwait_redis_retry_timeout=1, bullwait_wait_timeout_ms=200
+        )
+        results: dict[int, tuple[list[str], list[str]]] = {0: ([], []), 1: ([], [])}
+        stop = asyncio.Event()
+        async with Producer(Settings(bullmq_prefix=f"{prefix}n1", bullwait_wait_replicas=1, **base)) as durable_p, \
+                Producer(Settings(bullmq_prefix=f"{prefix}n0", **base)) as plain_p:
+            pairs = ((1, durable_p), (0, plain_p))
+            loops = [asyncio.ensure_future(_add_through(p, stop, *results[n])) for n, p in pairs]
+            await asyncio.sleep(1.0)
+            new = await asyncio.to_thread(topo.failover)
+            await asyncio.sleep(3.0)
+            stop.set()
+            await asyncio.gather(*loops)
+        survivor = redis.Redis(port=new, decode_responses=True)
+        lost = {n: [i for i in ok if not survivor.exists(f"{prefix}n{n}:waitlist-expiry:{i}")]
+                for n, (ok, _) in results.items()}
+        print(f"\nfailover {old}->{new}: N=1 confirmed {len(results[1][0])} lost {len(lost[1])} "
+              f"refused {len(results[1][1])}; N=0 confirmed {len(results[0][0])} lost {len(lost[0])} "
+              f"refused {len(results[0][1])}")
+        assert results[1][0], "the durable producer added nothing before the failover"
+        assert lost[1] == [], f"adds reported done but missing on the new master: {lost[1]}"
