@@ -54,6 +54,7 @@ CONNECTION_RULES = (
     "+ping",
     "+quit",
     "+client|setname",
+    "+wait",  # BULLWAIT_WAIT_REPLICAS (bullwait.durable); names no key, returns a replica count
 )
 SERVER_RULES = ("+info", "+time", "+client|list")
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from bullwait.catalog import QueueKey, queue_name
 from bullwait.connection import redis_client
+from bullwait.durable import Durability
 from bullwait.idempotency import SendRecords
 from bullwait.processing import JobObserver, NullObserver, Registry
 from bullwait.plugins import load_registry
@@ -70,7 +71,10 @@ async def build_services(
     """Wire the services. Pass `store` to use your own `WaitlistStore` (see README)."""
     producer = Producer(settings)
     client = redis_client(settings)
-    own_store = store if store is not None else RedisWaitlistStore(redis_client(settings), settings.bullwait_store_prefix)
+    durability = Durability.from_settings(settings)
+    own_store = store if store is not None else RedisWaitlistStore(
+        redis_client(settings), settings.bullwait_store_prefix, durability
+    )
     return Services(
         settings=settings,
         producer=producer,
@@ -92,7 +96,7 @@ async def build_services(
             settings.whatsapp_max_messages_per_second,
             settings.whatsapp_rate_window_margin_ms,
         ),
-        send_records=SendRecords(client, settings.bullwait_store_prefix),
+        send_records=SendRecords(client, settings.bullwait_store_prefix, durability),
         observer=job_metrics(settings),
         _redis=client,
     )

@@ -33,6 +33,7 @@ from bullmq.job import optsEncodeMap
 from redis.exceptions import NoScriptError, ResponseError
 
 from bullwait.autopipeline import pack, pack_args
+from bullwait.durable import READ_MARGIN_S, WAIT_ATTEMPTS, Command, Durability, log_short
 from bullwait.errors import BadArgument
 
 _MULTI = pack(("MULTI",))
@@ -121,19 +122,34 @@ def _call(queue: Queue, job: NewJob, heads: dict[str, tuple[int, bytes]]) -> tup
     return script, b"*%d\r\n" % (count + 4) + head + pack_args((packed, job.data, encoded, last))
 
 
-async def add_jobs(queue: Queue, jobs: Sequence[NewJob]) -> list[str]:
-    """Add `jobs` to `queue` in one transaction; returns their ids."""
+async def add_jobs(queue: Queue, jobs: Sequence[NewJob], durability: Durability | None = None) -> list[str]:
+    """Add `jobs` to `queue` in one transaction; returns their ids.
+
+    With `durability` enabled, WAIT follows EXEC on the same connection and the chunk is
+    reported added only once enough replicas confirm it (`bullwait.durable`). A short WAIT
+    sends the whole chunk again: the same ids add nothing twice, and each repeated add
+    writes bullmq's `duplicated` event, so the repeat's WAIT covers the first write too."""
     heads: dict[str, tuple[int, bytes]] = {}
     calls = [_call(queue, job, heads) for job in jobs]
     client = queue.backend.connection.conn
-    replies = await _transaction(client, [packed for _, packed in calls])
-    missing = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
-    if missing:
-        for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
-            await client.script_load(script.script)
-        again = await _transaction(client, [calls[i][1] for i in missing])
-        for i, reply in zip(missing, again):
-            replies[i] = reply
+    durability = durability or Durability()
+    wait = durability.wait_command() if durability.enabled else None
+    for attempt in range(WAIT_ATTEMPTS if wait else 1):
+        replies, acked = await _transaction(client, [packed for _, packed in calls], wait)
+        missing = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
+        if missing:
+            for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+                await client.script_load(script.script)
+            # Perhaps on another pool connection: its WAIT covers only these writes.
+            again, acked_again = await _transaction(client, [calls[i][1] for i in missing], wait)
+            acked = min(acked, acked_again)
+            for i, reply in zip(missing, again):
+                replies[i] = reply
+        if wait is None or acked >= durability.replicas or _failed(replies):
+            break
+        log_short(f"{len(jobs)} jobs of {queue.name}", acked, durability, attempt)
+    else:
+        raise durability.failure(f"{len(jobs)} jobs of {queue.name} not added durably", acked)
     ids = []
     for job, reply in zip(jobs, replies):
         if isinstance(reply, ResponseError):
@@ -148,19 +164,29 @@ def _is_noscript(reply: Any) -> bool:
     return isinstance(reply, NoScriptError) or (isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"))
 
 
-async def _transaction(client: Any, commands: list[bytes]) -> list[Any]:
-    """MULTI, `commands`, EXEC in one write; the EXEC reply (errors as ResponseError items)."""
+def _failed(replies: list[Any]) -> bool:
+    """An error reply: raised below, no point in waiting for replicas first."""
+    return any(isinstance(r, ResponseError) or (isinstance(r, int) and r < 0) for r in replies)
+
+
+async def _transaction(client: Any, commands: list[bytes], wait: Command | None = None) -> tuple[list[Any], int]:
+    """MULTI, `commands`, EXEC (and `wait`: WAIT after EXEC, on the same connection) in one
+    write; the EXEC reply (errors as ResponseError items) and the replicas WAIT counted (0
+    without `wait`)."""
     pool = client.connection_pool
     conn = await pool.get_connection()
     try:
-        return await conn.retry.call_with_retry(lambda: _send_and_read(conn, commands), lambda _error: conn.disconnect())
+        return await conn.retry.call_with_retry(
+            lambda: _send_and_read(conn, commands, wait), lambda _error: conn.disconnect()
+        )
     finally:
         await pool.release(conn)
 
 
-async def _send_and_read(conn: Any, commands: list[bytes]) -> list[Any]:
+async def _send_and_read(conn: Any, commands: list[bytes], wait: Command | None) -> tuple[list[Any], int]:
     try:
-        await conn.send_packed_command([_MULTI, *commands, _EXEC], check_health=False)
+        tail = [pack(wait)] if wait else []
+        await conn.send_packed_command([_MULTI, *commands, _EXEC, *tail], check_health=False)
         await conn.read_response()  # +OK
         refused: ResponseError | None = None
         # One deadline for all the +QUEUED replies instead of a timeout context per reply.
@@ -171,9 +197,12 @@ async def _send_and_read(conn: Any, commands: list[bytes]) -> list[Any]:
                 except ResponseError as exc:  # a command Redis would not queue: EXEC aborts
                     refused = refused or exc
         try:
-            return list(await conn.read_response())
+            replies = list(await conn.read_response())
         except ResponseError as exc:
-            raise (refused or exc) from None
+            raise (refused or exc) from None  # (the connection is dropped below: WAIT's reply is unread)
+        if not wait:
+            return replies, 0
+        return replies, int(await conn.read_response(timeout=wait[2] / 1000 + READ_MARGIN_S))
     except BaseException:
         await conn.disconnect()  # replies may be left unread: never reuse this connection
         raise

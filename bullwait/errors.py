@@ -66,3 +66,8 @@ class RedisOutOfMemory(BullwaitError):
 
 class PluginError(SettingsError):
     """`BULLWAIT_PROCESSORS` names something that cannot be imported or called."""
+
+
+class WriteNotDurable(RedisUnavailable):
+    """`BULLWAIT_WAIT_REPLICAS` replicas did not confirm a write in time (bullwait.durable):
+    the master holds it, a failover could lose it, so it is not reported done."""

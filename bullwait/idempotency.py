@@ -49,6 +49,8 @@ from typing import Any, Awaitable, Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from bullwait.durable import Durability, run_script
+from bullwait.errors import WriteNotDurable
 from bullwait.logging import get_logger
 
 RECORD_TTL_MS = 7 * 24 * 3600 * 1000
@@ -143,9 +145,11 @@ Write = Callable[[], Awaitable[Any]]
 
 
 class SendRecords:
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, durability: Durability | None = None) -> None:
         self.client = client
         self.prefix = prefix
+        # BULLWAIT_WAIT_REPLICAS: a claim counts only once replicas hold it (see `claim`).
+        self.durability = durability or Durability()
         self._claim = client.register_script(_CLAIM)
         self._sent = client.register_script(_MARK_SENT)
         self._release = client.register_script(_RELEASE)
@@ -162,11 +166,10 @@ class SendRecords:
     async def claim(self, key: str, owner: str, now_ms: int, claim_ms: int, job_id: str = "") -> Claim:
         if key in self._backlog and not await self._flush_key(key) and key in self._unrecorded:
             return Claim("sent", wamid=self._unrecorded[key])  # Redis still away; this process knows
+        args = [owner, now_ms, now_ms + claim_ms, RECORD_TTL_MS, job_id or owner.split("/")[0]]
         try:
-            outcome, detail = await self._claim(
-                keys=[key], args=[owner, now_ms, now_ms + claim_ms, RECORD_TTL_MS, job_id or owner.split("/")[0]]
-            )
-        except RedisError:
+            outcome, detail = await self._write_claim(key, args)
+        except (RedisError, WriteNotDurable):
             # The claim may have been written: give it back once Redis answers, or a retry
             # of this job would wait it out and fail "outcome unknown" with nothing sent.
             self._defer(key, lambda: self._release(keys=[key], args=[owner, "claim reply lost", "0"]))
@@ -180,6 +183,15 @@ class SendRecords:
         if outcome == "ambiguous":
             return Claim("ambiguous", ambiguous=int(detail or 0))
         return Claim("claimed", ambiguous=int(detail or 0))
+
+    async def _write_claim(self, key: str, args: list[Any]) -> list[Any]:
+        """The claim script; with durability, answered only once WAIT confirms it, so a
+        failover can never bring back an unclaimed record for a message that left (the
+        send comes after this returns). The owner asking again is answered `claimed`."""
+        if not self.durability.enabled:
+            return list(await self._claim(keys=[key], args=args))
+        return list(await run_script(self.client, self.durability, self._claim, [key], args,
+                                     f"send record {key} not claimed durably; nothing sent"))
 
     async def mark_sent(self, key: str, owner: str, wamid: str, now_ms: int) -> bool:
         return bool(await self._sent(keys=[key], args=[owner, wamid, now_ms, RECORD_TTL_MS]))

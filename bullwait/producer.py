@@ -33,6 +33,7 @@ from bullwait.catalog import (
 )
 from bullwait.bulk import NewJob, add_jobs, now_ms, stored_opts
 from bullwait.connection import bound_retries, describe_redis, redis_client, redis_options
+from bullwait.durable import CAPTURE, Durability, run_command
 from bullwait.errors import BadArgument, RedisOutOfMemory, RedisUnavailable
 from bullwait.logging import redact_text
 from bullwait.payloads import ExpiryJob, NotificationJob, PreferenceJob, WireModel
@@ -121,6 +122,7 @@ class Producer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.durability = Durability.from_settings(settings)
         self._queues: dict[QueueKey, Queue] = {}
         self._redis: Any = None
         self._remove_script: Any = None
@@ -168,8 +170,24 @@ class Producer:
         options.update(opts)
         job = stored_job(self.queue(key), SPECS[key].job_name, payload, options)
         async with redis_errors(self.settings, "job not added"):
-            job.id = await job.queue.backend.addJob(job)
+            if self.durability.enabled:
+                job.id = await self._add_durably(job)
+            else:
+                job.id = await job.queue.backend.addJob(job)
         return str(job.id)
+
+    async def _add_durably(self, job: Job) -> str:
+        """`addJob` followed by WAIT on its connection (`bullwait.durable`); a repeat after
+        a short WAIT adds nothing twice (same job id)."""
+        scripts = job.queue.backend.scripts
+        command = await scripts.addJob(job, pipe=CAPTURE)  # bullmq builds the EVALSHA, we send it
+        source = next(s.script for s in scripts.commands.values() if s.sha == command[1])
+        reply = await run_command(
+            job.queue.backend.connection.conn, self.durability, command, source, f"job {job.id} not added durably"
+        )
+        if isinstance(reply, int) and reply < 0:
+            raise scripts.finishedErrors({"code": reply, "parentKey": job.parentKey, "command": "addJob"})
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
 
     def job_options(
         self, key: QueueKey, *, job_id: str | None = None, delay_ms: int | None = None, priority: Priority | None = None
@@ -221,7 +239,7 @@ class Producer:
         timestamp = now_ms()
         batch = [new_job(queue, name, payload, opts, timestamp) for payload, opts in jobs]
         async with redis_errors(self.settings, "jobs not added"):
-            return await add_jobs(queue, batch)
+            return await add_jobs(queue, batch, self.durability)
 
     async def schedule_expiries(self, payloads: Iterable[ExpiryJob], chunk: int = 1000) -> list[str]:
         """`schedule_expiry` for many timers at once (see `add_bulk`); each due at its `expiresAt`.

@@ -273,6 +273,11 @@ class Settings(BaseSettings):
     # function gets the Registry and registers into it (or returns a Registry).
     bullwait_processors: str | None = None
 
+    # --- Durable writes (issue 14): adds, send claims and store transitions wait for this
+    # many replicas (`WAIT`); 0 = no WAIT. The timeout is per try (bullwait.durable).
+    bullwait_wait_replicas: int = Field(0, ge=0, le=100)
+    bullwait_wait_timeout_ms: int = Field(1000, ge=1, le=60_000)
+
     @field_validator("queue_log_level", mode="before")
     @classmethod
     def _lower_level(cls, value: object) -> object:

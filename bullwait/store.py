@@ -34,6 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import redis.asyncio as aioredis
 
+from bullwait.durable import Durability, run_script
 from bullwait.payloads import SlotDetails
 
 ENTRY_STATES = ("waiting", "notified", "booked", "expired", "cancelled")
@@ -321,9 +322,11 @@ return n
 class RedisWaitlistStore:
     """The default `WaitlistStore`, in Redis (Cluster-ready: one hash tag per salon/customer)."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "bullwait:") -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str = "bullwait:", durability: Durability | None = None) -> None:
         self.client = client
         self.prefix = prefix
+        # BULLWAIT_WAIT_REPLICAS: each transition reported only once replicas hold it.
+        self.durability = durability or Durability()
         self._join = client.register_script(_JOIN)
         self._free = client.register_script(_FREE_SLOT)
         self._expire = client.register_script(_EXPIRE)
@@ -350,7 +353,8 @@ class RedisWaitlistStore:
         self, salon_id: str, waitlist_id: str, customer_id: str, customer_phone: str, now_ms: int
     ) -> Transition:
         keys = [self._entry_base(salon_id) + waitlist_id, self.salon_key(salon_id, "waiting"), self.salon_key(salon_id, "seq")]
-        outcome, _ = await self._join(keys=keys, args=[waitlist_id, salon_id, customer_id, customer_phone, now_ms])
+        args = [waitlist_id, salon_id, customer_id, customer_phone, now_ms]
+        outcome, _ = await self._transition(self._join, keys, args)
         return Transition(outcome, waitlist_id=waitlist_id)
 
     async def free_slot(
@@ -358,7 +362,7 @@ class RedisWaitlistStore:
     ) -> Transition:
         keys = [self._slot_base(salon_id) + slot_id, self.salon_key(salon_id, "waiting")]
         args = [slot_id, salon_id, json.dumps(details.to_wire()), now_ms, expires_at_ms, self._entry_base(salon_id)]
-        outcome, offered = await self._free(keys=keys, args=args)
+        outcome, offered = await self._transition(self._free, keys, args)
         return Transition(outcome, slot_id=slot_id, next_id=offered or None)
 
     async def expire(
@@ -366,21 +370,30 @@ class RedisWaitlistStore:
     ) -> Transition:
         keys = [self._entry_base(salon_id) + waitlist_id, self.salon_key(salon_id, "waiting")]
         args = [waitlist_id, slot_id, now_ms, next_expires_at_ms, self._entry_base(salon_id), self._slot_base(salon_id)]
-        outcome, slot, nxt, expires = await self._expire(keys=keys, args=args)
+        outcome, slot, nxt, expires = await self._transition(self._expire, keys, args)
         return Transition(
             outcome, waitlist_id, slot or None, nxt or None, int(expires) if expires else None
         )
 
     async def book(self, salon_id: str, waitlist_id: str, now_ms: int) -> Transition:
         keys = [self._entry_base(salon_id) + waitlist_id]
-        outcome, slot = await self._book(keys=keys, args=[waitlist_id, now_ms, self._slot_base(salon_id)])
+        outcome, slot = await self._transition(self._book, keys, [waitlist_id, now_ms, self._slot_base(salon_id)])
         return Transition(outcome, waitlist_id, slot or None)
 
     async def cancel(self, salon_id: str, waitlist_id: str, now_ms: int, next_expires_at_ms: int) -> Transition:
         keys = [self._entry_base(salon_id) + waitlist_id, self.salon_key(salon_id, "waiting")]
         args = [waitlist_id, now_ms, next_expires_at_ms, self._entry_base(salon_id), self._slot_base(salon_id)]
-        outcome, slot, nxt = await self._cancel(keys=keys, args=args)
+        outcome, slot, nxt = await self._transition(self._cancel, keys, args)
         return Transition(outcome, waitlist_id, slot or None, nxt or None)
+
+    async def _transition(self, script: Any, keys: list[str], args: list[Any]) -> list[Any]:
+        """Run a transition script; with durability, confirmed by WAIT (`bullwait.durable`)."""
+        if not self.durability.enabled:
+            return list(await script(keys=keys, args=args))
+        reply = await run_script(
+            self.client, self.durability, script, keys, args, f"waitlist change of {keys[0]} not durable", _settle
+        )
+        return list(reply)
 
     # -- reads --
     async def get_entry(self, salon_id: str, waitlist_id: str) -> Entry | None:
@@ -420,7 +433,12 @@ class RedisWaitlistStore:
     # -- preferences --
     async def fold_booking(self, customer_id: str, booking_id: str, facts: dict[str, Any]) -> bool:
         keys = [self.customer_key(customer_id, "bookings"), self.customer_key(customer_id, "prefs")]
-        return bool(await self._fold(keys=keys, args=[booking_id, json.dumps(facts, sort_keys=True)]))
+        args = [booking_id, json.dumps(facts, sort_keys=True)]
+        if not self.durability.enabled:
+            return bool(await self._fold(keys=keys, args=args))
+        # A repeat finds its own first fold (0): the first run's answer stands.
+        return bool(await run_script(self.client, self.durability, self._fold, keys, args,
+                                     f"booking {booking_id} not recorded durably", max))
 
     async def recalculate_preferences(self, customer_id: str) -> int:
         keys = [self.customer_key(customer_id, "bookings"), self.customer_key(customer_id, "prefs")]
@@ -444,6 +462,15 @@ class RedisWaitlistStore:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def _settle(first: list[Any], again: list[Any]) -> list[Any]:
+    """A transition sent again after a short WAIT finds its own first run done
+    (`already-expired` after `expired`, `already-waiting` after `waiting`; `open` again):
+    report the first run. Anything else (the first run was lost with the old master and
+    the state moved on) is reported as the repeat found it."""
+    outcome = first[0]
+    return first if again[0] in (outcome, f"already-{outcome}") else again
 
 
 def _int(value: str | None) -> int | None:

@@ -8,7 +8,10 @@ Order of a run:
 2. Claim the send record (`bullwait.idempotency`): `sent` -> return the recorded
    `wamid` (outcome `already-sent`); `busy` -> sleep until the other run's claim ends;
    `unknown` -> a run died mid-request: fail at once, do not risk a second message;
-   `ambiguous` -> two sends got no answer: fail at once (see step 4).
+   `ambiguous` -> two sends got no answer: fail at once (see step 4). With
+   `BULLWAIT_WAIT_REPLICAS` > 0 the claim counts only once that many replicas confirm it
+   (`bullwait.durable`); short of that it raises `WriteNotDurable` and nothing is sent, so
+   a failover cannot bring back an unclaimed record for a message that already left.
 3. Take a place in the salon's rolling window (`bullwait.ratelimit`); no room -> give
    the claim back and sleep until there is (`moveToDelayed` + `DelayedError`: no
    failure, no attempt used). Then a place in the global sliding second
