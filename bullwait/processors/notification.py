@@ -25,6 +25,9 @@ Order of a run:
    `bullwait_whatsapp_ambiguous_total`; the places stay taken (it may have left); the
    first time BullMQ retries (one more send), the second fails the job for good with
    the record's key to delete to send anyway.
+   Cancelled (the worker force-closing) before the request was written -> claim and
+   places given back (shielded); after -> left as they are (the message may have left).
+   A Redis error while giving places back is logged; the outcome above stands.
 5. Record `sent` with the `wamid` (retried; never fails the job: the message left) and
    return `{"outcome": "sent", "wamid": ...}`.
 """
