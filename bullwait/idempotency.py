@@ -1,8 +1,15 @@
 """Send records: one WhatsApp message per (waitlist entry, slot), whoever runs the job.
 
 Before sending, a job *claims* the record (`sending`, with its owner `<job id>/<lock
-token>`, the job id, and a claim deadline of the HTTP timeout plus a margin); after the
-Cloud API answers with a message id it records `sent` and the `wamid`. Outcomes of `claim`:
+token>/<run nonce>`, the job id, and a claim deadline of the HTTP timeout plus a margin);
+after the Cloud API answers with a message id it records `sent` and the `wamid`. The owner
+names one *run* of the job: bullwait's worker keeps one lock token for every job a slot
+fetches in a chain, and bullmq-py hands several concurrent fetches the same token, so
+`<job id>/<token>` can come back for a later run of the same job; that run would take an
+expired claim of the earlier one as its own (`claimed`: another send) and read the earlier
+run's release as its own ("already ran"). The nonce is made once per processor run, so
+redis-py re-sending the same call (same arguments) still finds its own claim. Outcomes of
+`claim`:
 
 - `claimed`: go ahead and send (also the answer to the claim's own owner asking again).
 - `sent`: already sent (a retry, a stalled job run again after its send, the same
@@ -31,10 +38,22 @@ lost): a claim asked again by its owner answers `claimed`, `mark_sent`, `release
 A record write whose reply never came (Redis unreachable for longer than redis-py's
 retries) is not dropped: this process keeps it (`_backlog`) and writes it again in the
 background until Redis answers, and a later claim of the same record in this process
-writes it first. After a send the API accepted, `record_sent` retries a few times in
-process, then leaves it to that backlog and still reports the send: the message left, the
-job must not fail for want of a Redis reply. Hence "outcome unknown" means only what it
-says above: the claim's owner is gone and nobody can know.
+writes it first. Writes of one record are flushed one at a time (a lock per record: the
+background flusher and a claim may both try). While the backlog is not empty it is tried
+every `BACKLOG_PAUSE` s (plus jitter), not on a growing back-off: a release or a count that
+waits in the backlog makes the job's retry (maybe on another worker) find a `sending` claim
+and fail "outcome unknown" once it expires, so it must land as soon as Redis is back.
+Every write (`record_sent`, `release`, `ambiguous`, the release of a claim whose reply was
+lost) is first retried a few times in process, then left to the backlog: the message
+left, the job must not fail for want of a Redis reply. Hence "outcome unknown" means only
+what it says above: the claim's owner is gone and nobody can know. At shutdown the backlog
+gets one last try, bounded by `CLOSE_FLUSH_S`; what is left is logged.
+
+An expired `sending` claim made by an earlier run of *the same job* is not treated as
+released: the claim is the only mark that a request may have left (it is taken before the
+request; nothing is written to Redis when the body is written, and such a write could be
+lost too), so the earlier run may have died mid-request exactly like another job's run.
+The same answer, `unknown`, applies; the prompt release above is what keeps it rare.
 
 The record lives in the salon's hash tag (`<prefix>{salon:<salonId>}:sent:<waitlistId>:<slot>`)
 and expires after `RECORD_TTL_MS` (7 days, longer than any retry or retention window).
@@ -43,8 +62,10 @@ and expires after `RECORD_TTL_MS` (7 days, longer than any retry or retention wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -58,7 +79,12 @@ RECORD_TTL_MS = 7 * 24 * 3600 * 1000
 AMBIGUOUS_LIMIT = 2
 # `record_sent`: tries in process before the backlog takes over, and the pauses between them.
 RECORD_SENT_PAUSES = (0.1, 0.5, 1.0)
-BACKLOG_PAUSE_MAX = 30.0
+# The backlog's pause between tries (plus up to as much jitter, so workers do not all
+# write at once when Redis comes back); fixed, see the module docstring.
+BACKLOG_PAUSE = 0.5
+# Longest wait for the backlog at shutdown (with Redis away, each write would otherwise
+# wait out redis-py's retries in turn).
+CLOSE_FLUSH_S = 5.0
 
 # KEYS: record. ARGV: owner, now, claimUntil, ttl, job id. -> {outcome, detail}
 # Deadlines are kept on Redis's clock (TIME), not the workers': with clock skew between
@@ -157,6 +183,7 @@ class SendRecords:
         # Writes Redis never confirmed, per record, in order; and sends known only here.
         self._backlog: dict[str, list[Write]] = {}
         self._unrecorded: dict[str, str] = {}
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # per record: its flush lock, its users
         self._flusher: asyncio.Task[None] | None = None
         self.log = get_logger(component="send-records")
 
@@ -170,9 +197,9 @@ class SendRecords:
         try:
             outcome, detail = await self._write_claim(key, args)
         except (RedisError, WriteNotDurable):
-            # The claim may have been written: give it back once Redis answers, or a retry
-            # of this job would wait it out and fail "outcome unknown" with nothing sent.
-            self._defer(key, lambda: self._release(keys=[key], args=[owner, "claim reply lost", "0"]))
+            # The claim may have been written: give it back as soon as Redis answers, or a
+            # retry of this job would wait it out and fail "outcome unknown" with nothing sent.
+            await self._write_soon(key, lambda: self._release(keys=[key], args=[owner, "claim reply lost", "0"]))
             raise
         if outcome == "sent":
             return Claim("sent", wamid=detail or None)
@@ -200,40 +227,28 @@ class SendRecords:
         """`mark_sent` after a send the API accepted; never raises. Retried a few times in
         process; if Redis still does not answer, kept in the backlog (and known to this
         process's claims) until it does. Returns whether Redis confirmed it here."""
-        for pause in (*RECORD_SENT_PAUSES, None):
-            try:
-                await self.mark_sent(key, owner, wamid, now_ms)
-                return True
-            except RedisError as exc:
-                if pause is None:
-                    self.log.warning("message sent but not recorded yet; retrying in the background",
-                                     record=key, wamid=wamid, error=str(exc)[:200])
-                    self._unrecorded[key] = wamid
-                    self._defer(key, lambda: self.mark_sent(key, owner, wamid, now_ms))
-                    return False
-                await asyncio.sleep(pause)
-        return False  # not reached
+        try:
+            await self._retried(lambda: self.mark_sent(key, owner, wamid, now_ms))
+            return True
+        except RedisError as exc:
+            self.log.warning("message sent but not recorded yet; retrying in the background",
+                             record=key, wamid=wamid, error=str(exc)[:200])
+            self._unrecorded[key] = wamid
+            self._defer(key, lambda: self.mark_sent(key, owner, wamid, now_ms))
+            return False
 
     async def release(self, key: str, owner: str, reason: str, throttled: bool = False) -> int:
         """Back to claimable; returns how many sends of this record were throttled (or -1
-        if `owner` no longer held the claim). A release Redis did not confirm is kept in
-        the backlog (so a retry can claim) and the error raised."""
+        if `owner` no longer held the claim). Retried in process; a release Redis still did
+        not confirm is kept in the backlog (so a retry can claim) and the error raised."""
         write = lambda: self._release(keys=[key], args=[owner, reason[:300], "1" if throttled else "0"])  # noqa: E731
-        try:
-            return int(await write())
-        except RedisError:
-            self._defer(key, write)
-            raise
+        return int(await self._write_or_defer(key, write))
 
     async def ambiguous(self, key: str, owner: str, reason: str) -> int:
         """Count an ambiguous outcome of `owner`'s send; returns the record's count (1: one
         more send may go; `AMBIGUOUS_LIMIT`: closed), or -1 if `owner` held no claim."""
         write = lambda: self._ambiguous(keys=[key], args=[owner, reason[:300], AMBIGUOUS_LIMIT])  # noqa: E731
-        try:
-            return int(await write())
-        except RedisError:
-            self._defer(key, write)
-            raise
+        return int(await self._write_or_defer(key, write))
 
     async def get(self, key: str) -> dict[str, str]:
         return dict(await self.client.hgetall(key))
@@ -244,37 +259,93 @@ class SendRecords:
     def backlog(self) -> int:
         return sum(len(writes) for writes in self._backlog.values())
 
+    async def _retried(self, write: Write) -> Any:
+        """`write`, tried again after each of `RECORD_SENT_PAUSES`; the last RedisError raised."""
+        for pause in (*RECORD_SENT_PAUSES, None):
+            try:
+                return await write()
+            except RedisError:
+                if pause is None:
+                    raise
+                await asyncio.sleep(pause)
+
+    async def _write_or_defer(self, key: str, write: Write) -> Any:
+        """`write` retried in process; if Redis still does not answer, kept in the backlog
+        and the error raised."""
+        try:
+            return await self._retried(write)
+        except RedisError:
+            self._defer(key, write)
+            raise
+
+    async def _write_soon(self, key: str, write: Write) -> None:
+        """`_write_or_defer` for a caller that raises its own error anyway."""
+        try:
+            await self._write_or_defer(key, write)
+        except RedisError:
+            pass
+
     def _defer(self, key: str, write: Write) -> None:
         self._backlog.setdefault(key, []).append(write)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush_forever())
 
     async def _flush_key(self, key: str) -> bool:
-        """Write `key`'s backlog in order; True once it is empty."""
-        writes = self._backlog.get(key, [])
-        while writes:
-            try:
-                await writes[0]()
-            except RedisError:
-                return False
-            writes.pop(0)
-        self._backlog.pop(key, None)
-        self._unrecorded.pop(key, None)
-        return True
+        """Write `key`'s backlog in order; True once it is empty. One flush per key at a
+        time: two would run the same write twice and then pop a write nobody ran."""
+        async with self._one_flush(key):
+            writes = self._backlog.get(key, [])
+            while writes:
+                try:
+                    await writes[0]()
+                except RedisError:
+                    return False
+                except Exception as exc:  # noqa: BLE001 - not Redis away: trying again cannot help
+                    self.log.error("send record write failed; dropped, check the record by hand",
+                                   record=key, error=repr(exc)[:200])
+                writes.pop(0)
+            self._backlog.pop(key, None)
+            self._unrecorded.pop(key, None)
+            return True
+
+    @contextlib.asynccontextmanager
+    async def _one_flush(self, key: str) -> AsyncIterator[None]:
+        """Hold `key`'s flush lock; the lock is dropped with its last user (no lock per
+        record ever seen kept for the life of the process)."""
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
 
     async def _flush_forever(self) -> None:
-        pause = 0.5
         while self._backlog:
-            await asyncio.sleep(pause)
+            await asyncio.sleep(BACKLOG_PAUSE + random.uniform(0, BACKLOG_PAUSE))
             for key in list(self._backlog):
-                await self._flush_key(key)
-            pause = min(BACKLOG_PAUSE_MAX, pause * 2)
+                try:
+                    await self._flush_key(key)
+                except Exception as exc:  # noqa: BLE001 - one bad write must not end the flusher
+                    self.log.error("send record backlog flush failed", record=key, error=repr(exc)[:200])
 
     async def close(self) -> None:
-        """One last try at the backlog; what is left is logged (the records to fix by hand)."""
+        """One last try at the backlog, at most `CLOSE_FLUSH_S`; what is left is logged
+        (the records to fix by hand)."""
         if self._flusher is not None:
             self._flusher.cancel()
+        try:
+            await asyncio.wait_for(self._flush_all(), CLOSE_FLUSH_S)
+        except asyncio.TimeoutError:
+            pass
+        for key, writes in list(self._backlog.items()):
+            self.log.error("send record not written; check it by hand", record=key,
+                           wamid=self._unrecorded.get(key), pending=len(writes))
+
+    async def _flush_all(self) -> None:
         for key in list(self._backlog):
-            if not await self._flush_key(key):
-                self.log.error("send record not written; check it by hand", record=key,
-                               wamid=self._unrecorded.get(key), pending=len(self._backlog[key]))
+            await self._flush_key(key)

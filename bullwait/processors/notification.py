@@ -28,6 +28,9 @@ Order of a run:
    `bullwait_whatsapp_ambiguous_total`; the places stay taken (it may have left); the
    first time BullMQ retries (one more send), the second fails the job for good with
    the record's key to delete to send anyway.
+   Cancelled (the worker force-closing) before the request was written -> claim and
+   places given back (shielded); after -> left as they are (the message may have left).
+   A Redis error while giving places back is logged; the outcome above stands.
 5. Record `sent` with the `wamid` (retried; never fails the job: the message left) and
    return `{"outcome": "sent", "wamid": ...}`.
 """
@@ -35,6 +38,7 @@ Order of a run:
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 from bullmq import DelayedError, UnrecoverableError
@@ -81,7 +85,9 @@ async def send_slot_available(payload: NotificationJob, ctx: Context) -> dict[st
 
     records = svc.send_records
     key = records.key(payload.salon_id, payload.waitlist_id, slot_reference(payload))
-    owner = f"{ctx.job.id}/{ctx.token}"
+    # One owner per run: the token alone does not tell runs of a job apart (see
+    # `bullwait.idempotency`); the job id stays first so the record names its job.
+    owner = f"{ctx.job.id}/{ctx.token}/{uuid.uuid4().hex[:12]}"
     now = now_ms()
     claim_ms = int(ctx.settings.whatsapp_timeout_seconds * 1000) + CLAIM_MARGIN_MS
     claim = await records.claim(key, owner, now, claim_ms, job_id=str(ctx.job.id))
@@ -111,24 +117,33 @@ async def send_slot_available(payload: NotificationJob, ctx: Context) -> dict[st
         ctx.log.info(f"{which} rate limit reached, delaying", retry_in=f"{retry_in_ms}ms")
         await _sleep(ctx, now_ms() + retry_in_ms, f"{which} rate limit ({payload.salon_id})")
 
+    progress = _Progress()
     try:
-        wamid = await _send(payload, svc, member, ctx.log)
+        wamid = await _send(payload, svc, member, ctx.log, progress)
     except WhatsAppThrottled as exc:
         throttled = await _release(records, key, owner, str(exc), ctx.log, throttled=True)
-        await _give_back(payload, svc, member)
+        await _give_back(payload, svc, member, ctx.log)
         wait = exc.retry_after_ms if exc.retry_after_ms is not None else throttle_backoff_ms(max(1, throttled), exc.code)
         ctx.log.warning("whatsapp throttled, backing off", code=exc.code, status=exc.status, retry_in=f"{wait}ms")
         await _sleep(ctx, now_ms() + wait, str(exc))
     except WhatsAppRejected as exc:
         await _release(records, key, owner, str(exc), ctx.log)
-        await _give_back(payload, svc, member)
+        await _give_back(payload, svc, member, ctx.log)
         raise UnrecoverableError(str(exc)) from None
     except WhatsAppAmbiguous as exc:
         # The message may have left: its rate-limit places stay taken.
         await _after_ambiguous(records, key, owner, exc, ctx)
     except WhatsAppUnavailable as exc:
         await _release(records, key, owner, str(exc), ctx.log)
-        await _give_back(payload, svc, member)
+        await _give_back(payload, svc, member, ctx.log)
+        raise
+    except BaseException:
+        # Cancelled (the worker force-closing) or a sender bug. A request never written was
+        # never sent: give claim and places back, shielded from a second cancel, or the retry
+        # finds this claim and fails "outcome unknown". One written stays claimed (it may
+        # have left; "outcome unknown" is then the truth).
+        if not progress.written:
+            await asyncio.shield(_undo(payload, svc, records, key, owner, member, ctx.log))
         raise
     recorded = await records.record_sent(key, owner, wamid, now_ms())
     ctx.log.info("whatsapp offer sent", wamid=wamid, customerPhone=payload.customer_phone, recorded=recorded)
@@ -202,7 +217,18 @@ async def _take_places(payload: NotificationJob, svc: Any, member: str) -> tuple
         raise
 
 
-async def _send(payload: NotificationJob, svc: Any, member: str, log: Any) -> str:
+class _Progress:
+    """Whether the request's body has been written (the sender's `on_sent`)."""
+
+    written = False
+
+
+async def _undo(payload: NotificationJob, svc: Any, records: Any, key: str, owner: str, member: str, log: Any) -> None:
+    await _release(records, key, owner, "cancelled before the request was sent", log)
+    await _give_back(payload, svc, member, log)
+
+
+async def _send(payload: NotificationJob, svc: Any, member: str, log: Any, progress: _Progress) -> str:
     """The request; once its body has left, both places are re-stamped with that time
     (`bullwait.ratelimit`), in a task of its own so a slow Redis never holds up reading
     the answer (an answer read late could time out a message the API accepted)."""
@@ -217,6 +243,7 @@ async def _send(payload: NotificationJob, svc: Any, member: str, log: Any) -> st
             log.warning("could not re-stamp the send's rate-limit places", error=repr(exc))
 
     async def on_sent() -> None:
+        progress.written = True
         stamps.append(asyncio.ensure_future(restamp()))
 
     try:
@@ -232,10 +259,14 @@ async def _give_back_global(svc: Any, member: str) -> None:
         await svc.global_limiter.release(member)
 
 
-async def _give_back(payload: NotificationJob, svc: Any, member: str) -> None:
-    """The send did not happen (the API said so): free its global and salon places."""
-    await svc.rate_limiter.release(payload.salon_id, member)
-    await _give_back_global(svc, member)
+async def _give_back(payload: NotificationJob, svc: Any, member: str, log: Any) -> None:
+    """The send did not happen: free its global and salon places. A Redis error here never
+    replaces the job's real outcome (the places then age out of their windows)."""
+    try:
+        await svc.rate_limiter.release(payload.salon_id, member)
+        await _give_back_global(svc, member)
+    except RedisError as exc:
+        log.warning("could not give back the send's rate-limit places", error=str(exc)[:200])
 
 
 async def _stale_offer(payload: NotificationJob, store: Any) -> str | None:
