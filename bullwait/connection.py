@@ -2,17 +2,24 @@
 
 bullmq-py takes a dict of `redis.asyncio.Redis` keyword arguments and builds its own
 clients from it (one main, one blocking per worker); `redis_options` makes that dict.
+It also takes a client instance: `bullmq_connection` gives it one when Redis is found
+through Sentinel, where every client must be a Sentinel-managed one (`redis_client`
+builds those; see "Redis Sentinel" below for how connections follow a failover).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool, SentinelManagedConnection
+from redis.backoff import ExponentialBackoff, ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import AuthenticationError, BusyLoadingError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -22,8 +29,16 @@ from bullwait.settings import Settings
 
 
 def redis_options(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments for `redis.asyncio.Redis` (and bullmq's `connection` option)."""
-    opts = settings.redis_address.connect_kwargs()
+    """Keyword arguments for `redis.asyncio.Redis` (and bullmq's `connection` option).
+
+    One node only: with Sentinel there is no fixed address to give (use `bullmq_connection`)."""
+    if settings.sentinel is not None:
+        raise RuntimeError("redis_options() names one node; with REDIS_SENTINELS use bullmq_connection()")
+    return _node_options(settings, settings.redis_address.connect_kwargs())
+
+
+def _node_options(settings: Settings, opts: dict[str, Any]) -> dict[str, Any]:
+    """Credentials, TLS and socket options for a data node (the one Redis, or Sentinel's master)."""
     if settings.redis_username and not opts.get("username"):
         opts["username"] = settings.redis_username
     if settings.redis_password and not opts.get("password"):
@@ -40,20 +55,40 @@ def redis_options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
-def redis_client(settings: Settings, **extra: Any) -> aioredis.Redis:
-    """A plain async client for bullwait's own commands (ops, store, metrics)."""
+def redis_client(settings: Settings, single_connection: bool = False, **extra: Any) -> aioredis.Redis:
+    """An async client for bullwait's own commands (ops, store, metrics); Sentinel-managed
+    when REDIS_SENTINELS is set. `single_connection`: one connection, as bullmq-py's own."""
+    if settings.sentinel is not None:
+        return sentinel_client(settings, single_connection, **extra)
     opts = redis_options(settings)
     opts.update(extra)
-    return aioredis.Redis(decode_responses=True, **opts)
+    return aioredis.Redis(decode_responses=True, single_connection_client=single_connection, **opts)
+
+
+def bullmq_connection(settings: Settings) -> dict[str, Any] | aioredis.Redis:
+    """bullmq's `connection` option: kwargs for one node, a Sentinel-managed client otherwise.
+
+    bullmq-py builds a single-connection `redis.asyncio.Redis` from kwargs and uses a client
+    it is given as it is (bullmq/redis_connection.py); the Sentinel client is made the same
+    way (one connection, bounded retries on connection errors)."""
+    if settings.sentinel is None:
+        return redis_options(settings)
+    client = sentinel_client(settings, single_connection=True)
+    client.set_retry(bounded_retry(settings.bullwait_redis_retry_timeout))
+    return client
 
 
 def describe_redis(settings: Settings) -> str:
     """Where Redis is, for messages: scheme, host, port and db, any password masked."""
+    if settings.sentinel is not None:
+        return settings.sentinel.display()
     return settings.redis_address.display()
 
 
 def redis_hostname(settings: Settings) -> str | None:
-    """The host Redis is reached at (None for a Unix socket)."""
+    """The host Redis is reached at (None for a Unix socket; the first sentinel's with Sentinel)."""
+    if settings.sentinel is not None:
+        return settings.sentinel.sentinels[0][0]
     return settings.redis_address.host
 
 
@@ -64,6 +99,8 @@ async def check_redis(settings: Settings, timeout: float | None = None) -> str:
     client = redis_client(settings, socket_timeout=limit, retry_on_timeout=False, retry=bounded_retry(0))
     try:
         info = await asyncio.wait_for(_ping_version(client), timeout=limit + 1)
+    except MasterNotFoundError as exc:
+        raise _no_master(settings, exc) from None
     except AuthenticationError:
         raise RedisAccessDenied(
             f"Redis at {describe_redis(settings)} refused the credentials: "
@@ -73,13 +110,29 @@ async def check_redis(settings: Settings, timeout: float | None = None) -> str:
         raise RedisAccessDenied(f"Redis at {describe_redis(settings)} answered with an error: {exc}") from None
     except (RedisError, OSError, asyncio.TimeoutError) as exc:
         reason = _short_reason(exc)
-        raise RedisUnavailable(
-            f"cannot reach Redis at {describe_redis(settings)} ({reason}): "
-            "start Redis or point REDIS_URL / --redis-url at it"
-        ) from None
+        advice = "start Redis or point REDIS_URL / --redis-url at it"
+        if settings.sentinel is not None:
+            advice = "start the master the sentinels name, or check REDIS_SENTINELS"
+        raise RedisUnavailable(f"cannot reach Redis at {describe_redis(settings)} ({reason}): {advice}") from None
     finally:
         await client.aclose()
     return info
+
+
+def _no_master(settings: Settings, exc: MasterNotFoundError) -> RedisUnavailable:
+    """One line for "no master found": no sentinel answered, they refused us, or they know none."""
+    text = str(exc)
+    where = describe_redis(settings)
+    name = settings.redis_sentinel_master
+    if any(word in text for word in ("AuthenticationError", "WRONGPASS", "NOAUTH", "invalid username")):
+        return RedisAccessDenied(f"the sentinels at {where} refused the credentials: "
+                                 "check REDIS_SENTINEL_USERNAME / REDIS_SENTINEL_PASSWORD")
+    if " - " in text:  # redis-py lists one error per sentinel that did not answer
+        answered = len(settings.sentinel.sentinels) - text.count(" - ") if settings.sentinel else 0
+        if answered <= 0:
+            return RedisUnavailable(f"no sentinel at {where} answered: start them or check REDIS_SENTINELS")
+    return RedisUnavailable(f"the sentinels at {where} name no reachable master {name!r} (down, failing over, "
+                            "or another name): check REDIS_SENTINEL_MASTER and that a master is up")
 
 
 async def _ping_version(client: aioredis.Redis) -> str:
@@ -202,6 +255,21 @@ def keep_client_name(connection: Any, name: str) -> None:
             conn.client_name = name
 
 
+def use_blocking_client(worker: Any, client: aioredis.Redis) -> None:
+    """Give a bullmq Worker built on a client instance its own blocking client.
+
+    bullmq-py 3.4.4's `create_redis_backend` wraps the same `connection` in the main and the
+    blocking `RedisConnection`: one client instance would carry the BZPOPMIN and every other
+    command, under one name. The worker keeps snapshots of both (`blockingRedisConnection`,
+    `bclient`), replaced here too."""
+    from bullmq.redis_connection import RedisConnection
+
+    blocking = RedisConnection(client, skipVersionCheck=worker.opts.get("skipVersionCheck", False))
+    worker.backend.blocking_connection = blocking
+    worker.blockingRedisConnection = blocking
+    worker.bclient = blocking.conn
+
+
 # --- Cancellation of blocking waits --------------------------------------------------------
 # redis-py sends every command through `asyncio.wait_for(send, socket_timeout)`. On Python
 # 3.11 (3.12 rewrote wait_for) a cancellation that arrives in the loop turn where the send
@@ -243,3 +311,291 @@ def keep_cancellations(connection: Any) -> None:
     for conn in existing:
         if type(conn) is original:
             conn.__class__ = safe
+
+
+# --- Redis Sentinel (issue 14) ---------------------------------------------------------------
+# With REDIS_SENTINELS every client is a redis-py Sentinel-managed one: each new connection
+# asks the sentinels where the master is. redis-py moves a connection only after an error on
+# it (READONLY becomes a ConnectionError in SentinelManagedConnection, and connection errors
+# are retried): after a graceful failover the old master stays writable until the sentinels
+# reconfigure it (~11 s here), and the worker's BZPOPMIN waits there. So, as ioredis's
+# failoverDetector does, one task per process and event loop subscribes to the sentinels'
+# `+switch-master` and disconnects every connection not on the new master; the commands in
+# flight on them fail with a ConnectionError and redis-py's retry sends them again on a
+# new connection, which asks the sentinels again (the BZPOPMIN included).
+#
+# Reliance on redis-py internals (redis/asyncio/sentinel.py, 8.1):
+# - `SentinelConnectionPool.get_master_address()` is called for every new master connection:
+#   the hook that starts the watcher and records whether a master was found.
+# - A connection's `connection_pool` kwarg (a weak proxy to its pool) is how a connection
+#   made outside the pool's lists (the autopipeline's, autopipeline.py) finds its pool; each
+#   registers itself there so a switch reaches it too.
+# - A dropped connection reconnects through `connect_check_health()` when the next command is
+#   sent, not through `connect()`, which is all SentinelManagedConnection overrides: it went
+#   back to the old master. `SentinelConnection` asks the sentinels there too.
+# - `Sentinel.discover_master()` is replaced to believe the newest sentinel (`NewestSentinel`).
+# - `Connection.disconnect()` from another task ends a read in progress with a ConnectionError
+#   (checked on redis-py 8.1 with hiredis), which the command's retry turns into a resend.
+
+SWITCH_CHANNEL = "+switch-master"
+WATCH_RETRY_CAP = 5.0
+
+
+class SentinelConnection(SentinelManagedConnection):
+    """A master connection its pool can find and move, wherever it was made."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.connection_pool.track(self)
+
+    async def connect(self) -> None:
+        await self.retry.call_with_retry(
+            lambda: self.connect_check_health(check_health=self.connection_pool.check_connection,
+                                              retry_socket_connect=False),
+            lambda error: asyncio.sleep(0),
+        )
+
+    async def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        # redis-py 8.1 asks the sentinels only in `connect()`, but a command sent on a dropped
+        # connection reconnects through this method, to the address it had: the old master.
+        if self.is_connected:
+            return
+        if self.connection_pool.is_master:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+
+
+class SentinelSSLConnection(SentinelConnection, SSLConnection):
+    pass
+
+
+class NewestSentinel(Sentinel):
+    """Asks every sentinel and believes the one with the newest configuration.
+
+    redis-py takes the first sentinel that answers; right after `+switch-master` the others
+    may still name the old master for a second or two (they learn it from the leader's
+    hellos), and a connection moved by the switch went straight back to the old master,
+    still writable. The `config-epoch` of SENTINEL MASTERS orders their views."""
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        replies = await asyncio.gather(*(s.sentinel_masters() for s in self.sentinels), return_exceptions=True)
+        errors = []
+        best: tuple[int, tuple[str, int]] | None = None
+        for sentinel, reply in zip(self.sentinels, replies):
+            if isinstance(reply, BaseException):
+                if not isinstance(reply, (RedisError, OSError)):
+                    raise reply
+                errors.append(f"{sentinel} - {reply!r}")
+                continue
+            state = reply.get(service_name)
+            if state and self.check_master_state(state, service_name):
+                epoch = int(state.get("config-epoch", 0) or 0)
+                if best is None or epoch > best[0]:
+                    best = (epoch, (str(state["ip"]), int(state["port"])))
+        if best is None:
+            detail = f" : {', '.join(errors)}" if errors else ""
+            raise MasterNotFoundError(f"No master found for {service_name!r}{detail}")
+        return best[1]
+
+
+class FollowingPool(SentinelConnectionPool):
+    """A Sentinel pool whose connections follow `+switch-master` (see `FailoverWatcher`)."""
+
+    def __init__(self, service_name: str, sentinel_manager: Sentinel, watch: "WatchConfig", **kwargs: Any) -> None:
+        kwargs.setdefault("connection_class", SentinelSSLConnection if kwargs.pop("ssl", False) else SentinelConnection)
+        super().__init__(service_name, sentinel_manager, **kwargs)
+        self.watch = watch
+        self.tracked: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def track(self, conn: Any) -> None:
+        self.tracked.add(conn)
+
+    async def get_master_address(self) -> Any:
+        watcher = FailoverWatcher.ensure(self.watch)
+        watcher.pools.add(self)
+        try:
+            address = await super().get_master_address()
+        except MasterNotFoundError as exc:
+            watcher.note_unreachable(str(exc))
+            raise
+        return address
+
+    async def follow(self, address: tuple[str, int]) -> int:
+        """Disconnect every connection that is not on `address`; returns how many were."""
+        self.master_address = address
+        moved = 0
+        for conn in list(self.tracked):
+            if conn.is_connected and (conn.host, int(conn.port)) != address:
+                moved += 1
+                # nowait: the old master may be gone; the read in progress ends at once.
+                await conn.disconnect(nowait=True)
+        return moved
+
+    async def aclose(self) -> None:
+        watcher = FailoverWatcher.current(self.watch)
+        if watcher is not None:
+            watcher.pools.discard(self)
+        try:
+            await super().aclose()
+        finally:
+            await self.sentinel_manager.aclose()
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """Where to hear about failovers: the sentinels, how to log in to them, the master's name."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    kwargs: tuple[tuple[str, Any], ...]  # sentinel client kwargs, hashable
+
+    def client(self, host: str, port: int) -> aioredis.Redis:
+        return aioredis.Redis(host=host, port=port, decode_responses=True, **dict(self.kwargs))
+
+
+def _sentinel_kwargs(settings: Settings) -> dict[str, Any]:
+    """Sentinel clients: their own credentials, TLS as for the data nodes, no retries (the next
+    sentinel is asked instead), timeouts of a connect."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": settings.redis_connect_timeout,
+        "socket_connect_timeout": settings.redis_connect_timeout,
+        "socket_keepalive": True,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if settings.redis_sentinel_username:
+        kwargs["username"] = settings.redis_sentinel_username
+    if settings.redis_sentinel_password:
+        kwargs["password"] = settings.redis_sentinel_password
+    if settings.redis_tls_ca_file:
+        kwargs.update(ssl=True, ssl_ca_certs=settings.redis_tls_ca_file, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return kwargs
+
+
+def watch_config(settings: Settings) -> WatchConfig:
+    topology = settings.sentinel
+    assert topology is not None
+    return WatchConfig(topology.sentinels, topology.master, tuple(sorted(_sentinel_kwargs(settings).items(), key=str)))
+
+
+def sentinel_client(settings: Settings, single_connection: bool = False, **extra: Any) -> aioredis.Redis:
+    """A client of the master the sentinels name, following failovers (see above)."""
+    topology = settings.sentinel
+    assert topology is not None
+    extra.pop("retry_on_timeout", None)  # a client argument redis-py ignores with a pool given
+    opts = _node_options(settings, {"db": topology.db})
+    opts.update(extra)
+    opts.setdefault("decode_responses", True)
+    # What redis.asyncio.Redis() gives its own pool: with a pool given it reads these from the pool.
+    opts.setdefault("retry", Retry(ExponentialWithJitterBackoff(base=1, cap=10), 3))
+    watch = watch_config(settings)
+    manager = NewestSentinel(list(topology.sentinels), sentinel_kwargs=dict(watch.kwargs))
+    pool = FollowingPool(topology.master, manager, watch, **opts)
+    client = aioredis.Redis(connection_pool=pool, single_connection_client=single_connection)
+    client.auto_close_connection_pool = True  # as `Redis.from_pool`: closing the client closes the pool
+    return client
+
+
+class FailoverWatcher:
+    """Subscribes to `+switch-master` on one sentinel that answers; on a switch of our master,
+    moves every connection of this event loop's pools (`FollowingPool.follow`)."""
+
+    _running: dict[tuple[int, WatchConfig], "FailoverWatcher"] = {}
+
+    def __init__(self, config: WatchConfig) -> None:
+        self.config = config
+        self.pools: weakref.WeakSet[FollowingPool] = weakref.WeakSet()
+        self.master: tuple[str, int] | None = None
+        self.unreachable: str | None = None
+        self.switches = 0
+        self.loop = asyncio.get_running_loop()
+        self.task = self.loop.create_task(self._run(), name="bullwait-sentinel-watcher")
+
+    @classmethod
+    def current(cls, config: WatchConfig) -> "FailoverWatcher | None":
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        watcher = cls._running.get((id(loop), config))
+        return watcher if watcher is not None and watcher.loop is loop else None
+
+    @classmethod
+    def ensure(cls, config: WatchConfig) -> "FailoverWatcher":
+        watcher = cls.current(config)
+        if watcher is None or watcher.task.done():
+            for key, old in list(cls._running.items()):  # drop watchers of closed loops
+                if old.loop.is_closed():
+                    del cls._running[key]
+            watcher = cls(config)
+            cls._running[(id(watcher.loop), config)] = watcher
+        return watcher
+
+    def note_unreachable(self, reason: str) -> None:
+        self.unreachable = reason
+
+    async def switch(self, address: tuple[str, int], announced: bool) -> None:
+        moved = 0
+        for pool in list(self.pools):
+            moved += await pool.follow(address)
+        if announced or moved:
+            self.switches += 1
+            source = SWITCH_CHANNEL if announced else "sentinel"
+            _log().warning("redis master switched, connections moved", master=self.config.master,
+                           to=f"{address[0]}:{address[1]}", moved=moved, source=source)
+        self.master = address
+        self.unreachable = None
+
+    async def _run(self) -> None:
+        delay = 0.2
+        turn = 0
+        while True:
+            host, port = self.config.sentinels[turn % len(self.config.sentinels)]
+            turn += 1
+            try:
+                await self._listen(host, port)
+                delay = 0.2
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                if turn % len(self.config.sentinels) == 0:
+                    _log().warning("no sentinel answers for failover notices, retrying",
+                                   sentinels=len(self.config.sentinels), last=f"{host}:{port}",
+                                   error=_short_reason(exc), retry_in=f"{delay:.1f}s")
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, WATCH_RETRY_CAP)
+            if not self.pools:
+                break  # every client was closed: nothing left to move
+        FailoverWatcher._running.pop((id(self.loop), self.config), None)
+
+    async def _listen(self, host: str, port: int) -> None:
+        client = self.config.client(host, port)
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe(SWITCH_CHANNEL)
+            # A switch may have happened before we listened (start-up, a sentinel change).
+            manager = NewestSentinel(list(self.config.sentinels), sentinel_kwargs=dict(self.config.kwargs))
+            try:
+                current = await manager.discover_master(self.config.master)
+            except MasterNotFoundError as exc:
+                self.note_unreachable(str(exc))
+            else:
+                await self.switch(current, announced=False)
+            finally:
+                await manager.aclose()
+            while self.pools:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is None:
+                    await pubsub.ping()  # a sentinel that went away is noticed here, not never
+                    continue
+                parts = str(message.get("data", "")).split()
+                if len(parts) == 5 and parts[0] == self.config.master:
+                    await self.switch((parts[3], int(parts[4])), announced=True)
+        finally:
+            await pubsub.aclose()
+            await client.aclose()
+
+
+def _log() -> Any:
+    from bullwait.logging import get_logger
+
+    return get_logger()

@@ -1,0 +1,136 @@
+"""A `bullwait worker` on Redis Sentinel follows a failover without a restart (issue 14).
+
+Real processes: a master, a replica and three `redis-server --sentinel` (sentinel_helpers),
+a `bullwait worker` subprocess configured with REDIS_SENTINELS only. After a graceful
+`SENTINEL FAILOVER` the old master stays writable until the sentinels reconfigure it, so a
+worker that only moves on errors keeps waiting there; after a crash its connections fail.
+Either way a job added to the new master must complete, the move must come from the
+sentinels' `+switch-master`, and the worker must stay visible by name on the new master.
+
+The seconds from the switch to the first completion are printed (`-s` shows them); the
+goal (<= 2 s) is reported, not asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import redis
+from bullmq import Queue
+
+from bullwait.catalog import QueueKey, queue_name
+from bullwait.embedded import free_port
+from bullwait.payloads import PreferenceJob
+from bullwait.producer import Producer
+from bullwait.settings import Settings
+from bullwait.worker import node_client_name
+
+from conftest import WorkerProcess
+from fixtures import preference_data
+from reliability_helpers import COUNTING
+from sentinel_helpers import SentinelSet
+
+QUEUE = "waitlist-preference-calculation"
+WORKER_NAME = "py-sentinel-1"
+
+
+@pytest.fixture
+def topo() -> Iterator[SentinelSet]:
+    with SentinelSet().start() as topology:
+        yield topology
+
+
+def sentinel_env(env: dict[str, str], topo: SentinelSet) -> dict[str, str]:
+    """The test env with Redis named by the sentinels only. REDIS_HOST/PORT point at a closed
+    port: a bullwait that ignored REDIS_SENTINELS would find nothing there (never port 6379)."""
+    out = {k: v for k, v in env.items() if k != "REDIS_URL"}
+    out.update(REDIS_SENTINELS=topo.sentinels_setting, REDIS_QUEUE_DB="0", REDIS_HOST="127.0.0.1",
+               REDIS_PORT=str(free_port()), BULLWAIT_WORKER_NAME=WORKER_NAME, **COUNTING)
+    return out
+
+
+def sentinel_settings(env: dict[str, str]) -> Settings:
+    return Settings(redis_sentinels=env["REDIS_SENTINELS"], redis_queue_db=0, bullmq_prefix=env["BULLMQ_PREFIX"],
+                    redis_host="127.0.0.1", redis_port=int(env["REDIS_PORT"]))
+
+
+async def add_on(port: int, prefix: str, job_id: str) -> None:
+    """Add a preference job straight to the node at `port` (the new master), not through Sentinel."""
+    settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", bullmq_prefix=prefix)
+    async with Producer(settings) as producer:
+        await producer.add(QueueKey.PREFERENCE_CALCULATION, PreferenceJob.model_validate(preference_data(job_id)),
+                           job_id=job_id, removeOnComplete=False)
+
+
+async def completed_after(port: int, prefix: str, job_id: str, started: float, timeout: float = 60) -> float:
+    """Seconds from `started` until `job_id` is completed on the node at `port`."""
+    queue = Queue(QUEUE, {"connection": {"host": "127.0.0.1", "port": port, "db": 0}, "prefix": prefix})
+    try:
+        deadline = time.monotonic() + timeout
+        state = "unknown"
+        while time.monotonic() < deadline:
+            state = await queue.getJobState(job_id)
+            if state == "completed":
+                return time.monotonic() - started
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"job {job_id} not completed on :{port} within {timeout}s (state {state})")
+    finally:
+        await queue.close()
+
+
+def names_on(port: int, prefix: str) -> list[str]:
+    client = redis.Redis(port=port, decode_responses=True, socket_timeout=5)
+    try:
+        return sorted(c["name"] for c in client.client_list() if c["name"].startswith(prefix + ":"))
+    finally:
+        client.close()
+
+
+def visible_names(prefix: str) -> set[str]:
+    """The names the worker's preference-queue connections carry (Python and Node form)."""
+    return {f"{prefix}:{QUEUE}:w:{WORKER_NAME}", node_client_name(prefix, QUEUE, WORKER_NAME)}
+
+
+def start(env: dict[str, str], tmp_path: Path, name: str) -> WorkerProcess:
+    worker = WorkerProcess(env, ["--queue", QUEUE], tmp_path / f"{name}.log")
+    worker.wait_for_log("worker started", timeout=30)
+    return worker
+
+
+def follow(topo: SentinelSet, env: dict[str, str], tmp_path: Path, move: str) -> dict[str, Any]:
+    prefix = env["BULLMQ_PREFIX"]
+    worker = start(env, tmp_path, f"worker-{move}")
+    try:
+        first = topo.master_port()
+        started = time.monotonic()
+        asyncio.run(add_on(first, prefix, "before"))
+        asyncio.run(completed_after(first, prefix, "before", started))
+        # Let the worker go idle in its BZPOPMIN on the master, where a switch finds it.
+        time.sleep(1.0)
+        new = topo.failover() if move == "failover" else topo.crash_master()
+        switched = time.monotonic()
+        asyncio.run(add_on(new, prefix, f"after-{move}"))
+        seconds = asyncio.run(completed_after(new, prefix, f"after-{move}", switched))
+        print(f"\n{move}: first job completed on the new master {seconds:.2f} s after the switch was seen")
+        deadline = time.monotonic() + 20
+        while not visible_names(prefix) <= set(names_on(new, prefix)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert visible_names(prefix) <= set(names_on(new, prefix)), names_on(new, prefix)
+        log = worker.log()
+        assert "redis master switched, connections moved" in log, log[-3000:]
+        assert "Traceback" not in log, log[-3000:]
+        return {"seconds": seconds, "old": first, "new": new}
+    finally:
+        assert worker.terminate() == 0, worker.log()[-3000:]
+
+
+def test_worker_follows_graceful_failover(topo: SentinelSet, env: dict[str, str], tmp_path: Path) -> None:
+    follow(topo, sentinel_env(env, topo), tmp_path, "failover")
+
+
+def test_worker_follows_crashed_master(topo: SentinelSet, env: dict[str, str], tmp_path: Path) -> None:
+    follow(topo, sentinel_env(env, topo), tmp_path, "crash")
