@@ -109,7 +109,7 @@ async def check_redis(settings: Settings, timeout: float | None = None) -> str:
     except ResponseError as exc:
         raise RedisAccessDenied(f"Redis at {describe_redis(settings)} answered with an error: {exc}") from None
     except (RedisError, OSError, asyncio.TimeoutError) as exc:
-        reason = _short_reason(exc)
+        reason = short_reason(exc)
         advice = "start Redis or point REDIS_URL / --redis-url at it"
         if settings.sentinel is not None:
             advice = "start the master the sentinels name, or check REDIS_SENTINELS"
@@ -135,13 +135,18 @@ def _no_master(settings: Settings, exc: MasterNotFoundError) -> RedisUnavailable
                             "or another name): check REDIS_SENTINEL_MASTER and that a master is up")
 
 
+def no_master_reason(settings: Settings, exc: MasterNotFoundError) -> str:
+    """Why no master was found, in one line for health documents and logs."""
+    return str(_no_master(settings, exc))
+
+
 async def _ping_version(client: aioredis.Redis) -> str:
     await client.ping()
     info = await client.info("server")
     return str(info.get("redis_version", "unknown"))
 
 
-def _short_reason(exc: BaseException) -> str:
+def short_reason(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -339,6 +344,7 @@ def keep_cancellations(connection: Any) -> None:
 
 SWITCH_CHANNEL = "+switch-master"
 WATCH_RETRY_CAP = 5.0
+UNREACHABLE_LOG_SECONDS = 1.0  # connections retry together: one line a second says it all
 
 
 class SentinelConnection(SentinelManagedConnection):
@@ -360,9 +366,17 @@ class SentinelConnection(SentinelManagedConnection):
         # connection reconnects through this method, to the address it had: the old master.
         if self.is_connected:
             return
-        if self.connection_pool.is_master:
-            self.host, self.port = await self.connection_pool.get_master_address()
-        await super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+        watcher = FailoverWatcher.current(self.connection_pool.watch)
+        try:
+            if self.connection_pool.is_master:
+                self.host, self.port = await self.connection_pool.get_master_address()
+            await super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+        except (RedisError, OSError) as exc:
+            if watcher is not None and not isinstance(exc, AuthenticationError):
+                watcher.note_unreachable(exc, f"{self.host}:{self.port}")
+            raise
+        if watcher is not None:
+            watcher.note_reachable(f"{self.host}:{self.port}")
 
 
 class SentinelSSLConnection(SentinelConnection, SSLConnection):
@@ -413,12 +427,7 @@ class FollowingPool(SentinelConnectionPool):
     async def get_master_address(self) -> Any:
         watcher = FailoverWatcher.ensure(self.watch)
         watcher.pools.add(self)
-        try:
-            address = await super().get_master_address()
-        except MasterNotFoundError as exc:
-            watcher.note_unreachable(str(exc))
-            raise
-        return address
+        return await super().get_master_address()
 
     async def follow(self, address: tuple[str, int]) -> int:
         """Disconnect every connection that is not on `address`; returns how many were."""
@@ -507,6 +516,8 @@ class FailoverWatcher:
         self.master: tuple[str, int] | None = None
         self.unreachable: str | None = None
         self.switches = 0
+        self._last_line = float("-inf")
+        self._suppressed = 0
         self.loop = asyncio.get_running_loop()
         self.task = self.loop.create_task(self._run(), name="bullwait-sentinel-watcher")
 
@@ -530,8 +541,26 @@ class FailoverWatcher:
             cls._running[(id(watcher.loop), config)] = watcher
         return watcher
 
-    def note_unreachable(self, reason: str) -> None:
+    def note_unreachable(self, exc: BaseException, address: str) -> None:
+        """One line per attempt to reach the master, however many connections try at once."""
+        if isinstance(exc, MasterNotFoundError):
+            reason = "no sentinel names a master that is up (down, failing over, or every sentinel silent)"
+        else:
+            reason = f"master {address}: {short_reason(exc)}"
         self.unreachable = reason
+        now = self.loop.time()
+        self._suppressed += 1
+        if now - self._last_line >= UNREACHABLE_LOG_SECONDS:
+            _log().warning("redis master unreachable, retrying", master=self.config.master, error=reason,
+                           attempts=self._suppressed)
+            self._last_line = now
+            self._suppressed = 0
+
+    def note_reachable(self, address: str) -> None:
+        if self.unreachable is not None:
+            self.unreachable = None
+            self._suppressed = 0
+            _log().info("redis master reachable again", master=self.config.master, at=address)
 
     async def switch(self, address: tuple[str, int], announced: bool) -> None:
         moved = 0
@@ -543,7 +572,6 @@ class FailoverWatcher:
             _log().warning("redis master switched, connections moved", master=self.config.master,
                            to=f"{address[0]}:{address[1]}", moved=moved, source=source)
         self.master = address
-        self.unreachable = None
 
     async def _run(self) -> None:
         delay = 0.2
@@ -560,7 +588,7 @@ class FailoverWatcher:
                 if turn % len(self.config.sentinels) == 0:
                     _log().warning("no sentinel answers for failover notices, retrying",
                                    sentinels=len(self.config.sentinels), last=f"{host}:{port}",
-                                   error=_short_reason(exc), retry_in=f"{delay:.1f}s")
+                                   error=short_reason(exc), retry_in=f"{delay:.1f}s")
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, WATCH_RETRY_CAP)
             if not self.pools:
@@ -576,8 +604,8 @@ class FailoverWatcher:
             manager = NewestSentinel(list(self.config.sentinels), sentinel_kwargs=dict(self.config.kwargs))
             try:
                 current = await manager.discover_master(self.config.master)
-            except MasterNotFoundError as exc:
-                self.note_unreachable(str(exc))
+            except MasterNotFoundError:
+                pass  # the connections that need a master say so (note_unreachable)
             else:
                 await self.switch(current, announced=False)
             finally:
@@ -599,3 +627,108 @@ def _log() -> Any:
     from bullwait.logging import get_logger
 
     return get_logger()
+
+
+# --- What the sentinels say (doctor, stats) ----------------------------------------------------
+
+
+@dataclass
+class SentinelView:
+    address: str
+    answering: bool
+    error: str = ""
+
+
+@dataclass
+class ReplicaView:
+    address: str
+    link: str  # the sentinels' master-link-status: ok | err
+    lag_seconds: int | None  # since the replica's last ack, from the master's INFO replication
+    behind_bytes: int | None  # master_repl_offset minus the replica's offset
+
+    def describe(self) -> str:
+        lag = "lag unknown" if self.lag_seconds is None else f"lag {self.lag_seconds} s"
+        behind = "" if self.behind_bytes is None else f", {self.behind_bytes} bytes behind"
+        return f"{self.address} (link {self.link}, {lag}{behind})"
+
+
+@dataclass
+class Topology:
+    master_name: str
+    sentinels: list[SentinelView]
+    master: str | None = None
+    replicas: list[ReplicaView] | None = None
+
+    @property
+    def answering(self) -> int:
+        return sum(s.answering for s in self.sentinels)
+
+    def summary(self) -> str:
+        """One line: the master, its replicas and their lag, how many sentinels answer."""
+        replicas = ", ".join(r.describe() for r in self.replicas or []) or "none"
+        return (f"Redis Sentinel {self.master_name!r}: master {self.master or 'unknown'}; replicas {replicas}; "
+                f"sentinels answering {self.answering}/{len(self.sentinels)}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "masterName": self.master_name, "master": self.master,
+            "sentinels": [vars(s) for s in self.sentinels], "replicas": [vars(r) for r in self.replicas or []],
+        }
+
+
+async def read_topology(settings: Settings, master_client: aioredis.Redis | None = None) -> Topology | None:
+    """The Sentinel topology (None without Sentinel): each sentinel asked, the newest one believed,
+    replica lag from the master's INFO replication when `master_client` is given."""
+    topology = settings.sentinel
+    if topology is None:
+        return None
+    config = watch_config(settings)
+    views: list[SentinelView] = []
+    best: tuple[int, dict[str, Any], list[dict[str, Any]]] | None = None
+    for host, port in topology.sentinels:
+        client = config.client(host, port)
+        address = f"{host}:{port}"
+        try:
+            master = await client.sentinel_master(topology.master)
+            replicas = await client.sentinel_slaves(topology.master)
+        except (RedisError, OSError) as exc:
+            views.append(SentinelView(address, False, short_reason(exc)))
+            continue
+        finally:
+            await client.aclose()
+        views.append(SentinelView(address, True))
+        epoch = int(master.get("config-epoch", 0) or 0)
+        if best is None or epoch > best[0]:
+            best = (epoch, master, replicas)
+    view = Topology(topology.master, views)
+    if best is None:
+        return view
+    _, master, replicas = best
+    view.master = f"{master['ip']}:{master['port']}"
+    acks = await _replica_acks(master_client)
+    offset = acks.pop("", None)
+    view.replicas = []
+    for replica in replicas:
+        address = f"{replica['ip']}:{replica['port']}"
+        lag, replica_offset = acks.get(address, (None, None))
+        behind = offset - replica_offset if offset is not None and replica_offset is not None else None
+        link = str(replica.get("master-link-status", "unknown"))
+        if replica.get("is_sdown") or replica.get("is_odown"):
+            link = "down"
+        view.replicas.append(ReplicaView(address, link, lag, behind))
+    return view
+
+
+async def _replica_acks(client: aioredis.Redis | None) -> dict[str, Any]:
+    """`ip:port` -> (seconds since its last ack, its offset), and "" -> the master's offset."""
+    if client is None:
+        return {}
+    try:
+        info = await client.info("replication")
+    except (RedisError, OSError):
+        return {}
+    acks: dict[str, Any] = {"": int(info.get("master_repl_offset", 0))}
+    for key, value in info.items():
+        if key.startswith("slave") and isinstance(value, dict):
+            acks[f"{value.get('ip')}:{value.get('port')}"] = (int(value.get("lag", 0)), int(value.get("offset", 0)))
+    return acks

@@ -14,7 +14,10 @@ goal (<= 2 s) is reported, not asserted.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -134,3 +137,56 @@ def test_worker_follows_graceful_failover(topo: SentinelSet, env: dict[str, str]
 
 def test_worker_follows_crashed_master(topo: SentinelSet, env: dict[str, str], tmp_path: Path) -> None:
     follow(topo, sentinel_env(env, topo), tmp_path, "crash")
+
+
+def http_get(port: int, path: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def monitor_port(worker: WorkerProcess) -> int:
+    worker.wait_for_log("monitoring server listening")
+    line = next(x for x in worker.log().splitlines() if "monitoring server listening" in x)
+    return int(json.loads(line)["port"])
+
+
+def test_no_master_fails_liveness_and_says_why(topo: SentinelSet, env: dict[str, str], tmp_path: Path) -> None:
+    """Master and replica both down: no master anywhere. The worker is not live, /health/queues
+    says why, the log has lines, not tracebacks; when the master is back, so is the worker."""
+    senv = sentinel_env(env, topo)
+    prefix = senv["BULLMQ_PREFIX"]
+    worker = start(senv, tmp_path, "worker-nomaster")
+    try:
+        port = monitor_port(worker)
+        assert http_get(port, "/health/live")[0] == 200
+        master = topo.master_port()
+        for node in topo.nodes:
+            node.kill()
+        down_at = len(worker.log().splitlines())
+        deadline = time.monotonic() + 30
+        status, doc = http_get(port, "/health/live")
+        while status != 503 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            status, doc = http_get(port, "/health/live")
+        assert status == 503 and doc["status"] == "no-master", doc
+        assert "did not answer" in doc["problem"] or "no reachable master" in doc["problem"], doc
+        status, health = http_get(port, "/health/queues")
+        assert status == 503 and health["problems"][0].startswith("redis: "), health
+        time.sleep(5)
+        outage = worker.log().splitlines()[down_at:]
+        print(f"\nno master: {len(outage)} log lines in ~{time.monotonic() - deadline + 30:.0f} s:\n"
+              + "\n".join(line[:200] for line in outage[:12]))
+        assert "Traceback" not in "\n".join(outage)
+        assert all(line.startswith("{") for line in outage), outage[:5]  # structured lines, nothing else
+        assert any("redis master unreachable, retrying" in line for line in outage), outage[:5]
+        assert len(outage) <= 40, outage  # about one a second, not one per connection and retry
+        topo.restart(master)
+        started = time.monotonic()
+        asyncio.run(add_on(master, prefix, "back"))
+        asyncio.run(completed_after(master, prefix, "back", started))
+        assert http_get(port, "/health/live")[0] == 200
+    finally:
+        assert worker.terminate() == 0, worker.log()[-3000:]
