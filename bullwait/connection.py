@@ -417,6 +417,10 @@ class FollowingPool(SentinelConnectionPool):
 
     def __init__(self, service_name: str, sentinel_manager: Sentinel, watch: "WatchConfig", **kwargs: Any) -> None:
         kwargs.setdefault("connection_class", SentinelSSLConnection if kwargs.pop("ssl", False) else SentinelConnection)
+        # Until the sentinels name the master a connection has no address: never redis-py's
+        # default localhost:6379, which may be another Redis (port 0 refuses at once).
+        kwargs.setdefault("host", "127.0.0.1")
+        kwargs.setdefault("port", 0)
         super().__init__(service_name, sentinel_manager, **kwargs)
         self.watch = watch
         self.tracked: weakref.WeakSet[Any] = weakref.WeakSet()
