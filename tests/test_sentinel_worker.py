@@ -100,7 +100,11 @@ def visible_names(prefix: str) -> set[str]:
 
 def start(env: dict[str, str], tmp_path: Path, name: str) -> WorkerProcess:
     worker = WorkerProcess(env, ["--queue", QUEUE], tmp_path / f"{name}.log")
-    worker.wait_for_log("worker started", timeout=30)
+    try:
+        worker.wait_for_log("worker started", timeout=30)
+    except BaseException:
+        worker.kill()  # never leave a worker behind, e.g. one that cannot find Redis
+        raise
     return worker
 
 
