@@ -30,8 +30,9 @@ from typing import Any, AsyncIterator
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+from redis.asyncio.sentinel import MasterNotFoundError
 
-from bullwait.connection import describe_redis, redis_client
+from bullwait.connection import short_reason, describe_redis, no_master_reason, redis_client
 from bullwait.errors import MonitoringUnavailable
 from bullwait.health import evaluate, redis_down
 from bullwait.logging import get_logger
@@ -118,6 +119,8 @@ class Monitor:
     async def health(self) -> tuple[int, dict[str, Any]]:
         try:
             snaps = await self.snapshot()
+        except MasterNotFoundError as exc:
+            return 503, redis_down(self.queues, no_master_reason(self.settings, exc))
         except Exception as exc:  # noqa: BLE001
             reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else (str(exc).splitlines() or [type(exc).__name__])[0]
             return 503, redis_down(self.queues, f"{describe_redis(self.settings)} did not answer ({reason[:160]})")
@@ -126,6 +129,23 @@ class Monitor:
 
     def live(self) -> dict[str, Any]:
         return {"status": "ok", "pid": os.getpid(), "uptimeSeconds": round(time.time() - self.started, 1)}
+
+    async def liveness(self) -> tuple[int, dict[str, Any]]:
+        """`live()`, except that with Sentinel a process that reaches no master is not live:
+        a worker that cannot process should be restarted or taken out, not reported fine."""
+        doc = self.live()
+        if self.settings.sentinel is None:
+            return 200, doc
+        timeout = self.settings.health_redis_timeout
+        try:
+            await asyncio.wait_for(self._redis().ping(), timeout=timeout + 0.5)
+        except MasterNotFoundError as exc:
+            return 503, {**doc, "status": "no-master", "problem": no_master_reason(self.settings, exc)}
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the master
+            reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else short_reason(exc)
+            problem = f"the master named by {describe_redis(self.settings)} did not answer ({reason})"
+            return 503, {**doc, "status": "no-master", "problem": problem}
+        return 200, doc
 
     async def close(self) -> None:
         try:
@@ -281,7 +301,8 @@ class MonitorServer:
             status, doc = await self.monitor.health()
             return status, _json(doc), "application/json", method
         if path in ("/health/live", "/health"):
-            return 200, _json(self.monitor.live()), "application/json", method
+            status, doc = await self.monitor.liveness()
+            return status, _json(doc), "application/json", method
         if path == "/":
             return 200, b"bullwait: /metrics /health/queues /health/live\n", "text/plain; charset=utf-8", method
         return 404, b"not found: try /metrics, /health/queues or /health/live\n", "text/plain; charset=utf-8", method

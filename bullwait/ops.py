@@ -30,7 +30,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError, WatchError
 
 from bullwait.catalog import QueueKey, queue_name
-from bullwait.connection import check_redis, describe_redis, redis_client
+from bullwait.connection import Topology, check_redis, describe_redis, read_topology, redis_client
 from bullwait.durations import format_ms
 from bullwait.errors import BadArgument, JobNotFound, RedisUnavailable
 from bullwait.jobcheck import hash_problems, not_utf8, printable, unescape
@@ -588,6 +588,10 @@ class Ops:
     async def close(self) -> None:
         await self.client.aclose()
 
+    async def topology(self) -> Topology | None:
+        """With Sentinel: what the sentinels say, and replica lag from the master (None otherwise)."""
+        return await read_topology(self.settings, self.client)
+
     # --- keys -----------------------------------------------------------------------
 
     def name(self, key: QueueKey) -> str:
@@ -893,6 +897,7 @@ class Ops:
         server = await self.client.info("server")
         memory = await self.client.info("memory")
         checks.append(_check_version(self.redis_version, describe_redis(self.settings)))
+        checks.extend(topology_checks(await read_topology(self.settings, self.client)))
         checks.append(_check_policy(str(memory.get("maxmemory_policy", "unknown"))))
         checks.append(_check_hz(int(server.get("configured_hz", server.get("hz", 10)))))
         redis_ms = int(seconds) * 1000 + int(micros) / 1000
@@ -927,7 +932,7 @@ async def run_doctor(settings: Settings, keys: Iterable[QueueKey] | None = None)
     try:
         ops = await Ops.open(settings)
     except RedisUnavailable as exc:
-        return DoctorReport([Check("fail", "redis", str(exc))])
+        return DoctorReport([Check("fail", "redis", str(exc)), *topology_checks(await read_topology(settings))])
     async with ops:
         try:
             return await ops.doctor(keys)
@@ -945,6 +950,33 @@ async def run_doctor(settings: Settings, keys: Iterable[QueueKey] | None = None)
 
 def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", text)[:3]) or (0,)
+
+
+def topology_checks(topology: Topology | None) -> list[Check]:
+    """With Sentinel: the sentinels that answer, the master they name, each replica's link and lag."""
+    if topology is None:
+        return []
+    total = len(topology.sentinels)
+    silent = [f"{s.address} ({s.error})" for s in topology.sentinels if not s.answering]
+    if not silent:
+        checks = [Check("ok", "sentinels", f"{total}/{total} answer")]
+    else:
+        status = "fail" if topology.answering == 0 else "warn"
+        checks = [Check(status, "sentinels", f"{topology.answering}/{total} answer; not: {', '.join(silent)}; "
+                        "a failover needs a majority of them")]
+    if topology.master is None:
+        return checks
+    checks.append(Check("ok", "sentinel master", f"{topology.master_name!r} at {topology.master}"))
+    if not topology.replicas:
+        checks.append(Check("warn", "sentinel replicas", "none: a failover has nowhere to go; add a replica"))
+    for replica in topology.replicas or []:
+        late = replica.link != "ok" or (replica.lag_seconds or 0) > REPLICA_LAG_WARN_SECONDS
+        advice = "; a failover now would lose what it has not received" if late else ""
+        checks.append(Check("warn" if late else "ok", "sentinel replica", replica.describe() + advice))
+    return checks
+
+
+REPLICA_LAG_WARN_SECONDS = 10
 
 
 def _check_version(version: str, where: str) -> Check:

@@ -32,7 +32,7 @@ from bullwait.catalog import (
     queue_name,
 )
 from bullwait.bulk import NewJob, add_jobs, now_ms, stored_opts
-from bullwait.connection import bound_retries, describe_redis, redis_client, redis_options
+from bullwait.connection import bound_retries, bullmq_connection, describe_redis, redis_client
 from bullwait.durable import CAPTURE, Durability, run_command
 from bullwait.errors import BadArgument, RedisOutOfMemory, RedisUnavailable
 from bullwait.logging import redact_text
@@ -137,7 +137,7 @@ class Producer:
         if key not in self._queues:
             self._queues[key] = Queue(
                 queue_name(key, self.settings),
-                {"connection": redis_options(self.settings), "prefix": self.settings.bullmq_prefix},
+                {"connection": bullmq_connection(self.settings), "prefix": self.settings.bullmq_prefix},
             )
             bound_retries(self.settings, self._queues[key].backend.connection)
         return self._queues[key]

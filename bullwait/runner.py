@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from bullwait.catalog import SPECS, QueueKey, concurrency, queue_name
-from bullwait.connection import bound_retries, redis_options, wait_for_redis
+from bullwait.connection import bound_retries, bullmq_connection, wait_for_redis
 from bullwait.logging import get_logger
 from bullwait.processing import JobObserver, Registry, dispatch
 from bullwait.settings import Settings
@@ -28,7 +28,7 @@ def worker_options(key: QueueKey, settings: Settings, worker_name: str) -> dict[
     spec = SPECS[key]
     defaults = spec.default_job_options()
     options: dict[str, Any] = {
-        "connection": redis_options(settings),
+        "connection": bullmq_connection(settings),
         "prefix": settings.bullmq_prefix,
         "concurrency": concurrency(key, settings),
         "name": worker_name,
@@ -43,6 +43,8 @@ def worker_options(key: QueueKey, settings: Settings, worker_name: str) -> dict[
         # After Redis comes back, poll again within a second (bullmq-py waits 15 s).
         "runRetryDelay": 1000,
     }
+    if settings.sentinel is not None:
+        options["blockingConnection"] = bullmq_connection(settings)  # a client of its own (worker.py, 10.)
     if settings.bullmq_metrics_max_data_points:
         # BullMQ's own per-minute metrics (`<prefix>:<queue>:metrics:completed|failed`), which
         # Node's getMetrics()/exportPrometheusMetrics() and Bull Board read. bullmq-py 3.4.4

@@ -46,6 +46,9 @@ _TEXT_OPTIONS = frozenset({"username", "password", "ssl_cert_reqs", "ssl_ca_cert
 _UNSUPPORTED_OPTIONS = frozenset({"timeout"})
 
 
+SENTINELS_FORM = "host:port,host:port,... (e.g. 10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379)"
+
+
 class BadRedisUrl(ValueError):
     """A REDIS_URL that cannot be used; the message is one line and never holds the URL."""
 
@@ -92,6 +95,43 @@ class RedisAddress:
         return kwargs
 
 
+@dataclass(frozen=True)
+class SentinelTopology:
+    """A master found through Redis Sentinel: REDIS_SENTINELS and REDIS_SENTINEL_MASTER."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    db: int
+
+    def display(self) -> str:
+        """For messages and logs: the sentinels, the master's name and the db (no credentials)."""
+        nodes = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sentinels)
+        return f"sentinel://{nodes}/{self.master}/{self.db}"
+
+
+def parse_sentinels(value: str) -> tuple[tuple[str, int], ...]:
+    """`host:port,host:port,...` (IPv6 as `[::1]:26379`); raise ValueError saying what to change."""
+    if "://" in value or "@" in value:
+        raise ValueError(f"takes host:port pairs only, not a URL or credentials: {SENTINELS_FORM}; "
+                         "sentinel credentials go in REDIS_SENTINEL_USERNAME / REDIS_SENTINEL_PASSWORD")
+    nodes = []
+    for entry in value.split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        host, sep, port = entry.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not sep or not host or any(ch.isspace() or ch in "/?#[]" for ch in host):
+            raise ValueError(f"{entry[:60]!r} is not host:port; use {SENTINELS_FORM}")
+        if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{entry[:60]!r}: the port must be a number from 1 to 65535; use {SENTINELS_FORM}")
+        nodes.append((host, int(port)))
+    if not nodes:
+        raise ValueError(f"names no sentinel; use {SENTINELS_FORM}")
+    return tuple(dict.fromkeys(nodes))
+
+
 def parse_redis_url(url: str) -> RedisAddress:
     """Check a Redis URL part by part; raise `BadRedisUrl` saying what to change.
 
@@ -100,6 +140,9 @@ def parse_redis_url(url: str) -> RedisAddress:
     if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
         raise BadRedisUrl("contains white space or a control character (a newline from a secret file?); remove it")
     scheme, sep, rest = url.partition("://")
+    if sep and "sentinel" in scheme.lower():
+        raise BadRedisUrl("a Sentinel URL is not read here: unset REDIS_URL and set REDIS_SENTINELS=host:port,... "
+                          "and REDIS_SENTINEL_MASTER (README, Redis Sentinel)")
     if not sep or scheme.lower() not in ("redis", "rediss", "unix"):
         raise BadRedisUrl(f"must start with redis://, rediss:// or unix://, as in {URL_FORM}")
     scheme = scheme.lower()
@@ -208,6 +251,12 @@ class Settings(BaseSettings):
     redis_password: str | None = None
     redis_tls_ca_file: str | None = None
     redis_connect_timeout: float = Field(3.0, gt=0)
+    # Redis Sentinel (issue 14): the sentinels to ask where the master is, instead of one address.
+    # REDIS_USERNAME/REDIS_PASSWORD/REDIS_QUEUE_DB/REDIS_TLS_CA_FILE apply to the master and replicas.
+    redis_sentinels: str | None = None
+    redis_sentinel_master: str = Field("mymaster", min_length=1)
+    redis_sentinel_username: str | None = None
+    redis_sentinel_password: str | None = None
     bullmq_prefix: str = Field("bull", min_length=1)
     bullwait_queue_names: QueueNaming = QueueNaming.CURRENT
 
@@ -296,6 +345,21 @@ class Settings(BaseSettings):
         parse_redis_url(value)
         return value
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_sentinels(value)
+        return value
+
+    @field_validator("redis_sentinel_master")
+    @classmethod
+    def _check_master_name(cls, value: str) -> str:
+        if not value.strip() or any(ch.isspace() for ch in value):
+            raise ValueError("must be the master's name as the sentinels know it (`sentinel monitor <name> ...`)")
+        return value
+
     @field_validator("redis_host")
     @classmethod
     def _check_host(cls, value: str) -> str:
@@ -330,6 +394,13 @@ class Settings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
+    def _check_topology(self) -> "Settings":
+        if self.redis_url and self.redis_sentinels:
+            raise ValueError("REDIS_URL and REDIS_SENTINELS are both set, naming two Redis topologies: "
+                             "keep REDIS_SENTINELS (with REDIS_QUEUE_DB) for Sentinel, or REDIS_URL for one node")
+        return self
+
+    @model_validator(mode="after")
     def _check_tls_file(self) -> "Settings":
         if self.redis_tls_ca_file and not os.path.isfile(self.redis_tls_ca_file):
             raise ValueError(f"REDIS_TLS_CA_FILE: no such file {self.redis_tls_ca_file!r}")
@@ -353,15 +424,22 @@ class Settings(BaseSettings):
         return RedisAddress("redis", self.redis_host, self.redis_port, None, self.redis_queue_db)
 
     @cached_property
+    def sentinel(self) -> SentinelTopology | None:
+        """The Sentinel topology when REDIS_SENTINELS is set (REDIS_HOST/REDIS_PORT are then unused)."""
+        if not self.redis_sentinels:
+            return None
+        return SentinelTopology(parse_sentinels(self.redis_sentinels), self.redis_sentinel_master, self.redis_queue_db)
+
+    @cached_property
     def redis_configured(self) -> bool:
         """True when the environment or `.env` names a Redis (so no embedded one may be started)."""
-        names = ("REDIS_URL", "REDIS_HOST", "REDIS_PORT")
+        names = ("REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_SENTINELS")
         from_file: dict[str, str | None] = {}
         if os.path.isfile(".env"):
             from dotenv import dotenv_values  # pydantic-settings' own .env reader
 
             from_file = {k.upper(): v for k, v in dotenv_values(".env").items()}
-        return any(os.environ.get(n) or from_file.get(n) for n in names) or bool(self.redis_url)
+        return any(os.environ.get(n) or from_file.get(n) for n in names) or bool(self.redis_url or self.redis_sentinels)
 
     def with_overrides(self, **values: object) -> "Settings":
         """A copy with some fields replaced (validated), e.g. from `--redis-url`."""
@@ -393,7 +471,8 @@ def _settings_error(exc: ValidationError) -> SettingsError:
         loc = ".".join(str(p) for p in err.get("loc", ()))
         name = loc.upper() if loc else _name_from_message(err.get("msg", ""))
         value = err.get("input")
-        shown = "" if _is_secret(name) or isinstance(value, dict) else f" (got {value!r})"
+        hidden = _is_secret(name) or isinstance(value, dict) or (isinstance(value, str) and "@" in value)
+        shown = "" if hidden else f" (got {value!r})"
         msg = err.get("msg", "invalid").removeprefix("Value error, ")
         parts.append(f"{name}: {msg}{shown}" if name and not msg.startswith(name) else msg)
     return SettingsError("invalid setting " + "; ".join(parts))

@@ -61,6 +61,10 @@
    fetch sent twice moves two jobs to active: the first then waited out its lock and the
    stalled check (a minute) and counted as stalled. `bullwait.orphans` gives such jobs
    back to the queue within seconds.
+10. A client instance as connection (Redis Sentinel). bullmq-py wraps a client it is given
+   in both the main and the blocking connection, so the BZPOPMIN would share the main
+   connection and its name: the `blockingConnection` option gives the blocking one its own
+   client (`connection.use_blocking_client`).
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ from bullmq.scripts import raw2NextJobData
 
 from bullwait.autopipeline import AutoPipeline
 from bullwait.completion import CompletionCalls
-from bullwait.connection import bound_blocking_reads, keep_cancellations, keep_client_name
+from bullwait.connection import bound_blocking_reads, keep_cancellations, keep_client_name, use_blocking_client
 from bullwait.orphans import OrphanSweeper
 from bullwait.jobcheck import (
     bare_hash,
@@ -116,8 +120,13 @@ class BullwaitWorker(Worker):
     to undecodable data."""
 
     def __init__(self, name: str, processor: Any = None, opts: dict[str, Any] | None = None, *args: Any, **kwargs: Any) -> None:
-        super().__init__(name, processor, _escaping_undecodable(opts or {}), *args, **kwargs)
+        opts = dict(opts or {})
+        blocking = opts.pop("blockingConnection", None)
+        super().__init__(name, processor, _escaping_undecodable(opts), *args, **kwargs)
+        if blocking is not None:
+            use_blocking_client(self, blocking)
         _escape_undecodable(self.backend.connection.conn)
+        _escape_undecodable(self.backend.blocking_connection.conn)
         self._allow_long_blocking_reads()
         keep_cancellations(self.backend.blocking_connection)  # see 8.
         self.pipeline = AutoPipeline(self.backend.connection.conn)

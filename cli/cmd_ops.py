@@ -131,14 +131,16 @@ def print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
     _console().print(_table(rows, title) if rows else "(nothing)")
 
 
-def _stats_table(rows: list[QueueStats], console: Console) -> Table:
+def _stats_table(rows: list[QueueStats], console: Console, caption: str | None = None) -> Table:
     """One row per queue when it fits the width; else one column per queue, so no header
-    is cut to `w…` (ten columns with a 31-character queue name need ~145)."""
+    is cut to `w…` (ten columns with a 31-character queue name need ~145). `caption`: the
+    Sentinel topology, under the table."""
     wide = _table([r.to_row() for r in rows], "bullwait stats")
+    wide.caption = caption
     # Measured unbounded: rich clamps a measurement to the console's width.
     if not rows or console.measure(wide, options=console.options.update_width(100_000)).maximum <= console.width:
         return wide
-    table = Table(title="bullwait stats", box=box.SIMPLE_HEAD)
+    table = Table(title="bullwait stats", box=box.SIMPLE_HEAD, caption=caption)
     table.add_column("", no_wrap=True)
     for r in rows:
         # Break after the first '-' (`waitlist-` / `notification`): three names fit 80 columns.
@@ -149,6 +151,14 @@ def _stats_table(rows: list[QueueStats], console: Console) -> Table:
     return table
 
 
+async def _topology_line(ops: Ops, as_json: bool = False) -> str | None:
+    """The Sentinel topology in one line (None without Sentinel, or for --json, whose shape stays)."""
+    if as_json:
+        return None
+    topology = await ops.topology()
+    return topology.summary() if topology is not None else None
+
+
 def stats(
     queue: Optional[List[str]] = QueueOpt,
     watch: Optional[float] = typer.Option(None, "--watch", "-w", help="Refresh every SECONDS until Ctrl-C."),
@@ -157,7 +167,8 @@ def stats(
 ) -> None:
     """Per queue: waiting, prioritized, delayed, active, completed, failed, paused, workers, oldest waiting.
 
-    Counts equal Node bullmq's getJobCounts; workers counts Node and Python workers.
+    Counts equal Node bullmq's getJobCounts; workers counts Node and Python workers. With Redis Sentinel
+    a line under the table shows the master, the replicas and their lag, and the sentinels answering.
 
     --json prints a list of objects (name, waiting, active, completed, failed, delayed, prioritized, paused,
     workers, ...); with --watch, one JSON line per refresh.
@@ -171,15 +182,15 @@ def stats(
 
     console = _console()
 
-    async def once(ops: Ops) -> list[QueueStats]:
-        return await ops.stats(keys)
+    async def once(ops: Ops) -> tuple[list[QueueStats], str | None]:
+        return await ops.stats(keys), await _topology_line(ops, as_json)
 
     if watch is None:
-        rows = _with_ops(settings, once, human=not as_json)
+        rows, topology = _with_ops(settings, once, human=not as_json)
         if as_json:
             print_json([r.to_json() for r in rows])
         else:
-            console.print(_stats_table(rows, console))
+            console.print(_stats_table(rows, console, topology))
         return
 
     async def loop(ops: Ops) -> None:
@@ -191,13 +202,14 @@ def stats(
                 await asyncio.sleep(watch)
         if not console.is_terminal:  # piped: a new table per refresh
             while True:
-                console.print(_stats_table(await ops.stats(keys), console))
+                console.print(_stats_table(await ops.stats(keys), console, await _topology_line(ops)))
                 sys.stdout.flush()
                 await asyncio.sleep(watch)
-        with Live(_stats_table(await ops.stats(keys), console), console=console, auto_refresh=False) as live:
+        table = _stats_table(await ops.stats(keys), console, await _topology_line(ops))
+        with Live(table, console=console, auto_refresh=False) as live:
             while True:
                 await asyncio.sleep(watch)
-                live.update(_stats_table(await ops.stats(keys), console), refresh=True)
+                live.update(_stats_table(await ops.stats(keys), console, await _topology_line(ops)), refresh=True)
 
     _with_ops(settings, loop, human=not as_json)
 
@@ -519,6 +531,9 @@ def doctor(
 
     Per queue: paused, workers (Node and Python), overdue delayed jobs, stalled active jobs, failed over
     HEALTH_MAX_FAILED, the Node bullmq version in the queue's meta.
+
+    With Redis Sentinel (REDIS_SENTINELS): the sentinels answering, the master they name, and each replica's
+    link and lag.
 
     Exit code: 0 all ok, 1 warnings, 2 failures.
 
