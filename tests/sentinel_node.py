@@ -170,8 +170,8 @@ def _timers_across_failover(topo: SentinelSet, env: dict[str, str], worker: Node
     # start once the master has an online replica again, or WAIT below would stall the run.
     SentinelSet._wait(lambda: master(topo).info("replication").get("slave0", {}).get("state") == "online",
                       "the master to have an online replica")
-    specs = [{"name": "check-expiry", "data": {"i": i}, "opts": {"jobId": job_id, "delay": 1000 + i * spread_ms // jobs}}
-             for i, job_id in enumerate(ids)]
+    specs = [{"name": "check-expiry", "data": {"i": i},
+              "opts": {"jobId": job_id, "delay": 1000 + i * spread_ms // jobs}} for i, job_id in enumerate(ids)]
     added_at = time.time()
     added = node_json(env, "compat/add.js", "WAITLIST_EXPIRY", specs, timeout=120)
     add_s = time.time() - added_at
