@@ -26,7 +26,10 @@ from conftest import ROOT
 COMPOSE = ROOT / "docker-compose.yml"
 REDIS_PORT_OVERRIDE = ROOT / "docker-compose.redis-port.yml"
 MONITORING = ROOT / "monitoring"
-SETTINGS_ENV = {name.upper() for name in Settings.model_fields}
+# The Sentinel variables are Settings once the Python side of issue 14 lands; listed here so
+# this file checks the compose file on its own (a name in both is harmless).
+SENTINEL_ENV = {"REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_USERNAME", "REDIS_SENTINEL_PASSWORD"}
+SETTINGS_ENV = {name.upper() for name in Settings.model_fields} | SENTINEL_ENV
 BOARD_ENV = {
     "BULL_BOARD_USER", "BULL_BOARD_PASSWORD", "BULL_BOARD_AUTH", "BULL_BOARD_READ_ONLY", "BULL_BOARD_HOST",
     "BULL_BOARD_PORT", "BULL_BOARD_ALLOWED_HOSTS",
@@ -307,3 +310,88 @@ def test_dockerfile_runs_the_worker() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "FROM python:3.11" in text and 'CMD ["worker"]' in text and "USER " in text
     assert Path(ROOT / ".dockerignore").read_text().count("node_modules")
+
+
+# --- the `sentinel` profile ---------------------------------------------------------------
+SENTINEL_SERVICES = {"redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"}
+SENTINELS_SETTING = "sentinel-1:26379,sentinel-2:26379,sentinel-3:26379"
+
+
+def test_the_default_profile_is_unchanged_by_the_sentinel_profile(compose: dict[str, Any]) -> None:
+    """`docker compose up` starts only services without profiles; Sentinel stays off unless asked."""
+    default = {name for name, service in compose["services"].items() if not service.get("profiles")}
+    assert default == {"redis", "worker", "bull-board", "prometheus"}
+    for name in SENTINEL_SERVICES:
+        assert compose["services"][name]["profiles"] == ["sentinel"], name
+    for name in ("worker", "bull-board"):
+        env = container_env(compose["services"][name], {})
+        assert not {"REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_PASSWORD"} & set(env), name
+        assert env["REDIS_HOST"] == "redis"
+
+
+def _sentinel_conf(compose: dict[str, Any], name: str, env: Mapping[str, str], data: Path) -> tuple[str, list[str]]:
+    """Run a sentinel service's command in a real shell, /data in a temp dir, `printf` for redis-server."""
+    service = compose["services"][name]
+    command = resolve(service["command"], env)
+    assert command[:2] == ["sh", "-c"] and "exec redis-server " in command[2]
+    script = command[2].replace("/data/", f"{data}/").replace("exec redis-server ", "printf '%s\\n' ", 1)
+    shell_env = {"PATH": os.environ["PATH"], **container_env(service, env)}
+    out = subprocess.run(["sh", "-c", script], env=shell_env, capture_output=True, text=True, check=True, timeout=10)
+    return (data / "sentinel.conf").read_text(), out.stdout.splitlines()
+
+
+def test_sentinel_profile_is_a_replica_and_three_sentinels_the_worker_and_board_can_use(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    env = {"COMPOSE_PROFILES": "sentinel", "REDIS_SENTINELS": SENTINELS_SETTING}
+    services = resolve(compose, env)["services"]
+    replica = " ".join(services["redis-replica"]["command"])
+    assert "--replicaof redis 6379" in replica and "--replica-announce-ip redis-replica" in replica
+    # What the header tells users to set names exactly the profile's sentinels, on their port.
+    for name in ("worker", "bull-board"):
+        assert container_env(compose["services"][name], env)["REDIS_SENTINELS"] == SENTINELS_SETTING, name
+    listed = {tuple(entry.split(":")) for entry in SENTINELS_SETTING.split(",")}
+    sentinels = {n for n in services if n.startswith("sentinel-")}
+    assert {host for host, _ in listed} == sentinels and len(sentinels) == 3
+    for number, host in enumerate(sorted(sentinels), 1):
+        data = tmp_path / host
+        data.mkdir()
+        conf, argv = _sentinel_conf(compose, host, env, data)
+        assert argv == [f"{data}/sentinel.conf", "--sentinel"]
+        lines = conf.splitlines()
+        assert "port 26379" in lines and f"sentinel announce-ip sentinel-{number}" in lines
+        assert "sentinel monitor mymaster redis 6379 2" in lines and "sentinel resolve-hostnames yes" in lines
+        assert not any("auth-pass" in line or "requirepass" in line for line in lines)
+        assert services[host]["volumes"] == [f"{host}-data:/data"], "a sentinel must keep what it learned"
+        # A sentinel rewrites its file; a restart keeps that, not the first one.
+        (data / "sentinel.conf").write_text("learned\n")
+        assert _sentinel_conf(compose, host, env, data)[0] == "learned\n"
+
+
+def test_sentinel_profile_passwords_reach_the_nodes_and_sentinels_only_at_run_time(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    env = {"REDIS_SENTINELS": SENTINELS_SETTING, "REDIS_PASSWORD": "data pw$1", "REDIS_SENTINEL_PASSWORD": "sent-pw",
+           "REDIS_SENTINEL_MASTER": "queues"}
+    resolved = resolve(compose, env)
+    assert "data pw$1" not in str(resolved["services"]) and "sent-pw" not in str(resolved["services"])
+    conf, _ = _sentinel_conf(compose, "sentinel-2", env, tmp_path)
+    lines = conf.splitlines()
+    assert "sentinel monitor queues redis 6379 2" in lines and "sentinel auth-pass queues data pw$1" in lines
+    assert "requirepass sent-pw" in lines and "sentinel sentinel-pass sent-pw" in lines
+    # Either data node may be demoted to a replica: both need masterauth as well as requirepass.
+    for name in ("redis", "redis-replica"):
+        argv = _redis_argv_of(compose, name, env)
+        assert argv[argv.index("--requirepass") + 1] == "data pw$1", name
+        assert argv[argv.index("--masterauth") + 1] == "data pw$1", name
+    board = container_env(compose["services"]["bull-board"], env)
+    assert (board["REDIS_SENTINEL_PASSWORD"], board["REDIS_SENTINEL_MASTER"]) == ("sent-pw", "queues")
+
+
+def _redis_argv_of(compose: dict[str, Any], name: str, env: Mapping[str, str]) -> list[str]:
+    service = compose["services"][name]
+    command = resolve(service["command"], env)
+    script = command[2].replace("exec redis-server ", "printf '%s\\n' ", 1)
+    shell_env = {"PATH": os.environ["PATH"], **container_env(service, env)}
+    out = subprocess.run(["sh", "-c", script], env=shell_env, capture_output=True, text=True, check=True, timeout=10)
+    return out.stdout.splitlines()

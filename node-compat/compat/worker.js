@@ -2,9 +2,11 @@
 'use strict';
 // A Node bullmq 6 Worker on one of bullwait's queues, for the cross-runtime suite.
 //   node compat/worker.js <QUEUE_KEY> [--concurrency N] [--fail-ids a,b] [--record]
-//                         [--stalled-interval MS] [--lock-duration MS]
+//                         [--stalled-interval MS] [--lock-duration MS] [--print-runs]
 // Returns {by: "node", name, id, data, opts} for each job; throws "node refused <id>" for ids in
 // --fail-ids; with --record, RPUSHes each processed id to <prefix>:compat:node-processed.
+// With --print-runs, prints "run <id> <epoch ms>" as each processor call starts and "done <id>
+// <epoch ms>" once Redis took the completion: a record outside Redis, which a failover can lose.
 // Prints "node worker ready" once it is connected; SIGTERM closes it gracefully.
 const { Worker } = require('bullmq');
 const IORedis = require('ioredis');
@@ -17,6 +19,7 @@ function parseArgs(argv) {
     if (argv[i] === '--concurrency') out.concurrency = Number(argv[++i]);
     else if (argv[i] === '--fail-ids') out.failIds = new Set(argv[++i].split(',').filter(Boolean));
     else if (argv[i] === '--record') out.record = true;
+    else if (argv[i] === '--print-runs') out.printRuns = true;
     else if (argv[i] === '--name') out.name = argv[++i];
     else if (argv[i] === '--stalled-interval') out.stalledInterval = Number(argv[++i]);
     else if (argv[i] === '--lock-duration') out.lockDuration = Number(argv[++i]);
@@ -35,6 +38,7 @@ async function main() {
   const worker = new Worker(
     queueName,
     async (job) => {
+      if (args.printRuns) process.stdout.write(`run ${job.id} ${Date.now()}\n`);
       if (args.failIds.has(job.id)) throw new Error(`node refused ${job.id}`);
       if (recorder) await recorder.rpush(recordKey, job.id);
       return { by: 'node', name: job.name, id: job.id, data: job.data, opts: job.opts, attemptsMade: job.attemptsMade };
@@ -46,6 +50,7 @@ async function main() {
     },
   );
   worker.on('stalled', (jobId) => process.stdout.write(`node job stalled ${jobId}\n`));
+  if (args.printRuns) worker.on('completed', (job) => process.stdout.write(`done ${job.id} ${Date.now()}\n`));
   worker.on('error', (err) => process.stderr.write(`node worker error: ${err.message}\n`));
   await worker.waitUntilReady();
   process.stdout.write(`node worker ready on ${queueName}\n`);

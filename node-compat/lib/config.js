@@ -27,9 +27,71 @@ function intEnv(env, name, fallback, min, max) {
   return value;
 }
 
-/** ioredis options for REDIS_URL, or REDIS_HOST/REDIS_PORT/REDIS_QUEUE_DB, plus credentials and TLS. */
+const SENTINELS_FORM = 'host:port pairs separated by commas, '
+  + 'e.g. sentinel-1:26379,sentinel-2:26379,sentinel-3:26379';
+
+/** One REDIS_SENTINELS entry, `host:port` or `[v6]:port`; `n` (1-based) names it in messages. */
+function parseSentinel(entry, n) {
+  // An entry with a scheme or a login may hold a password: it is never repeated.
+  const shown = /@|:\/\//.test(entry) ? `entry ${n}` : `entry ${n} ${JSON.stringify(entry.slice(0, 60))}`;
+  if (!entry) throw new ConfigError(`REDIS_SENTINELS: entry ${n} is empty; list ${SENTINELS_FORM}`);
+  if (/:\/\//.test(entry) || entry.includes('@')) {
+    throw new ConfigError(`REDIS_SENTINELS: ${shown} is a URL; list ${SENTINELS_FORM} `
+      + '(logins go in REDIS_SENTINEL_USERNAME/REDIS_SENTINEL_PASSWORD)');
+  }
+  const match = /^(?:\[([0-9A-Fa-f:.]+)\]|([^\s:[\]/,]+)):(\d{1,5})$/.exec(entry);
+  if (!match) {
+    const hint = (entry.match(/:/g) || []).length > 1 && !entry.startsWith('[')
+      ? 'put an IPv6 address in brackets, e.g. [::1]:26379'
+      : 'write host:port, e.g. sentinel-1:26379 (26379 is Sentinel\'s usual port)';
+    throw new ConfigError(`REDIS_SENTINELS: ${shown} is not host:port; ${hint}`);
+  }
+  const port = Number(match[3]);
+  if (port < 1 || port > 65535) {
+    throw new ConfigError(`REDIS_SENTINELS: ${shown} has port ${port}; use 1 to 65535`);
+  }
+  return { host: match[1] || match[2], port };
+}
+
+/**
+ * ioredis options for Sentinel (REDIS_SENTINELS), as the Python side reads the same variables:
+ * the sentinels have their own login (REDIS_SENTINEL_USERNAME/PASSWORD), the data nodes keep
+ * REDIS_USERNAME/PASSWORD and REDIS_QUEUE_DB. REDIS_HOST/REDIS_PORT are not used.
+ */
+function sentinelOptions(env) {
+  if (!env.REDIS_SENTINELS.trim()) {
+    throw new ConfigError(`REDIS_SENTINELS: is blank; list ${SENTINELS_FORM}, or unset it`);
+  }
+  const sentinels = env.REDIS_SENTINELS.split(',').map((entry, i) => parseSentinel(entry.trim(), i + 1));
+  const name = env.REDIS_SENTINEL_MASTER || 'mymaster';
+  if (!/^\S+$/.test(name)) {
+    throw new ConfigError('REDIS_SENTINEL_MASTER: must be the master group name the sentinels monitor, '
+      + 'without white space (default mymaster)');
+  }
+  const opts = {
+    sentinels,
+    name,
+    db: intEnv(env, 'REDIS_QUEUE_DB', 1, 0, 1 << 20),
+    // Subscribe to the sentinels' +switch-master and reconnect at once, instead of writing to
+    // a demoted master until Sentinel reconfigures it (seconds of lost writes).
+    failoverDetector: true,
+  };
+  if (env.REDIS_SENTINEL_USERNAME) opts.sentinelUsername = env.REDIS_SENTINEL_USERNAME;
+  if (env.REDIS_SENTINEL_PASSWORD) opts.sentinelPassword = env.REDIS_SENTINEL_PASSWORD;
+  return opts;
+}
+
+/**
+ * ioredis options: Sentinel (REDIS_SENTINELS), or one node (REDIS_URL, or REDIS_HOST/REDIS_PORT/
+ * REDIS_QUEUE_DB), plus credentials and TLS.
+ */
 function redisOptions(env = process.env) {
   let opts;
+  if (env.REDIS_SENTINELS && env.REDIS_URL) {
+    throw new ConfigError('REDIS_URL and REDIS_SENTINELS are both set: they name two Redis topologies; '
+      + 'unset REDIS_URL to use Sentinel, or REDIS_SENTINELS for one node');
+  }
+  if (env.REDIS_SENTINELS) return withCredentialsAndTls(sentinelOptions(env), env);
   const url = env.REDIS_URL;
   if (url) {
     let parsed;
@@ -57,19 +119,34 @@ function redisOptions(env = process.env) {
       db: intEnv(env, 'REDIS_QUEUE_DB', 1, 0, 1 << 20),
     };
   }
+  return withCredentialsAndTls(opts, env);
+}
+
+function withCredentialsAndTls(opts, env) {
   if (env.REDIS_USERNAME && !opts.username) opts.username = env.REDIS_USERNAME;
   if (env.REDIS_PASSWORD && !opts.password) opts.password = env.REDIS_PASSWORD;
   if (env.REDIS_TLS_CA_FILE) {
     if (!fs.existsSync(env.REDIS_TLS_CA_FILE)) throw new ConfigError(`REDIS_TLS_CA_FILE: no such file ${JSON.stringify(env.REDIS_TLS_CA_FILE)}`);
     opts.tls = { ...(opts.tls || {}), ca: fs.readFileSync(env.REDIS_TLS_CA_FILE) };
+    if (opts.sentinels) {
+      // ioredis uses `tls` for the data nodes only with enableTLSForSentinelMode; the sentinels
+      // take their own `sentinelTLS`. One CA serves both, as with one node.
+      opts.enableTLSForSentinelMode = true;
+      opts.sentinelTLS = { ca: opts.tls.ca };
+    }
   }
   // bullmq workers need this; for queues it is harmless.
   opts.maxRetriesPerRequest = null;
   return opts;
 }
 
+/** Where Redis is, for logs: never a password. */
 function describeRedis(opts) {
   if (opts.path) return `unix://${opts.path}`;
+  if (opts.sentinels) {
+    const list = opts.sentinels.map((s) => (s.host.includes(':') ? `[${s.host}]` : s.host) + `:${s.port}`).join(',');
+    return `sentinel master ${opts.name} via ${list} db ${opts.db}${opts.tls ? ' (tls)' : ''}`;
+  }
   return `${opts.tls ? 'rediss' : 'redis'}://${opts.host}:${opts.port}/${opts.db}`;
 }
 
@@ -90,7 +167,10 @@ function loadConfig(env = process.env) {
 /** Run `main`, print a one-line error (no stack) and exit non-zero on failure. */
 function runMain(tool, main) {
   main().then(
-    (code) => { if (typeof code === 'number') process.exitCode = code; },
+    // Exit once main is done rather than when the event loop drains: with Sentinel, ioredis
+    // 5.9's quit() leaves the failoverDetector's sentinel subscriptions open (ioredis #1362),
+    // so a script whose queues and workers are all closed would otherwise never end.
+    (code) => process.exit(typeof code === 'number' ? code : 0),
     (err) => {
       const msg = err instanceof ConfigError ? err.message : (err && err.message) || String(err);
       process.stderr.write(`${tool}: error: ${msg.split('\n')[0]}\n`);
@@ -99,4 +179,6 @@ function runMain(tool, main) {
   );
 }
 
-module.exports = { ConfigError, loadCatalog, loadConfig, redisOptions, describeRedis, runMain, CATALOG_PATH };
+module.exports = {
+  ConfigError, loadCatalog, loadConfig, redisOptions, describeRedis, runMain, CATALOG_PATH,
+};
