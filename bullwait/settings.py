@@ -117,8 +117,8 @@ def parse_sentinels(value: str) -> tuple[tuple[str, int], ...]:
     nodes = []
     for entry in value.split(","):
         entry = entry.strip()
-        if not entry:
-            continue
+        if not entry:  # refused, as on the Node side (node-compat/lib/config.js): the same value works on both
+            raise ValueError(f"has an empty entry (a stray comma?); use {SENTINELS_FORM}")
         host, sep, port = entry.rpartition(":")
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
@@ -127,8 +127,6 @@ def parse_sentinels(value: str) -> tuple[tuple[str, int], ...]:
         if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
             raise ValueError(f"{entry[:60]!r}: the port must be a number from 1 to 65535; use {SENTINELS_FORM}")
         nodes.append((host, int(port)))
-    if not nodes:
-        raise ValueError(f"names no sentinel; use {SENTINELS_FORM}")
     return tuple(dict.fromkeys(nodes))
 
 

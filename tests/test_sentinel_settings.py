@@ -26,7 +26,7 @@ def refusal(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
 
 
 def test_sentinels_master_and_db(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = load(monkeypatch, REDIS_SENTINELS=" 10.0.0.1:26379, sentinel-b:26380,[::1]:26381 ,", REDIS_QUEUE_DB="3")
+    settings = load(monkeypatch, REDIS_SENTINELS=" 10.0.0.1:26379, sentinel-b:26380,[::1]:26381 ", REDIS_QUEUE_DB="3")
     topology = settings.sentinel
     assert topology is not None
     assert topology.sentinels == (("10.0.0.1", 26379), ("sentinel-b", 26380), ("::1", 26381))
@@ -50,7 +50,8 @@ def test_one_node_settings_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
         ("10.0.0.1:", "port must be a number"),
         ("a:26379,b:notaport", "'b:notaport': the port must be a number"),
         ("a:70000", "from 1 to 65535"),
-        (",", "names no sentinel"),
+        (",", "empty entry"),
+        ("a:26379,", "empty entry"),  # as on the Node side
         ("redis+sentinel://a:26379", "not a URL"),
     ],
 )
