@@ -44,7 +44,7 @@ from conftest import ROOT, WorkerProcess
 from fake_whatsapp import FakeWhatsApp
 from fault_load import EXPIRY, NOTIFY
 from fixtures import notification_data
-from nodecompat import HAVE_NODE, NODE_DIR, NodeProcess
+from nodecompat import HAVE_NODE, NodeProcess
 from sentinel_helpers import MASTER_NAME, SentinelSet
 
 SLOW = os.environ.get("BULLWAIT_SLOW") == "1"
@@ -95,12 +95,12 @@ class SwitchWatch:
         self._pubsub.close()
 
 
-def first_completion_after(port: int, prefixes: list[str], since: float, timeout: float = 60) -> float | None:
+def first_completion_after(port: int, prefix: str, since: float, timeout: float = 60) -> float | None:
     """Seconds from `since` (wall) to the first `completed` event on the node at `port`, read
     from the queues' event streams (their ids carry the server's ms clock)."""
     client = redis.Redis(port=port, decode_responses=True, socket_timeout=5)
     start = f"{int(since * 1000)}-0"
-    streams = [f"{p}:{q}:events" for p in prefixes for q in (EXPIRY, NOTIFY)]
+    streams = [f"{prefix}:{q}:events" for q in (EXPIRY, NOTIFY)]
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -213,7 +213,7 @@ def job_exists(port: int, prefix: str, job_id: str) -> bool:
 NODE_SCRIPT = "compat/sentinel_load.js"
 
 def start_node(env: dict[str, str], topo: SentinelSet, tmp_path: Path) -> NodeProcess | None:
-    if not HAVE_NODE or os.environ.get("BWTEST_NO_NODE") == "1" or not (NODE_DIR / NODE_SCRIPT).is_file():
+    if not HAVE_NODE or os.environ.get("BWTEST_NO_NODE") == "1":
         return None
     node_env = dict(
         env, SENTINELS=topo.sentinels_setting, SENTINEL_MASTER=MASTER_NAME, NODE_PREFIX=env["BULLMQ_PREFIX"] + "node",
@@ -228,7 +228,7 @@ def start_node(env: dict[str, str], topo: SentinelSet, tmp_path: Path) -> NodePr
 
 def node_result(proc: NodeProcess | None) -> dict[str, Any]:
     if proc is None:
-        return {"skipped": "node-compat/node_modules missing or BWTEST_NO_NODE=1"}
+        return {"skipped": "node-compat/node_modules missing, or BWTEST_NO_NODE=1"}
     try:
         proc.proc.wait(DUE_S + IDLE_S + 60)
     except Exception:
@@ -294,7 +294,7 @@ async def _drive(move: str, topo: SentinelSet, wenv: dict[str, str], api: FakeWh
                 # new master's replica; until then no write can be confirmed by WAIT 1.
                 await asyncio.to_thread(topo.restart, old)
             switch_at = watch.at or time.time()
-            first = await asyncio.to_thread(first_completion_after, new, [prefix, prefix + "node"], switch_at)
+            first = await asyncio.to_thread(first_completion_after, new, prefix, switch_at)
             await asyncio.sleep(max(0.0, DUE_S + 2 - (time.monotonic() - started)))
         finally:
             stop.set()
