@@ -14,39 +14,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from bullwait.app import Services, build_services
+from bullwait.app import Services
 from bullwait.catalog import QueueKey
 from bullwait.idempotency import SendRecords
 from bullwait.payloads import NotificationJob
 from bullwait.processors.notification import slot_reference
 from bullwait.runner import run_workers
-from bullwait.settings import Settings
 
 from fake_whatsapp import FakeWhatsApp
 from fixtures import notification_data
+from send_helpers import TIMEOUT_S, api, services  # noqa: F401 (fixtures)
 
-TIMEOUT_S = 1  # WHATSAPP_TIMEOUT_SECONDS: a claim lasts 3 s
-
-
-@pytest.fixture
-def api() -> Iterator[FakeWhatsApp]:
-    with FakeWhatsApp() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def services(settings: Settings, api: FakeWhatsApp) -> AsyncIterator[Services]:
-    svc = await build_services(settings.with_overrides(
-        whatsapp_api_base_url=api.base_url, whatsapp_phone_number_id="1055",
-        whatsapp_access_token="test-secret-token-xyz", whatsapp_timeout_seconds=TIMEOUT_S,
-    ))
-    yield svc
-    await svc.close()
 
 
 class LostReply:
