@@ -897,7 +897,9 @@ class Ops:
         server = await self.client.info("server")
         memory = await self.client.info("memory")
         checks.append(_check_version(self.redis_version, describe_redis(self.settings)))
-        checks.extend(topology_checks(await read_topology(self.settings, self.client)))
+        topology = await read_topology(self.settings, self.client)
+        checks.extend(topology_checks(topology))
+        checks.extend(durability_checks(topology, self.settings.bullwait_wait_replicas))
         checks.append(_check_policy(str(memory.get("maxmemory_policy", "unknown"))))
         checks.append(_check_hz(int(server.get("configured_hz", server.get("hz", 10)))))
         redis_ms = int(seconds) * 1000 + int(micros) / 1000
@@ -977,6 +979,30 @@ def topology_checks(topology: Topology | None) -> list[Check]:
 
 
 REPLICA_LAG_WARN_SECONDS = 10
+
+
+def durability_checks(topology: Topology | None, wait_replicas: int) -> list[Check]:
+    """With Sentinel and BULLWAIT_WAIT_REPLICAS: whether WAIT can keep its promise here.
+
+    A write WAIT counts as confirmed survives a failover only if the promoted replica has
+    it. A replica still following the old master after another was promoted can confirm a
+    write the old master took too late, which the failover then drops (seen in the
+    two-replica failover test): every replica must confirm."""
+    if topology is None or topology.master is None or wait_replicas <= 0 or topology.replicas is None:
+        return []
+    have = len(topology.replicas)
+    name = f"BULLWAIT_WAIT_REPLICAS={wait_replicas}"
+    if wait_replicas > have:
+        return [Check("fail", "durable writes", f"{name} but the master has {have} replica(s): every producer add, "
+                      "send claim and waitlist change fails; add replicas or lower it")]
+    if wait_replicas < have:
+        return [Check("warn", "durable writes", f"{name} with {have} replicas: a write one replica confirmed can still "
+                      f"be lost in a failover; set it to {have} (then one replica down stops durable writes)")]
+    if have == 1:
+        return [Check("warn", "durable writes", f"{name} with one replica: after a failover the new master has no "
+                      "replica until the old one rejoins, and durable writes wait (or fail) until then; "
+                      "a second replica, with BULLWAIT_WAIT_REPLICAS=2, avoids the wait")]
+    return [Check("ok", "durable writes", f"{name}: every replica confirms each write")]
 
 
 def _check_version(version: str, where: str) -> Check:
