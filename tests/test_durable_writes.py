@@ -38,6 +38,7 @@ from bullwait.store import RedisWaitlistStore
 
 from fake_whatsapp import FakeWhatsApp
 from fixtures import future_day, notification_data
+from reliability_helpers import eventually
 
 DETAILS = SlotDetails(
     date=future_day(), time="10:30", master_id="m-1", master_name="Ana",
@@ -214,7 +215,8 @@ async def _notification_through_a_replica_outage(pair: Pair, services: Services,
             services=services, observer=services.observer, stop=stop,
         ))
         try:
-            job = await _poll(lambda: _job_if(queue, job_id, lambda j: j.attemptsMade >= 1), "a first failed attempt")
+            job = await eventually(lambda: _job_if(queue, job_id, lambda j: j.attemptsMade >= 1), 20,
+                                   "a first failed attempt")
             assert api.received() == [], "a message went out on a claim only the master held"
             assert "BULLWAIT_WAIT_REPLICAS" in (job.failedReason or ""), job.failedReason
         except BaseException:
@@ -223,7 +225,7 @@ async def _notification_through_a_replica_outage(pair: Pair, services: Services,
             raise
     try:
         # Replica back: the retry claims durably and sends, once.
-        job = await _poll(lambda: _job_if(queue, job_id, lambda j: bool(j.returnvalue)), "the retry to send", 30)
+        job = await eventually(lambda: _job_if(queue, job_id, lambda j: bool(j.returnvalue)), 30, "the retry to send")
         assert job.returnvalue["outcome"] == "sent" and len(api.received()) == 1
     finally:
         stop.set()
@@ -233,16 +235,6 @@ async def _notification_through_a_replica_outage(pair: Pair, services: Services,
 async def _job_if(queue: Any, job_id: str, check: Callable[[Any], bool]) -> Any:
     job = await queue.getJob(job_id)
     return job if job is not None and check(job) else None
-
-
-async def _poll(probe: Callable[[], Awaitable[Any]], what: str, timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await probe()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 # --- a short WAIT is sent again ------------------------------------------------------------
