@@ -11,7 +11,6 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY bullwait ./bullwait
-COPY cli ./cli
 RUN pip install . && useradd --system --uid 10001 --no-create-home bullwait
 
 USER bullwait

@@ -1,6 +1,6 @@
 """`python -m bench [--quick] [--only SECTION ...]`: bullwait vs Node bullmq 6 on one private Redis.
 
-Starts its own redis-server (bullwait.embedded.RedisServer, free port, AOF off, stock
+Starts its own redis-server (bullwait.dev.embedded.RedisServer, free port, AOF off, stock
 config; `hz` is set per timer run), runs each section, prints a table and writes
 bench/results/<UTC timestamp>.json. Never touches any other Redis.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import redis
 
-from bullwait.embedded import RedisServer
+from bullwait.dev.embedded import RedisServer
 
 from bench import scenarios
 from bench.report import render

@@ -20,10 +20,10 @@ from typing import Any, Awaitable, Callable
 
 import redis
 
-from bullwait.catalog import LEGACY_QUEUE_NAMES, QUEUE_NAMES, QueueKey
-from bullwait.embedded import RedisServer
-from bullwait.migrate import migrate_legacy
-from bullwait.ops import Ops
+from bullwait.waitlist.catalog import LEGACY_QUEUE_NAMES, QUEUE_NAMES, QueueKey
+from bullwait.dev.embedded import RedisServer
+from bullwait.ops.migrate import migrate_legacy
+from bullwait.ops.actions import Ops
 from bullwait.settings import Settings
 
 PREFIX = "bull"

@@ -4,7 +4,7 @@
 
 Answers every `POST /<version>/<phone-number-id>/messages` after `latency` seconds with the
 Cloud API's success shape (`{"messages": [{"id": "wamid..."}]}`, what
-`bullwait.whatsapp.parse_response` reads), and records each request: `t`, when the kernel
+`bullwait.waitlist.whatsapp.parse_response` reads), and records each request: `t`, when the kernel
 received its last bytes (`SO_TIMESTAMPNS`, so a moment when this process was not
 scheduled does not bunch arrivals together), `tApp`, when this process read it, `to`, and
 the body. `GET /__stats` returns the records as JSON. Prints `ready <port>` once

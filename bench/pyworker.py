@@ -2,12 +2,12 @@
 
     python -m bench.pyworker '<json options>'
 
-options: kind "bullwait" (BullwaitWorker through bullwait.runner + processing.dispatch, a
+options: kind "bullwait" (BullwaitWorker through bullwait.runtime.runner + processing.dispatch, a
 registered processor, payload validation, structlog at info), "bare" (BullwaitWorker with
 a bare processor: bullwait's worker without its processing layer) or "stock" (a plain
 bullmq-py Worker and the same bare processor); mode "timers" | "throughput" | "notify";
 redisUrl, prefix, concurrency, out; processes (bullwait only: N children under
-bullwait.supervisor); notify (the real send-slot-available processor and WhatsApp sender
+bullwait.runtime.supervisor); notify (the real send-slot-available processor and WhatsApp sender
 against bench/fake_whatsapp.py): fakeUrl, perSecond, marginMs, salonLimit, salonWindowMs.
 Prints "ready", runs until SIGTERM, then writes `out` (JSON).
 """
@@ -24,14 +24,14 @@ from typing import Any
 
 from bullmq import Worker
 
-from bullwait.app import build_services
-from bullwait.catalog import QueueKey, queue_name
-from bullwait.connection import keep_cancellations, redis_options
-from bullwait.logging import configure_logging
-from bullwait.payloads import ExpiryJob
-from bullwait.processing import Context, Registry
-from bullwait.processors import builtin_registry
-from bullwait.runner import run_until_done, run_workers
+from bullwait.runtime.services import build_services
+from bullwait.waitlist.catalog import QueueKey, queue_name
+from bullwait.engine.connection import keep_cancellations, redis_options
+from bullwait.logs import configure_logging
+from bullwait.waitlist.payloads import ExpiryJob
+from bullwait.runtime.dispatch import Context, Registry
+from bullwait.runtime.processors import builtin_registry
+from bullwait.runtime.runner import run_until_done, run_workers
 from bullwait.settings import Settings
 
 
@@ -71,7 +71,7 @@ def _registry(o: dict[str, Any]) -> tuple[Registry, QueueKey]:
 def _settings(o: dict[str, Any]) -> Settings:
     notify: dict[str, Any] = {}
     if o["mode"] == "notify":
-        # The real sender (bullwait.whatsapp.CloudApiSender) against bench/fake_whatsapp.py.
+        # The real sender (bullwait.waitlist.whatsapp.CloudApiSender) against bench/fake_whatsapp.py.
         notify = {
             "whatsapp_api_base_url": o["fakeUrl"],
             "whatsapp_access_token": "bench-token",
@@ -133,7 +133,7 @@ async def run_stock(o: dict[str, Any]) -> dict[str, Any]:
             lateness.append(time.time() * 1000 - (job.timestamp + int(job.opts.get("delay") or 0)))
         return None
 
-    from bullwait.worker import BullwaitWorker
+    from bullwait.engine.worker import BullwaitWorker
 
     worker_class = BullwaitWorker if o["kind"] == "bare" else Worker
     worker = worker_class(
@@ -143,7 +143,7 @@ async def run_stock(o: dict[str, Any]) -> dict[str, Any]:
     )
     # Stopping only: without it, a SIGTERM that lands as the stock worker's BZPOPMIN leaves is
     # lost (Python 3.11's wait_for inside redis-py), and the stock worker's 5 s read timeout on
-    # its 5 s block makes it re-send that BZPOPMIN for minutes (bullwait.worker, 8.).
+    # its 5 s block makes it re-send that BZPOPMIN for minutes (bullwait.engine.worker, 8.).
     keep_cancellations(worker.backend.blocking_connection)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -163,7 +163,7 @@ def main() -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # the bench's stop() asks for stacks of a stuck worker
     o = json.loads(sys.argv[1])
     if int(o.get("processes", 1)) > 1:
-        from bullwait.supervisor import Supervisor
+        from bullwait.runtime.supervisor import Supervisor
 
         child = dict(o, processes=1, out=None)
         argv = [sys.executable, "-m", "bench.pyworker", json.dumps(child)]

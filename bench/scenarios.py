@@ -13,9 +13,9 @@ from typing import Any
 
 import redis
 
-from bullwait.catalog import SPECS, QueueKey
-from bullwait.payloads import ExpiryJob, NotificationJob, SlotDetails
-from bullwait.producer import IN_FLIGHT_CHUNKS, Producer
+from bullwait.waitlist.catalog import SPECS, QueueKey
+from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, SlotDetails
+from bullwait.waitlist.producer import IN_FLIGHT_CHUNKS, Producer
 from bullwait.settings import Settings
 
 from bench.procs import Proc, cpu_seconds, node_available, run_node_enqueue, start_worker

@@ -17,11 +17,11 @@ from typing import Any, Awaitable, Callable
 
 import redis
 
-from bullwait.connection import redis_client
-from bullwait.durable import Durability
-from bullwait.embedded import RedisServer
-from bullwait.idempotency import SendRecords
-from bullwait.producer import Producer, new_expiry
+from bullwait.engine.connection import redis_client
+from bullwait.engine.durable import Durability
+from bullwait.dev.embedded import RedisServer
+from bullwait.waitlist.idempotency import SendRecords
+from bullwait.waitlist.producer import Producer, new_expiry
 from bullwait.settings import Settings
 
 

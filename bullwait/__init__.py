@@ -1,6 +1,6 @@
 """bullwait: Python workers and operations tooling for BullMQ queues shared with NestJS."""
 
-from bullwait.catalog import JOB_NAMES, LEGACY_QUEUE_NAMES, QUEUE_NAMES, SPECS, Priority, QueueKey, queue_name
+from bullwait.waitlist.catalog import JOB_NAMES, LEGACY_QUEUE_NAMES, QUEUE_NAMES, SPECS, Priority, QueueKey, queue_name
 from bullwait.errors import (
     BullwaitError,
     InvalidJobData,
@@ -9,12 +9,12 @@ from bullwait.errors import (
     SettingsError,
     UnknownQueue,
 )
-from bullwait.payloads import ExpiryJob, NotificationJob, PreferenceJob, SlotDetails, parse_payload
-from bullwait.processing import Context, Registry
-from bullwait.producer import CancelResult, Producer, expiry_job_id, new_expiry
+from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, PreferenceJob, SlotDetails, parse_payload
+from bullwait.runtime.dispatch import Context, Registry
+from bullwait.waitlist.producer import CancelResult, Producer, expiry_job_id, new_expiry
 from bullwait.settings import Settings, load_settings
-from bullwait.store import RedisWaitlistStore, Transition, WaitlistStore
-from bullwait.waitlist import Waitlist
+from bullwait.waitlist.store import RedisWaitlistStore, Transition, WaitlistStore
+from bullwait.waitlist.offers import Waitlist
 
 __version__ = "0.1.0"
 

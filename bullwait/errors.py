@@ -69,5 +69,5 @@ class PluginError(SettingsError):
 
 
 class WriteNotDurable(RedisUnavailable):
-    """`BULLWAIT_WAIT_REPLICAS` replicas did not confirm a write in time (bullwait.durable):
+    """`BULLWAIT_WAIT_REPLICAS` replicas did not confirm a write in time (bullwait.engine.durable):
     the master holds it, a failover could lose it, so it is not reported done."""

@@ -24,7 +24,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bullwait.errors import SettingsError
-from bullwait.logging import redact_text
+from bullwait.logs import redact_text
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
@@ -291,10 +291,10 @@ class Settings(BaseSettings):
     whatsapp_template_language: str = Field("en_US", min_length=2)
     whatsapp_timeout_seconds: float = Field(10.0, gt=0, le=300)
     # Cloud API default throughput: at most this many sends in any sliding second, across
-    # all workers (bullwait.ratelimit, on Redis's clock).
+    # all workers (bullwait.waitlist.ratelimit, on Redis's clock).
     whatsapp_max_messages_per_second: int = Field(80, ge=1, le=10_000)
     # Both send windows (global 1 s, per salon) are kept this much longer than nominal, for
-    # the hop between taking a place and the request reaching the API (bullwait.ratelimit).
+    # the hop between taking a place and the request reaching the API (bullwait.waitlist.ratelimit).
     whatsapp_rate_window_margin_ms: int = Field(25, ge=0, le=1000)
 
     # --- Monitoring server and BullMQ metrics (issue 6; QUEUE_MONITORING_ENABLED, METRICS_HOST,
@@ -321,7 +321,7 @@ class Settings(BaseSettings):
     bullwait_processors: str | None = None
 
     # --- Durable writes (issue 14): adds, send claims and store transitions wait for this
-    # many replicas (`WAIT`); 0 = no WAIT. The timeout is per try (bullwait.durable).
+    # many replicas (`WAIT`); 0 = no WAIT. The timeout is per try (bullwait.engine.durable).
     bullwait_wait_replicas: int = Field(0, ge=0, le=100)
     bullwait_wait_timeout_ms: int = Field(1000, ge=1, le=60_000)
 

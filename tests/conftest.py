@@ -18,11 +18,11 @@ from typing import Iterator
 import pytest
 import redis
 
-from bullwait.embedded import RedisServer
+from bullwait.dev.embedded import RedisServer
 from bullwait.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
-BULLWAIT = [sys.executable, "-m", "bullwait_cli.main"]
+from helpers.common import WorkerProcess
+
 
 # No ambient configuration leaks into tests (BULLWAIT_SLOW is a switch of the suite itself).
 for _name in list(os.environ):
@@ -71,42 +71,6 @@ def sync_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client.close()
 
 
-class WorkerProcess:
-    """`bullwait worker` as a real subprocess, its log captured to a file."""
-
-    def __init__(self, env: dict[str, str], args: list[str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen([*BULLWAIT, "worker", *args], env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_log(self, text: str, count: int = 1, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.log().count(text) >= count:
-                return
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.log()}")
-            time.sleep(0.05)
-        raise AssertionError(f"no {text!r} x{count} in worker log within {timeout}s:\n{self.log()}")
-
-    def terminate(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self._log.close()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
-
-
 @pytest.fixture
 def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator:
     started: list[WorkerProcess] = []
@@ -123,31 +87,3 @@ def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator:
     yield start
     for worker in started:
         worker.kill()
-
-
-def run_cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*BULLWAIT, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-
-
-def wait_until(predicate, timeout: float = 20, interval: float = 0.05, message: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-
-
-async def wait_job_state(queue, job_id: str, state: str, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
-    """Poll a bullmq Queue until job `job_id` is in `state` (or fail saying where it is)."""
-    import asyncio
-
-    deadline = time.monotonic() + timeout
-    current = None
-    while time.monotonic() < deadline:
-        current = await queue.getJobState(job_id)
-        if current == state:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{queue.name} job {job_id} is {current}, expected {state}")

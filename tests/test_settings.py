@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import pytest
 
-from bullwait.connection import describe_redis, redis_options
+from bullwait.engine.connection import describe_redis, redis_options
 from bullwait.errors import SettingsError
 from bullwait.settings import QueueNaming, load_settings
 
-from conftest import run_cli
+from helpers.common import run_cli
 
 
 def test_defaults_are_the_seeds(monkeypatch: pytest.MonkeyPatch) -> None:

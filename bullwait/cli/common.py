@@ -1,0 +1,89 @@
+"""What every command shares: settings with `--redis-url`, one-line errors, output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Awaitable, Callable, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from redis.exceptions import RedisError
+
+from bullwait.runtime.runner import run_until_done
+from bullwait.errors import BullwaitError
+from bullwait.logs import redact_text
+from bullwait.settings import Settings, load_settings
+
+T = TypeVar("T")
+
+console = Console()
+err_console = Console(stderr=True)
+
+RedisUrl = typer.Option(
+    None,
+    "--redis-url",
+    envvar="REDIS_URL",
+    help="Redis to use, e.g. redis://localhost:6379/1 (overrides REDIS_HOST/PORT/QUEUE_DB).",
+    show_envvar=True,
+)
+AsJson = typer.Option(False, "--json", help="Print JSON for scripts instead of a table.")
+
+
+def fail(message: str, code: int = 1) -> "typer.Exit":
+    """Print `bullwait: error: <message>` on stderr and exit with `code`."""
+    print(f"bullwait: error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def settings_from(redis_url: Optional[str] = None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(redis_url=redis_url, **overrides)
+    except BullwaitError as exc:
+        raise fail(str(exc), exc.exit_code)
+
+
+def run_async(make: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine; turn bullwait errors into one line and their exit code."""
+    try:
+        return run_until_done(_run(make))
+    except BullwaitError as exc:
+        raise fail(str(exc), exc.exit_code)
+    except (RedisError, OSError) as exc:  # Redis went away or refused a command mid-way
+        raise fail(f"Redis failed during the command: {_first_line(exc)}", 1)
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+
+
+async def _run(make: Callable[[], Awaitable[T]]) -> T:
+    return await make()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return redact_text(text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def context_line(settings: Settings, prefix: str | None = None) -> str:
+    """Which Redis, db and key prefix a command works on (password masked), for human output."""
+    from bullwait.engine.connection import describe_redis
+
+    return f"Redis {describe_redis(settings)}, prefix {prefix or settings.bullmq_prefix}"
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
+    if not rows:
+        console.print("(nothing)")
+        return
+    table = Table(title=title)
+    for column in rows[0]:
+        table.add_column(str(column), justify="right" if isinstance(rows[0][column], (int, float)) else "left")
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    console.print(table)

@@ -1,0 +1,1 @@
+"""Developer conveniences: an embedded redis-server and the demo traffic."""

@@ -1,0 +1,208 @@
+"""Adding many jobs at once: bullmq's own add scripts in one MULTI/EXEC, written in one go.
+
+bullmq-py's `Queue.addBulk` builds a `Job` per job and goes through redis-py's
+transaction pipeline, which packs every argument of every command in Python and reads
+every reply through its own timeout wrapper: most of a producer's CPU per job.
+`add_jobs` sends the same calls (the same scripts by SHA, the same keys, the arguments
+`Scripts.addJobArgs` would build, the script chosen as `Scripts.addJob` chooses it)
+packed with `autopipeline.pack`, as one write on one pool connection. A job is a small
+`NewJob` (its data already JSON) instead of a bullmq `Job`, and its options are
+normalised the way `Job.__init__` normalises them (`stored_opts`).
+
+Like `addBulk` the chunk is one transaction. Connection errors are retried with the
+client's retry policy (adding a job again under the same id adds nothing twice, and the
+producer gives every job an id). Scripts missing on the server (first use, SCRIPT FLUSH,
+failover) are loaded and the calls they refused sent again.
+
+Options that make a job part of a flow, deduplicated or repeated are not packed here
+(`NewJob` refuses them); add such jobs with bullmq's `Queue.add`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import msgpack
+from bullmq import Queue
+from bullmq.backoffs import Backoffs
+from bullmq.job import optsEncodeMap
+from redis.exceptions import NoScriptError, ResponseError
+
+from bullwait.engine.autopipeline import pack, pack_args
+from bullwait.engine.durable import READ_MARGIN_S, WAIT_ATTEMPTS, Command, Durability, log_short
+from bullwait.errors import BadArgument
+
+_MULTI = pack(("MULTI",))
+_EXEC = pack(("EXEC",))
+
+_KEYS = {
+    "addDelayedJob": ["marker", "meta", "id", "delayed", "completed", "events"],
+    "addPrioritizedJob": ["marker", "meta", "id", "prioritized", "delayed", "completed", "active", "events", "pc"],
+    "addStandardJob": ["wait", "paused", "meta", "id", "completed", "delayed", "active", "events", "marker"],
+}
+
+# Options whose arguments (parent key, deduplication key, repeat key) `_call` does not build.
+UNSUPPORTED_OPTS = frozenset(
+    {"parent", "deduplication", "debounce", "repeat", "repeatJobKey", "failParentOnFailure",
+     "removeDependencyOnFailure", "ignoreDependencyOnFailure", "continueParentOnFailure"}
+)
+
+
+def stored_opts(opts: Mapping[str, Any]) -> dict[str, Any]:
+    """`opts` as bullmq's `Job` stores them (`attempts` defaults to 0, a number `backoff`
+    becomes `{"type": "fixed", "delay": n}`), less two things no reader needs.
+
+    `jobId`: BullMQ names the job's hash after its id and no worker (Node or Python), Lua
+    script or Bull Board reads `opts.jobId` back; the copy would cost 11 bytes plus the id
+    (54 for `expiry_<uuid>`) in every job hash. A zero `delay`: bullmq-py fills it in, Node
+    does not write it, and BullMQ reads it as 0 when absent (the hash's own `delay` field
+    is written either way). Everything else (attempts, backoff, retention, a real delay,
+    priority) is kept as given."""
+    final: dict[str, Any] = {"attempts": 0, "delay": 0}
+    final.update(opts)
+    final["backoff"] = Backoffs.normalize(opts.get("backoff"))
+    final.pop("jobId", None)
+    if not final["delay"]:
+        del final["delay"]
+    return final
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """One job for `add_jobs`: `data` is its payload as JSON text, `opts` as `stored_opts` returns them."""
+
+    name: str
+    data: str
+    opts: dict[str, Any]
+    id: str
+    timestamp: int
+
+    def __post_init__(self) -> None:
+        unsupported = UNSUPPORTED_OPTS.intersection(self.opts)
+        if unsupported:
+            raise BadArgument(
+                f"job {self.id!r}: option(s) {', '.join(sorted(unsupported))} are not supported in a bulk add; "
+                "add such jobs one by one with bullmq's Queue.add"
+            )
+
+
+def now_ms() -> int:
+    """A job's `timestamp`, as bullmq computes it."""
+    return round(time.time() * 1000)
+
+
+def _call(queue: Queue, job: NewJob, heads: dict[str, tuple[int, bytes]]) -> tuple[Any, bytes]:
+    """(script, packed EVALSHA) of bullmq's `Scripts.addJob` for `job`.
+
+    `heads` caches each script's packed `EVALSHA <sha> <numkeys> <keys...>` (the same for
+    every job of a queue), so only the arguments are packed per job."""
+    opts = job.opts
+    delay, priority = opts.get("delay"), opts.get("priority")
+    if delay:
+        name, last = "addDelayedJob", delay
+    elif priority:
+        name, last = "addPrioritizedJob", priority
+    else:
+        name, last = "addStandardJob", job.timestamp
+    scripts = queue.backend.scripts
+    script = scripts.commands[name]
+    if name not in heads:
+        keys = scripts.getKeys(_KEYS[name])
+        heads[name] = (3 + len(keys), pack_args(("EVALSHA", script.sha, len(keys), *keys)))
+    count, head = heads[name]
+    # Scripts.addJobArgs: [prefix, id, name, timestamp, parentKey, parent dependencies
+    # key, parent, repeat job key, deduplication key] msgpacked, the data, the options
+    # with their short names msgpacked; then the delay, priority or timestamp.
+    packed = msgpack.packb([scripts.keys[""], job.id, job.name, job.timestamp, None, None, None, None, None])
+    encoded = msgpack.packb({optsEncodeMap.get(key, key): value for key, value in opts.items()})
+    return script, b"*%d\r\n" % (count + 4) + head + pack_args((packed, job.data, encoded, last))
+
+
+async def add_jobs(queue: Queue, jobs: Sequence[NewJob], durability: Durability | None = None) -> list[str]:
+    """Add `jobs` to `queue` in one transaction; returns their ids.
+
+    With `durability` enabled, WAIT follows EXEC on the same connection and the chunk is
+    reported added only once enough replicas confirm it (`bullwait.engine.durable`). A short WAIT
+    sends the whole chunk again: the same ids add nothing twice, and each repeated add
+    writes bullmq's `duplicated` event, so the repeat's WAIT covers the first write too."""
+    heads: dict[str, tuple[int, bytes]] = {}
+    calls = [_call(queue, job, heads) for job in jobs]
+    client = queue.backend.connection.conn
+    durability = durability or Durability()
+    wait = durability.wait_command() if durability.enabled else None
+    for attempt in range(WAIT_ATTEMPTS if wait else 1):
+        replies, acked = await _transaction(client, [packed for _, packed in calls], wait)
+        missing = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
+        if missing:
+            for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+                await client.script_load(script.script)
+            # Perhaps on another pool connection: its WAIT covers only these writes.
+            again, acked_again = await _transaction(client, [calls[i][1] for i in missing], wait)
+            acked = min(acked, acked_again)
+            for i, reply in zip(missing, again):
+                replies[i] = reply
+        if wait is None or acked >= durability.replicas or _failed(replies):
+            break
+        log_short(f"{len(jobs)} jobs of {queue.name}", acked, durability, attempt)
+    else:
+        raise durability.failure(f"{len(jobs)} jobs of {queue.name} not added durably", acked)
+    ids = []
+    for job, reply in zip(jobs, replies):
+        if isinstance(reply, ResponseError):
+            raise reply
+        if isinstance(reply, int) and reply < 0:
+            raise queue.backend.scripts.finishedErrors({"code": reply, "parentKey": None, "command": "addJob"})
+        ids.append(reply.decode() if isinstance(reply, bytes) else str(reply))
+    return ids
+
+
+def _is_noscript(reply: Any) -> bool:
+    return isinstance(reply, NoScriptError) or (isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"))
+
+
+def _failed(replies: list[Any]) -> bool:
+    """An error reply: raised below, no point in waiting for replicas first."""
+    return any(isinstance(r, ResponseError) or (isinstance(r, int) and r < 0) for r in replies)
+
+
+async def _transaction(client: Any, commands: list[bytes], wait: Command | None = None) -> tuple[list[Any], int]:
+    """MULTI, `commands`, EXEC (and `wait`: WAIT after EXEC, on the same connection) in one
+    write; the EXEC reply (errors as ResponseError items) and the replicas WAIT counted (0
+    without `wait`)."""
+    pool = client.connection_pool
+    conn = await pool.get_connection()
+    try:
+        return await conn.retry.call_with_retry(
+            lambda: _send_and_read(conn, commands, wait), lambda _error: conn.disconnect()
+        )
+    finally:
+        await pool.release(conn)
+
+
+async def _send_and_read(conn: Any, commands: list[bytes], wait: Command | None) -> tuple[list[Any], int]:
+    try:
+        tail = [pack(wait)] if wait else []
+        await conn.send_packed_command([_MULTI, *commands, _EXEC, *tail], check_health=False)
+        await conn.read_response()  # +OK
+        refused: ResponseError | None = None
+        # One deadline for all the +QUEUED replies instead of a timeout context per reply.
+        async with asyncio.timeout(conn.socket_timeout):
+            for _ in commands:
+                try:
+                    await conn.read_response(timeout=math.inf)
+                except ResponseError as exc:  # a command Redis would not queue: EXEC aborts
+                    refused = refused or exc
+        try:
+            replies = list(await conn.read_response())
+        except ResponseError as exc:
+            raise (refused or exc) from None  # (the connection is dropped below: WAIT's reply is unread)
+        if not wait:
+            return replies, 0
+        return replies, int(await conn.read_response(timeout=wait[2] / 1000 + READ_MARGIN_S))
+    except BaseException:
+        await conn.disconnect()  # replies may be left unread: never reuse this connection
+        raise

@@ -1,0 +1,738 @@
+"""Redis connections built from settings, and the check that Redis answers.
+
+bullmq-py takes a dict of `redis.asyncio.Redis` keyword arguments and builds its own
+clients from it (one main, one blocking per worker); `redis_options` makes that dict.
+It also takes a client instance: `bullmq_connection` gives it one when Redis is found
+through Sentinel, where every client must be a Sentinel-managed one (`redis_client`
+builds those; see "Redis Sentinel" below for how connections follow a failover).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import SSLConnection
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool, SentinelManagedConnection
+from redis.backoff import ExponentialBackoff, ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import AuthenticationError, BusyLoadingError, RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from bullwait.errors import RedisAccessDenied, RedisUnavailable
+from bullwait.settings import Settings
+
+
+def redis_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for `redis.asyncio.Redis` (and bullmq's `connection` option).
+
+    One node only: with Sentinel there is no fixed address to give (use `bullmq_connection`)."""
+    if settings.sentinel is not None:
+        raise RuntimeError("redis_options() names one node; with REDIS_SENTINELS use bullmq_connection()")
+    return _node_options(settings, settings.redis_address.connect_kwargs())
+
+
+def _node_options(settings: Settings, opts: dict[str, Any]) -> dict[str, Any]:
+    """Credentials, TLS and socket options for a data node (the one Redis, or Sentinel's master)."""
+    if settings.redis_username and not opts.get("username"):
+        opts["username"] = settings.redis_username
+    if settings.redis_password and not opts.get("password"):
+        opts["password"] = settings.redis_password
+    if settings.redis_tls_ca_file:
+        opts["ssl"] = True
+        opts["ssl_ca_certs"] = settings.redis_tls_ca_file
+        opts["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    # Plain commands keep redis-py's read timeout (a hung Redis is noticed in seconds); a
+    # worker's blocking connection raises its own above the longest BZPOPMIN (worker.py).
+    opts.setdefault("socket_connect_timeout", settings.redis_connect_timeout)
+    opts.setdefault("socket_keepalive", True)
+    opts.setdefault("health_check_interval", 15)
+    return opts
+
+
+def redis_client(settings: Settings, single_connection: bool = False, **extra: Any) -> aioredis.Redis:
+    """An async client for bullwait's own commands (ops, store, metrics); Sentinel-managed
+    when REDIS_SENTINELS is set. `single_connection`: one connection, as bullmq-py's own."""
+    if settings.sentinel is not None:
+        return sentinel_client(settings, single_connection, **extra)
+    opts = redis_options(settings)
+    opts.update(extra)
+    return aioredis.Redis(decode_responses=True, single_connection_client=single_connection, **opts)
+
+
+def bullmq_connection(settings: Settings) -> dict[str, Any] | aioredis.Redis:
+    """bullmq's `connection` option: kwargs for one node, a Sentinel-managed client otherwise.
+
+    bullmq-py builds a single-connection `redis.asyncio.Redis` from kwargs and uses a client
+    it is given as it is (bullmq/redis_connection.py); the Sentinel client is made the same
+    way (one connection, bounded retries on connection errors)."""
+    if settings.sentinel is None:
+        return redis_options(settings)
+    client = sentinel_client(settings, single_connection=True)
+    client.set_retry(bounded_retry(settings.bullwait_redis_retry_timeout))
+    return client
+
+
+def describe_redis(settings: Settings) -> str:
+    """Where Redis is, for messages: scheme, host, port and db, any password masked."""
+    if settings.sentinel is not None:
+        return settings.sentinel.display()
+    return settings.redis_address.display()
+
+
+def redis_hostname(settings: Settings) -> str | None:
+    """The host Redis is reached at (None for a Unix socket; the first sentinel's with Sentinel)."""
+    if settings.sentinel is not None:
+        return settings.sentinel.sentinels[0][0]
+    return settings.redis_address.host
+
+
+async def check_redis(settings: Settings, timeout: float | None = None) -> str:
+    """Ping Redis once, fail fast. Returns the server version; raises `RedisUnavailable`."""
+    limit = timeout if timeout is not None else settings.redis_connect_timeout
+    # One try, no redis-py retries: refused credentials must not be retried until the timeout.
+    client = redis_client(settings, socket_timeout=limit, retry_on_timeout=False, retry=bounded_retry(0))
+    try:
+        info = await asyncio.wait_for(_ping_version(client), timeout=limit + 1)
+    except MasterNotFoundError as exc:
+        raise _no_master(settings, exc) from None
+    except AuthenticationError:
+        raise RedisAccessDenied(
+            f"Redis at {describe_redis(settings)} refused the credentials: "
+            "check REDIS_USERNAME / REDIS_PASSWORD (or the URL)"
+        ) from None
+    except ResponseError as exc:
+        raise RedisAccessDenied(f"Redis at {describe_redis(settings)} answered with an error: {exc}") from None
+    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        reason = short_reason(exc)
+        advice = "start Redis or point REDIS_URL / --redis-url at it"
+        if settings.sentinel is not None:
+            advice = "start the master the sentinels name, or check REDIS_SENTINELS"
+        raise RedisUnavailable(f"cannot reach Redis at {describe_redis(settings)} ({reason}): {advice}") from None
+    finally:
+        await client.aclose()
+    return info
+
+
+def _no_master(settings: Settings, exc: MasterNotFoundError) -> RedisUnavailable:
+    """One line for "no master found": no sentinel answered, they refused us, or they know none."""
+    text = str(exc)
+    where = describe_redis(settings)
+    name = settings.redis_sentinel_master
+    if any(word in text for word in ("AuthenticationError", "WRONGPASS", "NOAUTH", "invalid username")):
+        return RedisAccessDenied(f"the sentinels at {where} refused the credentials: "
+                                 "check REDIS_SENTINEL_USERNAME / REDIS_SENTINEL_PASSWORD")
+    if " - " in text:  # redis-py lists one error per sentinel that did not answer
+        answered = len(settings.sentinel.sentinels) - text.count(" - ") if settings.sentinel else 0
+        if answered <= 0:
+            return RedisUnavailable(f"no sentinel at {where} answered: start them or check REDIS_SENTINELS")
+    return RedisUnavailable(f"the sentinels at {where} name no reachable master {name!r} (down, failing over, "
+                            "or another name): check REDIS_SENTINEL_MASTER and that a master is up")
+
+
+def no_master_reason(settings: Settings, exc: MasterNotFoundError) -> str:
+    """Why no master was found, in one line for health documents and logs."""
+    return str(_no_master(settings, exc))
+
+
+async def _ping_version(client: aioredis.Redis) -> str:
+    await client.ping()
+    info = await client.info("server")
+    return str(info.get("redis_version", "unknown"))
+
+
+def short_reason(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "refused" in text.lower() or text.lower().startswith("error 111 "):
+        return "connection refused"
+    if "timeout" in text.lower() or "timed out" in text.lower():
+        return "timed out"
+    return text[:160]
+
+
+async def wait_for_redis(settings: Settings, log: Any, max_delay: float = 30.0) -> str:
+    """Retry `check_redis` with exponential backoff, one log line per attempt, until it answers."""
+    delay = 0.5
+    attempt = 1
+    while True:
+        try:
+            return await check_redis(settings)
+        except RedisAccessDenied:
+            raise
+        except RedisUnavailable as exc:
+            log.warning("redis unreachable, retrying", attempt=attempt, retry_in=f"{delay:.1f}s", error=str(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay)
+            attempt += 1
+
+
+# --- Bounded retries (issue 8) ---------------------------------------------------------
+# bullmq-py gives every client `Retry(ExponentialBackoff(cap=20, base=1), 20)`: one command
+# keeps retrying through a lost connection for about six minutes. bullwait bounds that by
+# `BULLWAIT_REDIS_RETRY_TIMEOUT` so a producer fails with a clear error instead of hanging.
+
+RETRY_BACKOFF_BASE = 0.05
+RETRY_BACKOFF_CAP = 1.0
+RETRYABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, BusyLoadingError)
+
+
+class BoundedRetry(Retry):
+    """Retries lost connections, never refused credentials (redis-py counts those as
+    connection errors, so bad credentials would otherwise be retried for the whole wait)."""
+
+    async def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False) -> Any:
+        def retryable(error: Exception) -> bool:
+            if isinstance(error, AuthenticationError):
+                return False
+            return is_retryable(error) if is_retryable is not None else True
+
+        return await super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
+def bounded_retry(timeout: float) -> Retry:
+    """A redis-py Retry whose back-off sleeps add up to about `timeout` seconds."""
+    retries = 0
+    total = 0.0
+    while total < timeout:
+        retries += 1
+        total += min(RETRY_BACKOFF_CAP, RETRY_BACKOFF_BASE * 2**retries)
+    return BoundedRetry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), retries, RETRYABLE_ERRORS)
+
+
+def bound_retries(settings: Settings, *connections: Any) -> None:
+    """Give bullmq `RedisConnection`s (or redis clients) bullwait's bounded retry."""
+    retry = bounded_retry(settings.bullwait_redis_retry_timeout)
+    for conn in connections:
+        client = getattr(conn, "conn", conn)
+        if client is not None and hasattr(client, "set_retry"):
+            client.set_retry(retry)
+
+
+# --- Blocking reads (issue 8) ------------------------------------------------------------
+# redis-py 8 gives every connection a 5 s read timeout, and bullmq's marker wait (BZPOPMIN)
+# blocks for up to 5 s when idle (drainDelay) and 10 s at most. The read timed out just as
+# Redis answered, and the retry sent the same wait again, never reaching the fetch that
+# follows a wait: a job whose wake-up marker was lost (its BZPOPMIN answer died with a
+# restarting Redis) then sat in `wait` for minutes while its queue looked idle.
+BLOCKING_READ_MARGIN = 10.0
+
+
+def bound_blocking_reads(connection: Any, max_block_seconds: float) -> None:
+    """Give a bullmq blocking connection a read timeout well above its longest wait."""
+    client = getattr(connection, "conn", connection)
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        return
+    timeout = max_block_seconds + BLOCKING_READ_MARGIN
+    pool.connection_kwargs["socket_timeout"] = timeout
+    for conn in [*getattr(pool, "_available_connections", []), *getattr(pool, "_in_use_connections", [])]:
+        conn.socket_timeout = timeout
+    single = getattr(client, "connection", None)
+    if single is not None:
+        single.socket_timeout = timeout
+
+
+# --- Client names through reconnects (issue 13) ---------------------------------------------
+# Node's getWorkers(), Bull Board and `bullwait stats` find workers by CLIENT LIST names.
+# bullmq-py names a connection with one CLIENT SETNAME and puts the name in the pool's
+# kwargs, but its single connection already exists by then: redis-py sends a name on
+# connect only from the connection's own `client_name`, so after a Redis restart every
+# reconnected worker connection was anonymous and the workers vanished (ioredis re-sends it).
+
+
+def keep_client_name(connection: Any, name: str) -> None:
+    """Make every connection of a bullmq connection (or redis client), now or later, connect as `name`."""
+    client = getattr(connection, "conn", connection)
+    pool = getattr(client, "connection_pool", None)
+    existing: list[Any] = [getattr(client, "connection", None)]
+    if pool is not None:
+        pool.connection_kwargs["client_name"] = name
+        existing += [*getattr(pool, "_available_connections", []), *getattr(pool, "_in_use_connections", [])]
+    for conn in existing:
+        if conn is not None:
+            conn.client_name = name
+
+
+def use_blocking_client(worker: Any, client: aioredis.Redis) -> None:
+    """Give a bullmq Worker built on a client instance its own blocking client.
+
+    bullmq-py 3.4.4's `create_redis_backend` wraps the same `connection` in the main and the
+    blocking `RedisConnection`: one client instance would carry the BZPOPMIN and every other
+    command, under one name. The worker keeps snapshots of both (`blockingRedisConnection`,
+    `bclient`), replaced here too."""
+    from bullmq.redis_connection import RedisConnection
+
+    blocking = RedisConnection(client, skipVersionCheck=worker.opts.get("skipVersionCheck", False))
+    worker.backend.blocking_connection = blocking
+    worker.blockingRedisConnection = blocking
+    worker.bclient = blocking.conn
+
+
+# --- Cancellation of blocking waits --------------------------------------------------------
+# redis-py sends every command through `asyncio.wait_for(send, socket_timeout)`. On Python
+# 3.11 (3.12 rewrote wait_for) a cancellation that arrives in the loop turn where the send
+# finishes is swallowed: wait_for returns the send's result and the task goes on to read
+# the reply. `Worker.close()` stops an idle worker by cancelling its BZPOPMIN; when that
+# cancellation landed just as the BZPOPMIN left (SIGTERM right after the queue drained),
+# close() waited out the whole block (5-10 s), and a stock bullmq-py worker, whose 5 s read
+# timeout equals its 5 s block, re-sent the BZPOPMIN after each read timeout for minutes.
+
+
+class CancelSafeSend:
+    """Connection mixin: a cancellation that redis-py's send swallowed is raised again.
+
+    The command was written but its reply will never be read, so the connection is closed
+    first (as redis-py does when a read is cancelled)."""
+
+    __slots__ = ()
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        task = asyncio.current_task()
+        requested = task.cancelling() if task is not None else 0
+        await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        if task is not None and task.cancelling() > requested:
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            raise asyncio.CancelledError()
+
+
+def keep_cancellations(connection: Any) -> None:
+    """Make the connections of a bullmq connection (or redis client) `CancelSafeSend`."""
+    client = getattr(connection, "conn", connection)
+    pool = getattr(client, "connection_pool", None)
+    if pool is None or issubclass(pool.connection_class, CancelSafeSend):
+        return
+    original = pool.connection_class
+    safe = type(f"CancelSafe{original.__name__}", (CancelSafeSend, original), {"__slots__": ()})
+    pool.connection_class = safe
+    existing = [*getattr(pool, "_available_connections", []), *getattr(pool, "_in_use_connections", [])]
+    existing.append(getattr(client, "connection", None))
+    for conn in existing:
+        if type(conn) is original:
+            conn.__class__ = safe
+
+
+# --- Redis Sentinel (issue 14) ---------------------------------------------------------------
+# With REDIS_SENTINELS every client is a redis-py Sentinel-managed one: each new connection
+# asks the sentinels where the master is. redis-py moves a connection only after an error on
+# it (READONLY becomes a ConnectionError in SentinelManagedConnection, and connection errors
+# are retried): after a graceful failover the old master stays writable until the sentinels
+# reconfigure it (~11 s here), and the worker's BZPOPMIN waits there. So, as ioredis's
+# failoverDetector does, one task per process and event loop subscribes to the sentinels'
+# `+switch-master` and disconnects every connection not on the new master; the commands in
+# flight on them fail with a ConnectionError and redis-py's retry sends them again on a
+# new connection, which asks the sentinels again (the BZPOPMIN included).
+#
+# Reliance on redis-py internals (redis/asyncio/sentinel.py, 8.1):
+# - `SentinelConnectionPool.get_master_address()` is called for every new master connection:
+#   the hook that starts the watcher and records whether a master was found.
+# - A connection's `connection_pool` kwarg (a weak proxy to its pool) is how a connection
+#   made outside the pool's lists (the autopipeline's, autopipeline.py) finds its pool; each
+#   registers itself there so a switch reaches it too.
+# - A dropped connection reconnects through `connect_check_health()` when the next command is
+#   sent, not through `connect()`, which is all SentinelManagedConnection overrides: it went
+#   back to the old master. `SentinelConnection` asks the sentinels there too.
+# - `Sentinel.discover_master()` is replaced to believe the newest sentinel (`NewestSentinel`).
+# - `Connection.disconnect()` from another task ends a read in progress with a ConnectionError
+#   (checked on redis-py 8.1 with hiredis), which the command's retry turns into a resend.
+
+SWITCH_CHANNEL = "+switch-master"
+WATCH_RETRY_CAP = 5.0
+UNREACHABLE_LOG_SECONDS = 1.0  # connections retry together: one line a second says it all
+
+
+class SentinelConnection(SentinelManagedConnection):
+    """A master connection its pool can find and move, wherever it was made."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.connection_pool.track(self)
+
+    async def connect(self) -> None:
+        await self.retry.call_with_retry(
+            lambda: self.connect_check_health(check_health=self.connection_pool.check_connection,
+                                              retry_socket_connect=False),
+            lambda error: asyncio.sleep(0),
+        )
+
+    async def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        # redis-py 8.1 asks the sentinels only in `connect()`, but a command sent on a dropped
+        # connection reconnects through this method, to the address it had: the old master.
+        if self.is_connected:
+            return
+        watcher = FailoverWatcher.current(self.connection_pool.watch)
+        try:
+            if self.connection_pool.is_master:
+                self.host, self.port = await self.connection_pool.get_master_address()
+            await super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+        except (RedisError, OSError) as exc:
+            if watcher is not None and not isinstance(exc, AuthenticationError):
+                watcher.note_unreachable(exc, f"{self.host}:{self.port}")
+            raise
+        if watcher is not None:
+            watcher.note_reachable(f"{self.host}:{self.port}")
+
+
+class SentinelSSLConnection(SentinelConnection, SSLConnection):
+    pass
+
+
+class NewestSentinel(Sentinel):
+    """Asks every sentinel and believes the one with the newest configuration.
+
+    redis-py takes the first sentinel that answers; right after `+switch-master` the others
+    may still name the old master for a second or two (they learn it from the leader's
+    hellos), and a connection moved by the switch went straight back to the old master,
+    still writable. The `config-epoch` of SENTINEL MASTERS orders their views."""
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        replies = await asyncio.gather(*(s.sentinel_masters() for s in self.sentinels), return_exceptions=True)
+        errors = []
+        best: tuple[int, tuple[str, int]] | None = None
+        for sentinel, reply in zip(self.sentinels, replies):
+            if isinstance(reply, BaseException):
+                if not isinstance(reply, (RedisError, OSError)):
+                    raise reply
+                errors.append(f"{sentinel} - {reply!r}")
+                continue
+            state = reply.get(service_name)
+            if state and self.check_master_state(state, service_name):
+                epoch = int(state.get("config-epoch", 0) or 0)
+                if best is None or epoch > best[0]:
+                    best = (epoch, (str(state["ip"]), int(state["port"])))
+        if best is None:
+            detail = f" : {', '.join(errors)}" if errors else ""
+            raise MasterNotFoundError(f"No master found for {service_name!r}{detail}")
+        return best[1]
+
+
+class FollowingPool(SentinelConnectionPool):
+    """A Sentinel pool whose connections follow `+switch-master` (see `FailoverWatcher`)."""
+
+    def __init__(self, service_name: str, sentinel_manager: Sentinel, watch: "WatchConfig", **kwargs: Any) -> None:
+        kwargs.setdefault("connection_class", SentinelSSLConnection if kwargs.pop("ssl", False) else SentinelConnection)
+        # Until the sentinels name the master a connection has no address: never redis-py's
+        # default localhost:6379, which may be another Redis (port 0 refuses at once).
+        kwargs.setdefault("host", "127.0.0.1")
+        kwargs.setdefault("port", 0)
+        super().__init__(service_name, sentinel_manager, **kwargs)
+        self.watch = watch
+        self.tracked: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def track(self, conn: Any) -> None:
+        self.tracked.add(conn)
+
+    async def get_master_address(self) -> Any:
+        watcher = FailoverWatcher.ensure(self.watch)
+        watcher.pools.add(self)
+        return await super().get_master_address()
+
+    async def follow(self, address: tuple[str, int]) -> int:
+        """Disconnect every connection that is not on `address`; returns how many were."""
+        self.master_address = address
+        moved = 0
+        for conn in list(self.tracked):
+            if conn.is_connected and (conn.host, int(conn.port)) != address:
+                moved += 1
+                # nowait: the old master may be gone; the read in progress ends at once.
+                await conn.disconnect(nowait=True)
+        return moved
+
+    async def aclose(self) -> None:
+        watcher = FailoverWatcher.current(self.watch)
+        if watcher is not None:
+            watcher.pools.discard(self)
+        try:
+            await super().aclose()
+        finally:
+            await self.sentinel_manager.aclose()
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """Where to hear about failovers: the sentinels, how to log in to them, the master's name."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    kwargs: tuple[tuple[str, Any], ...]  # sentinel client kwargs, hashable
+
+    def client(self, host: str, port: int) -> aioredis.Redis:
+        return aioredis.Redis(host=host, port=port, decode_responses=True, **dict(self.kwargs))
+
+
+def _sentinel_kwargs(settings: Settings) -> dict[str, Any]:
+    """Sentinel clients: their own credentials, TLS as for the data nodes, no retries (the next
+    sentinel is asked instead), timeouts of a connect."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": settings.redis_connect_timeout,
+        "socket_connect_timeout": settings.redis_connect_timeout,
+        "socket_keepalive": True,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if settings.redis_sentinel_username:
+        kwargs["username"] = settings.redis_sentinel_username
+    if settings.redis_sentinel_password:
+        kwargs["password"] = settings.redis_sentinel_password
+    if settings.redis_tls_ca_file:
+        kwargs.update(ssl=True, ssl_ca_certs=settings.redis_tls_ca_file, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return kwargs
+
+
+def watch_config(settings: Settings) -> WatchConfig:
+    topology = settings.sentinel
+    assert topology is not None
+    return WatchConfig(topology.sentinels, topology.master, tuple(sorted(_sentinel_kwargs(settings).items(), key=str)))
+
+
+def sentinel_client(settings: Settings, single_connection: bool = False, **extra: Any) -> aioredis.Redis:
+    """A client of the master the sentinels name, following failovers (see above)."""
+    topology = settings.sentinel
+    assert topology is not None
+    extra.pop("retry_on_timeout", None)  # a client argument redis-py ignores with a pool given
+    opts = _node_options(settings, {"db": topology.db})
+    opts.update(extra)
+    opts.setdefault("decode_responses", True)
+    # What redis.asyncio.Redis() gives its own pool: with a pool given it reads these from the pool.
+    opts.setdefault("retry", Retry(ExponentialWithJitterBackoff(base=1, cap=10), 3))
+    watch = watch_config(settings)
+    manager = NewestSentinel(list(topology.sentinels), sentinel_kwargs=dict(watch.kwargs))
+    pool = FollowingPool(topology.master, manager, watch, **opts)
+    client = aioredis.Redis(connection_pool=pool, single_connection_client=single_connection)
+    client.auto_close_connection_pool = True  # as `Redis.from_pool`: closing the client closes the pool
+    return client
+
+
+class FailoverWatcher:
+    """Subscribes to `+switch-master` on one sentinel that answers; on a switch of our master,
+    moves every connection of this event loop's pools (`FollowingPool.follow`)."""
+
+    _running: dict[tuple[int, WatchConfig], "FailoverWatcher"] = {}
+
+    def __init__(self, config: WatchConfig) -> None:
+        self.config = config
+        self.pools: weakref.WeakSet[FollowingPool] = weakref.WeakSet()
+        self.master: tuple[str, int] | None = None
+        self.unreachable: str | None = None
+        self.switches = 0
+        self._last_line = float("-inf")
+        self._suppressed = 0
+        self.loop = asyncio.get_running_loop()
+        self.task = self.loop.create_task(self._run(), name="bullwait-sentinel-watcher")
+
+    @classmethod
+    def current(cls, config: WatchConfig) -> "FailoverWatcher | None":
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        watcher = cls._running.get((id(loop), config))
+        return watcher if watcher is not None and watcher.loop is loop else None
+
+    @classmethod
+    def ensure(cls, config: WatchConfig) -> "FailoverWatcher":
+        watcher = cls.current(config)
+        if watcher is None or watcher.task.done():
+            for key, old in list(cls._running.items()):  # drop watchers of closed loops
+                if old.loop.is_closed():
+                    del cls._running[key]
+            watcher = cls(config)
+            cls._running[(id(watcher.loop), config)] = watcher
+        return watcher
+
+    def note_unreachable(self, exc: BaseException, address: str) -> None:
+        """One line per attempt to reach the master, however many connections try at once."""
+        if isinstance(exc, MasterNotFoundError):
+            reason = "no sentinel names a master that is up (down, failing over, or every sentinel silent)"
+        else:
+            reason = f"master {address}: {short_reason(exc)}"
+        self.unreachable = reason
+        now = self.loop.time()
+        self._suppressed += 1
+        if now - self._last_line >= UNREACHABLE_LOG_SECONDS:
+            _log().warning("redis master unreachable, retrying", master=self.config.master, error=reason,
+                           attempts=self._suppressed)
+            self._last_line = now
+            self._suppressed = 0
+
+    def note_reachable(self, address: str) -> None:
+        if self.unreachable is not None:
+            self.unreachable = None
+            self._suppressed = 0
+            _log().info("redis master reachable again", master=self.config.master, at=address)
+
+    async def switch(self, address: tuple[str, int], announced: bool) -> None:
+        moved = 0
+        for pool in list(self.pools):
+            moved += await pool.follow(address)
+        if announced or moved:
+            self.switches += 1
+            source = SWITCH_CHANNEL if announced else "sentinel"
+            _log().warning("redis master switched, connections moved", master=self.config.master,
+                           to=f"{address[0]}:{address[1]}", moved=moved, source=source)
+        self.master = address
+
+    async def _run(self) -> None:
+        delay = 0.2
+        turn = 0
+        while True:
+            host, port = self.config.sentinels[turn % len(self.config.sentinels)]
+            turn += 1
+            try:
+                await self._listen(host, port)
+                delay = 0.2
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                if turn % len(self.config.sentinels) == 0:
+                    _log().warning("no sentinel answers for failover notices, retrying",
+                                   sentinels=len(self.config.sentinels), last=f"{host}:{port}",
+                                   error=short_reason(exc), retry_in=f"{delay:.1f}s")
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, WATCH_RETRY_CAP)
+            if not self.pools:
+                break  # every client was closed: nothing left to move
+        FailoverWatcher._running.pop((id(self.loop), self.config), None)
+
+    async def _listen(self, host: str, port: int) -> None:
+        client = self.config.client(host, port)
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe(SWITCH_CHANNEL)
+            # A switch may have happened before we listened (start-up, a sentinel change).
+            manager = NewestSentinel(list(self.config.sentinels), sentinel_kwargs=dict(self.config.kwargs))
+            try:
+                current = await manager.discover_master(self.config.master)
+            except MasterNotFoundError:
+                pass  # the connections that need a master say so (note_unreachable)
+            else:
+                await self.switch(current, announced=False)
+            finally:
+                await manager.aclose()
+            while self.pools:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is None:
+                    await pubsub.ping()  # a sentinel that went away is noticed here, not never
+                    continue
+                parts = str(message.get("data", "")).split()
+                if len(parts) == 5 and parts[0] == self.config.master:
+                    await self.switch((parts[3], int(parts[4])), announced=True)
+        finally:
+            await pubsub.aclose()
+            await client.aclose()
+
+
+def _log() -> Any:
+    from bullwait.logs import get_logger
+
+    return get_logger()
+
+
+# --- What the sentinels say (doctor, stats) ----------------------------------------------------
+
+
+@dataclass
+class SentinelView:
+    address: str
+    answering: bool
+    error: str = ""
+
+
+@dataclass
+class ReplicaView:
+    address: str
+    link: str  # the sentinels' master-link-status: ok | err
+    lag_seconds: int | None  # since the replica's last ack, from the master's INFO replication
+    behind_bytes: int | None  # master_repl_offset minus the replica's offset
+
+    def describe(self) -> str:
+        lag = "lag unknown" if self.lag_seconds is None else f"lag {self.lag_seconds} s"
+        behind = "" if self.behind_bytes is None else f", {self.behind_bytes} bytes behind"
+        return f"{self.address} (link {self.link}, {lag}{behind})"
+
+
+@dataclass
+class Topology:
+    master_name: str
+    sentinels: list[SentinelView]
+    master: str | None = None
+    replicas: list[ReplicaView] | None = None
+
+    @property
+    def answering(self) -> int:
+        return sum(s.answering for s in self.sentinels)
+
+    def summary(self) -> str:
+        """One line: the master, its replicas and their lag, how many sentinels answer."""
+        replicas = ", ".join(r.describe() for r in self.replicas or []) or "none"
+        return (f"Redis Sentinel {self.master_name!r}: master {self.master or 'unknown'}; replicas {replicas}; "
+                f"sentinels answering {self.answering}/{len(self.sentinels)}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "masterName": self.master_name, "master": self.master,
+            "sentinels": [vars(s) for s in self.sentinels], "replicas": [vars(r) for r in self.replicas or []],
+        }
+
+
+async def read_topology(settings: Settings, master_client: aioredis.Redis | None = None) -> Topology | None:
+    """The Sentinel topology (None without Sentinel): each sentinel asked, the newest one believed,
+    replica lag from the master's INFO replication when `master_client` is given."""
+    topology = settings.sentinel
+    if topology is None:
+        return None
+    config = watch_config(settings)
+    views: list[SentinelView] = []
+    best: tuple[int, dict[str, Any], list[dict[str, Any]]] | None = None
+    for host, port in topology.sentinels:
+        client = config.client(host, port)
+        address = f"{host}:{port}"
+        try:
+            master = await client.sentinel_master(topology.master)
+            replicas = await client.sentinel_slaves(topology.master)
+        except (RedisError, OSError) as exc:
+            views.append(SentinelView(address, False, short_reason(exc)))
+            continue
+        finally:
+            await client.aclose()
+        views.append(SentinelView(address, True))
+        epoch = int(master.get("config-epoch", 0) or 0)
+        if best is None or epoch > best[0]:
+            best = (epoch, master, replicas)
+    view = Topology(topology.master, views)
+    if best is None:
+        return view
+    _, master, replicas = best
+    view.master = f"{master['ip']}:{master['port']}"
+    acks = await _replica_acks(master_client)
+    offset = acks.pop("", None)
+    view.replicas = []
+    for replica in replicas:
+        address = f"{replica['ip']}:{replica['port']}"
+        lag, replica_offset = acks.get(address, (None, None))
+        behind = offset - replica_offset if offset is not None and replica_offset is not None else None
+        link = str(replica.get("master-link-status", "unknown"))
+        if replica.get("is_sdown") or replica.get("is_odown"):
+            link = "down"
+        view.replicas.append(ReplicaView(address, link, lag, behind))
+    return view
+
+
+async def _replica_acks(client: aioredis.Redis | None) -> dict[str, Any]:
+    """`ip:port` -> (seconds since its last ack, its offset), and "" -> the master's offset."""
+    if client is None:
+        return {}
+    try:
+        info = await client.info("replication")
+    except (RedisError, OSError):
+        return {}
+    acks: dict[str, Any] = {"": int(info.get("master_repl_offset", 0))}
+    for key, value in info.items():
+        if key.startswith("slave") and isinstance(value, dict):
+            acks[f"{value.get('ip')}:{value.get('port')}"] = (int(value.get("lag", 0)), int(value.get("offset", 0)))
+    return acks

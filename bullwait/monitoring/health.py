@@ -1,0 +1,52 @@
+"""`/health/queues`: the seed's `getQueueHealth()`, with two more reasons to be unhealthy.
+
+Unhealthy (HTTP 503) when Redis does not answer, when a queue's failed set reaches
+`HEALTH_MAX_FAILED` (the seed's `failed < 100`), or when a queue holding jobs (waiting,
+prioritized, delayed or active) has no worker connected, Node or Python. Worker counts
+come from `CLIENT LIST`; where the server forbids it the rule is skipped and
+`workers` is null.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bullwait.ops.snapshot import QueueSnapshot
+
+
+def queue_report(snap: QueueSnapshot) -> dict[str, Any]:
+    return {
+        "name": snap.name,
+        "waiting": snap.waiting,
+        "active": snap.active,
+        "completed": snap.completed,
+        "failed": snap.failed,
+        "delayed": snap.delayed,
+        "prioritized": snap.prioritized,
+        "paused": snap.paused,
+        "workers": snap.workers,
+    }
+
+
+def problems(snap: QueueSnapshot, max_failed: int) -> list[str]:
+    found = []
+    if snap.failed >= max_failed:
+        found.append(f"{snap.name}: {snap.failed} failed jobs (threshold HEALTH_MAX_FAILED={max_failed})")
+    if snap.workers == 0 and snap.has_jobs:
+        found.append(f"{snap.name}: has jobs but no worker is connected")
+    return found
+
+
+def evaluate(snapshots: list[QueueSnapshot], max_failed: int) -> dict[str, Any]:
+    """The health document for queues Redis answered for."""
+    reasons = [p for snap in snapshots for p in problems(snap, max_failed)]
+    return {"healthy": not reasons, "queues": [queue_report(s) for s in snapshots], "problems": reasons}
+
+
+def redis_down(queues: list[str], reason: str) -> dict[str, Any]:
+    """The health document when Redis did not answer."""
+    return {
+        "healthy": False,
+        "queues": [{"name": q} for q in queues],
+        "problems": [f"redis: {reason}"],
+    }

@@ -1,0 +1,73 @@
+"""The least-privilege Redis ACL for bullwait workers, producers, the ops CLI, Node bullmq and
+Bull Board (README "Redis ACL").
+
+    ACL SETUSER bullwait on >PASSWORD <rules>
+
+where `<rules>` is `acl_rules(prefix, db=...)`. Rules apply left to right: start from nothing,
+allow reading and writing keys, MULTI/EXEC/WATCH and Lua scripts (BullMQ's queue operations
+are scripts, and Redis checks every command a script calls against these rules too), then
+take back everything Redis flags `@dangerous` (FLUSHALL, CONFIG, KEYS, SORT, DEBUG, CLIENT
+KILL, ...), script/function administration, and the data commands that name no key and so
+escape the key patterns:
+
+- SCAN, RANDOMKEY, DBSIZE list or count every key of the database, whatever its prefix;
+- MOVE and COPY ... DB write keys into another database;
+- CLIENT TRACKING (BCAST) pushes the names of every key other clients modify;
+
+and give back only the connection commands the clients send (AUTH, HELLO, PING, QUIT, SELECT of
+the configured database only, CLIENT SETNAME) and the server commands they read:
+INFO (bullmq and Bull Board read the version), TIME (send claims run on Redis's clock) and
+CLIENT LIST (Node's `getWorkers`, Bull Board's worker view, `bullwait stats`/`doctor`/health).
+Measured, not guessed: tests/test_security_acl.py runs every client under these rules and
+asserts the ACL LOG holds no refusal.
+
+`+select|N` is Redis's "first argument" rule (6.0+, deprecated in 7 but honoured): SELECT of
+any other database is refused, so the user cannot reach another environment's `bull:*` keys.
+"""
+
+from __future__ import annotations
+
+STORE_PREFIX = "bullwait:"  # BULLWAIT_STORE_PREFIX's default
+
+DATA_RULES = (
+    "-@all",
+    "+@read",
+    "+@write",
+    "+@scripting",
+    "+@transaction",
+    "-@dangerous",
+    "-scan",
+    "-randomkey",
+    "-dbsize",
+    "-move",
+    "-copy",
+    "-script|flush",
+    "-script|kill",
+    "-script|debug",
+    "-function",
+    "-fcall",
+    "-fcall_ro",
+)
+CONNECTION_RULES = (
+    "+auth",
+    "+hello",
+    "+ping",
+    "+quit",
+    "+client|setname",
+    "+wait",  # BULLWAIT_WAIT_REPLICAS (bullwait.engine.durable); names no key, returns a replica count
+)
+SERVER_RULES = ("+info", "+time", "+client|list")
+
+
+def command_rules(db: int = 0) -> tuple[str, ...]:
+    return (*DATA_RULES, *CONNECTION_RULES, f"+select|{db}", *SERVER_RULES)
+
+
+def acl_rules(prefix: str = "bull", store_prefix: str = STORE_PREFIX, db: int = 0) -> str:
+    """Key patterns (the queues' prefix and bullwait's own keys), no pub/sub, the commands."""
+    keys = ["resetkeys", f"~{prefix}:*", f"~{store_prefix}*", "resetchannels"]
+    return " ".join([*keys, *command_rules(db)])
+
+
+def setuser_command(username: str = "bullwait", prefix: str = "bull", password: str = "<password>", db: int = 0) -> str:
+    return f"ACL SETUSER {username} on >{password} {acl_rules(prefix, db=db)}"

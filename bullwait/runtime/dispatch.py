@@ -1,0 +1,178 @@
+"""Processors: plain async functions registered per queue and job name with a payload model.
+
+    registry = Registry()
+
+    @registry.processor(QueueKey.WAITLIST_EXPIRY, "check-expiry", ExpiryJob)
+    async def check_expiry(payload: ExpiryJob, ctx: Context) -> dict:
+        ...
+
+`dispatch` validates the job's data with the model, runs the function, logs the seed's
+event shapes (`queue`, `job`, `jobId`, `duration`, `error`) and turns bad data into an
+`UnrecoverableError` so it fails once, with its data kept, and is never retried.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Protocol
+
+from bullmq import DelayedError, UnrecoverableError
+from bullmq.job import Job
+
+from bullwait.waitlist.catalog import QueueKey
+from bullwait.errors import InvalidJobData
+from bullwait.engine.jobcheck import BadOption, attempts_value
+from bullwait.logs import clip
+from bullwait.waitlist.payloads import WireModel, parse_payload
+from bullwait.settings import Settings
+
+
+Handler = Callable[[Any, "Context"], Awaitable[Any]]
+# Longest error message kept as a job's failedReason and logged (the rest is cut).
+FAILED_REASON_LIMIT = 2000
+
+
+@dataclass
+class Context:
+    """What a processor gets besides its payload: the bullmq job and its lock token, the
+    queue, settings, a logger bound to the job, and the process's `Services`."""
+
+    job: Job
+    token: str
+    queue: QueueKey
+    queue_name: str
+    settings: Settings
+    log: Any
+    services: Any = None
+
+
+@dataclass(frozen=True)
+class Registration:
+    queue: QueueKey
+    job_name: str
+    model: type[WireModel]
+    handler: Handler
+
+
+@dataclass
+class Registry:
+    """Which function handles which (queue, job name)."""
+
+    _entries: dict[tuple[QueueKey, str], Registration] = field(default_factory=dict)
+
+    def register(self, queue: QueueKey, job_name: str, model: type[WireModel], handler: Handler) -> None:
+        self._entries[(queue, job_name)] = Registration(queue, job_name, model, handler)
+
+    def processor(self, queue: QueueKey, job_name: str, model: type[WireModel]) -> Callable[[Handler], Handler]:
+        def decorate(fn: Handler) -> Handler:
+            self.register(queue, job_name, model, fn)
+            return fn
+
+        return decorate
+
+    def lookup(self, queue: QueueKey, job_name: str) -> Registration | None:
+        return self._entries.get((queue, job_name))
+
+    def job_names(self, queue: QueueKey) -> list[str]:
+        return [name for (q, name) in self._entries if q is queue]
+
+    def merge(self, other: "Registry") -> None:
+        """Add `other`'s registrations; they replace ours for the same (queue, job name)."""
+        self._entries.update(other._entries)
+
+
+class JobObserver(Protocol):
+    """Hooks for metrics; the default does nothing."""
+
+    def started(self, queue: str, job: Job) -> None: ...
+    def finished(self, queue: str, job: Job, status: str, seconds: float) -> None: ...
+    def stalled(self, queue: str, job_id: str) -> None: ...
+
+
+class NullObserver:
+    def started(self, queue: str, job: Job) -> None:
+        return None
+
+    def finished(self, queue: str, job: Job, status: str, seconds: float) -> None:
+        return None
+
+    def stalled(self, queue: str, job_id: str) -> None:
+        return None
+
+
+async def dispatch(
+    registry: Registry,
+    queue: QueueKey,
+    queue_name: str,
+    settings: Settings,
+    job: Job,
+    token: str,
+    log: Any,
+    services: Any = None,
+    observer: JobObserver | None = None,
+) -> Any:
+    """Run one job through its registered processor. Raises what bullmq must see."""
+    obs = observer or NullObserver()
+    jlog = log.bind(queue=queue_name, job=job.name, jobId=job.id)
+    started = time.perf_counter()
+    jlog.debug("job started", attempt=job.attemptsMade + 1)
+    obs.started(queue_name, job)
+    status = "failed"
+    try:
+        registration = registry.lookup(queue, job.name)
+        if registration is None:
+            known = ", ".join(registry.job_names(queue)) or "none"
+            raise UnrecoverableError(
+                f"No processor for job name {job.name!r} on queue {queue_name!r} (registered: {known})"
+            )
+        try:
+            payload = parse_payload(registration.model, job.data, getattr(job, "raw_data_size", None))
+        except InvalidJobData as exc:
+            raise UnrecoverableError(str(exc)) from None
+        ctx = Context(job, token, queue, queue_name, settings, jlog, services)
+        result = await registration.handler(payload, ctx)
+        status = "completed"
+        return result
+    except DelayedError:
+        status = "delayed"
+        raise
+    except Exception as exc:
+        _clip_message(exc)
+        status = "failed" if _final(job, exc) else "retried"
+        level = "error" if status == "failed" else "warning"
+        getattr(jlog, level)(
+            "job failed" if status == "failed" else "job will retry",
+            duration=_ms(started),
+            error=str(exc) or type(exc).__name__,
+            attemptsMade=job.attemptsMade + 1,
+        )
+        raise
+    finally:
+        seconds = time.perf_counter() - started
+        obs.finished(queue_name, job, status, seconds)
+        if status == "completed":
+            jlog.info("job completed", duration=_ms(started))
+
+
+def _final(job: Job, exc: Exception) -> bool:
+    """Whether the worker will fail `job` for good (an option it cannot use counts: see `jobcheck`)."""
+    if isinstance(exc, UnrecoverableError):
+        return True
+    try:
+        attempts = attempts_value(job.opts.get("attempts", 0))
+    except BadOption:
+        return True
+    return job.attemptsMade + 1 >= max(attempts, 1)
+
+
+def _clip_message(exc: Exception) -> None:
+    """Cap the message bullmq stores as failedReason (and in the stacktrace) and we log."""
+    text = str(exc)
+    if len(text) > FAILED_REASON_LIMIT and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        exc.args = (clip(text, FAILED_REASON_LIMIT),)
+
+
+def _ms(started: float) -> str:
+    return f"{(time.perf_counter() - started) * 1000:.1f}ms"
+

@@ -1,0 +1,368 @@
+"""Typed producer API: the seed's usage examples, wire-compatible with NestJS producers.
+
+    async with Producer(load_settings()) as producer:
+        await producer.schedule_expiry(ExpiryJob(...))          # jobId expiry_<waitlistId>
+        await producer.send_slot_available(NotificationJob(...))
+        await producer.queue_preferences(PreferenceJob(...))
+        result = await producer.cancel_expiry_timer("w-42")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import deque
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from itertools import islice
+from typing import Any, Iterable, Iterator, Sequence
+
+from bullmq import Job, Queue
+from bullmq.redis_connection import loadScript
+from redis.exceptions import AuthenticationError, NoPermissionError, OutOfMemoryError, RedisError, ResponseError, WatchError
+
+from bullwait.waitlist.catalog import (
+    EXPIRY_DELAY_MS,
+    EXPIRY_JOB_ID_PREFIX,
+    SPECS,
+    Priority,
+    QueueKey,
+    queue_name,
+)
+from bullwait.engine.bulk import NewJob, add_jobs, now_ms, stored_opts
+from bullwait.engine.connection import bound_retries, bullmq_connection, describe_redis, redis_client
+from bullwait.engine.durable import CAPTURE, Durability, run_command
+from bullwait.errors import BadArgument, RedisOutOfMemory, RedisUnavailable
+from bullwait.logs import redact_text
+from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, PreferenceJob, WireModel
+from bullwait.settings import Settings
+
+CANCELLABLE_STATES = frozenset({"waiting", "wait", "delayed", "prioritized", "paused"})
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """`outcome` is `cancelled`, `missing`, or the state that stopped it (`active`, ...)."""
+
+    queue: str
+    job_id: str
+    outcome: str
+
+    @property
+    def cancelled(self) -> bool:
+        return self.outcome == "cancelled"
+
+    def describe(self) -> str:
+        if self.cancelled:
+            return f"cancelled job {self.job_id} on {self.queue}"
+        if self.outcome == "missing":
+            return f"no job {self.job_id} on {self.queue}"
+        return f"job {self.job_id} on {self.queue} is {self.outcome}; only waiting or delayed jobs can be cancelled"
+
+
+def check_job_id(job_id: str) -> str:
+    """Refuse the custom ids Node bullmq refuses: an integer id collides with the queue's
+    own counter (a later Node add without an id would be dropped as a duplicate), and
+    `:` is reserved (Node throws "Custom Id cannot contain :")."""
+    if job_id.lstrip("-").isdigit() and str(int(job_id)) == job_id:  # Node: `${parseInt(id)}` === id
+        raise BadArgument(f"job id {job_id!r} is an integer: BullMQ keeps those for its own counter; add a prefix")
+    if ":" in job_id and len(job_id.split(":")) != 3:
+        raise BadArgument(f"job id {job_id!r} contains ':': Node bullmq refuses it; use '_' or '-'")
+    return job_id
+
+
+def stored_job(queue: Queue, name: str, payload: WireModel, opts: dict[str, Any]) -> Job:
+    """The bullmq `Job` that `Queue.add` would build, with `jobId` given as the job's id
+    and its options as `bullwait.engine.bulk.stored_opts` writes them (no `opts.jobId`, no
+    `"delay":0`: see there), so single and bulk adds store the same thing."""
+    options = {**queue.jobsOpts, **opts}
+    job_id = options.get("jobId")
+    job = Job(queue, name, payload.to_wire(), options, job_id=str(job_id) if job_id is not None else None)
+    job.opts = stored_opts(options)
+    return job
+
+
+def new_job(queue: Queue, name: str, payload: WireModel, opts: dict[str, Any], timestamp: int) -> NewJob:
+    """What `stored_job` stores, for `bullwait.engine.bulk.add_jobs` (no bullmq `Job` built)."""
+    options = {**queue.jobsOpts, **opts} if queue.jobsOpts else opts
+    job_id = options.get("jobId")
+    if job_id is None:
+        raise BadArgument(f"a bulk add needs a job id for every job ({name}): the producer's job_options() gives one")
+    return NewJob(name, payload.to_wire_json(), stored_opts(options), str(job_id), options.get("timestamp", timestamp))
+
+
+def expiry_job_id(waitlist_id: str) -> str:
+    return f"{EXPIRY_JOB_ID_PREFIX}{waitlist_id}"
+
+
+def new_expiry(
+    waitlist_id: str, slot_id: str, customer_id: str, salon_id: str, delay_ms: int = EXPIRY_DELAY_MS
+) -> ExpiryJob:
+    """An `ExpiryJob` notified now and expiring `delay_ms` from now."""
+    now = datetime.now(timezone.utc)
+    return ExpiryJob(
+        waitlist_id=waitlist_id,
+        slot_id=slot_id,
+        customer_id=customer_id,
+        salon_id=salon_id,
+        notified_at=now,
+        expires_at=now + timedelta(milliseconds=delay_ms),
+    )
+
+
+# Chunks of `add_bulk` sent before waiting for the first one's reply (Python packs one
+# while Redis runs another).
+IN_FLIGHT_CHUNKS = 3
+
+
+class Producer:
+    """Adds and cancels the waitlist jobs. One bullmq `Queue` per queue, opened lazily."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.durability = Durability.from_settings(settings)
+        self._queues: dict[QueueKey, Queue] = {}
+        self._redis: Any = None
+        self._remove_script: Any = None
+
+    async def __aenter__(self) -> "Producer":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def queue(self, key: QueueKey) -> Queue:
+        if key not in self._queues:
+            self._queues[key] = Queue(
+                queue_name(key, self.settings),
+                {"connection": bullmq_connection(self.settings), "prefix": self.settings.bullmq_prefix},
+            )
+            bound_retries(self.settings, self._queues[key].backend.connection)
+        return self._queues[key]
+
+    async def close(self) -> None:
+        for q in self._queues.values():
+            await q.close()
+        self._queues.clear()
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    async def add(
+        self,
+        key: QueueKey,
+        payload: WireModel,
+        *,
+        job_id: str | None = None,
+        delay_ms: int | None = None,
+        priority: Priority | None = None,
+        **opts: Any,
+    ) -> str:
+        """Add one job with the catalog's default options; returns its id.
+
+        Without `job_id` the producer gives the job a UUID: when Redis goes away after
+        running an add but before replying, the retried add finds that id and adds
+        nothing, where an id counted by Redis would have added the job twice.
+        """
+        options = self.job_options(key, job_id=job_id, delay_ms=delay_ms, priority=priority)
+        options.update(opts)
+        job = stored_job(self.queue(key), SPECS[key].job_name, payload, options)
+        async with redis_errors(self.settings, "job not added"):
+            if self.durability.enabled:
+                job.id = await self._add_durably(job)
+            else:
+                job.id = await job.queue.backend.addJob(job)
+        return str(job.id)
+
+    async def _add_durably(self, job: Job) -> str:
+        """`addJob` followed by WAIT on its connection (`bullwait.engine.durable`); a repeat after
+        a short WAIT adds nothing twice (same job id)."""
+        scripts = job.queue.backend.scripts
+        command = await scripts.addJob(job, pipe=CAPTURE)  # bullmq builds the EVALSHA, we send it
+        source = next(s.script for s in scripts.commands.values() if s.sha == command[1])
+        reply = await run_command(
+            job.queue.backend.connection.conn, self.durability, command, source, f"job {job.id} not added durably"
+        )
+        if isinstance(reply, int) and reply < 0:
+            raise scripts.finishedErrors({"code": reply, "parentKey": job.parentKey, "command": "addJob"})
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+    def job_options(
+        self, key: QueueKey, *, job_id: str | None = None, delay_ms: int | None = None, priority: Priority | None = None
+    ) -> dict[str, Any]:
+        """The catalog's default options for one job of `key`, as `add` writes them."""
+        spec = SPECS[key]
+        options: dict[str, Any] = spec.default_job_options()
+        options.pop("priority", None)
+        level = (priority or spec.priority).bullmq_priority
+        if level:
+            options["priority"] = level
+        options["jobId"] = check_job_id(job_id) if job_id is not None else str(uuid.uuid4())
+        if delay_ms:
+            options["delay"] = int(delay_ms)
+        return options
+
+    async def add_bulk(
+        self, key: QueueKey, jobs: Iterable[tuple[WireModel, dict[str, Any]]], chunk: int = 1000
+    ) -> list[str]:
+        """Add many jobs of `key`, each `(payload, options)`, in MULTI pipelines of `chunk` jobs.
+
+        Same wire format as `add` (and Node's `addBulk`): one round trip per chunk
+        instead of one per job. `jobs` is read a chunk at a time (a generator of a
+        million jobs is fine) and `IN_FLIGHT_CHUNKS` chunks are in flight at a time, so
+        the next chunk is built while Redis runs the previous ones. Each chunk is atomic;
+        if one fails, chunks before it (and those in flight beside it) may have been
+        added: adding them again with the same job ids adds nothing twice. Returns the
+        job ids in order.
+        """
+        queue = self.queue(key)
+        name = SPECS[key].job_name
+        ids: list[str] = []
+        in_flight: deque[asyncio.Future[list[str]]] = deque()
+        source = iter(jobs)
+        try:
+            while batch := list(islice(source, max(1, chunk))):
+                in_flight.append(asyncio.ensure_future(self._add_chunk(queue, name, batch)))
+                if len(in_flight) >= IN_FLIGHT_CHUNKS:
+                    ids.extend(await in_flight.popleft())
+            while in_flight:
+                ids.extend(await in_flight.popleft())
+        finally:
+            for task in in_flight:
+                task.cancel()
+        return ids
+
+    async def _add_chunk(self, queue: Queue, name: str, jobs: Sequence[tuple[WireModel, dict[str, Any]]]) -> list[str]:
+        """One chunk as `Queue.addBulk` would add it (see `bullwait.engine.bulk` for how it travels)."""
+        timestamp = now_ms()
+        batch = [new_job(queue, name, payload, opts, timestamp) for payload, opts in jobs]
+        async with redis_errors(self.settings, "jobs not added"):
+            return await add_jobs(queue, batch, self.durability)
+
+    async def schedule_expiries(self, payloads: Iterable[ExpiryJob], chunk: int = 1000) -> list[str]:
+        """`schedule_expiry` for many timers at once (see `add_bulk`); each due at its `expiresAt`.
+
+        `payloads` is read a chunk at a time: pass a generator to schedule more timers
+        than fit in memory, or to build the next ones while Redis adds the first."""
+        template = self.job_options(QueueKey.WAITLIST_EXPIRY)
+
+        def jobs() -> Iterator[tuple[WireModel, dict[str, Any]]]:
+            for payload in payloads:
+                opts = template.copy()  # the same options as `schedule_expiry` writes, built once
+                opts["jobId"] = check_job_id(expiry_job_id(payload.waitlist_id))
+                delay_ms = int(payload.expires_at.timestamp() * 1000 - time.time() * 1000)
+                if delay_ms > 0:
+                    opts["delay"] = delay_ms
+                yield payload, opts
+
+        return await self.add_bulk(QueueKey.WAITLIST_EXPIRY, jobs(), chunk)
+
+    async def schedule_expiry(self, payload: ExpiryJob, delay_ms: int | None = None) -> str:
+        """The 15-minute offer timer, due at `expiresAt` (or after `delay_ms`).
+
+        The job id is `expiry_<waitlistId>`, so scheduling twice keeps one job.
+        """
+        if delay_ms is None:
+            delay_ms = max(0, int(payload.expires_at.timestamp() * 1000 - time.time() * 1000))
+        return await self.add(
+            QueueKey.WAITLIST_EXPIRY, payload, job_id=expiry_job_id(payload.waitlist_id), delay_ms=delay_ms
+        )
+
+    async def send_slot_available(
+        self, payload: NotificationJob, priority: Priority = Priority.HIGH, job_id: str | None = None
+    ) -> str:
+        return await self.add(QueueKey.WAITLIST_NOTIFICATION, payload, job_id=job_id, priority=priority)
+
+    async def queue_preferences(self, payload: PreferenceJob, priority: Priority = Priority.LOW) -> str:
+        return await self.add(QueueKey.PREFERENCE_CALCULATION, payload, priority=priority)
+
+    async def cancel_expiry_timer(self, waitlist_id: str) -> CancelResult:
+        return await self.cancel_job(QueueKey.WAITLIST_EXPIRY, expiry_job_id(waitlist_id))
+
+    async def cancel_job(self, key: QueueKey, job_id: str) -> CancelResult:
+        """Remove a job only while it is waiting or delayed, atomically.
+
+        The job hash is WATCHed: if a worker takes the job (moveToActive writes
+        `processedOn`) between our state check and the removal, the removal is
+        discarded and the state is read again.
+        """
+        async with redis_errors(self.settings, "nothing cancelled"):
+            return await self._cancel_job(key, job_id)
+
+    async def _cancel_job(self, key: QueueKey, job_id: str) -> CancelResult:
+        queue = self.queue(key)
+        name = queue_name(key, self.settings)
+        client = self._own_redis()
+        job_key = queue.toKey(job_id)
+        for _ in range(10):
+            async with client.pipeline(transaction=True) as pipe:
+                await pipe.watch(job_key)
+                state = await queue.getJobState(job_id)
+                if state == "unknown":
+                    return CancelResult(name, job_id, "missing")
+                if state not in CANCELLABLE_STATES:
+                    return CancelResult(name, job_id, state)
+                pipe.multi()
+                await self._remove(pipe, queue, job_id)
+                try:
+                    removed = (await pipe.execute())[0]
+                except WatchError:
+                    continue
+                if removed == 1:
+                    return CancelResult(name, job_id, "cancelled")
+        return CancelResult(name, job_id, await queue.getJobState(job_id))
+
+    def _own_redis(self) -> Any:
+        if self._redis is None:
+            self._redis = redis_client(self.settings)
+            bound_retries(self.settings, self._redis)
+            self._remove_script = self._redis.register_script(loadScript("removeJob-2.lua"))
+        return self._redis
+
+    async def _remove(self, pipe: Any, queue: Queue, job_id: str) -> None:
+        keys = [queue.toKey(job_id), queue.keys["repeat"]]
+        args = [job_id, 1, queue.keys[""]]
+        await self._remove_script(keys=keys, args=args, client=pipe)
+
+
+OOM_MARKER = "command not allowed when used memory"
+
+
+@asynccontextmanager
+async def redis_errors(settings: Settings, consequence: str) -> Any:
+    """Turn redis-py errors into bullwait errors that say what happened and what to do.
+
+    `consequence` says what the caller may rely on (e.g. "job not added"). Passwords
+    never reach the message: Redis is described by its masked URL.
+    """
+    where = describe_redis(settings)
+    try:
+        yield
+    except AuthenticationError:
+        raise RedisUnavailable(
+            f"Redis at {where} refused the credentials ({consequence}): check REDIS_USERNAME / REDIS_PASSWORD (or the URL)"
+        ) from None
+    except NoPermissionError as exc:
+        raise RedisUnavailable(
+            f"Redis at {where} denied a command to this user ({consequence}): {_first_line(exc)}; "
+            "grant the ACL in README 'Security'"
+        ) from None
+    except ResponseError as exc:
+        if not isinstance(exc, OutOfMemoryError) and OOM_MARKER not in str(exc):
+            raise
+        raise RedisOutOfMemory(
+            f"Redis at {where} is out of memory (maxmemory reached, policy noeviction): {consequence}; "
+            "jobs already queued are kept. Free memory (clean finished jobs), raise maxmemory, then retry"
+        ) from None
+    except (RedisError, OSError) as exc:
+        raise RedisUnavailable(
+            f"cannot reach Redis at {where} after retrying for {settings.bullwait_redis_retry_timeout:g}s "
+            f"({_first_line(exc)}): {consequence}; retry later (BULLWAIT_REDIS_RETRY_TIMEOUT sets the wait)"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return redact_text(text.splitlines()[0] if text else type(exc).__name__)[:200]

@@ -1,1 +1,0 @@
-"""The `bullwait` command line: a thin Typer shell over the `bullwait` library."""

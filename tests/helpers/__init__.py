@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: fake outside world, real processes, job data."""

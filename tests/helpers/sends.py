@@ -1,0 +1,31 @@
+"""Fixtures of the send-path tests: the loopback fake Cloud API and the process's
+`Services` pointed at it, with a short WhatsApp timeout so claims end within seconds."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator, Iterator
+
+import pytest
+
+from bullwait.runtime.services import Services, build_services
+from bullwait.settings import Settings
+
+from helpers.fake_whatsapp import FakeWhatsApp
+
+TIMEOUT_S = 1  # WHATSAPP_TIMEOUT_SECONDS: a claim lasts 3 s
+
+
+@pytest.fixture
+def api() -> Iterator[FakeWhatsApp]:
+    with FakeWhatsApp() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def services(settings: Settings, api: FakeWhatsApp) -> AsyncIterator[Services]:
+    svc = await build_services(settings.with_overrides(
+        whatsapp_api_base_url=api.base_url, whatsapp_phone_number_id="1055",
+        whatsapp_access_token="test-secret-token-xyz", whatsapp_timeout_seconds=TIMEOUT_S,
+    ))
+    yield svc
+    await svc.close()

@@ -1,0 +1,182 @@
+"""A replicated Redis watched by three sentinels, all real processes on free loopback ports.
+
+    with SentinelSet().start() as topo:
+        topo.sentinels        # [(host, port), ...] to put in REDIS_SENTINELS
+        topo.master_port()    # where the sentinels say the master is now
+        topo.failover()       # graceful: SENTINEL FAILOVER, waits for the switch
+        topo.crash_master()   # SIGKILL the master, waits for the sentinels to promote the replica
+
+Sentinel times are short (down after 1 s, failover timeout 5 s) so a test sees a failover in
+seconds; production defaults are 30 s and 3 min.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bullwait.dev.embedded import RedisServer, free_port
+from bullwait.settings import Settings
+
+from helpers.reliability import COUNTING
+
+MASTER_NAME = "mymaster"
+
+
+class SentinelProcess(RedisServer):
+    """`redis-server <conf> --sentinel`: a sentinel rewrites its config file, so it gets one of its own."""
+
+    def __init__(self, master_port: int, quorum: int = 2, extra_conf: str = "") -> None:
+        super().__init__(appendonly=False)
+        self.master_port = master_port
+        self.quorum = quorum
+        self.extra_conf = extra_conf
+
+    def command(self) -> list[str]:
+        conf = Path(self.data_dir) / "sentinel.conf"
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.data_dir}\n"
+            f"logfile {os.path.join(self.data_dir, 'sentinel.log')}\n"
+            f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.master_port} {self.quorum}\n"
+            f"sentinel down-after-milliseconds {MASTER_NAME} 1000\n"
+            f"sentinel failover-timeout {MASTER_NAME} 5000\n"
+            f"sentinel parallel-syncs {MASTER_NAME} 1\n"
+            f"{self.extra_conf}"
+        )
+        return [self.binary, str(conf), "--sentinel"]
+
+
+class SentinelSet:
+    """One master, `replicas` replicas and three sentinels; stopped and removed on exit."""
+
+    def __init__(self, replicas: int = 1, data_args: list[str] | None = None, sentinel_conf: str = "") -> None:
+        args = list(data_args or [])
+        self.nodes = [RedisServer(appendonly=False, extra_args=args)]
+        self.nodes += [RedisServer(appendonly=False, extra_args=args) for _ in range(replicas)]
+        self._sentinel_conf = sentinel_conf
+        self.sentinel_procs: list[SentinelProcess] = []
+
+    @property
+    def sentinels(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", s.port) for s in self.sentinel_procs]
+
+    @property
+    def sentinels_setting(self) -> str:
+        """The value for REDIS_SENTINELS."""
+        return ",".join(f"{host}:{port}" for host, port in self.sentinels)
+
+    def start(self) -> "SentinelSet":
+        master = self.nodes[0].start()
+        for replica in self.nodes[1:]:
+            replica.start()
+            self._client(replica.port).replicaof("127.0.0.1", master.port)
+        self._wait(lambda: all(self._synced(r.port) for r in self.nodes[1:]), "replicas in sync")
+        self.sentinel_procs = [SentinelProcess(master.port, extra_conf=self._sentinel_conf) for _ in range(3)]
+        for sentinel in self.sentinel_procs:
+            sentinel.start()
+        self._wait(self._all_sentinels_see_everyone, "sentinels to discover each other and the replicas")
+        return self
+
+    def master_port(self, via: int = 0) -> int:
+        """The master's port as a sentinel reports it."""
+        host_port = self._client(self.sentinel_procs[via].port).sentinel_get_master_addr_by_name(MASTER_NAME)
+        return int(host_port[1])
+
+    def node(self, port: int) -> RedisServer:
+        return next(n for n in self.nodes if n.port == port)
+
+    def failover(self, timeout: float = 30.0) -> int:
+        """A graceful `SENTINEL FAILOVER`; returns the new master's port once every sentinel reports it."""
+        old = self.master_port()
+        self._client(self.sentinel_procs[0].port).execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
+        return self._wait_new_master(old, timeout)
+
+    def crash_master(self, timeout: float = 30.0) -> int:
+        """SIGKILL the master; returns the promoted replica's port."""
+        old = self.master_port()
+        self.node(old).kill()
+        return self._wait_new_master(old, timeout)
+
+    def restart(self, port: int) -> None:
+        """Start a killed node again on its port (the sentinels then make it a replica)."""
+        node = self.node(port)
+        node.start()
+
+    def stop(self) -> None:
+        for proc in [*self.sentinel_procs, *self.nodes]:
+            proc.cleanup()
+
+    def __enter__(self) -> "SentinelSet":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _wait_new_master(self, old: int, timeout: float) -> int:
+        def switched() -> int | None:
+            ports = set()
+            for i in range(len(self.sentinel_procs)):
+                try:
+                    ports.add(self.master_port(via=i))
+                except redis.RedisError:
+                    return None
+            if len(ports) == 1 and old not in ports:
+                port = ports.pop()
+                info = self._client(port).info("replication")
+                return port if info.get("role") == "master" else None
+            return None
+
+        return int(self._wait(switched, f"the sentinels to switch away from {old}", timeout))
+
+    def _all_sentinels_see_everyone(self) -> bool:
+        for sentinel in self.sentinel_procs:
+            master: dict[str, Any] = self._client(sentinel.port).sentinel_master(MASTER_NAME)
+            if int(master.get("num-other-sentinels", 0)) < len(self.sentinel_procs) - 1:
+                return False
+            if int(master.get("num-slaves", 0)) < len(self.nodes) - 1:
+                return False
+        return True
+
+    def _synced(self, port: int) -> bool:
+        info = self._client(port).info("replication")
+        return info.get("master_link_status") == "up"
+
+    @staticmethod
+    def _client(port: int) -> redis.Redis:
+        return redis.Redis(port=port, decode_responses=True, socket_timeout=5)
+
+    @staticmethod
+    def _wait(check: Any, what: str, timeout: float = 30.0) -> Any:
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                value = check()
+                if value:
+                    return value
+            except (redis.RedisError, OSError) as exc:
+                last = exc
+            time.sleep(0.1)
+        raise TimeoutError(f"waited {timeout}s for {what}" + (f" (last error: {last})" if last else ""))
+
+
+# The worker name the sentinel tests give `bullwait worker`, to find it by name on a new master.
+WORKER_NAME = "py-sentinel-1"
+
+
+def sentinel_env(env: dict[str, str], topo: SentinelSet) -> dict[str, str]:
+    """The test env with Redis named by the sentinels only. REDIS_HOST/PORT point at a closed
+    port: a bullwait that ignored REDIS_SENTINELS would find nothing there (never port 6379)."""
+    out = {k: v for k, v in env.items() if k != "REDIS_URL"}
+    out.update(REDIS_SENTINELS=topo.sentinels_setting, REDIS_QUEUE_DB="0", REDIS_HOST="127.0.0.1",
+               REDIS_PORT=str(free_port()), BULLWAIT_WORKER_NAME=WORKER_NAME, **COUNTING)
+    return out
+
+
+def sentinel_settings(env: dict[str, str]) -> Settings:
+    return Settings(redis_sentinels=env["REDIS_SENTINELS"], redis_queue_db=0, bullmq_prefix=env["BULLMQ_PREFIX"],
+                    redis_host="127.0.0.1", redis_port=int(env["REDIS_PORT"]))

@@ -1,0 +1,182 @@
+"""A `bullwait worker` on Redis Sentinel follows a failover without a restart (issue 14).
+
+Real processes: a master, a replica and three `redis-server --sentinel` (sentinel_helpers),
+a `bullwait worker` subprocess configured with REDIS_SENTINELS only. After a graceful
+`SENTINEL FAILOVER` the old master stays writable until the sentinels reconfigure it, so a
+worker that only moves on errors keeps waiting there; after a crash its connections fail.
+Either way a job added to the new master must complete, the move must come from the
+sentinels' `+switch-master`, and the worker must stay visible by name on the new master.
+
+The seconds from the switch to the first completion are printed (`-s` shows them); the
+goal (<= 2 s) is reported, not asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import redis
+from bullmq import Queue
+
+from bullwait.waitlist.catalog import QueueKey, queue_name
+from bullwait.dev.embedded import free_port
+from bullwait.waitlist.payloads import PreferenceJob
+from bullwait.waitlist.producer import Producer
+from bullwait.settings import Settings
+from bullwait.engine.worker import node_client_name
+
+from helpers.common import WorkerProcess
+from helpers.jobdata import preference_data
+from helpers.reliability import COUNTING
+from helpers.sentinel import WORKER_NAME, SentinelSet, sentinel_env, sentinel_settings
+
+QUEUE = "waitlist-preference-calculation"
+
+
+
+@pytest.fixture
+def topo() -> Iterator[SentinelSet]:
+    with SentinelSet().start() as topology:
+        yield topology
+
+
+async def add_on(port: int, prefix: str, job_id: str) -> None:
+    """Add a preference job straight to the node at `port` (the new master), not through Sentinel."""
+    settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", bullmq_prefix=prefix)
+    async with Producer(settings) as producer:
+        await producer.add(QueueKey.PREFERENCE_CALCULATION, PreferenceJob.model_validate(preference_data(job_id)),
+                           job_id=job_id, removeOnComplete=False)
+
+
+async def completed_after(port: int, prefix: str, job_id: str, started: float, timeout: float = 60) -> float:
+    """Seconds from `started` until `job_id` is completed on the node at `port`."""
+    queue = Queue(QUEUE, {"connection": {"host": "127.0.0.1", "port": port, "db": 0}, "prefix": prefix})
+    try:
+        deadline = time.monotonic() + timeout
+        state = "unknown"
+        while time.monotonic() < deadline:
+            state = await queue.getJobState(job_id)
+            if state == "completed":
+                return time.monotonic() - started
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"job {job_id} not completed on :{port} within {timeout}s (state {state})")
+    finally:
+        await queue.close()
+
+
+def names_on(port: int, prefix: str) -> list[str]:
+    client = redis.Redis(port=port, decode_responses=True, socket_timeout=5)
+    try:
+        return sorted(c["name"] for c in client.client_list() if c["name"].startswith(prefix + ":"))
+    finally:
+        client.close()
+
+
+def visible_names(prefix: str) -> set[str]:
+    """The names the worker's preference-queue connections carry (Python and Node form)."""
+    return {f"{prefix}:{QUEUE}:w:{WORKER_NAME}", node_client_name(prefix, QUEUE, WORKER_NAME)}
+
+
+def start(env: dict[str, str], tmp_path: Path, name: str) -> WorkerProcess:
+    worker = WorkerProcess(env, ["--queue", QUEUE], tmp_path / f"{name}.log")
+    try:
+        worker.wait_for_log("worker started", timeout=30)
+    except BaseException:
+        worker.kill()  # never leave a worker behind, e.g. one that cannot find Redis
+        raise
+    return worker
+
+
+def follow(topo: SentinelSet, env: dict[str, str], tmp_path: Path, move: str) -> dict[str, Any]:
+    prefix = env["BULLMQ_PREFIX"]
+    worker = start(env, tmp_path, f"worker-{move}")
+    try:
+        first = topo.master_port()
+        started = time.monotonic()
+        asyncio.run(add_on(first, prefix, "before"))
+        asyncio.run(completed_after(first, prefix, "before", started))
+        # Let the worker go idle in its BZPOPMIN on the master, where a switch finds it.
+        time.sleep(1.0)
+        new = topo.failover() if move == "failover" else topo.crash_master()
+        switched = time.monotonic()
+        asyncio.run(add_on(new, prefix, f"after-{move}"))
+        seconds = asyncio.run(completed_after(new, prefix, f"after-{move}", switched))
+        print(f"\n{move}: first job completed on the new master {seconds:.2f} s after the switch was seen")
+        deadline = time.monotonic() + 20
+        while not visible_names(prefix) <= set(names_on(new, prefix)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert visible_names(prefix) <= set(names_on(new, prefix)), names_on(new, prefix)
+        log = worker.log()
+        assert "redis master switched, connections moved" in log, log[-3000:]
+        assert "Traceback" not in log, log[-3000:]
+        return {"seconds": seconds, "old": first, "new": new}
+    finally:
+        assert worker.terminate() == 0, worker.log()[-3000:]
+
+
+def test_worker_follows_graceful_failover(topo: SentinelSet, env: dict[str, str], tmp_path: Path) -> None:
+    follow(topo, sentinel_env(env, topo), tmp_path, "failover")
+
+
+def test_worker_follows_crashed_master(topo: SentinelSet, env: dict[str, str], tmp_path: Path) -> None:
+    follow(topo, sentinel_env(env, topo), tmp_path, "crash")
+
+
+def http_get(port: int, path: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def monitor_port(worker: WorkerProcess) -> int:
+    worker.wait_for_log("monitoring server listening")
+    line = next(x for x in worker.log().splitlines() if "monitoring server listening" in x)
+    return int(json.loads(line)["port"])
+
+
+def test_no_master_fails_liveness_and_says_why(topo: SentinelSet, env: dict[str, str], tmp_path: Path) -> None:
+    """Master and replica both down: no master anywhere. The worker is not live, /health/queues
+    says why, the log has lines, not tracebacks; when the master is back, so is the worker."""
+    senv = sentinel_env(env, topo)
+    prefix = senv["BULLMQ_PREFIX"]
+    worker = start(senv, tmp_path, "worker-nomaster")
+    try:
+        port = monitor_port(worker)
+        assert http_get(port, "/health/live")[0] == 200
+        master = topo.master_port()
+        for node in topo.nodes:
+            node.kill()
+        down_at = len(worker.log().splitlines())
+        deadline = time.monotonic() + 30
+        status, doc = http_get(port, "/health/live")
+        while status != 503 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            status, doc = http_get(port, "/health/live")
+        assert status == 503 and doc["status"] == "no-master", doc
+        assert "did not answer" in doc["problem"] or "no reachable master" in doc["problem"], doc
+        status, health = http_get(port, "/health/queues")
+        assert status == 503 and health["problems"][0].startswith("redis: "), health
+        time.sleep(5)
+        outage = worker.log().splitlines()[down_at:]
+        print(f"\nno master: {len(outage)} log lines in ~{time.monotonic() - deadline + 30:.0f} s:\n"
+              + "\n".join(line[:200] for line in outage[:12]))
+        assert "Traceback" not in "\n".join(outage)
+        assert all(line.startswith("{") for line in outage), outage[:5]  # structured lines, nothing else
+        assert any("redis master unreachable, retrying" in line for line in outage), outage[:5]
+        assert len(outage) <= 40, outage  # about one a second, not one per connection and retry
+        topo.restart(master)
+        started = time.monotonic()
+        asyncio.run(add_on(master, prefix, "back"))
+        asyncio.run(completed_after(master, prefix, "back", started))
+        assert http_get(port, "/health/live")[0] == 200
+    finally:
+        assert worker.terminate() == 0, worker.log()[-3000:]
