@@ -37,6 +37,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from bullwait.engine.internals import new_connection, pool_kwargs, stream_writer
+
 
 class _Resend(Exception):
     """The call was not sent; send it through the ordinary client instead."""
@@ -52,7 +54,7 @@ def pack(command: tuple[Any, ...]) -> bytes:
 
 def pack_args(args: tuple[Any, ...] | list[Any]) -> bytes:
     """The bulk strings of `args`, without the array header (`pack` adds it)."""
-    out = []
+    out: list[bytes] = []
     append = out.append
     for arg in args:
         kind = type(arg)
@@ -95,7 +97,7 @@ class _Link:
         self.dead = False
 
     def writable(self) -> bool:
-        writer = getattr(self.conn, "_writer", None)
+        writer = stream_writer(self.conn)
         return not self.dead and writer is not None and not writer.transport.is_closing()
 
     def patience(self) -> float:
@@ -183,14 +185,11 @@ class AutoPipeline:
             self._connecting = asyncio.ensure_future(self._connect_then_write())
 
     async def _connect_then_write(self) -> None:
-        pool = self.client.connection_pool
-        kwargs = dict(pool.connection_kwargs)
-        if kwargs.get("decode_responses"):
-            kwargs["encoding_errors"] = "surrogateescape"  # see "Bad bytes" above
-        conn = pool.connection_class(**kwargs)
+        escape = {"encoding_errors": "surrogateescape"} if (pool_kwargs(self.client) or {}).get("decode_responses") else {}
+        conn = new_connection(self.client, **escape)  # see "Bad bytes" above
         try:
             await conn.connect()
-            if getattr(conn, "_writer", None) is None:  # a redis-py without it: no pipelining
+            if stream_writer(conn) is None:  # a redis-py without it: no pipelining
                 self._closed = True
                 raise _Resend("redis-py connection has no stream writer")
         except Exception as exc:
@@ -222,7 +221,9 @@ class AutoPipeline:
             link.progress = loop.time()
         link.sent.extend(fut for _, fut in live)
         try:
-            link.conn._writer.write(b"".join(cmd for cmd, _ in live))
+            writer = stream_writer(link.conn)
+            assert writer is not None  # checked by _writable
+            writer.write(b"".join(cmd for cmd, _ in live))
         except Exception as exc:
             self._fail_link(link, exc)
             return
