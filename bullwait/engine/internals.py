@@ -4,8 +4,11 @@ bullwait needs a few things neither client offers as API: bullmq's Lua scripts a
 order of their keys, its `Scripts` helper, the connections a `Worker` makes, redis-py's
 pool lists and stream writer. Each function here says what the public API lacks. The
 rest of bullwait calls these functions and uses only public names of the two clients
-(`bullmq.Worker`, `Queue`, `Job` and the error classes; `redis.asyncio.Redis`, its
-pools and `Connection.send_packed_command` / `read_response`).
+(`bullmq.Worker`, `Queue`, `Job` and the error classes, with the attributes and methods
+they have without a leading underscore; `redis.asyncio.Redis`, its pools and
+`Connection.send_packed_command` / `read_response`). The Sentinel classes in
+`bullwait.engine.connection` subclass redis-py's; the behaviour of redis-py they rely on
+is listed there ("Reliance on redis-py internals").
 
 Everything here was checked against the versions in `SUPPORTED_BULLMQ` and
 `SUPPORTED_REDIS` only; `check_compatibility()` refuses others at import of
@@ -21,17 +24,11 @@ import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
-from bullmq import Worker
-from bullmq.custom_errors import DelayedError, UnrecoverableError, WaitingChildrenError
+from bullmq import DelayedError, Job, UnrecoverableError, WaitingChildrenError, Worker
 
 from bullwait.errors import UnsupportedClientVersion
-
-if TYPE_CHECKING:
-    from bullmq.job import Job
-else:
-    Job = Any
 
 # --- Versions ---------------------------------------------------------------------------------
 # (lowest tested, first version not supported). Keep in step with pyproject.toml.
@@ -40,7 +37,7 @@ SUPPORTED_REDIS = ((8, 1, 0), (8, 2))
 # Set to 1 to run on versions outside those ranges (only to test an upgrade; see the docs).
 ALLOW_UNTESTED_ENV = "BULLWAIT_ALLOW_UNTESTED_CLIENTS"
 
-# bullmq `Worker` methods `BullwaitWorker` overrides or calls, with the parameters it relies on.
+# bullmq `Worker` methods `BullwaitWorker` wraps, with the parameters it relies on.
 WORKER_METHODS: dict[str, tuple[str, ...]] = {
     "run": ("self",),
     "close": ("self", "force"),
@@ -49,8 +46,6 @@ WORKER_METHODS: dict[str, tuple[str, ...]] = {
     "waitForJob": ("self",),
     "processJob": ("self", "job", "token"),
     "nextJobFromJobData": ("self", "job_data", "job_id", "limit_until", "delay_until", "token"),
-    "getBlockTimeout": ("self", "block_until"),
-    "isConnectionError": ("self", "error"),
 }
 
 # --- Key orders of the scripts bullwait calls itself ------------------------------------------

@@ -1,9 +1,16 @@
 """`BullwaitWorker`: the official bullmq-py `Worker`, on time, visible to Node, fast and robust
 to jobs it cannot read.
 
-What it changes in the official client, and why, is in docs/performance.md ("what bullwait
-changes in the official client, and why"); the numbers in the comments below refer to its
-list. Every use of bullmq-py's or redis-py's internals is in `bullwait.engine.internals`.
+What it changes in the official client, and why, with measurements: docs/performance.md
+("What bullwait changes in the official client, and why"). In short: timers end on time
+(fractional blocking timeouts, the last stretch slept in the event loop), Node and Bull
+Board see the worker, completing a job fetches the next one in the same call, completions
+share one pipelined connection, the limiter is waited out as in Node, jobs bullmq-py
+cannot read or fail fail once instead of stalling for ever, blocking reads outlast their
+block and are cancellable, and jobs fetched by a call whose reply was lost go back to the
+queue. Each method below says which of these it carries out.
+
+Every use of bullmq-py's or redis-py's internals is in `bullwait.engine.internals`.
 """
 
 from __future__ import annotations
@@ -16,9 +23,7 @@ import socket
 import time
 from typing import Any
 
-from bullmq import Worker
-from bullmq.custom_errors import UnrecoverableError
-from bullmq.job import Job
+from bullmq import Job, UnrecoverableError, Worker
 
 from bullwait.engine import internals
 from bullwait.engine.autopipeline import AutoPipeline
@@ -69,22 +74,28 @@ class BullwaitWorker(Worker):  # type: ignore[misc]  # bullmq-py ships no type i
         opts = dict(opts or {})
         blocking = opts.pop("blockingConnection", None)
         super().__init__(name, processor, _escaping_undecodable(opts), *args, **kwargs)
-        if blocking is not None:  # 10. a client instance (Sentinel): the BZPOPMIN gets its own
+        if blocking is not None:  # a client instance (Sentinel) was given: the BZPOPMIN gets its own
             internals.use_blocking_client(self, blocking)
-        for connection in internals.bullmq_connections(self):  # 5. bytes that are not UTF-8
+        # Bytes that are not UTF-8 are read as surrogate escapes, not raised: one bad reply on a
+        # shared connection failed every call on it. They are written back as the same bytes.
+        for connection in internals.bullmq_connections(self):
             internals.escape_undecodable(connection)
         self._allow_long_blocking_reads()
-        keep_cancellations(self._blocking_connection())  # 8.
-        self.pipeline = AutoPipeline(internals.main_client(self))  # 7.
+        # close() cancels the BZPOPMIN; redis-py's send may swallow that cancellation.
+        keep_cancellations(self._blocking_connection())
+        # Completions travel together on one connection, as with Node's ioredis.
+        self.pipeline = AutoPipeline(internals.main_client(self))
         self._completions: CompletionCalls | None = None  # built on first use (scripts are loaded by then)
-        self.orphans = OrphanSweeper(self)  # 9.
+        # A fetch sent twice (its reply lost) leaves a job active under our token: given back.
+        self.orphans = OrphanSweeper(self)
 
     def _blocking_connection(self) -> Any:
         connections = internals.bullmq_connections(self)
         return connections[1] if len(connections) > 1 else None
 
     def _allow_long_blocking_reads(self) -> None:
-        """6. Give the blocking connection a read timeout longer than any BZPOPMIN it sends."""
+        """Give the blocking connection a read timeout longer than any BZPOPMIN it sends:
+        redis-py 8's default 5 s ended 5-10 s blocks early, and its retries slept through due timers."""
         longest = max(float(self.maximumBlockTimeout), float(self.opts.get("drainDelay", 5)))
         bound_blocking_reads(self._blocking_connection(), longest)
 
@@ -95,7 +106,7 @@ class BullwaitWorker(Worker):  # type: ignore[misc]  # bullmq-py ships no type i
 
     async def run(self) -> None:
         await self.prime()
-        # 2. The main connection keeps bullmq-py's name (its `get_workers()` sees us), the
+        # The main connection keeps bullmq-py's name (its `get_workers()` sees us), the
         # blocking one takes Node's (Node's `getWorkers()` and Bull Board see us).
         await internals.name_worker_connections(
             self, self.clientName, node_client_name(self.prefix, self.name, self.workerName)
@@ -107,11 +118,12 @@ class BullwaitWorker(Worker):  # type: ignore[misc]  # bullmq-py ships no type i
             await self.orphans.stop()
 
     async def prime(self) -> None:
-        """1. Learn the server's capabilities (1 ms and fractional blocking timeouts)."""
+        """Learn the server's capabilities (1 ms and fractional blocking timeouts): a stock
+        Worker rounds its wait up to whole seconds until something asks."""
         await internals.learn_server_version(self)
 
     async def moveToActive(self, token: str) -> Job | None:
-        """bullmq's fetch, counted by the orphan sweeper until its job is registered (9.)."""
+        """bullmq's fetch, counted by the orphan sweeper until its job is registered."""
         self.orphans.fetch_started(token)
         job = None
         try:
@@ -121,8 +133,10 @@ class BullwaitWorker(Worker):  # type: ignore[misc]  # bullmq-py ships no type i
         return job
 
     async def waitForJob(self) -> int:
-        """1. bullmq's wait for the marker, ended `PRECISE_WAIT_MS` before the next due time;
-        the rest is slept in the event loop, whose timers are ~1 ms accurate."""
+        """bullmq's wait for the marker, ended `PRECISE_WAIT_MS` before the next due time; the
+        rest is slept in the event loop, whose timers are ~1 ms accurate (Redis ends a block
+        from its own event loop, `hz` times a second). A job added in that last stretch waits
+        for it."""
         if self.closing or self.paused:
             # close()/pause() cancel the wait in progress; a fetch the worker loop started
             # before them must not begin another (bullmq's getNextJob ends on this).
@@ -142,7 +156,7 @@ class BullwaitWorker(Worker):  # type: ignore[misc]  # bullmq-py ships no type i
                 self.blockUntil = due
 
     async def getNextJob(self, token: str) -> Job | None:
-        """4. Rate limited: wait until the limiter's window reopens, then ask again, as Node does
+        """Rate limited: wait until the limiter's window reopens, then ask again, as Node does
         (bullmq-py would block on a marker nothing re-adds for the whole drain delay)."""
         if self.limitUntil <= 0 or self.closing:
             return await super().getNextJob(token)
@@ -157,7 +171,8 @@ class BullwaitWorker(Worker):  # type: ignore[misc]  # bullmq-py ships no type i
         return job
 
     async def processJob(self, job: Job, token: str) -> None:
-        """3. Process `job`, then each job that completing it fetched, in this slot."""
+        """Process `job`, then each job that completing it fetched, in this slot (one Lua call
+        per job instead of two, as in Node). A failed, delayed or rate-limited job ends the chain."""
         current: Job | None = job
         while current is not None:
             try:
@@ -173,7 +188,7 @@ class BullwaitWorker(Worker):  # type: ignore[misc]  # bullmq-py ships no type i
 
     async def _complete(self, job: Job, result: Any, token: str) -> Job | None:
         """Complete `job`; unless the worker is stopping, also fetch the next job in the same
-        call (3.), counted as a fetch under way (9.) until it is built or known to be lost."""
+        call, counted as a fetch under way until it is built or known to be lost."""
         if not self._may_fetch_next():
             await self._move_to_completed(job, result, token, False)
             return None
@@ -196,7 +211,7 @@ class BullwaitWorker(Worker):  # type: ignore[misc]  # bullmq-py ships no type i
             return None
 
     async def _fail(self, job: Job, err: Exception, token: str) -> None:
-        """5. bullmq's `moveToFailed`, once the job's options are known to be usable.
+        """bullmq's `moveToFailed`, once the job's options are known to be usable.
 
         Only failing jobs pay for the check. Options no retry decision can be made from
         fail the job now, unrecoverably, with a reason naming them (see `jobcheck`)."""
@@ -231,7 +246,7 @@ class BullwaitWorker(Worker):  # type: ignore[misc]  # bullmq-py ships no type i
         job.attemptsMade += 1
 
     async def _move_to_completed(self, job: Job, result: Any, token: str, fetch: bool) -> Any:
-        """7. bullmq's `moveToFinished` script, packed by `CompletionCalls` and sent through the auto-pipeline."""
+        """bullmq's `moveToFinished` script, packed by `CompletionCalls` and sent through the auto-pipeline."""
         if self._completions is None:
             self._completions = CompletionCalls(self)
         keys, args, packed = self._completions.build(job, result, token, fetch)
@@ -254,7 +269,9 @@ class BullwaitWorker(Worker):  # type: ignore[misc]  # bullmq-py ships no type i
         delay_until: int = 0,
         token: str | None = None,
     ) -> Job | None:
-        """5. bullmq's, for a job hash it cannot read too: that job fails at once, naming its fields."""
+        """bullmq's, for a job hash it cannot read too (data not JSON, `delay: "abc"`, bytes that
+        are not UTF-8): that job fails at once, unrecoverably, naming its fields, instead of
+        raising here, staying active, stalling and coming back for ever."""
         try:
             job: Job | None = await super().nextJobFromJobData(job_data, job_id, limit_until, delay_until, token)
         except Exception as err:  # anything: a job left active here would stall and come back for ever
