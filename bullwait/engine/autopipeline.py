@@ -185,8 +185,9 @@ class AutoPipeline:
             self._connecting = asyncio.ensure_future(self._connect_then_write())
 
     async def _connect_then_write(self) -> None:
-        escape = {"encoding_errors": "surrogateescape"} if (pool_kwargs(self.client) or {}).get("decode_responses") else {}
-        conn = new_connection(self.client, **escape)  # see "Bad bytes" above
+        decoding = bool((pool_kwargs(self.client) or {}).get("decode_responses"))
+        escape = {"encoding_errors": "surrogateescape"} if decoding else {}  # see "Bad bytes" above
+        conn = new_connection(self.client, **escape)
         try:
             await conn.connect()
             if stream_writer(conn) is None:  # a redis-py without it: no pipelining
