@@ -122,7 +122,7 @@ def _notify_rows(row: dict[str, Any]) -> list[tuple[str, ...]]:
     out = [(f"sends/s, first {row['bindingN']} (global limit binding), {what}", _f(row["bindingRate"], 1), "", "", "",
             ">= 76.0/s", _met(row["bindingRate"] >= 76 and limits_ok))]
     if row["salonLimit"] and row["n"] > row["salons"] * row["salonLimit"]:
-        out.append((f"  sends/s, whole run (salon limits binding)", _f(row["rate"], 1), "", "", "",
+        out.append(("  sends/s, whole run (salon limits binding)", _f(row["rate"], 1), "", "", "",
                     f">= {0.95 * row['ceiling']:.1f}/s", _met(row["rate"] >= 0.95 * row["ceiling"] and limits_ok)))
     out.append(("  max in any 1 s (read: " + str(row.get("maxPerSecondRead", "-")) + ") / dup / missing / failed / salon max",
                 f"{row['maxPerSecond']} / {row['duplicates']} / {row['missing']} / {row['failed']} / {row['maxPerSalonWindow']}",

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import math
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
 
+from bench.procs import Proc, cpu_seconds, node_available, run_node_enqueue, start_worker
+from bullwait.settings import Settings
 from bullwait.waitlist.catalog import SPECS, QueueKey
 from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, SlotDetails
 from bullwait.waitlist.producer import IN_FLIGHT_CHUNKS, Producer
-from bullwait.settings import Settings
-
-from bench.procs import Proc, cpu_seconds, node_available, run_node_enqueue, start_worker
 
 QUEUE = "waitlist-expiry"
 RUNTIMES = ("bullwait", "stock", "node")
@@ -83,7 +81,7 @@ def expiry(i: int, expires_at: datetime, now: datetime | None = None, ids: str =
         slot_id=names[1],
         customer_id=names[2],
         salon_id=names[3],
-        notified_at=now or datetime.now(timezone.utc),
+        notified_at=now or datetime.now(UTC),
         expires_at=expires_at,
     )
 
@@ -99,8 +97,8 @@ async def _enqueue_timers(settings: Settings, n: int, base: float, spread: float
     reads timers from a database or a file would)."""
     started = time.perf_counter()
     async with Producer(settings) as producer:
-        now = datetime.now(timezone.utc)
-        payloads = (expiry(i, datetime.fromtimestamp(base + spread * i / n, timezone.utc), now, ids) for i in range(n))
+        now = datetime.now(UTC)
+        payloads = (expiry(i, datetime.fromtimestamp(base + spread * i / n, UTC), now, ids) for i in range(n))
         await producer.schedule_expiries(payloads, 1000)
     return time.perf_counter() - started
 
@@ -135,7 +133,7 @@ def timers(b: Bench, log: Any) -> dict[str, Any]:
 
 async def _fill(settings: Settings, n: int, opts: dict[str, Any] | None = None) -> None:
     async with Producer(settings) as producer:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         later = now + timedelta(minutes=15)
         jobs = []
         for i in range(n):

@@ -18,13 +18,13 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bullwait.waitlist.catalog import QueueKey
+from bullwait.waitlist.offers import Waitlist, booking_preference, notification_job_id
 from bullwait.waitlist.payloads import SlotDetails
 from bullwait.waitlist.producer import expiry_job_id
-from bullwait.waitlist.offers import Waitlist, booking_preference, notification_job_id
 
 MIN_CUSTOMERS = 3
 
@@ -47,7 +47,7 @@ class DemoReport:
 
 def _slot(hour: int, master: int) -> SlotDetails:
     return SlotDetails(
-        date=(datetime.now(timezone.utc) + timedelta(days=1)).date().isoformat(),
+        date=(datetime.now(UTC) + timedelta(days=1)).date().isoformat(),
         time=f"{hour:02d}:00",
         master_id=f"master-{master}",
         master_name=["Ana", "Luis", "Marta"][master % 3],

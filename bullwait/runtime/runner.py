@@ -12,15 +12,16 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 
-from bullwait.waitlist.catalog import SPECS, QueueKey, concurrency, queue_name
 from bullwait.engine.connection import bound_retries, bullmq_connection, wait_for_redis
+from bullwait.engine.worker import BullwaitWorker, default_worker_name
 from bullwait.logs import get_logger
 from bullwait.runtime.dispatch import JobObserver, Registry, dispatch
 from bullwait.settings import Settings
-from bullwait.engine.worker import BullwaitWorker, default_worker_name
+from bullwait.waitlist.catalog import SPECS, QueueKey, concurrency, queue_name
 
 
 def worker_options(key: QueueKey, settings: Settings, worker_name: str) -> dict[str, Any]:
@@ -102,7 +103,7 @@ class WorkerPool:
     options: dict[QueueKey, dict[str, Any]] = field(default_factory=dict)
     workers: dict[QueueKey, BullwaitWorker] = field(default_factory=dict)
     log: Any = field(default_factory=get_logger)
-    _errors: "ErrorThrottle" = field(default_factory=lambda: ErrorThrottle())
+    _errors: ErrorThrottle = field(default_factory=lambda: ErrorThrottle())
 
     def start(self) -> list[asyncio.Task[None]]:
         tasks = []

@@ -64,8 +64,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -340,7 +341,7 @@ class SendRecords:
             self._flusher.cancel()
         try:
             await asyncio.wait_for(self._flush_all(), CLOSE_FLUSH_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         for key, writes in list(self._backlog.items()):
             self.log.error("send record not written; check it by hand", record=key,

@@ -9,9 +9,9 @@ import json
 
 import pytest
 
+from bullwait.settings import Settings
 from bullwait.waitlist.payloads import PreferenceJob
 from bullwait.waitlist.producer import Producer
-from bullwait.settings import Settings
 
 from helpers.common import run_cli
 from helpers.jobdata import preference_data

@@ -13,8 +13,8 @@ from bullmq.job import Job
 from bullwait.engine.autopipeline import pack
 from bullwait.engine.completion import CompletionCalls
 from bullwait.engine.connection import redis_options
-from bullwait.settings import Settings
 from bullwait.engine.worker import BullwaitWorker
+from bullwait.settings import Settings
 
 
 async def _echo(job, token):  # type: ignore[no-untyped-def]

@@ -8,12 +8,12 @@ from typing import Any
 
 import redis
 
-from bullwait.waitlist.catalog import QueueKey
-from bullwait.waitlist.payloads import ExpiryJob
 from bullwait.runtime.dispatch import Registry
-from bullwait.waitlist.producer import Producer
 from bullwait.runtime.runner import run_workers
 from bullwait.settings import Settings
+from bullwait.waitlist.catalog import QueueKey
+from bullwait.waitlist.payloads import ExpiryJob
+from bullwait.waitlist.producer import Producer
 
 from helpers.common import run_cli, wait_job_state, wait_until
 from helpers.jobdata import expiry_data, notification_data, preference_data

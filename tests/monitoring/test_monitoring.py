@@ -9,28 +9,27 @@ import shutil
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from bullmq import Queue
 from prometheus_client.parser import text_string_to_metric_families
 
-from bullwait.waitlist.catalog import QueueKey, queue_name
 from bullwait.engine.connection import redis_options
 from bullwait.monitoring.metrics import JobMetrics
-from bullwait.waitlist.producer import Producer
+from bullwait.ops.snapshot import NODE_STATES, worker_names
 from bullwait.runtime.runner import WorkerPool, worker_options
 from bullwait.settings import Settings
-from bullwait.ops.snapshot import NODE_STATES, worker_names
+from bullwait.waitlist.catalog import QueueKey, queue_name
+from bullwait.waitlist.producer import Producer
 
 from helpers.common import BULLWAIT, ROOT, WorkerProcess, run_cli, wait_until
 from helpers.fake_whatsapp import FakeWhatsApp
-from helpers.monitoring import get, health, listening, scrape, value
 from helpers.jobdata import expiry_data, notification_data, preference_data
+from helpers.monitoring import get, health, listening, scrape, value
 
 NODE_COMPAT = ROOT / "node-compat"
 HAS_NODE_BULLMQ = (NODE_COMPAT / "node_modules" / "bullmq").is_dir() and shutil.which("node") is not None
@@ -320,7 +319,7 @@ async def test_worker_metrics_counters_and_health(settings: Settings, start_work
         for _ in range(2):
             await notify.add("send-slot-available", bad, {"attempts": 3})
         await producer.queue(QueueKey.PREFERENCE_CALCULATION).add("calculate-preferences", preference_data(), {"priority": 10})
-        due = datetime.now(timezone.utc) + timedelta(milliseconds=300)
+        due = datetime.now(UTC) + timedelta(milliseconds=300)
         timer = dict(expiry_data("w-t"), expiresAt=due.isoformat().replace("+00:00", "Z"))
         await producer.queue(QueueKey.WAITLIST_EXPIRY).add("check-expiry", timer, {"delay": 300, "jobId": "expiry_w-t"})
         counts = await _wait_counts(settings, NOTIFY, completed=3, failed=2, active=0)
@@ -512,7 +511,7 @@ class _Job:
 
 def test_job_metrics_observer_counts_and_never_raises() -> None:
     metrics = JobMetrics(queues=[EXPIRY, NOTIFY], expiry_queue=EXPIRY)
-    late = (datetime.now(timezone.utc) - timedelta(seconds=2)).isoformat().replace("+00:00", "Z")
+    late = (datetime.now(UTC) - timedelta(seconds=2)).isoformat().replace("+00:00", "Z")
     metrics.started(EXPIRY, _Job({"expiresAt": late}))  # counted: first attempt, 2 s late
     metrics.started(EXPIRY, _Job({"expiresAt": late}, attempts_made=1))  # retry: not timer lateness
     metrics.started(EXPIRY, _Job({"expiresAt": "not a date"}))  # ignored, no exception

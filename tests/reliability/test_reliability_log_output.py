@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
+from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.producer import Producer
-from bullwait.settings import Settings
 
 from helpers.common import BULLWAIT, ROOT
 from helpers.reliability import add_counted, counts, eventually

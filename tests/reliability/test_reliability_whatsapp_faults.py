@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from bullmq import Job
 
+from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.payloads import NotificationJob
 from bullwait.waitlist.producer import Producer
-from bullwait.settings import Settings
 
 from helpers.fake_whatsapp import FakeWhatsApp, Recorded
 from helpers.jobdata import notification_data

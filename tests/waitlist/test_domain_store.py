@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 
 from bullwait.engine.connection import redis_client
-from bullwait.waitlist.payloads import SlotDetails
 from bullwait.settings import Settings
+from bullwait.waitlist.payloads import SlotDetails
 from bullwait.waitlist.store import RedisWaitlistStore, WaitlistStore
+
 from helpers.jobdata import future_day
 
 DETAILS = SlotDetails(

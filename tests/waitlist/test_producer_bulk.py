@@ -6,9 +6,9 @@ import json
 
 import redis
 
+from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.producer import Producer, new_expiry
-from bullwait.settings import Settings
 
 
 async def test_schedule_expiries_writes_what_schedule_expiry_writes(settings: Settings, sync_redis: redis.Redis, prefix: str) -> None:
