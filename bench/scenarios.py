@@ -414,7 +414,10 @@ def _notify_run(
     deadline = time.monotonic() + (60 + n / 20)
     while time.monotonic() < deadline:
         pipe = b.client.pipeline(transaction=False)
-        pipe.llen(keys[0]); pipe.llen(keys[1]); pipe.zcard(keys[2]); pipe.zcard(keys[3])
+        pipe.llen(keys[0])
+        pipe.llen(keys[1])
+        pipe.zcard(keys[2])
+        pipe.zcard(keys[3])
         if sum(pipe.execute()) == 0:
             break
         time.sleep(0.05)
@@ -460,7 +463,8 @@ def notifications(b: Bench, log: Any) -> dict[str, Any]:
         for c in sweep:
             row = _notify_run(b, fake_url, per, 200, c, 0, 60_000)
             results[f"global:c{c}"] = row
-            log(f"notify global only c={c}: {row['rate']} sends/s, max {row['maxPerSecond']} in 1 s (read {row['maxPerSecondRead']}), dup {row['duplicates']}")
+            log(f"notify global only c={c}: {row['rate']} sends/s, max {row['maxPerSecond']} in 1 s "
+                f"(read {row['maxPerSecondRead']}), dup {row['duplicates']}")
         results["concurrencyFor95"] = min((c for c in sweep if results[f"global:c{c}"]["rate"] >= 76), default=None)
         c = defaults.waitlist_notification_concurrency
         n, salons = (2_000, 200) if b.quick else (5_000, 200)

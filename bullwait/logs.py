@@ -9,6 +9,7 @@ then ignored SIGTERM, whose handler logged before it set the stop flag.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json as _json
@@ -253,10 +254,8 @@ def _writable_fd(stream: Any) -> tuple[int | None, Any]:
         mode = os.fstat(fd).st_mode
     except (OSError, ValueError, AttributeError):
         return None, None
-    try:
+    with contextlib.suppress(OSError, ValueError):
         stream.flush()  # what Python already buffered goes first
-    except (OSError, ValueError):
-        pass
     if stat.S_ISREG(mode):
         return fd, None
     poller = select.poll()

@@ -26,7 +26,7 @@ import resource
 import socket
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -149,10 +149,8 @@ class Monitor:
         return 200, doc
 
     async def close(self) -> None:
-        try:
+        with suppress(KeyError):
             self.registry.unregister(self.collector)
-        except KeyError:
-            pass
         if self._client is not None:
             await self._client.aclose()
             self._client = None

@@ -10,6 +10,7 @@ as "outcome unknown" rather than risk a second message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -144,7 +145,7 @@ class WorkerPool:
         graceful = [asyncio.ensure_future(w.close()) for w in self.workers.values()]
         if not graceful:
             return True
-        done, pending = await asyncio.wait(graceful, timeout=timeout)
+        _done, pending = await asyncio.wait(graceful, timeout=timeout)
         if pending:
             self.log.warning("shutdown timeout reached, leaving active jobs to stalled recovery", timeout=timeout)
             for worker in self.workers.values():
@@ -257,7 +258,5 @@ def _install_signal_handlers(stop: asyncio.Event, log: Any) -> None:
             log.info("signal received, stopping", signal=signame)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, request_stop, sig.name)
-        except (NotImplementedError, RuntimeError):
-            pass

@@ -281,10 +281,8 @@ class SendRecords:
 
     async def _write_soon(self, key: str, write: Write) -> None:
         """`_write_or_defer` for a caller that raises its own error anyway."""
-        try:
+        with contextlib.suppress(RedisError):
             await self._write_or_defer(key, write)
-        except RedisError:
-            pass
 
     def _defer(self, key: str, write: Write) -> None:
         self._backlog.setdefault(key, []).append(write)
@@ -339,10 +337,8 @@ class SendRecords:
         (the records to fix by hand)."""
         if self._flusher is not None:
             self._flusher.cancel()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._flush_all(), CLOSE_FLUSH_S)
-        except TimeoutError:
-            pass
         for key, writes in list(self._backlog.items()):
             self.log.error("send record not written; check it by hand", record=key,
                            wamid=self._unrecorded.get(key), pending=len(writes))

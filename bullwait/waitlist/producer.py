@@ -350,7 +350,8 @@ async def redis_errors(settings: Settings, consequence: str) -> Any:
         yield
     except AuthenticationError:
         raise RedisUnavailable(
-            f"Redis at {where} refused the credentials ({consequence}): check REDIS_USERNAME / REDIS_PASSWORD (or the URL)"
+            f"Redis at {where} refused the credentials ({consequence}): "
+            "check REDIS_USERNAME / REDIS_PASSWORD (or the URL)"
         ) from None
     except NoPermissionError as exc:
         raise RedisUnavailable(

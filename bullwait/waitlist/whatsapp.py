@@ -133,7 +133,8 @@ class CloudApiSender:
             raise WhatsAppRejected("WHATSAPP_ACCESS_TOKEN and WHATSAPP_PHONE_NUMBER_ID must both be set")
         self.settings = settings
         self.url = (
-            f"{settings.whatsapp_api_base_url}/{settings.whatsapp_api_version}/{settings.whatsapp_phone_number_id}/messages"
+            f"{settings.whatsapp_api_base_url}/{settings.whatsapp_api_version}"
+            f"/{settings.whatsapp_phone_number_id}/messages"
         )
         self._client = httpx.AsyncClient(
             timeout=settings.whatsapp_timeout_seconds,

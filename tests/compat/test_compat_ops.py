@@ -1,4 +1,5 @@
-"""The operator CLI against Node: `bullwait cancel` removes a NestJS timer, `bullwait stats --json` equals Node's getJobCounts.
+"""The operator CLI against Node: `bullwait cancel` removes a NestJS timer,
+`bullwait stats --json` equals Node's getJobCounts.
 
 Skipped until the operator commands (`stats`, `cancel`) are part of the CLI.
 """

@@ -242,7 +242,7 @@ async def _job_if(queue: Any, job_id: str, check: Callable[[Any], bool]) -> Any:
 async def test_short_wait_sends_the_write_again_and_reports_its_own_outcome(
     pair: Pair, prefix: str, clients: Any
 ) -> None:
-    producer, store, records = clients(durable(pair, prefix, timeout_ms=300))
+    producer, store, _records = clients(durable(pair, prefix, timeout_ms=300))
     await _join_two(store)
     await store.free_slot("salon-warm", "slot-w", DETAILS, NOW, NOW + 60_000)  # scripts loaded: one WAIT per send
     await producer.schedule_expiry(_expiry("w-warm"))

@@ -128,7 +128,7 @@ def test_worker_waits_for_redis_and_logs_each_attempt(env: dict[str, str], start
     worker.wait_for_log("redis unreachable, retrying", count=2, timeout=20)
     assert worker.proc.poll() is None, "the worker must keep retrying"
     assert worker.terminate(timeout=20) == 0
-    first = [line for line in worker.log().splitlines() if "redis unreachable" in line][0]
+    first = next(line for line in worker.log().splitlines() if "redis unreachable" in line)
     assert json.loads(first)["error"].startswith("cannot reach Redis")
 
 

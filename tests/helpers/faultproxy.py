@@ -18,6 +18,7 @@ script's answer, a BZPOPMIN wake-up, a lock renewal), which is what a real netwo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 import threading
@@ -239,10 +240,8 @@ def _abort(writer: asyncio.StreamWriter) -> None:
     """Close with RST: SO_LINGER on with a zero timeout drops the socket at once."""
     sock: Any = writer.get_extra_info("socket")
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
     writer.transport.abort()
 
 

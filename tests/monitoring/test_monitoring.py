@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import resource
 import shutil
@@ -115,7 +116,9 @@ const [port, prefix, data] = [Number(process.argv[1]), process.argv[2], JSON.par
 (async () => {
   const connection = { host: '127.0.0.1', port, db: 0 };
   const open = (name) => new Queue(name, { connection, prefix });
-  const [expiry, notify, prefs] = [open('waitlist-expiry'), open('waitlist-notification'), open('waitlist-preference-calculation')];
+  const [expiry, notify, prefs] = [
+    open('waitlist-expiry'), open('waitlist-notification'), open('waitlist-preference-calculation'),
+  ];
   for (let i = 0; i < 3; i++) await notify.add('send-slot-available', data.notification, { attempts: 3 });
   for (let i = 0; i < 2; i++) await prefs.add('calculate-preferences', data.preference, { priority: 10 });
   for (let i = 0; i < 4; i++) await expiry.add('check-expiry', data.expiry, { delay: 3600000, jobId: `expiry_n${i}` });
@@ -182,7 +185,9 @@ NODE_WORKER = r"""
 const { Worker } = require('bullmq');
 const [port, prefix, name] = [Number(process.argv[1]), process.argv[2], process.argv[3]];
 (async () => {
-  const worker = new Worker(name, async () => 'ok', { connection: { host: '127.0.0.1', port, db: 0 }, prefix, name: 'node-w1' });
+  const worker = new Worker(name, async () => 'ok', {
+    connection: { host: '127.0.0.1', port, db: 0 }, prefix, name: 'node-w1',
+  });
   await worker.waitUntilReady();
   console.log('ready');
   process.stdin.on('end', async () => { await worker.close(); process.exit(0); });
@@ -443,10 +448,9 @@ def half_open(port: int, count: int) -> list[socket.socket]:
 
 def trickle(socks: list[socket.socket], data: bytes) -> None:
     for sock in socks:
-        try:
+        # OSError: not accepted yet (still in the server's backlog or SYN queue)
+        with contextlib.suppress(OSError):
             sock.send(data)
-        except OSError:  # not accepted yet (still in the server's backlog or SYN queue)
-            pass
 
 
 async def test_slowloris_on_the_metrics_port_does_not_starve_the_worker(settings: Settings, env, tmp_path) -> None:  # type: ignore[no-untyped-def]
