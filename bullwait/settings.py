@@ -14,6 +14,7 @@ therefore checked part by part, and every refusal is one line that never repeats
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import cached_property
@@ -406,7 +407,7 @@ class Settings(BaseSettings):
             raise ValueError("WHATSAPP_PHONE_NUMBER_ID: required when WHATSAPP_ACCESS_TOKEN is set")
         return self
 
-    def __repr_args__(self):  # type: ignore[no-untyped-def]
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """repr()/str() never show secrets: credentials in URLs and secret fields are masked."""
         for name, value in super().__repr_args__():
             if isinstance(value, str) and name and _is_secret(name.upper()):

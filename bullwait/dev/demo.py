@@ -92,8 +92,8 @@ async def run_demo(waitlist: Waitlist, customers: int = 5, timeout: float = 60) 
     store = waitlist.store
     salon = f"demo-salon-{run_id}"
     people = [f"demo-{run_id}-{i}" for i in range(max(customers, MIN_CUSTOMERS))]
-    for i, entry in enumerate(people):
-        await waitlist.join(salon, entry, f"cust-{run_id}-{i}", f"+3460011{i:04d}")
+    for i, entry_id in enumerate(people):
+        await waitlist.join(salon, entry_id, f"cust-{run_id}-{i}", f"+3460011{i:04d}")
     slot_a, slot_b = f"slot-{run_id}-A", f"slot-{run_id}-B"
     await waitlist.free_slot(salon, slot_a, _slot(10, 0))  # -> customer 0
     await waitlist.free_slot(salon, slot_b, _slot(11, 1))  # -> customer 1

@@ -66,7 +66,7 @@ import contextlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -252,7 +252,8 @@ class SendRecords:
         return int(await self._write_or_defer(key, write))
 
     async def get(self, key: str) -> dict[str, str]:
-        return dict(await self.client.hgetall(key))
+        # redis-py types replies as bytes | str; the client decodes them (decode_responses=True).
+        return cast(dict[str, str], await self.client.hgetall(key))
 
     # --- writes Redis did not confirm ---
 
