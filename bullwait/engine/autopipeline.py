@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
+from collections.abc import Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -197,7 +198,7 @@ class AutoPipeline:
             queued, self._queued = self._queued, []
             for _, fut in queued:
                 _settle(fut, exc=exc if isinstance(exc, _RESEND) else RedisConnectionError(str(exc)))
-            asyncio.ensure_future(conn.disconnect(nowait=True))
+            _in_background(conn.disconnect(nowait=True))
             return
         if self._closed:
             await conn.disconnect()
@@ -289,7 +290,7 @@ class AutoPipeline:
             link.watchdog.cancel()
         if link.reader is not None and not link.reader.done() and link.reader is not asyncio.current_task():
             link.reader.cancel()
-        asyncio.ensure_future(link.conn.disconnect(nowait=True))
+        _in_background(link.conn.disconnect(nowait=True))
 
     async def close(self) -> None:
         """Stop pipelining: later calls go through the client; calls already made finish."""
@@ -308,6 +309,16 @@ class AutoPipeline:
             await asyncio.wait([link.reader], timeout=5)
         self._fail_link(link, _Resend("auto-pipeline closed"))
         await link.conn.disconnect()
+
+
+# Disconnects nobody waits for, referenced until done (the event loop keeps only weak references).
+_background: set[asyncio.Future[Any]] = set()
+
+
+def _in_background(coro: Coroutine[Any, Any, Any]) -> None:
+    task = asyncio.ensure_future(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 def _settle(fut: asyncio.Future[Any], result: Any = None, exc: BaseException | None = None) -> None:

@@ -23,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import msgpack
 from bullmq import Queue
@@ -32,7 +33,14 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from bullwait.engine.autopipeline import pack, pack_args
 from bullwait.engine.durable import READ_MARGIN_S, WAIT_ATTEMPTS, Command, Durability, log_short
-from bullwait.engine.internals import ADD_JOB_KEYS, encode_job_opts, main_client, normalize_backoff, pool_connection, scripts_of
+from bullwait.engine.internals import (
+    ADD_JOB_KEYS,
+    encode_job_opts,
+    main_client,
+    normalize_backoff,
+    pool_connection,
+    scripts_of,
+)
 from bullwait.errors import BadArgument
 
 _MULTI = pack(("MULTI",))

@@ -50,7 +50,9 @@ class CompletionCalls:
         self._tail = {True: pack_args(("completed", "1", prefix)), False: pack_args(("completed", "", prefix))}
         self._tail_args = {True: ["completed", "1", prefix], False: ["completed", "", prefix]}
 
-    def build(self, job: Any, result: Any, token: str, fetch: bool, timestamp: int | None = None) -> tuple[list[Any], list[Any], bytes]:
+    def build(
+        self, job: Any, result: Any, token: str, fetch: bool, timestamp: int | None = None
+    ) -> tuple[list[Any], list[Any], bytes]:
         """(keys, args, packed EVALSHA) of `moveToCompletedArgs(job, result, removeOnComplete, token, fetch)`."""
         value = json.dumps(result, separators=(",", ":"), allow_nan=False) or ""
         if timestamp is None:

@@ -13,7 +13,7 @@ import asyncio
 import ssl
 import weakref
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import SSLConnection
@@ -109,7 +109,7 @@ async def check_redis(settings: Settings, timeout: float | None = None) -> str:
         ) from None
     except ResponseError as exc:
         raise RedisAccessDenied(f"Redis at {describe_redis(settings)} answered with an error: {exc}") from None
-    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, RedisError, OSError) as exc:
         reason = short_reason(exc)
         advice = "start Redis or point REDIS_URL / --redis-url at it"
         if settings.sentinel is not None:
@@ -188,7 +188,9 @@ class BoundedRetry(Retry):
     """Retries lost connections, never refused credentials (redis-py counts those as
     connection errors, so bad credentials would otherwise be retried for the whole wait)."""
 
-    async def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False) -> Any:
+    async def call_with_retry(
+        self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False
+    ) -> Any:
         def retryable(error: Exception) -> bool:
             if isinstance(error, AuthenticationError):
                 return False
@@ -359,7 +361,7 @@ class NewestSentinel(Sentinel):
 class FollowingPool(SentinelConnectionPool):
     """A Sentinel pool whose connections follow `+switch-master` (see `FailoverWatcher`)."""
 
-    def __init__(self, service_name: str, sentinel_manager: Sentinel, watch: "WatchConfig", **kwargs: Any) -> None:
+    def __init__(self, service_name: str, sentinel_manager: Sentinel, watch: WatchConfig, **kwargs: Any) -> None:
         kwargs.setdefault("connection_class", SentinelSSLConnection if kwargs.pop("ssl", False) else SentinelConnection)
         # Until the sentinels name the master a connection has no address: never redis-py's
         # default localhost:6379, which may be another Redis (port 0 refuses at once).
@@ -456,7 +458,7 @@ class FailoverWatcher:
     """Subscribes to `+switch-master` on one sentinel that answers; on a switch of our master,
     moves every connection of this event loop's pools (`FollowingPool.follow`)."""
 
-    _running: dict[tuple[int, WatchConfig], "FailoverWatcher"] = {}
+    _running: ClassVar[dict[tuple[int, WatchConfig], FailoverWatcher]] = {}
 
     def __init__(self, config: WatchConfig) -> None:
         self.config = config
@@ -470,7 +472,7 @@ class FailoverWatcher:
         self.task = self.loop.create_task(self._run(), name="bullwait-sentinel-watcher")
 
     @classmethod
-    def current(cls, config: WatchConfig) -> "FailoverWatcher | None":
+    def current(cls, config: WatchConfig) -> FailoverWatcher | None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -479,7 +481,7 @@ class FailoverWatcher:
         return watcher if watcher is not None and watcher.loop is loop else None
 
     @classmethod
-    def ensure(cls, config: WatchConfig) -> "FailoverWatcher":
+    def ensure(cls, config: WatchConfig) -> FailoverWatcher:
         watcher = cls.current(config)
         if watcher is None or watcher.task.done():
             for key, old in list(cls._running.items()):  # drop watchers of closed loops

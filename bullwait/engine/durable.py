@@ -25,8 +25,9 @@ client's retry moves them to the new master.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -56,7 +57,7 @@ class Durability:
     timeout_ms: int = 1000
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Durability":
+    def from_settings(cls, settings: Settings) -> Durability:
         return cls(settings.bullwait_wait_replicas, settings.bullwait_wait_timeout_ms)
 
     @property

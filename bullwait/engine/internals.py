@@ -22,9 +22,10 @@ import inspect
 import os
 import re
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 from bullmq import DelayedError, Job, UnrecoverableError, WaitingChildrenError, Worker
 
@@ -175,12 +176,12 @@ def check_compatibility(bullmq_version: str | None = None, redis_version: str | 
     problems = compatibility_problems(bullmq_version, redis_version)
     if not problems or os.environ.get(ALLOW_UNTESTED_ENV) == "1":
         return
-    raise UnsupportedClientVersion(
-        "; ".join(problems)
-        + f". Install the supported versions (pip install 'bullmq{_range_text(SUPPORTED_BULLMQ)}' "
+    fix = (
+        f"Install the supported versions (pip install 'bullmq{_range_text(SUPPORTED_BULLMQ)}' "
         f"'redis{_range_text(SUPPORTED_REDIS)}'), or to test an upgrade set {ALLOW_UNTESTED_ENV}=1 "
         "and follow docs/upgrading-bullmq.md"
     )
+    raise UnsupportedClientVersion("; ".join(problems) + ". " + fix)
 
 
 # --- bullmq's Scripts helper --------------------------------------------------------------------
@@ -216,7 +217,12 @@ class QueueScripts:
         return str(self.scripts.keys[""])
 
     def error(
-        self, code: int, command: str, job_id: str | None = None, parent_key: str | None = None, state: str | None = None
+        self,
+        code: int,
+        command: str,
+        job_id: str | None = None,
+        parent_key: str | None = None,
+        state: str | None = None,
     ) -> Exception:
         """bullmq's exception for a script's negative reply code."""
         error: Exception = self.scripts.finishedErrors(

@@ -29,7 +29,6 @@ from bullwait.engine import internals
 from bullwait.engine.autopipeline import AutoPipeline
 from bullwait.engine.completion import CompletionCalls
 from bullwait.engine.connection import bound_blocking_reads, keep_cancellations
-from bullwait.engine.orphans import OrphanSweeper
 from bullwait.engine.jobcheck import (
     bare_hash,
     hash_problems,
@@ -40,6 +39,7 @@ from bullwait.engine.jobcheck import (
     repairs,
     shown,
 )
+from bullwait.engine.orphans import OrphanSweeper
 
 
 def default_worker_name() -> str:
@@ -70,10 +70,14 @@ class BullwaitWorker(Worker):  # type: ignore[misc]  # bullmq-py ships no type i
     blockUntil: int
     limitUntil: int
 
-    def __init__(self, name: str, processor: Any = None, opts: dict[str, Any] | None = None, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, name: str, processor: Any = None, opts: dict[str, Any] | None = None, *args: Any, **kwargs: Any
+    ) -> None:
         opts = dict(opts or {})
         if opts.get("backend", "redis") != "redis":
-            raise ValueError(f"bullwait.Worker runs on Redis only, not backend={opts['backend']!r}: use bullmq.Worker for it")
+            raise ValueError(
+                f"bullwait.Worker runs on Redis only, not backend={opts['backend']!r}: use bullmq.Worker for it"
+            )
         blocking = opts.pop("blockingConnection", None)
         super().__init__(name, processor, _escaping_undecodable(opts), *args, **kwargs)
         if blocking is not None:  # a client instance (Sentinel) was given: the BZPOPMIN gets its own
