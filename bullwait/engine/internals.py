@@ -355,16 +355,17 @@ async def process_job(
     complete: Callable[[Job, Any, str], Awaitable[Job | None]],
     fail: Callable[[Job, Exception, str], Awaitable[None]],
 ) -> Job | None:
-    """bullmq-py's `Worker.processJob` (bullmq/worker.py) for one job, with two changes; returns
-    the job `complete` fetched, if any.
+    """bullmq-py's `Worker.processJob` (bullmq/worker.py, as of 3.4.4) for one job, with two
+    changes; returns the job `complete` fetched, if any.
 
-    Kept as a copy because `processJob` has no hook for either change: it completes with
-    `moveToCompleted(fetch_next=False)` and drops the reply, so the job the same call could
-    fetch is lost, and it fails through `Job.moveToFailed`, which raises for options no retry
-    decision can be made from (the job then stalls for ever). So `complete` completes and may
-    fetch the next job, and `fail` checks the options first and emits `failed` itself. A job
-    marked `deferredFailure` fails before its lock is tracked: an undecodable id cannot be
-    sent in the lock-renewal batch. When bullmq's `processJob` changes, change this with it
+    Kept as a copy because `processJob` has no hook for either change. It completes with
+    `moveToCompleted(fetch_next=False)` and ignores the reply, so every job costs a second
+    Lua call (`moveToActive`) where Node fetches it in the same one. It fails through
+    `Job.moveToFailed`, which raises for options no retry decision can be made from (the
+    job then stalls for ever). So `complete` completes and may fetch the next job, and
+    `fail` checks the options first and emits `failed` itself. A job marked
+    `deferredFailure` fails before its lock is tracked: an undecodable id cannot be sent in
+    the lock-renewal batch. When bullmq's `processJob` changes, change this with it
     (docs/upgrading-bullmq.md)."""
     following: Job | None = None
     try:
