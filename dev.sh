@@ -2,7 +2,7 @@
 # bullwait's two commands, each doing its own set-up on a fresh machine (Python 3.11, Node 20):
 #   bash dev.sh demo    workers plus demo traffic (embedded redis-server when none is configured)
 #   bash dev.sh test    the whole test suite (starts its own redis-server on a free port)
-# Other: bash dev.sh bench [--quick] | bash dev.sh setup
+# Other: bash dev.sh bench [--quick] | bash dev.sh setup (also installs the docs extra: .venv/bin/mkdocs serve)
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${BULLWAIT_VENV:-.venv}"
@@ -15,7 +15,7 @@ setup_python() {
   local stamp="$VENV/.bullwait-installed"
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$VENV/bin/python" -m pip install -q -e '.[test]'
+    "$VENV/bin/python" -m pip install -q -e '.[test,docs]'
     touch "$stamp"
   fi
 }
