@@ -39,5 +39,5 @@ case "$cmd" in
   test)  setup_python; setup_node; exec "$VENV/bin/python" -m pytest "$@" ;;
   bench) setup_python; setup_node; exec "$VENV/bin/python" -m bench "$@" ;;
   lint)  setup_python; "$VENV/bin/ruff" check . && "$VENV/bin/ruff" format --check . && "$VENV/bin/mypy" bullwait ;;
-  *) sed -n '2,5p' "$0"; exit 2 ;;
+  *) sed -n '2,6p' "$0"; exit 2 ;;
 esac
