@@ -141,7 +141,7 @@ def parse_redis_url(url: str) -> RedisAddress:
     scheme, sep, rest = url.partition("://")
     if sep and "sentinel" in scheme.lower():
         raise BadRedisUrl("a Sentinel URL is not read here: unset REDIS_URL and set REDIS_SENTINELS=host:port,... "
-                          "and REDIS_SENTINEL_MASTER (README, Redis Sentinel)")
+                          "and REDIS_SENTINEL_MASTER (docs/sentinel.md)")
     if not sep or scheme.lower() not in ("redis", "rediss", "unix"):
         raise BadRedisUrl(f"must start with redis://, rediss:// or unix://, as in {URL_FORM}")
     scheme = scheme.lower()
@@ -261,7 +261,7 @@ class Settings(BaseSettings):
 
     # --- Concurrency and limits (seed defaults) ---
     waitlist_expiry_concurrency: int = Field(5, ge=1, le=10_000)
-    # 80 msg/s at 150 ms API latency needs >= 16 in flight (README, Rate limits); the seed had 10.
+    # 80 msg/s at 150 ms API latency needs >= 16 in flight (docs/waitlist.md, Rate limits); the seed had 10.
     waitlist_notification_concurrency: int = Field(20, ge=1, le=10_000)
     preference_calculation_concurrency: int = Field(2, ge=1, le=10_000)
     waitlist_notification_rate_limit: int = Field(10, ge=1)

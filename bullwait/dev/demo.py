@@ -1,6 +1,6 @@
 """Demo traffic: the real waitlist flow, then a report.
 
-Used by `bullwait demo` (the README's first command), against running workers:
+Used by `bullwait demo` (`bash dev.sh demo`), against running workers:
 
 1. `customers` (at least 3) join one salon's waitlist;
 2. two slots free up: slot A is offered to customer 0, slot B to customer 1;

@@ -355,7 +355,7 @@ async def redis_errors(settings: Settings, consequence: str) -> Any:
     except NoPermissionError as exc:
         raise RedisUnavailable(
             f"Redis at {where} denied a command to this user ({consequence}): {_first_line(exc)}; "
-            "grant the ACL in README 'Security'"
+            "grant the ACL in docs/security.md"
         ) from None
     except ResponseError as exc:
         if not isinstance(exc, OutOfMemoryError) and OOM_MARKER not in str(exc):

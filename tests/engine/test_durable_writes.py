@@ -287,7 +287,7 @@ def test_bad_wait_settings_are_one_line_naming_them(monkeypatch: pytest.MonkeyPa
         load_settings()
 
 
-# --- the least-privilege user of README 'Security' ------------------------------------------
+# --- the least-privilege user of docs/security.md --------------------------------------------
 
 @pytest.mark.parametrize("op", list(OPS))
 async def test_least_privilege_user_may_wait_and_write_the_marker(

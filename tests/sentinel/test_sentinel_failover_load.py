@@ -63,7 +63,7 @@ LOCK_MS, STALLED_MS = 5000, 2000
 # hearing +switch-master; in the latter the timer's durable store write cannot be confirmed (the
 # one replica now follows nobody's old master), so it cannot complete there. At most the jobs in
 # flight (WAITLIST_EXPIRY_CONCURRENCY) fit in such a window: twice that is a generous bound.
-# Measured: 0-1 (README 'Redis Sentinel'). Completions themselves are not WAITed for: a rerun of
+# Measured: 0-1 (docs/reliability.md, Sentinel failover). Completions themselves are not WAITed for: a rerun of
 # check-expiry is harmless, it ends `already-...`.
 EXPIRY_CONCURRENCY = 20
 # The topology: one replica. BWTEST_SENTINEL_REPLICAS=2 runs the same load with two
