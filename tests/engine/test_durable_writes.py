@@ -35,8 +35,8 @@ from bullwait.waitlist.producer import Producer, new_expiry
 from bullwait.runtime.runner import run_workers
 from bullwait.settings import Settings, load_settings
 from bullwait.waitlist.store import RedisWaitlistStore
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 
-from helpers.fake_whatsapp import FakeWhatsApp
 from helpers.jobdata import future_day, notification_data
 from helpers.reliability import eventually
 

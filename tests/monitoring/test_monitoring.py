@@ -26,9 +26,9 @@ from bullwait.waitlist.producer import Producer
 from bullwait.runtime.runner import WorkerPool, worker_options
 from bullwait.settings import Settings
 from bullwait.ops.snapshot import NODE_STATES, worker_names
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 
 from helpers.common import BULLWAIT, ROOT, WorkerProcess, run_cli, wait_until
-from helpers.fake_whatsapp import FakeWhatsApp
 from helpers.monitoring import get, health, listening, scrape, value
 from helpers.jobdata import expiry_data, notification_data, preference_data
 

@@ -40,8 +40,8 @@ import redis.asyncio as aioredis
 from bullwait.runtime.services import Services, build_services
 from bullwait.dev.embedded import RedisServer
 from bullwait.settings import Settings
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 
-from helpers.fake_whatsapp import FakeWhatsApp
 from helpers.fault_load import (
     EXPIRY, NOTIFY, QUEUES, Customer, Ledger, customers, describe_job, job_state, offer_slots, write_poison,
 )

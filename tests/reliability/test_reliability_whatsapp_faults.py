@@ -19,8 +19,8 @@ from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.payloads import NotificationJob
 from bullwait.waitlist.producer import Producer
 from bullwait.settings import Settings
+from bullwait.dev.fake_whatsapp import FakeWhatsApp, Recorded
 
-from helpers.fake_whatsapp import FakeWhatsApp, Recorded
 from helpers.jobdata import notification_data
 from helpers.reliability import counts, eventually
 

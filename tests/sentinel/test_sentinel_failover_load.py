@@ -39,9 +39,9 @@ from bullwait.dev.embedded import free_port
 from bullwait.waitlist.payloads import NotificationJob
 from bullwait.waitlist.producer import Producer, expiry_job_id, new_expiry
 from bullwait.settings import Settings
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 
 from helpers.common import ROOT, WorkerProcess
-from helpers.fake_whatsapp import FakeWhatsApp
 from helpers.fault_load import EXPIRY, NOTIFY
 from helpers.jobdata import notification_data
 from helpers.nodecompat import HAVE_NODE, NodeProcess

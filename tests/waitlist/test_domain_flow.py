@@ -18,9 +18,9 @@ from bullwait.waitlist.payloads import NotificationJob, PreferenceJob, SlotDetai
 from bullwait.waitlist.producer import expiry_job_id
 from bullwait.settings import Settings
 from bullwait.waitlist.offers import notification_job_id
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 
 from helpers.common import run_cli
-from helpers.fake_whatsapp import FakeWhatsApp
 from helpers.jobdata import notification_data, preference_data, future_day
 
 TOKEN = "test-secret-token-xyz"

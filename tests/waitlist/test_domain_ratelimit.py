@@ -27,8 +27,8 @@ from bullwait.waitlist.ratelimit import SlidingWindow
 from bullwait.runtime.runner import worker_options
 from bullwait.settings import Settings
 from bullwait.waitlist.whatsapp import WhatsAppUnavailable
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 
-from helpers.fake_whatsapp import FakeWhatsApp
 from helpers.jobdata import notification_data
 from helpers.reliability import counts, eventually
 

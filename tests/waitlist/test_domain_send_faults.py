@@ -29,8 +29,8 @@ from bullwait.waitlist.payloads import NotificationJob
 from bullwait.runtime.dispatch import Context
 from bullwait.runtime.processors.notification import send_slot_available, slot_reference
 from bullwait.waitlist.whatsapp import WhatsAppAmbiguous
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 
-from helpers.fake_whatsapp import FakeWhatsApp
 from helpers.jobdata import notification_data
 from helpers.sends import TIMEOUT_S, api, services  # noqa: F401 (fixtures)
 

@@ -25,8 +25,8 @@ from bullwait.waitlist.idempotency import SendRecords
 from bullwait.waitlist.payloads import NotificationJob
 from bullwait.runtime.processors.notification import slot_reference
 from bullwait.runtime.runner import run_workers
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 
-from helpers.fake_whatsapp import FakeWhatsApp
 from helpers.jobdata import notification_data
 from helpers.sends import TIMEOUT_S, api, services  # noqa: F401 (fixtures)
 

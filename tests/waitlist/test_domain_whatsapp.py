@@ -22,8 +22,8 @@ from bullwait.waitlist.whatsapp import (
     WhatsAppUnavailable,
     build_sender,
 )
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 
-from helpers.fake_whatsapp import FakeWhatsApp
 from helpers.jobdata import future_day
 
 SLOT = SlotDetails(
