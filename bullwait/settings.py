@@ -325,14 +325,9 @@ class Settings(BaseSettings):
     bullwait_wait_replicas: int = Field(0, ge=0, le=100)
     bullwait_wait_timeout_ms: int = Field(1000, ge=1, le=60_000)
 
-    @field_validator("queue_log_level", mode="before")
+    @field_validator("queue_log_level", "bullwait_queue_names", mode="before")
     @classmethod
-    def _lower_level(cls, value: object) -> object:
-        return value.lower() if isinstance(value, str) else value
-
-    @field_validator("bullwait_queue_names", mode="before")
-    @classmethod
-    def _lower_naming(cls, value: object) -> object:
+    def _lower_case(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
     @field_validator("redis_url")
@@ -365,16 +360,9 @@ class Settings(BaseSettings):
             raise ValueError("must be a host name or address only; put a URL in REDIS_URL")
         return value
 
-    @field_validator("bullmq_prefix")
+    @field_validator("bullmq_prefix", "bullwait_store_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
-        if any(ch.isspace() for ch in value):
-            raise ValueError("must not contain white space")
-        return value
-
-    @field_validator("bullwait_store_prefix")
-    @classmethod
-    def _check_store_prefix(cls, value: str) -> str:
         if any(ch.isspace() for ch in value):
             raise ValueError("must not contain white space")
         return value
@@ -402,6 +390,10 @@ class Settings(BaseSettings):
     def _check_tls_file(self) -> "Settings":
         if self.redis_tls_ca_file and not os.path.isfile(self.redis_tls_ca_file):
             raise ValueError(f"REDIS_TLS_CA_FILE: no such file {self.redis_tls_ca_file!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_whatsapp_sender(self) -> "Settings":
         if self.whatsapp_access_token is not None and not self.whatsapp_phone_number_id:
             raise ValueError("WHATSAPP_PHONE_NUMBER_ID: required when WHATSAPP_ACCESS_TOKEN is set")
         return self
