@@ -16,11 +16,11 @@ a cascade a crash interrupted) adds nothing.
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any
 
+from bullwait.engine.bulk import now_ms
 from bullwait.waitlist.catalog import EXPIRY_JOB_ID_PREFIX
 from bullwait.errors import WaitlistError
 from bullwait.waitlist.payloads import E164, BookingFacts, ExpiryJob, NotificationJob, PreferenceJob, SlotDetails
@@ -29,10 +29,6 @@ from bullwait.settings import Settings
 from bullwait.waitlist.store import Transition, WaitlistStore
 
 NOTIFY_JOB_ID_PREFIX = "notify_"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def notification_job_id(waitlist_id: str, slot_id: str) -> str:
