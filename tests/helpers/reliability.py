@@ -15,8 +15,9 @@ Extending them when the other pieces land:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.producer import Producer
@@ -36,13 +37,18 @@ FAST_RECOVERY = {
 }
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 30, message: str = "condition") -> Any:
+async def eventually(
+    check: Callable[[], Any], timeout: float = 30, message: str = "condition", interval: float = 0.05
+) -> Any:
+    """Call `check` (plain or async) until it returns something true; return that."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = await check()
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
 
 

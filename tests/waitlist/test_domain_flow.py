@@ -22,6 +22,7 @@ from bullwait.dev.fake_whatsapp import FakeWhatsApp
 
 from helpers.common import run_cli
 from helpers.jobdata import notification_data, preference_data, future_day
+from helpers.reliability import eventually
 
 TOKEN = "test-secret-token-xyz"
 DETAILS = SlotDetails(
@@ -44,25 +45,13 @@ async def services(settings: Settings) -> AsyncIterator[Services]:
     await svc.close()
 
 
-async def until(predicate: Any, timeout: float = 30, message: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-
-
 async def job_in(services: Services, key: QueueKey, job_id: str, *states: str, timeout: float = 30) -> Any:
     queue = services.producer.queue(key)
 
     async def reached() -> bool:
         return await queue.getJobState(job_id) in states
 
-    await until(reached, timeout, f"job {job_id} in {states}")
+    await eventually(reached, timeout, f"job {job_id} in {states}")
     return await queue.getJob(job_id)
 
 
@@ -162,7 +151,7 @@ async def test_sigkill_mid_send_never_sends_twice(services: Services, api: FakeW
     first = start_worker("-q", "waitlist-notification", extra_env=extra)
     payload = NotificationJob.model_validate(notification_data("w-kill", salon_id="salon-k"))
     job_id = await services.producer.send_slot_available(payload)
-    await until(lambda: len(api.received()) == 1, message="the fake API got the request")
+    await eventually(lambda: len(api.received()) == 1, message="the fake API got the request")
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait()
     slot = payload.slot_details
@@ -201,7 +190,7 @@ async def test_rerun_after_lost_completion_and_duplicate_enqueue_send_once(servi
     # job's completion: it finds the record and sends nothing.
     sender_job, first_result = (a, dict(a.returnvalue)) if a.returnvalue["outcome"] == "sent" else (b, dict(b.returnvalue))
     await sender_job.retry("completed")
-    again = await until(lambda: _finished_again(services, sender_job.id), message="re-run")
+    again = await eventually(lambda: _finished_again(services, sender_job.id), message="re-run")
     assert again.returnvalue == {**first_result, "outcome": "already-sent"}
     assert len(api.received()) == 1
 
