@@ -64,7 +64,7 @@ async def add_counted(producer: Producer, i: int, sleep_ms: int = 5, bad: bool =
     from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, PreferenceJob, WireModel
     from bullwait.waitlist.producer import expiry_job_id, new_expiry
 
-    from fixtures import notification_data, preference_data
+    from helpers.jobdata import notification_data, preference_data
 
     kind = i % 3
     payload: WireModel

@@ -1,6 +1,6 @@
 """Issue 14, Proof: bullwait through a Redis Sentinel failover under load, Node bullmq beside it.
 
-Real processes: a master, replicas and three `redis-server --sentinel` (sentinel_helpers), a
+Real processes: a master, replicas and three `redis-server --sentinel` (helpers/sentinel.py), a
 `bullwait worker` subprocess configured with REDIS_SENTINELS only and BULLWAIT_WAIT_REPLICAS=1,
 the fake WhatsApp Cloud API (fake_whatsapp), and a Node bullmq 6 worker + producer on ioredis
 with `sentinels`/`failoverDetector` (node-compat/compat/sentinel_load.js) on a prefix of its own.
