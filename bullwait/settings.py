@@ -24,7 +24,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bullwait.errors import SettingsError
-from bullwait.logs import redact_text
+from bullwait.logs import SECRET_KEYS, redact_text
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
@@ -474,4 +474,7 @@ def _name_from_message(message: str) -> str:
 
 
 def _is_secret(name: str) -> bool:
-    return any(word in name for word in ("PASSWORD", "TOKEN", "SECRET", "URL"))
+    """A setting whose value is never shown: a name the logs hide (`SECRET_KEYS`), or a URL
+    (it may hold a password)."""
+    lowered = name.lower()
+    return "url" in lowered or any(word in lowered for word in SECRET_KEYS)
