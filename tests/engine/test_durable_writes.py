@@ -36,8 +36,8 @@ from bullwait.waitlist.idempotency import SendRecords
 from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, SlotDetails
 from bullwait.waitlist.producer import Producer, new_expiry
 from bullwait.waitlist.store import RedisWaitlistStore
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 
-from helpers.fake_whatsapp import FakeWhatsApp
 from helpers.jobdata import future_day, notification_data
 from helpers.reliability import eventually
 
