@@ -29,7 +29,6 @@ from bullwait.waitlist.catalog import QueueKey, queue_name
 from bullwait.waitlist.producer import Producer
 
 from helpers.common import BULLWAIT, LoggedProcess, WorkerProcess, run_cli, wait_until
-from helpers.fake_whatsapp import FakeWhatsApp
 from helpers.jobdata import expiry_data, notification_data, preference_data
 from helpers.monitoring import get, health, listening, scrape, value
 from helpers.nodecompat import HAVE_NODE, SKIP_REASON, node_required

@@ -21,7 +21,6 @@ from bullwait.waitlist.payloads import NotificationJob, PreferenceJob, SlotDetai
 from bullwait.waitlist.producer import expiry_job_id
 
 from helpers.common import run_cli
-from helpers.fake_whatsapp import FakeWhatsApp
 from helpers.jobdata import future_day, notification_data, preference_data
 from helpers.reliability import eventually
 
