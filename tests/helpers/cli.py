@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import structlog
@@ -18,11 +19,12 @@ import bullwait.logs
 from bullwait.cli.main import run
 
 
-def invoke_cli(env: dict[str, str], *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def invoke_cli(env: dict[str, str], *args: str, timeout: float = 60, input: str | None = None
+               ) -> subprocess.CompletedProcess[str]:
     """Run `bullwait *args` with exactly `env` as its environment; the result reads like `run_cli`'s.
 
-    Call it from sync code only: commands run their own event loop (from an async test, wrap it
-    in `asyncio.to_thread`).
+    The command runs on its own thread, as `run_cli` blocks the caller: a command's event loop
+    neither meets an async test's running loop nor resets the main thread's current loop.
     """
     # CliRunner only overrides: variables the caller left out must be unset, as in a subprocess.
     overrides: dict[str, str | None] = {name: None for name in os.environ if name not in env}
@@ -34,9 +36,7 @@ def invoke_cli(env: dict[str, str], *args: str, input: str | None = None) -> sub
         with CliRunner().isolation(input=input, env=overrides) as (out, err, _):
             sys.argv = ["bullwait", *args]
             try:
-                run()
-            except SystemExit as exc:
-                code = exc.code
+                code = _run_on_a_thread(args, timeout)
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -49,6 +49,27 @@ def invoke_cli(env: dict[str, str], *args: str, input: str | None = None) -> sub
     elif not isinstance(code, int):  # sys.exit("message"): the message goes to stderr, exit 1
         stderr, code = stderr + f"{code}\n", 1
     return subprocess.CompletedProcess(["bullwait", *args], code, stdout, stderr)
+
+
+def _run_on_a_thread(args: tuple[str, ...], timeout: float) -> Any:
+    outcome: dict[str, Any] = {"code": 0}
+
+    def target() -> None:
+        try:
+            run()
+        except SystemExit as exc:
+            outcome["code"] = exc.code
+        except BaseException as exc:  # re-raised in the caller, as a crash would fail the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="bullwait-cli", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise AssertionError(f"`bullwait {' '.join(args)}` still running after {timeout}s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["code"]
 
 
 def _logging_state() -> tuple[bool, dict[str, Any], Any]:
