@@ -336,7 +336,7 @@ async def test_no_confirmed_add_is_lost_in_a_graceful_failover(prefix: str) -> N
     part of issue 14) keep adding through `SENTINEL FAILOVER`. The old master stays
     writable for a while after the replica is promoted; with N=1 nothing it alone took
     is reported added. The N=0 producer beside it is only measured (printed)."""
-    from sentinel_helpers import SentinelSet
+    from helpers.sentinel import SentinelSet
 
     with SentinelSet().start() as topo:
         old = topo.master_port()
