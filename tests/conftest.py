@@ -23,6 +23,9 @@ from helpers.common import WorkerProcess
 for _name in list(os.environ):
     if _name != "BULLWAIT_SLOW" and _name.startswith(("REDIS_", "BULLMQ_", "BULLWAIT_", "WAITLIST_", "WHATSAPP_", "QUEUE_", "METRICS_", "HEALTH_")):
         del os.environ[_name]
+# Nor the terminal's size: it shapes `bullwait stats` tables, and pytest-xdist workers get 80x24.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
 
 
 # Under pytest-xdist (`bash dev.sh test` runs `-n` workers with `--dist loadgroup`): the long
