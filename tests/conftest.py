@@ -28,49 +28,42 @@ os.environ.pop("COLUMNS", None)
 os.environ.pop("LINES", None)
 
 
-# Under pytest-xdist (`bash dev.sh test` runs `-n` workers with `--dist loadgroup`): the long
-# runs start first so that they overlap each other instead of ending the run alone, and a module
-# whose module-scoped fixture starts servers (a Sentinel set, a replicated pair) runs on one
-# worker so that the fixture starts once. Order only: a file missing here runs in its usual place.
+# Under pytest-xdist (`bash dev.sh test` runs `-n` workers taking one test at a time): the long
+# runs start first so that they overlap each other instead of ending the run alone. Order only:
+# a file missing here runs in its usual place.
 LONG_FIRST = (
     "sentinel/test_sentinel_failover_load.py",
     "reliability/test_reliability_faults.py",
-    "compat/test_compat_sentinel.py",
     "sentinel/test_sentinel_fixture.py",
+    "compat/test_compat_legacy.py",
+    "security/test_security_secrets.py",
+    "sentinel/test_sentinel_worker.py",
     "reliability/test_reliability_soak.py",
     "reliability/test_reliability_redis_restart.py",
-    "compat/test_compat_legacy.py",
-    "sentinel/test_sentinel_worker.py",
-    "security/test_security_secrets.py",
-    "reliability/test_reliability_poison_jobs.py",
+    "compat/test_compat_sentinel.py",
     "reliability/test_reliability_whatsapp_faults.py",
-    "reliability/test_reliability_orphans.py",
     "security/test_security_acl.py",
+    "reliability/test_reliability_orphans.py",
+    "reliability/test_reliability_poison_jobs.py",
     "compat/test_compat_node_worker.py",
     "waitlist/test_domain_ratelimit.py",
     "reliability/test_reliability_worker_identity.py",
-    "waitlist/test_domain_flow.py",
-    "sentinel/test_sentinel_ops.py",
-    "engine/test_durable_writes.py",
     "engine/test_worker_loop.py",
+    "waitlist/test_domain_flow.py",
 )
-ONE_WORKER_MODULES = ("compat/test_compat_sentinel.py", "sentinel/test_sentinel_ops.py", "engine/test_durable_writes.py")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
     tests_dir = Path(__file__).parent
-
-    def module(item: pytest.Item) -> str:
-        return item.path.relative_to(tests_dir).as_posix() if item.path.is_relative_to(tests_dir) else ""
-
-    for item in items:
-        if module(item) in ONE_WORKER_MODULES:
-            item.add_marker(pytest.mark.xdist_group(module(item)))
     rank = {name: i for i, name in enumerate(LONG_FIRST)}
-    items.sort(key=lambda item: rank.get(module(item), len(rank)))  # stable: file order otherwise
+
+    def key(item: pytest.Item) -> int:
+        module = item.path.relative_to(tests_dir).as_posix() if item.path.is_relative_to(tests_dir) else ""
+        return rank.get(module, len(rank))
+
+    items.sort(key=key)  # stable: file order otherwise
 
 
 @pytest.fixture(scope="session")

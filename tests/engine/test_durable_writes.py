@@ -40,6 +40,7 @@ from bullwait.waitlist.store import RedisWaitlistStore
 from helpers.fake_whatsapp import FakeWhatsApp
 from helpers.jobdata import future_day, notification_data
 from helpers.reliability import eventually
+from helpers.sentinel import NO_SYNC_DELAY
 
 DETAILS = SlotDetails(
     date=future_day(), time="10:30", master_id="m-1", master_name="Ana",
@@ -77,8 +78,8 @@ class Pair:
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Pair]:
-    master = RedisServer(appendonly=False).start()
-    replica = RedisServer(appendonly=False).start()
+    master = RedisServer(appendonly=False, extra_args=NO_SYNC_DELAY).start()
+    replica = RedisServer(appendonly=False, extra_args=NO_SYNC_DELAY).start()
     topo = Pair(master, replica)
     try:
         topo.replica_client().replicaof("127.0.0.1", master.port)
