@@ -39,7 +39,7 @@ case "$cmd" in
   # One test at a time per worker, so the long ones (started first) do not hold others up.
   # `bash dev.sh test -n 0` runs in one process; BULLWAIT_TEST_WORKERS sets how many.
   test)  setup_python; setup_node
-         exec "$VENV/bin/python" -m pytest -n "${BULLWAIT_TEST_WORKERS:-6}" --maxschedchunk 1 "$@" ;;
+         exec "$VENV/bin/python" -m pytest -n "${BULLWAIT_TEST_WORKERS:-4}" --maxschedchunk 1 "$@" ;;
   bench) setup_python; setup_node; exec "$VENV/bin/python" -m bench "$@" ;;
   lint)  setup_python; "$VENV/bin/ruff" check . && "$VENV/bin/ruff" format --check . && "$VENV/bin/mypy" bullwait ;;
   *) sed -n '2,5p' "$0"; exit 2 ;;

@@ -79,7 +79,13 @@ async def test_workers_counted_python_and_stock(settings: Settings, env: dict[st
         async with await Ops.open(settings) as ops:
             return {s.name: s.to_json() for s in await ops.stats()}
 
-    got = await rows()
+    # "worker started" is logged before its connections are named and blocking: on a busy
+    # machine the first CLIENT LIST can come before that.
+    for _ in range(200):
+        got = await rows()
+        if got[expiry]["workers"]:
+            break
+        await asyncio.sleep(0.05)
     assert (got[expiry]["workers"], got[expiry]["workers_python"], got[expiry]["workers_node"]) == (1, 1, 0)
     assert got[note]["workers"] == 0
     stock = Worker(note, _noop, {"connection": redis_options(settings), "prefix": settings.bullmq_prefix, "name": "stock"})
