@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterable
 
-from bullmq.redis_connection import loadScript
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError, WatchError
@@ -33,6 +32,7 @@ from bullwait.waitlist.catalog import QueueKey, queue_name
 from bullwait.engine.connection import Topology, check_redis, describe_redis, read_topology, redis_client
 from bullwait.ops.durations import format_ms
 from bullwait.errors import BadArgument, JobNotFound, RedisUnavailable
+from bullwait.engine.internals import script_source
 from bullwait.engine.jobcheck import hash_problems, not_utf8, printable, unescape
 from bullwait.waitlist.producer import CANCELLABLE_STATES, CancelResult, Producer
 from bullwait.settings import Settings
@@ -223,10 +223,10 @@ return {deleted, done and 1 or 0, kept, cursor, cursorScore}
 
 def _clean_batch_script() -> str:
     """BullMQ's clean functions followed by the windowed driver (see _CLEAN_DRIVER_LUA)."""
-    bullmq = loadScript("cleanJobsInSet-3.lua")
+    bullmq = script_source("cleanJobsInSet")
     head, found, _ = bullmq.partition("\nlocal result\n")
     if not found or "local function removeJob(" not in head or "local limit = tonumber(ARGV[3])" not in head:
-        raise RuntimeError("bullmq-py's cleanJobsInSet-3.lua changed shape: update bullwait.ops.actions's clean driver")
+        raise RuntimeError("bullmq-py's cleanJobsInSet script changed shape: update bullwait.ops.actions's clean driver")
     return head + "\n" + _CLEAN_DRIVER_LUA
 
 
@@ -562,10 +562,10 @@ class Ops:
         self._inspect = client.register_script(_INSPECT_LUA)
         self._clean = client.register_script(_CLEAN_BATCH_LUA)
         self.batch = BATCH
-        self._move = client.register_script(loadScript("moveJobsToWait-8.lua"))
-        self._pause = client.register_script(loadScript("pause-7.lua"))
-        self._state = client.register_script(loadScript("getStateV2-8.lua"))
-        self._remove = client.register_script(loadScript("removeJob-2.lua"))
+        self._move = client.register_script(script_source("moveJobsToWait"))
+        self._pause = client.register_script(script_source("pause"))
+        self._state = client.register_script(script_source("getStateV2"))
+        self._remove = client.register_script(script_source("removeJob"))
 
     @classmethod
     async def open(cls, settings: Settings, timeout: float | None = None) -> "Ops":

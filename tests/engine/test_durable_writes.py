@@ -36,8 +36,8 @@ from bullwait.waitlist.idempotency import SendRecords
 from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, SlotDetails
 from bullwait.waitlist.producer import Producer, new_expiry
 from bullwait.waitlist.store import RedisWaitlistStore
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 
-from helpers.fake_whatsapp import FakeWhatsApp
 from helpers.jobdata import future_day, notification_data
 from helpers.reliability import eventually
 from helpers.sentinel import NO_SYNC_DELAY
@@ -288,7 +288,7 @@ def test_bad_wait_settings_are_one_line_naming_them(monkeypatch: pytest.MonkeyPa
         load_settings()
 
 
-# --- the least-privilege user of README 'Security' ------------------------------------------
+# --- the least-privilege user of docs/security.md --------------------------------------------
 
 @pytest.mark.parametrize("op", list(OPS))
 async def test_least_privilege_user_may_wait_and_write_the_marker(
