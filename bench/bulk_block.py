@@ -23,7 +23,7 @@ import redis
 from bullwait.waitlist.catalog import LEGACY_QUEUE_NAMES, QUEUE_NAMES, QueueKey
 from bullwait.dev.embedded import RedisServer
 from bullwait.ops.migrate import migrate_legacy
-from bullwait.ops.actions import Ops
+from bullwait.ops.queues import Ops
 from bullwait.settings import Settings
 
 PREFIX = "bull"
