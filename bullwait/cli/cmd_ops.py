@@ -16,7 +16,7 @@ import typer
 from redis.exceptions import RedisError, ResponseError
 from rich.live import Live
 
-from bullwait.errors import BadArgument, BullwaitError, RedisUnavailable
+from bullwait.errors import BadArgument, BullwaitError, JobNotFound, RedisUnavailable
 from bullwait.logs import first_line
 from bullwait.ops.checks import CLEAN_STATES, JOB_STATES, check_count, normalize_state
 from bullwait.ops.doctor import run_doctor
@@ -27,7 +27,7 @@ from bullwait.ops.results import CleanResult
 from bullwait.ops.snapshot import QueueSnapshot
 from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey, resolve_queue
-from bullwait.waitlist.jobids import check_job_id
+from bullwait.waitlist.jobids import BadJobId, check_job_id
 
 from bullwait.cli.common import AsJson, RedisUrl, context_line, err_console, fail, print_json, run_async, settings_from
 from bullwait.cli.render import doctor_lines, job_row, print_job, print_table, stats_table, stdout_console
@@ -53,6 +53,19 @@ def _checked(make: Callable[[], T]) -> T:
         return make()
     except BullwaitError as exc:
         raise fail(str(exc), exc.exit_code)
+
+
+def _job_id(job_id: str, queue: str = "QUEUE", what: str = "job id", own_keys: bool = True) -> str:
+    """The job id argument checked, with advice naming the command that finds the right one."""
+    try:
+        return check_job_id(job_id, what, own_keys)
+    except BadJobId as exc:
+        hints = {
+            "empty": "pass the id as shown by `bullwait jobs list`",
+            "queue-key": f"find job ids with `bullwait jobs list {queue} --status <state>`",
+            "job-key": f"show that job with `bullwait jobs show {queue} {exc.owner}`",
+        }
+        raise fail(f"{exc.problem}; {hints[exc.kind]}" if exc.kind in hints else str(exc), exc.exit_code)
 
 
 def _keys(names: Optional[List[str]], settings: Settings) -> list[QueueKey]:
@@ -184,14 +197,14 @@ def cancel(
         if queue is None:
             raise fail("--job needs --queue (the job's queue)", 2)
         key = _keys([queue], settings)[0]
-        job_id = _checked(lambda: check_job_id(job, queue=queue))
+        job_id = _job_id(job, queue)
         result = _with_ops(settings, lambda ops: ops.cancel(key, job_id), human=not as_json)
         message = result.describe()
     else:
         assert waitlist_id is not None
         if queue is not None:
             raise fail("--queue goes with --job; a WAITLIST_ID always means the expiry queue", 2)
-        wid = _checked(lambda: check_job_id(waitlist_id, "waitlist id", own_keys=False))
+        wid = _job_id(waitlist_id, what="waitlist id", own_keys=False)
         result = _with_ops(settings, lambda ops: ops.cancel_expiry(wid), human=not as_json)
         if result.outcome == "missing":
             message = f"no expiry timer for waitlist {wid} (no job {result.job_id} on {result.queue})"
@@ -414,8 +427,15 @@ def jobs_show(
     """
     settings = settings_from(redis_url)
     key = _keys([queue], settings)[0]
-    jid = _checked(lambda: check_job_id(job_id, queue=queue))
-    job = _with_ops(settings, lambda ops: ops.show_job(key, jid), human=not as_json)
+    jid = _job_id(job_id, queue)
+
+    async def show(ops: Ops) -> Any:
+        try:
+            return await ops.show_job(key, jid)
+        except JobNotFound as exc:
+            raise JobNotFound(f"{exc}; list them with `bullwait jobs list {ops.queue_name(key)} --status <state>`") from None
+
+    job = _with_ops(settings, show, human=not as_json)
     if as_json:
         print_json(job.to_json())
         return

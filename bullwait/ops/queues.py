@@ -329,8 +329,7 @@ class Ops:
             pipe.exists(self.redis_key(key, f"{job_id}:lock"))
             raw, logs, locked = await pipe.execute()
         if not raw:
-            listing = f"bullwait jobs list {self.queue_name(key)} --status <state>"
-            raise JobNotFound(f"no job {printable(job_id)!r} on {self.queue_name(key)}; list them with `{listing}`")
+            raise JobNotFound(f"no job {printable(job_id)!r} on {self.queue_name(key)}")
         info = job_info(self.queue_name(key), job_id, await self.job_state(key, job_id), raw)
         info.logs = [printable(str(line)) for line in logs]
         info.logs_count = len(logs)

@@ -27,25 +27,34 @@ QUEUE_OWN_KEYS = frozenset({
 JOB_SUB_KEYS = frozenset({"logs", "lock", "dependencies", "processed", "failed", "unsuccessful"})
 
 
-def check_job_id(
-    job_id: str, what: str = "job id", own_keys: bool = True, queue: str = "QUEUE", new: bool = False
-) -> str:
-    """`job_id` if a job can have it; else BadArgument saying why and what to pass instead.
+class BadJobId(BadArgument):
+    """A job id no job can have. `kind` says which rule it broke (empty, padded, control,
+    long, integer, colon, queue-key, job-key), `owner` the job whose sub-key it names, so a
+    caller can add advice in its own terms (the CLI names its commands)."""
 
-    `new`: an id about to be written (the producer), held to Node bullmq's custom-id rules
-    too. `queue` only words the advice."""
+    def __init__(self, problem: str, kind: str, advice: str = "", owner: str | None = None) -> None:
+        super().__init__(f"{problem}; {advice}" if advice else problem)
+        self.problem = problem
+        self.kind = kind
+        self.owner = owner
+
+
+def check_job_id(job_id: str, what: str = "job id", own_keys: bool = True, new: bool = False) -> str:
+    """`job_id` if a job can have it; else BadJobId saying why.
+
+    `new`: an id about to be written (the producer), held to Node bullmq's custom-id rules too."""
     if job_id is None or job_id == "" or not job_id.strip():
-        raise BadArgument(f"{what} is empty; pass the id as shown by `bullwait jobs list`")
+        raise BadJobId(f"{what} is empty", "empty", "pass the job's exact id")
     if job_id != job_id.strip():
-        raise BadArgument(f"{what} {job_id!r} has leading or trailing white space; quote the exact id")
+        raise BadJobId(f"{what} {job_id!r} has leading or trailing white space", "padded", "quote the exact id")
     if any(unicodedata.category(ch).startswith("C") for ch in job_id):
-        raise BadArgument(f"{what} {job_id!r} contains control characters; pass the exact id")
+        raise BadJobId(f"{what} {job_id!r} contains control characters", "control", "pass the exact id")
     if len(job_id) > MAX_JOB_ID:
-        raise BadArgument(f"{what} is {len(job_id)} characters long; ids longer than {MAX_JOB_ID} are not accepted")
+        raise BadJobId(f"{what} is {len(job_id)} characters long", "long", f"ids longer than {MAX_JOB_ID} are not accepted")
     if new:
         _refuse_node_custom_id(job_id, what)
     if own_keys:
-        _refuse_own_key(job_id, what, queue)
+        _refuse_own_key(job_id, what, "choose another id" if new else "")
     return job_id
 
 
@@ -54,18 +63,16 @@ def _refuse_node_custom_id(job_id: str, what: str) -> None:
     would be dropped as a duplicate), and `:` is reserved (Node throws "Custom Id cannot
     contain :")."""
     if job_id.lstrip("-").isdigit() and str(int(job_id)) == job_id:  # Node: `${parseInt(id)}` === id
-        raise BadArgument(f"{what} {job_id!r} is an integer: BullMQ keeps those for its own counter; add a prefix")
+        raise BadJobId(f"{what} {job_id!r} is an integer: BullMQ keeps those for its own counter", "integer", "add a prefix")
     if ":" in job_id and len(job_id.split(":")) != 3:
-        raise BadArgument(f"{what} {job_id!r} contains ':': Node bullmq refuses it; use '_' or '-'")
+        raise BadJobId(f"{what} {job_id!r} contains ':': Node bullmq refuses it", "colon", "use '_' or '-'")
 
 
-def _refuse_own_key(job_id: str, what: str, queue: str) -> None:
+def _refuse_own_key(job_id: str, what: str, advice: str) -> None:
     head, _, tail = job_id.rpartition(":")
     first = job_id.split(":", 1)[0]
     scheduler = first == "repeat" and job_id.count(":") == 1  # a job scheduler's hash; its jobs have 3 parts
     if job_id in QUEUE_OWN_KEYS or (first in ("metrics", "de") and ":" in job_id) or scheduler:
-        raise BadArgument(f"{what} {job_id!r} names a key BullMQ keeps for the queue itself, not a job; "
-                          f"find job ids with `bullwait jobs list {queue} --status <state>`")
+        raise BadJobId(f"{what} {job_id!r} names a key BullMQ keeps for the queue itself, not a job", "queue-key", advice)
     if head and tail in JOB_SUB_KEYS and head not in QUEUE_OWN_KEYS:
-        raise BadArgument(f"{what} {job_id!r} names the {tail!r} key of job {head!r}, not a job; "
-                          f"show that job with `bullwait jobs show {queue} {head}`")
+        raise BadJobId(f"{what} {job_id!r} names the {tail!r} key of job {head!r}, not a job", "job-key", advice, owner=head)
