@@ -2,7 +2,7 @@
 # bullwait's two commands, each doing its own set-up on a fresh machine (Python 3.11, Node 20):
 #   bash dev.sh demo    workers plus demo traffic (embedded redis-server when none is configured)
 #   bash dev.sh test    the whole test suite (starts its own redis-server on a free port)
-# Other: bash dev.sh bench [--quick] | bash dev.sh setup
+# Other: bash dev.sh lint (ruff, ruff format --check, mypy) | bash dev.sh bench [--quick] | bash dev.sh setup
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${BULLWAIT_VENV:-.venv}"
@@ -37,5 +37,6 @@ case "$cmd" in
   demo)  setup_python; exec "$VENV/bin/bullwait" demo "$@" ;;
   test)  setup_python; setup_node; exec "$VENV/bin/python" -m pytest "$@" ;;
   bench) setup_python; setup_node; exec "$VENV/bin/python" -m bench "$@" ;;
-  *) sed -n '2,6p' "$0"; exit 2 ;;
+  lint)  setup_python; "$VENV/bin/ruff" check . && "$VENV/bin/ruff" format --check . && "$VENV/bin/mypy" bullwait ;;
+  *) sed -n '2,5p' "$0"; exit 2 ;;
 esac

@@ -14,15 +14,14 @@ import platform
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
 
-from bullwait.dev.embedded import RedisServer
-
 from bench import scenarios
 from bench.report import render
+from bullwait.dev.embedded import RedisServer
 
 SECTIONS = {
     "timers": scenarios.timers,
@@ -48,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         info = client.info("server")
         results: dict = {
-            "startedAt": datetime.now(timezone.utc).isoformat(),
+            "startedAt": datetime.now(UTC).isoformat(),
             "quick": args.quick,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
             "redis": {"version": info["redis_version"], "hzDefault": 10},
@@ -63,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     print(render(results))
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
-    path = out / (datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + (".quick" if args.quick else "") + ".json")
+    path = out / (datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + (".quick" if args.quick else "") + ".json")
     path.write_text(json.dumps(results, indent=2, default=str))
     print(f"\nwrote {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path} ({results['seconds']}s)")
     return 0

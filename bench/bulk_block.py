@@ -16,15 +16,16 @@ import asyncio
 import json
 import threading
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis
 
-from bullwait.waitlist.catalog import LEGACY_QUEUE_NAMES, QUEUE_NAMES, QueueKey
 from bullwait.dev.embedded import RedisServer
 from bullwait.ops.migrate import migrate_legacy
 from bullwait.ops.queues import Ops
 from bullwait.settings import Settings
+from bullwait.waitlist.catalog import LEGACY_QUEUE_NAMES, QUEUE_NAMES, QueueKey
 
 PREFIX = "bull"
 KEY = QueueKey.WAITLIST_EXPIRY
@@ -93,7 +94,7 @@ class Probe:
             self.worst = max(self.worst, time.perf_counter() - t0)
             time.sleep(0.001)
 
-    def __enter__(self) -> "Probe":
+    def __enter__(self) -> Probe:
         self._thread.start()
         return self
 

@@ -38,7 +38,7 @@ class Proc:
             argv, cwd=cwd, stdout=subprocess.PIPE, stderr=self.log, env=env or dict(os.environ, PYTHONUNBUFFERED="1")
         )
 
-    def wait_ready(self, timeout: float = 30) -> "Proc":
+    def wait_ready(self, timeout: float = 30) -> Proc:
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
         buf = b""

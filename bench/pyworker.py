@@ -24,15 +24,15 @@ from typing import Any
 
 from bullmq import Worker
 
-from bullwait.runtime.services import build_services
-from bullwait.waitlist.catalog import QueueKey, queue_name
 from bullwait.engine.connection import keep_cancellations, redis_options
 from bullwait.logs import configure_logging
-from bullwait.waitlist.payloads import ExpiryJob
 from bullwait.runtime.dispatch import Context, Registry
 from bullwait.runtime.processors import builtin_registry
 from bullwait.runtime.runner import run_until_done, run_workers
+from bullwait.runtime.services import build_services
 from bullwait.settings import Settings
+from bullwait.waitlist.catalog import QueueKey, queue_name
+from bullwait.waitlist.payloads import ExpiryJob
 
 
 class Recorder:

@@ -37,7 +37,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
     t = r.get("timers")
     if t:
         for hz, limit in ((10, 100), (100, 20)):
-            get = lambda kind, key: (t.get(f"hz{hz}:{kind}") or {}).get(key)  # noqa: E731
+            get = lambda kind, key: (t.get(f"hz{hz}:{kind}") or {}).get(key)  # noqa: E731, B023 - called in this iteration
             due = round(t["n"] * t["observeS"] / t["spreadS"])
             out.append((f"timers run of ~{due:,} due in the window, hz {hz}", _f(get("bullwait", "n")), _f(get("stock", "n")),
                         _f(get("node", "n")), _ratio(get("bullwait", "n"), get("node", "n")), "all", "-"))
@@ -53,12 +53,12 @@ def rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
     th = r.get("throughput")
     if th:
         for c in (10, 50):
-            row = lambda label: th.get(f"c{c}:{label}") or {}  # noqa: E731
-            get = lambda label: row(label).get("rate")  # noqa: E731
+            row = lambda label: th.get(f"c{c}:{label}") or {}  # noqa: E731, B023 - called in this iteration
+            get = lambda label: row(label).get("rate")  # noqa: E731, B023
             bw, st, nd, bare = get("bullwait"), get("stock"), get("node"), get("bare")
             out.append((f"no-op jobs/s, concurrency {c} (median of {th.get('rounds', 1)})", _f(bw), _f(st), _f(nd), _ratio(bw, nd),
                         ">= 0.5x node", _met(bool(bw and nd and bw >= 0.5 * nd)) if nd else "-"))
-            cpu = lambda label: _cpu(row(label))  # noqa: E731
+            cpu = lambda label: _cpu(row(label))  # noqa: E731, B023
             out.append(("  CPU us per job: worker + redis", cpu("bullwait"), cpu("stock"), cpu("node"), "", "", ""))
             if bw and st:
                 out.append(("  bullwait vs stock bullmq-py (overhead)", f"{(bw / st - 1) * 100:+.0f}%", "", "", "", "<= 5% slower",
@@ -101,7 +101,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
             out.append(("  same, without the events stream's share", _f(comp.get("bytesPerCompletedJobWithoutEvents")), "", "", "", "", "-"))
     n = r.get("notify")
     if n:
-        for key, row in n.items():
+        for row in n.values():
             if not isinstance(row, dict):
                 continue
             out.extend(_notify_rows(row))
@@ -122,10 +122,11 @@ def _notify_rows(row: dict[str, Any]) -> list[tuple[str, ...]]:
     out = [(f"sends/s, first {row['bindingN']} (global limit binding), {what}", _f(row["bindingRate"], 1), "", "", "",
             ">= 76.0/s", _met(row["bindingRate"] >= 76 and limits_ok))]
     if row["salonLimit"] and row["n"] > row["salons"] * row["salonLimit"]:
-        out.append((f"  sends/s, whole run (salon limits binding)", _f(row["rate"], 1), "", "", "",
+        out.append(("  sends/s, whole run (salon limits binding)", _f(row["rate"], 1), "", "", "",
                     f">= {0.95 * row['ceiling']:.1f}/s", _met(row["rate"] >= 0.95 * row["ceiling"] and limits_ok)))
     out.append(("  max in any 1 s (read: " + str(row.get("maxPerSecondRead", "-")) + ") / dup / missing / failed / salon max",
-                f"{row['maxPerSecond']} / {row['duplicates']} / {row['missing']} / {row['failed']} / {row['maxPerSalonWindow']}",
+                f"{row['maxPerSecond']} / {row['duplicates']} / {row['missing']} / {row['failed']}"
+                f" / {row['maxPerSalonWindow']}",
                 "", "", "", f"<= 80 / 0 / 0 / 0 / <= {row['salonLimit'] or '-'}", ""))
     return out
 
@@ -133,10 +134,15 @@ def _notify_rows(row: dict[str, Any]) -> list[tuple[str, ...]]:
 def render(r: dict[str, Any]) -> str:
     table = [HEAD, *rows(r)]
     widths = [max(len(row[i]) for row in table) for i in range(len(HEAD))]
-    line = lambda row: "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))  # noqa: E731
+
+    def line(row: tuple[str, ...]) -> str:
+        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+
     sep = "  ".join("-" * w for w in widths)
-    header = f"bullwait bench ({'quick' if r.get('quick') else 'full'}): Redis {r['redis']['version']}, node {r.get('node')}, " \
-             f"{r['machine']['cpus']} CPUs, {r.get('seconds')} s"
+    header = (
+        f"bullwait bench ({'quick' if r.get('quick') else 'full'}): Redis {r['redis']['version']}, "
+        f"node {r.get('node')}, {r['machine']['cpus']} CPUs, {r.get('seconds')} s"
+    )
     return "\n".join([header, line(HEAD), sep, *(line(row) for row in table[1:])])
 
 

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import math
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
 
+from bench.procs import Proc, cpu_seconds, node_available, run_node_enqueue, start_worker
+from bullwait.settings import Settings
 from bullwait.waitlist.catalog import SPECS, QueueKey
 from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, SlotDetails
 from bullwait.waitlist.producer import IN_FLIGHT_CHUNKS, Producer
-from bullwait.settings import Settings
-
-from bench.procs import Proc, cpu_seconds, node_available, run_node_enqueue, start_worker
 
 QUEUE = "waitlist-expiry"
 RUNTIMES = ("bullwait", "stock", "node")
@@ -83,7 +81,7 @@ def expiry(i: int, expires_at: datetime, now: datetime | None = None, ids: str =
         slot_id=names[1],
         customer_id=names[2],
         salon_id=names[3],
-        notified_at=now or datetime.now(timezone.utc),
+        notified_at=now or datetime.now(UTC),
         expires_at=expires_at,
     )
 
@@ -99,8 +97,8 @@ async def _enqueue_timers(settings: Settings, n: int, base: float, spread: float
     reads timers from a database or a file would)."""
     started = time.perf_counter()
     async with Producer(settings) as producer:
-        now = datetime.now(timezone.utc)
-        payloads = (expiry(i, datetime.fromtimestamp(base + spread * i / n, timezone.utc), now, ids) for i in range(n))
+        now = datetime.now(UTC)
+        payloads = (expiry(i, datetime.fromtimestamp(base + spread * i / n, UTC), now, ids) for i in range(n))
         await producer.schedule_expiries(payloads, 1000)
     return time.perf_counter() - started
 
@@ -135,7 +133,7 @@ def timers(b: Bench, log: Any) -> dict[str, Any]:
 
 async def _fill(settings: Settings, n: int, opts: dict[str, Any] | None = None) -> None:
     async with Producer(settings) as producer:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         later = now + timedelta(minutes=15)
         jobs = []
         for i in range(n):
@@ -416,7 +414,10 @@ def _notify_run(
     deadline = time.monotonic() + (60 + n / 20)
     while time.monotonic() < deadline:
         pipe = b.client.pipeline(transaction=False)
-        pipe.llen(keys[0]); pipe.llen(keys[1]); pipe.zcard(keys[2]); pipe.zcard(keys[3])
+        pipe.llen(keys[0])
+        pipe.llen(keys[1])
+        pipe.zcard(keys[2])
+        pipe.zcard(keys[3])
         if sum(pipe.execute()) == 0:
             break
         time.sleep(0.05)
@@ -462,7 +463,8 @@ def notifications(b: Bench, log: Any) -> dict[str, Any]:
         for c in sweep:
             row = _notify_run(b, fake_url, per, 200, c, 0, 60_000)
             results[f"global:c{c}"] = row
-            log(f"notify global only c={c}: {row['rate']} sends/s, max {row['maxPerSecond']} in 1 s (read {row['maxPerSecondRead']}), dup {row['duplicates']}")
+            log(f"notify global only c={c}: {row['rate']} sends/s, max {row['maxPerSecond']} in 1 s "
+                f"(read {row['maxPerSecondRead']}), dup {row['duplicates']}")
         results["concurrencyFor95"] = min((c for c in sweep if results[f"global:c{c}"]["rate"] >= 76), default=None)
         c = defaults.waitlist_notification_concurrency
         n, salons = (2_000, 200) if b.quick else (5_000, 200)

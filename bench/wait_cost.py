@@ -13,16 +13,17 @@ import asyncio
 import statistics
 import time
 import uuid
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis
 
+from bullwait.dev.embedded import RedisServer
 from bullwait.engine.connection import redis_client
 from bullwait.engine.durable import Durability
-from bullwait.dev.embedded import RedisServer
+from bullwait.settings import Settings
 from bullwait.waitlist.idempotency import SendRecords
 from bullwait.waitlist.producer import Producer, new_expiry
-from bullwait.settings import Settings
 
 
 def _pair() -> tuple[RedisServer, RedisServer]:

@@ -9,6 +9,7 @@ then ignored SIGTERM, whose handler logged before it set the stop flag.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json as _json
@@ -19,9 +20,10 @@ import select
 import stat
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
+from structlog.typing import EventDict
 
 PHONE = re.compile(r"\+\d{7,15}\b")
 URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]*:)([^@\s]+)(@)")
@@ -88,7 +90,7 @@ def _redact_value(key: str, value: Any) -> Any:
     return value
 
 
-def redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def redact(_logger: Any, _name: str, event: EventDict) -> EventDict:
     """structlog processor: mask phones, drop secrets, strip passwords from URLs."""
     for key, value in event.items():
         if key == "event" or (type(value) is str and _key_kind(key) == 0 and not _may_hold_secret(value)):
@@ -116,7 +118,7 @@ def utc_timestamp(now: float | None = None) -> str:
     return f"{_second[1]}.{int((now - sec) * 1_000_000):06d}Z"
 
 
-def stamp(_logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+def stamp(_logger: Any, method: str, event: EventDict) -> EventDict:
     """structlog processor: `level` and `timestamp`, then tracebacks rendered (redacted next).
 
     One processor instead of add_log_level + TimeStamper + format_exc_info: a busy worker
@@ -129,7 +131,7 @@ def stamp(_logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def render_json(_logger: Any, _name: str, event: dict[str, Any]) -> str:
+def render_json(_logger: Any, _name: str, event: EventDict) -> str:
     return _ENCODER.encode(event)
 
 
@@ -259,10 +261,8 @@ def _writable_fd(stream: Any) -> tuple[int | None, Any]:
         mode = os.fstat(fd).st_mode
     except (OSError, ValueError, AttributeError):
         return None, None
-    try:
+    with contextlib.suppress(OSError, ValueError):
         stream.flush()  # what Python already buffered goes first
-    except (OSError, ValueError):
-        pass
     if stat.S_ISREG(mode):
         return fd, None
     poller = select.poll()
@@ -299,7 +299,8 @@ def configure_logging(level: str = "info", json: bool | None = None, stream: Any
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, stamp, redact, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric if isinstance(numeric, int) else logging.INFO),
-        logger_factory=structlog.WriteLoggerFactory(file=out),
+        # SafeStream is file-like enough: WriteLogger only calls write() and flush().
+        logger_factory=structlog.WriteLoggerFactory(file=cast(TextIO, out)),
         cache_logger_on_first_use=True,
     )
 

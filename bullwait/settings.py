@@ -14,6 +14,7 @@ therefore checked part by part, and every refusal is one line that never repeats
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import cached_property
@@ -392,21 +393,21 @@ class Settings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
-    def _check_topology(self) -> "Settings":
+    def _check_topology(self) -> Settings:
         if self.redis_url and self.redis_sentinels:
             raise ValueError("REDIS_URL and REDIS_SENTINELS are both set, naming two Redis topologies: "
                              "keep REDIS_SENTINELS (with REDIS_QUEUE_DB) for Sentinel, or REDIS_URL for one node")
         return self
 
     @model_validator(mode="after")
-    def _check_tls_file(self) -> "Settings":
+    def _check_tls_file(self) -> Settings:
         if self.redis_tls_ca_file and not os.path.isfile(self.redis_tls_ca_file):
             raise ValueError(f"REDIS_TLS_CA_FILE: no such file {self.redis_tls_ca_file!r}")
         if self.whatsapp_access_token is not None and not self.whatsapp_phone_number_id:
             raise ValueError("WHATSAPP_PHONE_NUMBER_ID: required when WHATSAPP_ACCESS_TOKEN is set")
         return self
 
-    def __repr_args__(self):  # type: ignore[no-untyped-def]
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """repr()/str() never show secrets: credentials in URLs and secret fields are masked."""
         for name, value in super().__repr_args__():
             if isinstance(value, str) and name and _is_secret(name.upper()):
@@ -439,7 +440,7 @@ class Settings(BaseSettings):
             from_file = {k.upper(): v for k, v in dotenv_values(".env").items()}
         return any(os.environ.get(n) or from_file.get(n) for n in names) or bool(self.redis_url or self.redis_sentinels)
 
-    def with_overrides(self, **values: object) -> "Settings":
+    def with_overrides(self, **values: object) -> Settings:
         """A copy with some fields replaced (validated), e.g. from `--redis-url`."""
         clean = {k: v for k, v in values.items() if v is not None}
         if not clean:

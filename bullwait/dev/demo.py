@@ -18,13 +18,13 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bullwait.waitlist.catalog import QueueKey
+from bullwait.waitlist.offers import Waitlist, booking_preference, notification_job_id
 from bullwait.waitlist.payloads import SlotDetails
 from bullwait.waitlist.producer import expiry_job_id
-from bullwait.waitlist.offers import Waitlist, booking_preference, notification_job_id
 
 MIN_CUSTOMERS = 3
 
@@ -47,7 +47,7 @@ class DemoReport:
 
 def _slot(hour: int, master: int) -> SlotDetails:
     return SlotDetails(
-        date=(datetime.now(timezone.utc) + timedelta(days=1)).date().isoformat(),
+        date=(datetime.now(UTC) + timedelta(days=1)).date().isoformat(),
         time=f"{hour:02d}:00",
         master_id=f"master-{master}",
         master_name=["Ana", "Luis", "Marta"][master % 3],
@@ -92,8 +92,8 @@ async def run_demo(waitlist: Waitlist, customers: int = 5, timeout: float = 60) 
     store = waitlist.store
     salon = f"demo-salon-{run_id}"
     people = [f"demo-{run_id}-{i}" for i in range(max(customers, MIN_CUSTOMERS))]
-    for i, entry in enumerate(people):
-        await waitlist.join(salon, entry, f"cust-{run_id}-{i}", f"+3460011{i:04d}")
+    for i, entry_id in enumerate(people):
+        await waitlist.join(salon, entry_id, f"cust-{run_id}-{i}", f"+3460011{i:04d}")
     slot_a, slot_b = f"slot-{run_id}-A", f"slot-{run_id}-B"
     await waitlist.free_slot(salon, slot_a, _slot(10, 0))  # -> customer 0
     await waitlist.free_slot(salon, slot_b, _slot(11, 1))  # -> customer 1

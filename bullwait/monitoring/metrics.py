@@ -17,10 +17,10 @@ Two sources, one registry:
 from __future__ import annotations
 
 import os
-
 import time
+from collections.abc import Iterable, Iterator
 from datetime import datetime
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import prometheus_client
 from bullmq.job import Job

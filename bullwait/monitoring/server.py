@@ -25,20 +25,21 @@ import os
 import resource
 import socket
 import time
-from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from redis.asyncio.sentinel import MasterNotFoundError
 
-from bullwait.engine.connection import short_reason, describe_redis, no_master_reason, redis_client
+from bullwait.engine.connection import describe_redis, no_master_reason, redis_client, short_reason
 from bullwait.errors import MonitoringUnavailable
-from bullwait.monitoring.health import evaluate, redis_down
 from bullwait.logs import get_logger
+from bullwait.monitoring.health import evaluate, redis_down
 from bullwait.monitoring.metrics import QueueCollector, new_registry
-from bullwait.settings import Settings
 from bullwait.ops.snapshot import QueueSnapshot, read_snapshots
+from bullwait.settings import Settings
 
 MAX_HEADER_BYTES = 16 * 1024
 HEADER_DEADLINE = 5.0  # seconds for the whole request head: trickling bytes does not extend it
@@ -148,10 +149,8 @@ class Monitor:
         return 200, doc
 
     async def close(self) -> None:
-        try:
+        with suppress(KeyError):
             self.registry.unregister(self.collector)
-        except KeyError:
-            pass
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -172,7 +171,7 @@ class MonitorServer:
         self._slots = asyncio.Semaphore(self.max_connections)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self, fallback: bool = False) -> "MonitorServer":
+    async def start(self, fallback: bool = False) -> MonitorServer:
         """Bind and listen. `fallback`: when the port is in use, take a free one and say so
         (for the default METRICS_PORT; a port the operator chose is kept or refused)."""
         try:
@@ -262,7 +261,7 @@ class MonitorServer:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEADER_DEADLINE)
             status, body, ctype, method = await self._respond(head)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.trouble.warn(
                 "slow-client", "monitoring client sent no complete request in time; closed",
                 deadlineSeconds=HEADER_DEADLINE,
@@ -315,7 +314,7 @@ async def _send_and_close(writer: asyncio.StreamWriter, data: bytes) -> None:
         await asyncio.wait_for(writer.drain(), WRITE_DEADLINE)
         writer.close()
         await asyncio.wait_for(writer.wait_closed(), WRITE_DEADLINE)
-    except (asyncio.TimeoutError, ConnectionError, OSError):
+    except (TimeoutError, ConnectionError, OSError):
         pass
     finally:
         writer.transport.abort()  # no-op once closed; frees the descriptor of a stuck one now

@@ -14,19 +14,19 @@ event shapes (`queue`, `job`, `jobId`, `duration`, `error`) and turns bad data i
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
 from bullmq import DelayedError, UnrecoverableError
 from bullmq.job import Job
 
-from bullwait.waitlist.catalog import QueueKey
-from bullwait.errors import InvalidJobData
 from bullwait.engine.jobcheck import BadOption, attempts_value
+from bullwait.errors import InvalidJobData
 from bullwait.logs import clip
-from bullwait.waitlist.payloads import WireModel, parse_payload
 from bullwait.settings import Settings
-
+from bullwait.waitlist.catalog import QueueKey
+from bullwait.waitlist.payloads import WireModel, parse_payload
 
 Handler = Callable[[Any, "Context"], Awaitable[Any]]
 # Longest error message kept as a job's failedReason and logged (the rest is cut).
@@ -77,7 +77,7 @@ class Registry:
     def job_names(self, queue: QueueKey) -> list[str]:
         return [name for (q, name) in self._entries if q is queue]
 
-    def merge(self, other: "Registry") -> None:
+    def merge(self, other: Registry) -> None:
         """Add `other`'s registrations; they replace ours for the same (queue, job name)."""
         self._entries.update(other._entries)
 

@@ -10,17 +10,19 @@ as "outcome unknown" rather than risk a second message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 
-from bullwait.waitlist.catalog import SPECS, QueueKey, concurrency, queue_name
 from bullwait.engine.connection import bound_retries, bullmq_connection, wait_for_redis
+from bullwait.engine.worker import BullwaitWorker, default_worker_name
 from bullwait.logs import get_logger
 from bullwait.runtime.dispatch import JobObserver, Registry, dispatch
 from bullwait.settings import Settings
-from bullwait.engine.worker import BullwaitWorker, default_worker_name
+from bullwait.waitlist.catalog import SPECS, QueueKey, concurrency, queue_name
 
 
 def worker_options(key: QueueKey, settings: Settings, worker_name: str) -> dict[str, Any]:
@@ -102,7 +104,7 @@ class WorkerPool:
     options: dict[QueueKey, dict[str, Any]] = field(default_factory=dict)
     workers: dict[QueueKey, BullwaitWorker] = field(default_factory=dict)
     log: Any = field(default_factory=get_logger)
-    _errors: "ErrorThrottle" = field(default_factory=lambda: ErrorThrottle())
+    _errors: ErrorThrottle = field(default_factory=lambda: ErrorThrottle())
 
     def start(self) -> list[asyncio.Task[None]]:
         tasks = []
@@ -143,7 +145,7 @@ class WorkerPool:
         graceful = [asyncio.ensure_future(w.close()) for w in self.workers.values()]
         if not graceful:
             return True
-        done, pending = await asyncio.wait(graceful, timeout=timeout)
+        _done, pending = await asyncio.wait(graceful, timeout=timeout)
         if pending:
             self.log.warning("shutdown timeout reached, leaving active jobs to stalled recovery", timeout=timeout)
             for worker in self.workers.values():
@@ -256,7 +258,5 @@ def _install_signal_handlers(stop: asyncio.Event, log: Any) -> None:
             log.info("signal received, stopping", signal=signame)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, request_stop, sig.name)
-        except (NotImplementedError, RuntimeError):
-            pass

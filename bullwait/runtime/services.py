@@ -9,17 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from bullwait.waitlist.catalog import QueueKey, queue_name
 from bullwait.engine.connection import redis_client
 from bullwait.engine.durable import Durability
-from bullwait.waitlist.idempotency import SendRecords
 from bullwait.runtime.dispatch import JobObserver, NullObserver, Registry
 from bullwait.runtime.plugins import load_registry
+from bullwait.settings import Settings
+from bullwait.waitlist.catalog import QueueKey, queue_name
+from bullwait.waitlist.idempotency import SendRecords
+from bullwait.waitlist.offers import Waitlist
 from bullwait.waitlist.producer import Producer
 from bullwait.waitlist.ratelimit import GlobalSendLimiter, SalonRateLimiter
-from bullwait.settings import Settings
 from bullwait.waitlist.store import RedisWaitlistStore, WaitlistStore
-from bullwait.waitlist.offers import Waitlist
 from bullwait.waitlist.whatsapp import MessageSender, build_sender
 
 

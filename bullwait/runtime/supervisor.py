@@ -4,14 +4,15 @@ One Python process runs one event loop on one core; BullMQ workers scale by addi
 processes. The supervisor starts N copies of one child command, restarts a child that
 dies (with a growing delay if it keeps dying at once), and on SIGTERM/SIGINT forwards
 SIGTERM to every child, waits for them to drain (each child honours its own shutdown
-timeout) and exits 0 when all of them exited 0 (or died of that SIGTERM while starting). Each child gets `BULLWAIT_PROCESS_INDEX`
-(0..N-1) and a shared `PROMETHEUS_MULTIPROC_DIR`: every child counts its jobs there and
-the first child's `/metrics` serves the sum (the others serve no HTTP). On Linux a child
-also gets SIGTERM if the supervisor itself is killed.
+timeout) and exits 0 when all of them exited 0 (or died of that SIGTERM while starting).
+Each child gets `BULLWAIT_PROCESS_INDEX` (0..N-1) and a shared `PROMETHEUS_MULTIPROC_DIR`:
+every child counts its jobs there and the first child's `/metrics` serves the sum (the
+others serve no HTTP). On Linux a child also gets SIGTERM if the supervisor itself is killed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -20,8 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from bullwait.logs import get_logger
 
@@ -103,10 +105,8 @@ class Supervisor:
         self._stopping = True
         for slot in self._slots:
             if slot.process is not None and slot.process.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     slot.process.send_signal(signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
 
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -64,8 +64,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -251,7 +252,8 @@ class SendRecords:
         return int(await self._write_or_defer(key, write))
 
     async def get(self, key: str) -> dict[str, str]:
-        return dict(await self.client.hgetall(key))
+        # redis-py types replies as bytes | str; the client decodes them (decode_responses=True).
+        return cast(dict[str, str], await self.client.hgetall(key))
 
     # --- writes Redis did not confirm ---
 
@@ -280,10 +282,8 @@ class SendRecords:
 
     async def _write_soon(self, key: str, write: Write) -> None:
         """`_write_or_defer` for a caller that raises its own error anyway."""
-        try:
+        with contextlib.suppress(RedisError):
             await self._write_or_defer(key, write)
-        except RedisError:
-            pass
 
     def _defer(self, key: str, write: Write) -> None:
         self._backlog.setdefault(key, []).append(write)
@@ -338,10 +338,8 @@ class SendRecords:
         (the records to fix by hand)."""
         if self._flusher is not None:
             self._flusher.cancel()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._flush_all(), CLOSE_FLUSH_S)
-        except asyncio.TimeoutError:
-            pass
         for key, writes in list(self._backlog.items()):
             self.log.error("send record not written; check it by hand", record=key,
                            wamid=self._unrecorded.get(key), pending=len(writes))

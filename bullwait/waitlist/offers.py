@@ -18,14 +18,14 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
-from bullwait.waitlist.catalog import EXPIRY_JOB_ID_PREFIX
 from bullwait.errors import WaitlistError
+from bullwait.settings import Settings
+from bullwait.waitlist.catalog import EXPIRY_JOB_ID_PREFIX
 from bullwait.waitlist.payloads import E164, BookingFacts, ExpiryJob, NotificationJob, PreferenceJob, SlotDetails
 from bullwait.waitlist.producer import Producer
-from bullwait.settings import Settings
 from bullwait.waitlist.store import Transition, WaitlistStore
 
 NOTIFY_JOB_ID_PREFIX = "notify_"
@@ -40,7 +40,7 @@ def notification_job_id(waitlist_id: str, slot_id: str) -> str:
 
 
 def _iso(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator, ValidationInfo
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from bullwait.waitlist.catalog import JOB_NAMES
 from bullwait.errors import InvalidJobData
+from bullwait.waitlist.catalog import JOB_NAMES
 
 MAX_JOB_DATA_BYTES = 64 * 1024
 E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")  # ASCII digits only: \d also matches other scripts
@@ -62,7 +62,7 @@ class ExpiryJob(WireModel):
     # `expiresAt` in the past is legitimate: a timer that runs late (workers down, Redis
     # restarted) must still expire the offer. Only its order against `notifiedAt` is checked.
     @model_validator(mode="after")
-    def _expires_after_notified(self) -> "ExpiryJob":
+    def _expires_after_notified(self) -> ExpiryJob:
         if self.notified_at.tzinfo is not None and self.expires_at < self.notified_at:
             raise ValueError("expiresAt is before notifiedAt")
         return self
@@ -92,7 +92,7 @@ class SlotDetails(WireModel):
         except ValueError:
             raise ValueError("must be a real calendar day (YYYY-MM-DD)") from None
         stored = bool(info.context and info.context.get("stored"))  # read back, not a new offer
-        if not stored and day < datetime.now(timezone.utc).date() - timedelta(days=1):
+        if not stored and day < datetime.now(UTC).date() - timedelta(days=1):
             raise ValueError(f"{value} is in the past: the slot is over, the offer cannot be sent")
         return value
 
@@ -145,7 +145,7 @@ class PreferenceJob(WireModel):
     data: BookingFacts | None = None
 
     @model_validator(mode="after")
-    def _data_for_calculate(self) -> "PreferenceJob":
+    def _data_for_calculate(self) -> PreferenceJob:
         if self.action == "calculate" and (self.data is None or self.booking_id is None):
             raise ValueError("bookingId and data are required when action is 'calculate'")
         return self

@@ -13,16 +13,30 @@ import asyncio
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from itertools import islice
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from bullmq import Job, Queue
 from bullmq.redis_connection import loadScript
-from redis.exceptions import AuthenticationError, NoPermissionError, OutOfMemoryError, RedisError, ResponseError, WatchError
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    OutOfMemoryError,
+    RedisError,
+    ResponseError,
+    WatchError,
+)
 
+from bullwait.engine.bulk import NewJob, add_jobs, now_ms, stored_opts
+from bullwait.engine.connection import bound_retries, bullmq_connection, describe_redis, redis_client
+from bullwait.engine.durable import CAPTURE, Durability, run_command
+from bullwait.errors import BadArgument, RedisOutOfMemory, RedisUnavailable
+from bullwait.logs import first_line
+from bullwait.settings import Settings
 from bullwait.waitlist.catalog import (
     EXPIRY_DELAY_MS,
     EXPIRY_JOB_ID_PREFIX,
@@ -31,14 +45,8 @@ from bullwait.waitlist.catalog import (
     QueueKey,
     queue_name,
 )
-from bullwait.engine.bulk import NewJob, add_jobs, now_ms, stored_opts
-from bullwait.engine.connection import bound_retries, bullmq_connection, describe_redis, redis_client
-from bullwait.engine.durable import CAPTURE, Durability, run_command
-from bullwait.errors import BadArgument, RedisOutOfMemory, RedisUnavailable
-from bullwait.logs import first_line
 from bullwait.waitlist.jobids import check_job_id
 from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, PreferenceJob, WireModel
-from bullwait.settings import Settings
 
 CANCELLABLE_STATES = frozenset({"waiting", "wait", "delayed", "prioritized", "paused"})
 
@@ -91,7 +99,7 @@ def new_expiry(
     waitlist_id: str, slot_id: str, customer_id: str, salon_id: str, delay_ms: int = EXPIRY_DELAY_MS
 ) -> ExpiryJob:
     """An `ExpiryJob` notified now and expiring `delay_ms` from now."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return ExpiryJob(
         waitlist_id=waitlist_id,
         slot_id=slot_id,
@@ -117,7 +125,7 @@ class Producer:
         self._redis: Any = None
         self._remove_script: Any = None
 
-    async def __aenter__(self) -> "Producer":
+    async def __aenter__(self) -> Producer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -332,7 +340,8 @@ async def redis_errors(settings: Settings, consequence: str) -> Any:
         yield
     except AuthenticationError:
         raise RedisUnavailable(
-            f"Redis at {where} refused the credentials ({consequence}): check REDIS_USERNAME / REDIS_PASSWORD (or the URL)"
+            f"Redis at {where} refused the credentials ({consequence}): "
+            "check REDIS_USERNAME / REDIS_PASSWORD (or the URL)"
         ) from None
     except NoPermissionError as exc:
         raise RedisUnavailable(

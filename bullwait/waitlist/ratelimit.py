@@ -80,7 +80,10 @@ class SlidingWindow:
 
     def __init__(self, client: aioredis.Redis, limit: int, window_ms: int, margin_ms: int = 0) -> None:
         if limit < 1 or window_ms < 1 or margin_ms < 0:
-            raise ValueError(f"sliding window needs limit >= 1, window_ms >= 1, margin_ms >= 0 (got {limit}, {window_ms}, {margin_ms})")
+            raise ValueError(
+                "sliding window needs limit >= 1, window_ms >= 1, margin_ms >= 0 "
+                f"(got {limit}, {window_ms}, {margin_ms})"
+            )
         self.client = client
         self.limit = limit
         self.window_ms = window_ms

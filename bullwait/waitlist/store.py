@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import redis.asyncio as aioredis
 
@@ -397,7 +397,7 @@ class RedisWaitlistStore:
 
     # -- reads --
     async def get_entry(self, salon_id: str, waitlist_id: str) -> Entry | None:
-        raw = await self.client.hgetall(self._entry_base(salon_id) + waitlist_id)
+        raw = await self._hash(self._entry_base(salon_id) + waitlist_id)
         if not raw:
             return None
         return Entry(
@@ -414,7 +414,7 @@ class RedisWaitlistStore:
         )
 
     async def get_slot(self, salon_id: str, slot_id: str) -> Slot | None:
-        raw = await self.client.hgetall(self._slot_base(salon_id) + slot_id)
+        raw = await self._hash(self._slot_base(salon_id) + slot_id)
         if not raw:
             return None
         return Slot(
@@ -428,7 +428,12 @@ class RedisWaitlistStore:
         )
 
     async def waiting(self, salon_id: str, limit: int = 100) -> list[str]:
-        return list(await self.client.zrange(self.salon_key(salon_id, "waiting"), 0, limit - 1))
+        members = await self.client.zrange(self.salon_key(salon_id, "waiting"), 0, limit - 1)
+        return cast(list[str], members)  # the client decodes replies (decode_responses=True)
+
+    async def _hash(self, key: str) -> dict[str, str]:
+        # redis-py types replies as bytes | str; the client decodes them (decode_responses=True).
+        return cast(dict[str, str], await self.client.hgetall(key))
 
     # -- preferences --
     async def fold_booking(self, customer_id: str, booking_id: str, facts: dict[str, Any]) -> bool:
@@ -445,7 +450,7 @@ class RedisWaitlistStore:
         return int(await self._recalc(keys=keys, args=[]))
 
     async def preferences(self, customer_id: str) -> Preferences:
-        raw = await self.client.hgetall(self.customer_key(customer_id, "prefs"))
+        raw = await self._hash(self.customer_key(customer_id, "prefs"))
         groups: dict[str, dict[str, int]] = {"service": {}, "master": {}, "day": {}, "hour": {}}
         for name, value in raw.items():
             kind, _, key = name.partition(":")

@@ -35,14 +35,15 @@ import asyncio
 import json
 import re
 import uuid
-from typing import Any, Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import httpx
 
 from bullwait.errors import BullwaitError
 from bullwait.logs import clip, get_logger, mask_phone
-from bullwait.waitlist.payloads import SlotDetails
 from bullwait.settings import Settings
+from bullwait.waitlist.payloads import SlotDetails
 
 THROTTLE_CODES = frozenset({130429, 131056})
 # An answer's body is read up to this many bytes: the Cloud API's answers are a few hundred.
@@ -132,7 +133,8 @@ class CloudApiSender:
             raise WhatsAppRejected("WHATSAPP_ACCESS_TOKEN and WHATSAPP_PHONE_NUMBER_ID must both be set")
         self.settings = settings
         self.url = (
-            f"{settings.whatsapp_api_base_url}/{settings.whatsapp_api_version}/{settings.whatsapp_phone_number_id}/messages"
+            f"{settings.whatsapp_api_base_url}/{settings.whatsapp_api_version}"
+            f"/{settings.whatsapp_phone_number_id}/messages"
         )
         self._client = httpx.AsyncClient(
             timeout=settings.whatsapp_timeout_seconds,
@@ -151,7 +153,7 @@ class CloudApiSender:
             post = exchange.run(self._client, self.url, template_message(self.settings, phone, slot))
             await asyncio.wait_for(post, self.settings.whatsapp_timeout_seconds)
             failure = None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             failure = "timed out (whole request)"
         except httpx.TimeoutException as exc:
             failure = f"timed out ({type(exc).__name__})"

@@ -9,17 +9,25 @@ from typing import Any
 import pytest
 from bullmq import Job
 
-from bullwait.waitlist.catalog import QueueKey
-from bullwait.waitlist.payloads import NotificationJob
 from bullwait.runtime.dispatch import Registry
-from bullwait.waitlist.producer import Producer, new_expiry
 from bullwait.runtime.runner import run_workers
 from bullwait.settings import Settings
+from bullwait.waitlist.catalog import QueueKey
+from bullwait.waitlist.payloads import NotificationJob
+from bullwait.waitlist.producer import Producer, new_expiry
 
-from helpers.jobdata import notification_data
 from helpers.common import wait_job_state
-from helpers.nodecompat import BOARD_PASSWORD, BOARD_USER, env_without, node_json, node_required, run_node
-from helpers.nodecompat import start_board, start_node  # noqa: F401 (fixtures)
+from helpers.jobdata import notification_data
+from helpers.nodecompat import (  # noqa: F401 (fixtures)
+    BOARD_PASSWORD,
+    BOARD_USER,
+    env_without,
+    node_json,
+    node_required,
+    run_node,
+    start_board,
+    start_node,
+)
 
 pytestmark = node_required
 

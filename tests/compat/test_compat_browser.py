@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from bullwait.waitlist.producer import Producer, new_expiry
 from bullwait.settings import Settings
+from bullwait.waitlist.producer import Producer, new_expiry
 
 from helpers.common import ROOT
-from helpers.nodecompat import BOARD_PASSWORD, BOARD_USER, NODE_DIR, node_json, node_required
-from helpers.nodecompat import start_board, start_node  # noqa: F401 (fixtures)
+from helpers.nodecompat import BOARD_PASSWORD, BOARD_USER, NODE_DIR, node_json, node_required, start_board, start_node  # noqa: F401 (fixtures)
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 HAVE_BROWSER = os.access(CHROMIUM, os.X_OK) and (NODE_DIR / "node_modules" / "playwright-core").is_dir()

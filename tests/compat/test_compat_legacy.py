@@ -5,14 +5,22 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from bullwait.settings import QueueNaming, Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.producer import Producer
-from bullwait.settings import QueueNaming, Settings
 
 from helpers.common import run_cli, wait_job_state
 from helpers.jobdata import notification_data, preference_data
-from helpers.nodecompat import legacy, nest, node_json, node_required, seed_booking, seed_entry, seed_slot
-from helpers.nodecompat import start_node  # noqa: F401 (fixture)
+from helpers.nodecompat import (
+    legacy,
+    nest,
+    node_json,
+    node_required,
+    seed_booking,
+    seed_entry,
+    seed_slot,
+    start_node,  # noqa: F401 (fixture)
+)
 
 pytestmark = node_required
 

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import datetime
-
 import asyncio
+import datetime
 import json
 import time
 from typing import Any
 
-import pytest
-
-from bullwait.waitlist.catalog import Priority, QueueKey
-from bullwait.waitlist.payloads import NotificationJob
 from bullwait.runtime.dispatch import Registry
-from bullwait.waitlist.producer import Producer, new_expiry
 from bullwait.runtime.runner import run_workers
-from bullwait.waitlist.payloads import PreferenceJob
 from bullwait.settings import Settings
+from bullwait.waitlist.catalog import Priority, QueueKey
+from bullwait.waitlist.payloads import NotificationJob, PreferenceJob
+from bullwait.waitlist.producer import Producer, new_expiry
 
 from helpers.jobdata import notification_data
 from helpers.nodecompat import nest, node_required, seed_booking, seed_entry, seed_slot

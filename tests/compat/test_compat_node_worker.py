@@ -9,10 +9,10 @@ from typing import Any
 
 from bullmq import Job
 
+from bullwait.settings import Settings
 from bullwait.waitlist.catalog import Priority, QueueKey
 from bullwait.waitlist.payloads import NotificationJob, PreferenceJob
 from bullwait.waitlist.producer import Producer, expiry_job_id, new_expiry
-from bullwait.settings import Settings
 
 from helpers.jobdata import notification_data, preference_data
 from helpers.nodecompat import node_required, start_node  # noqa: F401 (fixture)

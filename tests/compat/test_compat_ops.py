@@ -1,4 +1,5 @@
-"""The operator CLI against Node: `bullwait cancel` removes a NestJS timer, `bullwait stats --json` equals Node's getJobCounts.
+"""The operator CLI against Node: `bullwait cancel` removes a NestJS timer,
+`bullwait stats --json` equals Node's getJobCounts.
 
 Skipped until the operator commands (`stats`, `cancel`) are part of the CLI.
 """
@@ -9,9 +10,9 @@ import json
 
 import pytest
 
+from bullwait.settings import Settings
 from bullwait.waitlist.payloads import PreferenceJob
 from bullwait.waitlist.producer import Producer
-from bullwait.settings import Settings
 
 from helpers.common import run_cli
 from helpers.jobdata import preference_data

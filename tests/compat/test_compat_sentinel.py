@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import redis
 
-from helpers.nodecompat import NODE, NODE_DIR, node_required, run_node, seed_entry, seed_slot
-from helpers.nodecompat import start_board, start_node  # noqa: F401 (fixtures)
+from helpers.nodecompat import NODE, NODE_DIR, node_required, run_node, seed_entry, seed_slot, start_board, start_node  # noqa: F401 (fixtures)
 from helpers.sentinel import SentinelSet
 from helpers.sentinel_node import NestServer, master, node_timer_baseline, sentinel_env
 

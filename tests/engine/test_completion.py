@@ -13,8 +13,8 @@ from bullmq.job import Job
 from bullwait.engine.autopipeline import pack
 from bullwait.engine.completion import CompletionCalls
 from bullwait.engine.connection import redis_options
-from bullwait.settings import Settings
 from bullwait.engine.worker import BullwaitWorker
+from bullwait.settings import Settings
 
 
 async def _echo(job, token):  # type: ignore[no-untyped-def]
@@ -65,7 +65,7 @@ async def test_worker_completes_through_packed_calls(settings: Settings, sync_re
         assert len(kept) == 3, kept
         for job_id in kept:
             fields = sync_redis.hgetall(f"{prefix}:completion-q:{job_id}")
-            assert fields["returnvalue"] == '{"seen":%s}' % job_id.split("-")[1]
+            assert fields["returnvalue"] == f'{{"seen":{job_id.split("-")[1]}}}'
             assert fields["finishedOn"] and fields["atm"] == "1"
         await worker.close()
         await asyncio.wait_for(run, 10)

@@ -17,23 +17,24 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
 
-from bullwait.runtime.services import Services, build_services
-from bullwait.waitlist.catalog import QueueKey
-from bullwait.engine.connection import redis_client
 from bullwait.dev.embedded import RedisServer
+from bullwait.engine.connection import redis_client
 from bullwait.errors import SettingsError, WriteNotDurable
+from bullwait.runtime.runner import run_workers
+from bullwait.runtime.services import Services, build_services
+from bullwait.settings import Settings, load_settings
+from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.idempotency import SendRecords
 from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, SlotDetails
 from bullwait.waitlist.producer import Producer, new_expiry
-from bullwait.runtime.runner import run_workers
-from bullwait.settings import Settings, load_settings
 from bullwait.waitlist.store import RedisWaitlistStore
 
 from helpers.fake_whatsapp import FakeWhatsApp
@@ -183,9 +184,8 @@ async def test_replica_down_raises_naming_the_setting(pair: Pair, prefix: str, c
     producer, store, records = clients(durable(pair, prefix, timeout_ms=150))
     await OPS[op](producer, store, records, "warm")
     before = pair.waits_sent()
-    with pair.frozen():
-        with pytest.raises(WriteNotDurable) as caught:
-            await OPS[op](producer, store, records, "down")
+    with pair.frozen(), pytest.raises(WriteNotDurable) as caught:
+        await OPS[op](producer, store, records, "down")
     message = str(caught.value)
     assert "BULLWAIT_WAIT_REPLICAS=1" in message and "0 of 1 replica" in message, message
     assert pair.waits_sent() - before >= 3, "sent again a bounded number of times before giving up"
@@ -242,7 +242,7 @@ async def _job_if(queue: Any, job_id: str, check: Callable[[Any], bool]) -> Any:
 async def test_short_wait_sends_the_write_again_and_reports_its_own_outcome(
     pair: Pair, prefix: str, clients: Any
 ) -> None:
-    producer, store, records = clients(durable(pair, prefix, timeout_ms=300))
+    producer, store, _records = clients(durable(pair, prefix, timeout_ms=300))
     await _join_two(store)
     await store.free_slot("salon-warm", "slot-w", DETAILS, NOW, NOW + 60_000)  # scripts loaded: one WAIT per send
     await producer.schedule_expiry(_expiry("w-warm"))

@@ -34,7 +34,7 @@ def test_attempts_read_as_node_compares_them(raw: Any, expected: int) -> None:
      (2.5, "not a whole number"), ([3], "not a whole number"), ("Infinity", "not finite")],
 )
 def test_attempts_no_number_fits_are_named(raw: Any, words: str) -> None:
-    with pytest.raises(BadOption, match="opts.attempts") as exc:
+    with pytest.raises(BadOption, match=r"opts\.attempts") as exc:
         attempts_value(raw)
     assert words in str(exc.value)
 

@@ -8,12 +8,12 @@ from typing import Any
 
 import redis
 
-from bullwait.waitlist.catalog import QueueKey
-from bullwait.waitlist.payloads import ExpiryJob
 from bullwait.runtime.dispatch import Registry
-from bullwait.waitlist.producer import Producer
 from bullwait.runtime.runner import run_workers
 from bullwait.settings import Settings
+from bullwait.waitlist.catalog import QueueKey
+from bullwait.waitlist.payloads import ExpiryJob
+from bullwait.waitlist.producer import Producer
 
 from helpers.common import run_cli, wait_job_state, wait_until
 from helpers.jobdata import expiry_data, notification_data, preference_data
@@ -128,7 +128,7 @@ def test_worker_waits_for_redis_and_logs_each_attempt(env: dict[str, str], start
     worker.wait_for_log("redis unreachable, retrying", count=2, timeout=20)
     assert worker.proc.poll() is None, "the worker must keep retrying"
     assert worker.terminate(timeout=20) == 0
-    first = [line for line in worker.log().splitlines() if "redis unreachable" in line][0]
+    first = next(line for line in worker.log().splitlines() if "redis unreachable" in line)
     assert json.loads(first)["error"].startswith("cannot reach Redis")
 
 

@@ -7,8 +7,8 @@ import asyncio
 from bullmq import Queue
 
 from bullwait.engine.connection import redis_options
-from bullwait.settings import Settings
 from bullwait.engine.worker import BullwaitWorker
+from bullwait.settings import Settings
 
 
 async def _noop(job, token):  # type: ignore[no-untyped-def]

@@ -14,12 +14,11 @@ from collections import Counter
 from typing import Any
 
 import redis
-
 from bullmq import Queue
 
 from bullwait.engine.connection import redis_options
-from bullwait.settings import Settings
 from bullwait.engine.worker import BullwaitWorker
+from bullwait.settings import Settings
 
 
 class CountingWorker(BullwaitWorker):

@@ -134,7 +134,7 @@ class FakeWhatsApp:
         with self._lock:
             return list(self.requests)
 
-    def start(self) -> "FakeWhatsApp":
+    def start(self) -> FakeWhatsApp:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -249,7 +249,7 @@ class FakeWhatsApp:
             self._server.shutdown()
             self._server.server_close()
 
-    def __enter__(self) -> "FakeWhatsApp":
+    def __enter__(self) -> FakeWhatsApp:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -23,8 +23,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bullwait.waitlist.catalog import EXPIRY_JOB_ID_PREFIX, JOB_NAMES, QUEUE_NAMES, QueueKey
-from bullwait.waitlist.payloads import SlotDetails
 from bullwait.waitlist.offers import Waitlist, notification_job_id
+from bullwait.waitlist.payloads import SlotDetails
 
 from helpers.jobdata import future_day
 

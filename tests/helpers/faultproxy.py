@@ -18,6 +18,7 @@ script's answer, a BZPOPMIN wake-up, a lock renewal), which is what a real netwo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 import threading
@@ -70,7 +71,7 @@ class FaultProxy:
 
     # --- life cycle ---------------------------------------------------------------------
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self._thread.start()
         self._server = self._call(asyncio.start_server(self._accept, "127.0.0.1", 0))
         self.port = self._server.sockets[0].getsockname()[1]
@@ -86,7 +87,7 @@ class FaultProxy:
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -239,10 +240,8 @@ def _abort(writer: asyncio.StreamWriter) -> None:
     """Close with RST: SO_LINGER on with a zero timeout drops the socket at once."""
     sock: Any = writer.get_extra_info("socket")
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
     writer.transport.abort()
 
 

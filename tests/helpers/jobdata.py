@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 
 def expiry_data(waitlist_id: str = "w-1", minutes: float = 15) -> dict[str, Any]:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return {
         "waitlistId": waitlist_id,
         "slotId": "slot-1",
@@ -20,7 +20,7 @@ def expiry_data(waitlist_id: str = "w-1", minutes: float = 15) -> dict[str, Any]
 
 def future_day(days: int = 3) -> str:
     """A slot day that stays in the future whenever the suite runs (past days are refused)."""
-    return (datetime.now(timezone.utc) + timedelta(days=days)).date().isoformat()
+    return (datetime.now(UTC) + timedelta(days=days)).date().isoformat()
 
 
 def notification_data(waitlist_id: str = "w-1", salon_id: str = "salon-1", phone: str = "+34600111222") -> dict[str, Any]:

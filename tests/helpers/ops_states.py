@@ -12,9 +12,9 @@ from typing import Any
 
 from bullmq import Queue, Worker
 
-from bullwait.waitlist.catalog import SPECS, QueueKey, queue_name
 from bullwait.engine.connection import redis_options
 from bullwait.settings import Settings
+from bullwait.waitlist.catalog import SPECS, QueueKey, queue_name
 
 from helpers.jobdata import expiry_data, notification_data
 

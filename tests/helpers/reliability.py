@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.producer import Producer
@@ -55,10 +56,10 @@ async def add_counted(producer: Producer, i: int, sleep_ms: int = 5, bad: bool =
     """Add job number `i` (round-robin over the three queues) through the Producer, kept
     after completion (`removeOnComplete: false`) so a test can account for every job.
     `bad=True` writes data that fails validation (a deliberate, unretried failure)."""
+    from fixtures import notification_data, preference_data
+
     from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, PreferenceJob, WireModel
     from bullwait.waitlist.producer import expiry_job_id, new_expiry
-
-    from fixtures import notification_data, preference_data
 
     kind = i % 3
     payload: WireModel

@@ -19,10 +19,10 @@ import asyncio
 import os
 from typing import Any
 
-from bullwait.waitlist.catalog import JOB_NAMES, QueueKey
 from bullwait.engine.connection import bound_retries, redis_client
-from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, PreferenceJob, WireModel
 from bullwait.runtime.dispatch import Context, Registry
+from bullwait.waitlist.catalog import JOB_NAMES, QueueKey
+from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, PreferenceJob, WireModel
 
 _clients: dict[str, Any] = {}
 

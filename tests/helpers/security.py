@@ -7,14 +7,14 @@ import shutil
 import socket
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import redis
 
-from bullwait.ops.acl import acl_rules
 from bullwait.dev.embedded import RedisServer, free_port
+from bullwait.ops.acl import acl_rules
 
 ADMIN_PASSWORD = "admin-" + uuid.uuid4().hex
 

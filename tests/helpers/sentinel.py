@@ -69,7 +69,7 @@ class SentinelSet:
         """The value for REDIS_SENTINELS."""
         return ",".join(f"{host}:{port}" for host, port in self.sentinels)
 
-    def start(self) -> "SentinelSet":
+    def start(self) -> SentinelSet:
         master = self.nodes[0].start()
         for replica in self.nodes[1:]:
             replica.start()
@@ -110,7 +110,7 @@ class SentinelSet:
         for proc in [*self.sentinel_procs, *self.nodes]:
             proc.cleanup()
 
-    def __enter__(self) -> "SentinelSet":
+    def __enter__(self) -> SentinelSet:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from bullwait.runtime.dispatch import Context, Registry
 from bullwait.waitlist.catalog import JOB_NAMES, QueueKey
 from bullwait.waitlist.payloads import ExpiryJob
-from bullwait.runtime.dispatch import Context, Registry
 
 RUNS_FILE = "BWTEST_TIMER_RUNS"
 

@@ -3,34 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import resource
 import shutil
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from bullmq import Queue
 from prometheus_client.parser import text_string_to_metric_families
 
-from bullwait.waitlist.catalog import QueueKey, queue_name
 from bullwait.engine.connection import redis_options
 from bullwait.monitoring.metrics import JobMetrics
-from bullwait.waitlist.producer import Producer
+from bullwait.ops.snapshot import NODE_STATES, worker_names
 from bullwait.runtime.runner import WorkerPool, worker_options
 from bullwait.settings import Settings
-from bullwait.ops.snapshot import NODE_STATES, worker_names
+from bullwait.waitlist.catalog import QueueKey, queue_name
+from bullwait.waitlist.producer import Producer
 
 from helpers.common import BULLWAIT, ROOT, WorkerProcess, run_cli, wait_until
 from helpers.fake_whatsapp import FakeWhatsApp
-from helpers.monitoring import get, health, listening, scrape, value
 from helpers.jobdata import expiry_data, notification_data, preference_data
+from helpers.monitoring import get, health, listening, scrape, value
 
 NODE_COMPAT = ROOT / "node-compat"
 HAS_NODE_BULLMQ = (NODE_COMPAT / "node_modules" / "bullmq").is_dir() and shutil.which("node") is not None
@@ -116,7 +116,9 @@ const [port, prefix, data] = [Number(process.argv[1]), process.argv[2], JSON.par
 (async () => {
   const connection = { host: '127.0.0.1', port, db: 0 };
   const open = (name) => new Queue(name, { connection, prefix });
-  const [expiry, notify, prefs] = [open('waitlist-expiry'), open('waitlist-notification'), open('waitlist-preference-calculation')];
+  const [expiry, notify, prefs] = [
+    open('waitlist-expiry'), open('waitlist-notification'), open('waitlist-preference-calculation'),
+  ];
   for (let i = 0; i < 3; i++) await notify.add('send-slot-available', data.notification, { attempts: 3 });
   for (let i = 0; i < 2; i++) await prefs.add('calculate-preferences', data.preference, { priority: 10 });
   for (let i = 0; i < 4; i++) await expiry.add('check-expiry', data.expiry, { delay: 3600000, jobId: `expiry_n${i}` });
@@ -183,7 +185,9 @@ NODE_WORKER = r"""
 const { Worker } = require('bullmq');
 const [port, prefix, name] = [Number(process.argv[1]), process.argv[2], process.argv[3]];
 (async () => {
-  const worker = new Worker(name, async () => 'ok', { connection: { host: '127.0.0.1', port, db: 0 }, prefix, name: 'node-w1' });
+  const worker = new Worker(name, async () => 'ok', {
+    connection: { host: '127.0.0.1', port, db: 0 }, prefix, name: 'node-w1',
+  });
   await worker.waitUntilReady();
   console.log('ready');
   process.stdin.on('end', async () => { await worker.close(); process.exit(0); });
@@ -320,7 +324,7 @@ async def test_worker_metrics_counters_and_health(settings: Settings, start_work
         for _ in range(2):
             await notify.add("send-slot-available", bad, {"attempts": 3})
         await producer.queue(QueueKey.PREFERENCE_CALCULATION).add("calculate-preferences", preference_data(), {"priority": 10})
-        due = datetime.now(timezone.utc) + timedelta(milliseconds=300)
+        due = datetime.now(UTC) + timedelta(milliseconds=300)
         timer = dict(expiry_data("w-t"), expiresAt=due.isoformat().replace("+00:00", "Z"))
         await producer.queue(QueueKey.WAITLIST_EXPIRY).add("check-expiry", timer, {"delay": 300, "jobId": "expiry_w-t"})
         counts = await _wait_counts(settings, NOTIFY, completed=3, failed=2, active=0)
@@ -444,10 +448,9 @@ def half_open(port: int, count: int) -> list[socket.socket]:
 
 def trickle(socks: list[socket.socket], data: bytes) -> None:
     for sock in socks:
-        try:
+        # OSError: not accepted yet (still in the server's backlog or SYN queue)
+        with contextlib.suppress(OSError):
             sock.send(data)
-        except OSError:  # not accepted yet (still in the server's backlog or SYN queue)
-            pass
 
 
 async def test_slowloris_on_the_metrics_port_does_not_starve_the_worker(settings: Settings, env, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -512,7 +515,7 @@ class _Job:
 
 def test_job_metrics_observer_counts_and_never_raises() -> None:
     metrics = JobMetrics(queues=[EXPIRY, NOTIFY], expiry_queue=EXPIRY)
-    late = (datetime.now(timezone.utc) - timedelta(seconds=2)).isoformat().replace("+00:00", "Z")
+    late = (datetime.now(UTC) - timedelta(seconds=2)).isoformat().replace("+00:00", "Z")
     metrics.started(EXPIRY, _Job({"expiresAt": late}))  # counted: first attempt, 2 s late
     metrics.started(EXPIRY, _Job({"expiresAt": late}, attempts_made=1))  # retry: not timer lateness
     metrics.started(EXPIRY, _Job({"expiresAt": "not a date"}))  # ignored, no exception

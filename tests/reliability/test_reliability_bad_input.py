@@ -4,22 +4,22 @@ naming the problem, is never retried, and the worker goes on processing good job
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import redis
 
+from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.producer import Producer
-from bullwait.settings import Settings
 
 from helpers.common import run_cli
 from helpers.jobdata import expiry_data, notification_data, preference_data
 from helpers.reliability import COUNTING, counts, eventually
 from helpers.reliability_processors import counter_field, keys
 
-PAST_DAY = (datetime.now(timezone.utc) - timedelta(days=3)).date().isoformat()
+PAST_DAY = (datetime.now(UTC) - timedelta(days=3)).date().isoformat()
 
 
 def _without(data: dict[str, Any], field: str) -> dict[str, Any]:

@@ -31,19 +31,29 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
-from bullwait.runtime.services import Services, build_services
 from bullwait.dev.embedded import RedisServer
+from bullwait.runtime.services import Services, build_services
 from bullwait.settings import Settings
 
 from helpers.fake_whatsapp import FakeWhatsApp
 from helpers.fault_load import (
-    EXPIRY, NOTIFY, QUEUES, Customer, Ledger, customers, describe_job, job_state, offer_slots, write_poison,
+    EXPIRY,
+    NOTIFY,
+    QUEUES,
+    Customer,
+    Ledger,
+    customers,
+    describe_job,
+    job_state,
+    offer_slots,
+    write_poison,
 )
 from helpers.faultproxy import FaultProxy
 from helpers.nodecompat import HAVE_NODE, node_json, run_node

@@ -10,6 +10,7 @@ the worker (measured seconds printed, not asserted).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import os
@@ -21,9 +22,9 @@ from typing import Any
 
 import pytest
 
+from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.producer import Producer
-from bullwait.settings import Settings
 
 from helpers.common import BULLWAIT, ROOT
 from helpers.reliability import add_counted, counts, eventually
@@ -88,10 +89,8 @@ async def _add_and_finish(settings: Settings, numbers: list[int]) -> str:
         async def all_completed() -> bool:
             return all([await producer.queue(k).getJobState(j) == "completed" for k, j in added])
 
-        try:
+        with contextlib.suppress(AssertionError):
             await eventually(all_completed, timeout=30, message=f"{len(added)} jobs completed")
-        except AssertionError:
-            pass
         jobs = [await producer.queue(k).getJob(j) for k, j in added]
         wrong = {j.id: (j.attemptsMade, j.failedReason) for j in jobs if j and (j.attemptsMade != 1 or j.failedReason)}
         if wrong or not all(jobs) or not await all_completed():

@@ -14,9 +14,9 @@ from typing import Any
 
 import redis
 
+from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.producer import Producer
-from bullwait.settings import Settings
 
 from helpers.jobdata import notification_data
 from helpers.reliability import COUNTING, eventually

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import redis
 
-from bullwait.waitlist.catalog import QueueKey
 from bullwait.dev.embedded import RedisServer
 from bullwait.errors import BullwaitError, RedisOutOfMemory
-from bullwait.waitlist.producer import Producer
 from bullwait.settings import Settings
+from bullwait.waitlist.catalog import QueueKey
+from bullwait.waitlist.producer import Producer
 
 from helpers.common import run_cli
 from helpers.reliability import COUNTING, add_counted, counts, eventually

@@ -15,8 +15,8 @@ import redis
 from bullmq import Queue
 
 from bullwait.engine.connection import redis_options
-from bullwait.settings import Settings
 from bullwait.engine.worker import BullwaitWorker
+from bullwait.settings import Settings
 
 QUEUE = "orphans-q"
 

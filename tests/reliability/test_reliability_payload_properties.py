@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import string
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -35,11 +35,11 @@ PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthC
 ids = st.text(alphabet=string.ascii_letters + string.digits + "-_:.", min_size=1, max_size=40)
 names = st.text(min_size=1, max_size=60).filter(lambda s: s.strip() != "")
 aware = st.datetimes(
-    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(timezone.utc)
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
 )
 phones = st.from_regex(r"\+[1-9][0-9]{6,14}", fullmatch=True)
 future_days = st.integers(min_value=0, max_value=3650).map(
-    lambda d: (datetime.now(timezone.utc) + timedelta(days=d)).date().isoformat()
+    lambda d: (datetime.now(UTC) + timedelta(days=d)).date().isoformat()
 )
 times = st.times().map(lambda t: t.strftime("%H:%M"))
 
@@ -170,7 +170,7 @@ def test_phone_digits_from_other_scripts_are_refused(phone: str) -> None:
 @PROPS
 @given(days_ago=st.integers(min_value=2, max_value=20000))
 def test_slot_day_in_the_past_is_refused(days_ago: int) -> None:
-    day = (datetime.now(timezone.utc) - timedelta(days=days_ago)).date()
+    day = (datetime.now(UTC) - timedelta(days=days_ago)).date()
     assume(day.year >= 1)
     raw = notification_data()
     raw["slotDetails"] = dict(raw["slotDetails"], date=day.isoformat())
@@ -183,7 +183,7 @@ def test_slot_day_in_the_past_is_refused(days_ago: int) -> None:
 @given(minutes_ago=st.integers(min_value=0, max_value=10 * 24 * 60))
 def test_expiry_in_the_past_is_legitimate(minutes_ago: int) -> None:
     """A late timer (workers were down) must still expire its offer."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     raw = expiry_data()
     raw["notifiedAt"] = (now - timedelta(minutes=minutes_ago + 15)).isoformat()
     raw["expiresAt"] = (now - timedelta(minutes=minutes_ago)).isoformat()
@@ -192,7 +192,7 @@ def test_expiry_in_the_past_is_legitimate(minutes_ago: int) -> None:
 
 def test_yesterday_is_still_accepted_for_time_zones_behind_utc() -> None:
     raw = notification_data()
-    raw["slotDetails"] = dict(raw["slotDetails"], date=(datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat())
+    raw["slotDetails"] = dict(raw["slotDetails"], date=(datetime.now(UTC) - timedelta(days=1)).date().isoformat())
     parse_payload(NotificationJob, raw)
 
 

@@ -7,12 +7,12 @@ import types
 
 import pytest
 
-from bullwait.waitlist.catalog import JOB_NAMES, QueueKey
 from bullwait.errors import PluginError
-from bullwait.waitlist.payloads import ExpiryJob
-from bullwait.runtime.plugins import load_registry
 from bullwait.runtime.dispatch import Registry
+from bullwait.runtime.plugins import load_registry
 from bullwait.settings import Settings
+from bullwait.waitlist.catalog import JOB_NAMES, QueueKey
+from bullwait.waitlist.payloads import ExpiryJob
 
 from helpers.common import ROOT, run_cli
 

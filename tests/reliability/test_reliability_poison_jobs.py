@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import redis
 
+from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.producer import Producer
-from bullwait.settings import Settings
 
 from helpers.common import run_cli
 from helpers.jobdata import expiry_data

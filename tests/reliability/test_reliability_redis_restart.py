@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import redis
 
-from bullwait.waitlist.catalog import QueueKey
 from bullwait.dev.embedded import RedisServer, free_port
 from bullwait.errors import BullwaitError, RedisUnavailable
+from bullwait.settings import Settings
+from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.payloads import NotificationJob
 from bullwait.waitlist.producer import Producer
-from bullwait.settings import Settings
 
 from helpers.jobdata import notification_data
 from helpers.reliability import FAST_RECOVERY, add_counted, counts, eventually

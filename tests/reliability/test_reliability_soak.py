@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import redis
 
+from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.producer import Producer
-from bullwait.settings import Settings
 
 from helpers.reliability import FAST_RECOVERY, add_counted, counts
 from helpers.reliability_processors import counter_field, keys

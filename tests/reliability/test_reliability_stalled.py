@@ -11,10 +11,10 @@ import pytest
 import redis
 from bullmq import Job
 
+from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.payloads import NotificationJob
 from bullwait.waitlist.producer import Producer
-from bullwait.settings import Settings
 
 from helpers.common import wait_until
 from helpers.jobdata import notification_data

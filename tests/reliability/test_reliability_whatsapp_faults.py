@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from bullmq import Job
 
+from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.payloads import NotificationJob
 from bullwait.waitlist.producer import Producer
-from bullwait.settings import Settings
 
 from helpers.fake_whatsapp import FakeWhatsApp, Recorded
 from helpers.jobdata import notification_data
@@ -126,7 +127,8 @@ async def test_throttling_storm_waits_it_out_sends_once_within_limits(
     assert worker.log().count("whatsapp throttled, backing off") == answered[429]
     _assert_limits_held(api)
     assert worker.terminate() == 0
-    print(f"429 storm: {answered[429]} throttled requests over {throttled[-1].at - throttled[0].at:.1f}s, {answered[200]} sent")
+    storm_s = throttled[-1].at - throttled[0].at
+    print(f"429 storm: {answered[429]} throttled requests over {storm_s:.1f}s, {answered[200]} sent")
 
 
 async def test_server_errors_and_timeouts_retry_and_send_once_within_limits(

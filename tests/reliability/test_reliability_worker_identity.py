@@ -13,19 +13,19 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import redis
 
-from bullwait.waitlist.catalog import QueueKey
 from bullwait.dev.embedded import RedisServer, free_port
-from bullwait.waitlist.producer import Producer
 from bullwait.settings import Settings
+from bullwait.waitlist.catalog import QueueKey
+from bullwait.waitlist.producer import Producer
 
 from helpers.common import run_cli
-from helpers.nodecompat import node_json, node_required
-from helpers.nodecompat import start_board, start_node  # noqa: F401 (fixtures)
+from helpers.nodecompat import node_json, node_required, start_board, start_node  # noqa: F401 (fixtures)
 
 pytestmark = node_required
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bullwait.waitlist.producer import Producer, new_expiry
-from bullwait.settings import Settings
 from bullwait.runtime.supervisor import Supervisor
+from bullwait.settings import Settings
+from bullwait.waitlist.producer import Producer, new_expiry
 
 from helpers.common import BULLWAIT, ROOT, wait_until
 from helpers.monitoring import listening, scrape, value

@@ -8,18 +8,17 @@ from typing import Any
 import pytest
 import redis
 
-from bullwait.ops.acl import acl_rules
-from bullwait.waitlist.catalog import QueueKey
 from bullwait.errors import RedisUnavailable
+from bullwait.ops.acl import acl_rules
+from bullwait.settings import Settings
+from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.payloads import NotificationJob, PreferenceJob
 from bullwait.waitlist.producer import Producer, new_expiry
-from bullwait.settings import Settings
 
 from helpers.common import ROOT, run_cli
 from helpers.jobdata import notification_data, preference_data
+from helpers.nodecompat import HAVE_NODE, SKIP_REASON, nest, node_json, seed_entry, seed_slot, start_board, start_node  # noqa: F401 (fixtures)
 from helpers.reliability import COUNTING, counts, eventually
-from helpers.nodecompat import HAVE_NODE, SKIP_REASON, nest, node_json, seed_entry, seed_slot
-from helpers.nodecompat import start_board, start_node  # noqa: F401 (fixtures)
 from helpers.security import AuthRedisServer, acl_refusals, acl_server, least_privilege_user  # noqa: F401
 
 

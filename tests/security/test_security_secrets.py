@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from bullwait.waitlist.catalog import QueueKey
 from bullwait.errors import BullwaitError, SettingsError
+from bullwait.settings import Settings, load_settings
+from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.payloads import NotificationJob
 from bullwait.waitlist.producer import Producer
-from bullwait.settings import Settings, load_settings
 
 from helpers.common import run_cli
 from helpers.fake_whatsapp import FakeWhatsApp

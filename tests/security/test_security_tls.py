@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from bullwait.waitlist.catalog import QueueKey
 from bullwait.errors import RedisUnavailable
+from bullwait.settings import Settings
+from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.payloads import NotificationJob, PreferenceJob
 from bullwait.waitlist.producer import Producer, new_expiry
-from bullwait.settings import Settings
 
 from helpers.jobdata import notification_data, preference_data
 from helpers.reliability import COUNTING, counts, eventually

@@ -27,18 +27,19 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import redis
 
-from bullwait.waitlist.catalog import QueueKey
 from bullwait.dev.embedded import free_port
-from bullwait.waitlist.payloads import NotificationJob
-from bullwait.waitlist.producer import Producer, expiry_job_id, new_expiry
 from bullwait.settings import Settings
+from bullwait.waitlist.catalog import QueueKey
+from bullwait.waitlist.payloads import NotificationJob
+from bullwait.waitlist.producer import Producer, new_expiry
 
 from helpers.common import ROOT, WorkerProcess
 from helpers.fake_whatsapp import FakeWhatsApp

@@ -7,20 +7,19 @@ import asyncio
 import json
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis
 
-from bullwait.waitlist.catalog import QueueKey
 from bullwait.errors import RedisUnavailable
+from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.payloads import PreferenceJob
 from bullwait.waitlist.producer import Producer
 
 from helpers.common import run_cli
 from helpers.jobdata import preference_data
-from helpers.sentinel import SentinelSet
-from helpers.sentinel import sentinel_env, sentinel_settings
+from helpers.sentinel import SentinelSet, sentinel_env, sentinel_settings
 
 QUEUE = "waitlist-preference-calculation"
 

@@ -18,24 +18,23 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import redis
 from bullmq import Queue
 
-from bullwait.waitlist.catalog import QueueKey, queue_name
-from bullwait.dev.embedded import free_port
+from bullwait.engine.worker import node_client_name
+from bullwait.settings import Settings
+from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.payloads import PreferenceJob
 from bullwait.waitlist.producer import Producer
-from bullwait.settings import Settings
-from bullwait.engine.worker import node_client_name
 
 from helpers.common import WorkerProcess
 from helpers.jobdata import preference_data
-from helpers.reliability import COUNTING
-from helpers.sentinel import WORKER_NAME, SentinelSet, sentinel_env, sentinel_settings
+from helpers.sentinel import WORKER_NAME, SentinelSet, sentinel_env
 
 QUEUE = "waitlist-preference-calculation"
 

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+from bullwait.settings import Settings
 from bullwait.waitlist.catalog import (
     JOB_NAMES,
     LEGACY_QUEUE_NAMES,
@@ -14,7 +14,6 @@ from bullwait.waitlist.catalog import (
     queue_name,
     resolve_queue,
 )
-from bullwait.settings import Settings
 
 from helpers.common import ROOT, run_cli
 

@@ -8,20 +8,21 @@ import json
 import os
 import signal
 import time
-from typing import Any, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
 from bullwait.runtime.services import Services, build_services
+from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
+from bullwait.waitlist.offers import notification_job_id
 from bullwait.waitlist.payloads import NotificationJob, PreferenceJob, SlotDetails
 from bullwait.waitlist.producer import expiry_job_id
-from bullwait.settings import Settings
-from bullwait.waitlist.offers import notification_job_id
 
 from helpers.common import run_cli
 from helpers.fake_whatsapp import FakeWhatsApp
-from helpers.jobdata import notification_data, preference_data, future_day
+from helpers.jobdata import future_day, notification_data, preference_data
 
 TOKEN = "test-secret-token-xyz"
 DETAILS = SlotDetails(

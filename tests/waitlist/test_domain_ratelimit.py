@@ -11,21 +11,22 @@ that a count over the limit means the limiter let it through, not thread schedul
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from bullmq import DelayedError, UnrecoverableError
 
-from bullwait.runtime.services import Services, build_services
-from bullwait.waitlist.catalog import QueueKey
 from bullwait.logs import get_logger
-from bullwait.waitlist.payloads import NotificationJob
 from bullwait.runtime.dispatch import Context
 from bullwait.runtime.processors.notification import send_slot_available
-from bullwait.waitlist.ratelimit import SlidingWindow
 from bullwait.runtime.runner import worker_options
+from bullwait.runtime.services import Services, build_services
 from bullwait.settings import Settings
+from bullwait.waitlist.catalog import QueueKey
+from bullwait.waitlist.payloads import NotificationJob
+from bullwait.waitlist.ratelimit import SlidingWindow
 from bullwait.waitlist.whatsapp import WhatsAppUnavailable
 
 from helpers.fake_whatsapp import FakeWhatsApp

@@ -20,20 +20,19 @@ import pytest
 from bullmq import DelayedError, UnrecoverableError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from bullwait.waitlist import idempotency
-from bullwait.runtime.services import Services
-from bullwait.waitlist.catalog import QueueKey
-from bullwait.waitlist.idempotency import SendRecords
 from bullwait.logs import get_logger
-from bullwait.waitlist.payloads import NotificationJob
 from bullwait.runtime.dispatch import Context
 from bullwait.runtime.processors.notification import send_slot_available, slot_reference
+from bullwait.runtime.services import Services
+from bullwait.waitlist import idempotency
+from bullwait.waitlist.catalog import QueueKey
+from bullwait.waitlist.idempotency import SendRecords
+from bullwait.waitlist.payloads import NotificationJob
 from bullwait.waitlist.whatsapp import WhatsAppAmbiguous
 
 from helpers.fake_whatsapp import FakeWhatsApp
 from helpers.jobdata import notification_data
 from helpers.sends import TIMEOUT_S, api, services  # noqa: F401 (fixtures)
-
 
 
 class Outage:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 
 from bullwait.engine.connection import redis_client
-from bullwait.waitlist.payloads import SlotDetails
 from bullwait.settings import Settings
+from bullwait.waitlist.payloads import SlotDetails
 from bullwait.waitlist.store import RedisWaitlistStore, WaitlistStore
+
 from helpers.jobdata import future_day
 
 DETAILS = SlotDetails(
@@ -98,7 +99,7 @@ async def test_concurrent_transitions_only_one_wins(store: RedisWaitlistStore, s
         assert Counter(f.outcome for f in frees) == {"offered": 1, "already-offered": 23}
         # Booking, cancelling and expiring w0 all at once: one wins, the rest report it.
         racers = []
-        for i, o in enumerate(others):
+        for o in others:
             racers += [o.book("s1", "w0", NOW + OFFER), o.cancel("s1", "w0", NOW + OFFER, NOW + 2 * OFFER),
                        o.expire("s1", "w0", "slot-1", NOW + OFFER, NOW + 2 * OFFER)]
         results = await asyncio.gather(*racers)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import io
 import json
 import tracemalloc
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from bullwait.logs import configure_logging, get_logger
-from bullwait.waitlist.payloads import SlotDetails
 from bullwait.settings import Settings
+from bullwait.waitlist.payloads import SlotDetails
 from bullwait.waitlist.whatsapp import (
     CloudApiSender,
     ConsoleSender,

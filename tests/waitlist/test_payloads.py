@@ -54,7 +54,9 @@ def test_mistyped_field_is_named(model, data, field) -> None:  # type: ignore[no
 
 def test_two_bad_fields_both_named() -> None:
     data = dict(notification_data(), customerPhone="x", salonId=None)
-    message = str(pytest.raises(InvalidJobData, parse_payload, NotificationJob, data).value)
+    with pytest.raises(InvalidJobData) as exc:
+        parse_payload(NotificationJob, data)
+    message = str(exc.value)
     assert "customerPhone" in message and "salonId" in message
 
 

@@ -6,14 +6,12 @@ import asyncio
 import json
 from typing import Any
 
-from bullmq import Queue
-
-from bullwait.waitlist.catalog import Priority, QueueKey
-from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, PreferenceJob
 from bullwait.runtime.dispatch import Registry
-from bullwait.waitlist.producer import Producer, expiry_job_id
 from bullwait.runtime.runner import run_workers
 from bullwait.settings import Settings
+from bullwait.waitlist.catalog import Priority, QueueKey
+from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, PreferenceJob
+from bullwait.waitlist.producer import Producer, expiry_job_id
 
 from helpers.jobdata import expiry_data, notification_data, preference_data
 

@@ -6,9 +6,9 @@ import json
 
 import redis
 
+from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.producer import Producer, new_expiry
-from bullwait.settings import Settings
 
 
 async def test_schedule_expiries_writes_what_schedule_expiry_writes(settings: Settings, sync_redis: redis.Redis, prefix: str) -> None:
@@ -107,7 +107,7 @@ def test_bulk_add_refuses_options_it_does_not_pack() -> None:
     from bullwait.engine.bulk import NewJob, stored_opts
     from bullwait.errors import BadArgument
 
-    with pytest.raises(BadArgument, match="deduplication, parent.*Queue.add"):
+    with pytest.raises(BadArgument, match=r"deduplication, parent.*Queue\.add"):
         NewJob("n", "{}", stored_opts({"parent": {"id": "1", "queue": "q"}, "deduplication": {"id": "d"}}), "j-1", 1)
 
 

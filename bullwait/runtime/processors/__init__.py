@@ -12,12 +12,12 @@ They reach the waitlist store, sender and limiter through `ctx.services`
 
 from __future__ import annotations
 
-from bullwait.waitlist.catalog import JOB_NAMES, QueueKey
-from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, PreferenceJob
 from bullwait.runtime.dispatch import Registry
 from bullwait.runtime.processors.expiry import check_expiry
 from bullwait.runtime.processors.notification import send_slot_available
 from bullwait.runtime.processors.preferences import calculate_preferences
+from bullwait.waitlist.catalog import JOB_NAMES, QueueKey
+from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, PreferenceJob
 
 
 def builtin_registry() -> Registry:

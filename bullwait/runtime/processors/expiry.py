@@ -16,9 +16,9 @@ from typing import Any
 
 from bullmq import DelayedError
 
-from bullwait.waitlist.payloads import ExpiryJob
 from bullwait.runtime.dispatch import Context
 from bullwait.waitlist.offers import describe
+from bullwait.waitlist.payloads import ExpiryJob
 
 
 async def check_expiry(payload: ExpiryJob, ctx: Context) -> dict[str, Any]:

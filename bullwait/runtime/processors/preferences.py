@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bullwait.waitlist.payloads import PreferenceJob
 from bullwait.runtime.dispatch import Context
+from bullwait.waitlist.payloads import PreferenceJob
 
 
 async def calculate_preferences(payload: PreferenceJob, ctx: Context) -> dict[str, Any]:
