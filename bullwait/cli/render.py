@@ -124,7 +124,9 @@ def print_job(job: JobInfo) -> None:
         if value not in (None, ""):
             out.print(f"{label + ':':<14}{value}", markup=False)
     out.print("data:" + ("" if job.data_is_json else " (not valid JSON; shown raw)"), markup=False)
-    out.print(_indent(job.data if not job.data_is_json else json.dumps(job.data, indent=2, ensure_ascii=False)), markup=False)
+    out.print(
+        _indent(job.data if not job.data_is_json else json.dumps(job.data, indent=2, ensure_ascii=False)), markup=False
+    )
     out.print("options:", markup=False)
     out.print(_indent(json.dumps(job.opts, indent=2, ensure_ascii=False)), markup=False)
     if job.returnvalue is not None:

@@ -7,7 +7,7 @@ checked by bullwait.waitlist.jobids, the one rule producers and operators share.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from bullwait.errors import BadArgument
 

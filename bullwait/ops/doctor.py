@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib.metadata
 import re
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
@@ -37,8 +38,16 @@ async def run_doctor(settings: Settings, keys: Iterable[QueueKey] | None = None)
         try:
             return await diagnose(ops, keys)
         except ResponseError as exc:
-            return DoctorReport([Check("fail", "redis", f"Redis refused a command the checks need ({exc}); "
-                                        "run the doctor as a user allowed INFO, TIME, CLIENT LIST and EVALSHA")])
+            return DoctorReport(
+                [
+                    Check(
+                        "fail",
+                        "redis",
+                        f"Redis refused a command the checks need ({exc}); "
+                        "run the doctor as a user allowed INFO, TIME, CLIENT LIST and EVALSHA",
+                    )
+                ]
+            )
         except (RedisError, OSError) as exc:
             return DoctorReport([Check("fail", "redis", f"Redis stopped answering during the checks: {exc}")])
 
@@ -98,8 +107,13 @@ def topology_checks(topology: Topology | None) -> list[Check]:
         checks = [Check("ok", "sentinels", f"{total}/{total} answer")]
     else:
         status = "fail" if topology.answering == 0 else "warn"
-        checks = [Check(status, "sentinels", f"{topology.answering}/{total} answer; not: {', '.join(silent)}; "
-                        "a failover needs a majority of them")]
+        checks = [
+            Check(
+                status,
+                "sentinels",
+                f"{topology.answering}/{total} answer; not: {', '.join(silent)}; a failover needs a majority of them",
+            )
+        ]
     if topology.master is None:
         return checks
     checks.append(Check("ok", "sentinel master", f"{topology.master_name!r} at {topology.master}"))
@@ -127,15 +141,33 @@ def durability_checks(topology: Topology | None, wait_replicas: int) -> list[Che
     have = len(topology.replicas)
     name = f"BULLWAIT_WAIT_REPLICAS={wait_replicas}"
     if wait_replicas > have:
-        return [Check("fail", "durable writes", f"{name} but the master has {have} replica(s): every producer add, "
-                      "send claim and waitlist change fails; add replicas or lower it")]
+        return [
+            Check(
+                "fail",
+                "durable writes",
+                f"{name} but the master has {have} replica(s): every producer add, "
+                "send claim and waitlist change fails; add replicas or lower it",
+            )
+        ]
     if wait_replicas < have:
-        return [Check("warn", "durable writes", f"{name} with {have} replicas: a write one replica confirmed can still "
-                      f"be lost in a failover; set it to {have} (then one replica down stops durable writes)")]
+        return [
+            Check(
+                "warn",
+                "durable writes",
+                f"{name} with {have} replicas: a write one replica confirmed can still "
+                f"be lost in a failover; set it to {have} (then one replica down stops durable writes)",
+            )
+        ]
     if have == 1:
-        return [Check("warn", "durable writes", f"{name} with one replica: after a failover the new master has no "
-                      "replica until the old one rejoins, and durable writes wait (or fail) until then; "
-                      "a second replica, with BULLWAIT_WAIT_REPLICAS=2, avoids the wait")]
+        return [
+            Check(
+                "warn",
+                "durable writes",
+                f"{name} with one replica: after a failover the new master has no "
+                "replica until the old one rejoins, and durable writes wait (or fail) until then; "
+                "a second replica, with BULLWAIT_WAIT_REPLICAS=2, avoids the wait",
+            )
+        ]
     return [Check("ok", "durable writes", f"{name}: every replica confirms each write")]
 
 
@@ -183,7 +215,9 @@ def _check_listpack(limit: int | None) -> Check:
     if limit is None:
         return Check("ok", "memory-encoding", "CONFIG GET not allowed for this user; skipped")
     if limit >= 512:
-        return Check("ok", "memory-encoding", f"hash-max-listpack-value {limit}: job hashes stay compact (~670 B per timer)")
+        return Check(
+            "ok", "memory-encoding", f"hash-max-listpack-value {limit}: job hashes stay compact (~670 B per timer)"
+        )
     return Check(
         "ok",
         "memory-encoding",
@@ -207,7 +241,9 @@ def _check_memory(used: int, maxmemory: int) -> Check:
     ratio = used / maxmemory
     detail = f"used {_bytes(used)} of maxmemory {_bytes(maxmemory)} ({ratio:.0%})"
     if ratio >= 0.9:
-        return Check("fail", "memory", detail + ": near OOM, new jobs will be refused; clean finished jobs or raise maxmemory")
+        return Check(
+            "fail", "memory", detail + ": near OOM, new jobs will be refused; clean finished jobs or raise maxmemory"
+        )
     if ratio >= 0.75:
         return Check("warn", "memory", detail + ": clean finished jobs (`bullwait clean`) or raise maxmemory")
     return Check("ok", "memory", detail)
@@ -244,26 +280,45 @@ def _queue_checks(s: QueueSnapshot, settings: Settings, clients_ok: bool) -> lis
     else:
         out.append(Check("ok", f"{q}/paused", "not paused"))
     if not clients_ok:
-        out.append(Check("warn", f"{q}/workers", "cannot tell: the server refused CLIENT LIST (allow it for this user)"))
+        out.append(
+            Check("warn", f"{q}/workers", "cannot tell: the server refused CLIENT LIST (allow it for this user)")
+        )
     elif not s.workers:
-        out.append(Check("warn", f"{q}/workers", f"no worker (Node or Python) serves it; start `bullwait worker --queue {q}`"))
+        out.append(
+            Check("warn", f"{q}/workers", f"no worker (Node or Python) serves it; start `bullwait worker --queue {q}`")
+        )
     else:
         out.append(Check("ok", f"{q}/workers", f"{s.workers} (Node {s.workers_node}, Python {s.workers_python})"))
     if s.overdue:
         late = -(s.next_delayed_in_ms or 0)
         level = "fail" if late > 60_000 else "warn"
-        why = "the queue is paused" if s.paused else "no worker is promoting them" if not s.workers else "workers are behind"
+        why = (
+            "the queue is paused"
+            if s.paused
+            else "no worker is promoting them"
+            if not s.workers
+            else "workers are behind"
+        )
         out.append(
-            Check(level, f"{q}/overdue", f"{s.overdue} delayed job(s) past due, the oldest by {format_ms(late)}: {why}; "
-                  "check workers (`bullwait stats`) or promote them (`bullwait promote`)")
+            Check(
+                level,
+                f"{q}/overdue",
+                f"{s.overdue} delayed job(s) past due, the oldest by {format_ms(late)}: {why}; "
+                "check workers (`bullwait stats`) or promote them (`bullwait promote`)",
+            )
         )
     else:
         nxt = "none delayed" if s.next_delayed_in_ms is None else f"next due in {format_ms(s.next_delayed_in_ms)}"
         out.append(Check("ok", f"{q}/overdue", f"no delayed job past due ({s.delayed} delayed, {nxt})"))
     if s.stalled:
         out.append(
-            Check("warn", f"{q}/stalled", f"{s.stalled} active job(s) without a lock (their worker died); a running "
-                  "worker moves them back to wait within its stalled interval (BULLWAIT_STALLED_INTERVAL_MS); start one if none runs")
+            Check(
+                "warn",
+                f"{q}/stalled",
+                f"{s.stalled} active job(s) without a lock (their worker died); a running "
+                "worker moves them back to wait within its stalled interval (BULLWAIT_STALLED_INTERVAL_MS); "
+                "start one if none runs",
+            )
         )
     else:
         scanned = "" if s.active <= s.active_scanned else f" (first {s.active_scanned} checked)"
@@ -271,8 +326,12 @@ def _queue_checks(s: QueueSnapshot, settings: Settings, clients_ok: bool) -> lis
     limit = settings.health_max_failed
     if s.failed > limit:
         out.append(
-            Check("warn", f"{q}/failed", f"{s.failed} failed (over HEALTH_MAX_FAILED={limit}): inspect "
-                  f"`bullwait jobs list {q} --status failed`, then `bullwait retry --queue {q}` or `bullwait clean`")
+            Check(
+                "warn",
+                f"{q}/failed",
+                f"{s.failed} failed (over HEALTH_MAX_FAILED={limit}): inspect "
+                f"`bullwait jobs list {q} --status failed`, then `bullwait retry --queue {q}` or `bullwait clean`",
+            )
         )
     else:
         out.append(Check("ok", f"{q}/failed", f"{s.failed} failed (limit {limit})"))
@@ -305,10 +364,18 @@ def _check_meta_version(q: str, version: str | None, node_workers: int) -> Check
         return Check("ok", name, f"{version} pairs with {pair}")
     if major <= 4:
         if node_workers:
-            return Check("fail", name, f"{version} with {node_workers} Node worker(s): Node 4.x workers and Python "
-                         f"workers must not share a queue (v5 changed the wake-up marker); upgrade Node to 6.x")
-        return Check("warn", name, f"{version}: fine as a producer for Python workers, but never run Node 4.x "
-                     f"workers on this queue; upgrade Node to {paired_major}.x ({pair})")
+            return Check(
+                "fail",
+                name,
+                f"{version} with {node_workers} Node worker(s): Node 4.x workers and Python "
+                f"workers must not share a queue (v5 changed the wake-up marker); upgrade Node to 6.x",
+            )
+        return Check(
+            "warn",
+            name,
+            f"{version}: fine as a producer for Python workers, but never run Node 4.x "
+            f"workers on this queue; upgrade Node to {paired_major}.x ({pair})",
+        )
     return Check("warn", name, f"{version} is not the tested pairing ({pair}); run Node bullmq {paired_major}.x")
 
 

@@ -38,7 +38,7 @@ def parse_duration_ms(text: str, what: str = "duration") -> int:
         raise BadDuration(f"{what}: cannot read {_shown(text)}; {_FORMS}")
     if not math.isfinite(total) or total > MAX_DURATION_MS:
         raise BadDuration(f"{what}: {_shown(text)} is longer than 36500d (100 years); use a shorter duration")
-    return int(round(total))
+    return round(total)
 
 
 def _shown(text: str) -> str:

@@ -8,8 +8,14 @@ from typing import Any
 from bullwait.engine.jobcheck import hash_problems, not_utf8, printable
 from bullwait.ops.results import JobInfo
 
-_OPTS_DECODE = {"de": "deduplication", "fpof": "failParentOnFailure", "cpof": "continueParentOnFailure",
-                "idof": "ignoreDependencyOnFailure", "kl": "keepLogs", "rdof": "removeDependencyOnFailure"}
+_OPTS_DECODE = {
+    "de": "deduplication",
+    "fpof": "failParentOnFailure",
+    "cpof": "continueParentOnFailure",
+    "idof": "ignoreDependencyOnFailure",
+    "kl": "keepLogs",
+    "rdof": "removeDependencyOnFailure",
+}
 
 
 def _json_or_raw(raw: str | None, default: Any = None) -> tuple[Any, bool]:

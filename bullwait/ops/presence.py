@@ -13,8 +13,22 @@ from bullwait.waitlist.catalog import LEGACY_QUEUE_NAMES, QUEUE_NAMES, QueueKey,
 
 # Keys any queue that has ever held a job (or had a worker) has at least one of. Checked
 # by name with EXISTS: never KEYS or SCAN over a keyspace that other applications share.
-QUEUE_MARK_KEYS = ("meta", "id", "events", "wait", "active", "delayed", "prioritized", "completed", "failed",
-                   "paused", "waiting-children", "stalled-check", "marker", "repeat")
+QUEUE_MARK_KEYS = (
+    "meta",
+    "id",
+    "events",
+    "wait",
+    "active",
+    "delayed",
+    "prioritized",
+    "completed",
+    "failed",
+    "paused",
+    "waiting-children",
+    "stalled-check",
+    "marker",
+    "repeat",
+)
 
 
 @dataclass
@@ -31,8 +45,10 @@ class QueuePresence:
         """What to tell the operator when this db looks like the wrong one; None when fine."""
         if not self.checked or self.found:
             return None
-        text = (f"{self.where} holds none of the catalog's queues under prefix {self.prefix!r}: likely the wrong "
-                "db (REDIS_URL's /<db> or REDIS_QUEUE_DB) or BULLMQ_PREFIX; fine for a new deployment")
+        text = (
+            f"{self.where} holds none of the catalog's queues under prefix {self.prefix!r}: likely the wrong "
+            "db (REDIS_URL's /<db> or REDIS_QUEUE_DB) or BULLMQ_PREFIX; fine for a new deployment"
+        )
         if self.other_naming:
             text += f"; it does hold {', '.join(self.other_naming)}: check BULLWAIT_QUEUE_NAMES"
         return text
@@ -51,7 +67,7 @@ async def queue_presence(client: Any, settings: Settings) -> QueuePresence:
     except ResponseError:
         return QueuePresence(describe_redis(settings), prefix, [], [], checked=False)
     found = [n for n, c in zip(current, counts) if int(c)]
-    others = [n for n, c in zip(other, counts[len(current):]) if int(c)]
+    others = [n for n, c in zip(other, counts[len(current) :]) if int(c)]
     return QueuePresence(describe_redis(settings), prefix, found, others)
 
 

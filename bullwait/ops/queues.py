@@ -15,7 +15,8 @@ unreachable Redis is one `RedisUnavailable`, not bullmq-py's minutes of retries.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from bullmq.redis_connection import loadScript
 from redis.asyncio.retry import Retry
@@ -26,7 +27,12 @@ from bullwait.engine.connection import Topology, check_redis, read_topology, red
 from bullwait.engine.jobcheck import not_utf8, printable, unescape
 from bullwait.errors import BadArgument, JobNotFound
 from bullwait.ops.checks import (
-    CLEAN_STATES, FINISHED_STATES, LIST_STATES, ZSET_STATES, check_count, normalize_state,
+    CLEAN_STATES,
+    FINISHED_STATES,
+    LIST_STATES,
+    ZSET_STATES,
+    check_count,
+    normalize_state,
 )
 from bullwait.ops.jobs import job_info
 from bullwait.ops.results import CleanResult, JobInfo, MoveResult, PauseResult
@@ -59,18 +65,21 @@ class Ops:
         self._remove = client.register_script(loadScript("removeJob-2.lua"))
 
     @classmethod
-    async def open(cls, settings: Settings, timeout: float | None = None) -> "Ops":
+    async def open(cls, settings: Settings, timeout: float | None = None) -> Ops:
         """Check Redis answers (fail fast), then connect for the operations."""
         version = await check_redis(settings, timeout)
         # One retry, no backoff: an operator would rather see the error than wait.
         # Bytes that are not UTF-8 (a hand-written job) come back as surrogate escapes, not an error.
         client = redis_client(
-            settings, socket_timeout=60, retry_on_timeout=False, retry=Retry(NoBackoff(), 1),
+            settings,
+            socket_timeout=60,
+            retry_on_timeout=False,
+            retry=Retry(NoBackoff(), 1),
             encoding_errors="surrogateescape",
         )
         return cls(settings, client, version)
 
-    async def __aenter__(self) -> "Ops":
+    async def __aenter__(self) -> Ops:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -110,7 +119,7 @@ class Ops:
             return None
 
     async def stats(
-        self, keys: Iterable[QueueKey] | None = None, clients: list[dict[str, Any]] | None | bool = True
+        self, keys: Iterable[QueueKey] | None = None, clients: list[dict[str, Any]] | bool | None = True
     ) -> list[QueueSnapshot]:
         """Per queue counts (as Node's getJobCounts), paused, workers, oldest waiting job:
         the one reader /metrics and /health use too (bullwait.ops.snapshot).
@@ -151,7 +160,9 @@ class Ops:
                 if state not in CANCELLABLE_STATES:
                     return CancelResult(self.queue_name(key), shown_id, state)
                 pipe.multi()
-                await self._remove(keys=[job_key, self.redis_key(key, "repeat")], args=[raw_id, 1, self.key_prefix(key)], client=pipe)
+                await self._remove(
+                    keys=[job_key, self.redis_key(key, "repeat")], args=[raw_id, 1, self.key_prefix(key)], client=pipe
+                )
                 try:
                     removed = (await pipe.execute())[0]
                 except WatchError:
@@ -203,7 +214,9 @@ class Ops:
     ) -> tuple[int, list[str]]:
         """Finished jobs go by score alone: a count and the first few ids, no per-job look."""
         count = int(await self.client.zcount(self.redis_key(key, state), 0, cutoff))
-        first = await self.client.zrangebyscore(self.redis_key(key, state), 0, cutoff, start=0, num=min(20, limit or 20))
+        first = await self.client.zrangebyscore(
+            self.redis_key(key, state), 0, cutoff, start=0, num=min(20, limit or 20)
+        )
         return (min(count, limit) if limit else count), list(first)
 
     async def _clean_queue(
@@ -227,7 +240,8 @@ class Ops:
             total = int(await self.client.llen(set_key))
         if on_progress:
             on_progress(self.queue_name(key), 0, total)
-        removed, first, kept, cursor, score = 0, [], 0, "", ""
+        first: list[str] = []
+        removed, kept, cursor, score = 0, 0, "", ""
         while True:
             todo = 0 if limit is None else limit - removed
             args = [self.key_prefix(key), cutoff, todo, state, self.batch, kept, cursor, score, int(dry_run)]
@@ -317,7 +331,9 @@ class Ops:
 
     async def job_state(self, key: QueueKey, job_id: str) -> str:
         names = ("completed", "failed", "delayed", "active", "wait", "paused", "waiting-children", "prioritized")
-        return str(await self._state(keys=[self.redis_key(key, n) for n in names], args=[job_id, self.redis_key(key, job_id)]))
+        return str(
+            await self._state(keys=[self.redis_key(key, n) for n in names], args=[job_id, self.redis_key(key, job_id)])
+        )
 
     async def show_job(self, key: QueueKey, job_id: str) -> JobInfo:
         """One job with data, options, attempts, failure, stack trace and logs."""

@@ -75,8 +75,17 @@ return {
 }
 """
 INSPECT_KEYS = (
-    "wait", "active", "delayed", "prioritized", "completed", "failed", "waiting-children", "paused", "meta",
-    "metrics:completed", "metrics:failed",
+    "wait",
+    "active",
+    "delayed",
+    "prioritized",
+    "completed",
+    "failed",
+    "waiting-children",
+    "paused",
+    "meta",
+    "metrics:completed",
+    "metrics:failed",
 )
 
 # `bullwait clean`, one bounded window per call. BullMQ's cleanJobsInSet-3.lua handles a whole

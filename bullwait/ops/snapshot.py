@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import base64
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from bullwait.ops.scripts import INSPECT_KEYS, INSPECT_LUA
 
@@ -88,8 +89,14 @@ class QueueSnapshot:
     def to_json(self) -> dict[str, Any]:
         """`bullwait stats --json`: times in seconds, monitoring-only fields left out."""
         data = asdict(self)
-        for name in ("active_scanned", "oldest_waiting_ms", "next_delayed_in_ms", "completed_total", "failed_total",
-                     "worker_names"):
+        for name in (
+            "active_scanned",
+            "oldest_waiting_ms",
+            "next_delayed_in_ms",
+            "completed_total",
+            "failed_total",
+            "worker_names",
+        ):
             data.pop(name)
         data["oldest_waiting_s"] = _seconds(self.oldest_waiting_ms)
         data["next_delayed_in_s"] = _seconds(self.next_delayed_in_ms)
@@ -129,7 +136,7 @@ def _parse_queue(name: str, reply: Any) -> QueueSnapshot:
 
 
 async def read_snapshots(
-    client: Any, prefix: str, queues: Iterable[str], clients: list[dict[str, Any]] | None | bool = True
+    client: Any, prefix: str, queues: Iterable[str], clients: list[dict[str, Any]] | bool | None = True
 ) -> list[QueueSnapshot]:
     """Every queue in one pipelined round trip. `clients`: True reads CLIENT LIST in the same
     round trip (workers stay None if the server refuses it); a list already read is used as
@@ -139,8 +146,9 @@ async def read_snapshots(
     async with client.pipeline(transaction=False) as pipe:
         for name in names:
             base = f"{prefix}:{name}:"
-            await reader(keys=[base + suffix for suffix in INSPECT_KEYS], args=[base, SCAN_CAP, OVERDUE_GRACE_MS],
-                         client=pipe)
+            await reader(
+                keys=[base + suffix for suffix in INSPECT_KEYS], args=[base, SCAN_CAP, OVERDUE_GRACE_MS], client=pipe
+            )
         if clients is True:
             pipe.client_list()
         results = await pipe.execute(raise_on_error=False)
@@ -192,7 +200,9 @@ def count_workers(clients: list[dict[str, Any]], prefix: str, queue: str) -> tup
     node_only = sum(node.values()) - bullwait
     stock = 0
     for worker, conns in python.items():
-        blocking = sum(1 for c in conns if str(c.get("cmd", "")).lower() == "bzpopmin" or "b" in str(c.get("flags", "")))
+        blocking = sum(
+            1 for c in conns if str(c.get("cmd", "")).lower() == "bzpopmin" or "b" in str(c.get("flags", ""))
+        )
         stock += blocking if (worker and worker in node) else max(1, blocking)
     return node_only + bullwait + stock, node_only, bullwait + stock
 

@@ -19,10 +19,29 @@ MAX_JOB_ID = 512
 
 # Keys BullMQ keeps for a queue itself (Node's QueueKeys, plus metrics): `jobs show Q meta`
 # would read `<prefix>:<queue>:meta` and show the queue's meta hash as if it were a job.
-QUEUE_OWN_KEYS = frozenset({
-    "active", "wait", "waiting-children", "paused", "id", "delayed", "prioritized", "stalled-check", "completed",
-    "failed", "stalled", "repeat", "limiter", "meta", "events", "pc", "marker", "de", "metrics",
-})
+QUEUE_OWN_KEYS = frozenset(
+    {
+        "active",
+        "wait",
+        "waiting-children",
+        "paused",
+        "id",
+        "delayed",
+        "prioritized",
+        "stalled-check",
+        "completed",
+        "failed",
+        "stalled",
+        "repeat",
+        "limiter",
+        "meta",
+        "events",
+        "pc",
+        "marker",
+        "de",
+        "metrics",
+    }
+)
 # A job's own sub-keys: `<prefix>:<queue>:<id>:logs` and so on.
 JOB_SUB_KEYS = frozenset({"logs", "lock", "dependencies", "processed", "failed", "unsuccessful"})
 
@@ -50,7 +69,9 @@ def check_job_id(job_id: str, what: str = "job id", own_keys: bool = True, new: 
     if any(unicodedata.category(ch).startswith("C") for ch in job_id):
         raise BadJobId(f"{what} {job_id!r} contains control characters", "control", "pass the exact id")
     if len(job_id) > MAX_JOB_ID:
-        raise BadJobId(f"{what} is {len(job_id)} characters long", "long", f"ids longer than {MAX_JOB_ID} are not accepted")
+        raise BadJobId(
+            f"{what} is {len(job_id)} characters long", "long", f"ids longer than {MAX_JOB_ID} are not accepted"
+        )
     if new:
         _refuse_node_custom_id(job_id, what)
     if own_keys:
@@ -63,7 +84,9 @@ def _refuse_node_custom_id(job_id: str, what: str) -> None:
     would be dropped as a duplicate), and `:` is reserved (Node throws "Custom Id cannot
     contain :")."""
     if job_id.lstrip("-").isdigit() and str(int(job_id)) == job_id:  # Node: `${parseInt(id)}` === id
-        raise BadJobId(f"{what} {job_id!r} is an integer: BullMQ keeps those for its own counter", "integer", "add a prefix")
+        raise BadJobId(
+            f"{what} {job_id!r} is an integer: BullMQ keeps those for its own counter", "integer", "add a prefix"
+        )
     if ":" in job_id and len(job_id.split(":")) != 3:
         raise BadJobId(f"{what} {job_id!r} contains ':': Node bullmq refuses it", "colon", "use '_' or '-'")
 
@@ -73,6 +96,10 @@ def _refuse_own_key(job_id: str, what: str, advice: str) -> None:
     first = job_id.split(":", 1)[0]
     scheduler = first == "repeat" and job_id.count(":") == 1  # a job scheduler's hash; its jobs have 3 parts
     if job_id in QUEUE_OWN_KEYS or (first in ("metrics", "de") and ":" in job_id) or scheduler:
-        raise BadJobId(f"{what} {job_id!r} names a key BullMQ keeps for the queue itself, not a job", "queue-key", advice)
+        raise BadJobId(
+            f"{what} {job_id!r} names a key BullMQ keeps for the queue itself, not a job", "queue-key", advice
+        )
     if head and tail in JOB_SUB_KEYS and head not in QUEUE_OWN_KEYS:
-        raise BadJobId(f"{what} {job_id!r} names the {tail!r} key of job {head!r}, not a job", "job-key", advice, owner=head)
+        raise BadJobId(
+            f"{what} {job_id!r} names the {tail!r} key of job {head!r}, not a job", "job-key", advice, owner=head
+        )

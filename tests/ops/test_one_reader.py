@@ -70,7 +70,10 @@ def node(script: str, env: dict[str, str], prefix: str, *names: str) -> str:
     url = urlsplit(env["REDIS_URL"])
     proc = subprocess.run(
         [NODE or "node", "-e", script, str(url.hostname), str(url.port), prefix, *names],
-        cwd=NODE_DIR, capture_output=True, text=True, timeout=60,
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
@@ -83,6 +86,7 @@ def serve(env: dict[str, str], tmp_path: Path) -> Iterator[int]:
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([*BULLWAIT, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
+
             def ready() -> bool:
                 assert proc.poll() is None, log_path.read_text(errors="replace")
                 return "monitoring server listening" in log_path.read_text(errors="replace")
@@ -151,7 +155,14 @@ async def test_stats_doctor_metrics_health_and_node_agree(
 
     # The states were really there, so the agreement above means something.
     expiry = stats[pop.expiry]
-    assert [expiry[f] for f in ("waiting", "prioritized", "delayed", "active", "completed", "failed")] == [4, 2, 6, 2, 2, 3]
+    assert [expiry[f] for f in ("waiting", "prioritized", "delayed", "active", "completed", "failed")] == [
+        4,
+        2,
+        6,
+        2,
+        2,
+        3,
+    ]
     assert stats[pop.notification]["paused"] is True and stats[pop.notification]["waiting"] == 3
     assert stats[prefs]["paused"] is True and stats[prefs]["waiting"] == 0 and stats[prefs]["paused_list"] == 2
     assert stats[prefs]["delayed"] == 1

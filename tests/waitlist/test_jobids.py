@@ -14,8 +14,17 @@ def test_lookups_accept_ids_bullmq_gives(good: str) -> None:
 
 @pytest.mark.parametrize(
     "bad, kind",
-    [("17", "integer"), ("-3", "integer"), ("a:b", "colon"), ("", "empty"), (" pad", "padded"), ("nul\x00", "control"),
-     ("x" * 513, "long"), ("meta", "queue-key"), ("a:b:logs", "job-key")],
+    [
+        ("17", "integer"),
+        ("-3", "integer"),
+        ("a:b", "colon"),
+        ("", "empty"),
+        (" pad", "padded"),
+        ("nul\x00", "control"),
+        ("x" * 513, "long"),
+        ("meta", "queue-key"),
+        ("a:b:logs", "job-key"),
+    ],
 )
 def test_new_ids_are_held_to_every_rule(bad: str, kind: str) -> None:
     with pytest.raises(BadJobId) as info:
