@@ -1,52 +1,59 @@
-"""bullwait: Python workers and operations tooling for BullMQ queues shared with NestJS."""
+"""bullwait: Python workers and operations tooling for BullMQ queues shared with NestJS.
 
-from bullwait.waitlist.catalog import JOB_NAMES, LEGACY_QUEUE_NAMES, QUEUE_NAMES, SPECS, Priority, QueueKey, queue_name
-from bullwait.errors import (
-    BullwaitError,
-    InvalidJobData,
-    JobNotFound,
-    RedisUnavailable,
-    SettingsError,
-    UnknownQueue,
-)
-from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, PreferenceJob, SlotDetails, parse_payload
+The public API is what `__all__` lists, each name described in docs/api.md:
+
+- `Worker`, a drop-in for `bullmq.Worker` on any queue;
+- what running the waitlist workers from your own code takes (`load_settings`,
+  `build_services`, `run_workers`, `Registry`, ...);
+- the waitlist flow (`Waitlist`, `Producer`, the store interface, the payload models);
+- the errors worth catching.
+
+Everything else lives in the subpackages and may change without notice.
+"""
+
+from bullwait.engine.worker import BullwaitWorker as Worker
+from bullwait.errors import BullwaitError, InvalidJobData, RedisUnavailable, SettingsError, WaitlistError
+from bullwait.logs import configure_logging
 from bullwait.runtime.dispatch import Context, Registry
-from bullwait.waitlist.producer import CancelResult, Producer, expiry_job_id, new_expiry
+from bullwait.runtime.runner import run_workers
+from bullwait.runtime.services import Services, build_services
 from bullwait.settings import Settings, load_settings
-from bullwait.waitlist.store import RedisWaitlistStore, Transition, WaitlistStore
+from bullwait.waitlist.catalog import Priority, QueueKey
 from bullwait.waitlist.offers import Waitlist
+from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, PreferenceJob, SlotDetails
+from bullwait.waitlist.producer import Producer
+from bullwait.waitlist.store import RedisWaitlistStore, Transition, WaitlistStore
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "JOB_NAMES",
-    "LEGACY_QUEUE_NAMES",
-    "QUEUE_NAMES",
-    "SPECS",
-    "BullwaitError",
-    "CancelResult",
+    # Any BullMQ queue
+    "Worker",
+    # Running the waitlist workers
+    "Settings",
+    "load_settings",
+    "configure_logging",
+    "build_services",
+    "Services",
+    "run_workers",
+    "Registry",
     "Context",
+    "QueueKey",
+    "Priority",
+    # The waitlist flow
+    "Waitlist",
+    "Producer",
+    "WaitlistStore",
+    "RedisWaitlistStore",
+    "Transition",
     "ExpiryJob",
-    "InvalidJobData",
-    "JobNotFound",
     "NotificationJob",
     "PreferenceJob",
-    "Priority",
-    "Producer",
-    "QueueKey",
-    "RedisUnavailable",
-    "RedisWaitlistStore",
-    "Registry",
-    "Settings",
-    "SettingsError",
     "SlotDetails",
-    "Transition",
-    "UnknownQueue",
-    "Waitlist",
-    "WaitlistStore",
-    "expiry_job_id",
-    "load_settings",
-    "new_expiry",
-    "parse_payload",
-    "queue_name",
+    # Errors
+    "BullwaitError",
+    "SettingsError",
+    "RedisUnavailable",
+    "InvalidJobData",
+    "WaitlistError",
 ]

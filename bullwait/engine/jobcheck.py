@@ -129,8 +129,9 @@ def option_problems(job: Any) -> list[str]:
         problems.append(f"opts.removeOnFail is {shown(keep)}, not true/false, a count or {{count, age}}")
         opts["removeOnFail"] = False
     backoff = opts.get("backoff")
-    if backoff is not None and not _valid_backoff(backoff):
-        problems.append(f"opts.backoff is {shown(backoff)}, not a delay or {{type: fixed|exponential, delay}}")
+    if backoff is not None and not _valid_backoff(backoff, _custom_backoff(job)):
+        problems.append(f"opts.backoff is {shown(backoff)}, not a delay or {{type: fixed|exponential, delay}}"
+                        " (other types need the worker's settings.backoffStrategy)")
         opts["backoff"] = None
     limit = opts.get("stackTraceLimit")
     if limit is not None and type(limit) is not int:
@@ -151,12 +152,21 @@ def _valid_keep(keep: Any) -> bool:
     return False
 
 
-def _valid_backoff(backoff: Any) -> bool:
+def _valid_backoff(backoff: Any, custom: bool) -> bool:
     if type(backoff) is int:
         return True
     if isinstance(backoff, dict):
-        return backoff.get("type") in _BACKOFF_TYPES and _finite_number(backoff.get("delay", 0))
+        if backoff.get("type") not in _BACKOFF_TYPES:  # bullmq hands any other type to the custom strategy
+            return custom and isinstance(backoff.get("type"), str)
+        return _finite_number(backoff.get("delay", 0))
     return False
+
+
+def _custom_backoff(job: Any) -> bool:
+    """Whether the job's worker has a `settings.backoffStrategy` (bullmq's custom backoff)."""
+    opts = getattr(getattr(job, "queue", None), "opts", None) or {}
+    settings = opts.get("settings") if isinstance(opts, dict) else None
+    return isinstance(settings, dict) and callable(settings.get("backoffStrategy"))
 
 
 def hash_problems(job_data: dict[str, Any], job_id: Any) -> list[str]:

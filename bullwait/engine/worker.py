@@ -121,6 +121,8 @@ class BullwaitWorker(Worker):
 
     def __init__(self, name: str, processor: Any = None, opts: dict[str, Any] | None = None, *args: Any, **kwargs: Any) -> None:
         opts = dict(opts or {})
+        if opts.get("backend", "redis") != "redis":
+            raise ValueError(f"bullwait.Worker runs on Redis only, not backend={opts['backend']!r}: use bullmq.Worker for it")
         blocking = opts.pop("blockingConnection", None)
         super().__init__(name, processor, _escaping_undecodable(opts), *args, **kwargs)
         if blocking is not None:
