@@ -8,6 +8,8 @@ removed exactly as BullMQ does it.
 
 from __future__ import annotations
 
+import hashlib
+
 from bullmq.redis_connection import loadScript
 
 # The one queue reader (bullwait.ops.snapshot): one call per queue gives the counts exactly
@@ -87,6 +89,7 @@ INSPECT_KEYS = (
     "metrics:completed",
     "metrics:failed",
 )
+INSPECT_SHA = hashlib.sha1(INSPECT_LUA.encode()).hexdigest()
 
 # `bullwait clean`, one bounded window per call. BullMQ's cleanJobsInSet-3.lua handles a whole
 # set in one call (1.65 s for 100,000 delayed timers: Redis answers no one meanwhile). This

@@ -26,7 +26,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bullwait.ops.scripts import INSPECT_KEYS, INSPECT_LUA
+from redis.exceptions import NoScriptError
+
+from bullwait.ops.scripts import INSPECT_KEYS, INSPECT_LUA, INSPECT_SHA
 
 # The states Node bullmq 6's `Queue.getJobCounts()` returns by default, in its order.
 NODE_STATES = ("active", "completed", "delayed", "failed", "prioritized", "waiting", "waiting-children")
@@ -142,16 +144,11 @@ async def read_snapshots(
     round trip (workers stay None if the server refuses it); a list already read is used as
     it is; None or False counts no workers. Raises redis errors of the queue reads."""
     names = list(queues)
-    reader = client.register_script(INSPECT_LUA)
-    async with client.pipeline(transaction=False) as pipe:
-        for name in names:
-            base = f"{prefix}:{name}:"
-            await reader(
-                keys=[base + suffix for suffix in INSPECT_KEYS], args=[base, SCAN_CAP, OVERDUE_GRACE_MS], client=pipe
-            )
-        if clients is True:
-            pipe.client_list()
-        results = await pipe.execute(raise_on_error=False)
+    results = await _read(client, prefix, names, clients is True)
+    if any(isinstance(reply, NoScriptError) for reply in results[: len(names)]):
+        # A server that has not seen the script yet (new, restarted, failed over): load it once.
+        await client.script_load(INSPECT_LUA)
+        results = await _read(client, prefix, names, clients is True)
     snapshots = [_parse_queue(name, reply) for name, reply in zip(names, results, strict=False)]
     if clients is True:
         listed = results[len(names)]
@@ -159,6 +156,19 @@ async def read_snapshots(
     if isinstance(clients, list):
         count_queue_workers(snapshots, clients, prefix)
     return snapshots
+
+
+async def _read(client: Any, prefix: str, names: list[str], client_list: bool) -> list[Any]:
+    """EVALSHA straight into the pipeline: redis-py's registered scripts would add a SCRIPT
+    EXISTS round trip to every read."""
+    async with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            base = f"{prefix}:{name}:"
+            keys = [base + suffix for suffix in INSPECT_KEYS]
+            pipe.evalsha(INSPECT_SHA, len(keys), *keys, base, SCAN_CAP, OVERDUE_GRACE_MS)
+        if client_list:
+            pipe.client_list()
+        return list(await pipe.execute(raise_on_error=False))
 
 
 def count_queue_workers(snapshots: list[QueueSnapshot], clients: list[dict[str, Any]], prefix: str) -> None:
