@@ -3,6 +3,7 @@
 #   bash dev.sh demo    workers plus demo traffic (embedded redis-server when none is configured)
 #   bash dev.sh test    the whole test suite (starts its own redis-server on a free port)
 # Other: bash dev.sh lint (ruff, ruff format --check, mypy) | bash dev.sh bench [--quick] | bash dev.sh setup
+#   (setup also installs the docs extra: .venv/bin/mkdocs serve)
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${BULLWAIT_VENV:-.venv}"
@@ -15,7 +16,7 @@ setup_python() {
   local stamp="$VENV/.bullwait-installed"
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$VENV/bin/python" -m pip install -q -e '.[test]'
+    "$VENV/bin/python" -m pip install -q -e '.[test,docs]'
     touch "$stamp"
   fi
 }
@@ -38,5 +39,5 @@ case "$cmd" in
   test)  setup_python; setup_node; exec "$VENV/bin/python" -m pytest "$@" ;;
   bench) setup_python; setup_node; exec "$VENV/bin/python" -m bench "$@" ;;
   lint)  setup_python; "$VENV/bin/ruff" check . && "$VENV/bin/ruff" format --check . && "$VENV/bin/mypy" bullwait ;;
-  *) sed -n '2,5p' "$0"; exit 2 ;;
+  *) sed -n '2,6p' "$0"; exit 2 ;;
 esac

@@ -1,1 +1,1 @@
-"""bullwait's benchmark: `python -m bench [--quick]` (or `bash dev.sh bench`). See README `## Performance`."""
+"""bullwait's benchmark: `python -m bench [--quick]` (or `bash dev.sh bench`). See docs/performance.md."""

@@ -8,7 +8,7 @@ a bare processor: bullwait's worker without its processing layer) or "stock" (a 
 bullmq-py Worker and the same bare processor); mode "timers" | "throughput" | "notify";
 redisUrl, prefix, concurrency, out; processes (bullwait only: N children under
 bullwait.runtime.supervisor); notify (the real send-slot-available processor and WhatsApp sender
-against bench/fake_whatsapp.py): fakeUrl, perSecond, marginMs, salonLimit, salonWindowMs.
+against bullwait/dev/fake_whatsapp.py): fakeUrl, perSecond, marginMs, salonLimit, salonWindowMs.
 Prints "ready", runs until SIGTERM, then writes `out` (JSON).
 """
 
@@ -71,7 +71,7 @@ def _registry(o: dict[str, Any]) -> tuple[Registry, QueueKey]:
 def _settings(o: dict[str, Any]) -> Settings:
     notify: dict[str, Any] = {}
     if o["mode"] == "notify":
-        # The real sender (bullwait.waitlist.whatsapp.CloudApiSender) against bench/fake_whatsapp.py.
+        # The real sender (bullwait.waitlist.whatsapp.CloudApiSender) against bullwait/dev/fake_whatsapp.py.
         notify = {
             "whatsapp_api_base_url": o["fakeUrl"],
             "whatsapp_access_token": "bench-token",

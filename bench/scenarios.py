@@ -453,7 +453,7 @@ def notifications(b: Bench, log: Any) -> dict[str, Any]:
     binding, then the issue's 5,000 notifications over 200 salons with the seed's per-salon
     limit (10 per 60 s), whose first 2,000 sends are bound by the global limit and the rest
     by the salons (200 x 10 / 60 s = 33/s)."""
-    fake = Proc([sys.executable, "-m", "bench.fake_whatsapp", "--port", "0", "--latency", "0.15"], None).wait_ready()
+    fake = Proc([sys.executable, "-m", "bullwait.dev.fake_whatsapp", "--port", "0", "--latency", "0.15"], None).wait_ready()
     fake_url = f"http://127.0.0.1:{fake.ready_line.split()[1]}"
     results: dict[str, Any] = {"latencyMs": 150}
     defaults = Settings()

@@ -21,7 +21,7 @@ from bullwait.settings import Settings, load_settings
 from bullwait.waitlist.catalog import Priority, QueueKey
 from bullwait.waitlist.offers import Waitlist
 from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, PreferenceJob, SlotDetails
-from bullwait.waitlist.producer import Producer
+from bullwait.waitlist.producer import Producer, new_expiry
 from bullwait.waitlist.store import RedisWaitlistStore, Transition, WaitlistStore
 
 __version__ = "0.1.0"
@@ -43,6 +43,7 @@ __all__ = [
     # The waitlist flow
     "Waitlist",
     "Producer",
+    "new_expiry",
     "WaitlistStore",
     "RedisWaitlistStore",
     "Transition",

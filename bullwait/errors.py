@@ -71,3 +71,10 @@ class PluginError(SettingsError):
 class WriteNotDurable(RedisUnavailable):
     """`BULLWAIT_WAIT_REPLICAS` replicas did not confirm a write in time (bullwait.engine.durable):
     the master holds it, a failover could lose it, so it is not reported done."""
+
+
+class UnsupportedClientVersion(BullwaitError):
+    """The installed bullmq-py or redis-py is not a version bullwait was tested with; bullwait
+    relies on parts of them that change between releases (bullwait.engine.internals)."""
+
+    exit_code = 2

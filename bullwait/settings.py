@@ -25,7 +25,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bullwait.errors import SettingsError
-from bullwait.logs import redact_text
+from bullwait.logs import SECRET_KEYS, redact_text
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
@@ -141,7 +141,7 @@ def parse_redis_url(url: str) -> RedisAddress:
     scheme, sep, rest = url.partition("://")
     if sep and "sentinel" in scheme.lower():
         raise BadRedisUrl("a Sentinel URL is not read here: unset REDIS_URL and set REDIS_SENTINELS=host:port,... "
-                          "and REDIS_SENTINEL_MASTER (README, Redis Sentinel)")
+                          "and REDIS_SENTINEL_MASTER (docs/sentinel.md)")
     if not sep or scheme.lower() not in ("redis", "rediss", "unix"):
         raise BadRedisUrl(f"must start with redis://, rediss:// or unix://, as in {URL_FORM}")
     scheme = scheme.lower()
@@ -261,7 +261,7 @@ class Settings(BaseSettings):
 
     # --- Concurrency and limits (seed defaults) ---
     waitlist_expiry_concurrency: int = Field(5, ge=1, le=10_000)
-    # 80 msg/s at 150 ms API latency needs >= 16 in flight (README, Rate limits); the seed had 10.
+    # 80 msg/s at 150 ms API latency needs >= 16 in flight (docs/waitlist.md, Rate limits); the seed had 10.
     waitlist_notification_concurrency: int = Field(20, ge=1, le=10_000)
     preference_calculation_concurrency: int = Field(2, ge=1, le=10_000)
     waitlist_notification_rate_limit: int = Field(10, ge=1)
@@ -326,14 +326,9 @@ class Settings(BaseSettings):
     bullwait_wait_replicas: int = Field(0, ge=0, le=100)
     bullwait_wait_timeout_ms: int = Field(1000, ge=1, le=60_000)
 
-    @field_validator("queue_log_level", mode="before")
+    @field_validator("queue_log_level", "bullwait_queue_names", mode="before")
     @classmethod
-    def _lower_level(cls, value: object) -> object:
-        return value.lower() if isinstance(value, str) else value
-
-    @field_validator("bullwait_queue_names", mode="before")
-    @classmethod
-    def _lower_naming(cls, value: object) -> object:
+    def _lower_case(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
     @field_validator("redis_url")
@@ -366,16 +361,9 @@ class Settings(BaseSettings):
             raise ValueError("must be a host name or address only; put a URL in REDIS_URL")
         return value
 
-    @field_validator("bullmq_prefix")
+    @field_validator("bullmq_prefix", "bullwait_store_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
-        if any(ch.isspace() for ch in value):
-            raise ValueError("must not contain white space")
-        return value
-
-    @field_validator("bullwait_store_prefix")
-    @classmethod
-    def _check_store_prefix(cls, value: str) -> str:
         if any(ch.isspace() for ch in value):
             raise ValueError("must not contain white space")
         return value
@@ -403,6 +391,10 @@ class Settings(BaseSettings):
     def _check_tls_file(self) -> Settings:
         if self.redis_tls_ca_file and not os.path.isfile(self.redis_tls_ca_file):
             raise ValueError(f"REDIS_TLS_CA_FILE: no such file {self.redis_tls_ca_file!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_whatsapp_sender(self) -> "Settings":
         if self.whatsapp_access_token is not None and not self.whatsapp_phone_number_id:
             raise ValueError("WHATSAPP_PHONE_NUMBER_ID: required when WHATSAPP_ACCESS_TOKEN is set")
         return self
@@ -483,4 +475,7 @@ def _name_from_message(message: str) -> str:
 
 
 def _is_secret(name: str) -> bool:
-    return any(word in name for word in ("PASSWORD", "TOKEN", "SECRET", "URL"))
+    """A setting whose value is never shown: a name the logs hide (`SECRET_KEYS`), or a URL
+    (it may hold a password)."""
+    lowered = name.lower()
+    return "url" in lowered or any(word in lowered for word in SECRET_KEYS)

@@ -183,21 +183,26 @@ def _print_demo_report(report) -> None:  # type: ignore[no-untyped-def]
 
 async def _demo(settings: Settings, customers: int, timer_ms: int, timeout: float):  # type: ignore[no-untyped-def]
     from bullwait.runtime.services import build_services
-    from bullwait.dev.demo import run_demo
+    from bullwait.dev.demo import fake_whatsapp_settings, run_demo
+    from bullwait.dev.fake_whatsapp import FakeWhatsApp
     from bullwait.runtime.runner import run_workers
 
-    settings = settings.with_overrides(waitlist_offer_minutes=timer_ms / 60_000)
-    services = await build_services(settings)
-    stop = asyncio.Event()
-    workers = asyncio.ensure_future(
-        run_workers(settings, services.registry, services=services, observer=services.observer, stop=stop)
-    )
-    try:
-        return await run_demo(services.waitlist, customers, timeout)
-    finally:
-        stop.set()
-        await workers
-        await services.close()
+    with FakeWhatsApp() as api:
+        settings = fake_whatsapp_settings(settings.with_overrides(waitlist_offer_minutes=timer_ms / 60_000), api)
+        services = await build_services(settings)
+        stop = asyncio.Event()
+        workers = asyncio.ensure_future(
+            run_workers(settings, services.registry, services=services, observer=services.observer, stop=stop)
+        )
+        try:
+            return await run_demo(services.waitlist, customers, timeout)
+        finally:
+            stop.set()
+            await workers
+            await services.close()
+            # A log line, not an echo: `bullwait demo 2>&1 | head -2` may have closed stderr.
+            get_logger().info("demo offers went to the fake WhatsApp Cloud API, none to WhatsApp",
+                              url=api.base_url, received=len(api.sent()))
 
 
 @app.command()

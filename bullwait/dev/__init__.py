@@ -1,1 +1,2 @@
-"""Developer conveniences: an embedded redis-server and the demo traffic."""
+"""Developer conveniences: an embedded redis-server, a fake WhatsApp Cloud API on loopback, and
+the demo traffic."""

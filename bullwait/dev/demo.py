@@ -1,6 +1,6 @@
 """Demo traffic: the real waitlist flow, then a report.
 
-Used by `bullwait demo` (the README's first command), against running workers:
+Used by `bullwait demo` (`bash dev.sh demo`), against running workers:
 
 1. `customers` (at least 3) join one salon's waitlist;
 2. two slots free up: slot A is offered to customer 0, slot B to customer 1;
@@ -10,6 +10,8 @@ Used by `bullwait demo` (the README's first command), against running workers:
 5. customer 2 books A (timer cancelled, preference job queued).
 
 Every step goes through `bullwait.waitlist.offers.Waitlist`, the same API an application uses.
+The offers go out through the real Cloud API client to a fake Cloud API on 127.0.0.1
+(`fake_whatsapp_settings`): the demo's customers have made-up numbers.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
+from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.offers import Waitlist, booking_preference, notification_job_id
 from bullwait.waitlist.payloads import SlotDetails
@@ -43,6 +47,12 @@ class DemoReport:
     @property
     def ok(self) -> bool:
         return self.flow_ok and self.added == self.completed and not any(self.failed.values())
+
+
+def fake_whatsapp_settings(settings: Settings, api: FakeWhatsApp) -> Settings:
+    """`settings` sending WhatsApp to `api` instead of whatever WHATSAPP_* name: with a real
+    token configured, the demo would otherwise message its made-up numbers for real."""
+    return settings.with_overrides(**{name.lower(): value for name, value in api.env(token="demo-token").items()})
 
 
 def _slot(hour: int, master: int) -> SlotDetails:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
+from collections.abc import Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -36,6 +37,8 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from bullwait.engine.internals import new_connection, pool_kwargs, stream_writer
 
 
 class _Resend(Exception):
@@ -52,7 +55,7 @@ def pack(command: tuple[Any, ...]) -> bytes:
 
 def pack_args(args: tuple[Any, ...] | list[Any]) -> bytes:
     """The bulk strings of `args`, without the array header (`pack` adds it)."""
-    out = []
+    out: list[bytes] = []
     append = out.append
     for arg in args:
         kind = type(arg)
@@ -95,7 +98,7 @@ class _Link:
         self.dead = False
 
     def writable(self) -> bool:
-        writer = getattr(self.conn, "_writer", None)
+        writer = stream_writer(self.conn)
         return not self.dead and writer is not None and not writer.transport.is_closing()
 
     def patience(self) -> float:
@@ -183,21 +186,19 @@ class AutoPipeline:
             self._connecting = asyncio.ensure_future(self._connect_then_write())
 
     async def _connect_then_write(self) -> None:
-        pool = self.client.connection_pool
-        kwargs = dict(pool.connection_kwargs)
-        if kwargs.get("decode_responses"):
-            kwargs["encoding_errors"] = "surrogateescape"  # see "Bad bytes" above
-        conn = pool.connection_class(**kwargs)
+        decoding = bool((pool_kwargs(self.client) or {}).get("decode_responses"))
+        escape = {"encoding_errors": "surrogateescape"} if decoding else {}  # see "Bad bytes" above
+        conn = new_connection(self.client, **escape)
         try:
             await conn.connect()
-            if getattr(conn, "_writer", None) is None:  # a redis-py without it: no pipelining
+            if stream_writer(conn) is None:  # a redis-py without it: no pipelining
                 self._closed = True
                 raise _Resend("redis-py connection has no stream writer")
         except Exception as exc:
             queued, self._queued = self._queued, []
             for _, fut in queued:
                 _settle(fut, exc=exc if isinstance(exc, _RESEND) else RedisConnectionError(str(exc)))
-            asyncio.ensure_future(conn.disconnect(nowait=True))
+            _in_background(conn.disconnect(nowait=True))
             return
         if self._closed:
             await conn.disconnect()
@@ -222,7 +223,9 @@ class AutoPipeline:
             link.progress = loop.time()
         link.sent.extend(fut for _, fut in live)
         try:
-            link.conn._writer.write(b"".join(cmd for cmd, _ in live))
+            writer = stream_writer(link.conn)
+            assert writer is not None  # checked by _writable
+            writer.write(b"".join(cmd for cmd, _ in live))
         except Exception as exc:
             self._fail_link(link, exc)
             return
@@ -287,7 +290,7 @@ class AutoPipeline:
             link.watchdog.cancel()
         if link.reader is not None and not link.reader.done() and link.reader is not asyncio.current_task():
             link.reader.cancel()
-        asyncio.ensure_future(link.conn.disconnect(nowait=True))
+        _in_background(link.conn.disconnect(nowait=True))
 
     async def close(self) -> None:
         """Stop pipelining: later calls go through the client; calls already made finish."""
@@ -306,6 +309,16 @@ class AutoPipeline:
             await asyncio.wait([link.reader], timeout=5)
         self._fail_link(link, _Resend("auto-pipeline closed"))
         await link.conn.disconnect()
+
+
+# Disconnects nobody waits for, referenced until done (the event loop keeps only weak references).
+_background: set[asyncio.Future[Any]] = set()
+
+
+def _in_background(coro: Coroutine[Any, Any, Any]) -> None:
+    task = asyncio.ensure_future(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 def _settle(fut: asyncio.Future[Any], result: Any = None, exc: BaseException | None = None) -> None:

@@ -23,27 +23,28 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import msgpack
 from bullmq import Queue
-from bullmq.backoffs import Backoffs
-from bullmq.job import optsEncodeMap
 from redis.exceptions import NoScriptError, ResponseError
 
 from bullwait.engine.autopipeline import pack, pack_args
 from bullwait.engine.durable import READ_MARGIN_S, WAIT_ATTEMPTS, Command, Durability, log_short
+from bullwait.engine.internals import (
+    ADD_JOB_KEYS,
+    encode_job_opts,
+    main_client,
+    normalize_backoff,
+    pool_connection,
+    scripts_of,
+)
 from bullwait.errors import BadArgument
 
 _MULTI = pack(("MULTI",))
 _EXEC = pack(("EXEC",))
-
-_KEYS = {
-    "addDelayedJob": ["marker", "meta", "id", "delayed", "completed", "events"],
-    "addPrioritizedJob": ["marker", "meta", "id", "prioritized", "delayed", "completed", "active", "events", "pc"],
-    "addStandardJob": ["wait", "paused", "meta", "id", "completed", "delayed", "active", "events", "marker"],
-}
 
 # Options whose arguments (parent key, deduplication key, repeat key) `_call` does not build.
 UNSUPPORTED_OPTS = frozenset(
@@ -64,7 +65,7 @@ def stored_opts(opts: Mapping[str, Any]) -> dict[str, Any]:
     priority) is kept as given."""
     final: dict[str, Any] = {"attempts": 0, "delay": 0}
     final.update(opts)
-    final["backoff"] = Backoffs.normalize(opts.get("backoff"))
+    final["backoff"] = normalize_backoff(opts.get("backoff"))
     final.pop("jobId", None)
     if not final["delay"]:
         del final["delay"]
@@ -108,17 +109,17 @@ def _call(queue: Queue, job: NewJob, heads: dict[str, tuple[int, bytes]]) -> tup
         name, last = "addPrioritizedJob", priority
     else:
         name, last = "addStandardJob", job.timestamp
-    scripts = queue.backend.scripts
-    script = scripts.commands[name]
+    scripts = scripts_of(queue)
+    script = scripts.script(name)
     if name not in heads:
-        keys = scripts.getKeys(_KEYS[name])
+        keys = scripts.keys(ADD_JOB_KEYS[name])
         heads[name] = (3 + len(keys), pack_args(("EVALSHA", script.sha, len(keys), *keys)))
     count, head = heads[name]
     # Scripts.addJobArgs: [prefix, id, name, timestamp, parentKey, parent dependencies
     # key, parent, repeat job key, deduplication key] msgpacked, the data, the options
     # with their short names msgpacked; then the delay, priority or timestamp.
-    packed = msgpack.packb([scripts.keys[""], job.id, job.name, job.timestamp, None, None, None, None, None])
-    encoded = msgpack.packb({optsEncodeMap.get(key, key): value for key, value in opts.items()})
+    packed = msgpack.packb([scripts.prefix, job.id, job.name, job.timestamp, None, None, None, None, None])
+    encoded = msgpack.packb(encode_job_opts(opts))
     return script, b"*%d\r\n" % (count + 4) + head + pack_args((packed, job.data, encoded, last))
 
 
@@ -131,7 +132,7 @@ async def add_jobs(queue: Queue, jobs: Sequence[NewJob], durability: Durability 
     writes bullmq's `duplicated` event, so the repeat's WAIT covers the first write too."""
     heads: dict[str, tuple[int, bytes]] = {}
     calls = [_call(queue, job, heads) for job in jobs]
-    client = queue.backend.connection.conn
+    client = main_client(queue)
     durability = durability or Durability()
     wait = durability.wait_command() if durability.enabled else None
     for attempt in range(WAIT_ATTEMPTS if wait else 1):
@@ -155,7 +156,7 @@ async def add_jobs(queue: Queue, jobs: Sequence[NewJob], durability: Durability 
         if isinstance(reply, ResponseError):
             raise reply
         if isinstance(reply, int) and reply < 0:
-            raise queue.backend.scripts.finishedErrors({"code": reply, "parentKey": None, "command": "addJob"})
+            raise scripts_of(queue).error(reply, "addJob", job.id)
         ids.append(reply.decode() if isinstance(reply, bytes) else str(reply))
     return ids
 
@@ -173,14 +174,11 @@ async def _transaction(client: Any, commands: list[bytes], wait: Command | None 
     """MULTI, `commands`, EXEC (and `wait`: WAIT after EXEC, on the same connection) in one
     write; the EXEC reply (errors as ResponseError items) and the replicas WAIT counted (0
     without `wait`)."""
-    pool = client.connection_pool
-    conn = await pool.get_connection()
-    try:
-        return await conn.retry.call_with_retry(
+    async with pool_connection(client) as conn:
+        result: tuple[list[Any], int] = await conn.retry.call_with_retry(
             lambda: _send_and_read(conn, commands, wait), lambda _error: conn.disconnect()
         )
-    finally:
-        await pool.release(conn)
+        return result
 
 
 async def _send_and_read(conn: Any, commands: list[bytes], wait: Command | None) -> tuple[list[Any], int]:

@@ -18,9 +18,8 @@ from typing import Any
 import msgpack
 
 from bullwait.engine.autopipeline import pack_args
+from bullwait.engine.internals import FINISHED_KEY_COUNT, FINISHED_KEYS, scripts_of
 
-_STATIC_KEYS = ["wait", "active", "prioritized", "events", "stalled", "limiter", "delayed", "paused", "meta", "pc"]
-_KEY_COUNT = len(_STATIC_KEYS) + 4  # + completed, the job, metrics:completed, marker
 _ARG_COUNT = 8
 
 
@@ -37,21 +36,23 @@ class CompletionCalls:
     """Packed `EVALSHA moveToFinished` calls for one worker's completed jobs."""
 
     def __init__(self, worker: Any) -> None:
-        scripts = worker.backend.scripts
+        scripts = scripts_of(worker)
         self.scripts = scripts
-        self.script = scripts.commands["moveToFinished"]
-        self.keys_before = scripts.getKeys([*_STATIC_KEYS, "completed"])
-        self.keys_after = [scripts.toKey("metrics:completed"), scripts.keys["marker"]]
-        self._head = b"*%d\r\n" % (3 + _KEY_COUNT + _ARG_COUNT) + pack_args(
-            ("EVALSHA", self.script.sha, _KEY_COUNT, *self.keys_before)
+        self.script = scripts.script("moveToFinished")
+        self.keys_before = scripts.keys([*FINISHED_KEYS, "completed"])
+        self.keys_after = [scripts.to_key("metrics:completed"), scripts.key("marker")]
+        self._head = b"*%d\r\n" % (3 + FINISHED_KEY_COUNT + _ARG_COUNT) + pack_args(
+            ("EVALSHA", self.script.sha, FINISHED_KEY_COUNT, *self.keys_before)
         )
         self._after = pack_args(self.keys_after)
         self._returnvalue = pack_args(("returnvalue",))
-        prefix = scripts.keys[""]
+        prefix = scripts.prefix
         self._tail = {True: pack_args(("completed", "1", prefix)), False: pack_args(("completed", "", prefix))}
         self._tail_args = {True: ["completed", "1", prefix], False: ["completed", "", prefix]}
 
-    def build(self, job: Any, result: Any, token: str, fetch: bool, timestamp: int | None = None) -> tuple[list[Any], list[Any], bytes]:
+    def build(
+        self, job: Any, result: Any, token: str, fetch: bool, timestamp: int | None = None
+    ) -> tuple[list[Any], list[Any], bytes]:
         """(keys, args, packed EVALSHA) of `moveToCompletedArgs(job, result, removeOnComplete, token, fetch)`."""
         value = json.dumps(result, separators=(",", ":"), allow_nan=False) or ""
         if timestamp is None:
@@ -76,7 +77,7 @@ class CompletionCalls:
             use_bin_type=True,
         )
         fetch = bool(fetch)
-        job_key = self.scripts.toKey(job.id)
+        job_key = self.scripts.to_key(job.id)
         keys = [*self.keys_before, job_key, *self.keys_after]
         args = [job.id, timestamp, "returnvalue", value, *self._tail_args[fetch], packed_opts]
         packed = (

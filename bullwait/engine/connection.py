@@ -13,7 +13,7 @@ import asyncio
 import ssl
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import SSLConnection
@@ -24,6 +24,7 @@ from redis.exceptions import AuthenticationError, BusyLoadingError, RedisError, 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from bullwait.engine.internals import add_connection_mixin, set_read_timeout
 from bullwait.errors import RedisAccessDenied, RedisUnavailable
 from bullwait.settings import Settings
 
@@ -108,7 +109,7 @@ async def check_redis(settings: Settings, timeout: float | None = None) -> str:
         ) from None
     except ResponseError as exc:
         raise RedisAccessDenied(f"Redis at {describe_redis(settings)} answered with an error: {exc}") from None
-    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, RedisError, OSError) as exc:
         reason = short_reason(exc)
         advice = "start Redis or point REDIS_URL / --redis-url at it"
         if settings.sentinel is not None:
@@ -173,7 +174,7 @@ async def wait_for_redis(settings: Settings, log: Any, max_delay: float = 30.0) 
             attempt += 1
 
 
-# --- Bounded retries (issue 8) ---------------------------------------------------------
+# --- Bounded retries ---------------------------------------------------------
 # bullmq-py gives every client `Retry(ExponentialBackoff(cap=20, base=1), 20)`: one command
 # keeps retrying through a lost connection for about six minutes. bullwait bounds that by
 # `BULLWAIT_REDIS_RETRY_TIMEOUT` so a producer fails with a clear error instead of hanging.
@@ -187,7 +188,9 @@ class BoundedRetry(Retry):
     """Retries lost connections, never refused credentials (redis-py counts those as
     connection errors, so bad credentials would otherwise be retried for the whole wait)."""
 
-    async def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False) -> Any:
+    async def call_with_retry(
+        self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False
+    ) -> Any:
         def retryable(error: Exception) -> bool:
             if isinstance(error, AuthenticationError):
                 return False
@@ -215,7 +218,7 @@ def bound_retries(settings: Settings, *connections: Any) -> None:
             client.set_retry(retry)
 
 
-# --- Blocking reads (issue 8) ------------------------------------------------------------
+# --- Blocking reads ------------------------------------------------------------
 # redis-py 8 gives every connection a 5 s read timeout, and bullmq's marker wait (BZPOPMIN)
 # blocks for up to 5 s when idle (drainDelay) and 10 s at most. The read timed out just as
 # Redis answered, and the retry sent the same wait again, never reaching the fetch that
@@ -226,53 +229,7 @@ BLOCKING_READ_MARGIN = 10.0
 
 def bound_blocking_reads(connection: Any, max_block_seconds: float) -> None:
     """Give a bullmq blocking connection a read timeout well above its longest wait."""
-    client = getattr(connection, "conn", connection)
-    pool = getattr(client, "connection_pool", None)
-    if pool is None:
-        return
-    timeout = max_block_seconds + BLOCKING_READ_MARGIN
-    pool.connection_kwargs["socket_timeout"] = timeout
-    for conn in [*getattr(pool, "_available_connections", []), *getattr(pool, "_in_use_connections", [])]:
-        conn.socket_timeout = timeout
-    single = getattr(client, "connection", None)
-    if single is not None:
-        single.socket_timeout = timeout
-
-
-# --- Client names through reconnects (issue 13) ---------------------------------------------
-# Node's getWorkers(), Bull Board and `bullwait stats` find workers by CLIENT LIST names.
-# bullmq-py names a connection with one CLIENT SETNAME and puts the name in the pool's
-# kwargs, but its single connection already exists by then: redis-py sends a name on
-# connect only from the connection's own `client_name`, so after a Redis restart every
-# reconnected worker connection was anonymous and the workers vanished (ioredis re-sends it).
-
-
-def keep_client_name(connection: Any, name: str) -> None:
-    """Make every connection of a bullmq connection (or redis client), now or later, connect as `name`."""
-    client = getattr(connection, "conn", connection)
-    pool = getattr(client, "connection_pool", None)
-    existing: list[Any] = [getattr(client, "connection", None)]
-    if pool is not None:
-        pool.connection_kwargs["client_name"] = name
-        existing += [*getattr(pool, "_available_connections", []), *getattr(pool, "_in_use_connections", [])]
-    for conn in existing:
-        if conn is not None:
-            conn.client_name = name
-
-
-def use_blocking_client(worker: Any, client: aioredis.Redis) -> None:
-    """Give a bullmq Worker built on a client instance its own blocking client.
-
-    bullmq-py 3.4.4's `create_redis_backend` wraps the same `connection` in the main and the
-    blocking `RedisConnection`: one client instance would carry the BZPOPMIN and every other
-    command, under one name. The worker keeps snapshots of both (`blockingRedisConnection`,
-    `bclient`), replaced here too."""
-    from bullmq.redis_connection import RedisConnection
-
-    blocking = RedisConnection(client, skipVersionCheck=worker.opts.get("skipVersionCheck", False))
-    worker.backend.blocking_connection = blocking
-    worker.blockingRedisConnection = blocking
-    worker.bclient = blocking.conn
+    set_read_timeout(connection, max_block_seconds + BLOCKING_READ_MARGIN)
 
 
 # --- Cancellation of blocking waits --------------------------------------------------------
@@ -304,21 +261,10 @@ class CancelSafeSend:
 
 def keep_cancellations(connection: Any) -> None:
     """Make the connections of a bullmq connection (or redis client) `CancelSafeSend`."""
-    client = getattr(connection, "conn", connection)
-    pool = getattr(client, "connection_pool", None)
-    if pool is None or issubclass(pool.connection_class, CancelSafeSend):
-        return
-    original = pool.connection_class
-    safe = type(f"CancelSafe{original.__name__}", (CancelSafeSend, original), {"__slots__": ()})
-    pool.connection_class = safe
-    existing = [*getattr(pool, "_available_connections", []), *getattr(pool, "_in_use_connections", [])]
-    existing.append(getattr(client, "connection", None))
-    for conn in existing:
-        if type(conn) is original:
-            conn.__class__ = safe
+    add_connection_mixin(connection, CancelSafeSend)
 
 
-# --- Redis Sentinel (issue 14) ---------------------------------------------------------------
+# --- Redis Sentinel ---------------------------------------------------------------
 # With REDIS_SENTINELS every client is a redis-py Sentinel-managed one: each new connection
 # asks the sentinels where the master is. redis-py moves a connection only after an error on
 # it (READONLY becomes a ConnectionError in SentinelManagedConnection, and connection errors
@@ -401,7 +347,7 @@ class NewestSentinel(Sentinel):
                     raise reply
                 errors.append(f"{sentinel} - {reply!r}")
                 continue
-            state = reply.get(service_name)
+            state = cast(dict[str, dict[str, Any]], reply).get(service_name)
             if state and self.check_master_state(state, service_name):
                 epoch = int(state.get("config-epoch", 0) or 0)
                 if best is None or epoch > best[0]:
@@ -415,7 +361,7 @@ class NewestSentinel(Sentinel):
 class FollowingPool(SentinelConnectionPool):
     """A Sentinel pool whose connections follow `+switch-master` (see `FailoverWatcher`)."""
 
-    def __init__(self, service_name: str, sentinel_manager: Sentinel, watch: "WatchConfig", **kwargs: Any) -> None:
+    def __init__(self, service_name: str, sentinel_manager: Sentinel, watch: WatchConfig, **kwargs: Any) -> None:
         kwargs.setdefault("connection_class", SentinelSSLConnection if kwargs.pop("ssl", False) else SentinelConnection)
         # Until the sentinels name the master a connection has no address: never redis-py's
         # default localhost:6379, which may be another Redis (port 0 refuses at once).
@@ -512,7 +458,7 @@ class FailoverWatcher:
     """Subscribes to `+switch-master` on one sentinel that answers; on a switch of our master,
     moves every connection of this event loop's pools (`FollowingPool.follow`)."""
 
-    _running: dict[tuple[int, WatchConfig], "FailoverWatcher"] = {}
+    _running: ClassVar[dict[tuple[int, WatchConfig], FailoverWatcher]] = {}
 
     def __init__(self, config: WatchConfig) -> None:
         self.config = config
@@ -526,7 +472,7 @@ class FailoverWatcher:
         self.task = self.loop.create_task(self._run(), name="bullwait-sentinel-watcher")
 
     @classmethod
-    def current(cls, config: WatchConfig) -> "FailoverWatcher | None":
+    def current(cls, config: WatchConfig) -> FailoverWatcher | None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -535,7 +481,7 @@ class FailoverWatcher:
         return watcher if watcher is not None and watcher.loop is loop else None
 
     @classmethod
-    def ensure(cls, config: WatchConfig) -> "FailoverWatcher":
+    def ensure(cls, config: WatchConfig) -> FailoverWatcher:
         watcher = cls.current(config)
         if watcher is None or watcher.task.done():
             for key, old in list(cls._running.items()):  # drop watchers of closed loops
@@ -701,6 +647,7 @@ async def read_topology(settings: Settings, master_client: aioredis.Redis | None
         finally:
             await client.aclose()
         views.append(SentinelView(address, True))
+        master = cast(dict[str, Any], master)
         epoch = int(master.get("config-epoch", 0) or 0)
         if best is None or epoch > best[0]:
             best = (epoch, master, replicas)

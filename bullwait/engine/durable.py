@@ -17,19 +17,21 @@ past the original write. After `WAIT_ATTEMPTS` short answers the call raises
 `WriteNotDurable`, naming the setting: success is never reported for a write that only one
 node holds.
 
-Reliance on redis-py internals (redis-py 8): the connection is taken from the client's
-`connection_pool` and driven with `send_packed_command` / `read_response`, as
-`bullwait.engine.bulk` already does; a Sentinel pool's connections turn READONLY into a
-connection error there too, so the client's retry moves them to the new master.
+The connection is taken from the client's pool (`internals.pool_connection`) and driven
+with redis-py's `send_packed_command` / `read_response`, as `bullwait.engine.bulk` does; a
+Sentinel pool's connections turn READONLY into a connection error there too, so the
+client's retry moves them to the new master.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
+from bullwait.engine.internals import pool_connection, script_command
 from bullwait.errors import WriteNotDurable
 from bullwait.logs import get_logger
 from bullwait.settings import Settings
@@ -55,7 +57,7 @@ class Durability:
     timeout_ms: int = 1000
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Durability":
+    def from_settings(cls, settings: Settings) -> Durability:
         return cls(settings.bullwait_wait_replicas, settings.bullwait_wait_timeout_ms)
 
     @property
@@ -74,20 +76,6 @@ class Durability:
         )
 
 
-class _Capture:
-    """Stands in for a redis client: `evalsha` returns the command instead of sending it.
-
-    redis-py's `AsyncScript.__call__(keys, args, client)` ends in `client.evalsha(sha,
-    numkeys, *keys_and_args)`, and bullmq's `Scripts.addJob(job, pipe)` hands `pipe` on as
-    that client; so bullmq builds its exact EVALSHA (every option it supports) and we send it."""
-
-    async def evalsha(self, *args: Any) -> Command:
-        return ("EVALSHA", *args)
-
-
-CAPTURE: Any = _Capture()
-
-
 def marker_key(key: str) -> str:
     """A key in `key`'s hash slot (same `{tag}`), under the same prefix (ACL key patterns)."""
     return key + MARKER_SUFFIX
@@ -98,7 +86,7 @@ async def run_script(
     settle: Settle | None = None,
 ) -> Any:
     """`script(keys, args)` (a redis-py Script) on `client`, confirmed by WAIT (see `run_command`)."""
-    command = await script(keys=keys, args=args, client=CAPTURE)
+    command = await script_command(script, keys, args)
     return await run_command(client, durability, command, script.script, what, settle)
 
 
@@ -138,20 +126,17 @@ async def send_and_wait(
 
     A lost connection is retried with the client's retry policy (the commands must be safe
     to repeat); every send after the first writes the marker."""
-    pool = client.connection_pool
-    conn = await pool.get_connection()
     sends = 0
+    async with pool_connection(client) as conn:
 
-    async def once() -> tuple[list[Any], int]:
-        nonlocal sends
-        sends += 1
-        key = marker if sends == 1 else marker or _first_key(commands)
-        return await _exchange(conn, durability, commands, key)
+        async def once() -> tuple[list[Any], int]:
+            nonlocal sends
+            sends += 1
+            key = marker if sends == 1 else marker or _first_key(commands)
+            return await _exchange(conn, durability, commands, key)
 
-    try:
-        return await conn.retry.call_with_retry(once, lambda _error: conn.disconnect())
-    finally:
-        await pool.release(conn)
+        result: tuple[list[Any], int] = await conn.retry.call_with_retry(once, lambda _error: conn.disconnect())
+        return result
 
 
 async def _exchange(

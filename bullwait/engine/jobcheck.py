@@ -195,8 +195,8 @@ def hash_problems(job_data: dict[str, Any], job_id: Any) -> list[str]:
         except (TypeError, ValueError):
             reset = " (reset to 0 to fail the job)" if name == "atm" else ""
             problems.append(f"{name} is {shown(value)}, not an integer{reset}")
-    name = job_data.get("name")
-    if name is not None and not isinstance(name, str):
+    job_name = job_data.get("name")
+    if job_name is not None and not isinstance(job_name, str):
         problems.append("name is not a string")
     return problems
 

@@ -26,7 +26,7 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-from bullmq.redis_connection import loadScript
+from bullwait.engine.internals import FROM_ACTIVE_TO_WAIT_KEYS, main_client, script_source, scripts_of
 
 # Fetches push to the head of `active`; jobs further down are long-running ones (or other
 # workers'), whose locks are renewed and which the stalled check covers.
@@ -38,7 +38,6 @@ MAX_INTERVAL = 5.0
 # finish or fail (a hash bullmq's own scripts choke on): after this many give-backs it is
 # left to the stalled check, which fails it after `maxStalledCount`.
 MAX_GIVE_BACKS = 3
-_MOVE_KEYS = ["active", "wait", "stalled", "paused", "meta", "limiter", "prioritized", "marker", "events"]
 
 
 class OrphanSweeper:
@@ -103,14 +102,14 @@ class OrphanSweeper:
     async def sweep(self) -> list[str]:
         """Give back the orphans found now; returns their ids."""
         worker = self.worker
-        client = worker.backend.connection.conn
-        scripts = worker.backend.scripts
-        ids = await client.lrange(scripts.keys["active"], 0, SCAN_DEPTH - 1)
+        client = main_client(worker)
+        scripts = scripts_of(worker)
+        ids = await client.lrange(scripts.key("active"), 0, SCAN_DEPTH - 1)
         if not ids:
             return []
         async with client.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.get(f"{scripts.toKey(job_id)}:lock")
+                pipe.get(f"{scripts.to_key(job_id)}:lock")
             locks = await pipe.execute()
         mine = f"{worker.id}:"
         # Decided after the reads, against the state as it is now: a fetch that was under
@@ -134,10 +133,8 @@ class OrphanSweeper:
         return returned
 
     async def _give_back(self, job_id: str, token: str) -> int:
-        scripts = self.worker.backend.scripts
+        scripts = scripts_of(self.worker)
         if self._script is None:
-            self._script = self.worker.backend.connection.conn.register_script(
-                loadScript("moveJobFromActiveToWait-9.lua")
-            )
-        keys = scripts.getKeys(_MOVE_KEYS)
-        return int(await self._script(keys=keys, args=[job_id, token, scripts.toKey(job_id)]))
+            self._script = main_client(self.worker).register_script(script_source("moveJobFromActiveToWait"))
+        keys = scripts.keys(FROM_ACTIVE_TO_WAIT_KEYS)
+        return int(await self._script(keys=keys, args=[job_id, token, scripts.to_key(job_id)]))

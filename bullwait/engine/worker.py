@@ -1,70 +1,16 @@
-"""`BullwaitWorker`: the official bullmq-py Worker with the fixes bullwait needs.
+"""`BullwaitWorker`: the official bullmq-py `Worker`, on time, visible to Node, fast and robust
+to jobs it cannot read.
 
-1. Timer precision. A stock Worker blocks on the marker with `BZPOPMIN` for a timeout
-   rounded *up* to whole seconds until something asks the server's version (which sets
-   `canDoubleTimeout`); nothing in the worker does, so delayed jobs run ~0.5 s late on
-   average and ~1 s at p99. We read the server version before the first wait, so the
-   wait ends at the next due time, as in Node. That still leaves Redis's own timer
-   resolution: Redis expires blocked clients from its event loop, which wakes `hz` times
-   a second (10 by default), so a wait ends up to 100 ms late (Node's workers too).
-   So we block in Redis only until `PRECISE_WAIT_MS` before the next due time and sleep
-   the rest in the event loop, whose timers are ~1 ms accurate. The price: a job added
-   to the wait list during that last stretch waits for it (at most `PRECISE_WAIT_MS`).
-2. Visibility. bullmq-py names its connections `bull:<queue>:w:<name>`; Node's
-   `getWorkers()` and Bull Board look for `bull:<base64(queue)>:w:<name>`. The main
-   connection keeps the Python name (bullmq-py's `get_workers()` still sees us) and the
-   blocking connection takes the Node name (Node and Bull Board see us).
-3. Round trips. A stock Worker completes a job with `moveToFinished(fetchNext=false)` and
-   then asks for the next one with a separate `moveToActive`: two Lua calls per job. Like
-   Node, we let `moveToFinished` fetch the next job in the same call and process it in
-   the same slot (same token, locks tracked and released per job, `active`/`completed`
-   events as before). We stop fetching as soon as the worker is closing or paused, so a
-   graceful close still drains; a failed, delayed or rate-limited job ends the chain and
-   the slot goes back to the stock loop.
-4. Rate limiter. When BullMQ's `limiter` refuses a job, `moveToActive` returns how
-   long until the window reopens; Node waits that long and asks again. bullmq-py 3.4.4
-   stores it (`limitUntil`) but then blocks on the marker, which nothing re-adds, for
-   the 5 s drain delay: 30 jobs at max 5/s took 25 s instead of 5 s (and stalled
-   outright, 5 jobs in 60 s, under redis-py 8's 5 s read timeout, see 6.).
-   We wait the limit out and ask again, as Node does: 5.0 s.
-5. Poison jobs. A job hash bullmq-py cannot read (data not JSON, `delay: "abc"`, `opts` an
-   array, bytes that are not UTF-8) made it raise while fetching; one it cannot fail
-   (`attempts: "3"`, Infinity) made `moveToFailed` raise: either way the job stayed
-   active, stalled, came back and did it again for ever. A job it cannot read fails at
-   once, unrecoverably, naming the fields (its hash stays as it was); a failing job's
-   options are checked (`bullwait.engine.jobcheck`) and the job fails once if they are invalid.
-   The worker's connections read undecodable bytes as surrogate escapes rather than
-   raising (one bad reply on the shared completion connection used to fail every call
-   written with it), and write them back as the same bytes, so the job's own keys work.
-6. Blocking reads. redis-py 8 gives every connection a 5 s `socket_timeout`, and the
-   worker blocks on `BZPOPMIN` for up to 5 s (drainDelay) or 10 s (waiting for the next
-   delayed job). The read then times out, redis-py retries with exponential backoff (up
-   to 20 s between tries) and the worker sleeps through due timers and new jobs: an idle
-   worker noticed a job added 6 s after it went idle only after tens of seconds, and never
-   noticed delayed jobs from a Node bullmq 4.x producer (which writes no wake-up marker).
-   The blocking connection's read timeout is raised above the longest block.
-7. One connection for completions. Each `moveToFinished` went through redis-py's pool:
-   a connection, a write and a read per job, and Redis served up to `concurrency`
-   sockets one command each. Completions now go through `bullwait.engine.autopipeline`: one
-   connection, calls written together, replies read in order (as Node's ioredis does).
-   No-op jobs at concurrency 10 on 2 cores: ~1,000 -> ~4,500 jobs/s (about Node's), and
-   Redis spends ~130-146 us per job instead of ~250.
-8. Stopping while the BZPOPMIN leaves. `close()` stops an idle worker by cancelling its
-   BZPOPMIN. redis-py sends each command through `asyncio.wait_for`, which on Python 3.11
-   swallows a cancellation arriving in the loop turn the send completes in: the wait then
-   ran its whole block (5-10 s) before close() could finish; a stock Worker (5 s read
-   timeout on a 5 s block) re-sent it after each read timeout for minutes. Stopping workers
-   (concurrency 50) right after their queue drained, as the benchmark does, hit it about
-   once in 6-10 stops. The blocking connection raises such a cancellation again
-   (`keep_cancellations`).
-9. Fetches whose reply was lost. redis-py sends a call again when its reply is lost, and a
-   fetch sent twice moves two jobs to active: the first then waited out its lock and the
-   stalled check (a minute) and counted as stalled. `bullwait.engine.orphans` gives such jobs
-   back to the queue within seconds.
-10. A client instance as connection (Redis Sentinel). bullmq-py wraps a client it is given
-   in both the main and the blocking connection, so the BZPOPMIN would share the main
-   connection and its name: the `blockingConnection` option gives the blocking one its own
-   client (`connection.use_blocking_client`).
+What it changes in the official client, and why, with measurements: docs/performance.md
+("What bullwait changes in the official client, and why"). In short: timers end on time
+(fractional blocking timeouts, the last stretch slept in the event loop), Node and Bull
+Board see the worker, completing a job fetches the next one in the same call, completions
+share one pipelined connection, the limiter is waited out as in Node, jobs bullmq-py
+cannot read or fail fail once instead of stalling for ever, blocking reads outlast their
+block and are cancellable, and jobs fetched by a call whose reply was lost go back to the
+queue. Each method below says which of these it carries out.
+
+Every use of bullmq-py's or redis-py's internals is in `bullwait.engine.internals`.
 """
 
 from __future__ import annotations
@@ -72,21 +18,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import math
 import os
 import socket
 import time
 from typing import Any
 
-from bullmq import Worker
-from bullmq.custom_errors import DelayedError, UnrecoverableError, WaitingChildrenError
-from bullmq.job import Job
-from bullmq.scripts import raw2NextJobData
+from bullmq import Job, UnrecoverableError, Worker
 
+from bullwait.engine import internals
 from bullwait.engine.autopipeline import AutoPipeline
 from bullwait.engine.completion import CompletionCalls
-from bullwait.engine.connection import bound_blocking_reads, keep_cancellations, keep_client_name, use_blocking_client
-from bullwait.engine.orphans import OrphanSweeper
+from bullwait.engine.connection import bound_blocking_reads, keep_cancellations
 from bullwait.engine.jobcheck import (
     bare_hash,
     hash_problems,
@@ -97,6 +39,7 @@ from bullwait.engine.jobcheck import (
     repairs,
     shown,
 )
+from bullwait.engine.orphans import OrphanSweeper
 
 
 def default_worker_name() -> str:
@@ -115,46 +58,78 @@ def node_client_name(prefix: str, queue: str, worker_name: str | None) -> str:
 PRECISE_WAIT_MS = 110
 
 
-class BullwaitWorker(Worker):
+class BullwaitWorker(Worker):  # type: ignore[misc]  # bullmq-py ships no type information
     """A bullmq Worker that is on time, visible to Node, honours its limiter, and is robust
-    to undecodable data."""
+    to undecodable data.
 
-    def __init__(self, name: str, processor: Any = None, opts: dict[str, Any] | None = None, *args: Any, **kwargs: Any) -> None:
+    It overrides these bullmq `Worker` methods, each a wrapper around bullmq's own except
+    `processJob` (see `internals.process_job`): `run`, `close`, `getNextJob`, `moveToActive`,
+    `waitForJob`, `nextJobFromJobData`. `internals.check_compatibility` checks they exist."""
+
+    # bullmq's Worker sets these (ms timestamps); declared for the type checker.
+    blockUntil: int
+    limitUntil: int
+
+    def __init__(
+        self, name: str, processor: Any = None, opts: dict[str, Any] | None = None, *args: Any, **kwargs: Any
+    ) -> None:
         opts = dict(opts or {})
         if opts.get("backend", "redis") != "redis":
-            raise ValueError(f"bullwait.Worker runs on Redis only, not backend={opts['backend']!r}: use bullmq.Worker for it")
+            raise ValueError(
+                f"bullwait.Worker runs on Redis only, not backend={opts['backend']!r}: use bullmq.Worker for it"
+            )
         blocking = opts.pop("blockingConnection", None)
         super().__init__(name, processor, _escaping_undecodable(opts), *args, **kwargs)
-        if blocking is not None:
-            use_blocking_client(self, blocking)
-        _escape_undecodable(self.backend.connection.conn)
-        _escape_undecodable(self.backend.blocking_connection.conn)
+        if blocking is not None:  # a client instance (Sentinel) was given: the BZPOPMIN gets its own
+            internals.use_blocking_client(self, blocking)
+        # Bytes that are not UTF-8 are read as surrogate escapes, not raised: one bad reply on a
+        # shared connection failed every call on it. They are written back as the same bytes.
+        for connection in internals.bullmq_connections(self):
+            internals.escape_undecodable(connection)
         self._allow_long_blocking_reads()
-        keep_cancellations(self.backend.blocking_connection)  # see 8.
-        self.pipeline = AutoPipeline(self.backend.connection.conn)
+        # close() cancels the BZPOPMIN; redis-py's send may swallow that cancellation.
+        keep_cancellations(self._blocking_connection())
+        # Completions travel together on one connection, as with Node's ioredis.
+        self.pipeline = AutoPipeline(internals.main_client(self))
         self._completions: CompletionCalls | None = None  # built on first use (scripts are loaded by then)
-        self.orphans = OrphanSweeper(self)  # see 9.
+        # A fetch sent twice (its reply lost) leaves a job active under our token: given back.
+        self.orphans = OrphanSweeper(self)
+
+    def _blocking_connection(self) -> Any:
+        connections = internals.bullmq_connections(self)
+        return connections[1] if len(connections) > 1 else None
 
     def _allow_long_blocking_reads(self) -> None:
-        """Give the blocking connection a read timeout longer than any BZPOPMIN it sends."""
+        """Give the blocking connection a read timeout longer than any BZPOPMIN it sends:
+        redis-py 8's default 5 s ended 5-10 s blocks early, and its retries slept through due timers."""
         longest = max(float(self.maximumBlockTimeout), float(self.opts.get("drainDelay", 5)))
-        bound_blocking_reads(getattr(self.backend, "blocking_connection", None), longest)
+        bound_blocking_reads(self._blocking_connection(), longest)
 
     def blocking_read_timeout(self) -> float | None:
-        conn = getattr(self.backend, "blocking_connection", None)
-        pool = getattr(getattr(conn, "conn", None), "connection_pool", None)
-        return getattr(pool, "connection_kwargs", {}).get("socket_timeout")
+        kwargs = internals.pool_kwargs(self._blocking_connection()) or {}
+        timeout = kwargs.get("socket_timeout")
+        return float(timeout) if timeout is not None else None
 
-    async def run(self) -> None:  # type: ignore[override]
+    async def run(self) -> None:
         await self.prime()
+        # The main connection keeps bullmq-py's name (its `get_workers()` sees us), the
+        # blocking one takes Node's (Node's `getWorkers()` and Bull Board see us).
+        await internals.name_worker_connections(
+            self, self.clientName, node_client_name(self.prefix, self.name, self.workerName)
+        )
         self.orphans.start()
         try:
             await super().run()
         finally:
             await self.orphans.stop()
 
-    async def moveToActive(self, token: str) -> Job | None:  # type: ignore[override]
-        """bullmq's fetch, counted by the orphan sweeper until its job is registered (see 9.)."""
+    async def prime(self) -> None:
+        """Learn the server's capabilities (1 ms and fractional blocking timeouts): a stock
+        Worker rounds its wait up to whole seconds until something asks."""
+        await internals.learn_server_version(self)
+
+    async def moveToActive(self, token: str) -> Job | None:
+        """bullmq's fetch, counted by the orphan sweeper until its job is registered."""
         self.orphans.fetch_started(token)
         job = None
         try:
@@ -163,67 +138,35 @@ class BullwaitWorker(Worker):
             self.orphans.fetch_ended(token, job.id if job is not None else None)
         return job
 
-    async def prime(self) -> None:
-        """Learn the server's capabilities (1 ms and fractional blocking timeouts)."""
-        for conn in (self.backend.connection, self.backend.blocking_connection):
-            if conn is not None:
-                await conn.getRedisVersion()
-
-    async def waitForJob(self) -> int:  # type: ignore[override]
-        """Wait for the marker; the last `PRECISE_WAIT_MS` before a due time in the event loop."""
+    async def waitForJob(self) -> int:
+        """bullmq's wait for the marker, ended `PRECISE_WAIT_MS` before the next due time; the
+        rest is slept in the event loop, whose timers are ~1 ms accurate (Redis ends a block
+        from its own event loop, `hz` times a second). A job added in that last stretch waits
+        for it."""
         if self.closing or self.paused:
             # close()/pause() cancel the wait in progress; a fetch the worker loop started
             # before them must not begin another (bullmq's getNextJob ends on this).
             raise asyncio.CancelledError()
+        due = int(self.blockUntil or 0)
         now = time.time() * 1000
-        if self.blockUntil and self.blockUntil - now <= PRECISE_WAIT_MS:
-            if self.blockUntil > now:
-                await asyncio.sleep((self.blockUntil - now) / 1000)
+        if due and due - now <= PRECISE_WAIT_MS:
+            if due > now:
+                await asyncio.sleep((due - now) / 1000)
             return 0
-        until = self.blockUntil - PRECISE_WAIT_MS if self.blockUntil else 0
-        timeout = self.getBlockTimeout(int(until))
-        if not self.backend.capabilities.get("canDoubleTimeout", False):
-            timeout = math.ceil(timeout)
+        early = due - PRECISE_WAIT_MS if due else 0
+        self.blockUntil = early  # what bullmq's waitForJob computes its timeout from
         try:
-            result = await self.backend.waitForJob(timeout)
-        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as err:
-            if self.isConnectionError(err) and not self.closing and not self.closed:
-                await asyncio.sleep(0.1)
-            raise
-        if result:
-            _key, member, score = result
-            return int(score) if member else 0
-        return 0
+            return int(await super().waitForJob())
+        finally:
+            if self.blockUntil == early:  # unless a fetch meanwhile set a new due time
+                self.blockUntil = due
 
-    async def _ensure_client_names(self) -> None:
-        if self._client_name_set:
-            return
-        python_name = self.clientName
-        node_name = node_client_name(self.prefix, self.name, self.workerName)
-        # Names kept on the connections themselves survive reconnects (see keep_client_name).
-        keep_client_name(self.backend.connection, python_name)
-        await self.backend.connection.set_client_name(python_name)
-        if self.backend.blocking_connection is not None:
-            keep_client_name(self.backend.blocking_connection, node_name)
-            await self.backend.blocking_connection.set_client_name(node_name)
-        self._client_name_set = True
-
-    async def processJob(self, job: Job, token: str) -> None:  # type: ignore[override]
-        """Process `job`, then each job that completing it fetched, in this slot."""
-        current: Job | None = job
-        while current is not None:
-            try:
-                following = await self._process_one(current, token)
-            finally:
-                self.orphans.released(current.id, token)
-            current = following
-
-    async def getNextJob(self, token: str) -> Job | None:  # type: ignore[override]
+    async def getNextJob(self, token: str) -> Job | None:
+        """Rate limited: wait until the limiter's window reopens, then ask again, as Node does
+        (bullmq-py would block on a marker nothing re-adds for the whole drain delay)."""
         if self.limitUntil <= 0 or self.closing:
             return await super().getNextJob(token)
-        # Rate limited: `limitUntil` is the limiter key's TTL in ms (see moveToActive).
+        # `limitUntil` is the limiter key's TTL in ms, as moveToActive returned it.
         wait, self.limitUntil = self.limitUntil, 0
         await asyncio.sleep(wait / 1000)
         if self.closing or self.paused:
@@ -233,55 +176,26 @@ class BullwaitWorker(Worker):
             self.emit("active", job, "waiting")
         return job
 
+    async def processJob(self, job: Job, token: str) -> None:
+        """Process `job`, then each job that completing it fetched, in this slot (one Lua call
+        per job instead of two, as in Node). A failed, delayed or rate-limited job ends the chain."""
+        current: Job | None = job
+        while current is not None:
+            try:
+                following = await internals.process_job(self, current, token, self._complete, self._fail)
+            finally:
+                self.orphans.released(current.id, token)
+            if following is not None:
+                self.emit("active", following, "waiting")
+            current = following
+
     def _may_fetch_next(self) -> bool:
         return not (self.closing or self.paused or self.forceClosing or self.closed)
 
-    async def _process_one(self, job: Job, token: str) -> Job | None:
-        """bullmq-py's `processJob` for one job; returns the next job if completing fetched one."""
-        following: Job | None = None
-        try:
-            if "removeOnComplete" not in job.opts and "removeOnComplete" in self.opts:
-                job.opts["removeOnComplete"] = self.opts["removeOnComplete"]
-            if "removeOnFail" not in job.opts and "removeOnFail" in self.opts:
-                job.opts["removeOnFail"] = self.opts["removeOnFail"]
-            if job.deferredFailure:  # before its lock is renewed: an undecodable id cannot be sent in a batch
-                await self._fail(job, UnrecoverableError(job.deferredFailure), token)
-                return None
-            self.jobs.add((job, token))
-            controller = self.lockManager.track_job(
-                job.id, token, int(time.time() * 1000), should_create_controller=self._processor_wants_signal
-            )
-            if controller is not None:
-                result = await self.processor(job, token, controller.signal)
-            else:
-                result = await self.processor(job, token)
-            if not self.forceClosing:
-                following = await self._complete(job, result, token, self._may_fetch_next())
-                job.returnvalue = result
-                job.attemptsMade = job.attemptsMade + 1
-            self.emit("completed", job, result)
-        except (DelayedError, WaitingChildrenError):
-            return None
-        except Exception as err:
-            try:
-                if not self.forceClosing:
-                    await self._fail(job, err, token)
-                else:
-                    self.emit("failed", job, err)
-            except Exception as err2:
-                self.emit("error", err2, job)
-            return None
-        finally:
-            self.jobs.discard((job, token))
-            self.lockManager.untrack_job(job.id)
-        if following is not None:
-            self.emit("active", following, "waiting")
-        return following
-
-    async def _complete(self, job: Job, result: Any, token: str, fetch: bool) -> Job | None:
-        """Complete `job`; with `fetch`, the job that the same call moved to active, counted
-        as a fetch under way (see 9.) until it is built or known to be lost."""
-        if not fetch:
+    async def _complete(self, job: Job, result: Any, token: str) -> Job | None:
+        """Complete `job`; unless the worker is stopping, also fetch the next job in the same
+        call, counted as a fetch under way until it is built or known to be lost."""
+        if not self._may_fetch_next():
             await self._move_to_completed(job, result, token, False)
             return None
         self.orphans.fetch_started(token)
@@ -334,27 +248,26 @@ class BullwaitWorker(Worker):
             "stacktrace": json.dumps([printable(str(t)) for t in job.stacktrace], separators=(",", ":")),
             **getattr(job, "repairs", {}),
         }
-        keep = job.opts.get("removeOnFail", False)
-        await self.backend.moveToFailed(job, reason, keep, token, False, fields)
+        await internals.fail_job(self, job, reason, job.opts.get("removeOnFail", False), token, fields)
         job.attemptsMade += 1
 
     async def _move_to_completed(self, job: Job, result: Any, token: str, fetch: bool) -> Any:
-        """bullmq's `moveToFinished` script, packed by `CompletionCalls` and sent through the auto-pipeline (see 7.)."""
+        """bullmq's `moveToFinished` script, packed by `CompletionCalls` and sent through the auto-pipeline."""
         if self._completions is None:
             self._completions = CompletionCalls(self)
         keys, args, packed = self._completions.build(job, result, token, fetch)
         raw = await self.pipeline.run_script(self._completions.script, keys, args, packed=packed)
         if isinstance(raw, int) and raw < 0:
-            raise self.backend.scripts.finishedErrors({"code": raw, "jobId": job.id, "command": "moveToFinished", "state": "active"})
-        return raw2NextJobData(raw) if raw is not None else None
+            raise self._completions.scripts.error(raw, "moveToFinished", job.id, state="active")
+        return internals.next_job_data(raw) if raw is not None else None
 
-    async def close(self, force: bool = False) -> None:  # type: ignore[override]
+    async def close(self, force: bool = False) -> None:
         try:
             await super().close(force)
         finally:
             await self.pipeline.close()
 
-    async def nextJobFromJobData(  # type: ignore[override]
+    async def nextJobFromJobData(
         self,
         job_data: Any = None,
         job_id: str | None = None,
@@ -362,8 +275,11 @@ class BullwaitWorker(Worker):
         delay_until: int = 0,
         token: str | None = None,
     ) -> Job | None:
+        """bullmq's, for a job hash it cannot read too (data not JSON, `delay: "abc"`, bytes that
+        are not UTF-8): that job fails at once, unrecoverably, naming its fields, instead of
+        raising here, staying active, stalling and coming back for ever."""
         try:
-            job = await super().nextJobFromJobData(job_data, job_id, limit_until, delay_until, token)
+            job: Job | None = await super().nextJobFromJobData(job_data, job_id, limit_until, delay_until, token)
         except Exception as err:  # anything: a job left active here would stall and come back for ever
             if not job_data or not isinstance(job_data, dict):
                 raise
@@ -411,10 +327,3 @@ def _escaping_undecodable(opts: dict[str, Any]) -> dict[str, Any]:
     if isinstance(connection, dict) and connection.get("decode_responses", True):
         opts = {**opts, "connection": {**connection, "encoding_errors": "surrogateescape"}}
     return opts
-
-
-def _escape_undecodable(client: Any) -> None:
-    """The same for a client passed in (its connections are made on first use)."""
-    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
-    if isinstance(kwargs, dict) and kwargs.get("decode_responses"):
-        kwargs["encoding_errors"] = "surrogateescape"

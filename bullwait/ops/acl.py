@@ -1,5 +1,5 @@
 """The least-privilege Redis ACL for bullwait workers, producers, the ops CLI, Node bullmq and
-Bull Board (README "Redis ACL").
+Bull Board (docs/security.md, "Redis ACL").
 
     ACL SETUSER bullwait on >PASSWORD <rules>
 

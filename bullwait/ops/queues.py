@@ -18,12 +18,12 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from bullmq.redis_connection import loadScript
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError, WatchError
 
 from bullwait.engine.connection import Topology, check_redis, read_topology, redis_client
+from bullwait.engine.internals import script_source
 from bullwait.engine.jobcheck import not_utf8, printable, unescape
 from bullwait.errors import BadArgument, JobNotFound
 from bullwait.ops.checks import (
@@ -59,10 +59,10 @@ class Ops:
         self.prefix = settings.bullmq_prefix
         self._clean = client.register_script(CLEAN_BATCH_LUA)
         self.batch = BATCH
-        self._move = client.register_script(loadScript("moveJobsToWait-8.lua"))
-        self._pause = client.register_script(loadScript("pause-7.lua"))
-        self._state = client.register_script(loadScript("getStateV2-8.lua"))
-        self._remove = client.register_script(loadScript("removeJob-2.lua"))
+        self._move = client.register_script(script_source("moveJobsToWait"))
+        self._pause = client.register_script(script_source("pause"))
+        self._state = client.register_script(script_source("getStateV2"))
+        self._remove = client.register_script(script_source("removeJob"))
 
     @classmethod
     async def open(cls, settings: Settings, timeout: float | None = None) -> Ops:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 
-from bullmq.redis_connection import loadScript
+from bullwait.engine.internals import script_source
 
 # The one queue reader (bullwait.ops.snapshot): one call per queue gives the counts exactly
 # as Node bullmq's getJobCounts computes them (getCounts-1.lua: `waiting` is LLEN of the wait
@@ -191,10 +191,10 @@ return {deleted, done and 1 or 0, kept, cursor, cursorScore}
 
 def clean_batch_script() -> str:
     """BullMQ's clean functions followed by the windowed driver (see CLEAN_DRIVER_LUA)."""
-    bullmq = loadScript("cleanJobsInSet-3.lua")
+    bullmq = script_source("cleanJobsInSet")
     head, found, _ = bullmq.partition("\nlocal result\n")
     if not found or "local function removeJob(" not in head or "local limit = tonumber(ARGV[3])" not in head:
-        raise RuntimeError("bullmq-py's cleanJobsInSet-3.lua changed shape: update bullwait.ops.scripts's clean driver")
+        raise RuntimeError("bullmq-py's cleanJobsInSet script changed shape: update bullwait.ops.scripts's clean")
     return head + "\n" + CLEAN_DRIVER_LUA
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from bullwait.engine.connection import bound_retries, bullmq_connection, wait_for_redis
+from bullwait.engine.internals import bullmq_connections
 from bullwait.engine.worker import BullwaitWorker, default_worker_name
 from bullwait.logs import get_logger
 from bullwait.runtime.dispatch import JobObserver, Registry, dispatch
@@ -112,7 +113,7 @@ class WorkerPool:
             name = queue_name(key, self.settings)
             opts = {**worker_options(key, self.settings, self.worker_name), **self.options.get(key, {})}
             worker = BullwaitWorker(name, self._processor(key, name), opts)
-            bound_retries(self.settings, worker.backend.connection, worker.backend.blocking_connection)
+            bound_retries(self.settings, *bullmq_connections(worker))
             worker.on("error", lambda err, *_a, q=name: self._errors.log(self.log, q, err))
             worker.on("stalled", lambda job_id, *_a, q=name: self._stalled(q, job_id))
             worker.on("poison", lambda job_id, reason, *_a, q=name: self._poison(q, job_id, reason))

@@ -68,7 +68,7 @@ async def build_services(
     store: WaitlistStore | None = None,
     sender: MessageSender | None = None,
 ) -> Services:
-    """Wire the services. Pass `store` to use your own `WaitlistStore` (see README)."""
+    """Wire the services. Pass `store` to use your own `WaitlistStore` (see docs/waitlist.md)."""
     producer = Producer(settings)
     client = redis_client(settings)
     durability = Durability.from_settings(settings)

@@ -18,6 +18,11 @@ HOUR = 3600
 DAY = 24 * HOUR
 
 
+def _default(setting: str) -> Any:
+    """A setting's default value, so the catalog shows the one Settings uses."""
+    return Settings.model_fields[setting].default
+
+
 class QueueKey(str, Enum):
     """Stable identity of each queue, whatever its Redis name."""
 
@@ -45,7 +50,7 @@ JOB_NAMES: dict[str, str] = {
 }
 
 EXPIRY_JOB_ID_PREFIX = "expiry_"
-EXPIRY_DELAY_MS = 15 * 60 * 1000
+EXPIRY_DELAY_MS = round(_default("waitlist_offer_minutes") * 60_000)
 
 
 class Priority(str, Enum):
@@ -76,12 +81,16 @@ class QueueSpec:
     job_name: str
     purpose: str
     concurrency_env: str
-    default_concurrency: int
     attempts: int
     backoff_delay_ms: int
     keep_completed: tuple[int, int]  # (count, age seconds)
     keep_failed: tuple[int, int]
     priority: Priority
+
+    @property
+    def default_concurrency(self) -> int:
+        """The concurrency setting's default: Settings holds it, the spec only names the setting."""
+        return int(_default(self.concurrency_env.lower()))
 
     def default_job_options(self) -> dict[str, Any]:
         """BullMQ job options a producer writes into each job (Node and Python alike)."""
@@ -102,7 +111,6 @@ SPECS: dict[QueueKey, QueueSpec] = {
         job_name=JOB_NAMES["CHECK_EXPIRY"],
         purpose="15-minute offer expiry timers",
         concurrency_env="WAITLIST_EXPIRY_CONCURRENCY",
-        default_concurrency=5,
         attempts=3,
         backoff_delay_ms=1000,
         keep_completed=(100, HOUR),
@@ -114,7 +122,6 @@ SPECS: dict[QueueKey, QueueSpec] = {
         job_name=JOB_NAMES["SEND_SLOT_AVAILABLE"],
         purpose="WhatsApp slot-available notifications",
         concurrency_env="WAITLIST_NOTIFICATION_CONCURRENCY",
-        default_concurrency=20,  # the seed's 10 cannot reach 80 msg/s at 150 ms (README, Rate limits)
         attempts=3,
         backoff_delay_ms=1000,
         keep_completed=(200, DAY),
@@ -126,7 +133,6 @@ SPECS: dict[QueueKey, QueueSpec] = {
         job_name=JOB_NAMES["CALCULATE_PREFERENCES"],
         purpose="background preference analytics",
         concurrency_env="PREFERENCE_CALCULATION_CONCURRENCY",
-        default_concurrency=2,
         attempts=3,
         backoff_delay_ms=5000,
         keep_completed=(50, HOUR),
@@ -182,7 +188,7 @@ def catalog_document(settings: Settings | None = None) -> dict[str, Any]:
         )
     doc: dict[str, Any] = {
         "version": 1,
-        "prefix": "bull",
+        "prefix": _default("bullmq_prefix"),
         "queueNames": {k.value: v for k, v in QUEUE_NAMES.items()},
         "legacyQueueNames": {k.value: v for k, v in LEGACY_QUEUE_NAMES.items()},
         "jobNames": dict(JOB_NAMES),

@@ -16,11 +16,11 @@ a cascade a crash interrupted) adds nothing.
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
+from bullwait.engine.bulk import now_ms
 from bullwait.errors import WaitlistError
 from bullwait.settings import Settings
 from bullwait.waitlist.catalog import EXPIRY_JOB_ID_PREFIX
@@ -29,10 +29,6 @@ from bullwait.waitlist.producer import Producer
 from bullwait.waitlist.store import Transition, WaitlistStore
 
 NOTIFY_JOB_ID_PREFIX = "notify_"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def notification_job_id(waitlist_id: str, slot_id: str) -> str:

@@ -21,7 +21,6 @@ from itertools import islice
 from typing import Any
 
 from bullmq import Job, Queue
-from bullmq.redis_connection import loadScript
 from redis.exceptions import (
     AuthenticationError,
     NoPermissionError,
@@ -33,7 +32,8 @@ from redis.exceptions import (
 
 from bullwait.engine.bulk import NewJob, add_jobs, now_ms, stored_opts
 from bullwait.engine.connection import bound_retries, bullmq_connection, describe_redis, redis_client
-from bullwait.engine.durable import CAPTURE, Durability, run_command
+from bullwait.engine.durable import Durability, run_command
+from bullwait.engine.internals import add_job, bullmq_connections, main_client, script_source, scripts_of
 from bullwait.errors import BadArgument, RedisOutOfMemory, RedisUnavailable
 from bullwait.logs import first_line
 from bullwait.settings import Settings
@@ -137,7 +137,7 @@ class Producer:
                 queue_name(key, self.settings),
                 {"connection": bullmq_connection(self.settings), "prefix": self.settings.bullmq_prefix},
             )
-            bound_retries(self.settings, self._queues[key].backend.connection)
+            bound_retries(self.settings, *bullmq_connections(self._queues[key]))
         return self._queues[key]
 
     async def close(self) -> None:
@@ -171,20 +171,19 @@ class Producer:
             if self.durability.enabled:
                 job.id = await self._add_durably(job)
             else:
-                job.id = await job.queue.backend.addJob(job)
+                job.id = await add_job(job)
         return str(job.id)
 
     async def _add_durably(self, job: Job) -> str:
         """`addJob` followed by WAIT on its connection (`bullwait.engine.durable`); a repeat after
         a short WAIT adds nothing twice (same job id)."""
-        scripts = job.queue.backend.scripts
-        command = await scripts.addJob(job, pipe=CAPTURE)  # bullmq builds the EVALSHA, we send it
-        source = next(s.script for s in scripts.commands.values() if s.sha == command[1])
+        scripts = scripts_of(job.queue)
+        command, source = await scripts.add_job_command(job)  # bullmq builds the EVALSHA, we send it
         reply = await run_command(
-            job.queue.backend.connection.conn, self.durability, command, source, f"job {job.id} not added durably"
+            main_client(job.queue), self.durability, command, source, f"job {job.id} not added durably"
         )
         if isinstance(reply, int) and reply < 0:
-            raise scripts.finishedErrors({"code": reply, "parentKey": job.parentKey, "command": "addJob"})
+            raise scripts.error(reply, "addJob", job.id, parent_key=job.parentKey)
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
     def job_options(
@@ -316,7 +315,7 @@ class Producer:
         if self._redis is None:
             self._redis = redis_client(self.settings)
             bound_retries(self.settings, self._redis)
-            self._remove_script = self._redis.register_script(loadScript("removeJob-2.lua"))
+            self._remove_script = self._redis.register_script(script_source("removeJob"))
         return self._redis
 
     async def _remove(self, pipe: Any, queue: Queue, job_id: str) -> None:
@@ -346,7 +345,7 @@ async def redis_errors(settings: Settings, consequence: str) -> Any:
     except NoPermissionError as exc:
         raise RedisUnavailable(
             f"Redis at {where} denied a command to this user ({consequence}): {first_line(exc)}; "
-            "grant the ACL in README 'Security'"
+            "grant the ACL in docs/security.md"
         ) from None
     except ResponseError as exc:
         if not isinstance(exc, OutOfMemoryError) and OOM_MARKER not in str(exc):

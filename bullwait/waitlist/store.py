@@ -3,7 +3,7 @@
 `WaitlistStore` is the interface the processors and `bullwait.waitlist.offers.Waitlist` use;
 `RedisWaitlistStore` (the default) keeps the state in the queues' Redis under its own
 prefix (`BULLWAIT_STORE_PREFIX`, default `bullwait:`). An application that keeps its
-waitlist in its own database implements the Protocol instead (see README).
+waitlist in its own database implements the Protocol instead (see docs/waitlist.md).
 
 Entry states::
 

@@ -66,7 +66,7 @@ function buildNotificationQueueModule(config = loadConfig()) {
           notificationType: 'slot_available',
         },
         {
-          priority: 10, // the seed's "High priority" (in BullMQ 10 runs after 1; see README "Priorities")
+          priority: 10, // the seed's "High priority" (in BullMQ 10 runs after 1; see docs/node-compat.md "Priorities")
           attempts: 3,
         },
       );

@@ -17,23 +17,14 @@ from bullwait.waitlist.producer import Producer, new_expiry
 
 from helpers.jobdata import notification_data
 from helpers.nodecompat import nest, node_required, seed_booking, seed_entry, seed_slot
+from helpers.reliability import eventually
 
 pytestmark = node_required
 
 
-async def _wait(predicate: Any, timeout: float = 30, message: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-
-
 async def _state(producer: Producer, key: QueueKey, job_id: str, state: str) -> None:
     queue = producer.queue(key)
-    await _wait(lambda: _is(queue, job_id, state), message=f"{job_id} {state}")
+    await eventually(lambda: _is(queue, job_id, state), message=f"{job_id} {state}")
 
 
 async def _is(queue: Any, job_id: str, state: str) -> bool:
@@ -122,7 +113,7 @@ async def test_retries_backoff_priority_and_retention_follow_the_options(env, se
             pref_q = producer.queue(QueueKey.PREFERENCE_CALCULATION)
             await _state(producer, QueueKey.WAITLIST_NOTIFICATION, flaky, "completed")
             await _state(producer, QueueKey.WAITLIST_NOTIFICATION, doomed, "failed")
-            await _wait(lambda: _done(pref_q, preferences, 60), message="60 preference jobs")
+            await eventually(lambda: _done(pref_q, preferences, 60), message="60 preference jobs")
         finally:
             stop.set()
             await run

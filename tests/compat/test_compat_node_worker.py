@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from typing import Any
 
 from bullmq import Job
@@ -16,18 +14,9 @@ from bullwait.waitlist.producer import Producer, expiry_job_id, new_expiry
 
 from helpers.jobdata import notification_data, preference_data
 from helpers.nodecompat import node_required, start_node  # noqa: F401 (fixture)
+from helpers.reliability import eventually
 
 pytestmark = node_required
-
-
-async def _until(predicate: Any, timeout: float = 60, message: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
 
 
 async def _finished(queue: Any, job_id: str) -> Any:
@@ -35,7 +24,7 @@ async def _finished(queue: Any, job_id: str) -> Any:
         state = await queue.getJobState(job_id)
         return state if state in ("completed", "failed") else None
 
-    await _until(check, message=f"job {job_id} finished")
+    await eventually(check, 60, interval=0.1, message=f"job {job_id} finished")
     return await Job.fromId(queue, job_id)
 
 
@@ -98,7 +87,7 @@ async def test_both_runtimes_share_a_queue_under_load(env, settings: Settings, s
             counts = await queue.getJobCounts("completed", "failed")
             return counts["completed"] + counts["failed"] >= total
 
-        await _until(all_done, timeout=120, message=f"{total} jobs finished")
+        await eventually(all_done, 120, interval=0.1, message=f"{total} jobs finished")
         assert await queue.getFailedCount() == 0
         assert python.terminate() == 0
         assert node.stop() == 0
@@ -141,7 +130,7 @@ async def test_node_worker_honours_options_of_python_timers(settings: Settings, 
             ran = set(sync_redis.lrange(f"{prefix}:compat:node-processed", 0, -1))
             return ran >= set(ok_ids) and await queue.getJobState(fail_id) == "failed"
 
-        await _until(all_ran, message="3 timers completed and 1 out of attempts")
+        await eventually(all_ran, 60, interval=0.1, message="3 timers completed and 1 out of attempts")
         failed = await Job.fromId(queue, fail_id)
 
     assert failed.id == fail_id and failed.attemptsMade == 3, "attempts: 3 from the job's opts"

@@ -36,8 +36,8 @@ from bullwait.waitlist.idempotency import SendRecords
 from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, SlotDetails
 from bullwait.waitlist.producer import Producer, new_expiry
 from bullwait.waitlist.store import RedisWaitlistStore
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 
-from helpers.fake_whatsapp import FakeWhatsApp
 from helpers.jobdata import future_day, notification_data
 from helpers.reliability import eventually
 
@@ -287,7 +287,7 @@ def test_bad_wait_settings_are_one_line_naming_them(monkeypatch: pytest.MonkeyPa
         load_settings()
 
 
-# --- the least-privilege user of README 'Security' ------------------------------------------
+# --- the least-privilege user of docs/security.md --------------------------------------------
 
 @pytest.mark.parametrize("op", list(OPS))
 async def test_least_privilege_user_may_wait_and_write_the_marker(
@@ -336,7 +336,7 @@ async def test_no_confirmed_add_is_lost_in_a_graceful_failover(prefix: str) -> N
     part of issue 14) keep adding through `SENTINEL FAILOVER`. The old master stays
     writable for a while after the replica is promoted; with N=1 nothing it alone took
     is reported added. The N=0 producer beside it is only measured (printed)."""
-    from sentinel_helpers import SentinelSet
+    from helpers.sentinel import SentinelSet
 
     with SentinelSet().start() as topo:
         old = topo.master_port()

@@ -9,31 +9,51 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 BULLWAIT = [sys.executable, "-m", "bullwait.cli.main"]
 
 
-class WorkerProcess:
-    """`bullwait worker` as a real subprocess, its log captured to a file."""
+class LoggedProcess:
+    """A real subprocess whose stdout and stderr go to one log file; `what` names it in failures."""
 
-    def __init__(self, env: dict[str, str], args: list[str], log_path: Path) -> None:
+    what = "process"
+    log_timeout = 20.0
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path = ROOT, **popen: Any) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen([*BULLWAIT, "worker", *args], env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd, **popen)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_for_log(self, text: str, count: int = 1, timeout: float = 20) -> None:
+    def wait_for_log(self, text: str, count: int = 1, timeout: float | None = None) -> str:
+        timeout = self.log_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.log().count(text) >= count:
-                return
+                return self.log()
             if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.log()}")
+                raise AssertionError(f"{self.what} exited {self.proc.returncode}:\n{self.log()}")
             time.sleep(0.05)
-        raise AssertionError(f"no {text!r} x{count} in worker log within {timeout}s:\n{self.log()}")
+        raise AssertionError(f"no {text!r} x{count} in {self.what} log within {timeout}s:\n{self.log()}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+class WorkerProcess(LoggedProcess):
+    """`bullwait worker` as a real subprocess, its log captured to a file."""
+
+    what = "worker"
+
+    def __init__(self, env: dict[str, str], args: list[str], log_path: Path, **popen: Any) -> None:
+        super().__init__([*BULLWAIT, "worker", *args], env, log_path, **popen)
 
     def terminate(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:
@@ -42,12 +62,6 @@ class WorkerProcess:
             return self.proc.wait(timeout)
         finally:
             self._log.close()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
 
 
 def run_cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

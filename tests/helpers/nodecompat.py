@@ -23,7 +23,7 @@ import pytest
 
 from bullwait.dev.embedded import free_port
 
-from helpers.common import ROOT
+from helpers.common import ROOT, LoggedProcess
 from helpers.jobdata import future_day
 
 NODE_DIR = ROOT / "node-compat"
@@ -59,26 +59,14 @@ def legacy(env: dict[str, str], action: str, args: Any = None) -> Any:
     return node_json(env, "legacy/produce4.js", action, args if args is not None else {})
 
 
-class NodeProcess:
+class NodeProcess(LoggedProcess):
     """A long-running Node script with its output in a log file."""
 
+    what = "node"
+    log_timeout = 30.0
+
     def __init__(self, env: dict[str, str], args: list[str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen([NODE or "node", *args], cwd=NODE_DIR, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_log(self, text: str, timeout: float = 30) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log():
-                return self.log()
-            if self.proc.poll() is not None:
-                raise AssertionError(f"node exited {self.proc.returncode}:\n{self.log()}")
-            time.sleep(0.05)
-        raise AssertionError(f"no {text!r} in node log within {timeout}s:\n{self.log()}")
+        super().__init__([NODE or "node", *args], env, log_path, cwd=NODE_DIR)
 
     def stop(self, timeout: float = 15) -> int | None:
         if self.proc.poll() is None:
@@ -105,10 +93,7 @@ def start_node(env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
 
     yield start
     for proc in started:
-        if proc.proc.poll() is None:
-            proc.proc.kill()
-            proc.proc.wait()
-        proc._log.close()
+        proc.kill()
 
 
 class Board:

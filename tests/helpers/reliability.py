@@ -15,8 +15,9 @@ Extending them when the other pieces land:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from bullwait.waitlist.catalog import QueueKey
@@ -37,13 +38,18 @@ FAST_RECOVERY = {
 }
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 30, message: str = "condition") -> Any:
+async def eventually(
+    check: Callable[[], Any], timeout: float = 30, message: str = "condition", interval: float = 0.05
+) -> Any:
+    """Call `check` (plain or async) until it returns something true; return that."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = await check()
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
 
 
@@ -56,10 +62,10 @@ async def add_counted(producer: Producer, i: int, sleep_ms: int = 5, bad: bool =
     """Add job number `i` (round-robin over the three queues) through the Producer, kept
     after completion (`removeOnComplete: false`) so a test can account for every job.
     `bad=True` writes data that fails validation (a deliberate, unretried failure)."""
-    from fixtures import notification_data, preference_data
-
     from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, PreferenceJob, WireModel
     from bullwait.waitlist.producer import expiry_job_id, new_expiry
+
+    from helpers.jobdata import notification_data, preference_data
 
     kind = i % 3
     payload: WireModel

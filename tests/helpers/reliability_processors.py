@@ -1,4 +1,4 @@
-"""A test plugin for `bullwait worker` (loaded with BULLWAIT_PROCESSORS=reliability_processors:register).
+"""A test plugin for `bullwait worker` (loaded with BULLWAIT_PROCESSORS=helpers.reliability_processors:register).
 
 It replaces the three built-in processors with ones that record their side effects in
 Redis, under the test's own prefix, so a test can count what really happened:

@@ -43,7 +43,7 @@ def acl_server() -> Iterator[AuthRedisServer]:
 
 
 def least_privilege_user(server: AuthRedisServer, prefix: str, db: int = 0) -> tuple[str, str]:
-    """Create a user with exactly the ACL the README documents, for this test's prefix."""
+    """Create a user with exactly the ACL docs/security.md documents, for this test's prefix."""
     username = f"bw-{prefix}"
     password = "pw-" + uuid.uuid4().hex
     admin = server.admin()

@@ -9,8 +9,8 @@ import pytest
 
 from bullwait.runtime.services import Services, build_services
 from bullwait.settings import Settings
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 
-from helpers.fake_whatsapp import FakeWhatsApp
 
 TIMEOUT_S = 1  # WHATSAPP_TIMEOUT_SECONDS: a claim lasts 3 s
 

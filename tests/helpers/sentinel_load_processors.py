@@ -1,4 +1,4 @@
-"""A test plugin for `bullwait worker` (BULLWAIT_PROCESSORS=sentinel_load_processors:register)
+"""A test plugin for `bullwait worker` (BULLWAIT_PROCESSORS=helpers.sentinel_load_processors:register)
 used by test_sentinel_failover_load.py.
 
 The built-in `check-expiry` runs as always; each time it returns, the timer's job id is

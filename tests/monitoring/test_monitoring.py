@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import resource
-import shutil
 import socket
 import subprocess
 import time
@@ -19,6 +18,8 @@ import pytest
 from bullmq import Queue
 from prometheus_client.parser import text_string_to_metric_families
 
+from bullwait.dev.embedded import free_port
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 from bullwait.engine.connection import redis_options
 from bullwait.monitoring.metrics import JobMetrics
 from bullwait.ops.snapshot import NODE_STATES, worker_names
@@ -27,33 +28,23 @@ from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey, queue_name
 from bullwait.waitlist.producer import Producer
 
-from helpers.common import BULLWAIT, ROOT, WorkerProcess, run_cli, wait_until
-from helpers.fake_whatsapp import FakeWhatsApp
+from helpers.common import BULLWAIT, LoggedProcess, WorkerProcess, run_cli, wait_until
 from helpers.jobdata import expiry_data, notification_data, preference_data
 from helpers.monitoring import get, health, listening, scrape, value
+from helpers.nodecompat import HAVE_NODE, SKIP_REASON, node_required
+from helpers.nodecompat import NODE_DIR as NODE_COMPAT
 
-NODE_COMPAT = ROOT / "node-compat"
-HAS_NODE_BULLMQ = (NODE_COMPAT / "node_modules" / "bullmq").is_dir() and shutil.which("node") is not None
 EXPIRY, NOTIFY, PREFS = "waitlist-expiry", "waitlist-notification", "waitlist-preference-calculation"
 
 
 # --- helpers ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+class ServeProcess(LoggedProcess):
+    what = "serve"
 
-
-class ServeProcess:
     def __init__(self, env: dict[str, str], args: list[str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen([*BULLWAIT, "serve", *args], env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        super().__init__([*BULLWAIT, "serve", *args], env, log_path)
 
     def port(self) -> int:
         def ready() -> bool:
@@ -84,10 +75,7 @@ def start_serve(env: dict[str, str], tmp_path: Path) -> Iterator:
 
     yield start
     for proc in started:
-        if proc.proc.poll() is None:
-            proc.proc.kill()
-            proc.proc.wait()
-        proc._log.close()
+        proc.kill()
 
 
 async def job_counts(settings: Settings, name: str) -> dict[str, int]:
@@ -152,7 +140,7 @@ async def produce(kind: str, settings: Settings, port: int, prefix: str) -> None
 @pytest.mark.parametrize(
     "producer",
     [
-        pytest.param("node", marks=[pytest.mark.node, pytest.mark.skipif(not HAS_NODE_BULLMQ, reason="needs node-compat/node_modules (npm ci)")]),
+        pytest.param("node", marks=node_required),
         "python",
     ],
 )
@@ -197,7 +185,7 @@ const [port, prefix, name] = [Number(process.argv[1]), process.argv[2], process.
 
 
 @pytest.mark.node
-@pytest.mark.skipif(not HAS_NODE_BULLMQ, reason="needs node-compat/node_modules (npm ci)")
+@pytest.mark.skipif(not HAVE_NODE, reason=SKIP_REASON)
 async def test_serve_counts_a_node_worker(settings: Settings, start_serve, redis_server, prefix) -> None:  # type: ignore[no-untyped-def]
     serve = start_serve("-q", EXPIRY)
     port = serve.port()
@@ -379,7 +367,7 @@ const [port, prefix, name] = [Number(process.argv[1]), process.argv[2], process.
 
 
 @pytest.mark.node
-@pytest.mark.skipif(not HAS_NODE_BULLMQ, reason="needs node-compat/node_modules (npm ci)")
+@pytest.mark.skipif(not HAVE_NODE, reason=SKIP_REASON)
 async def test_native_metrics_equal_node_export(settings: Settings, start_worker, redis_server, prefix) -> None:  # type: ignore[no-untyped-def]
     """Dashboards built on Node's `Queue.exportPrometheusMetrics()` read the same series from bullwait."""
     worker = start_worker("-q", NOTIFY)
@@ -427,12 +415,7 @@ class LimitedWorker(WorkerProcess):
     """`bullwait worker` started with a low RLIMIT_NOFILE."""
 
     def __init__(self, env: dict[str, str], args: list[str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [*BULLWAIT, "worker", *args], env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
-            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT)),
-        )
+        super().__init__(env, args, log_path, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT)))
 
 
 def half_open(port: int, count: int) -> list[socket.socket]:

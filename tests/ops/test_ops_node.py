@@ -6,25 +6,16 @@ Skipped when node-compat/node_modules is absent (run `npm ci` there, or `bash de
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from urllib.parse import urlsplit
-
-import pytest
 
 from bullwait.waitlist.catalog import QueueKey, queue_name
 from bullwait.settings import Settings
 
-from helpers.common import ROOT, run_cli
+from helpers.common import run_cli
+from helpers.nodecompat import NODE_DIR as NODE_COMPAT, node_required
 
-NODE_COMPAT = ROOT / "node-compat"
-pytestmark = [
-    pytest.mark.node,
-    pytest.mark.skipif(
-        not (NODE_COMPAT / "node_modules" / "bullmq").is_dir() or shutil.which("node") is None,
-        reason="needs node and node-compat/node_modules (npm ci in node-compat)",
-    ),
-]
+pytestmark = node_required
 
 # Jobs in every state written by Node bullmq, a paused queue, and a named Node worker on
 # the (empty) preference queue. Prints Node's counts, then waits until stdin closes.

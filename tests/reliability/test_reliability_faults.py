@@ -41,8 +41,8 @@ import redis.asyncio as aioredis
 from bullwait.dev.embedded import RedisServer
 from bullwait.runtime.services import Services, build_services
 from bullwait.settings import Settings
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 
-from helpers.fake_whatsapp import FakeWhatsApp
 from helpers.fault_load import (
     EXPIRY,
     NOTIFY,

@@ -27,28 +27,39 @@ def _counts(sync_redis: redis.Redis, prefix: str, name: str) -> dict[str, int]:
     return {k: int(v) for k, v in sync_redis.hgetall(keys(prefix)[name]).items()}
 
 
+async def _kill_mid_jobs(
+    producer: Producer, worker: Any, sync_redis: redis.Redis, prefix: str, tag: str, count: int, sleep_ms: int
+) -> list[str]:
+    """Add `count` slow notifications, wait until `worker` started all of them, SIGKILL it."""
+    ids = []
+    for i in range(count):
+        data = dict(notification_data(f"{tag}-{i}"), sleepMs=sleep_ms)
+        ids.append(await producer.send_slot_available(NotificationJob.model_validate(data)))
+    wait_until(lambda: len(_counts(sync_redis, prefix, "starts")) == len(ids), message="all jobs started")
+    worker.proc.send_signal(signal.SIGKILL)
+    worker.proc.wait()
+    assert _counts(sync_redis, prefix, "effects") == {}, "the killed worker finished nothing"
+    return ids
+
+
+async def _all_completed(producer: Producer, ids: list[str], by: str) -> None:
+    async def done() -> bool:
+        return (await counts(producer, QueueKey.WAITLIST_NOTIFICATION))["completed"] == len(ids)
+
+    await eventually(done, timeout=30, message=f"recovered jobs completed by {by}")
+    final = await counts(producer, QueueKey.WAITLIST_NOTIFICATION)
+    assert final["active"] == final["failed"] == final["waiting"] == 0, final
+
+
 async def test_sigkilled_worker_jobs_are_recovered_and_completed_once(
     settings: Settings, start_worker: Any, sync_redis: redis.Redis, prefix: str
 ) -> None:
     first = start_worker("-q", "waitlist-notification", extra_env=FAST_RECOVERY)
     async with Producer(settings) as producer:
-        ids = []
-        for i in range(8):  # concurrency is 10: all eight are active on the first worker
-            data = dict(notification_data(f"w-{i}"), sleepMs=2500)
-            ids.append(await producer.send_slot_available(NotificationJob.model_validate(data)))
-        wait_until(lambda: len(_counts(sync_redis, prefix, "starts")) == len(ids), message="all jobs started")
-        first.proc.send_signal(signal.SIGKILL)
-        first.proc.wait()
-        assert _counts(sync_redis, prefix, "effects") == {}, "the killed worker finished nothing"
-
+        # Concurrency is 10: all eight are active on the first worker.
+        ids = await _kill_mid_jobs(producer, first, sync_redis, prefix, "w", 8, sleep_ms=2500)
         second = start_worker("-q", "waitlist-notification", extra_env=FAST_RECOVERY)
-
-        async def all_completed() -> bool:
-            return (await counts(producer, QueueKey.WAITLIST_NOTIFICATION))["completed"] == len(ids)
-
-        await eventually(all_completed, timeout=30, message="recovered jobs completed")
-        final = await counts(producer, QueueKey.WAITLIST_NOTIFICATION)
-        assert final["active"] == final["failed"] == final["waiting"] == 0, final
+        await _all_completed(producer, ids, "the second worker")
 
     starts = _counts(sync_redis, prefix, "starts")
     effects = _counts(sync_redis, prefix, "effects")
@@ -71,28 +82,14 @@ async def test_sigkilled_python_worker_jobs_are_recovered_by_a_node_worker(
         pytest.skip(SKIP_REASON)
     first = start_worker("-q", "waitlist-notification", extra_env=FAST_RECOVERY)
     async with Producer(settings) as producer:
-        ids = []
-        for i in range(6):
-            data = dict(notification_data(f"n-{i}"), sleepMs=3000)
-            ids.append(await producer.send_slot_available(NotificationJob.model_validate(data)))
-        wait_until(lambda: len(_counts(sync_redis, prefix, "starts")) == len(ids), message="all jobs started")
-        first.proc.send_signal(signal.SIGKILL)
-        first.proc.wait()
-        assert _counts(sync_redis, prefix, "effects") == {}, "the killed worker finished nothing"
-
+        ids = await _kill_mid_jobs(producer, first, sync_redis, prefix, "n", 6, sleep_ms=3000)
         # A Node bullmq 6 Worker, short stalledInterval: it finds the dead worker's jobs once
         # their 1.5 s lock expires, moves them back to wait and runs them.
         node = start_node(
             "compat/worker.js", "WAITLIST_NOTIFICATION", "--record", "--stalled-interval", "500",
             ready="node worker ready",
         )
-
-        async def all_completed() -> bool:
-            return (await counts(producer, QueueKey.WAITLIST_NOTIFICATION))["completed"] == len(ids)
-
-        await eventually(all_completed, timeout=30, message="recovered jobs completed by Node")
-        final = await counts(producer, QueueKey.WAITLIST_NOTIFICATION)
-        assert final["active"] == final["failed"] == final["waiting"] == 0, final
+        await _all_completed(producer, ids, "Node")
         queue = producer.queue(QueueKey.WAITLIST_NOTIFICATION)
         for job_id in ids:
             job = await Job.fromId(queue, job_id)

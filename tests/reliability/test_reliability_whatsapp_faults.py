@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from bullmq import Job
 
+from bullwait.dev.fake_whatsapp import FakeWhatsApp, Recorded
 from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.payloads import NotificationJob
 from bullwait.waitlist.producer import Producer
 
-from helpers.fake_whatsapp import FakeWhatsApp, Recorded
 from helpers.jobdata import notification_data
 from helpers.reliability import counts, eventually
 

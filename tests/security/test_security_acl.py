@@ -1,4 +1,4 @@
-"""Redis ACL: bullwait runs with the least-privilege user the README documents; that user
+"""Redis ACL: bullwait runs with the least-privilege user docs/security.md documents; that user
 cannot do anything else; wrong credentials give one line naming the settings to fix."""
 
 from __future__ import annotations
@@ -178,9 +178,8 @@ def test_other_apps_key_names_do_not_leak(acl_server: AuthRedisServer, prefix: s
         client.close()
 
 
-def test_readme_documents_the_tested_acl() -> None:
-    readme = (ROOT / "README.md").read_text()
-    assert acl_rules("bull") in readme
+def test_the_docs_document_the_tested_acl() -> None:
+    assert acl_rules("bull") in (ROOT / "docs" / "security.md").read_text()
 
 
 @pytest.mark.parametrize("how", ["wrong-password", "unknown-user", "no-credentials"])

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 from bullwait.errors import BullwaitError, SettingsError
 from bullwait.settings import Settings, load_settings
 from bullwait.waitlist.catalog import QueueKey
@@ -21,7 +22,6 @@ from bullwait.waitlist.payloads import NotificationJob
 from bullwait.waitlist.producer import Producer
 
 from helpers.common import run_cli
-from helpers.fake_whatsapp import FakeWhatsApp
 from helpers.jobdata import notification_data
 from helpers.reliability import counts, eventually
 from helpers.security import AuthRedisServer, acl_server, least_privilege_user  # noqa: F401

@@ -1,6 +1,6 @@
 """Issue 14, Proof: bullwait through a Redis Sentinel failover under load, Node bullmq beside it.
 
-Real processes: a master, replicas and three `redis-server --sentinel` (sentinel_helpers), a
+Real processes: a master, replicas and three `redis-server --sentinel` (helpers/sentinel.py), a
 `bullwait worker` subprocess configured with REDIS_SENTINELS only and BULLWAIT_WAIT_REPLICAS=1,
 the fake WhatsApp Cloud API (fake_whatsapp), and a Node bullmq 6 worker + producer on ioredis
 with `sentinels`/`failoverDetector` (node-compat/compat/sentinel_load.js) on a prefix of its own.
@@ -36,13 +36,13 @@ import pytest
 import redis
 
 from bullwait.dev.embedded import free_port
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.payloads import NotificationJob
 from bullwait.waitlist.producer import Producer, new_expiry
 
 from helpers.common import ROOT, WorkerProcess
-from helpers.fake_whatsapp import FakeWhatsApp
 from helpers.fault_load import EXPIRY, NOTIFY
 from helpers.jobdata import notification_data
 from helpers.nodecompat import HAVE_NODE, NodeProcess
@@ -63,7 +63,7 @@ LOCK_MS, STALLED_MS = 5000, 2000
 # hearing +switch-master; in the latter the timer's durable store write cannot be confirmed (the
 # one replica now follows nobody's old master), so it cannot complete there. At most the jobs in
 # flight (WAITLIST_EXPIRY_CONCURRENCY) fit in such a window: twice that is a generous bound.
-# Measured: 0-1 (README 'Redis Sentinel'). Completions themselves are not WAITed for: a rerun of
+# Measured: 0-1 (docs/reliability.md, Sentinel failover). Completions themselves are not WAITed for: a rerun of
 # check-expiry is harmless, it ends `already-...`.
 EXPIRY_CONCURRENCY = 20
 # The issue's topology: one replica. BWTEST_SENTINEL_REPLICAS=2 runs the same load with two

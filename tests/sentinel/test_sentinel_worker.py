@@ -1,6 +1,6 @@
 """A `bullwait worker` on Redis Sentinel follows a failover without a restart (issue 14).
 
-Real processes: a master, a replica and three `redis-server --sentinel` (sentinel_helpers),
+Real processes: a master, a replica and three `redis-server --sentinel` (helpers/sentinel.py),
 a `bullwait worker` subprocess configured with REDIS_SENTINELS only. After a graceful
 `SENTINEL FAILOVER` the old master stays writable until the sentinels reconfigure it, so a
 worker that only moves on errors keeps waiting there; after a crash its connections fail.

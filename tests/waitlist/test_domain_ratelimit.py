@@ -28,8 +28,8 @@ from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.payloads import NotificationJob
 from bullwait.waitlist.ratelimit import SlidingWindow
 from bullwait.waitlist.whatsapp import WhatsAppUnavailable
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 
-from helpers.fake_whatsapp import FakeWhatsApp
 from helpers.jobdata import notification_data
 from helpers.reliability import counts, eventually
 

@@ -29,8 +29,8 @@ from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.idempotency import SendRecords
 from bullwait.waitlist.payloads import NotificationJob
 from bullwait.waitlist.whatsapp import WhatsAppAmbiguous
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 
-from helpers.fake_whatsapp import FakeWhatsApp
 from helpers.jobdata import notification_data
 from helpers.sends import TIMEOUT_S, api, services  # noqa: F401 (fixtures)
 

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 from bullwait.runtime.processors.notification import slot_reference
 from bullwait.runtime.runner import run_workers
 from bullwait.runtime.services import Services
@@ -26,7 +27,6 @@ from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.idempotency import SendRecords
 from bullwait.waitlist.payloads import NotificationJob
 
-from helpers.fake_whatsapp import FakeWhatsApp
 from helpers.jobdata import notification_data
 from helpers.sends import TIMEOUT_S, api, services  # noqa: F401 (fixtures)
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import io
 import json
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import pytest
 
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 from bullwait.logs import configure_logging, get_logger
 from bullwait.settings import Settings
 from bullwait.waitlist.payloads import SlotDetails
@@ -23,7 +25,6 @@ from bullwait.waitlist.whatsapp import (
     build_sender,
 )
 
-from helpers.fake_whatsapp import FakeWhatsApp
 from helpers.jobdata import future_day
 
 SLOT = SlotDetails(
@@ -37,6 +38,15 @@ TOKEN = "EAAG-very-secret-token"
 def api() -> Iterator[FakeWhatsApp]:
     with FakeWhatsApp() as fake:
         yield fake
+
+
+@asynccontextmanager
+async def _sending(settings: Settings) -> AsyncIterator[CloudApiSender]:
+    sender = CloudApiSender(settings)
+    try:
+        yield sender
+    finally:
+        await sender.close()
 
 
 def _settings(api: FakeWhatsApp, **extra: object) -> Settings:
@@ -79,12 +89,9 @@ async def test_template_message_request(api: FakeWhatsApp) -> None:
 )
 async def test_error_mapping(api: FakeWhatsApp, status: int | None, code: int | None, expected: type) -> None:
     api.fail_next(status=status, code=code, message="Invalid OAuth access token" if code == 190 else None, retry_after=2 if status == 429 else None)
-    sender = CloudApiSender(_settings(api))
-    try:
+    async with _sending(_settings(api)) as sender:
         with pytest.raises(expected) as info:
             await sender.send_slot_offer("+34600111222", SLOT)
-    finally:
-        await sender.close()
     text = str(info.value)
     assert TOKEN not in text
     if code is not None:
@@ -95,24 +102,18 @@ async def test_error_mapping(api: FakeWhatsApp, status: int | None, code: int | 
 
 async def test_timeout_is_unavailable(api: FakeWhatsApp) -> None:
     api.latency = 1.0
-    sender = CloudApiSender(_settings(api, whatsapp_timeout_seconds=0.2))
-    try:
+    async with _sending(_settings(api, whatsapp_timeout_seconds=0.2)) as sender:
         with pytest.raises(WhatsAppUnavailable, match="timed out"):
             await sender.send_slot_offer("+34600111222", SLOT)
-    finally:
-        await sender.close()
 
 
 async def test_unreachable_is_unavailable() -> None:
     from bullwait.dev.embedded import free_port
 
     settings = Settings(whatsapp_api_base_url=f"http://127.0.0.1:{free_port()}", whatsapp_phone_number_id="1", whatsapp_access_token=TOKEN)
-    sender = CloudApiSender(settings)
-    try:
+    async with _sending(settings) as sender:
         with pytest.raises(WhatsAppUnavailable, match="unreachable"):
             await sender.send_slot_offer("+34600111222", SLOT)
-    finally:
-        await sender.close()
 
 
 async def test_console_sender_without_token_logs_masked_phone() -> None:
@@ -191,24 +192,18 @@ async def test_odd_answers_map_to_whatsapp_outcomes_in_bounded_memory(
 
 async def test_huge_error_message_is_clipped(api: FakeWhatsApp) -> None:
     api.fail_next(status=400, code=131026, message="x" * (5 * 2**20))  # a 5 MB message
-    sender = CloudApiSender(_settings(api))
-    try:
+    async with _sending(_settings(api)) as sender:
         with pytest.raises(WhatsAppRejected) as info:
             await sender.send_slot_offer("+34600111222", SLOT)
-    finally:
-        await sender.close()
     # Past the 64 KiB read the code is lost (Meta puts it after the message): the status decides.
     assert str(info.value).startswith("WhatsApp Cloud API error 400 (HTTP 400): xxxxx") and len(str(info.value)) < 1000
 
 
 async def test_slow_answer_after_the_request_left_is_ambiguous(api: FakeWhatsApp) -> None:
     api.slow_next(1.0)
-    sender = CloudApiSender(_settings(api, whatsapp_timeout_seconds=0.3))
-    try:
+    async with _sending(_settings(api, whatsapp_timeout_seconds=0.3)) as sender:
         with pytest.raises(WhatsAppAmbiguous, match="may have been delivered") as info:
             await sender.send_slot_offer("+34600111222", SLOT)
-    finally:
-        await sender.close()
     assert info.value.kind == "timeout"
 
 
@@ -216,12 +211,9 @@ async def test_slow_answer_after_the_request_left_is_ambiguous(api: FakeWhatsApp
 async def test_odd_retry_after_is_ignored_or_capped(api: FakeWhatsApp, value: str) -> None:
     api.fail_next(status=429, code=130429, retry_after=None)
     api._plan[-1].retry_after = value  # type: ignore[assignment]  # sent as the header's text
-    sender = CloudApiSender(_settings(api))
-    try:
+    async with _sending(_settings(api)) as sender:
         with pytest.raises(WhatsAppThrottled) as info:
             await sender.send_slot_offer("+34600111222", SLOT)
-    finally:
-        await sender.close()
     assert info.value.retry_after_ms is None or info.value.retry_after_ms <= 60_000
 
 

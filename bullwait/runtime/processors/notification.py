@@ -44,9 +44,9 @@ from typing import Any
 from bullmq import DelayedError, UnrecoverableError
 from redis.exceptions import RedisError
 
+from bullwait.engine.bulk import now_ms
 from bullwait.runtime.dispatch import Context
 from bullwait.waitlist.idempotency import AMBIGUOUS_LIMIT
-from bullwait.waitlist.offers import now_ms
 from bullwait.waitlist.payloads import NotificationJob, SlotDetails
 from bullwait.waitlist.whatsapp import WhatsAppAmbiguous, WhatsAppRejected, WhatsAppThrottled, WhatsAppUnavailable
 

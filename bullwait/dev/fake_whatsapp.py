@@ -1,21 +1,31 @@
-"""A local stand-in for the WhatsApp Cloud API: real HTTP on 127.0.0.1, threaded.
+"""A local stand-in for the WhatsApp Cloud API: real HTTP on 127.0.0.1 only, a thread per
+connection. The tests drive it in-process; the notification benchmark and developers run it
+on its own:
+
+    python -m bullwait.dev.fake_whatsapp --port 0 --latency 0.15    # prints `ready <port>`
 
     with FakeWhatsApp() as api:
-        env["WHATSAPP_API_BASE_URL"] = api.base_url
+        env.update(api.env())                         # WHATSAPP_* settings pointing at it
         api.fail_next(1, status=429, code=130429)     # the next request is throttled
         api.latency = 1.5                             # hold each response 1.5 s
         api.fail_for(6.0, status=429, code=130429)    # every request in the next 6 s is throttled
         ...
-        api.requests  # every request received (path, headers, JSON body, time)
+        api.requests  # every request received (path, headers, JSON body, times)
 
         api.slow_next(3.0)                            # accept the next message, answering after 3 s
         api.odd_next("reset")                          # read the request, then reset the connection
         api.odd_next("nested", status=500)            # a 500 whose body is JSON nested 100,000 deep
 
 It answers `POST /<version>/<phone-number-id>/messages` like the Cloud API: 200 with
-`{"messages": [{"id": "wamid.<n>"}]}`, or the error that was queued with `fail_next`
-(`{"error": {"code", "message", ...}}`). A request is recorded as soon as its body is
-read, *before* the latency wait, so a test can kill the sender in between.
+`{"messages": [{"id": "wamid.<n>"}]}` (what `bullwait.waitlist.whatsapp.parse_response`
+reads), or the error that was queued with `fail_next` (`{"error": {"code", "message", ...}}`).
+A request is recorded as soon as its body is read, *before* the latency wait, so a test can
+kill the sender in between. `GET /__stats` returns the messages received as JSON, for a
+process that runs the fake on its own.
+
+Each record has two times: `at`, when this process read the request, and `arrived`, when the
+kernel received its last bytes (`SO_TIMESTAMPNS` on Linux, else the same as `at`), so a
+moment when this process was not scheduled does not bunch arrivals together.
 
 `odd_next` queues answers no API should give (`ODD_KINDS`): `nested` (JSON nested past
 any recursion limit), `huge` (`size` bytes of JSON, streamed, never held in memory),
@@ -27,6 +37,9 @@ first (a slow answer). `Recorded.answered` is the status sent (-1 for a reset).
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import json
 import socket
 import struct
@@ -45,6 +58,8 @@ ERRORS = {
 }
 ODD_KINDS = ("nested", "huge", "truncated", "html", "reset")
 NESTING = 100_000
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; SCM_TIMESTAMPNS has the same value
+STAMP_SPACE = socket.CMSG_SPACE(16)
 
 
 @dataclass
@@ -54,6 +69,7 @@ class Recorded:
     body: Any
     at: float
     answered: int = 0
+    arrived: float = 0.0
 
 
 @dataclass
@@ -70,6 +86,7 @@ class Planned:
 @dataclass
 class FakeWhatsApp:
     latency: float = 0.0
+    port: int = 0  # 0: any free one (`base_url` says which)
     requests: list[Recorded] = field(default_factory=list)
     _plan: list[Planned] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -134,14 +151,37 @@ class FakeWhatsApp:
         with self._lock:
             return list(self.requests)
 
+    def stats(self) -> list[dict[str, Any]]:
+        """The messages received, as `GET /__stats` returns them: `t` (kernel receive time),
+        `tApp` (read time), `to` and the body."""
+        return [
+            {"t": r.arrived, "tApp": r.at, "to": r.body.get("to") if isinstance(r.body, dict) else None, "body": r.body}
+            for r in self.received()
+            if r.path.endswith("/messages")
+        ]
+
     def start(self) -> FakeWhatsApp:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            disable_nagle_algorithm = True  # else a body written after its headers waits for an ACK
+
+            def setup(self) -> None:
+                super().setup()
+                self.rfile.close()
+                self.stamped = StampedReader(self.connection)
+                self.rfile = io.BufferedReader(self.stamped)
+
             def log_message(self, *args: Any) -> None:
                 return None
+
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path == "/__stats":
+                    self._answer(200, fake.stats())
+                else:
+                    self._answer(404, {"error": {"code": 100, "message": "Unknown path", "type": "GraphMethodException"}})
 
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("content-length", 0))
@@ -150,7 +190,8 @@ class FakeWhatsApp:
                     body = json.loads(raw)
                 except ValueError:
                     body = raw.decode(errors="replace")
-                record = Recorded(self.path, dict(self.headers), body, time.time())
+                now = time.time()
+                record = Recorded(self.path, dict(self.headers), body, now, arrived=self.stamped.last or now)
                 with fake._lock:
                     fake.requests.append(record)
                     plan = fake._plan.pop(0) if fake._plan else None
@@ -168,9 +209,10 @@ class FakeWhatsApp:
                     self._odd(plan, number)
                     return
                 if plan is None or plan.status == 200:
+                    to = str(body.get("to", "")) if isinstance(body, dict) else ""
                     self._answer(200, {
                         "messaging_product": "whatsapp",
-                        "contacts": [{"input": body.get("to") if isinstance(body, dict) else "", "wa_id": "1"}],
+                        "contacts": [{"input": to, "wa_id": to.lstrip("+")}],
                         "messages": [{"id": f"wamid.FAKE{number:06d}"}],
                     })
                     record.answered = 200
@@ -226,7 +268,7 @@ class FakeWhatsApp:
                     left -= len(chunk)
                 self.wfile.write(tail)
 
-            def _answer(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+            def _answer(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(payload).encode()
                 try:
                     self.send_response(status)
@@ -239,8 +281,7 @@ class FakeWhatsApp:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = LoopbackServer(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
 
@@ -254,3 +295,60 @@ class FakeWhatsApp:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class LoopbackServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512  # a burst of new connections is not dropped and retried a second later
+
+    def server_bind(self) -> None:
+        # Set on the listener so accepted sockets have it from their first byte (Linux copies
+        # it to them); set after accept, a first request already queued would have no stamp.
+        with contextlib.suppress(OSError):
+            self.socket.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        super().server_bind()
+
+
+class StampedReader(io.RawIOBase):
+    """A socket's bytes, remembering when the kernel received the last ones read (`last`)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.last: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        size, ancillary, _, _ = self.sock.recvmsg_into([buffer], STAMP_SPACE)
+        stamp = kernel_time(ancillary)
+        if size and stamp is not None:
+            self.last = stamp
+        return size
+
+
+def kernel_time(ancillary: list[tuple[int, int, bytes]]) -> float | None:
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            seconds, nanos = struct.unpack("qq", data[:16])
+            return seconds + nanos / 1e9
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="A fake WhatsApp Cloud API on 127.0.0.1; prints `ready <port>`.")
+    parser.add_argument("--port", type=int, default=0, help="0: any free port")
+    parser.add_argument("--latency", type=float, default=0.15, help="seconds before each answer")
+    args = parser.parse_args()
+    api = FakeWhatsApp(latency=args.latency, port=args.port).start()
+    print(f"ready {api.base_url.rsplit(':', 1)[1]}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        api.stop()
+
+
+if __name__ == "__main__":
+    main()

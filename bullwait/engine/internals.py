@@ -1,0 +1,506 @@
+"""Every use of bullmq-py's and redis-py's internals, in one module.
+
+bullwait needs a few things neither client offers as API: bullmq's Lua scripts and the
+order of their keys, its `Scripts` helper, the connections a `Worker` makes, redis-py's
+pool lists and stream writer. Each function here says what the public API lacks. The
+rest of bullwait calls these functions and uses only public names of the two clients
+(`bullmq.Worker`, `Queue`, `Job` and the error classes, with the attributes and methods
+they have without a leading underscore; `redis.asyncio.Redis`, its pools and
+`Connection.send_packed_command` / `read_response`). The Sentinel classes in
+`bullwait.engine.connection` subclass redis-py's; the behaviour of redis-py they rely on
+is listed there ("Reliance on redis-py internals").
+
+Everything here was checked against the versions in `SUPPORTED_BULLMQ` and
+`SUPPORTED_REDIS` only; `check_compatibility()` refuses others at import of
+`bullwait.engine`. docs/upgrading-bullmq.md lists what to re-check before widening them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from bullmq import DelayedError, Job, UnrecoverableError, WaitingChildrenError, Worker
+
+from bullwait.errors import UnsupportedClientVersion
+
+# --- Versions ---------------------------------------------------------------------------------
+# (lowest tested, first version not supported). Keep in step with pyproject.toml.
+SUPPORTED_BULLMQ = ((3, 4, 4), (3, 5))
+SUPPORTED_REDIS = ((8, 1, 0), (8, 2))
+# Set to 1 to run on versions outside those ranges (only to test an upgrade; see the docs).
+ALLOW_UNTESTED_ENV = "BULLWAIT_ALLOW_UNTESTED_CLIENTS"
+
+# bullmq `Worker` methods `BullwaitWorker` wraps, with the parameters it relies on.
+WORKER_METHODS: dict[str, tuple[str, ...]] = {
+    "run": ("self",),
+    "close": ("self", "force"),
+    "getNextJob": ("self", "token"),
+    "moveToActive": ("self", "token"),
+    "waitForJob": ("self",),
+    "processJob": ("self", "job", "token"),
+    "nextJobFromJobData": ("self", "job_data", "job_id", "limit_until", "delay_until", "token"),
+}
+
+# --- Key orders of the scripts bullwait calls itself ------------------------------------------
+# bullmq-py builds these lists inside `Scripts` methods that also send the call; bullwait packs
+# the calls itself (completion.py, bulk.py, orphans.py), so it needs them by name. A script's
+# file name carries its key count (`moveToFinished-14.lua`): `check_compatibility` compares it.
+
+# moveToFinished: these, then the target set (`completed`), the job's key, its metrics key, the marker.
+FINISHED_KEYS = ("wait", "active", "prioritized", "events", "stalled", "limiter", "delayed", "paused", "meta", "pc")
+FINISHED_KEY_COUNT = len(FINISHED_KEYS) + 4
+ADD_JOB_KEYS: dict[str, tuple[str, ...]] = {
+    "addDelayedJob": ("marker", "meta", "id", "delayed", "completed", "events"),
+    "addPrioritizedJob": ("marker", "meta", "id", "prioritized", "delayed", "completed", "active", "events", "pc"),
+    "addStandardJob": ("wait", "paused", "meta", "id", "completed", "delayed", "active", "events", "marker"),
+}
+# moveJobFromActiveToWait (the job's key is one of its arguments).
+FROM_ACTIVE_TO_WAIT_KEYS = ("active", "wait", "stalled", "paused", "meta", "limiter", "prioritized", "marker", "events")
+
+# Every bullmq script bullwait runs, with the key count its callers assume (ops/actions.py and
+# waitlist/producer.py pass their keys by hand).
+KEY_COUNTS: dict[str, int] = {
+    "moveToFinished": FINISHED_KEY_COUNT,
+    **{name: len(keys) for name, keys in ADD_JOB_KEYS.items()},
+    "moveJobFromActiveToWait": len(FROM_ACTIVE_TO_WAIT_KEYS),
+    "moveJobsToWait": 8,
+    "pause": 7,
+    "getStateV2": 8,
+    "removeJob": 2,
+    "cleanJobsInSet": 3,
+}
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for part in text.split(".")[:3]:
+        digits = re.match(r"\d+", part)
+        if digits is None:
+            break
+        parts.append(int(digits.group()))
+    return tuple(parts)
+
+
+def _range_text(supported: tuple[tuple[int, ...], tuple[int, ...]]) -> str:
+    low, high = supported
+    return f">={'.'.join(map(str, low))},<{'.'.join(map(str, high))}"
+
+
+def _installed(module: str) -> str:
+    if module == "bullmq":
+        import bullmq
+
+        return str(getattr(bullmq, "__version__", "unknown"))
+    import redis
+
+    return str(getattr(redis, "__version__", "unknown"))
+
+
+def version_problems(bullmq_version: str | None = None, redis_version: str | None = None) -> list[str]:
+    """What is outside the tested ranges: one sentence per client (empty when all is well)."""
+    problems = []
+    for name, pip_name, version, supported in (
+        ("bullmq-py", "bullmq", bullmq_version or _installed("bullmq"), SUPPORTED_BULLMQ),
+        ("redis-py", "redis", redis_version or _installed("redis"), SUPPORTED_REDIS),
+    ):
+        low, high = supported
+        if not low <= _version_tuple(version) < high:
+            problems.append(f"{name} {version} is installed; bullwait supports {pip_name}{_range_text(supported)}")
+    return problems
+
+
+def script_file(name: str) -> str:
+    """The file name of bullmq's Lua script `name` (`moveToFinished` -> `moveToFinished-14.lua`).
+
+    bullmq-py has no API for a script's source; `SCRIPT_DEFINITIONS` lists most of them, the
+    others (`moveJobFromActiveToWait`) are found in its `commands` directory."""
+    from bullmq.redis_connection import SCRIPT_DEFINITIONS, basePath
+
+    if name in SCRIPT_DEFINITIONS:
+        return str(SCRIPT_DEFINITIONS[name])
+    for file in sorted(os.listdir(os.path.join(basePath, "commands"))):
+        if re.fullmatch(re.escape(name) + r"-\d+\.lua", file):
+            return file
+    raise UnsupportedClientVersion(
+        f"bullmq-py {_installed('bullmq')} has no Lua script {name!r}: bullwait supports "
+        f"bullmq{_range_text(SUPPORTED_BULLMQ)}; install that range"
+    )
+
+
+def script_source(name: str) -> str:
+    """The Lua source of bullmq's script `name`, to register on a client of bullwait's own."""
+    from bullmq.redis_connection import loadScript
+
+    return str(loadScript(script_file(name)))
+
+
+def script_key_count(name: str) -> int:
+    """The key count bullmq writes in the script's file name."""
+    match = re.search(r"-(\d+)\.lua$", script_file(name))
+    return int(match.group(1)) if match else -1
+
+
+def compatibility_problems(bullmq_version: str | None = None, redis_version: str | None = None) -> list[str]:
+    """Versions out of range, Worker methods renamed, scripts whose key count changed."""
+    problems = version_problems(bullmq_version, redis_version)
+    for method, params in WORKER_METHODS.items():
+        found = getattr(Worker, method, None)
+        if found is None:
+            problems.append(f"bullmq.Worker has no method {method}()")
+            continue
+        names = tuple(inspect.signature(found).parameters)
+        if names[: len(params)] != params:
+            problems.append(f"bullmq.Worker.{method} takes {names}, bullwait expects {params}")
+    for name, count in KEY_COUNTS.items():
+        try:
+            found_count = script_key_count(name)
+        except UnsupportedClientVersion as exc:
+            problems.append(str(exc))
+            continue
+        if found_count != count:
+            problems.append(f"bullmq's {name} script takes {found_count} keys, bullwait passes {count}")
+    return problems
+
+
+def check_compatibility(bullmq_version: str | None = None, redis_version: str | None = None) -> None:
+    """Raise `UnsupportedClientVersion` unless the installed bullmq-py and redis-py are the
+    tested ones (or `BULLWAIT_ALLOW_UNTESTED_CLIENTS=1` says to try anyway)."""
+    problems = compatibility_problems(bullmq_version, redis_version)
+    if not problems or os.environ.get(ALLOW_UNTESTED_ENV) == "1":
+        return
+    fix = (
+        f"Install the supported versions (pip install 'bullmq{_range_text(SUPPORTED_BULLMQ)}' "
+        f"'redis{_range_text(SUPPORTED_REDIS)}'), or to test an upgrade set {ALLOW_UNTESTED_ENV}=1 "
+        "and follow docs/upgrading-bullmq.md"
+    )
+    raise UnsupportedClientVersion("; ".join(problems) + ". " + fix)
+
+
+# --- bullmq's Scripts helper --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueueScripts:
+    """What bullwait needs of bullmq's `Scripts` for one queue.
+
+    bullmq-py builds each script call and sends it in one method, with no hook to send it
+    another way (through the auto-pipeline, in one MULTI with WAIT behind it); `Scripts` is
+    reached through the private-by-convention `backend` of a Queue or Worker."""
+
+    scripts: Any
+
+    def script(self, name: str) -> Any:
+        """The registered `redis.commands.core.AsyncScript` (its `sha`, its `script`)."""
+        return self.scripts.commands[name]
+
+    def keys(self, names: Sequence[str]) -> list[str]:
+        return list(self.scripts.getKeys(list(names)))
+
+    def key(self, name: str) -> str:
+        return str(self.scripts.keys[name])
+
+    def to_key(self, suffix: str) -> str:
+        """`<prefix>:<queue>:<suffix>`: a job's key (suffix its id), `metrics:completed`, ..."""
+        return str(self.scripts.toKey(suffix))
+
+    @property
+    def prefix(self) -> str:
+        """`<prefix>:<queue>:`, the first argument of several scripts."""
+        return str(self.scripts.keys[""])
+
+    def error(
+        self,
+        code: int,
+        command: str,
+        job_id: str | None = None,
+        parent_key: str | None = None,
+        state: str | None = None,
+    ) -> Exception:
+        """bullmq's exception for a script's negative reply code."""
+        error: Exception = self.scripts.finishedErrors(
+            {"code": code, "jobId": job_id, "parentKey": parent_key, "command": command, "state": state}
+        )
+        return error
+
+    async def add_job_command(self, job: Job) -> tuple[tuple[Any, ...], str]:
+        """bullmq's own `addJob` EVALSHA for `job` (every option it supports), not sent; and
+        the Lua source of the script it chose. `Scripts.addJob` hands its `pipe` argument on
+        as the client the script is called with, so `_CAPTURE` receives the call."""
+        command = await self.scripts.addJob(job, pipe=_CAPTURE)
+        source = next(str(s.script) for s in self.scripts.commands.values() if s.sha == command[1])
+        return command, source
+
+
+class _Capture:
+    """Stands in for a redis client: `evalsha` returns the command instead of sending it.
+
+    redis-py's `AsyncScript.__call__(keys, args, client)` ends in `client.evalsha(sha,
+    numkeys, *keys_and_args)`; redis-py has no API that builds a script call without sending it."""
+
+    async def evalsha(self, *args: Any) -> tuple[Any, ...]:
+        return ("EVALSHA", *args)
+
+
+_CAPTURE: Any = _Capture()
+
+
+async def script_command(script: Any, keys: Sequence[Any], args: Sequence[Any]) -> tuple[Any, ...]:
+    """The EVALSHA a redis-py `AsyncScript` would send for `keys` and `args`, not sent."""
+    command: tuple[Any, ...] = await script(keys=keys, args=args, client=_CAPTURE)
+    return command
+
+
+def scripts_of(queue_or_worker: Any) -> QueueScripts:
+    return QueueScripts(queue_or_worker.backend.scripts)
+
+
+def main_client(queue_or_worker: Any) -> Any:
+    """The redis client bullmq sends a Queue's or Worker's commands on (bullmq keeps it in `backend`)."""
+    return queue_or_worker.backend.connection.conn
+
+
+def bullmq_connections(queue_or_worker: Any) -> list[Any]:
+    """bullmq's `RedisConnection`s of a Queue or Worker (main, then blocking when there is one)."""
+    backend = queue_or_worker.backend
+    found = [backend.connection, getattr(backend, "blocking_connection", None)]
+    return [conn for conn in found if conn is not None]
+
+
+async def add_job(job: Job) -> str:
+    """Add a bullmq `Job` built by hand. `Queue.add` builds its own Job from name, data and
+    options and cannot take one; `Backend.addJob` does what it does after that."""
+    return str(await job.queue.backend.addJob(job))
+
+
+def next_job_data(raw: Any) -> Any:
+    """`moveToFinished`'s reply as `[job hash, id, limitUntil, delayUntil]`, as bullmq decodes it."""
+    from bullmq.scripts import raw2NextJobData
+
+    return raw2NextJobData(raw)
+
+
+def encode_job_opts(opts: Mapping[str, Any]) -> dict[str, Any]:
+    """Job options under the short names bullmq stores (`Scripts.encodeOpts`, without a Scripts)."""
+    from bullmq.job import optsEncodeMap
+
+    return {optsEncodeMap.get(key, key): value for key, value in opts.items()}
+
+
+def normalize_backoff(backoff: Any) -> Any:
+    """A job's `backoff` as bullmq's `Job` stores it (a number becomes `{"type": "fixed", ...}`)."""
+    from bullmq.backoffs import Backoffs
+
+    return Backoffs.normalize(backoff)
+
+
+# --- The worker ----------------------------------------------------------------------------------
+
+
+def use_blocking_client(worker: Any, client: Any) -> None:
+    """Give a bullmq Worker built on a client instance its own blocking client.
+
+    bullmq-py's `create_redis_backend` wraps the same `connection` in the main and the
+    blocking `RedisConnection` and has no option for another: one client instance would
+    carry the BZPOPMIN and every other command, under one name. The worker keeps snapshots
+    of both (`blockingRedisConnection`, `bclient`), replaced here too."""
+    from bullmq.redis_connection import RedisConnection
+
+    blocking = RedisConnection(client, skipVersionCheck=worker.opts.get("skipVersionCheck", False))
+    worker.backend.blocking_connection = blocking
+    worker.blockingRedisConnection = blocking
+    worker.bclient = blocking.conn
+
+
+async def learn_server_version(worker: Any) -> None:
+    """Ask Redis its version on both connections. bullmq-py sets `canDoubleTimeout` (fractional
+    BZPOPMIN timeouts) only when something asks, and its Worker never does."""
+    for conn in bullmq_connections(worker):
+        await conn.getRedisVersion()
+
+
+async def name_worker_connections(worker: Any, main_name: str, blocking_name: str) -> None:
+    """Name the worker's connections, now and after every reconnect.
+
+    bullmq-py's Worker gives both connections one name, once, from `_ensure_client_names`
+    (which `run()` and `getNextJob()` call and which checks `_client_name_set`); it has no
+    option for a second name. Setting the flag here makes its own naming a no-op."""
+    main, blocking = worker.backend.connection, worker.backend.blocking_connection
+    keep_client_name(main, main_name)
+    await main.set_client_name(main_name)
+    if blocking is not None:
+        keep_client_name(blocking, blocking_name)
+        await blocking.set_client_name(blocking_name)
+    worker._client_name_set = True
+
+
+async def fail_job(worker: Any, job: Job, reason: str, remove_on_fail: Any, token: str, fields: dict[str, Any]) -> None:
+    """bullmq's `moveToFinished` to `failed` with no retry decision and `fields` written to the
+    job hash. `Job.moveToFailed` always decides on retries from the job's options, which is
+    what fails for a poison job; the backend call takes the fields as they are."""
+    await worker.backend.moveToFailed(job, reason, remove_on_fail, token, False, fields)
+
+
+async def process_job(
+    worker: Any,
+    job: Job,
+    token: str,
+    complete: Callable[[Job, Any, str], Awaitable[Job | None]],
+    fail: Callable[[Job, Exception, str], Awaitable[None]],
+) -> Job | None:
+    """bullmq-py's `Worker.processJob` (bullmq/worker.py, as of 3.4.4) for one job, with two
+    changes; returns the job `complete` fetched, if any.
+
+    Kept as a copy because `processJob` has no hook for either change. It completes with
+    `moveToCompleted(fetch_next=False)` and ignores the reply, so every job costs a second
+    Lua call (`moveToActive`) where Node fetches it in the same one. It fails through
+    `Job.moveToFailed`, which raises for options no retry decision can be made from (the
+    job then stalls for ever). So `complete` completes and may fetch the next job, and
+    `fail` checks the options first and emits `failed` itself. A job marked
+    `deferredFailure` fails before its lock is tracked: an undecodable id cannot be sent in
+    the lock-renewal batch. When bullmq's `processJob` changes, change this with it
+    (docs/upgrading-bullmq.md)."""
+    following: Job | None = None
+    try:
+        if "removeOnComplete" not in job.opts and "removeOnComplete" in worker.opts:
+            job.opts["removeOnComplete"] = worker.opts["removeOnComplete"]
+        if "removeOnFail" not in job.opts and "removeOnFail" in worker.opts:
+            job.opts["removeOnFail"] = worker.opts["removeOnFail"]
+        if job.deferredFailure:
+            await fail(job, UnrecoverableError(job.deferredFailure), token)
+            return None
+        worker.jobs.add((job, token))
+        controller = worker.lockManager.track_job(
+            job.id, token, int(time.time() * 1000), should_create_controller=worker._processor_wants_signal
+        )
+        if controller is not None:
+            result = await worker.processor(job, token, controller.signal)
+        else:
+            result = await worker.processor(job, token)
+        if not worker.forceClosing:
+            following = await complete(job, result, token)
+            job.returnvalue = result
+            job.attemptsMade = job.attemptsMade + 1
+        worker.emit("completed", job, result)
+    except (DelayedError, WaitingChildrenError):
+        return None
+    except Exception as err:
+        try:
+            if not worker.forceClosing:
+                await fail(job, err, token)
+            else:
+                worker.emit("failed", job, err)
+        except Exception as err2:
+            worker.emit("error", err2, job)
+        return None
+    finally:
+        worker.jobs.discard((job, token))
+        worker.lockManager.untrack_job(job.id)
+    return following
+
+
+# --- redis-py connections ------------------------------------------------------------------------
+
+
+def _client(connection: Any) -> Any:
+    """A redis client, from itself or from a bullmq `RedisConnection` (its `conn`)."""
+    return getattr(connection, "conn", connection)
+
+
+def pool_kwargs(connection: Any) -> dict[str, Any] | None:
+    """The keyword arguments the client's pool makes new connections with (public in redis-py)."""
+    pool = getattr(_client(connection), "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    return kwargs if isinstance(kwargs, dict) else None
+
+
+def existing_connections(connection: Any) -> list[Any]:
+    """Every connection a client holds now: redis-py has no API to list a pool's connections
+    (`_available_connections`, `_in_use_connections`), nor a single-connection client's."""
+    client = _client(connection)
+    pool = getattr(client, "connection_pool", None)
+    found = [getattr(client, "connection", None)]
+    if pool is not None:
+        found += [*getattr(pool, "_available_connections", []), *getattr(pool, "_in_use_connections", [])]
+    return [conn for conn in found if conn is not None]
+
+
+def set_read_timeout(connection: Any, seconds: float) -> None:
+    """Give every connection of a client, now and later, a read timeout of `seconds`.
+    redis-py sets `socket_timeout` per client only when it is made."""
+    kwargs = pool_kwargs(connection)
+    if kwargs is None:
+        return
+    kwargs["socket_timeout"] = seconds
+    for conn in existing_connections(connection):
+        conn.socket_timeout = seconds
+
+
+def keep_client_name(connection: Any, name: str) -> None:
+    """Make every connection of a client, now and later, connect as `name`.
+
+    redis-py sends a name on connect only from a connection's own `client_name`, and bullmq's
+    `set_client_name` writes it only in the pool's kwargs, after its single connection exists:
+    after a Redis restart the reconnected worker connection was anonymous."""
+    kwargs = pool_kwargs(connection)
+    if kwargs is not None:
+        kwargs["client_name"] = name
+    for conn in existing_connections(connection):
+        conn.client_name = name
+
+
+def escape_undecodable(connection: Any) -> None:
+    """Connections of this client (made on first use) read bytes that are not UTF-8 as surrogate escapes."""
+    kwargs = pool_kwargs(connection)
+    if kwargs is not None and kwargs.get("decode_responses"):
+        kwargs["encoding_errors"] = "surrogateescape"
+
+
+def add_connection_mixin(connection: Any, mixin: type) -> None:
+    """Make every connection of a client, now and later, an instance of `mixin` too.
+
+    redis-py has no hook around a connection's send; its pool makes connections from
+    `connection_class`, which is replaced here, and connections already made (a client given
+    to bullmq may have connected) get the new class in place."""
+    pool = getattr(_client(connection), "connection_pool", None)
+    if pool is None or issubclass(pool.connection_class, mixin):
+        return
+    original = pool.connection_class
+    combined = type(f"{mixin.__name__}{original.__name__}", (mixin, original), {"__slots__": ()})
+    pool.connection_class = combined
+    for conn in existing_connections(connection):
+        if type(conn) is original:
+            conn.__class__ = combined
+
+
+def new_connection(client: Any, **overrides: Any) -> Any:
+    """A connection made like the client's pool makes them, outside the pool (not shared)."""
+    pool = client.connection_pool
+    return pool.connection_class(**{**pool.connection_kwargs, **overrides})
+
+
+def stream_writer(conn: Any) -> asyncio.StreamWriter | None:
+    """The connection's asyncio writer, to write calls without waiting for the socket.
+
+    redis-py's `send_packed_command` drains the socket after every write and has no way to
+    write several calls from several tasks back to back; its `_writer` is the stream under it."""
+    writer = getattr(conn, "_writer", None)
+    return writer if isinstance(writer, asyncio.StreamWriter) else None
+
+
+@asynccontextmanager
+async def pool_connection(client: Any) -> AsyncIterator[Any]:
+    """A connection of the client's pool, for commands that must share one (MULTI and WAIT)."""
+    pool = client.connection_pool
+    conn = await pool.get_connection()
+    try:
+        yield conn
+    finally:
+        await pool.release(conn)
