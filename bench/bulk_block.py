@@ -22,8 +22,8 @@ from typing import Any
 import redis
 
 from bullwait.dev.embedded import RedisServer
-from bullwait.ops.actions import Ops
 from bullwait.ops.migrate import migrate_legacy
+from bullwait.ops.queues import Ops
 from bullwait.settings import Settings
 from bullwait.waitlist.catalog import LEGACY_QUEUE_NAMES, QUEUE_NAMES, QueueKey
 

@@ -62,6 +62,12 @@ def redact_text(text: str) -> str:
     return text
 
 
+def first_line(exc: BaseException) -> str:
+    """An error as one short line for a message: its first line, secrets masked."""
+    text = str(exc).strip()
+    return redact_text(text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
 @functools.lru_cache(maxsize=1024)
 def _key_kind(key: str) -> int:
     """0: plain, 1: secret (value hidden), 2: phone (value masked)."""

@@ -8,7 +8,8 @@ import typer
 
 from bullwait.settings import Settings
 
-from bullwait.cli.common import AsJson, RedisUrl, context_line, fail, print_json, print_table, run_async, settings_from
+from bullwait.cli.render import print_table
+from bullwait.cli.common import AsJson, RedisUrl, context_line, fail, print_json, run_async, settings_from
 
 DAYS = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat")
 

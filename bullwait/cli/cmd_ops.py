@@ -1,7 +1,7 @@
 """Operator commands: stats, cancel, clean, retry, promote, pause, resume, jobs, doctor.
 
-A thin shell over `bullwait.ops.actions`: parse and check arguments (before touching Redis),
-call the library, print a table or `--json`.
+A thin shell over `bullwait.ops` (queues, doctor): parse and check arguments (before touching
+Redis), with messages that name the flags, call the library, print (bullwait.cli.render) or `--json`.
 """
 
 from __future__ import annotations
@@ -9,53 +9,34 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import os
 import sys
 from typing import Any, Awaitable, Callable, List, Optional, TypeVar
 
 import typer
 from redis.exceptions import RedisError, ResponseError
-from rich import box
-from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
-from bullwait.waitlist.catalog import QueueKey, resolve_queue
+from bullwait.errors import BadArgument, BullwaitError, JobNotFound, RedisUnavailable
+from bullwait.logs import first_line
+from bullwait.ops.checks import CLEAN_STATES, JOB_STATES, check_count, normalize_state
+from bullwait.ops.doctor import run_doctor
 from bullwait.ops.durations import parse_duration_ms
-from bullwait.errors import BadArgument, BullwaitError, RedisUnavailable
-from bullwait.ops.actions import (
-    CLEAN_STATES,
-    JOB_STATES,
-    CleanResult,
-    JobInfo,
-    Ops,
-    QueueStats,
-    check_count,
-    check_job_id,
-    local_time,
-    normalize_state,
-    queue_presence,
-    run_doctor,
-)
+from bullwait.ops.presence import queue_presence
+from bullwait.ops.queues import Ops
+from bullwait.ops.results import CleanResult
+from bullwait.ops.snapshot import QueueSnapshot
 from bullwait.settings import Settings
+from bullwait.waitlist.catalog import QueueKey, resolve_queue
+from bullwait.waitlist.jobids import BadJobId, check_job_id
 
-from bullwait.cli.common import (
-    AsJson, RedisUrl, _first_line, context_line, err_console, fail, print_json, run_async, settings_from,
-)
+from bullwait.cli.common import AsJson, RedisUrl, context_line, err_console, fail, print_json, run_async, settings_from
+from bullwait.cli.render import doctor_lines, job_row, print_job, print_table, stats_table, stdout_console
 
 T = TypeVar("T")
 
 # `retry`/`promote` moving more jobs than this ask first (--yes); fewer are routine.
 CONFIRM_ABOVE = 100
 
-
-def _console() -> Console:
-    """stdout as wide as COLUMNS says; else the terminal's width, or 220 when piped (rich
-    would squeeze a piped table to 80 columns). Made per command, when COLUMNS is known."""
-    columns = os.environ.get("COLUMNS", "")
-    if columns.isdigit() and int(columns) > 0:
-        return Console(width=int(columns))
-    return Console() if sys.stdout.isatty() else Console(width=220)
 
 QueueOpt = typer.Option(None, "--queue", "-q", help="Queue name (repeatable); default: every queue of the catalog.")
 
@@ -72,6 +53,19 @@ def _checked(make: Callable[[], T]) -> T:
         return make()
     except BullwaitError as exc:
         raise fail(str(exc), exc.exit_code)
+
+
+def _job_id(job_id: str, queue: str = "QUEUE", what: str = "job id", own_keys: bool = True) -> str:
+    """The job id argument checked, with advice naming the command that finds the right one."""
+    try:
+        return check_job_id(job_id, what, own_keys)
+    except BadJobId as exc:
+        hints = {
+            "empty": "pass the id as shown by `bullwait jobs list`",
+            "queue-key": f"find job ids with `bullwait jobs list {queue} --status <state>`",
+            "job-key": f"show that job with `bullwait jobs show {queue} {exc.owner}`",
+        }
+        raise fail(f"{exc.problem}; {hints[exc.kind]}" if exc.kind in hints else str(exc), exc.exit_code)
 
 
 def _keys(names: Optional[List[str]], settings: Settings) -> list[QueueKey]:
@@ -96,15 +90,15 @@ def _with_ops(settings: Settings, action: Callable[[Ops], Awaitable[T]], human: 
                     await _orient(ops)
                 return await action(ops)
             except ResponseError as exc:
-                raise RedisRefused(f"Redis refused a command: {_first_line(exc)}") from None
+                raise RedisRefused(f"Redis refused a command: {first_line(exc)}") from None
             except (RedisError, OSError) as exc:
-                raise RedisUnavailable(f"Redis stopped answering ({_first_line(exc)}); check it and try again") from None
+                raise RedisUnavailable(f"Redis stopped answering ({first_line(exc)}); check it and try again") from None
 
     return run_async(go)
 
 
 async def _orient(ops: Ops) -> None:
-    _console().print(context_line(ops.settings), markup=False, highlight=False)
+    stdout_console().print(context_line(ops.settings), markup=False, highlight=False)
     warning = (await queue_presence(ops.client, ops.settings)).warning()
     if warning:
         print(f"bullwait: warning: {warning}", file=sys.stderr, flush=True)
@@ -115,40 +109,6 @@ class RedisRefused(BullwaitError):
 
 
 # --- stats ---------------------------------------------------------------------------
-
-
-def _table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
-    table = Table(title=title, box=box.SIMPLE_HEAD)
-    for i, column in enumerate(rows[0]):
-        numeric = isinstance(rows[0][column], (int, float))
-        table.add_column(str(column), justify="right" if numeric else "left", no_wrap=i == 0)
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row.values()))
-    return table
-
-
-def print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
-    _console().print(_table(rows, title) if rows else "(nothing)")
-
-
-def _stats_table(rows: list[QueueStats], console: Console, caption: str | None = None) -> Table:
-    """One row per queue when it fits the width; else one column per queue, so no header
-    is cut to `w…` (ten columns with a 31-character queue name need ~145). `caption`: the
-    Sentinel topology, under the table."""
-    wide = _table([r.to_row() for r in rows], "bullwait stats")
-    wide.caption = caption
-    # Measured unbounded: rich clamps a measurement to the console's width.
-    if not rows or console.measure(wide, options=console.options.update_width(100_000)).maximum <= console.width:
-        return wide
-    table = Table(title="bullwait stats", box=box.SIMPLE_HEAD, caption=caption)
-    table.add_column("", no_wrap=True)
-    for r in rows:
-        # Break after the first '-' (`waitlist-` / `notification`): three names fit 80 columns.
-        table.add_column(r.name.replace("-", "-\n", 1), justify="right", no_wrap=True)
-    by_queue = [r.to_row() for r in rows]
-    for label in list(by_queue[0])[1:]:
-        table.add_row(label, *(str(row[label]) for row in by_queue))
-    return table
 
 
 async def _topology_line(ops: Ops, as_json: bool = False) -> str | None:
@@ -180,9 +140,9 @@ def stats(
     if watch is not None and not 0.1 <= watch <= 86_400:
         raise fail(f"--watch must be between 0.1 and 86400 seconds (got {watch})", 2)
 
-    console = _console()
+    console = stdout_console()
 
-    async def once(ops: Ops) -> tuple[list[QueueStats], str | None]:
+    async def once(ops: Ops) -> tuple[list[QueueSnapshot], str | None]:
         return await ops.stats(keys), await _topology_line(ops, as_json)
 
     if watch is None:
@@ -190,7 +150,7 @@ def stats(
         if as_json:
             print_json([r.to_json() for r in rows])
         else:
-            console.print(_stats_table(rows, console, topology))
+            console.print(stats_table(rows, console, topology))
         return
 
     async def loop(ops: Ops) -> None:
@@ -202,14 +162,14 @@ def stats(
                 await asyncio.sleep(watch)
         if not console.is_terminal:  # piped: a new table per refresh
             while True:
-                console.print(_stats_table(await ops.stats(keys), console, await _topology_line(ops)))
+                console.print(stats_table(await ops.stats(keys), console, await _topology_line(ops)))
                 sys.stdout.flush()
                 await asyncio.sleep(watch)
-        table = _stats_table(await ops.stats(keys), console, await _topology_line(ops))
+        table = stats_table(await ops.stats(keys), console, await _topology_line(ops))
         with Live(table, console=console, auto_refresh=False) as live:
             while True:
                 await asyncio.sleep(watch)
-                live.update(_stats_table(await ops.stats(keys), console, await _topology_line(ops)), refresh=True)
+                live.update(stats_table(await ops.stats(keys), console, await _topology_line(ops)), refresh=True)
 
     _with_ops(settings, loop, human=not as_json)
 
@@ -237,14 +197,14 @@ def cancel(
         if queue is None:
             raise fail("--job needs --queue (the job's queue)", 2)
         key = _keys([queue], settings)[0]
-        job_id = _checked(lambda: check_job_id(job, queue=queue))
+        job_id = _job_id(job, queue)
         result = _with_ops(settings, lambda ops: ops.cancel(key, job_id), human=not as_json)
         message = result.describe()
     else:
         assert waitlist_id is not None
         if queue is not None:
             raise fail("--queue goes with --job; a WAITLIST_ID always means the expiry queue", 2)
-        wid = _checked(lambda: check_job_id(waitlist_id, "waitlist id", own_keys=False))
+        wid = _job_id(waitlist_id, what="waitlist id", own_keys=False)
         result = _with_ops(settings, lambda ops: ops.cancel_expiry(wid), human=not as_json)
         if result.outcome == "missing":
             message = f"no expiry timer for waitlist {wid} (no job {result.job_id} on {result.queue})"
@@ -452,7 +412,7 @@ def jobs_list(
     if as_json:
         print_json([j.to_json() for j in jobs])
         return
-    print_table([j.to_row() for j in jobs], title=f"{queue}: {state}")
+    print_table([job_row(j) for j in jobs], title=f"{queue}: {state}")
 
 
 def jobs_show(
@@ -467,53 +427,19 @@ def jobs_show(
     """
     settings = settings_from(redis_url)
     key = _keys([queue], settings)[0]
-    jid = _checked(lambda: check_job_id(job_id, queue=queue))
-    job = _with_ops(settings, lambda ops: ops.show_job(key, jid), human=not as_json)
+    jid = _job_id(job_id, queue)
+
+    async def show(ops: Ops) -> Any:
+        try:
+            return await ops.show_job(key, jid)
+        except JobNotFound as exc:
+            raise JobNotFound(f"{exc}; list them with `bullwait jobs list {ops.queue_name(key)} --status <state>`") from None
+
+    job = _with_ops(settings, show, human=not as_json)
     if as_json:
         print_json(job.to_json())
         return
-    _print_job(job)
-
-
-def _print_job(job: JobInfo) -> None:
-    out = Console(highlight=False, soft_wrap=True)
-    attempts = f"{job.attempts_made}" + (f" of {job.max_attempts}" if job.max_attempts else "")
-    lines = [
-        ("queue", job.queue),
-        ("id", job.id),
-        ("name", job.name),
-        ("state", job.state + (" (locked by a worker)" if job.locked else "")),
-        ("attempts", f"{attempts} made, {job.attempts_started} started, stalled {job.stalled_counter}x"),
-        ("priority", job.priority or "none"),
-        ("created", local_time(job.timestamp)),
-        ("due", local_time(job.due_at) if job.delay else None),
-        ("processed", local_time(job.processed_on)),
-        ("finished", local_time(job.finished_on)),
-        ("processed by", job.processed_by),
-        ("failedReason", job.failed_reason),
-        ("unreadable", "; ".join(job.problems)),  # why a worker fails it at once (bullwait.engine.jobcheck)
-    ]
-    for label, value in lines:
-        if value not in (None, ""):
-            out.print(f"{label + ':':<14}{value}", markup=False)
-    out.print("data:" + ("" if job.data_is_json else " (not valid JSON; shown raw)"), markup=False)
-    out.print(_indent(job.data if not job.data_is_json else json.dumps(job.data, indent=2, ensure_ascii=False)), markup=False)
-    out.print("options:", markup=False)
-    out.print(_indent(json.dumps(job.opts, indent=2, ensure_ascii=False)), markup=False)
-    if job.returnvalue is not None:
-        out.print("returnvalue:", markup=False)
-        out.print(_indent(json.dumps(job.returnvalue, indent=2, ensure_ascii=False)), markup=False)
-    if job.stacktrace:
-        out.print(f"stacktrace ({len(job.stacktrace)}):", markup=False)
-        for trace in job.stacktrace:
-            out.print(_indent(trace), markup=False)
-    out.print(f"logs ({job.logs_count}):" + ("" if job.logs else " none"), markup=False)
-    for entry in job.logs:
-        out.print(_indent(entry), markup=False)
-
-
-def _indent(text: Any) -> str:
-    return "\n".join("  " + line for line in str(text).splitlines()) or "  "
+    print_job(job)
 
 
 # --- doctor --------------------------------------------------------------------------
@@ -545,7 +471,7 @@ def doctor(
     if as_json:
         print_json(report.to_json())
     else:
-        for line in report.lines():
+        for line in doctor_lines(report):
             typer.echo(line)
     raise typer.Exit(report.exit_code)
 

@@ -17,7 +17,8 @@ from bullwait.engine.connection import describe_redis, redis_hostname
 from bullwait.logs import configure_logging, get_logger
 from bullwait.settings import Settings
 
-from bullwait.cli.common import AsJson, RedisUrl, fail, print_json, print_table, run_async, settings_from
+from bullwait.cli.render import print_table, stdout_console
+from bullwait.cli.common import AsJson, RedisUrl, fail, print_json, run_async, settings_from
 
 app = typer.Typer(
     name="bullwait",
@@ -99,7 +100,7 @@ def _supervise(
 async def _worker(settings: Settings, keys: list[QueueKey], shutdown_timeout: Optional[float]) -> int:
     from bullwait.runtime.services import build_services
     from bullwait.monitoring.server import monitoring
-    from bullwait.ops.actions import warn_if_wrong_db
+    from bullwait.ops.presence import warn_if_wrong_db
     from bullwait.runtime.runner import run_workers
 
     from bullwait.monitoring.metrics import serving_registry
@@ -167,11 +168,10 @@ def _print_demo_report(report) -> None:  # type: ignore[no-untyped-def]
     """The demo's tables. A reader that left early (`bullwait demo | head -2`) has what it
     wanted: the rest goes to /dev/null and the demo's verdict still sets the exit code."""
     from bullwait.dev.demo import report_rows
-    from bullwait.cli.common import console
-
+    console = stdout_console()
     try:
-        print_table(report_rows(report), title=f"demo {report.run_id}: {report.seconds:.1f}s")
-        print_table(report.entries, title="waitlist entries")
+        print_table(report_rows(report), title=f"demo {report.run_id}: {report.seconds:.1f}s", console=console)
+        print_table(report.entries, title="waitlist entries", console=console)
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

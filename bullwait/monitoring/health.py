@@ -4,7 +4,8 @@ Unhealthy (HTTP 503) when Redis does not answer, when a queue's failed set reach
 `HEALTH_MAX_FAILED` (the seed's `failed < 100`), or when a queue holding jobs (waiting,
 prioritized, delayed or active) has no worker connected, Node or Python. Worker counts
 come from `CLIENT LIST`; where the server forbids it the rule is skipped and
-`workers` is null.
+`workers` is null. Counts are the ones `bullwait stats` shows (one reader,
+bullwait.ops.snapshot): `waiting` is Node's getJobCounts `waiting`.
 """
 
 from __future__ import annotations

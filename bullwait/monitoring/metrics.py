@@ -2,8 +2,9 @@
 
 Two sources, one registry:
 
-- `QueueCollector` turns a `QueueSnapshot` list (one Redis pipeline per scrape, see
-  `bullwait.ops.snapshot`) into gauges: `bullmq_jobs_waiting{queue}` and friends, the names
+- `QueueCollector` turns a `QueueSnapshot` list (one Redis pipeline per scrape, read by
+  `bullwait.ops.snapshot`, the reader behind `bullwait stats` and `doctor` too) into gauges:
+  `bullmq_jobs_waiting{queue}` and friends, the names
   Node's `Queue.exportPrometheusMetrics()` emits (`bullmq_job_count{queue,state}`,
   `bullmq_job_completed_total`, `bullmq_job_failed_total`), workers per queue, and timer
   health (`bullmq_delayed_overdue_seconds`). They count jobs of every runtime.
@@ -197,7 +198,12 @@ class QueueCollector(Collector):
             return
         snaps = self._snapshots
         yield from (
-            _gauge("bullmq_jobs_waiting", "Jobs waiting for a worker (wait list, or paused list while paused)", snaps, lambda s: s.waiting),
+            _gauge(
+                "bullmq_jobs_waiting",
+                "Jobs waiting for a worker (the wait list, as Node's getJobCounts counts `waiting`)",
+                snaps,
+                lambda s: s.waiting,
+            ),
             _gauge("bullmq_jobs_active", "Jobs being processed", snaps, lambda s: s.active),
             _gauge("bullmq_jobs_delayed", "Delayed jobs (timers, backoffs, rate-limited)", snaps, lambda s: s.delayed),
             _gauge("bullmq_jobs_prioritized", "Waiting jobs with a priority", snaps, lambda s: s.prioritized),

@@ -26,10 +26,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from bullwait.waitlist.catalog import LEGACY_QUEUE_NAMES, QUEUE_NAMES, QueueKey
 from bullwait.engine.connection import redis_client
 from bullwait.errors import BullwaitError
 from bullwait.settings import Settings
+from bullwait.waitlist.catalog import LEGACY_QUEUE_NAMES, QUEUE_NAMES, QueueKey
 
 MOVABLE_STATES = ("delayed", "prioritized", "wait", "paused", "failed")
 MAX_EVENTS = 10_000

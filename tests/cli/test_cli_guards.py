@@ -148,7 +148,8 @@ def test_human_output_names_redis_db_and_prefix(env: dict[str, str], sync_redis:
 
 
 async def test_no_warning_once_a_queue_exists(env: dict[str, str], settings: Settings) -> None:
-    from bullwait.ops.actions import Ops, queue_presence
+    from bullwait.ops.presence import queue_presence
+    from bullwait.ops.queues import Ops
 
     async with await Ops.open(settings) as ops:
         assert (await queue_presence(ops.client, settings)).warning() is not None

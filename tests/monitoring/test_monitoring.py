@@ -210,7 +210,7 @@ async def test_serve_counts_a_node_worker(settings: Settings, start_serve, redis
 
 
 async def test_paused_queue_counts(settings: Settings, start_serve) -> None:  # type: ignore[no-untyped-def]
-    """Pausing moves waiting jobs to the paused list: still waiting for us, 0 in Node's `waiting`."""
+    """Pausing keeps the jobs in the wait list (BullMQ 5+): `waiting` as Node's getJobCounts, paused flag set."""
     serve = start_serve("-q", NOTIFY)
     port = serve.port()
     async with Producer(settings) as producer:

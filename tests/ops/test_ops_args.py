@@ -6,7 +6,9 @@ import pytest
 
 from bullwait.ops.durations import BadDuration, format_ms, parse_duration_ms
 from bullwait.errors import BadArgument
-from bullwait.ops.actions import check_count, check_job_id, count_workers, normalize_state
+from bullwait.ops.checks import check_count, normalize_state
+from bullwait.ops.snapshot import count_workers
+from bullwait.waitlist.jobids import check_job_id
 from bullwait.engine.worker import node_client_name
 
 from helpers.cli import invoke_cli

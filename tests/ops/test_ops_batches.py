@@ -19,7 +19,8 @@ import redis
 from bullwait.waitlist.catalog import LEGACY_QUEUE_NAMES, QUEUE_NAMES, QueueKey, queue_name
 from bullwait.dev.embedded import RedisServer
 from bullwait.ops.migrate import PAGE, migrate_legacy
-from bullwait.ops.actions import BATCH, CLEAN_STATES, Ops
+from bullwait.ops.checks import CLEAN_STATES
+from bullwait.ops.queues import BATCH, Ops
 from bullwait.settings import Settings
 
 JOBS = 12 * BATCH + 7  # a partial last batch too (Redis 7 logs a script's own commands too: keep it small)

@@ -9,7 +9,7 @@ from bullmq import Queue
 
 from bullwait.waitlist.catalog import QueueKey, queue_name
 from bullwait.engine.connection import redis_options
-from bullwait.ops.actions import BATCH, Ops
+from bullwait.ops.queues import BATCH, Ops
 from bullwait.settings import Settings
 
 from helpers.cli import invoke_cli

@@ -12,7 +12,7 @@ from bullmq import Queue, Worker
 from bullwait.waitlist.catalog import QueueKey, queue_name
 from bullwait.engine.connection import redis_options
 from bullwait.dev.embedded import free_port
-from bullwait.ops.actions import Ops
+from bullwait.ops.queues import Ops
 from bullwait.settings import Settings
 
 from helpers.cli import invoke_cli

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bullwait.engine.connection import ReplicaView, SentinelView, Topology
-from bullwait.ops.actions import durability_checks
+from bullwait.ops.doctor import durability_checks
 
 
 def topology(replicas: int) -> Topology:
