@@ -230,8 +230,13 @@ class SafeStream:
         return bool(events)
 
     def _dropped_line(self) -> bytes:
-        event = {"event": "log lines dropped", "dropped": self.unreported, "total": self.dropped,
-                 "level": "warning", "timestamp": utc_timestamp()}
+        event = {
+            "event": "log lines dropped",
+            "dropped": self.unreported,
+            "total": self.dropped,
+            "level": "warning",
+            "timestamp": utc_timestamp(),
+        }
         return (_ENCODER.encode(event) + "\n").encode()
 
     def _failed(self, exc: BaseException) -> None:

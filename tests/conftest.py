@@ -21,7 +21,9 @@ from helpers.common import WorkerProcess
 
 # No ambient configuration leaks into tests (BULLWAIT_SLOW is a switch of the suite itself).
 for _name in list(os.environ):
-    if _name != "BULLWAIT_SLOW" and _name.startswith(("REDIS_", "BULLMQ_", "BULLWAIT_", "WAITLIST_", "WHATSAPP_", "QUEUE_", "METRICS_", "HEALTH_")):
+    if _name != "BULLWAIT_SLOW" and _name.startswith(
+        ("REDIS_", "BULLMQ_", "BULLWAIT_", "WAITLIST_", "WHATSAPP_", "QUEUE_", "METRICS_", "HEALTH_")
+    ):
         del os.environ[_name]
 # Nor the terminal's size: it shapes `bullwait stats` tables, and pytest-xdist workers get 80x24.
 os.environ.pop("COLUMNS", None)
@@ -96,7 +98,9 @@ def env(redis_server: RedisServer, prefix: str) -> dict[str, str]:
 @pytest.fixture
 def settings(env: dict[str, str]) -> Settings:
     return Settings(
-        redis_url=env["REDIS_URL"], bullmq_prefix=env["BULLMQ_PREFIX"], bullwait_store_prefix=env["BULLWAIT_STORE_PREFIX"]
+        redis_url=env["REDIS_URL"],
+        bullmq_prefix=env["BULLMQ_PREFIX"],
+        bullwait_store_prefix=env["BULLWAIT_STORE_PREFIX"],
     )
 
 

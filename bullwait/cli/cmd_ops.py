@@ -10,12 +10,16 @@ import asyncio
 import inspect
 import json
 import sys
-from typing import Any, Awaitable, Callable, List, Optional, TypeVar
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, TypeVar
 
 import typer
 from redis.exceptions import RedisError, ResponseError
 from rich.live import Live
 
+from bullwait.cli.common import AsJson, RedisUrl, context_line, err_console, fail, print_json, run_async, settings_from
+from bullwait.cli.render import doctor_lines, job_row, print_job, print_table, stats_table, stdout_console
 from bullwait.errors import BadArgument, BullwaitError, JobNotFound, RedisUnavailable
 from bullwait.logs import first_line
 from bullwait.ops.checks import CLEAN_STATES, JOB_STATES, check_count, normalize_state
@@ -28,9 +32,6 @@ from bullwait.ops.snapshot import QueueSnapshot
 from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey, resolve_queue
 from bullwait.waitlist.jobids import BadJobId, check_job_id
-
-from bullwait.cli.common import AsJson, RedisUrl, context_line, err_console, fail, print_json, run_async, settings_from
-from bullwait.cli.render import doctor_lines, job_row, print_job, print_table, stats_table, stdout_console
 
 T = TypeVar("T")
 
@@ -52,7 +53,7 @@ def _checked(make: Callable[[], T]) -> T:
     try:
         return make()
     except BullwaitError as exc:
-        raise fail(str(exc), exc.exit_code)
+        raise fail(str(exc), exc.exit_code) from None
 
 
 def _job_id(job_id: str, queue: str = "QUEUE", what: str = "job id", own_keys: bool = True) -> str:
@@ -65,15 +66,15 @@ def _job_id(job_id: str, queue: str = "QUEUE", what: str = "job id", own_keys: b
             "queue-key": f"find job ids with `bullwait jobs list {queue} --status <state>`",
             "job-key": f"show that job with `bullwait jobs show {queue} {exc.owner}`",
         }
-        raise fail(f"{exc.problem}; {hints[exc.kind]}" if exc.kind in hints else str(exc), exc.exit_code)
+        raise fail(f"{exc.problem}; {hints[exc.kind]}" if exc.kind in hints else str(exc), exc.exit_code) from None
 
 
-def _keys(names: Optional[List[str]], settings: Settings) -> list[QueueKey]:
+def _keys(names: list[str] | None, settings: Settings) -> list[QueueKey]:
     if not names:
         return list(QueueKey)
     keys: list[QueueKey] = []
     for name in names:
-        key = _checked(lambda n=name: resolve_queue(n, settings))
+        key = _checked(partial(resolve_queue, name, settings))
         if key not in keys:
             keys.append(key)
     return keys
@@ -120,10 +121,10 @@ async def _topology_line(ops: Ops, as_json: bool = False) -> str | None:
 
 
 def stats(
-    queue: Optional[List[str]] = QueueOpt,
-    watch: Optional[float] = typer.Option(None, "--watch", "-w", help="Refresh every SECONDS until Ctrl-C."),
+    queue: list[str] | None = QueueOpt,
+    watch: float | None = typer.Option(None, "--watch", "-w", help="Refresh every SECONDS until Ctrl-C."),
     as_json: bool = AsJson,
-    redis_url: Optional[str] = RedisUrl,
+    redis_url: str | None = RedisUrl,
 ) -> None:
     """Per queue: waiting, prioritized, delayed, active, completed, failed, paused, workers, oldest waiting.
 
@@ -178,11 +179,11 @@ def stats(
 
 
 def cancel(
-    waitlist_id: Optional[str] = typer.Argument(None, help="Waitlist id whose expiry timer (job expiry_<id>) to cancel."),
-    queue: Optional[str] = typer.Option(None, "--queue", "-q", help="With --job: the job's queue."),
-    job: Optional[str] = typer.Option(None, "--job", "-j", help="Cancel this job id instead (needs --queue)."),
+    waitlist_id: str | None = typer.Argument(None, help="Waitlist id whose expiry timer (job expiry_<id>) to cancel."),
+    queue: str | None = typer.Option(None, "--queue", "-q", help="With --job: the job's queue."),
+    job: str | None = typer.Option(None, "--job", "-j", help="Cancel this job id instead (needs --queue)."),
     as_json: bool = AsJson,
-    redis_url: Optional[str] = RedisUrl,
+    redis_url: str | None = RedisUrl,
 ) -> None:
     """Cancel a waiting or delayed job: a waitlist expiry timer, or any job with --queue/--job.
 
@@ -211,11 +212,20 @@ def cancel(
         elif result.cancelled:
             message = f"cancelled the expiry timer of waitlist {wid} (job {result.job_id} on {result.queue})"
         else:
-            message = (f"not cancelled: the expiry timer of waitlist {wid} is {result.outcome} "
-                       f"(job {result.job_id} on {result.queue}); only waiting or delayed timers can be cancelled")
+            message = (
+                f"not cancelled: the expiry timer of waitlist {wid} is {result.outcome} "
+                f"(job {result.job_id} on {result.queue}); only waiting or delayed timers can be cancelled"
+            )
     if as_json:
-        print_json({"queue": result.queue, "job_id": result.job_id, "outcome": result.outcome,
-                    "cancelled": result.cancelled, "message": message})
+        print_json(
+            {
+                "queue": result.queue,
+                "job_id": result.job_id,
+                "outcome": result.outcome,
+                "cancelled": result.cancelled,
+                "message": message,
+            }
+        )
     else:
         typer.echo(message)
     raise typer.Exit(0 if result.cancelled else 1)
@@ -225,14 +235,14 @@ def cancel(
 
 
 def clean(
-    queue: Optional[List[str]] = typer.Option(None, "--queue", "-q", help="Queue to clean (repeatable)."),
+    queue: list[str] | None = typer.Option(None, "--queue", "-q", help="Queue to clean (repeatable)."),
     all_queues: bool = typer.Option(False, "--all", help="Clean every queue of the catalog."),
     status: str = typer.Option("completed", "--status", "-s", help=f"One of: {', '.join(CLEAN_STATES)}."),
     grace: str = typer.Option("24h", "--grace", "-g", help="Keep jobs newer than this: 24h, 15m, 30s, 0."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Remove at most N jobs per queue (default: all)."),
+    limit: int | None = typer.Option(None, "--limit", "-n", help="Remove at most N jobs per queue (default: all)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be removed; remove nothing."),
     as_json: bool = AsJson,
-    redis_url: Optional[str] = RedisUrl,
+    redis_url: str | None = RedisUrl,
 ) -> None:
     """Remove jobs of one state older than the grace period (BullMQ's Queue.clean).
 
@@ -255,8 +265,14 @@ def clean(
             return await ops.clean(keys, state, grace_ms, limit, dry_run)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=err_console, transient=True) as progress:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        ) as progress:
             tasks: dict[str, Any] = {}
 
             def report(name: str, done: int, total: int) -> None:
@@ -273,20 +289,22 @@ def clean(
         print_json([r.to_json() for r in results])
         return
     verb = "would remove" if dry_run else "removed"
-    print_table([{"queue": r.queue, "status": r.status, verb: r.removed} for r in results],
-                title=f"clean {state} older than {grace}" + (" (dry run)" if dry_run else ""))
+    print_table(
+        [{"queue": r.queue, "status": r.status, verb: r.removed} for r in results],
+        title=f"clean {state} older than {grace}" + (" (dry run)" if dry_run else ""),
+    )
 
 
 # --- retry / promote -----------------------------------------------------------------
 
 
 def retry(
-    queue: Optional[List[str]] = typer.Option(None, "--queue", "-q", help="Queue to retry (repeatable)."),
+    queue: list[str] | None = typer.Option(None, "--queue", "-q", help="Queue to retry (repeatable)."),
     all_queues: bool = typer.Option(False, "--all", help="Retry the failed jobs of every queue of the catalog."),
-    count: Optional[int] = typer.Option(None, "--count", "-n", help="Move at most N jobs per queue (default: all)."),
+    count: int | None = typer.Option(None, "--count", "-n", help="Move at most N jobs per queue (default: all)."),
     yes: bool = typer.Option(False, "--yes", "-y", help=f"Do not ask before moving more than {CONFIRM_ABOVE} jobs."),
     as_json: bool = AsJson,
-    redis_url: Optional[str] = RedisUrl,
+    redis_url: str | None = RedisUrl,
 ) -> None:
     """Move failed jobs back to wait (oldest failures first), as Bull Board's "retry all".
 
@@ -298,12 +316,12 @@ def retry(
 
 
 def promote(
-    queue: Optional[List[str]] = typer.Option(None, "--queue", "-q", help="Queue to promote (repeatable)."),
+    queue: list[str] | None = typer.Option(None, "--queue", "-q", help="Queue to promote (repeatable)."),
     all_queues: bool = typer.Option(False, "--all", help="Promote the delayed jobs of every queue of the catalog."),
-    count: Optional[int] = typer.Option(None, "--count", "-n", help="Promote at most N jobs per queue (default: all)."),
+    count: int | None = typer.Option(None, "--count", "-n", help="Promote at most N jobs per queue (default: all)."),
     yes: bool = typer.Option(False, "--yes", "-y", help=f"Do not ask before moving more than {CONFIRM_ABOVE} jobs."),
     as_json: bool = AsJson,
-    redis_url: Optional[str] = RedisUrl,
+    redis_url: str | None = RedisUrl,
 ) -> None:
     """Run delayed jobs now: move them to wait (soonest due first).
 
@@ -315,8 +333,15 @@ def promote(
     _move(queue, all_queues, count, yes, as_json, redis_url, "promote")
 
 
-def _move(queue: Optional[List[str]], all_queues: bool, count: Optional[int], yes: bool, as_json: bool,
-          redis_url: Optional[str], verb: str) -> None:
+def _move(
+    queue: list[str] | None,
+    all_queues: bool,
+    count: int | None,
+    yes: bool,
+    as_json: bool,
+    redis_url: str | None,
+    verb: str,
+) -> None:
     settings = settings_from(redis_url)
     if bool(queue) == all_queues:
         raise fail(f"say which queues: --queue Q (repeatable) or --all (`{verb}` with neither used to mean all)", 2)
@@ -356,7 +381,7 @@ def _confirm(verb: str, source: str, pending: dict[str, int]) -> None:
 def pause(
     queue: str = typer.Argument(..., help="Queue to pause."),
     as_json: bool = AsJson,
-    redis_url: Optional[str] = RedisUrl,
+    redis_url: str | None = RedisUrl,
 ) -> None:
     """Pause a queue for every worker (Node and Python): active jobs finish, no new ones start.
 
@@ -368,7 +393,7 @@ def pause(
 def resume(
     queue: str = typer.Argument(..., help="Queue to resume."),
     as_json: bool = AsJson,
-    redis_url: Optional[str] = RedisUrl,
+    redis_url: str | None = RedisUrl,
 ) -> None:
     """Resume a paused queue.
 
@@ -377,7 +402,7 @@ def resume(
     _set_paused(queue, False, as_json, redis_url)
 
 
-def _set_paused(queue: str, paused: bool, as_json: bool, redis_url: Optional[str]) -> None:
+def _set_paused(queue: str, paused: bool, as_json: bool, redis_url: str | None) -> None:
     settings = settings_from(redis_url)
     key = _keys([queue], settings)[0]
     result = _with_ops(settings, lambda ops: ops.set_paused(key, paused), human=not as_json)
@@ -385,7 +410,9 @@ def _set_paused(queue: str, paused: bool, as_json: bool, redis_url: Optional[str
         print_json(result.to_json())
         return
     state = "paused" if paused else "resumed"
-    typer.echo(f"{result.queue} {state}" + ("" if result.changed else f" (it already was {'paused' if paused else 'running'})"))
+    typer.echo(
+        f"{result.queue} {state}" + ("" if result.changed else f" (it already was {'paused' if paused else 'running'})")
+    )
 
 
 # --- jobs ----------------------------------------------------------------------------
@@ -396,7 +423,7 @@ def jobs_list(
     status: str = typer.Option(..., "--status", "-s", help=f"One of: {', '.join(JOB_STATES)} (or waiting)."),
     limit: int = typer.Option(20, "--limit", "-n", help="Show at most N jobs."),
     as_json: bool = AsJson,
-    redis_url: Optional[str] = RedisUrl,
+    redis_url: str | None = RedisUrl,
 ) -> None:
     """List jobs of one state: next to run first; newest first for completed and failed.
 
@@ -419,7 +446,7 @@ def jobs_show(
     queue: str = typer.Argument(..., help="Queue name."),
     job_id: str = typer.Argument(..., help="Job id (quote it; use -- before ids that start with '-')."),
     as_json: bool = AsJson,
-    redis_url: Optional[str] = RedisUrl,
+    redis_url: str | None = RedisUrl,
 ) -> None:
     """Show one job: state, data, options, attempts, failedReason, stack trace, logs, local times.
 
@@ -433,7 +460,9 @@ def jobs_show(
         try:
             return await ops.show_job(key, jid)
         except JobNotFound as exc:
-            raise JobNotFound(f"{exc}; list them with `bullwait jobs list {ops.queue_name(key)} --status <state>`") from None
+            raise JobNotFound(
+                f"{exc}; list them with `bullwait jobs list {ops.queue_name(key)} --status <state>`"
+            ) from None
 
     job = _with_ops(settings, show, human=not as_json)
     if as_json:
@@ -446,9 +475,9 @@ def jobs_show(
 
 
 def doctor(
-    queue: Optional[List[str]] = QueueOpt,
+    queue: list[str] | None = QueueOpt,
     as_json: bool = AsJson,
-    redis_url: Optional[str] = RedisUrl,
+    redis_url: str | None = RedisUrl,
 ) -> None:
     """Check Redis and every queue; one line per check: ok|warn|fail, the check, what to do.
 
@@ -490,4 +519,3 @@ def register(app: typer.Typer) -> None:
     for command in (stats, cancel, clean, retry, promote, pause, resume, doctor):
         app.command(help=_help(command))(command)
     app.add_typer(jobs_app, name="jobs")
-

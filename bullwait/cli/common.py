@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Awaitable, Callable, Optional, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import typer
+from redis.exceptions import RedisError
 from rich.console import Console
 
-from redis.exceptions import RedisError
-
-from bullwait.runtime.runner import run_until_done
 from bullwait.errors import BullwaitError
 from bullwait.logs import first_line
+from bullwait.runtime.runner import run_until_done
 from bullwait.settings import Settings, load_settings
 
 T = TypeVar("T")
@@ -30,17 +30,17 @@ RedisUrl = typer.Option(
 AsJson = typer.Option(False, "--json", help="Print JSON for scripts instead of a table.")
 
 
-def fail(message: str, code: int = 1) -> "typer.Exit":
+def fail(message: str, code: int = 1) -> typer.Exit:
     """Print `bullwait: error: <message>` on stderr and exit with `code`."""
     print(f"bullwait: error: {message}", file=sys.stderr)
     raise typer.Exit(code)
 
 
-def settings_from(redis_url: Optional[str] = None, **overrides: Any) -> Settings:
+def settings_from(redis_url: str | None = None, **overrides: Any) -> Settings:
     try:
         return load_settings(redis_url=redis_url, **overrides)
     except BullwaitError as exc:
-        raise fail(str(exc), exc.exit_code)
+        raise fail(str(exc), exc.exit_code) from None
 
 
 def run_async(make: Callable[[], Awaitable[T]]) -> T:
@@ -48,11 +48,11 @@ def run_async(make: Callable[[], Awaitable[T]]) -> T:
     try:
         return run_until_done(_run(make))
     except BullwaitError as exc:
-        raise fail(str(exc), exc.exit_code)
+        raise fail(str(exc), exc.exit_code) from None
     except (RedisError, OSError) as exc:  # Redis went away or refused a command mid-way
-        raise fail(f"Redis failed during the command: {first_line(exc)}", 1)
+        raise fail(f"Redis failed during the command: {first_line(exc)}", 1) from None
     except KeyboardInterrupt:
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
 
 
 async def _run(make: Callable[[], Awaitable[T]]) -> T:

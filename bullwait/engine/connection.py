@@ -126,14 +126,17 @@ def _no_master(settings: Settings, exc: MasterNotFoundError) -> RedisUnavailable
     where = describe_redis(settings)
     name = settings.redis_sentinel_master
     if any(word in text for word in ("AuthenticationError", "WRONGPASS", "NOAUTH", "invalid username")):
-        return RedisAccessDenied(f"the sentinels at {where} refused the credentials: "
-                                 "check REDIS_SENTINEL_USERNAME / REDIS_SENTINEL_PASSWORD")
+        return RedisAccessDenied(
+            f"the sentinels at {where} refused the credentials: check REDIS_SENTINEL_USERNAME / REDIS_SENTINEL_PASSWORD"
+        )
     if " - " in text:  # redis-py lists one error per sentinel that did not answer
         answered = len(settings.sentinel.sentinels) - text.count(" - ") if settings.sentinel else 0
         if answered <= 0:
             return RedisUnavailable(f"no sentinel at {where} answered: start them or check REDIS_SENTINELS")
-    return RedisUnavailable(f"the sentinels at {where} name no reachable master {name!r} (down, failing over, "
-                            "or another name): check REDIS_SENTINEL_MASTER and that a master is up")
+    return RedisUnavailable(
+        f"the sentinels at {where} name no reachable master {name!r} (down, failing over, "
+        "or another name): check REDIS_SENTINEL_MASTER and that a master is up"
+    )
 
 
 def no_master_reason(settings: Settings, exc: MasterNotFoundError) -> str:
@@ -302,8 +305,9 @@ class SentinelConnection(SentinelManagedConnection):
 
     async def connect(self) -> None:
         await self.retry.call_with_retry(
-            lambda: self.connect_check_health(check_health=self.connection_pool.check_connection,
-                                              retry_socket_connect=False),
+            lambda: self.connect_check_health(
+                check_health=self.connection_pool.check_connection, retry_socket_connect=False
+            ),
             lambda error: asyncio.sleep(0),
         )
 
@@ -501,8 +505,9 @@ class FailoverWatcher:
         now = self.loop.time()
         self._suppressed += 1
         if now - self._last_line >= UNREACHABLE_LOG_SECONDS:
-            _log().warning("redis master unreachable, retrying", master=self.config.master, error=reason,
-                           attempts=self._suppressed)
+            _log().warning(
+                "redis master unreachable, retrying", master=self.config.master, error=reason, attempts=self._suppressed
+            )
             self._last_line = now
             self._suppressed = 0
 
@@ -519,8 +524,13 @@ class FailoverWatcher:
         if announced or moved:
             self.switches += 1
             source = SWITCH_CHANNEL if announced else "sentinel"
-            _log().warning("redis master switched, connections moved", master=self.config.master,
-                           to=f"{address[0]}:{address[1]}", moved=moved, source=source)
+            _log().warning(
+                "redis master switched, connections moved",
+                master=self.config.master,
+                to=f"{address[0]}:{address[1]}",
+                moved=moved,
+                source=source,
+            )
         self.master = address
 
     async def _run(self) -> None:
@@ -536,9 +546,13 @@ class FailoverWatcher:
                 raise
             except (RedisError, OSError) as exc:
                 if turn % len(self.config.sentinels) == 0:
-                    _log().warning("no sentinel answers for failover notices, retrying",
-                                   sentinels=len(self.config.sentinels), last=f"{host}:{port}",
-                                   error=short_reason(exc), retry_in=f"{delay:.1f}s")
+                    _log().warning(
+                        "no sentinel answers for failover notices, retrying",
+                        sentinels=len(self.config.sentinels),
+                        last=f"{host}:{port}",
+                        error=short_reason(exc),
+                        retry_in=f"{delay:.1f}s",
+                    )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, WATCH_RETRY_CAP)
             if not self.pools:
@@ -616,13 +630,17 @@ class Topology:
     def summary(self) -> str:
         """One line: the master, its replicas and their lag, how many sentinels answer."""
         replicas = ", ".join(r.describe() for r in self.replicas or []) or "none"
-        return (f"Redis Sentinel {self.master_name!r}: master {self.master or 'unknown'}; replicas {replicas}; "
-                f"sentinels answering {self.answering}/{len(self.sentinels)}")
+        return (
+            f"Redis Sentinel {self.master_name!r}: master {self.master or 'unknown'}; replicas {replicas}; "
+            f"sentinels answering {self.answering}/{len(self.sentinels)}"
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "masterName": self.master_name, "master": self.master,
-            "sentinels": [vars(s) for s in self.sentinels], "replicas": [vars(r) for r in self.replicas or []],
+            "masterName": self.master_name,
+            "master": self.master,
+            "sentinels": [vars(s) for s in self.sentinels],
+            "replicas": [vars(r) for r in self.replicas or []],
         }
 
 

@@ -208,7 +208,12 @@ class QueueCollector(Collector):
             _gauge("bullmq_jobs_delayed", "Delayed jobs (timers, backoffs, rate-limited)", snaps, lambda s: s.delayed),
             _gauge("bullmq_jobs_prioritized", "Waiting jobs with a priority", snaps, lambda s: s.prioritized),
             _gauge("bullmq_jobs_failed", "Jobs in the failed set", snaps, lambda s: s.failed),
-            _gauge("bullmq_jobs_completed", "Jobs in the completed set (bounded by retention)", snaps, lambda s: s.completed),
+            _gauge(
+                "bullmq_jobs_completed",
+                "Jobs in the completed set (bounded by retention)",
+                snaps,
+                lambda s: s.completed,
+            ),
             _gauge("bullmq_queue_paused", "1 if the queue is paused", snaps, lambda s: 1 if s.paused else 0),
             _gauge(
                 "bullmq_delayed_overdue_seconds",
@@ -217,13 +222,17 @@ class QueueCollector(Collector):
                 lambda s: s.overdue_seconds(),
             ),
         )
-        workers = GaugeMetricFamily("bullmq_queue_workers", "Distinct workers connected (Node and Python)", labels=["queue"])
+        workers = GaugeMetricFamily(
+            "bullmq_queue_workers", "Distinct workers connected (Node and Python)", labels=["queue"]
+        )
         for snap in snaps:
             if snap.workers is not None:
                 workers.add_metric([snap.name], snap.workers)
         yield workers
         # Node bullmq's `Queue.exportPrometheusMetrics()` names, help texts and labels.
-        counts = GaugeMetricFamily("bullmq_job_count", "Number of jobs in the queue by state", labels=["queue", "state"])
+        counts = GaugeMetricFamily(
+            "bullmq_job_count", "Number of jobs in the queue by state", labels=["queue", "state"]
+        )
         for snap in snaps:
             for state, count in snap.node_counts().items():
                 counts.add_metric([snap.name, state], count)

@@ -175,4 +175,3 @@ def _clip_message(exc: Exception) -> None:
 
 def _ms(started: float) -> str:
     return f"{(time.perf_counter() - started) * 1000:.1f}ms"
-

@@ -1,10 +1,10 @@
 """Typed producer API: the seed's usage examples, wire-compatible with NestJS producers.
 
-    async with Producer(load_settings()) as producer:
-        await producer.schedule_expiry(ExpiryJob(...))          # jobId expiry_<waitlistId>
-        await producer.send_slot_available(NotificationJob(...))
-        await producer.queue_preferences(PreferenceJob(...))
-        result = await producer.cancel_expiry_timer("w-42")
+async with Producer(load_settings()) as producer:
+    await producer.schedule_expiry(ExpiryJob(...))          # jobId expiry_<waitlistId>
+    await producer.send_slot_available(NotificationJob(...))
+    await producer.queue_preferences(PreferenceJob(...))
+    result = await producer.cancel_expiry_timer("w-42")
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ async def test_node_written_poison_options_fail_once(
     refused = [{"name": "check-expiry", "data": FAILING, "opts": {"attempts": v}} for v in ("Infinity", "NaN")]
     added = node_json(env, "compat/add.js", "WAITLIST_EXPIRY", jobs + refused)
     assert all("id" in a for a in added[: len(CASES)]), added
-    for outcome in added[len(CASES):]:  # Node cannot store them: nothing for a worker to loop on
+    for outcome in added[len(CASES) :]:  # Node cannot store them: nothing for a worker to loop on
         assert "NaN or Inf" in outcome.get("error", ""), outcome
     ids = [a["id"] for a in added[: len(CASES)]]
     assert sync_redis.hget(f"{prefix}:{QUEUE}:{ids[3]}", "delay") == "abc"

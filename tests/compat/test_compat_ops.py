@@ -31,12 +31,16 @@ async def test_cancel_and_stats_agree_with_node(env: dict[str, str], settings: S
     if not (_has_command(env, "stats") and _has_command(env, "cancel")):
         pytest.skip("`bullwait stats` / `bullwait cancel` are not on this branch yet")
     slot = seed_slot()
-    nest(env, "batch", [
-        {"action": "notifyWaitlistCustomer", "args": {"waitlistEntry": seed_entry("w-ops-1"), "slot": slot}},
-        {"action": "notifyWaitlistCustomer", "args": {"waitlistEntry": seed_entry("w-ops-2"), "slot": slot}},
-        {"action": "sendSlotAvailableNotification", "args": {"waitlistEntry": seed_entry("w-ops-3"), "slot": slot}},
-        {"action": "calculatePreferencesAfterBooking", "args": {"customerId": "c-1", "booking": seed_booking()}},
-    ])
+    nest(
+        env,
+        "batch",
+        [
+            {"action": "notifyWaitlistCustomer", "args": {"waitlistEntry": seed_entry("w-ops-1"), "slot": slot}},
+            {"action": "notifyWaitlistCustomer", "args": {"waitlistEntry": seed_entry("w-ops-2"), "slot": slot}},
+            {"action": "sendSlotAvailableNotification", "args": {"waitlistEntry": seed_entry("w-ops-3"), "slot": slot}},
+            {"action": "calculatePreferencesAfterBooking", "args": {"customerId": "c-1", "booking": seed_booking()}},
+        ],
+    )
     async with Producer(settings) as producer:
         await producer.queue_preferences(PreferenceJob.model_validate(preference_data("b-ops")))
 

@@ -37,14 +37,17 @@ async def test_seed_jobs_with_seed_options_are_processed(settings: Settings, sta
         pref = await producer.queue(QueueKey.PREFERENCE_CALCULATION).add(
             "calculate-preferences", preference_data(), {"priority": 1}
         )
-        for queue, job in ((QueueKey.WAITLIST_EXPIRY, exp), (QueueKey.WAITLIST_NOTIFICATION, note), (QueueKey.PREFERENCE_CALCULATION, pref)):
+        for queue, job in (
+            (QueueKey.WAITLIST_EXPIRY, exp),
+            (QueueKey.WAITLIST_NOTIFICATION, note),
+            (QueueKey.PREFERENCE_CALCULATION, pref),
+        ):
             q = producer.queue(queue)
             await wait_job_state(q, job.id, "completed")
     assert worker.terminate() == 0
     log = worker.log()
     assert "job completed" in log and "expiry_w-9" in log
     assert "+34600111222" not in log, "phone numbers must be masked in logs"
-
 
 
 async def test_invalid_data_fails_once_and_keeps_data(settings: Settings, start_worker, sync_redis, prefix) -> None:  # type: ignore[no-untyped-def]
@@ -107,7 +110,9 @@ async def test_graceful_shutdown_finishes_active_job(settings: Settings) -> None
     stop = asyncio.Event()
     async with Producer(settings) as producer:
         job_id = await producer.schedule_expiry(ExpiryJob.model_validate(expiry_data("slow")), delay_ms=0)
-        task = asyncio.ensure_future(run_workers(settings, registry, [QueueKey.WAITLIST_EXPIRY], shutdown_timeout=10, stop=stop))
+        task = asyncio.ensure_future(
+            run_workers(settings, registry, [QueueKey.WAITLIST_EXPIRY], shutdown_timeout=10, stop=stop)
+        )
         await asyncio.wait_for(started.wait(), 10)
         stop.set()  # what SIGTERM does
         assert await asyncio.wait_for(task, 15) == 0

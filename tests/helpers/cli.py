@@ -19,8 +19,9 @@ import bullwait.logs
 from bullwait.cli.main import run
 
 
-def invoke_cli(env: dict[str, str], *args: str, timeout: float = 60, input: str | None = None
-               ) -> subprocess.CompletedProcess[str]:
+def invoke_cli(
+    env: dict[str, str], *args: str, timeout: float = 60, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run `bullwait *args` with exactly `env` as its environment; the result reads like `run_cli`'s.
 
     The command runs on its own thread, as `run_cli` blocks the caller: a command's event loop

@@ -174,11 +174,22 @@ def sentinel_env(env: dict[str, str], topo: SentinelSet) -> dict[str, str]:
     """The test env with Redis named by the sentinels only. REDIS_HOST/PORT point at a closed
     port: a bullwait that ignored REDIS_SENTINELS would find nothing there (never port 6379)."""
     out = {k: v for k, v in env.items() if k != "REDIS_URL"}
-    out.update(REDIS_SENTINELS=topo.sentinels_setting, REDIS_QUEUE_DB="0", REDIS_HOST="127.0.0.1",
-               REDIS_PORT=str(free_port()), BULLWAIT_WORKER_NAME=WORKER_NAME, **COUNTING)
+    out.update(
+        REDIS_SENTINELS=topo.sentinels_setting,
+        REDIS_QUEUE_DB="0",
+        REDIS_HOST="127.0.0.1",
+        REDIS_PORT=str(free_port()),
+        BULLWAIT_WORKER_NAME=WORKER_NAME,
+        **COUNTING,
+    )
     return out
 
 
 def sentinel_settings(env: dict[str, str]) -> Settings:
-    return Settings(redis_sentinels=env["REDIS_SENTINELS"], redis_queue_db=0, bullmq_prefix=env["BULLMQ_PREFIX"],
-                    redis_host="127.0.0.1", redis_port=int(env["REDIS_PORT"]))
+    return Settings(
+        redis_sentinels=env["REDIS_SENTINELS"],
+        redis_queue_db=0,
+        bullmq_prefix=env["BULLMQ_PREFIX"],
+        redis_host="127.0.0.1",
+        redis_port=int(env["REDIS_PORT"]),
+    )

@@ -7,13 +7,15 @@ from typing import Any
 import pytest
 
 import bullwait.ops.migrate as migrate
-from bullwait.waitlist.producer import Producer, new_expiry
 from bullwait.settings import QueueNaming, Settings
+from bullwait.waitlist.producer import Producer, new_expiry
 
 from helpers.cli import invoke_cli
 
 
-async def test_a_run_cut_short_then_rerun_moves_every_timer_once(settings: Settings, sync_redis, prefix, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+async def test_a_run_cut_short_then_rerun_moves_every_timer_once(
+    settings: Settings, sync_redis, prefix, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     legacy = settings.with_overrides(bullwait_queue_names=QueueNaming.LEGACY)
     async with Producer(legacy) as producer:
         for i in range(300):
@@ -45,5 +47,3 @@ def test_cli_dry_run_on_empty_queues_and_unreachable_redis(env: dict[str, str]) 
     assert ok.returncode == 0 and "would move 0" in ok.stdout
     down = invoke_cli(dict(env, REDIS_URL="redis://127.0.0.1:1/0"), "migrate-legacy")
     assert down.returncode == 3 and "cannot reach Redis" in down.stderr and "Traceback" not in down.stderr
-
-

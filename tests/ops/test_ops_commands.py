@@ -7,10 +7,10 @@ import time
 
 from bullmq import Queue
 
-from bullwait.waitlist.catalog import QueueKey, queue_name
 from bullwait.engine.connection import redis_options
 from bullwait.ops.queues import BATCH, Ops
 from bullwait.settings import Settings
+from bullwait.waitlist.catalog import QueueKey, queue_name
 
 from helpers.cli import invoke_cli
 from helpers.ops_states import populate
@@ -82,10 +82,12 @@ async def test_clean_states_grace_limit_dry_run(settings: Settings, env: dict[st
     assert _state(sync_redis, settings, q, "expiry_stalled-0") == "gone"
     # wait and delayed, all queues, table output.
     for status, gone in (("wait", 4), ("delayed", 6), ("prioritized", 2)):
-        dry = json.loads(invoke_cli(env, "clean", "--all", "--status", status, "--grace", "0", "--dry-run", "--json").stdout)
+        dry = json.loads(
+            invoke_cli(env, "clean", "--all", "--status", status, "--grace", "0", "--dry-run", "--json").stdout
+        )
         result = invoke_cli(env, "clean", "--all", "--status", status, "--grace", "0")
         assert result.returncode == 0, result.stderr
-        line = next(l for l in result.stdout.splitlines() if q in l)
+        line = next(ln for ln in result.stdout.splitlines() if q in ln)
         assert line.rstrip(" │").endswith(str(gone)), (status, result.stdout)
         assert [r["removed"] for r in dry if r["queue"] == q] == [gone]
     stats = _stats(env, q)
@@ -101,14 +103,19 @@ async def test_clean_in_batches_reports_all(settings: Settings, env: dict[str, s
     now = int(time.time() * 1000) - 10_000
     pipe = sync_redis.pipeline()
     for i in range(2500):
-        pipe.hset(base + f"p{i}", mapping={"name": "calculate-preferences", "data": "{}", "opts": "{}", "timestamp": now, "finishedOn": now})
+        pipe.hset(
+            base + f"p{i}",
+            mapping={"name": "calculate-preferences", "data": "{}", "opts": "{}", "timestamp": now, "finishedOn": now},
+        )
         pipe.zadd(base + "completed", {f"p{i}": now})
     pipe.execute()
     progress: list[tuple[str, int, int]] = []
     async with await Ops.open(settings) as ops:
         dry = await ops.clean([QueueKey.PREFERENCE_CALCULATION], "completed", 5000, 2200, dry_run=True)
         assert dry[0].removed == 2200 and sync_redis.zcard(base + "completed") == 2500
-        done = await ops.clean([QueueKey.PREFERENCE_CALCULATION], "completed", 5000, 2200, on_progress=lambda *a: progress.append(a))
+        done = await ops.clean(
+            [QueueKey.PREFERENCE_CALCULATION], "completed", 5000, 2200, on_progress=lambda *a: progress.append(a)
+        )
     assert done[0].removed == 2200
     steps = [*range(0, 2200, BATCH), 2200]
     assert progress == [(name, done, 2200) for done in steps]
@@ -121,7 +128,12 @@ async def test_retry_and_promote(settings: Settings, env: dict[str, str], sync_r
     pop = await populate(settings, sync_redis)
     q = pop.expiry
     result = invoke_cli(env, "retry", "--queue", q, "--count", "2", "--json")
-    assert result.returncode == 0 and json.loads(result.stdout)[0] == {"queue": q, "source": "failed", "moved": 2, "left": 1}
+    assert result.returncode == 0 and json.loads(result.stdout)[0] == {
+        "queue": q,
+        "source": "failed",
+        "moved": 2,
+        "left": 1,
+    }
     retried = [j for j in pop.ids["failed"] if _state(sync_redis, settings, q, j) == "wait"]
     assert retried == ["expiry_failed-0", "expiry_failed-1"]  # oldest failures first
     assert sync_redis.hget(f"{settings.bullmq_prefix}:{q}:expiry_failed-0", "failedReason") is None
@@ -153,7 +165,10 @@ async def test_pause_resume(settings: Settings, env: dict[str, str], sync_redis)
         assert await q.isPaused() is False
     finally:
         await q.close()
-    events = [dict(zip(f[::2], f[1::2])) if isinstance(f, list) else f for _, f in sync_redis.xrange(f"{settings.bullmq_prefix}:{pop.expiry}:events")]
+    events = [
+        dict(zip(f[::2], f[1::2])) if isinstance(f, list) else f
+        for _, f in sync_redis.xrange(f"{settings.bullmq_prefix}:{pop.expiry}:events")
+    ]
     assert [e["event"] for e in events if e["event"] in ("paused", "resumed")] == ["paused", "paused", "resumed"]
     result = invoke_cli(env, "resume", pop.notification)
     assert result.returncode == 0 and _stats(env, pop.notification)["paused"] is False
@@ -165,7 +180,9 @@ async def test_legacy_paused_list_resumes(settings: Settings, env: dict[str, str
     base = f"{settings.bullmq_prefix}:{name}:"
     sync_redis.hset(base + "meta", "paused", 1)
     for i in range(3):
-        sync_redis.hset(base + f"{i + 1}", mapping={"name": "send-slot-available", "data": "{}", "opts": "{}", "timestamp": 1})
+        sync_redis.hset(
+            base + f"{i + 1}", mapping={"name": "send-slot-available", "data": "{}", "opts": "{}", "timestamp": 1}
+        )
         sync_redis.lpush(base + "paused", str(i + 1))
     row = _stats(env, name)
     assert row["paused"] is True and row["paused_list"] == 3 and row["waiting"] == 0
@@ -184,7 +201,9 @@ async def test_jobs_list_and_show(settings: Settings, env: dict[str, str], sync_
         "prioritized": ["expiry_prio-0", "expiry_prio-1"],
     }
     for status, ids in expected.items():
-        result = invoke_cli(env, "jobs", "list", q, "--status", status, "--limit", "3" if status == "delayed" else "10", "--json")
+        result = invoke_cli(
+            env, "jobs", "list", q, "--status", status, "--limit", "3" if status == "delayed" else "10", "--json"
+        )
         assert result.returncode == 0, result.stderr
         assert [j["id"] for j in json.loads(result.stdout)] == ids, status
     result = invoke_cli(env, "jobs", "list", q, "--status", "failed")
@@ -200,8 +219,19 @@ async def test_jobs_list_and_show(settings: Settings, env: dict[str, str], sync_
     assert job["local_times"]["finished"] and job["stacktrace"]
     result = invoke_cli(env, "jobs", "show", q, "expiry_failed-0")
     out = result.stdout
-    for text in ("state:", "failed", "attempts:", "failedReason: WhatsApp said 131026", "data:", '"waitlistId": "failed-0"',
-                 "options:", "stacktrace (1):", "logs (1):", "calling WhatsApp", "finished:"):
+    for text in (
+        "state:",
+        "failed",
+        "attempts:",
+        "failedReason: WhatsApp said 131026",
+        "data:",
+        '"waitlistId": "failed-0"',
+        "options:",
+        "stacktrace (1):",
+        "logs (1):",
+        "calling WhatsApp",
+        "finished:",
+    ):
         assert text in out, (text, out)
     local = time.strftime("%Y-%m-%dT", time.localtime())
     assert f"created:      {local}" in out
@@ -216,8 +246,13 @@ async def test_jobs_list_and_show(settings: Settings, env: dict[str, str], sync_
 async def test_show_job_with_undecodable_data(settings: Settings, env: dict[str, str], sync_redis) -> None:
     name = queue_name(QueueKey.WAITLIST_EXPIRY, settings)
     base = f"{settings.bullmq_prefix}:{name}:"
-    sync_redis.hset(base + "broken", mapping={"name": "check-expiry", "data": "{not json", "opts": "{}", "timestamp": 1})
+    sync_redis.hset(
+        base + "broken", mapping={"name": "check-expiry", "data": "{not json", "opts": "{}", "timestamp": 1}
+    )
     sync_redis.lpush(base + "wait", "broken")
     result = invoke_cli(env, "jobs", "show", name, "broken")
     assert result.returncode == 0 and "not valid JSON" in result.stdout and "{not json" in result.stdout
-    assert json.loads(invoke_cli(env, "jobs", "list", name, "--status", "wait", "--json").stdout)[0]["data_is_json"] is False
+    assert (
+        json.loads(invoke_cli(env, "jobs", "list", name, "--status", "wait", "--json").stdout)[0]["data_is_json"]
+        is False
+    )

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis
 
-from bullwait.waitlist.catalog import QueueKey, queue_name
 from bullwait.dev.embedded import RedisServer, free_port
-from bullwait.settings import Settings
 from bullwait.engine.worker import node_client_name
+from bullwait.settings import Settings
+from bullwait.waitlist.catalog import QueueKey, queue_name
 
 from helpers.cli import invoke_cli
 from helpers.common import BULLWAIT, ROOT
@@ -50,8 +50,13 @@ async def test_doctor_on_jobs_in_every_state(settings: Settings, env: dict[str, 
     assert checks["hz"][0] == "ok" and "set `hz 100`" in checks["hz"][1]  # the suite's server runs the default hz 10
     assert checks["clock"][0] == "ok" and "Redis TIME" in checks["clock"][1]
     assert checks["memory"][0] == "ok" and checks["queue-names"][0] == "ok"
-    assert checks[f"{e}/overdue"][0] == "fail" and "1 delayed job(s) past due, the oldest by 2m" in checks[f"{e}/overdue"][1]
-    assert checks[f"{e}/stalled"][0] == "warn" and checks[f"{e}/stalled"][1].startswith("1 active job(s) without a lock")
+    assert (
+        checks[f"{e}/overdue"][0] == "fail"
+        and "1 delayed job(s) past due, the oldest by 2m" in checks[f"{e}/overdue"][1]
+    )
+    assert checks[f"{e}/stalled"][0] == "warn" and checks[f"{e}/stalled"][1].startswith(
+        "1 active job(s) without a lock"
+    )
     assert checks[f"{e}/workers"][0] == "warn" and f"bullwait worker --queue {e}" in checks[f"{e}/workers"][1]
     assert checks[f"{n}/paused"][0] == "warn" and f"bullwait resume {n}" in checks[f"{n}/paused"][1]
     assert checks[f"{e}/paused"][0] == "ok"
@@ -104,7 +109,9 @@ def test_doctor_healthy_server_exits_0(tuned_redis: RedisServer, env: dict[str, 
 
 
 def test_doctor_legacy_names_and_eviction(env: dict[str, str]) -> None:
-    server = RedisServer(appendonly=False, extra_args=["--maxmemory-policy", "allkeys-lru", "--maxmemory", "1mb"]).start()
+    server = RedisServer(
+        appendonly=False, extra_args=["--maxmemory-policy", "allkeys-lru", "--maxmemory", "1mb"]
+    ).start()
     try:
         result = invoke_cli(dict(env, REDIS_URL=f"{server.url}/0", BULLWAIT_QUEUE_NAMES="legacy"), "doctor")
     finally:

@@ -9,11 +9,11 @@ import subprocess
 
 from bullmq import Queue, Worker
 
-from bullwait.waitlist.catalog import QueueKey, queue_name
-from bullwait.engine.connection import redis_options
 from bullwait.dev.embedded import free_port
+from bullwait.engine.connection import redis_options
 from bullwait.ops.queues import Ops
 from bullwait.settings import Settings
+from bullwait.waitlist.catalog import QueueKey, queue_name
 
 from helpers.cli import invoke_cli
 from helpers.common import BULLWAIT, ROOT
@@ -29,7 +29,7 @@ async def test_stats_json_matches_getjobcounts(settings: Settings, env: dict[str
     rows = {r["name"]: r for r in json.loads(result.stdout)}
     assert set(rows) == {queue_name(k, settings) for k in QueueKey}
     for row in rows.values():
-        assert REQUIRED <= set(row)
+        assert set(row) >= REQUIRED
     expiry, note = rows[pop.expiry], rows[pop.notification]
     for field, value in pop.counts.items():
         assert expiry[field] == value, (field, expiry)
@@ -54,7 +54,7 @@ async def test_stats_table_and_queue_filter(settings: Settings, env: dict[str, s
     result = invoke_cli(env, "stats", "--queue", "expiry")
     assert result.returncode == 0, result.stderr
     assert "waitlist-expiry" in result.stdout and "waitlist-notification" not in result.stdout
-    line = next(l for l in result.stdout.splitlines() if "waitlist-expiry" in l)
+    line = next(ln for ln in result.stdout.splitlines() if "waitlist-expiry" in ln)
     cells = line.split()
     assert cells[:8] == ["waitlist-expiry", "4", "2", "6", "2", "2", "3", "no"], cells
     assert cells[8:10] == ["0", "(0/0)"], cells
@@ -88,7 +88,9 @@ async def test_workers_counted_python_and_stock(settings: Settings, env: dict[st
         await asyncio.sleep(0.05)
     assert (got[expiry]["workers"], got[expiry]["workers_python"], got[expiry]["workers_node"]) == (1, 1, 0)
     assert got[note]["workers"] == 0
-    stock = Worker(note, _noop, {"connection": redis_options(settings), "prefix": settings.bullmq_prefix, "name": "stock"})
+    stock = Worker(
+        note, _noop, {"connection": redis_options(settings), "prefix": settings.bullmq_prefix, "name": "stock"}
+    )
     try:
         for _ in range(100):
             got = await rows()
@@ -107,8 +109,14 @@ async def _noop(job, token):  # type: ignore[no-untyped-def]
 
 
 def test_watch_prints_a_table_per_refresh(settings: Settings, env: dict[str, str]) -> None:
-    proc = subprocess.Popen([*BULLWAIT, "stats", "--watch", "0.2", "--json", "-q", "expiry"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        [*BULLWAIT, "stats", "--watch", "0.2", "--json", "-q", "expiry"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     try:
         lines = [proc.stdout.readline() for _ in range(3)]  # type: ignore[union-attr]
     finally:
@@ -136,8 +144,9 @@ def test_redis_refusing_commands_is_one_line(env: dict[str, str], sync_redis, pr
 def test_unreachable_redis_is_one_line(env: dict[str, str]) -> None:
     dead = dict(env, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     # The first through the installed entry point (exit status as a shell sees it), the rest in process.
-    for n, args in enumerate((["stats"], ["stats", "--json"], ["jobs", "list", "expiry", "--status", "failed"],
-                              ["retry", "--all"])):
+    for n, args in enumerate(
+        (["stats"], ["stats", "--json"], ["jobs", "list", "expiry", "--status", "failed"], ["retry", "--all"])
+    ):
         if n == 0:
             result = subprocess.run([*BULLWAIT, *args], env=dead, capture_output=True, text=True, timeout=20, cwd=ROOT)
         else:

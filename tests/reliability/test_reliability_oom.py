@@ -73,7 +73,8 @@ async def test_out_of_memory_refuses_adds_and_loses_nothing(
         assert "new jobs will be refused" in memory["detail"] and "raise maxmemory" in memory["detail"], memory
         text = invoke_cli(ops_env, "doctor")
         assert text.returncode == 2 and any(
-            line.startswith("fail") and "memory" in line and "raise maxmemory" in line for line in text.stdout.splitlines()
+            line.startswith("fail") and "memory" in line and "raise maxmemory" in line
+            for line in text.stdout.splitlines()
         ), text.stdout
         stats = invoke_cli(ops_env, "stats", "--json")
         assert stats.returncode == 0 and "Traceback" not in stats.stderr, stats.stderr

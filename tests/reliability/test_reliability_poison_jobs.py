@@ -31,14 +31,22 @@ INVALID = json.dumps({k: v for k, v in expiry_data().items() if k != "customerId
 
 # (job id, fields over a good job, words the failedReason must hold, attempts made in the end)
 CASES: list[tuple[bytes, dict[str, bytes], list[str], int]] = [
-    (b"inf-attempts", {"data": INVALID, "opts": b'{"attempts":1e400}'},
-     ["Invalid job data", "customerId", "opts.attempts", "not finite"], 1),
+    (
+        b"inf-attempts",
+        {"data": INVALID, "opts": b'{"attempts":1e400}'},
+        ["Invalid job data", "customerId", "opts.attempts", "not finite"],
+        1,
+    ),
     (b"huge-attempts", {"data": INVALID, "opts": b'{"attempts":100000000000000000000000}'}, ["customerId"], 1),
     (b"str-attempts", {"data": FAILING, "opts": b'{"attempts":"3"}'}, ["asked to fail"], 3),  # "3" means 3, as in Node
     (b"abc-attempts", {"data": FAILING, "opts": b'{"attempts":"abc"}'}, ["opts.attempts is 'abc'", "asked to fail"], 1),
     (b"null-attempts", {"data": FAILING, "opts": b'{"attempts":null}'}, ["opts.attempts is null", "asked to fail"], 1),
-    (b"abc-backoff", {"data": FAILING, "opts": b'{"attempts":3,"backoff":{"type":"fixed","delay":"x"}}'},
-     ["opts.backoff"], 1),
+    (
+        b"abc-backoff",
+        {"data": FAILING, "opts": b'{"attempts":3,"backoff":{"type":"fixed","delay":"x"}}'},
+        ["opts.backoff"],
+        1,
+    ),
     (b"abc-timestamp", {"timestamp": b"abc"}, ["timestamp is 'abc'"], 1),
     (b"abc-delay", {"delay": b"abc"}, ["delay is 'abc'"], 1),
     (b"abc-priority", {"priority": b"abc"}, ["priority is 'abc'"], 1),
@@ -49,8 +57,12 @@ CASES: list[tuple[bytes, dict[str, bytes], list[str], int]] = [
     (b"bad-utf8-id-\xff\xfe", {}, ["id is not valid UTF-8"], 1),
     # Options bullmq-py reads while building the Job, which keeping `opts` does not fix.
     (b"str-parent", {"opts": b'{"parent":"x"}'}, ["Invalid job data"], 1),
-    (b"both-parent-flags", {"opts": b'{"failParentOnFailure":true,"continueParentOnFailure":true}'},
-     ["Invalid job data"], 1),
+    (
+        b"both-parent-flags",
+        {"opts": b'{"failParentOnFailure":true,"continueParentOnFailure":true}'},
+        ["Invalid job data"],
+        1,
+    ),
 ]
 
 

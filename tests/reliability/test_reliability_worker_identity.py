@@ -118,8 +118,9 @@ async def _add_timers(settings: Settings) -> None:
             await producer.queue(key).add("parked", {}, {"delay": 3_600_000, "jobId": f"parked-{key.value}"})
 
 
-def test_worker_listed_again_after_redis_restart(tmp_path: Path, env: dict[str, str], prefix: str,
-                                                 start_worker: Any, start_board: Any) -> None:
+def test_worker_listed_again_after_redis_restart(
+    tmp_path: Path, env: dict[str, str], prefix: str, start_worker: Any, start_board: Any
+) -> None:
     port = free_port()
     data_dir = tmp_path / "redis"
     data_dir.mkdir()

@@ -102,8 +102,12 @@ def test_producer_adds_through_a_failover(topo: SentinelSet, env: dict[str, str]
             while "at" not in switched or time.monotonic() - switched["at"] < 3.0:
                 payload = PreferenceJob.model_validate(preference_data(f"b-{i}"))
                 try:
-                    confirmed.append((time.monotonic(),
-                                      await producer.add(QueueKey.PREFERENCE_CALCULATION, payload, job_id=f"add-{i}")))
+                    confirmed.append(
+                        (
+                            time.monotonic(),
+                            await producer.add(QueueKey.PREFERENCE_CALCULATION, payload, job_id=f"add-{i}"),
+                        )
+                    )
                 except RedisUnavailable as exc:
                     refused.append(str(exc))
                 i += 1
@@ -120,5 +124,7 @@ def test_producer_adds_through_a_failover(topo: SentinelSet, env: dict[str, str]
     after = [job_id for at, job_id in confirmed if at > switched["at"] + 0.5]
     assert after and set(after) <= on_new, (len(after), sorted(set(after) - on_new)[:5])
     lost = [job_id for _, job_id in confirmed if job_id not in on_new]
-    print(f"\nproducer: {len(confirmed)} adds confirmed, {len(refused)} refused, "
-          f"{len(lost)} confirmed but missing on the new master (no WAIT): {lost[:10]}")
+    print(
+        f"\nproducer: {len(confirmed)} adds confirmed, {len(refused)} refused, "
+        f"{len(lost)} confirmed but missing on the new master (no WAIT): {lost[:10]}"
+    )

@@ -80,8 +80,12 @@ def test_bad_master_name(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_every_client_is_sentinel_managed(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = load(monkeypatch, REDIS_SENTINELS="127.0.0.1:1", REDIS_SENTINEL_PASSWORD="sentinel-secret",
-                    REDIS_PASSWORD="node-secret")
+    settings = load(
+        monkeypatch,
+        REDIS_SENTINELS="127.0.0.1:1",
+        REDIS_SENTINEL_PASSWORD="sentinel-secret",
+        REDIS_PASSWORD="node-secret",
+    )
     with pytest.raises(RuntimeError):
         redis_options(settings)  # names one node: no code path may build a plain client by accident
     client = redis_client(settings)

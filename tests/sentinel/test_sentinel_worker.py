@@ -39,7 +39,6 @@ from helpers.sentinel import WORKER_NAME, SentinelSet, sentinel_env
 QUEUE = "waitlist-preference-calculation"
 
 
-
 @pytest.fixture
 def topo() -> Iterator[SentinelSet]:
     with SentinelSet().start() as topology:
@@ -50,8 +49,12 @@ async def add_on(port: int, prefix: str, job_id: str) -> None:
     """Add a preference job straight to the node at `port` (the new master), not through Sentinel."""
     settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", bullmq_prefix=prefix)
     async with Producer(settings) as producer:
-        await producer.add(QueueKey.PREFERENCE_CALCULATION, PreferenceJob.model_validate(preference_data(job_id)),
-                           job_id=job_id, removeOnComplete=False)
+        await producer.add(
+            QueueKey.PREFERENCE_CALCULATION,
+            PreferenceJob.model_validate(preference_data(job_id)),
+            job_id=job_id,
+            removeOnComplete=False,
+        )
 
 
 async def completed_after(port: int, prefix: str, job_id: str, started: float, timeout: float = 60) -> float:
@@ -166,8 +169,10 @@ def test_no_master_fails_liveness_and_says_why(topo: SentinelSet, env: dict[str,
         assert status == 503 and health["problems"][0].startswith("redis: "), health
         time.sleep(5)
         outage = worker.log().splitlines()[down_at:]
-        print(f"\nno master: {len(outage)} log lines in ~{time.monotonic() - deadline + 30:.0f} s:\n"
-              + "\n".join(line[:200] for line in outage[:12]))
+        print(
+            f"\nno master: {len(outage)} log lines in ~{time.monotonic() - deadline + 30:.0f} s:\n"
+            + "\n".join(line[:200] for line in outage[:12])
+        )
         assert "Traceback" not in "\n".join(outage)
         assert all(line.startswith("{") for line in outage), outage[:5]  # structured lines, nothing else
         assert any("redis master unreachable, retrying" in line for line in outage), outage[:5]

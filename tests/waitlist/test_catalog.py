@@ -29,7 +29,11 @@ SEED = {
 
 def test_names() -> None:
     assert list(QUEUE_NAMES.values()) == ["waitlist-expiry", "waitlist-notification", "waitlist-preference-calculation"]
-    assert list(LEGACY_QUEUE_NAMES.values()) == ["waitlist:expiry", "waitlist:notification", "waitlist:preference-calculation"]
+    assert list(LEGACY_QUEUE_NAMES.values()) == [
+        "waitlist:expiry",
+        "waitlist:notification",
+        "waitlist:preference-calculation",
+    ]
     assert all(":" not in n for n in QUEUE_NAMES.values())
     assert JOB_NAMES == {
         "CHECK_EXPIRY": "check-expiry",

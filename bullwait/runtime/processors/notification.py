@@ -123,7 +123,9 @@ async def send_slot_available(payload: NotificationJob, ctx: Context) -> dict[st
     except WhatsAppThrottled as exc:
         throttled = await _release(records, key, owner, str(exc), ctx.log, throttled=True)
         await _give_back(payload, svc, member, ctx.log)
-        wait = exc.retry_after_ms if exc.retry_after_ms is not None else throttle_backoff_ms(max(1, throttled), exc.code)
+        wait = (
+            exc.retry_after_ms if exc.retry_after_ms is not None else throttle_backoff_ms(max(1, throttled), exc.code)
+        )
         ctx.log.warning("whatsapp throttled, backing off", code=exc.code, status=exc.status, retry_in=f"{wait}ms")
         await _sleep(ctx, now_ms() + wait, str(exc))
     except WhatsAppRejected as exc:
@@ -171,8 +173,12 @@ async def _after_ambiguous(records: Any, key: str, owner: str, exc: WhatsAppAmbi
     final = count == -1 or count >= AMBIGUOUS_LIMIT
     if observe is not None:
         observe(exc.kind, "failed" if final else "retried")
-    ctx.log.warning("whatsapp send got no answer; the message may have been delivered",
-                    kind=exc.kind, ambiguous=count, retry=not final)
+    ctx.log.warning(
+        "whatsapp send got no answer; the message may have been delivered",
+        kind=exc.kind,
+        ambiguous=count,
+        retry=not final,
+    )
     if final:
         raise UnrecoverableError(ambiguous_reason(key, f"{exc} (send {max(count, 1)} without one)")) from None
     raise exc
