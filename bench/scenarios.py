@@ -74,7 +74,7 @@ def uuid_like(kind: int, i: int) -> str:
 
 
 def expiry(i: int, expires_at: datetime, now: datetime | None = None, ids: str = "short") -> ExpiryJob:
-    """The seed's expiry payload; `ids` "short" (w-1, slot-1, ...) or "uuid" (uuid_like)."""
+    """The NestJS module's expiry payload; `ids` "short" (w-1, slot-1, ...) or "uuid" (uuid_like)."""
     if ids == "uuid":
         names = (uuid_like(1, i), uuid_like(2, i % 500), uuid_like(3, i), uuid_like(4, i % 200))
     else:
@@ -514,7 +514,7 @@ def _notify_run(
 def notifications(b: Bench, log: Any) -> dict[str, Any]:
     """The real send-slot-available processor and WhatsApp sender against the fake Cloud API
     (150 ms per request), global limit 80/s: a concurrency sweep with only the global limit
-    binding, then the issue's 5,000 notifications over 200 salons with the seed's per-salon
+    binding, then 5,000 notifications over 200 salons with the NestJS module's per-salon
     limit (10 per 60 s), whose first 2,000 sends are bound by the global limit and the rest
     by the salons (200 x 10 / 60 s = 33/s)."""
     fake = Proc(

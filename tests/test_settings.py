@@ -96,7 +96,7 @@ def test_redis_named_only_in_env_file_counts_as_configured(tmp_path, monkeypatch
     assert load_settings().redis_configured is True
 
 
-# --- REDIS_URL: one parse, one-line refusals that never show the password (issue 13, item 8) ---
+# --- REDIS_URL: one parse, one-line refusals that never show the password (item 8) ---
 
 SECRET = "S3cretPw"
 

@@ -1,4 +1,4 @@
-"""`bullwait migrate-legacy`: move jobs from the seed's colon queue names to the current ones."""
+"""`bullwait migrate-legacy`: move jobs from the NestJS module's colon queue names to the current ones."""
 
 from __future__ import annotations
 

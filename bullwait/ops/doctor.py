@@ -193,7 +193,7 @@ def _check_hz(hz: int) -> Check:
     """Redis ends blocking waits on its `hz` ticks: that bounds how late a due timer wakes a
     Node worker (measured on Redis 7.0: hz 10 mean 49 ms / max 100 ms, hz 100 mean 7 ms /
     max 13 ms). bullwait's own workers wait the last 110 ms before a due time in their
-    event loop, ~1 ms late at any hz. The default meets the seed's ±100 ms: not a warning.
+    event loop, ~1 ms late at any hz. The default meets the NestJS module's ±100 ms: not a warning.
     """
     tick = 1000 // max(hz, 1)
     if hz >= 100:

@@ -1,4 +1,4 @@
-"""Move every job from the seed's legacy queue names to the current ones, losslessly.
+"""Move every job from the NestJS module's legacy queue names to the current ones, losslessly.
 
 A team upgrading its NestJS app from bullmq 4.x (`waitlist:expiry`, ...) to bullmq 6
 (`waitlist-expiry`, ...) has jobs in flight on the old names: 15-minute timers, waiting

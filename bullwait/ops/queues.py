@@ -133,7 +133,7 @@ class Ops:
     # --- cancel ---------------------------------------------------------------------
 
     async def cancel(self, key: QueueKey, job_id: str) -> CancelResult:
-        """Remove a job only while waiting or delayed (the seed's cancelExpiryTimer rule)."""
+        """Remove a job only while waiting or delayed (the NestJS module's cancelExpiryTimer rule)."""
         check_job_id(job_id)
         stored = await self._stored_id(key, job_id)
         if not_utf8(stored):

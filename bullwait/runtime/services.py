@@ -29,7 +29,7 @@ class Services:
     producer: Producer
     registry: Registry
     observer: JobObserver = field(default_factory=NullObserver)
-    # --- waitlist domain (issue #3) ---
+    # --- waitlist domain ---
     store: WaitlistStore | None = None
     waitlist: Waitlist | None = None
     sender: MessageSender | None = None

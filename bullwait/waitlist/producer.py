@@ -1,4 +1,4 @@
-"""Typed producer API: the seed's usage examples, wire-compatible with NestJS producers.
+"""Typed producer API: the NestJS module's usage examples, wire-compatible with NestJS producers.
 
 async with Producer(load_settings()) as producer:
     await producer.schedule_expiry(ExpiryJob(...))          # jobId expiry_<waitlistId>

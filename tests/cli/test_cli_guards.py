@@ -1,4 +1,4 @@
-"""The CLI's guards: bad URLs and numbers as one line, confirmations, orientation (issue 13).
+"""The CLI's guards: bad URLs and numbers as one line, confirmations, orientation.
 
 In-process through Typer's CliRunner (no interpreter start per case); one subprocess test
 keeps the real entry point honest.

@@ -1,4 +1,4 @@
-"""The seed's stack (Node bullmq 4.18, colon queue names) -> bullwait legacy mode, and the move to current names."""
+"""The NestJS module's stack (Node bullmq 4.18, colon queue names) -> bullwait legacy mode, then current names."""
 
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ async def test_migrate_legacy_moves_every_job_with_its_due_time(
         await wait_job_state(old_side.queue(QueueKey.WAITLIST_NOTIFICATION), "n-retry", "delayed")
     assert old.stop() == 0
 
-    # 2. Timers, prioritized and plain notifications, a paused preference queue, from the seed's 4.x code.
+    # 2. Timers, prioritized and plain notifications, a paused preference queue, from the NestJS module's 4.x code.
     entry, slot = seed_entry, seed_slot()
     legacy(
         env,

@@ -1,4 +1,4 @@
-"""NestJS 11 + @nestjs/bullmq (the seed's producers) <-> bullwait's Python workers and producer."""
+"""NestJS 11 + @nestjs/bullmq (the NestJS module's producers) <-> bullwait's Python workers and producer."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ async def test_nest_seed_jobs_are_processed_by_bullwait_worker(
     expiry_id, note_id, pref_id = (r["jobId"] for r in ids)
     assert expiry_id == "expiry_w-7"
 
-    # What NestJS wrote: the seed's data, the seed's call-site options over the catalog defaults.
+    # What NestJS wrote: the NestJS module's data, the NestJS module's call-site options over the catalog defaults.
     exp = _raw(sync_redis, prefix, "waitlist-expiry", expiry_id)
     assert exp["name"] == "check-expiry" and exp["delay"] == "400"
     assert {k: exp["data"][k] for k in ("waitlistId", "slotId", "customerId", "salonId")} == {
@@ -67,10 +67,10 @@ async def test_nest_seed_jobs_are_processed_by_bullwait_worker(
     note = _raw(sync_redis, prefix, "waitlist-notification", note_id)
     assert note["data"] == notification_data("w-7") and note["priority"] == "10"
     pref = _raw(sync_redis, prefix, "waitlist-preference-calculation", pref_id)
-    # The seed computes dayOfWeek with JS `new Date(booking.date).getDay()`.
+    # The NestJS module computes dayOfWeek with JS `new Date(booking.date).getDay()`.
     day = (datetime.date.fromisoformat(booking["date"]).weekday() + 1) % 7
     assert pref["data"]["data"] == {"serviceId": "service-1", "masterId": "master-1", "dayOfWeek": day, "hour": 10}
-    assert pref["priority"] == "1", "the seed's call-site priority wins over the catalog default"
+    assert pref["priority"] == "1", "the NestJS module's call-site priority wins over the catalog default"
 
     async with Producer(settings) as producer:
         for key, job_id in (
@@ -87,7 +87,7 @@ async def test_nest_seed_jobs_are_processed_by_bullwait_worker(
 
 
 async def test_retries_backoff_priority_and_retention_follow_the_options(env, settings: Settings) -> None:  # type: ignore[no-untyped-def]
-    """In-process Python workers (real bullmq-py) on jobs NestJS added with the seed's options."""
+    """In-process Python workers (real bullmq-py) on jobs NestJS added with the NestJS module's options."""
     entry, slot = seed_entry, seed_slot()
     steps = [
         {"action": "sendSlotAvailableNotification", "args": {"waitlistEntry": entry(w), "slot": slot}}
@@ -189,7 +189,7 @@ async def test_cancel_both_ways_and_stats(env, settings: Settings, sync_redis, p
         assert nest(env, "cancelExpiryTimer", {"waitlistId": "w-p"})["state"] == "missing"
         assert not sync_redis.exists(f"{prefix}:waitlist-expiry:expiry_w-p")
 
-        # The seed's getQueueStats agrees with Python's counts.
+        # The NestJS module's getQueueStats agrees with Python's counts.
         await producer.queue_preferences(
             PreferenceJob.model_validate(
                 {
@@ -213,5 +213,5 @@ async def test_cancel_both_ways_and_stats(env, settings: Settings, sync_redis, p
                 counts["active"],
             )
         assert stats["waitlist-expiry"]["delayed"] == 1
-        # The seed counts `waiting` with getWaitingCount (wait list only) and so misses prioritized jobs.
+        # The NestJS module counts `waiting` with getWaitingCount (wait list only) and so misses prioritized jobs.
         assert stats["waitlist-preference-calculation"]["waiting"] == 0

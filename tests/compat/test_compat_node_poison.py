@@ -1,4 +1,4 @@
-"""Poison options written by a real Node bullmq 6 producer (issue 13, items 2 and 3).
+"""Poison options written by a real Node bullmq 6 producer (items 2 and 3).
 
 Node's Queue.add accepts `attempts: "3"` (its worker compares it as the number 3), `attempts:
 "abc"`, a backoff delay that is not a number and `delay: "abc"`; it refuses Infinity and NaN

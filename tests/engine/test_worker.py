@@ -27,7 +27,7 @@ def _job(sync_redis: redis.Redis, prefix: str, queue: str, job_id: str) -> dict[
 async def test_seed_jobs_with_seed_options_are_processed(settings: Settings, start_worker, sync_redis, prefix) -> None:  # type: ignore[no-untyped-def]
     worker = start_worker()
     async with Producer(settings) as producer:
-        # Exactly what the seed's NestJS snippets add (data and options), through raw bullmq.
+        # Exactly what the NestJS module's NestJS snippets add (data and options), through raw bullmq.
         exp = await producer.queue(QueueKey.WAITLIST_EXPIRY).add(
             "check-expiry", expiry_data("w-9", minutes=0.01), {"delay": 600, "jobId": "expiry_w-9"}
         )

@@ -1,4 +1,4 @@
-"""The seed's example job data, exactly as NestJS sends it."""
+"""The NestJS module's example job data, exactly as NestJS sends it."""
 
 from __future__ import annotations
 

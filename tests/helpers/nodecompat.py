@@ -138,12 +138,12 @@ def start_board(start_node: Any) -> Iterator[Any]:
 
 
 def seed_entry(waitlist_id: str = "w-1", phone: str = "+34600111222", salon_id: str = "salon-1") -> dict[str, Any]:
-    """The seed's `waitlistEntry` argument."""
+    """The NestJS module's `waitlistEntry` argument."""
     return {"id": waitlist_id, "customerId": "cust-1", "salonId": salon_id, "customer": {"phone": phone}}
 
 
 def seed_slot(slot_id: str = "slot-1") -> dict[str, Any]:
-    """The seed's `slot` argument."""
+    """The NestJS module's `slot` argument."""
     return {
         "id": slot_id,
         "date": future_day(),

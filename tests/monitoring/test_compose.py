@@ -27,7 +27,7 @@ from helpers.common import ROOT
 COMPOSE = ROOT / "docker-compose.yml"
 REDIS_PORT_OVERRIDE = ROOT / "docker-compose.redis-port.yml"
 MONITORING = ROOT / "monitoring"
-# The Sentinel variables are Settings once the Python side of issue 14 lands; listed here so
+# The Sentinel variables are also Settings fields; listed here so
 # this file checks the compose file on its own (a name in both is harmless).
 SENTINEL_ENV = {"REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_USERNAME", "REDIS_SENTINEL_PASSWORD"}
 SETTINGS_ENV = {name.upper() for name in Settings.model_fields} | SENTINEL_ENV

@@ -1,4 +1,4 @@
-"""Fault injection (issue 13, Proof): a real `bullwait worker` subprocess reaches Redis only
+"""Fault injection (Proof): a real `bullwait worker` subprocess reaches Redis only
 through `faultproxy.FaultProxy`, which freezes, cuts replies half-way, resets connections
 or adds latency while the worker runs the waitlist flow against the fake Cloud API.
 
@@ -6,7 +6,7 @@ Per fault, the application side (`Waitlist`, straight to Redis) offers one slot 
 NOTIFICATIONS / 2 salons, each with two customers: A is notified at once, A's timer (run by
 the worker) passes the slot to B, B's timer expires B; so NOTIFICATIONS sends and as many
 timers. Mixed into that load: the hand-written poison jobs of `fault_load.POISON` in both
-the notification and the expiry queue, and a Node bullmq 6 producer (the seed's NestJS
+the notification and the expiry queue, and a Node bullmq 6 producer (the NestJS module's NestJS
 module) adding notifications, timers and a job with `attempts: '3'`.
 
 Afterwards, whatever the fault:
@@ -20,7 +20,7 @@ Afterwards, whatever the fault:
 
 Faults are injected at points of progress (after so many sends), never on a clock, and the
 suite waits as long as jobs keep finishing (IDLE_S without progress ends the wait), so a
-slow machine makes it slower, not red. NOTIFICATIONS is 300 by default (CI); the issue's
+slow machine makes it slower, not red. NOTIFICATIONS is 300 by default (CI) and
 2,000 with BULLWAIT_SLOW=1.
 """
 
@@ -138,7 +138,7 @@ const { loadConfig } = require('./lib/config');
 
 
 def node_produce(env: dict[str, str]) -> dict[str, Any]:
-    """The seed's NestJS module adds NODE_JOBS notifications and timers (entries bullwait's
+    """The NestJS module's NestJS module adds NODE_JOBS notifications and timers (entries bullwait's
     store does not know: sent as asked, timers end `missing`), then one poison job."""
     steps = []
     for k in range(NODE_JOBS):

@@ -1,4 +1,4 @@
-"""Poison job hashes (issue 13, items 2 and 3): whatever a producer or a hand-written HSET left
+"""Poison job hashes (items 2 and 3): whatever a producer or a hand-written HSET left
 in a job hash, the job fails once with a reason naming what is wrong, never stalls, harms no
 other job, and the CLI can list, show and remove it.
 

@@ -1,4 +1,4 @@
-"""A worker keeps its names through a Redis restart (issue 13, item 6).
+"""A worker keeps its names through a Redis restart (item 6).
 
 Node's getWorkers(), Bull Board and `bullwait stats` find workers by their CLIENT LIST
 names; connections that came back from a restart without them made a busy worker look

@@ -21,7 +21,7 @@ from helpers.common import ROOT
 SEED = {
     # queue: (concurrency, backoff ms, completed (count, age s), failed (count, age s))
     QueueKey.WAITLIST_EXPIRY: (5, 1000, (100, 3600), (1000, 7 * 86400)),
-    # Concurrency 20, not the seed's 10: 10 cannot reach 80 msg/s at 150 ms (docs/waitlist.md, Rate limits).
+    # Concurrency 20, not the NestJS module's 10: 10 cannot reach 80 msg/s at 150 ms (docs/waitlist.md, Rate limits).
     QueueKey.WAITLIST_NOTIFICATION: (20, 1000, (200, 86400), (2000, 7 * 86400)),
     QueueKey.PREFERENCE_CALCULATION: (2, 5000, (50, 3600), (500, 7 * 86400)),
 }

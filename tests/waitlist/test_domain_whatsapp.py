@@ -172,7 +172,7 @@ def test_throttle_backoff() -> None:
     assert throttle_backoff_ms(30) == 60_000
 
 
-# --- answers of any shape (issue 13 item 4) --------------------------------------------
+# --- answers of any shape ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
