@@ -90,7 +90,9 @@ class BullwaitWorker(Worker):  # type: ignore[misc]  # bullmq-py ships no type i
         # close() cancels the BZPOPMIN; redis-py's send may swallow that cancellation.
         keep_cancellations(self._blocking_connection())
         # Completions travel together on one connection, as with Node's ioredis.
-        self.pipeline = AutoPipeline(internals.main_client(self))
+        # With Redis Cluster, on a connection to the master of the queue's slot.
+        queue_key = internals.scripts_of(self).key("wait")
+        self.pipeline = AutoPipeline(internals.main_client(self), key=queue_key)
         self._completions: CompletionCalls | None = None  # built on first use (scripts are loaded by then)
         # A fetch sent twice (its reply lost) leaves a job active under our token: given back.
         self.orphans = OrphanSweeper(self)
