@@ -29,6 +29,7 @@ class ClusterNode(RedisServer):
     """One `redis-server --cluster-enabled yes`, its nodes.conf in its own data directory."""
 
     def __init__(self, extra_args: list[str] | None = None) -> None:
+        self.bus_port = free_port()
         args = [
             "--cluster-enabled",
             "yes",
@@ -37,7 +38,7 @@ class ClusterNode(RedisServer):
             "--cluster-node-timeout",
             str(NODE_TIMEOUT_MS),
             "--cluster-port",
-            str(free_port()),
+            str(self.bus_port),
             # A replica syncs at once, not after redis' default 5 s wait for more replicas to join.
             "--repl-diskless-sync-delay",
             "0",
@@ -52,7 +53,7 @@ class ClusterSet:
     def __init__(self, masters: int = 3, replicas: int = 1, extra_args: list[str] | None = None) -> None:
         self.masters_count = masters
         self.replicas_per_master = replicas
-        self.nodes = [ClusterNode(extra_args) for _ in range(masters * (1 + replicas))]
+        self.nodes: list[ClusterNode] = [ClusterNode(extra_args) for _ in range(masters * (1 + replicas))]
 
     @property
     def ports(self) -> list[int]:
@@ -157,9 +158,9 @@ class ClusterSet:
         for i, node in enumerate(masters):
             end = 16383 if i == self.masters_count - 1 else (i + 1) * per - 1
             self.client(node.port).execute_command("CLUSTER", "ADDSLOTSRANGE", i * per, end)
-        first = self.nodes[0].port
+        first = self.nodes[0]
         for node in self.nodes[1:]:
-            self.client(node.port).execute_command("CLUSTER", "MEET", "127.0.0.1", first)
+            self.client(node.port).execute_command("CLUSTER", "MEET", "127.0.0.1", first.port, first.bus_port)
         self.wait(lambda: all(self._known(n.port) == len(self.nodes) for n in self.nodes), "nodes to meet")
         ids = [self.client(n.port).execute_command("CLUSTER", "MYID") for n in masters]
         for i, node in enumerate(self.nodes[self.masters_count :]):
