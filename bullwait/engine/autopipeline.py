@@ -132,7 +132,8 @@ class AutoPipeline:
         self.client = client
         self.eager = eager
         self.key = key  # with a cluster client: a key of the slot the calls touch
-        self.redirects = 0
+        self.redirects = 0  # calls a node refused with a redirect, sent again through the client
+        self.moves = 0  # links dropped because their slot moved (failover, migration)
         self._link: _Link | None = None  # only set once connected AND handshake done
         self._queued: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._flush_scheduled = False
@@ -264,6 +265,7 @@ class AutoPipeline:
             except _MOVED as exc:
                 # The slot moved: this node refuses every call written to it (one slot); all
                 # go through the client, and the next link goes to the new owner.
+                self.moves += 1
                 self._fail_link(link, _Resend(str(exc)))
                 _in_background(self._refresh(exc))
                 return

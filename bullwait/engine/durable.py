@@ -185,7 +185,7 @@ async def cluster_send_and_wait(
         refused = next((r for r in replies if isinstance(r, _NOT_RUN)), None)
         if refused is None or last:
             return replies, acked
-        if isinstance(refused, AskError):
+        if isinstance(refused, AskError) and not isinstance(refused, MovedError):  # MovedError is an AskError
             asking = client.get_node(host=refused.host, port=refused.port)
         elif isinstance(refused, TryAgainError):
             await asyncio.sleep(0.05 * (send + 1))  # a slot migration moves the keys meanwhile

@@ -46,8 +46,10 @@ def worker_options(key: QueueKey, settings: Settings, worker_name: str) -> dict[
         # After Redis comes back, poll again within a second (bullmq-py waits 15 s).
         "runRetryDelay": 1000,
     }
-    if settings.sentinel is not None:
-        options["blockingConnection"] = bullmq_connection(settings)  # a client of its own (worker.py, 10.)
+    if settings.sentinel is not None or settings.cluster is not None:
+        # A client of its own for the BZPOPMIN: on a cluster its connection is to the master of
+        # the queue's slot, and follows MOVED after a failover without touching the main client's.
+        options["blockingConnection"] = bullmq_connection(settings)
     if settings.bullmq_metrics_max_data_points:
         # BullMQ's own per-minute metrics (`<prefix>:<queue>:metrics:completed|failed`), which
         # Node's getMetrics()/exportPrometheusMetrics() and Bull Board read. bullmq-py 3.4.4
