@@ -208,7 +208,9 @@ async def _transaction(
         except (*_NOT_RUN, RedisConnectionError, RedisTimeoutError, OSError) as exc:
             if send == CLUSTER_SENDS - 1:
                 raise
-            if isinstance(exc, (AskError, TryAgainError)) and not isinstance(exc, MovedError):  # MovedError is an AskError
+            if isinstance(exc, (AskError, TryAgainError)) and not isinstance(
+                exc, MovedError
+            ):  # MovedError is an AskError
                 # A slot being migrated: wait for its keys to move rather than follow ASK
                 # (which would have to precede every command of the transaction).
                 await asyncio.sleep(0.1 * (send + 1))
