@@ -15,6 +15,11 @@ class SettingsError(BullwaitError):
     exit_code = 2
 
 
+class RedisIsClusterNode(SettingsError):
+    """A one-node address (REDIS_URL, REDIS_HOST/PORT) names a Redis Cluster node: every key
+    command would be redirected (MOVED), so nothing works until REDIS_CLUSTER_NODES is set."""
+
+
 class RedisUnavailable(BullwaitError):
     """Redis did not answer (refused, timed out, bad credentials)."""
 

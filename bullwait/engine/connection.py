@@ -4,7 +4,9 @@ bullmq-py takes a dict of `redis.asyncio.Redis` keyword arguments and builds its
 clients from it (one main, one blocking per worker); `redis_options` makes that dict.
 It also takes a client instance: `bullmq_connection` gives it one when Redis is found
 through Sentinel, where every client must be a Sentinel-managed one (`redis_client`
-builds those; see "Redis Sentinel" below for how connections follow a failover).
+builds those; see "Redis Sentinel" below for how connections follow a failover), and on a
+Redis Cluster (REDIS_CLUSTER_NODES), where every client is a `RedisCluster` that follows
+MOVED/ASK redirects and failovers itself (see "Redis Cluster" below).
 """
 
 from __future__ import annotations
@@ -16,25 +18,38 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import ExponentialBackoff, ExponentialWithJitterBackoff, NoBackoff
-from redis.exceptions import AuthenticationError, BusyLoadingError, RedisError, ResponseError
+from redis.exceptions import (
+    AskError,
+    AuthenticationError,
+    BusyLoadingError,
+    ClusterCrossSlotError,
+    ClusterDownError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bullwait.engine.internals import add_connection_mixin, set_read_timeout
-from bullwait.errors import RedisAccessDenied, RedisUnavailable
+from bullwait.errors import RedisAccessDenied, RedisIsClusterNode, RedisUnavailable
 from bullwait.settings import Settings
 
 
 def redis_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for `redis.asyncio.Redis` (and bullmq's `connection` option).
 
-    One node only: with Sentinel there is no fixed address to give (use `bullmq_connection`)."""
+    One node only: with Sentinel or a cluster there is no fixed address to give (use `bullmq_connection`)."""
     if settings.sentinel is not None:
         raise RuntimeError("redis_options() names one node; with REDIS_SENTINELS use bullmq_connection()")
+    if settings.cluster is not None:
+        raise RuntimeError("redis_options() names one node; with REDIS_CLUSTER_NODES use bullmq_connection()")
     return _node_options(settings, settings.redis_address.connect_kwargs())
 
 
@@ -56,9 +71,12 @@ def _node_options(settings: Settings, opts: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
-def redis_client(settings: Settings, single_connection: bool = False, **extra: Any) -> aioredis.Redis:
+def redis_client(settings: Settings, single_connection: bool = False, **extra: Any) -> Any:
     """An async client for bullwait's own commands (ops, store, metrics); Sentinel-managed
-    when REDIS_SENTINELS is set. `single_connection`: one connection, as bullmq-py's own."""
+    when REDIS_SENTINELS is set, a `RedisCluster` with REDIS_CLUSTER_NODES. `single_connection`:
+    one connection, as bullmq-py's own (a cluster client has a pool per node instead)."""
+    if settings.cluster is not None:
+        return cluster_client(settings, **extra)
     if settings.sentinel is not None:
         return sentinel_client(settings, single_connection, **extra)
     opts = redis_options(settings)
@@ -66,12 +84,14 @@ def redis_client(settings: Settings, single_connection: bool = False, **extra: A
     return aioredis.Redis(decode_responses=True, single_connection_client=single_connection, **opts)
 
 
-def bullmq_connection(settings: Settings) -> dict[str, Any] | aioredis.Redis:
-    """bullmq's `connection` option: kwargs for one node, a Sentinel-managed client otherwise.
+def bullmq_connection(settings: Settings) -> dict[str, Any] | aioredis.Redis | RedisCluster:
+    """bullmq's `connection` option: kwargs for one node, a Sentinel-managed or cluster client otherwise.
 
     bullmq-py builds a single-connection `redis.asyncio.Redis` from kwargs and uses a client
-    it is given as it is (bullmq/redis_connection.py); the Sentinel client is made the same
-    way (one connection, bounded retries on connection errors)."""
+    it is given as it is (bullmq/redis_connection.py, which takes a `RedisCluster` too); the
+    Sentinel client is made the same way (one connection, bounded retries on connection errors)."""
+    if settings.cluster is not None:
+        return cluster_client(settings, retry=bounded_retry(settings.bullwait_redis_retry_timeout))
     if settings.sentinel is None:
         return redis_options(settings)
     client = sentinel_client(settings, single_connection=True)
@@ -81,25 +101,34 @@ def bullmq_connection(settings: Settings) -> dict[str, Any] | aioredis.Redis:
 
 def describe_redis(settings: Settings) -> str:
     """Where Redis is, for messages: scheme, host, port and db, any password masked."""
+    if settings.cluster is not None:
+        return settings.cluster.display()
     if settings.sentinel is not None:
         return settings.sentinel.display()
     return settings.redis_address.display()
 
 
 def redis_hostname(settings: Settings) -> str | None:
-    """The host Redis is reached at (None for a Unix socket; the first sentinel's with Sentinel)."""
+    """The host Redis is reached at (None for a Unix socket; the first sentinel's with Sentinel,
+    the first seed node's on a cluster)."""
+    if settings.cluster is not None:
+        return settings.cluster.nodes[0][0]
     if settings.sentinel is not None:
         return settings.sentinel.sentinels[0][0]
     return settings.redis_address.host
 
 
 async def check_redis(settings: Settings, timeout: float | None = None) -> str:
-    """Ping Redis once, fail fast. Returns the server version; raises `RedisUnavailable`."""
+    """Ping Redis once, fail fast. Returns the server version; raises `RedisUnavailable`, or
+    `RedisIsClusterNode` when a one-node address names a cluster node."""
     limit = timeout if timeout is not None else settings.redis_connect_timeout
     # One try, no redis-py retries: refused credentials must not be retried until the timeout.
     client = redis_client(settings, socket_timeout=limit, retry_on_timeout=False, retry=bounded_retry(0))
     try:
-        info = await asyncio.wait_for(_ping_version(client), timeout=limit + 1)
+        if settings.cluster is not None:
+            info = await asyncio.wait_for(_cluster_version(client), timeout=limit + 1)
+        else:
+            info = await asyncio.wait_for(_ping_version(client, settings), timeout=limit + 1)
     except MasterNotFoundError as exc:
         raise _no_master(settings, exc) from None
     except AuthenticationError:
@@ -108,12 +137,17 @@ async def check_redis(settings: Settings, timeout: float | None = None) -> str:
             "check REDIS_USERNAME / REDIS_PASSWORD (or the URL)"
         ) from None
     except ResponseError as exc:
+        redirect = cluster_redirect(settings, exc)
+        if redirect is not None:
+            raise redirect from None
         raise RedisAccessDenied(f"Redis at {describe_redis(settings)} answered with an error: {exc}") from None
-    except (TimeoutError, RedisError, OSError) as exc:
+    except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
         reason = short_reason(exc)
         advice = "start Redis or point REDIS_URL / --redis-url at it"
         if settings.sentinel is not None:
             advice = "start the master the sentinels name, or check REDIS_SENTINELS"
+        if settings.cluster is not None:
+            advice = "start the cluster's nodes, or check REDIS_CLUSTER_NODES"
         raise RedisUnavailable(f"cannot reach Redis at {describe_redis(settings)} ({reason}): {advice}") from None
     finally:
         await client.aclose()
@@ -144,9 +178,11 @@ def no_master_reason(settings: Settings, exc: MasterNotFoundError) -> str:
     return str(_no_master(settings, exc))
 
 
-async def _ping_version(client: aioredis.Redis) -> str:
+async def _ping_version(client: aioredis.Redis, settings: Settings) -> str:
     await client.ping()
     info = await client.info("server")
+    if settings.cluster is None and (await client.info("cluster")).get("cluster_enabled") in (1, "1"):
+        raise RedisIsClusterNode(is_cluster_node_message(settings))
     return str(info.get("redis_version", "unknown"))
 
 
@@ -154,6 +190,8 @@ def short_reason(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, RedisClusterException) and "reachable node: " in text:
+        return "no seed node answers: " + short_reason(Exception(text.split("reachable node: ", 1)[1]))
     if "refused" in text.lower() or text.lower().startswith("error 111 "):
         return "connection refused"
     if "timeout" in text.lower() or "timed out" in text.lower():
@@ -175,6 +213,141 @@ async def wait_for_redis(settings: Settings, log: Any, max_delay: float = 30.0) 
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay)
             attempt += 1
+
+
+# --- Redis Cluster ------------------------------------------------------------------
+# With REDIS_CLUSTER_NODES every client is a redis-py `RedisCluster`: it reads the slot map
+# from a seed node, sends each command to the master of its key's slot, follows MOVED and
+# ASK, and reads the map again after a MOVED or a lost node (a failover). Key-less commands
+# (PING, INFO, CLIENT LIST) go to nodes chosen by redis-py's command policies, or to the
+# nodes passed as `target_nodes`. BullMQ's Lua needs every key of one call in one slot: the
+# prefix's hash tag (settings.py) gives that.
+
+
+def cluster_client(settings: Settings, **extra: Any) -> RedisCluster:
+    """A `RedisCluster` on the seed nodes, with the credentials, TLS and timeouts of one node."""
+    topology = settings.cluster
+    assert topology is not None
+    extra.pop("retry_on_timeout", None)  # a Redis() argument RedisCluster does not take
+    extra.pop("single_connection_client", None)
+    opts: dict[str, Any] = {}
+    if settings.redis_username:
+        opts["username"] = settings.redis_username
+    if settings.redis_password:
+        opts["password"] = settings.redis_password
+    if settings.redis_tls_ca_file:
+        opts.update(ssl=True, ssl_ca_certs=settings.redis_tls_ca_file, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    opts.update(
+        socket_connect_timeout=settings.redis_connect_timeout,
+        socket_keepalive=True,
+        health_check_interval=15,
+        decode_responses=True,
+    )
+    opts.update(extra)
+    nodes = [ClusterNode(host, port) for host, port in topology.nodes]
+    return RedisCluster(startup_nodes=nodes, **opts)
+
+
+@dataclass
+class ClusterView:
+    """What the cluster's nodes say, for `check_redis`, doctor and stats."""
+
+    nodes: list[tuple[str, str, bool, str]]  # (address, role, answering, error)
+    state: str  # cluster_state from a node that answers ("unknown" if none)
+    slots_ok: int
+    version: str = "unknown"
+
+    @property
+    def answering(self) -> int:
+        return sum(answering for _, _, answering, _ in self.nodes)
+
+    def masters(self) -> list[str]:
+        return [address for address, role, _, _ in self.nodes if role == "master"]
+
+    def replicas(self) -> list[str]:
+        return [address for address, role, _, _ in self.nodes if role != "master"]
+
+    def summary(self) -> str:
+        """One line: nodes answering, masters/replicas, cluster_state and slots."""
+        down = [f"{address} ({error})" for address, _, answering, error in self.nodes if not answering]
+        tail = f"; not answering: {', '.join(down)}" if down else ""
+        return (
+            f"Redis Cluster: {self.answering}/{len(self.nodes)} nodes answering "
+            f"({len(self.masters())} masters, {len(self.replicas())} replicas), "
+            f"cluster_state {self.state}, slots ok {self.slots_ok}/16384{tail}"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "slotsOk": self.slots_ok,
+            "version": self.version,
+            "nodes": [{"address": a, "role": r, "answering": ok, "error": e} for a, r, ok, e in self.nodes],
+        }
+
+
+async def read_cluster(client: RedisCluster) -> ClusterView:
+    """Ask every node the client knows (masters and replicas) for its role; CLUSTER INFO from one."""
+    await client.initialize()
+    views: list[tuple[str, str, bool, str]] = []
+    state, slots_ok, version = "unknown", 0, "unknown"
+    for node in client.get_nodes():
+        address = f"{node.host}:{node.port}"
+        try:
+            info = await client.info("server", target_nodes=node)
+            if state == "unknown" or state == "ok":
+                cluster = await client.execute_command("CLUSTER INFO", target_nodes=node)
+                state = str(cluster.get("cluster_state", "unknown")) if isinstance(cluster, dict) else state
+                slots_ok = int(cluster.get("cluster_slots_ok", 0)) if isinstance(cluster, dict) else slots_ok
+        except (RedisError, OSError) as exc:
+            views.append((address, str(node.server_type or "unknown"), False, short_reason(exc)))
+            continue
+        version = str(info.get("redis_version", version))
+        views.append((address, str(node.server_type or "unknown"), True, ""))
+    views.sort(key=lambda view: (view[1] != "primary", view[0]))
+    roles = {"primary": "master"}
+    return ClusterView([(a, roles.get(r, "replica"), ok, e) for a, r, ok, e in views], state, slots_ok, version)
+
+
+async def _cluster_version(client: RedisCluster) -> str:
+    """The version when the cluster serves every slot; `RedisUnavailable` in one line otherwise."""
+    view = await read_cluster(client)
+    if view.state != "ok" or view.answering == 0:
+        raise RedisUnavailable(f"{view.summary()}: wait for the cluster to recover, or check REDIS_CLUSTER_NODES")
+    return view.version
+
+
+# A cluster's replies to a client that does not follow the cluster (redis-py raises them as
+# ResponseErrors whose text is the bare reply, e.g. "9263 127.0.0.1:7201" for a MOVED).
+CLUSTER_REPLIES = (AskError, ClusterDownError, TryAgainError, ClusterCrossSlotError)
+
+
+def is_cluster_node_message(settings: Settings, node: str | None = None) -> str:
+    """The one line for a one-node address that names a cluster node."""
+    address = settings.redis_address
+    seed = node or (f"{address.host}:{address.port}" if address.host else "host:port,...")
+    where = "REDIS_URL" if settings.redis_url else "REDIS_HOST/REDIS_PORT"
+    return (
+        f"this Redis ({address.display()}) is a cluster node: set REDIS_CLUSTER_NODES={seed} "
+        f"(any of its nodes) instead of {where}"
+    )
+
+
+def cluster_redirect(settings: Settings, exc: BaseException) -> RedisIsClusterNode | None:
+    """`RedisIsClusterNode` when `exc` is a cluster's reply (MOVED, ASK, CLUSTERDOWN, ...) to a
+    one-node client; None otherwise (on a configured cluster those are redis-py's to follow)."""
+    if settings.cluster is not None or settings.sentinel is not None:
+        return None
+    if isinstance(exc, CLUSTER_REPLIES) or (
+        isinstance(exc, ResponseError) and str(exc).startswith(("MOVED ", "ASK ", "CLUSTERDOWN"))
+    ):
+        return RedisIsClusterNode(is_cluster_node_message(settings))
+    return None
+
+
+def cluster_unreachable(exc: BaseException) -> bool:
+    """True for redis-py's cluster-level errors (no node answers, slots not covered)."""
+    return isinstance(exc, RedisClusterException)
 
 
 # --- Bounded retries ---------------------------------------------------------
