@@ -35,6 +35,7 @@ its own caller, which can see them (`bullwait.engine.jobcheck.not_utf8`) and wri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections import deque
 from collections.abc import Coroutine
@@ -42,8 +43,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, ResponseError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bullwait.engine.internals import follow_redirect, new_connection, pool_kwargs, stream_writer
@@ -321,10 +322,8 @@ class AutoPipeline:
 
     async def _refresh(self, error: BaseException) -> None:
         """Update the cluster client's slot map; a failure leaves it to the client's next command."""
-        try:
+        with contextlib.suppress(Exception):  # the resent calls refresh the map themselves
             await follow_redirect(self.client, error)
-        except Exception:  # noqa: BLE001 - the resent calls refresh the map themselves
-            pass
 
     async def close(self) -> None:
         """Stop pipelining: later calls go through the client; calls already made finish."""
