@@ -338,11 +338,27 @@ def cluster_redirect(settings: Settings, exc: BaseException) -> RedisIsClusterNo
     one-node client; None otherwise (on a configured cluster those are redis-py's to follow)."""
     if settings.cluster is not None or settings.sentinel is not None:
         return None
-    if isinstance(exc, CLUSTER_REPLIES) or (
-        isinstance(exc, ResponseError) and str(exc).startswith(("MOVED ", "ASK ", "CLUSTERDOWN"))
+    message = cluster_reply_message(exc, settings)
+    return RedisIsClusterNode(message) if message is not None else None
+
+
+def cluster_reply_message(exc: BaseException, settings: Settings | None = None) -> str | None:
+    """The one line for a cluster's reply to a client that does not follow a cluster, or None
+    when `exc` is not one. Without settings the node named by a MOVED/ASK stands in as the seed."""
+    text = str(exc)
+    if not isinstance(exc, CLUSTER_REPLIES) and not (
+        isinstance(exc, ResponseError) and text.startswith(("MOVED ", "ASK ", "CLUSTERDOWN", "CROSSSLOT"))
     ):
-        return RedisIsClusterNode(is_cluster_node_message(settings))
-    return None
+        return None
+    if settings is not None:
+        return is_cluster_node_message(settings)
+    # A MOVED/ASK reads "<slot> <host>:<port>" (redis-py drops the word).
+    parts = text.removeprefix("MOVED ").removeprefix("ASK ").split()
+    node = parts[1] if len(parts) == 2 and parts[0].isdigit() else "host:port,..."
+    return (
+        f"this Redis is a cluster node: set REDIS_CLUSTER_NODES={node} (any of its nodes) "
+        "instead of REDIS_URL or REDIS_HOST/REDIS_PORT"
+    )
 
 
 def cluster_unreachable(exc: BaseException) -> bool:

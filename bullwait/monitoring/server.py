@@ -33,7 +33,13 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from redis.asyncio.sentinel import MasterNotFoundError
 
-from bullwait.engine.connection import describe_redis, no_master_reason, redis_client, short_reason
+from bullwait.engine.connection import (
+    cluster_redirect,
+    describe_redis,
+    no_master_reason,
+    redis_client,
+    short_reason,
+)
 from bullwait.errors import MonitoringUnavailable
 from bullwait.logs import get_logger
 from bullwait.monitoring.health import LoopWatch, evaluate, redis_down
@@ -134,6 +140,9 @@ class Monitor:
         except MasterNotFoundError as exc:
             return 503, redis_down(self.queues, no_master_reason(self.settings, exc))
         except Exception as exc:  # noqa: BLE001
+            redirect = cluster_redirect(self.settings, exc)
+            if redirect is not None:
+                return 503, redis_down(self.queues, str(redirect))
             reason = (
                 "timed out"
                 if isinstance(exc, asyncio.TimeoutError)

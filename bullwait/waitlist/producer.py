@@ -31,7 +31,13 @@ from redis.exceptions import (
 )
 
 from bullwait.engine.bulk import NewJob, add_jobs, now_ms, stored_opts
-from bullwait.engine.connection import bound_retries, bullmq_connection, describe_redis, redis_client
+from bullwait.engine.connection import (
+    bound_retries,
+    bullmq_connection,
+    cluster_redirect,
+    describe_redis,
+    redis_client,
+)
 from bullwait.engine.durable import Durability, run_command
 from bullwait.engine.internals import add_job, bullmq_connections, main_client, script_source, scripts_of
 from bullwait.errors import BadArgument, RedisOutOfMemory, RedisUnavailable
@@ -348,6 +354,9 @@ async def redis_errors(settings: Settings, consequence: str) -> Any:
             "grant the ACL in docs/security.md"
         ) from None
     except ResponseError as exc:
+        redirect = cluster_redirect(settings, exc)
+        if redirect is not None:
+            raise redirect from None
         if not isinstance(exc, OutOfMemoryError) and OOM_MARKER not in str(exc):
             raise
         raise RedisOutOfMemory(
