@@ -182,9 +182,8 @@ async def test_three_queues_and_the_cascade_on_every_shard(
     await start_cascades(services)
     await eventually(lambda: cascaded(services), 60, "A expired and B offered in every salon")
     await eventually(lambda: all_told(api, worker), 60, "A and B told in every salon")
-    print(
-        f"\n{SALONS} salons: cascade done and {2 * SALONS} messages sent {time.monotonic() - started:.1f} s after the first join"
-    )
+    took = time.monotonic() - started
+    print(f"\n{SALONS} salons: cascade done and {2 * SALONS} messages sent {took:.1f} s after the first join")
     customers = await book_half(services)
     await eventually(lambda: preferences_folded(services, customers), 60, "preferences folded for the bookings")
     counted = sends(api)

@@ -1,0 +1,148 @@
+"""The engine on a Redis Cluster, in process: BullwaitWorker on the clients settings give
+(`bullmq_connection`), completions through the auto-pipeline, bulk adds, durable writes
+(WAIT on the master of each write's slot), the orphan sweep, and a `CLUSTER FAILOVER` of the
+queue's master under load. Figures are printed (`-s`), never asserted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from typing import Any
+
+from bullmq import Queue
+
+from bullwait.engine.bulk import NewJob, add_jobs, now_ms, stored_opts
+from bullwait.engine.connection import bullmq_connection, redis_client
+from bullwait.engine.durable import Durability
+from bullwait.engine.worker import BullwaitWorker, node_client_name
+from bullwait.settings import Settings
+from bullwait.waitlist.store import RedisWaitlistStore
+
+from helpers.cluster import ClusterSet
+from helpers.reliability import eventually
+
+QUEUE = "cluster-engine"
+
+
+def worker_on(
+    csettings: Settings, runs: Counter[str], name: str = "py-cluster-engine", queue: str = QUEUE
+) -> BullwaitWorker:
+    async def process(job: Any, token: str) -> str:
+        runs[job.id] += 1
+        await asyncio.sleep(0.002)
+        return "ok"
+
+    return BullwaitWorker(
+        queue,
+        process,
+        {
+            "connection": bullmq_connection(csettings),
+            "blockingConnection": bullmq_connection(csettings),
+            "prefix": csettings.bullmq_prefix,
+            "concurrency": 10,
+            "autorun": False,
+            "name": name,
+        },
+    )
+
+
+def new_jobs(tag: str, count: int) -> list[NewJob]:
+    return [NewJob("j", json.dumps({"i": i}), stored_opts({}), f"{tag}-{i}", now_ms()) for i in range(count)]
+
+
+async def completed(queue: Queue) -> int:
+    return int((await queue.getJobCounts("completed"))["completed"])
+
+
+async def test_worker_completes_through_the_pipeline_on_the_queues_master(
+    cluster: ClusterSet, csettings: Settings
+) -> None:
+    runs: Counter[str] = Counter()
+    queue = Queue(QUEUE, {"connection": bullmq_connection(csettings), "prefix": csettings.bullmq_prefix})
+    worker = worker_on(csettings, runs)
+    errors: list[str] = []
+    worker.on("error", lambda err, *_a: errors.append(repr(err)))
+    task = asyncio.ensure_future(worker.run())
+    try:
+        await add_jobs(queue, new_jobs("a", 500))
+        await eventually(lambda: _at_least(queue, 500), 60, "500 jobs completed")
+        assert sum(runs.values()) == 500 and max(runs.values()) == 1
+        assert worker.pipeline.calls > 0, "completions went through the auto-pipeline"
+        owner = cluster.master_for(csettings.bullmq_prefix)
+        link = worker.pipeline._conn
+        assert link is None or int(link.port) == owner, "the pipeline's connection is on the queue's master"
+        names = [c["name"] for c in cluster.client(owner).client_list()]
+        assert node_client_name(csettings.bullmq_prefix, QUEUE, "py-cluster-engine") in names, (
+            "blocking connection there"
+        )
+        assert await worker.orphans.sweep() == []  # its pipeline of GETs runs on the cluster
+        assert worker.failing_for() == 0.0
+        print(f"\n500 jobs: {worker.pipeline.calls} completions in {worker.pipeline.writes} writes; errors {errors}")
+    finally:
+        await worker.close()
+        task.cancel()
+        await queue.close()
+
+
+async def _at_least(queue: Queue, count: int) -> bool:
+    return await completed(queue) >= count
+
+
+async def test_durable_writes_wait_on_each_slots_master(cluster: ClusterSet, csettings: Settings, prefix: str) -> None:
+    """WAIT 1 answers 1 only on the master that took the write (its replica acknowledges it):
+    a WAIT sent anywhere else would count 0 and raise WriteNotDurable."""
+    client = redis_client(csettings)
+    store = RedisWaitlistStore(client, f"{prefix}-durable:", Durability(replicas=1, timeout_ms=2000))
+    try:
+        salons = [f"s{i}" for i in range(24)]
+        for salon in salons:
+            assert (await store.join(salon, f"w-{salon}", "c", "+34600000001", now_ms())).outcome == "waiting"
+        shards = {cluster.master_for(store.salon_key(salon, "waiting")) for salon in salons}
+        assert shards == set(cluster.masters())
+        queue = Queue(
+            QUEUE + "-durable", {"connection": bullmq_connection(csettings), "prefix": csettings.bullmq_prefix}
+        )
+        try:
+            ids = await add_jobs(queue, new_jobs("d", 20), Durability(replicas=1, timeout_ms=2000))
+            assert len(ids) == 20
+        finally:
+            await queue.obliterate(force=True)
+            await queue.close()
+    finally:
+        await store.close()
+
+
+async def test_failover_of_the_queues_master_under_load(cluster: ClusterSet, csettings: Settings) -> None:
+    runs: Counter[str] = Counter()
+    queue = Queue(QUEUE + "-failover", {"connection": bullmq_connection(csettings), "prefix": csettings.bullmq_prefix})
+    worker = worker_on(csettings, runs, "py-cluster-failover", queue.name)
+    errors: list[str] = []
+    worker.on("error", lambda err, *_a: errors.append(f"{type(err).__name__}: {err}"[:120]))
+    task = asyncio.ensure_future(worker.run())
+    total = 3000
+    try:
+        for chunk in range(0, 2000, 500):
+            await add_jobs(queue, new_jobs(f"f{chunk}", 500))
+        await eventually(lambda: _at_least(queue, 200), 60, "the worker under way")
+        old = cluster.master_for(csettings.bullmq_prefix)
+        before = sum(runs.values())
+        started = time.monotonic()
+        new = await asyncio.to_thread(cluster.failover, csettings.bullmq_prefix)
+        switched = time.monotonic()
+        await add_jobs(queue, new_jobs("after", total - 2000))  # on the new master
+        await eventually(lambda: _at_least(queue, total), 120, f"{total} jobs completed")
+        done = time.monotonic()
+        assert len(runs) == total and max(runs.values()) == 1, [j for j, n in runs.items() if n > 1][:10]
+        print(
+            f"\nfailover :{old} -> :{new} took {switched - started:.2f} s with {before} of {total} jobs run; "
+            f"all done {done - switched:.1f} s later; pipeline links dropped for a moved slot: "
+            f"{worker.pipeline.moves}, calls resent after a redirect: {worker.pipeline.redirects}; "
+            f"worker errors: {Counter(errors)}"
+        )
+    finally:
+        await worker.close()
+        task.cancel()
+        await queue.obliterate(force=True)
+        await queue.close()
