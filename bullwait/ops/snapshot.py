@@ -26,8 +26,10 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
+from bullwait.engine.connection import client_list as list_clients
+from bullwait.engine.connection import is_cluster
 from bullwait.ops.scripts import INSPECT_KEYS, INSPECT_LUA, INSPECT_SHA
 
 # The states Node bullmq 6's `Queue.getJobCounts()` returns by default, in its order.
@@ -160,15 +162,23 @@ async def read_snapshots(
 
 async def _read(client: Any, prefix: str, names: list[str], client_list: bool) -> list[Any]:
     """EVALSHA straight into the pipeline: redis-py's registered scripts would add a SCRIPT
-    EXISTS round trip to every read."""
+    EXISTS round trip to every read. On a cluster the pipeline sends each queue's call to its
+    slot's master, and CLIENT LIST (which a cluster pipeline refuses) is read from every master."""
     async with client.pipeline(transaction=False) as pipe:
         for name in names:
             base = f"{prefix}:{name}:"
             keys = [base + suffix for suffix in INSPECT_KEYS]
-            pipe.evalsha(INSPECT_SHA, len(keys), *keys, base, SCAN_CAP, OVERDUE_GRACE_MS)
-        if client_list:
+            # Plain EVALSHA: the same on one node, and a cluster pipeline refuses `evalsha()`.
+            pipe.execute_command("EVALSHA", INSPECT_SHA, len(keys), *keys, base, SCAN_CAP, OVERDUE_GRACE_MS)
+        if client_list and not is_cluster(client):
             pipe.client_list()
-        return list(await pipe.execute(raise_on_error=False))
+        results = list(await pipe.execute(raise_on_error=False))
+    if client_list and is_cluster(client):
+        try:
+            results.append(await list_clients(client))
+        except ResponseError as exc:  # refused (ACL): workers stay unknown, as on one node
+            results.append(exc)
+    return results
 
 
 def count_queue_workers(snapshots: list[QueueSnapshot], clients: list[dict[str, Any]], prefix: str) -> None:

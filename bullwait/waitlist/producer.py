@@ -36,6 +36,8 @@ from bullwait.engine.connection import (
     bullmq_connection,
     cluster_redirect,
     describe_redis,
+    load_scripts,
+    queue_script,
     redis_client,
 )
 from bullwait.engine.durable import Durability, run_command
@@ -299,6 +301,7 @@ class Producer:
         name = queue_name(key, self.settings)
         client = self._own_redis()
         job_key = queue.toKey(job_id)
+        await load_scripts(client, self._remove_script)  # a no-op but on a cluster
         for _ in range(10):
             async with client.pipeline(transaction=True) as pipe:
                 await pipe.watch(job_key)
@@ -327,7 +330,7 @@ class Producer:
     async def _remove(self, pipe: Any, queue: Queue, job_id: str) -> None:
         keys = [queue.toKey(job_id), queue.keys["repeat"]]
         args = [job_id, 1, queue.keys[""]]
-        await self._remove_script(keys=keys, args=args, client=pipe)
+        await queue_script(pipe, self._remove_script, keys, args)
 
 
 OOM_MARKER = "command not allowed when used memory"
