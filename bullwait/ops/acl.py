@@ -59,10 +59,11 @@ CONNECTION_RULES = (
 )
 SERVER_RULES = ("+info", "+time", "+client|list")
 # On a Redis Cluster (set on every node: ACLs are not shared between nodes): the slot map
-# (redis-py and ioredis read CLUSTER SLOTS), CLUSTER INFO (bullwait's check and doctor),
+# (redis-py and ioredis read CLUSTER SLOTS), COMMAND (redis-py's cluster client reads every
+# command's key positions from it, to route), CLUSTER INFO (bullwait's check and doctor),
 # ASKING before a command redirected by ASK during a slot migration, and READONLY/READWRITE,
 # which ioredis sends when a node it knows changes role (a failover).
-CLUSTER_RULES = ("+cluster|slots", "+cluster|info", "+asking", "+readonly", "+readwrite")
+CLUSTER_RULES = ("+cluster|slots", "+cluster|info", "+command", "+asking", "+readonly", "+readwrite")
 
 
 def command_rules(db: int = 0, cluster: bool = False) -> tuple[str, ...]:
