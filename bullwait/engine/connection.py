@@ -323,13 +323,15 @@ def is_cluster(client: Any) -> bool:
 
 
 async def client_list(client: Any) -> list[dict[str, Any]]:
-    """CLIENT LIST of one node, or of every master of a cluster (where workers connect), as one list."""
+    """CLIENT LIST of one node, or of every master of a cluster (where workers connect) as one
+    list whose entries carry their master's address as `node`."""
     if not isinstance(client, RedisCluster):
         return list(await client.client_list())
     replies = await client.client_list(target_nodes=RedisCluster.PRIMARIES)
-    if isinstance(replies, dict):
-        return [entry for node_list in replies.values() for entry in node_list]
-    return list(replies)
+    if not isinstance(replies, dict):  # one master
+        return list(replies)
+    # Each entry names its node: a worker may be named on several (snapshot.count_queue_workers).
+    return [dict(entry, node=node) for node, node_list in replies.items() for entry in node_list]
 
 
 async def load_scripts(client: Any, *scripts: Any) -> None:

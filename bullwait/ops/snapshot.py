@@ -182,10 +182,20 @@ async def _read(client: Any, prefix: str, names: list[str], client_list: bool) -
 
 
 def count_queue_workers(snapshots: list[QueueSnapshot], clients: list[dict[str, Any]], prefix: str) -> None:
-    """Fill each snapshot's workers from CLIENT LIST entries."""
+    """Fill each snapshot's workers from CLIENT LIST entries.
+
+    On a cluster (entries of several masters, each with its `node`) a worker's connections may
+    be named on more than one master, so the master with the most of the queue's workers is
+    counted, as Node bullmq's getWorkers does (its blocking connection waits on the master of
+    the queue's slot)."""
+    by_node: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for entry in clients:
+        by_node[str(entry.get("node", ""))].append(entry)
     for snap in snapshots:
-        snap.worker_names = worker_names(clients, prefix, snap.name)
-        snap.workers, snap.workers_node, snap.workers_python = count_workers(clients, prefix, snap.name)
+        counts = {node: count_workers(entries, prefix, snap.name) for node, entries in by_node.items()}
+        best = max(counts, key=lambda node: counts[node][0], default="")
+        snap.worker_names = worker_names(by_node.get(best, []), prefix, snap.name)
+        snap.workers, snap.workers_node, snap.workers_python = counts.get(best, (0, 0, 0))
 
 
 def count_workers(clients: list[dict[str, Any]], prefix: str, queue: str) -> tuple[int, int, int]:

@@ -4,6 +4,7 @@ ACL (set on every node) covers what the clients send there."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 
@@ -15,6 +16,7 @@ from bullwait.settings import Settings
 
 from helpers.cli import invoke_cli
 from helpers.cluster import ClusterSet
+from helpers.nodecompat import node_json, node_required
 from helpers.ops_states import populate
 
 
@@ -58,18 +60,25 @@ async def test_commands_on_every_state(cenv: dict[str, str], csettings: Settings
     assert after["waiting"] + after["prioritized"] == 4 + 2 + 3 + 5, after
 
 
-def test_workers_are_counted_on_every_master(cluster: ClusterSet, cenv: dict[str, str], csettings: Settings) -> None:
-    """A worker's connections land on whichever master they were made to: CLIENT LIST of one
-    node would miss the workers connected to the others."""
+def test_workers_are_counted_on_the_master_that_has_them(
+    cluster: ClusterSet, cenv: dict[str, str], csettings: Settings
+) -> None:
+    """Workers connect to the master of their queue's slot, not to the default node `stats`
+    asks: CLIENT LIST is read from every master, and the master with the most of the queue's
+    workers counts (a worker named on several masters counts once), as Node's getWorkers."""
     queue = "waitlist-expiry"
+    owner = cluster.master_for(f"{csettings.bullmq_prefix}:{queue}:marker")
+    others = [port for port in cluster.masters() if port != owner]
+    names = {owner: ["a", "b"], others[0]: ["a"], others[1]: []}
     conns = []
     try:
-        for i, port in enumerate(cluster.masters()):
-            conn = redis.Redis(port=port)
-            conn.client_setname(f"{csettings.bullmq_prefix}:{queue}:w:worker-{i}")
-            conns.append(conn)
+        for port, workers in names.items():
+            for worker in workers:
+                conn = redis.Redis(port=port)
+                conn.client_setname(f"{csettings.bullmq_prefix}:{queue}:w:{worker}")
+                conns.append(conn)
         row = {r["name"]: r for r in cli_json(cenv, "stats")}[queue]  # type: ignore[union-attr]
-        assert row["workers"] == len(conns), row
+        assert row["workers"] == 2, row
     finally:
         for conn in conns:
             conn.close()
@@ -115,3 +124,33 @@ async def test_least_privilege_acl_on_every_node(
     finally:
         for port in cluster.ports:
             cluster.client(port).execute_command("ACL", "DELUSER", user)
+
+
+@node_required[0]
+@node_required[1]
+async def test_stats_equal_node_job_counts(
+    cluster: ClusterSet, cenv: dict[str, str], csettings: Settings, csync: redis.RedisCluster
+) -> None:
+    """Node bullmq 6 on ioredis.Cluster (node-compat's config) reads the same counts and workers."""
+    await populate(csettings, csync)
+    conns = []
+    try:
+        # Node bullmq's names for its workers' connections (the queue name in base64): two on
+        # one master, one on another.
+        node_name = f"{csettings.bullmq_prefix}:{base64.b64encode(b'waitlist-expiry').decode()}"
+        first, second = cluster.masters()[:2]
+        for port, worker in ((first, "seen-0"), (first, "seen-1"), (second, "seen-2")):
+            conn = redis.Redis(port=port)
+            conn.client_setname(f"{node_name}:w:{worker}")
+            conns.append(conn)
+        node = node_json(cenv, "compat/inspect.js")
+        ours = {row["name"]: row for row in cli_json(cenv, "stats")}  # type: ignore[union-attr]
+    finally:
+        for conn in conns:
+            conn.close()
+    for entry in node.values():
+        row = ours[entry["name"]]
+        for state in ("waiting", "active", "completed", "failed", "delayed", "prioritized"):
+            assert entry["counts"][state] == row[state], (state, entry, row)
+    expiry = next(e for e in node.values() if e["name"] == "waitlist-expiry")
+    assert len(expiry["workers"]) == ours["waitlist-expiry"]["workers"] == 2
