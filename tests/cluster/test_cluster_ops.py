@@ -13,6 +13,7 @@ import redis
 
 from bullwait.ops.acl import acl_rules
 from bullwait.settings import Settings
+from bullwait.waitlist.producer import Producer, new_expiry
 
 from helpers.cli import invoke_cli
 from helpers.cluster import ClusterSet
@@ -154,3 +155,24 @@ async def test_stats_equal_node_job_counts(
             assert entry["counts"][state] == row[state], (state, entry, row)
     expiry = next(e for e in node.values() if e["name"] == "waitlist-expiry")
     assert len(expiry["workers"]) == ours["waitlist-expiry"]["workers"] == 2
+
+
+async def test_commands_after_a_failover_of_the_queues_master(
+    cluster: ClusterSet, cenv: dict[str, str], csettings: Settings
+) -> None:
+    """The clients read the slot map afresh: a seed that is now a replica, or a master that is
+    gone, still leads to the queue's new master."""
+    async with Producer(csettings) as producer:
+        for i in range(3):
+            await producer.schedule_expiry(new_expiry(f"f-{i}", "s", "c", "salon", delay_ms=15 * 60_000))
+    queue_key = f"{csettings.bullmq_prefix}:waitlist-expiry:delayed"
+    old = cluster.master_for(queue_key)
+    new = cluster.failover(queue_key)
+    # The old master first in the seeds: it answers as a replica now.
+    seeds = ",".join(f"127.0.0.1:{port}" for port in [old, *[p for p in cluster.ports if p != old]])
+    env = dict(cenv, REDIS_CLUSTER_NODES=seeds)
+    row = {r["name"]: r for r in cli_json(env, "stats")}["waitlist-expiry"]  # type: ignore[union-attr]
+    assert row["delayed"] == 3, row
+    result = invoke_cli(env, "cancel", "f-1")
+    assert result.returncode == 0 and "cancelled the expiry timer" in result.stdout, result
+    assert cluster.client(new).zcard(queue_key) == 2
