@@ -351,6 +351,9 @@ class Settings(BaseSettings):
     bullmq_metrics_max_data_points: int = Field(10080, ge=0, le=1_000_000)
     # Seconds a scrape or health check waits for Redis before answering 503 / redis_up 0.
     health_redis_timeout: float = Field(2.0, gt=0, le=60)
+    # Seconds a worker loop may keep failing (every fetch and completion, any cause) before
+    # /health/live answers 503, so a supervisor restarts or replaces the process.
+    health_live_failing_seconds: float = Field(30.0, gt=0, le=3600)
 
     # --- Reliability (issue 8): stalled-job recovery, Redis retries, extra processors ---
     # A job whose worker died is taken back after its lock expires (lockDuration) by the
