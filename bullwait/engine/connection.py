@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool, SentinelManagedConnection
@@ -315,6 +315,41 @@ async def _cluster_version(client: RedisCluster) -> str:
     if view.state != "ok" or view.answering == 0:
         raise RedisUnavailable(f"{view.summary()}: wait for the cluster to recover, or check REDIS_CLUSTER_NODES")
     return view.version
+
+
+def is_cluster(client: Any) -> bool:
+    """True for a cluster client or one of its pipelines."""
+    return isinstance(client, (RedisCluster, ClusterPipeline))
+
+
+async def client_list(client: Any) -> list[dict[str, Any]]:
+    """CLIENT LIST of one node, or of every master of a cluster (where workers connect) as one
+    list whose entries carry their master's address as `node`."""
+    if not isinstance(client, RedisCluster):
+        return list(await client.client_list())
+    replies = await client.client_list(target_nodes=RedisCluster.PRIMARIES)
+    if not isinstance(replies, dict):  # one master
+        return list(replies)
+    # Each entry names its node: a worker may be named on several (snapshot.count_queue_workers).
+    return [dict(entry, node=node) for node, node_list in replies.items() for entry in node_list]
+
+
+async def load_scripts(client: Any, *scripts: Any) -> None:
+    """On a cluster, load registered scripts on every master up front: a cluster pipeline
+    sends EVALSHA as it is (`queue_script`) and cannot load a script that is missing."""
+    if isinstance(client, RedisCluster):
+        for script in scripts:
+            await client.script_load(script.script)
+
+
+async def queue_script(pipe: Any, script: Any, keys: list[Any], args: list[Any]) -> None:
+    """Queue a registered script's call in `pipe`. redis-py refuses its `evalsha` method in a
+    cluster pipeline, but sends an EVALSHA given as a plain command to its keys' slot: the
+    script must then be loaded already (`load_scripts`)."""
+    if isinstance(pipe, ClusterPipeline):
+        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+    else:
+        await script(keys=keys, args=args, client=pipe)
 
 
 # A cluster's replies to a client that does not follow the cluster (redis-py raises them as
