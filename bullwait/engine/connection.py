@@ -37,7 +37,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bullwait.engine.internals import add_connection_mixin, set_read_timeout
+from bullwait.engine.internals import add_connection_mixin, main_client, set_read_timeout
 from bullwait.errors import RedisAccessDenied, RedisIsClusterNode, RedisUnavailable
 from bullwait.settings import Settings
 
@@ -937,7 +937,6 @@ async def _replica_acks(client: aioredis.Redis | None) -> dict[str, Any]:
 async def cluster_ready(*clients: Any) -> None:
     """Read the slot map of each cluster client (or bullmq Queue/Worker on one) now; others: no-op."""
     for client in clients:
-        conn = getattr(getattr(client, "backend", None), "connection", None)
-        target = getattr(conn, "conn", None) or client
+        target = main_client(client) if hasattr(client, "backend") else client
         if isinstance(target, RedisCluster):
             await target.initialize()

@@ -39,7 +39,7 @@ from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptErr
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bullwait.engine.internals import follow_redirect, is_cluster, pool_connection, script_command
+from bullwait.engine.internals import follow_redirect, is_cluster, node_connection, pool_connection, script_command
 from bullwait.errors import WriteNotDurable
 from bullwait.logs import get_logger
 from bullwait.settings import Settings
@@ -167,26 +167,33 @@ async def cluster_send_and_wait(
     key = _first_key(commands)
     if key is None:
         raise ValueError("a durable write on a cluster needs a key to find its slot")
-    asking: Any = None  # the node an ASK named: sent there once, after ASKING
+    asking: tuple[str, int] | None = None  # the node an ASK named: sent there once, after ASKING
+    # A redirect means the write did not run; after a lost connection it may have, and a
+    # repeat then writes the marker (see the module docstring).
+    may_have_run = False
     for send in range(CLUSTER_SENDS):
         last = send == CLUSTER_SENDS - 1
         try:
             if asking is not None:
-                replies, acked = await _ask_exchange(asking, durability, commands, marker)
+                # ASKING admits the next command only: the write, without a marker (it never ran).
+                replies, acked = await _ask_exchange(client, asking, durability, commands)
                 asking = None
             else:
                 async with pool_connection(client, key) as conn:
-                    replies, acked = await _exchange(conn, durability, commands, marker if not send else key)
+                    replies, acked = await _exchange(
+                        conn, durability, commands, marker or (key if may_have_run else None)
+                    )
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             if last:
                 raise
+            may_have_run = True
             await _refresh(client, exc)
             continue
         refused = next((r for r in replies if isinstance(r, _NOT_RUN)), None)
         if refused is None or last:
             return replies, acked
         if isinstance(refused, AskError) and not isinstance(refused, MovedError):  # MovedError is an AskError
-            asking = client.get_node(host=refused.host, port=refused.port)
+            asking = (refused.host, int(refused.port))
         elif isinstance(refused, TryAgainError):
             await asyncio.sleep(0.05 * (send + 1))  # a slot migration moves the keys meanwhile
         else:
@@ -202,16 +209,13 @@ async def _refresh(client: Any, error: BaseException) -> None:
 
 
 async def _ask_exchange(
-    node: Any, durability: Durability, commands: Sequence[Command], marker: str | None
+    client: Any, address: tuple[str, int], durability: Durability, commands: Sequence[Command]
 ) -> tuple[list[Any], int]:
-    """After ASK: ASKING, then the commands, on one connection of the importing node."""
-    conn = node.acquire_connection()
-    try:
+    """After ASK: ASKING, then the commands (one write), on one connection of the importing node."""
+    async with node_connection(client, *address) as conn:
         await conn.send_packed_command(conn.pack_command("ASKING"), check_health=False)
         await conn.read_response()
-        return await _exchange(conn, durability, commands, marker)
-    finally:
-        node.release(conn)
+        return await _exchange(conn, durability, commands, None)
 
 
 async def _exchange(

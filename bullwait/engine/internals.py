@@ -570,6 +570,22 @@ def stream_writer(conn: Any) -> asyncio.StreamWriter | None:
 
 
 @asynccontextmanager
+async def node_connection(client: Any, host: str, port: int) -> AsyncIterator[Any]:
+    """A connection of the cluster node at `host:port` (one an ASK names), from its own
+    connections (`ClusterNode.acquire_connection` / `release`: the cluster has no pool API)."""
+    node = client.get_node(host=host, port=port)
+    if node is None:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        raise RedisConnectionError(f"cluster node {host}:{port} is not in the client's map yet")
+    conn = node.acquire_connection()
+    try:
+        yield conn
+    finally:
+        node.release(conn)
+
+
+@asynccontextmanager
 async def pool_connection(client: Any, key: str | None = None) -> AsyncIterator[Any]:
     """A connection of the client's pool, for commands that must share one (MULTI and WAIT).
     With a cluster client, one of the connections of the node that owns `key`'s slot

@@ -18,6 +18,7 @@ from bullwait.engine.connection import bullmq_connection, redis_client
 from bullwait.engine.durable import Durability
 from bullwait.engine.worker import BullwaitWorker, node_client_name
 from bullwait.settings import Settings
+from bullwait.waitlist.idempotency import SendRecords
 from bullwait.waitlist.store import RedisWaitlistStore
 
 from helpers.cluster import ClusterSet
@@ -146,3 +147,37 @@ async def test_failover_of_the_queues_master_under_load(cluster: ClusterSet, cse
         task.cancel()
         await queue.obliterate(force=True)
         await queue.close()
+
+
+async def test_durable_write_follows_ask_during_a_slot_migration(
+    cluster: ClusterSet, csettings: Settings, prefix: str
+) -> None:
+    """A salon's slot is being migrated and a send record is not on the old owner yet: the
+    claim (one key) is answered ASK, runs on the importing master after ASKING, and WAIT is
+    sent there too. (A script of several keys that do not all exist yet is answered TRYAGAIN
+    there until the migration ends: Redis cannot run it on half-moved keys.)"""
+    client = redis_client(csettings)
+    records = SendRecords(client, f"{prefix}-ask:", Durability(replicas=1, timeout_ms=2000))
+    key = records.key("migrating", "w-1", "slot-1")
+    slot = cluster.slot(key)
+    source = cluster.master_for(key)
+    target = next(port for port in cluster.masters() if port != source)
+    ids = {port: cluster.client(port).execute_command("CLUSTER", "MYID") for port in (source, target)}
+    cluster.client(target).execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+    cluster.client(source).execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+    try:
+        claim = await records.claim(key, "owner-1", now_ms(), 30_000, "job-1")
+        assert claim.outcome == "claimed"
+        pipe = cluster.client(target).pipeline(transaction=False)
+        pipe.execute_command("ASKING")
+        pipe.hget(key, "owner")
+        assert pipe.execute()[1] == "owner-1", "written on the importing master"
+        assert cluster.client(source).execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+    finally:
+        # Finish the migration (the key is on the target already): every master learns the new owner.
+        for port in cluster.masters():
+            cluster.client(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+        cluster.wait_ok()
+        await records.close()
+        await client.aclose()
+    assert cluster.master_for(key) == target
