@@ -24,11 +24,16 @@ import pytest
 import redis
 
 from bullwait.dev.fake_whatsapp import FakeWhatsApp
+from bullwait.engine.connection import redis_client
+from bullwait.engine.durable import Durability
 from bullwait.runtime.services import Services, build_services
 from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
+from bullwait.waitlist.idempotency import SendRecords
 from bullwait.waitlist.payloads import SlotDetails
 from bullwait.waitlist.producer import expiry_job_id
+from bullwait.waitlist.ratelimit import GlobalSendLimiter, SalonRateLimiter
+from bullwait.waitlist.store import RedisWaitlistStore
 
 from helpers.cluster import ClusterSet
 from helpers.common import WorkerProcess
@@ -225,3 +230,43 @@ async def test_failover_of_the_queues_master_mid_load(
     log = worker.log()
     print(f"worker log lines mentioning errors after the failover: {log.count('worker error')}")
     print_shards(cluster, cenv)
+
+
+async def test_every_store_script_on_every_shard_durably(cluster: ClusterSet, csettings: Settings, prefix: str) -> None:
+    """Each store transition, the preference scripts, send records and both send windows, for
+    salons and customers on every shard, each write confirmed by WAIT 1 on its own master."""
+    durable = Durability(replicas=1, timeout_ms=2000)
+    client = redis_client(csettings)
+    store = RedisWaitlistStore(redis_client(csettings), f"{prefix}-all:", durable)
+    records = SendRecords(client, f"{prefix}-all:", durable)
+    salons = SalonRateLimiter(client, f"{prefix}-all:", 5, 60_000)
+    whatsapp = GlobalSendLimiter(client, f"{prefix}-all:", "pn-1", 80)
+    now = int(time.time() * 1000)
+    try:
+        shards = set()
+        for n in range(24):
+            salon = f"s{n}"
+            shards.add(cluster.master_for(store.salon_key(salon, "waiting")))
+            for who in ("a", "b", "c"):
+                assert (await store.join(salon, f"{who}{n}", f"c{n}{who}", "+34600000001", now)).outcome == "waiting"
+            assert (await store.free_slot(salon, "x", DETAILS, now, now - 1)).next_id == f"a{n}"
+            assert (await store.expire(salon, f"a{n}", "x", now, now + 60_000)).next_id == f"b{n}"
+            assert (await store.cancel(salon, f"b{n}", now, now + 60_000)).next_id == f"c{n}"
+            assert (await store.book(salon, f"c{n}", now)).outcome == "booked"
+            assert await store.fold_booking(
+                f"c{n}c", f"bk{n}", {"serviceId": "s", "masterId": "m", "dayOfWeek": 1, "hour": 9}
+            )
+            assert await store.recalculate_preferences(f"c{n}c") == 1
+            key = records.key(salon, f"c{n}", "x")
+            assert (await records.claim(key, "o", now, 30_000, "j")).outcome == "claimed"
+            assert await records.record_sent(key, "o", "wamid-1", now)
+            assert (await salons.acquire(salon, f"m{n}")).allowed
+            await salons.stamp(salon, f"m{n}")
+            assert await salons.in_window(salon) == 1
+            await salons.release(salon, f"m{n}")
+        assert (await whatsapp.acquire("m")).allowed
+        assert shards == set(cluster.masters())
+    finally:
+        await records.close()
+        await store.close()
+        await client.aclose()
