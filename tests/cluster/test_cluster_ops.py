@@ -176,3 +176,10 @@ async def test_commands_after_a_failover_of_the_queues_master(
     result = invoke_cli(env, "cancel", "f-1")
     assert result.returncode == 0 and "cancelled the expiry timer" in result.stdout, result
     assert cluster.client(new).zcard(queue_key) == 2
+
+
+def test_stats_table_shows_the_cluster(cenv: dict[str, str]) -> None:
+    result = invoke_cli(dict(cenv, COLUMNS="200"), "stats")
+    assert result.returncode == 0, result.stderr
+    assert "Redis Cluster: 6/6 nodes answering (3 masters, 3 replicas), cluster_state ok" in result.stdout
+    assert result.stdout.startswith("Redis cluster://127.0.0.1:")
