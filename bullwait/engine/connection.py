@@ -224,8 +224,44 @@ async def wait_for_redis(settings: Settings, log: Any, max_delay: float = 30.0) 
 # prefix's hash tag (settings.py) gives that.
 
 
+# redis-py's cluster client retries a command on a lost node at once, reading the slot map
+# again, a few times in a few milliseconds: a master that crashed is replaced only after the
+# cluster's node timeout (seconds). `FollowingCluster` keeps trying, backing off, for as long
+# as its retry allows (`BULLWAIT_REDIS_RETRY_TIMEOUT` for bullmq's and the producer's clients),
+# as a one-node client does through a restart.
+CLUSTER_RETRYABLE = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError, RedisClusterException)
+DEFAULT_CLUSTER_RETRY_SECONDS = 5.0  # about what redis-py's default retry waits on one node
+
+
+class FollowingCluster(RedisCluster):
+    """A `RedisCluster` whose commands retry through a failover for `retry_timeout` seconds."""
+
+    retry_timeout: float = DEFAULT_CLUSTER_RETRY_SECONDS
+
+    def set_retry(self, retry: Retry) -> None:
+        super().set_retry(retry)
+        self.retry_timeout = float(getattr(retry, "timeout", 0.0))
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        delay = RETRY_BACKOFF_BASE
+        deadline: float | None = None
+        while True:
+            try:
+                return await super().execute_command(*args, **kwargs)
+            except CLUSTER_RETRYABLE as exc:
+                if isinstance(exc, AuthenticationError):
+                    raise  # refused credentials: retrying does not help
+                now = asyncio.get_running_loop().time()
+                deadline = now + self.retry_timeout if deadline is None else deadline
+                if now + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_BACKOFF_CAP)
+
+
 def cluster_client(settings: Settings, **extra: Any) -> RedisCluster:
-    """A `RedisCluster` on the seed nodes, with the credentials, TLS and timeouts of one node."""
+    """A `RedisCluster` on the seed nodes, with the credentials, TLS and timeouts of one node.
+    A `retry` given bounds how long a command keeps retrying (its `timeout`, 0 for another Retry)."""
     topology = settings.cluster
     assert topology is not None
     extra.pop("retry_on_timeout", None)  # a Redis() argument RedisCluster does not take
@@ -245,7 +281,10 @@ def cluster_client(settings: Settings, **extra: Any) -> RedisCluster:
     )
     opts.update(extra)
     nodes = [ClusterNode(host, port) for host, port in topology.nodes]
-    return RedisCluster(startup_nodes=nodes, **opts)
+    client = FollowingCluster(startup_nodes=nodes, **opts)
+    if "retry" in extra:
+        client.set_retry(extra["retry"])
+    return client
 
 
 @dataclass
@@ -415,6 +454,8 @@ class BoundedRetry(Retry):
     """Retries lost connections, never refused credentials (redis-py counts those as
     connection errors, so bad credentials would otherwise be retried for the whole wait)."""
 
+    timeout: float = 0.0
+
     async def call_with_retry(
         self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False
     ) -> Any:
@@ -433,7 +474,9 @@ def bounded_retry(timeout: float) -> Retry:
     while total < timeout:
         retries += 1
         total += min(RETRY_BACKOFF_CAP, RETRY_BACKOFF_BASE * 2**retries)
-    return BoundedRetry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), retries, RETRYABLE_ERRORS)
+    retry = BoundedRetry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), retries, RETRYABLE_ERRORS)
+    retry.timeout = timeout  # what a cluster client retries for (FollowingCluster)
+    return retry
 
 
 def bound_retries(settings: Settings, *connections: Any) -> None:
