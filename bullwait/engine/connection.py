@@ -38,7 +38,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bullwait.engine.internals import add_connection_mixin, set_read_timeout
-from bullwait.errors import RedisAccessDenied, RedisIsClusterNode, RedisUnavailable
+from bullwait.errors import RedisAccessDenied, RedisIsClusterNode, RedisNotCluster, RedisUnavailable
 from bullwait.settings import Settings
 
 
@@ -142,6 +142,8 @@ async def check_redis(settings: Settings, timeout: float | None = None) -> str:
             raise redirect from None
         raise RedisAccessDenied(f"Redis at {describe_redis(settings)} answered with an error: {exc}") from None
     except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
+        if settings.cluster is not None and "Cluster mode is not enabled" in str(exc):
+            raise not_a_cluster(settings) from None
         reason = short_reason(exc)
         advice = "start Redis or point REDIS_URL / --redis-url at it"
         if settings.sentinel is not None:
@@ -404,6 +406,16 @@ def is_cluster_node_message(settings: Settings, node: str | None = None) -> str:
     return (
         f"this Redis ({address.display()}) is a cluster node: set REDIS_CLUSTER_NODES={seed} "
         f"(any of its nodes) instead of {where}"
+    )
+
+
+def not_a_cluster(settings: Settings) -> RedisNotCluster:
+    """The one line for REDIS_CLUSTER_NODES naming a Redis that is not in cluster mode."""
+    assert settings.cluster is not None
+    host, port = settings.cluster.nodes[0]
+    return RedisNotCluster(
+        f"REDIS_CLUSTER_NODES names a Redis that is not in cluster mode ({settings.cluster.display()}): "
+        f"for one Redis set REDIS_URL=redis://{host}:{port}/<db> and unset REDIS_CLUSTER_NODES"
     )
 
 
