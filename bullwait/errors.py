@@ -20,6 +20,10 @@ class RedisIsClusterNode(SettingsError):
     command would be redirected (MOVED), so nothing works until REDIS_CLUSTER_NODES is set."""
 
 
+class RedisNotCluster(SettingsError):
+    """REDIS_CLUSTER_NODES names a Redis that does not run in cluster mode."""
+
+
 class RedisUnavailable(BullwaitError):
     """Redis did not answer (refused, timed out, bad credentials)."""
 

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import typer
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from rich.console import Console
 
 from bullwait.errors import BullwaitError, RedisIsClusterNode
@@ -49,7 +49,7 @@ def run_async(make: Callable[[], Awaitable[T]]) -> T:
         return run_until_done(_run(make))
     except BullwaitError as exc:
         raise fail(str(exc), exc.exit_code) from None
-    except (RedisError, OSError) as exc:  # Redis went away or refused a command mid-way
+    except (RedisError, RedisClusterException, OSError) as exc:  # Redis went away or refused a command mid-way
         from bullwait.engine.connection import cluster_reply_message
 
         redirect = cluster_reply_message(exc)

@@ -38,7 +38,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bullwait.engine.internals import add_connection_mixin, main_client, set_read_timeout
-from bullwait.errors import RedisAccessDenied, RedisIsClusterNode, RedisUnavailable
+from bullwait.errors import RedisAccessDenied, RedisIsClusterNode, RedisNotCluster, RedisUnavailable
 from bullwait.settings import Settings
 
 
@@ -142,6 +142,8 @@ async def check_redis(settings: Settings, timeout: float | None = None) -> str:
             raise redirect from None
         raise RedisAccessDenied(f"Redis at {describe_redis(settings)} answered with an error: {exc}") from None
     except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
+        if settings.cluster is not None and "Cluster mode is not enabled" in str(exc):
+            raise not_a_cluster(settings) from None
         reason = short_reason(exc)
         advice = "start Redis or point REDIS_URL / --redis-url at it"
         if settings.sentinel is not None:
@@ -224,8 +226,44 @@ async def wait_for_redis(settings: Settings, log: Any, max_delay: float = 30.0) 
 # prefix's hash tag (settings.py) gives that.
 
 
+# redis-py's cluster client retries a command on a lost node at once, reading the slot map
+# again, a few times in a few milliseconds: a master that crashed is replaced only after the
+# cluster's node timeout (seconds). `FollowingCluster` keeps trying, backing off, for as long
+# as its retry allows (`BULLWAIT_REDIS_RETRY_TIMEOUT` for bullmq's and the producer's clients),
+# as a one-node client does through a restart.
+CLUSTER_RETRYABLE = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError, RedisClusterException)
+DEFAULT_CLUSTER_RETRY_SECONDS = 5.0  # about what redis-py's default retry waits on one node
+
+
+class FollowingCluster(RedisCluster):
+    """A `RedisCluster` whose commands retry through a failover for `retry_timeout` seconds."""
+
+    retry_timeout: float = DEFAULT_CLUSTER_RETRY_SECONDS
+
+    def set_retry(self, retry: Retry) -> None:
+        super().set_retry(retry)
+        self.retry_timeout = float(getattr(retry, "timeout", 0.0))
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        delay = RETRY_BACKOFF_BASE
+        deadline: float | None = None
+        while True:
+            try:
+                return await super().execute_command(*args, **kwargs)
+            except CLUSTER_RETRYABLE as exc:
+                if isinstance(exc, AuthenticationError):
+                    raise  # refused credentials: retrying does not help
+                now = asyncio.get_running_loop().time()
+                deadline = now + self.retry_timeout if deadline is None else deadline
+                if now + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_BACKOFF_CAP)
+
+
 def cluster_client(settings: Settings, **extra: Any) -> RedisCluster:
-    """A `RedisCluster` on the seed nodes, with the credentials, TLS and timeouts of one node."""
+    """A `RedisCluster` on the seed nodes, with the credentials, TLS and timeouts of one node.
+    A `retry` given bounds how long a command keeps retrying (its `timeout`, 0 for another Retry)."""
     topology = settings.cluster
     assert topology is not None
     extra.pop("retry_on_timeout", None)  # a Redis() argument RedisCluster does not take
@@ -245,7 +283,10 @@ def cluster_client(settings: Settings, **extra: Any) -> RedisCluster:
     )
     opts.update(extra)
     nodes = [ClusterNode(host, port) for host, port in topology.nodes]
-    return RedisCluster(startup_nodes=nodes, **opts)
+    client = FollowingCluster(startup_nodes=nodes, **opts)
+    if "retry" in extra:
+        client.set_retry(extra["retry"])
+    return client
 
 
 @dataclass
@@ -368,6 +409,16 @@ def is_cluster_node_message(settings: Settings, node: str | None = None) -> str:
     )
 
 
+def not_a_cluster(settings: Settings) -> RedisNotCluster:
+    """The one line for REDIS_CLUSTER_NODES naming a Redis that is not in cluster mode."""
+    assert settings.cluster is not None
+    host, port = settings.cluster.nodes[0]
+    return RedisNotCluster(
+        f"REDIS_CLUSTER_NODES names a Redis that is not in cluster mode ({settings.cluster.display()}): "
+        f"for one Redis set REDIS_URL=redis://{host}:{port}/<db> and unset REDIS_CLUSTER_NODES"
+    )
+
+
 def cluster_redirect(settings: Settings, exc: BaseException) -> RedisIsClusterNode | None:
     """`RedisIsClusterNode` when `exc` is a cluster's reply (MOVED, ASK, CLUSTERDOWN, ...) to a
     one-node client; None otherwise (on a configured cluster those are redis-py's to follow)."""
@@ -415,6 +466,8 @@ class BoundedRetry(Retry):
     """Retries lost connections, never refused credentials (redis-py counts those as
     connection errors, so bad credentials would otherwise be retried for the whole wait)."""
 
+    timeout: float = 0.0
+
     async def call_with_retry(
         self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False
     ) -> Any:
@@ -433,7 +486,9 @@ def bounded_retry(timeout: float) -> Retry:
     while total < timeout:
         retries += 1
         total += min(RETRY_BACKOFF_CAP, RETRY_BACKOFF_BASE * 2**retries)
-    return BoundedRetry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), retries, RETRYABLE_ERRORS)
+    retry = BoundedRetry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), retries, RETRYABLE_ERRORS)
+    retry.timeout = timeout  # what a cluster client retries for (FollowingCluster)
+    return retry
 
 
 def bound_retries(settings: Settings, *connections: Any) -> None:

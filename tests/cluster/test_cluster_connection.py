@@ -4,9 +4,13 @@ a cluster node is refused in one line."""
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
+
 import pytest
 from bullmq import Queue
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import SSLConnection
 
 from bullwait.engine.connection import (
     bullmq_connection,
@@ -15,6 +19,7 @@ from bullwait.engine.connection import (
     describe_redis,
     read_cluster,
     redis_client,
+    redis_options,
 )
 from bullwait.errors import RedisIsClusterNode, RedisUnavailable
 from bullwait.settings import Settings
@@ -93,3 +98,27 @@ async def test_one_node_url_at_a_cluster_node_is_named_for_what_it_is(cluster: C
         await client.aclose()
     assert moved is not None and str(moved)[0].isdigit()  # redis-py's bare "9263 127.0.0.1:7201"
     assert isinstance(cluster_redirect(settings, moved), RedisIsClusterNode)
+
+
+async def test_credentials_tls_and_timeouts_reach_every_node_connection(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read until a connection is made\n")
+    settings = Settings(
+        redis_cluster_nodes="127.0.0.1:1,[::1]:2",
+        redis_username="app",
+        redis_password="node-secret",
+        redis_tls_ca_file=str(ca),
+        redis_connect_timeout=1.5,
+    )
+    with pytest.raises(RuntimeError):
+        redis_options(settings)  # names one node: no code path may build a plain client by accident
+    for client in (redis_client(settings), bullmq_connection(settings)):
+        assert isinstance(client, RedisCluster)
+        kwargs = client.connection_kwargs
+        assert (kwargs["username"], kwargs["password"]) == ("app", "node-secret")
+        assert kwargs["connection_class"] is SSLConnection and kwargs["ssl_ca_certs"] == str(ca)
+        assert kwargs["ssl_cert_reqs"] == ssl.CERT_REQUIRED
+        assert kwargs["socket_connect_timeout"] == 1.5 and kwargs["decode_responses"] is True
+        await client.aclose()
+    assert describe_redis(settings) == "cluster://127.0.0.1:1,[::1]:2"
+    assert "secret" not in repr(settings)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from redis.exceptions import ClusterCrossSlotError, MovedError, ResponseError
 
+from bullwait.dev.embedded import RedisServer
 from bullwait.engine.connection import cluster_reply_message
 
 from helpers.cli import invoke_cli
@@ -83,3 +84,14 @@ def test_health_names_the_cause(node_env: dict[str, str], cluster: ClusterSet, t
 def test_the_line_without_settings_names_the_redirect_target(exc: Exception, node: str) -> None:
     assert f"set REDIS_CLUSTER_NODES={node} " in (cluster_reply_message(exc) or "")
     assert cluster_reply_message(ResponseError("ERR unknown command")) is None
+
+
+def test_cluster_nodes_naming_a_plain_redis_is_one_line(env: dict[str, str], redis_server: RedisServer) -> None:
+    cluster_env = {k: v for k, v in env.items() if k != "REDIS_URL"}
+    cluster_env.update(REDIS_CLUSTER_NODES=f"127.0.0.1:{redis_server.port}", BULLMQ_PREFIX="{x}")
+    for args in (["stats"], ["doctor"]):
+        proc = invoke_cli(cluster_env, *args)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert len(lines) == 1 and "is not in cluster mode" in lines[0], proc.stderr
+        assert f"set REDIS_URL=redis://127.0.0.1:{redis_server.port}/<db>" in lines[0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -17,6 +18,8 @@ from bullwait.waitlist.producer import Producer, new_expiry
 
 from helpers.cli import invoke_cli
 from helpers.cluster import ClusterSet
+from helpers.common import BULLWAIT, LoggedProcess
+from helpers.monitoring import health, listening, scrape, value
 from helpers.nodecompat import node_json, node_required
 from helpers.ops_states import populate
 
@@ -176,3 +179,38 @@ async def test_commands_after_a_failover_of_the_queues_master(
     result = invoke_cli(env, "cancel", "f-1")
     assert result.returncode == 0 and "cancelled the expiry timer" in result.stdout, result
     assert cluster.client(new).zcard(queue_key) == 2
+
+
+def test_stats_table_shows_the_cluster(cenv: dict[str, str]) -> None:
+    result = invoke_cli(dict(cenv, COLUMNS="200"), "stats")
+    assert result.returncode == 0, result.stderr
+    assert "Redis Cluster: 6/6 nodes answering (3 masters, 3 replicas), cluster_state ok" in result.stdout
+    assert result.stdout.startswith("Redis cluster://127.0.0.1:")
+
+
+async def test_metrics_and_health_on_a_cluster(
+    cluster: ClusterSet, cenv: dict[str, str], csettings: Settings, tmp_path: Path
+) -> None:
+    """`bullwait serve` reads the queues and the workers (every master's CLIENT LIST) on a cluster."""
+    async with Producer(csettings) as producer:
+        await producer.schedule_expiry(new_expiry("m-1", "s", "c", "salon", delay_ms=600_000))
+    queue = "waitlist-expiry"
+    owner = cluster.master_for(f"{csettings.bullmq_prefix}:{queue}:marker")
+    worker_conn = redis.Redis(port=owner)
+    worker_conn.client_setname(f"{csettings.bullmq_prefix}:{queue}:w:metrics-1")
+    serve = LoggedProcess([*BULLWAIT, "serve"], dict(cenv, METRICS_PORT="0"), tmp_path / "serve.log")
+    try:
+        port = int(listening(serve.wait_for_log("monitoring server listening"))["port"])
+        samples = scrape(port)
+        assert value(samples, "bullmq_redis_up") == 1
+        assert value(samples, "bullmq_job_count", queue=queue, state="delayed") == 1
+        assert value(samples, "bullmq_queue_workers", queue=queue) == 1
+        status, doc = health(port)
+        assert [q["name"] for q in doc["queues"]] == [
+            "waitlist-expiry",
+            "waitlist-notification",
+            "waitlist-preference-calculation",
+        ], (status, doc)
+    finally:
+        serve.kill()
+        worker_conn.close()

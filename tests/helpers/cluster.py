@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import redis
+from redis.crc import key_slot
 
 from bullwait.dev.embedded import RedisServer, free_port
 from bullwait.settings import Settings
@@ -81,7 +82,7 @@ class ClusterSet:
     # --- what a test asks --------------------------------------------------------------
 
     def slot(self, key: str) -> int:
-        return int(self.client(self.ports[0]).execute_command("CLUSTER", "KEYSLOT", key))
+        return int(key_slot(key.encode()))
 
     def master_for(self, key: str) -> int:
         """The port of the master that owns `key`'s slot now."""
@@ -109,7 +110,9 @@ class ClusterSet:
         return redis.Redis(port=port, decode_responses=True, socket_timeout=5)
 
     def cluster_client(self) -> redis.RedisCluster:
-        return redis.RedisCluster(host="127.0.0.1", port=self.ports[0], decode_responses=True, socket_timeout=5)
+        return redis.RedisCluster(
+            host="127.0.0.1", port=self._running_ports()[0], decode_responses=True, socket_timeout=5
+        )
 
     def failover(self, key: str, timeout: float = 30.0) -> int:
         """`CLUSTER FAILOVER` on a replica of the master that owns `key`'s slot; returns that
@@ -126,6 +129,26 @@ class ClusterSet:
         self.wait(switched, f"every node to see {new} own slot {slot}", timeout)
         self.wait_ok(timeout)
         return new
+
+    def crash(self, key: str, timeout: float = 30.0) -> tuple[int, int]:
+        """SIGKILL the master that owns `key`'s slot; returns (its port, the promoted replica's)
+        once the surviving nodes agree on the replica (after the node timeout)."""
+        slot = self.slot(key)
+        old = self.slot_owner(slot)
+        self.wait(lambda: self._synced_replicas(old), f"a synced replica of {old}", timeout)
+        self.node(old).kill()
+
+        def promoted() -> int | None:
+            owners = {self._owner_as_seen_by(port, slot) for port in self._running_ports()}
+            owner = owners.pop() if len(owners) == 1 else None
+            return owner if owner not in (None, old) else None
+
+        return old, int(self.wait(promoted, f"a replica of {old} to take slot {slot} over", timeout))
+
+    def restart(self, port: int, timeout: float = 60.0) -> None:
+        """Start a killed node again on its port and data (it rejoins as a replica)."""
+        self.node(port).start()
+        self.wait_ok(timeout)
 
     def wait_ok(self, timeout: float = 60.0) -> None:
         """Until every running node says cluster_state:ok, knows every node and every replica is in sync."""
