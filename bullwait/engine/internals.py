@@ -2,8 +2,8 @@
 
 bullwait needs a few things neither client offers as API: bullmq's Lua scripts and the
 order of their keys, its `Scripts` helper, the connections a `Worker` makes, redis-py's
-pool lists and stream writer, and a `RedisCluster`'s nodes and slot map. Each function here says what the public API lacks. The
-rest of bullwait calls these functions and uses only public names of the two clients
+pool lists and stream writer, and a `RedisCluster`'s nodes and slot map. Each function here
+says what the public API lacks. The rest of bullwait calls these functions and uses only public names of the two clients
 (`bullmq.Worker`, `Queue`, `Job` and the error classes, with the attributes and methods
 they have without a leading underscore; `redis.asyncio.Redis`, its pools and
 `Connection.send_packed_command` / `read_response`). The Sentinel classes in
