@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from bullmq import Job, UnrecoverableError, Worker
+from redis.exceptions import ResponseError
 
 from bullwait.engine import internals
 from bullwait.engine.autopipeline import AutoPipeline
@@ -56,6 +57,8 @@ def node_client_name(prefix: str, queue: str, worker_name: str | None) -> str:
 
 # Longer than Redis's blocked-client timeout granularity at the default hz 10 (100 ms).
 PRECISE_WAIT_MS = 110
+# Redis's answer to a blocked client whose node turned replica ("UNBLOCKED force unblock ...").
+UNBLOCKED = "UNBLOCKED"
 
 
 class BullwaitWorker(Worker):  # type: ignore[misc]  # bullmq-py ships no type information
@@ -175,6 +178,12 @@ class BullwaitWorker(Worker):  # type: ignore[misc]  # bullmq-py ships no type i
         self.blockUntil = early  # what bullmq's waitForJob computes its timeout from
         try:
             return int(await super().waitForJob())
+        except ResponseError as err:
+            if not str(err).startswith(UNBLOCKED):
+                raise
+            # The node stopped serving the queue's slot (a cluster failover made it a replica):
+            # fetch now, on the client that follows MOVED, instead of an error and a retry delay.
+            return 0
         finally:
             if self.blockUntil == early:  # unless a fetch meanwhile set a new due time
                 self.blockUntil = due
