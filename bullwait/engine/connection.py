@@ -32,6 +32,7 @@ from redis.exceptions import (
     RedisClusterException,
     RedisError,
     ResponseError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -251,14 +252,26 @@ class FollowingCluster(RedisCluster):
             try:
                 return await super().execute_command(*args, **kwargs)
             except CLUSTER_RETRYABLE as exc:
-                if isinstance(exc, AuthenticationError):
-                    raise  # refused credentials: retrying does not help
+                if not _cluster_retryable(exc):
+                    raise
                 now = asyncio.get_running_loop().time()
                 deadline = now + self.retry_timeout if deadline is None else deadline
                 if now + delay > deadline:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_BACKOFF_CAP)
+
+
+def _cluster_retryable(exc: BaseException) -> bool:
+    """A lost node or a cluster between masters; not refused credentials, nor redis-py's own
+    refusals (keys of several slots in one command), which no wait mends."""
+    if isinstance(exc, AuthenticationError):
+        return False
+    if isinstance(exc, SlotNotCoveredError):
+        return True  # a slot between a failed master and its replica
+    if isinstance(exc, RedisClusterException):
+        return "cannot be connected" in str(exc)  # no seed node answers (yet)
+    return True
 
 
 def cluster_client(settings: Settings, **extra: Any) -> RedisCluster:
