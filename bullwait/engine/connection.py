@@ -32,6 +32,7 @@ from redis.exceptions import (
     RedisClusterException,
     RedisError,
     ResponseError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -251,14 +252,26 @@ class FollowingCluster(RedisCluster):
             try:
                 return await super().execute_command(*args, **kwargs)
             except CLUSTER_RETRYABLE as exc:
-                if isinstance(exc, AuthenticationError):
-                    raise  # refused credentials: retrying does not help
+                if not _cluster_retryable(exc):
+                    raise
                 now = asyncio.get_running_loop().time()
                 deadline = now + self.retry_timeout if deadline is None else deadline
                 if now + delay > deadline:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_BACKOFF_CAP)
+
+
+def _cluster_retryable(exc: BaseException) -> bool:
+    """A lost node or a cluster between masters; not refused credentials, nor redis-py's own
+    refusals (keys of several slots in one command), which no wait mends."""
+    if isinstance(exc, AuthenticationError):
+        return False
+    if isinstance(exc, SlotNotCoveredError):
+        return True  # a slot between a failed master and its replica
+    if isinstance(exc, RedisClusterException):
+        return "cannot be connected" in str(exc)  # no seed node answers (yet)
+    return True
 
 
 def cluster_client(settings: Settings, **extra: Any) -> RedisCluster:
@@ -328,26 +341,49 @@ class ClusterView:
 
 
 async def read_cluster(client: RedisCluster) -> ClusterView:
-    """Ask every node the client knows (masters and replicas) for its role; CLUSTER INFO from one."""
+    """Every node the cluster knows (CLUSTER NODES, failed ones included), each asked for its
+    version where the client can reach it; cluster_state and slots from the node that answered."""
     await client.initialize()
-    views: list[tuple[str, str, bool, str]] = []
+    known: dict[str, Any] | None = None
     state, slots_ok, version = "unknown", 0, "unknown"
+    unreachable: dict[str, str] = {}
     for node in client.get_nodes():
-        address = f"{node.host}:{node.port}"
         try:
-            info = await client.info("server", target_nodes=node)
-            if state == "unknown" or state == "ok":
-                cluster = await client.execute_command("CLUSTER INFO", target_nodes=node)
-                state = str(cluster.get("cluster_state", "unknown")) if isinstance(cluster, dict) else state
-                slots_ok = int(cluster.get("cluster_slots_ok", 0)) if isinstance(cluster, dict) else slots_ok
+            cluster = await client.execute_command("CLUSTER INFO", target_nodes=node)
+            known = await _cluster_nodes(client, node)
         except (RedisError, OSError) as exc:
-            views.append((address, str(node.server_type or "unknown"), False, short_reason(exc)))
+            unreachable[node.name] = short_reason(exc)
             continue
-        version = str(info.get("redis_version", version))
-        views.append((address, str(node.server_type or "unknown"), True, ""))
-    views.sort(key=lambda view: (view[1] != "primary", view[0]))
-    roles = {"primary": "master"}
-    return ClusterView([(a, roles.get(r, "replica"), ok, e) for a, r, ok, e in views], state, slots_ok, version)
+        state = str(cluster.get("cluster_state", "unknown"))
+        slots_ok = int(cluster.get("cluster_slots_ok", 0))
+        break
+    views: list[tuple[str, str, bool, str]] = []
+    for address, entry in (known or {}).items():
+        flags = str(entry.get("flags", "")).split(",")
+        role = "master" if "master" in flags else "replica"
+        failed = {"fail", "fail?", "noaddr", "handshake"} & set(flags)
+        answering, error = not failed, f"the cluster marks it {','.join(sorted(failed))}" if failed else ""
+        reachable = client.get_node(node_name=address)
+        if reachable is not None and answering:
+            try:
+                info = await client.info("server", target_nodes=reachable)
+                version = str(info.get("redis_version", version))
+            except (RedisError, OSError) as exc:
+                answering, error = False, short_reason(exc)
+        views.append((address, role, answering, error))
+    if known is None:
+        views = [(address, "unknown", False, error) for address, error in unreachable.items()]
+    views.sort(key=lambda view: (view[1] != "master", view[0]))
+    return ClusterView(views, state, slots_ok, version)
+
+
+async def _cluster_nodes(client: RedisCluster, node: ClusterNode) -> dict[str, Any]:
+    """CLUSTER NODES as redis-py parses it; where an ACL refuses it, the nodes of the slot map."""
+    try:
+        return dict(await client.execute_command("CLUSTER NODES", target_nodes=node))
+    except ResponseError:
+        roles = {"primary": "master"}
+        return {n.name: {"flags": roles.get(str(n.server_type), "slave")} for n in client.get_nodes()}
 
 
 async def _cluster_version(client: RedisCluster) -> str:

@@ -60,10 +60,19 @@ CONNECTION_RULES = (
 SERVER_RULES = ("+info", "+time", "+client|list")
 # On a Redis Cluster (set on every node: ACLs are not shared between nodes): the slot map
 # (redis-py and ioredis read CLUSTER SLOTS), COMMAND (redis-py's cluster client reads every
-# command's key positions from it, to route), CLUSTER INFO (bullwait's check and doctor),
+# command's key positions from it, to route), CLUSTER INFO and NODES (bullwait's check and
+# doctor: the cluster's state and every node it knows, failed ones included),
 # ASKING before a command redirected by ASK during a slot migration, and READONLY/READWRITE,
 # which ioredis sends when a node it knows changes role (a failover).
-CLUSTER_RULES = ("+cluster|slots", "+cluster|info", "+command", "+asking", "+readonly", "+readwrite")
+CLUSTER_RULES = (
+    "+cluster|slots",
+    "+cluster|info",
+    "+cluster|nodes",
+    "+command",
+    "+asking",
+    "+readonly",
+    "+readwrite",
+)
 
 
 def command_rules(db: int = 0, cluster: bool = False) -> tuple[str, ...]:

@@ -11,8 +11,16 @@ import pytest
 from bullmq import Queue
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import SSLConnection
+from redis.exceptions import (
+    AuthenticationError,
+    ClusterDownError,
+    RedisClusterException,
+    SlotNotCoveredError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bullwait.engine.connection import (
+    _cluster_retryable,
     bullmq_connection,
     check_redis,
     cluster_redirect,
@@ -122,3 +130,18 @@ async def test_credentials_tls_and_timeouts_reach_every_node_connection(tmp_path
         await client.aclose()
     assert describe_redis(settings) == "cluster://127.0.0.1:1,[::1]:2"
     assert "secret" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("exc", "retried"),
+    [
+        (RedisConnectionError("Error 111 connecting"), True),
+        (ClusterDownError("CLUSTERDOWN The cluster is down"), True),
+        (SlotNotCoveredError("slot 5 not covered"), True),
+        (RedisClusterException("Redis Cluster cannot be connected. Please provide at least one reachable node"), True),
+        (AuthenticationError("WRONGPASS"), False),
+        (RedisClusterException("EVALSHA - all keys must map to the same key slot"), False),
+    ],
+)
+def test_what_a_cluster_client_retries_through_a_failover(exc: Exception, retried: bool) -> None:
+    assert _cluster_retryable(exc) is retried

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from bullwait.engine.connection import redis_client
+from bullwait.engine.connection import read_cluster, redis_client
+from bullwait.ops.doctor import cluster_checks
 from bullwait.settings import Settings
 from bullwait.waitlist.producer import Producer, new_expiry
 
@@ -44,6 +45,11 @@ async def test_producer_adds_wait_through_a_crashed_master(own_cluster: ClusterS
     client = redis_client(settings)
     try:
         assert await client.zcard(delayed) == added + 1  # each add once, none lost
+        # The dead node is shown, not dropped: doctor warns with it named.
+        view = await read_cluster(client)
+        assert view.state == "ok" and view.answering == 5 and len(view.nodes) == 6, view
+        check = cluster_checks(view)[0]
+        assert check.status == "warn" and f"not answering: 127.0.0.1:{old}" in check.detail, check
     finally:
         await client.aclose()
     own_cluster.restart(old)

@@ -219,6 +219,11 @@ class ClusterSet:
     def _known(self, port: int) -> int:
         return int(self.client(port).cluster("INFO")["cluster_known_nodes"])
 
+    def _masters_seen_by(self, port: int) -> int:
+        nodes = self.client(port).execute_command("CLUSTER", "NODES")
+        lines = nodes.splitlines() if isinstance(nodes, str) else []
+        return sum("master" in line.split()[2].split(",") and "fail" not in line.split()[2] for line in lines)
+
     def _synced_replicas(self, master_port: int) -> list[int]:
         synced = []
         for port in self.replicas_of(master_port):
@@ -234,6 +239,9 @@ class ClusterSet:
             if info.get("cluster_state") != "ok" or int(info.get("cluster_slots_assigned", 0)) != 16384:
                 return False
             if int(info.get("cluster_known_nodes", 0)) < len(self.nodes):
+                return False
+            # Every node's own view agrees on the roles (gossip after a failover takes a moment).
+            if self._masters_seen_by(port) != self.masters_count:
                 return False
         masters = self.masters()
         if len(masters) != self.masters_count:
