@@ -7,7 +7,7 @@ hands it over: `WorkerPool`'s processor -> `dispatch` (payload validation, the r
 no-op processor, the `job completed` JSON log line written to /dev/null through
 `SafeStream`) and the Prometheus `JobMetrics` observer. The processor never awaits, so
 each job's coroutine finishes on its first step: no event loop, no sockets, the same
-instructions every run. That makes it fit for `--profile` (cProfile, cumulative) and for
+instructions every run. That makes it fit for `--profile` (cProfile) and for
 instruction counts under valgrind, which stay comparable on a loaded machine where timings
 do not:
 
@@ -26,8 +26,8 @@ import json
 import os
 import pstats
 import time
-from types import SimpleNamespace
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 from bullmq.job import Job
@@ -88,8 +88,8 @@ def run(process: Any, jobs: list[Job]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds over the same jobs (0: build and warm up only)")
-    parser.add_argument("--profile", action="store_true", help="cProfile one round, top functions by cumulative time")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds over the same jobs (0: build, warm up)")
+    parser.add_argument("--profile", action="store_true", help="cProfile one round: most own time first")
     args = parser.parse_args()
     configure_logging("info", json=True, stream=open(os.devnull, "w"))
     process = _processor()

@@ -116,7 +116,7 @@ async def run_bullwait(o: dict[str, Any]) -> dict[str, Any]:
     settings = _settings(o)
     configure_logging(settings.queue_log_level, json=True, stream=open(os.devnull, "w"))
     registry, key = _registry(o)
-    metrics = JobMetrics(queues=[queue_name(k, settings) for k in QueueKey], expiry_queue=queue_name(QueueKey.WAITLIST_EXPIRY, settings))
+    metrics = JobMetrics([queue_name(k, settings) for k in QueueKey], queue_name(QueueKey.WAITLIST_EXPIRY, settings))
     recorder = Recorder(o["mode"] == "timers", metrics)
     stop = asyncio.Event()
     # check-expiry and send-slot-available work on the waitlist store (ctx.services).
