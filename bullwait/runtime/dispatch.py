@@ -101,6 +101,9 @@ class NullObserver:
         return None
 
 
+_NO_OBSERVER = NullObserver()
+
+
 async def dispatch(
     registry: Registry,
     queue: QueueKey,
@@ -113,7 +116,7 @@ async def dispatch(
     observer: JobObserver | None = None,
 ) -> Any:
     """Run one job through its registered processor. Raises what bullmq must see."""
-    obs = observer or NullObserver()
+    obs = observer or _NO_OBSERVER
     jlog = log.bind(queue=queue_name, job=job.name, jobId=job.id)
     started = time.perf_counter()
     jlog.debug("job started", attempt=job.attemptsMade + 1)
@@ -152,7 +155,7 @@ async def dispatch(
         seconds = time.perf_counter() - started
         obs.finished(queue_name, job, status, seconds)
         if status == "completed":
-            jlog.info("job completed", duration=_ms(started))
+            jlog.info("job completed", duration=f"{seconds * 1000:.1f}ms")
 
 
 def _final(job: Job, exc: Exception) -> bool:
