@@ -290,6 +290,8 @@ def keep_cancellations(connection: Any) -> None:
 
 SWITCH_CHANNEL = "+switch-master"
 WATCH_RETRY_CAP = 5.0
+# How much longer the other sentinels get once one has said where the master is.
+SENTINEL_GRACE_S = 0.5
 UNREACHABLE_LOG_SECONDS = 1.0  # connections retry together: one line a second says it all
 
 
@@ -338,7 +340,7 @@ class NewestSentinel(Sentinel):
     still writable. The `config-epoch` of SENTINEL MASTERS orders their views."""
 
     async def discover_master(self, service_name: str) -> tuple[str, int]:
-        replies = await asyncio.gather(*(s.sentinel_masters() for s in self.sentinels), return_exceptions=True)
+        replies = await self._ask_all()
         errors = []
         best: tuple[int, tuple[str, int]] | None = None
         for sentinel, reply in zip(self.sentinels, replies):
@@ -356,6 +358,42 @@ class NewestSentinel(Sentinel):
             detail = f" : {', '.join(errors)}" if errors else ""
             raise MasterNotFoundError(f"No master found for {service_name!r}{detail}")
         return best[1]
+
+    # Sentinels ("host:port") that missed the grace the last time any client asked them.
+    late: ClassVar[set[str]] = set()
+
+    async def _ask_all(self) -> list[Any]:
+        """Each sentinel's SENTINEL MASTERS (or its error). Once one has answered, the others get
+        SENTINEL_GRACE_S more, and one that missed it last time none: a frozen or cut-off
+        sentinel would otherwise hold up every connection to the master for the whole socket
+        timeout (it is still asked, and waited for again once it answers in time)."""
+        tasks = [asyncio.ensure_future(s.sentinel_masters()) for s in self.sentinels]
+        pending = set(tasks)
+        while pending and not any(t.done() and t.exception() is None for t in tasks):
+            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        names = [_address(s) for s in self.sentinels]
+        awaited = {t for t, name in zip(tasks, names) if t in pending and name not in self.late}
+        if awaited:
+            await asyncio.wait(awaited, timeout=SENTINEL_GRACE_S)
+        for task, name in zip(tasks, names):
+            if task.done():
+                self.late.discard(name)
+            else:
+                self.late.add(name)
+                task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        return [_outcome(task) for task in tasks]
+
+
+def _address(client: aioredis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+
+def _outcome(task: asyncio.Future[Any]) -> Any:
+    if task.cancelled():
+        return RedisTimeoutError(f"no answer within {SENTINEL_GRACE_S} s of the first sentinel's")
+    return task.exception() or task.result()
 
 
 class FollowingPool(SentinelConnectionPool):
@@ -455,8 +493,14 @@ def sentinel_client(settings: Settings, single_connection: bool = False, **extra
 
 
 class FailoverWatcher:
-    """Subscribes to `+switch-master` on one sentinel that answers; on a switch of our master,
-    moves every connection of this event loop's pools (`FollowingPool.follow`)."""
+    """Subscribes to `+switch-master` on every sentinel, as ioredis's failoverDetector does, so
+    one sentinel down, frozen or cut off does not blind it; on a switch of our master, moves
+    every connection of this event loop's pools (`FollowingPool.follow`).
+
+    Every sentinel announces a switch (the leader at once, the others as they learn it), so
+    one switch arrives up to once per sentinel: an announcement of the master already
+    followed is dropped. The announced address only decides which connections to drop; where
+    each reconnects is asked of the sentinels again (`NewestSentinel`: the newest epoch wins)."""
 
     _running: ClassVar[dict[tuple[int, WatchConfig], FailoverWatcher]] = {}
 
@@ -466,8 +510,12 @@ class FailoverWatcher:
         self.master: tuple[str, int] | None = None
         self.unreachable: str | None = None
         self.switches = 0
+        self.listening: set[tuple[str, int]] = set()  # sentinels subscribed right now
+        self.stopping = False  # set, with no await between, when the last pool is gone
         self._last_line = float("-inf")
         self._suppressed = 0
+        self._silent_since: float | None = None
+        self._lock = asyncio.Lock()
         self.loop = asyncio.get_running_loop()
         self.task = self.loop.create_task(self._run(), name="bullwait-sentinel-watcher")
 
@@ -483,7 +531,7 @@ class FailoverWatcher:
     @classmethod
     def ensure(cls, config: WatchConfig) -> FailoverWatcher:
         watcher = cls.current(config)
-        if watcher is None or watcher.task.done():
+        if watcher is None or watcher.stopping:
             for key, old in list(cls._running.items()):  # drop watchers of closed loops
                 if old.loop.is_closed():
                     del cls._running[key]
@@ -512,45 +560,70 @@ class FailoverWatcher:
             self._suppressed = 0
             _log().info("redis master reachable again", master=self.config.master, at=address)
 
-    async def switch(self, address: tuple[str, int], announced: bool) -> None:
-        moved = 0
-        for pool in list(self.pools):
-            moved += await pool.follow(address)
-        if announced or moved:
-            self.switches += 1
-            source = SWITCH_CHANNEL if announced else "sentinel"
-            _log().warning("redis master switched, connections moved", master=self.config.master,
-                           to=f"{address[0]}:{address[1]}", moved=moved, source=source)
-        self.master = address
+    async def switch(self, address: tuple[str, int], announced: bool, via: str = "") -> None:
+        # One at a time: the same switch announced by several sentinels moves connections once.
+        async with self._lock:
+            if announced and address == self.master:
+                return
+            moved = 0
+            for pool in list(self.pools):
+                moved += await pool.follow(address)
+            if announced or moved:
+                self.switches += 1
+                source = SWITCH_CHANNEL if announced else "sentinel"
+                _log().warning("redis master switched, connections moved", master=self.config.master,
+                               to=f"{address[0]}:{address[1]}", moved=moved, source=source, via=via)
+            self.master = address
 
     async def _run(self) -> None:
+        listeners = [self.loop.create_task(self._keep_listening(host, port), name=f"bullwait-sentinel-{host}:{port}")
+                     for host, port in self.config.sentinels]
+        try:
+            while self.pools and not all(task.done() for task in listeners):
+                await asyncio.sleep(1.0)
+        finally:
+            # A pool that asks for a master from here on gets a new watcher (`ensure`).
+            self.stopping = True
+            for task in listeners:
+                task.cancel()
+            await asyncio.gather(*listeners, return_exceptions=True)
+            FailoverWatcher._running.pop((id(self.loop), self.config), None)
+
+    async def _keep_listening(self, host: str, port: int) -> None:
+        """Listen on one sentinel until every client is closed, reconnecting with back-off."""
         delay = 0.2
-        turn = 0
-        while True:
-            host, port = self.config.sentinels[turn % len(self.config.sentinels)]
-            turn += 1
+        while not self.stopping:
             try:
                 await self._listen(host, port)
                 delay = 0.2
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                if turn % len(self.config.sentinels) == 0:
-                    _log().warning("no sentinel answers for failover notices, retrying",
-                                   sentinels=len(self.config.sentinels), last=f"{host}:{port}",
-                                   error=short_reason(exc), retry_in=f"{delay:.1f}s")
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, WATCH_RETRY_CAP)
-            if not self.pools:
-                break  # every client was closed: nothing left to move
-        FailoverWatcher._running.pop((id(self.loop), self.config), None)
+                self.listening.discard((host, port))
+                self._note_silent(host, port, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, WATCH_RETRY_CAP)
+        self.listening.discard((host, port))
+
+    def _note_silent(self, host: str, port: int, exc: BaseException, delay: float) -> None:
+        """A line when no sentinel is listened to, then at most one per WATCH_RETRY_CAP."""
+        if self.listening:
+            self._silent_since = None
+            return
+        now = self.loop.time()
+        if self._silent_since is not None and now - self._silent_since < WATCH_RETRY_CAP:
+            return
+        self._silent_since = now
+        _log().warning("no sentinel answers for failover notices, retrying", sentinels=len(self.config.sentinels),
+                       last=f"{host}:{port}", error=short_reason(exc), retry_in=f"{delay:.1f}s")
 
     async def _listen(self, host: str, port: int) -> None:
         client = self.config.client(host, port)
         pubsub = client.pubsub()
         try:
             await pubsub.subscribe(SWITCH_CHANNEL)
-            # A switch may have happened before we listened (start-up, a sentinel change).
+            self.listening.add((host, port))
+            # A switch may have happened before we listened (start-up, this sentinel back).
             manager = NewestSentinel(list(self.config.sentinels), sentinel_kwargs=dict(self.config.kwargs))
             try:
                 current = await manager.discover_master(self.config.master)
@@ -560,15 +633,16 @@ class FailoverWatcher:
                 await self.switch(current, announced=False)
             finally:
                 await manager.aclose()
-            while self.pools:
+            while not self.stopping:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 if message is None:
                     await pubsub.ping()  # a sentinel that went away is noticed here, not never
                     continue
                 parts = str(message.get("data", "")).split()
                 if len(parts) == 5 and parts[0] == self.config.master:
-                    await self.switch((parts[3], int(parts[4])), announced=True)
+                    await self.switch((parts[3], int(parts[4])), announced=True, via=f"{host}:{port}")
         finally:
+            self.listening.discard((host, port))
             await pubsub.aclose()
             await client.aclose()
 
