@@ -5,7 +5,8 @@ frozen with SIGSTOP to play a replica that is down or lagging).
   once the replica holds them: frozen, the call waits; thawed, it returns and the replica
   (read directly) has the write.
 - N=1, replica down: each raises WriteNotDurable naming the setting, and the notification
-  processor sends nothing (the fake WhatsApp API counts requests) until the replica is back.
+  processor sends nothing (the fake WhatsApp API counts requests) until the replica is back;
+  its job waits in delayed meanwhile, no attempt used.
 - A WAIT that falls short is sent again with the write; a store transition sent again
   reports its own first outcome, not `already-...`.
 - N=0: no WAIT, today's behaviour (the frozen replica does not matter).
@@ -26,6 +27,7 @@ import pytest
 import redis
 
 from bullwait.dev.embedded import RedisServer
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 from bullwait.engine.connection import redis_client
 from bullwait.errors import SettingsError, WriteNotDurable
 from bullwait.runtime.runner import run_workers
@@ -36,7 +38,6 @@ from bullwait.waitlist.idempotency import SendRecords
 from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, SlotDetails
 from bullwait.waitlist.producer import Producer, new_expiry
 from bullwait.waitlist.store import RedisWaitlistStore
-from bullwait.dev.fake_whatsapp import FakeWhatsApp
 
 from helpers.jobdata import future_day, notification_data
 from helpers.reliability import eventually
@@ -215,10 +216,11 @@ async def _notification_through_a_replica_outage(pair: Pair, services: Services,
             services=services, observer=services.observer, stop=stop,
         ))
         try:
-            job = await eventually(lambda: _job_if(queue, job_id, lambda j: j.attemptsMade >= 1), 20,
-                                   "a first failed attempt")
+            # Not a failure of the job: it waits in delayed, no attempt used, until the replica confirms.
+            await eventually(lambda: _in_state(queue, job_id, "delayed"), 20, "the job back in delayed")
+            job = await queue.getJob(job_id)
             assert api.received() == [], "a message went out on a claim only the master held"
-            assert "BULLWAIT_WAIT_REPLICAS" in (job.failedReason or ""), job.failedReason
+            assert job.attemptsMade == 0 and not job.failedReason, (job.attemptsMade, job.failedReason)
         except BaseException:
             stop.set()
             await worker
@@ -230,6 +232,10 @@ async def _notification_through_a_replica_outage(pair: Pair, services: Services,
     finally:
         stop.set()
         assert await worker == 0
+
+
+async def _in_state(queue: Any, job_id: str, state: str) -> bool:
+    return bool(await queue.getJobState(job_id) == state)
 
 
 async def _job_if(queue: Any, job_id: str, check: Callable[[Any], bool]) -> Any:
