@@ -368,3 +368,36 @@ async def test_no_confirmed_add_is_lost_in_a_graceful_failover(prefix: str) -> N
               f"refused {len(results[0][1])}")
         assert results[1][0], "the durable producer added nothing before the failover"
         assert lost[1] == [], f"adds reported done but missing on the new master: {lost[1]}"
+
+
+async def test_two_replicas_every_replica_confirms_through_a_graceful_failover(prefix: str) -> None:
+    """Two replicas: only a write both hold survives whichever the sentinels promote (with N=1
+    the one that confirmed may be the one resynced away). Producers through the sentinels,
+    N=2 (the documented setting: the number of replicas) and N=1 beside it, measured only.
+    After the switch the new master has one replica until the demoted master rejoins, so
+    N=2 adds are refused meanwhile (WriteNotDurable), never confirmed and lost."""
+    from helpers.sentinel import SentinelSet
+
+    with SentinelSet(replicas=2).start() as topo:
+        base: dict[str, Any] = dict(
+            redis_sentinels=topo.sentinels_setting, redis_queue_db=0, bullwait_redis_retry_timeout=1,
+            bullwait_wait_timeout_ms=200,
+        )
+        results: dict[int, tuple[list[str], list[str]]] = {2: ([], []), 1: ([], [])}
+        stop = asyncio.Event()
+        async with Producer(Settings(bullmq_prefix=f"{prefix}n2", bullwait_wait_replicas=2, **base)) as every, \
+                Producer(Settings(bullmq_prefix=f"{prefix}n1", bullwait_wait_replicas=1, **base)) as one:
+            loops = [asyncio.ensure_future(_add_through(p, stop, *results[n])) for n, p in ((2, every), (1, one))]
+            await asyncio.sleep(1.0)
+            new = await asyncio.to_thread(topo.failover)
+            await asyncio.sleep(3.0)
+            stop.set()
+            await asyncio.gather(*loops)
+        survivor = redis.Redis(port=new, decode_responses=True)
+        lost = {n: [i for i in ok if not survivor.exists(f"{prefix}n{n}:waitlist-expiry:{i}")]
+                for n, (ok, _) in results.items()}
+        print(f"\ntwo replicas, failover to {new}: " + "; ".join(
+            f"N={n} confirmed {len(ok)} lost {len(lost[n])} refused {len(refused)}"
+            for n, (ok, refused) in results.items()))
+        assert results[2][0], "the N=2 producer added nothing before the failover"
+        assert lost[2] == [], f"adds both replicas confirmed, missing on the new master: {lost[2]}"
