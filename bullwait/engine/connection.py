@@ -270,8 +270,8 @@ def keep_cancellations(connection: Any) -> None:
 # it (READONLY becomes a ConnectionError in SentinelManagedConnection, and connection errors
 # are retried): after a graceful failover the old master stays writable until the sentinels
 # reconfigure it (~11 s here), and the worker's BZPOPMIN waits there. So, as ioredis's
-# failoverDetector does, one task per process and event loop subscribes to the sentinels'
-# `+switch-master` and disconnects every connection not on the new master; the commands in
+# failoverDetector does, one task per process and event loop subscribes to `+switch-master`
+# on every sentinel and disconnects every connection not on the new master; the commands in
 # flight on them fail with a ConnectionError and redis-py's retry sends them again on a
 # new connection, which asks the sentinels again (the BZPOPMIN included).
 #
@@ -287,6 +287,9 @@ def keep_cancellations(connection: Any) -> None:
 # - `Sentinel.discover_master()` is replaced to believe the newest sentinel (`NewestSentinel`).
 # - `Connection.disconnect()` from another task ends a read in progress with a ConnectionError
 #   (checked on redis-py 8.1 with hiredis), which the command's retry turns into a resend.
+#   One dropped between `send_packed_command`'s connected check and its write fails with an
+#   AttributeError on the writer redis-py set to None; `SentinelConnection` makes that a
+#   ConnectionError too.
 
 SWITCH_CHANNEL = "+switch-master"
 WATCH_RETRY_CAP = 5.0
@@ -325,6 +328,18 @@ class SentinelConnection(SentinelManagedConnection):
             raise
         if watcher is not None:
             watcher.note_reachable(f"{self.host}:{self.port}")
+
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except AttributeError as exc:
+            # `FollowingPool.follow` dropped this connection after redis-py checked it was
+            # connected and before it wrote (its writer is then None): nothing left, so say
+            # so as a lost connection, which the command's retry sends again on the new master.
+            if self.is_connected or "NoneType" not in str(exc):
+                raise
+            raise RedisConnectionError("connection moved to the new master before the command was sent") from None
 
 
 class SentinelSSLConnection(SentinelConnection, SSLConnection):
