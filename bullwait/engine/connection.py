@@ -329,7 +329,6 @@ class SentinelConnection(SentinelManagedConnection):
         if watcher is not None:
             watcher.note_reachable(f"{self.host}:{self.port}")
 
-
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         try:
             await super().send_packed_command(command, check_health)
@@ -354,6 +353,9 @@ class NewestSentinel(Sentinel):
     hellos), and a connection moved by the switch went straight back to the old master,
     still writable. The `config-epoch` of SENTINEL MASTERS orders their views."""
 
+    # Sentinels ("host:port") that missed the grace the last time any client asked them.
+    late: ClassVar[set[str]] = set()
+
     async def discover_master(self, service_name: str) -> tuple[str, int]:
         replies = await self._ask_all()
         errors = []
@@ -373,9 +375,6 @@ class NewestSentinel(Sentinel):
             detail = f" : {', '.join(errors)}" if errors else ""
             raise MasterNotFoundError(f"No master found for {service_name!r}{detail}")
         return best[1]
-
-    # Sentinels ("host:port") that missed the grace the last time any client asked them.
-    late: ClassVar[set[str]] = set()
 
     async def _ask_all(self) -> list[Any]:
         """Each sentinel's SENTINEL MASTERS (or its error). Once one has answered, the others get
