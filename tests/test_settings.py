@@ -6,7 +6,7 @@ from bullwait.engine.connection import describe_redis, redis_options
 from bullwait.errors import SettingsError
 from bullwait.settings import QueueNaming, load_settings
 
-from helpers.common import run_cli
+from helpers.cli import invoke_cli
 
 
 def test_defaults_are_the_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,7 +46,7 @@ def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, name: str
 
 
 def test_cli_exits_2_with_one_line(env: dict[str, str]) -> None:
-    result = run_cli(dict(env, WAITLIST_EXPIRY_CONCURRENCY="-3"), "worker")
+    result = invoke_cli(dict(env, WAITLIST_EXPIRY_CONCURRENCY="-3"), "worker")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "WAITLIST_EXPIRY_CONCURRENCY" in lines[0], result.stderr

@@ -241,7 +241,7 @@ class FakeWhatsApp:
                         "html": b"<html><body><h1>502 Bad Gateway</h1></body></html>",
                         "truncated": json.dumps({"messaging_product": "whatsapp",
                                                  "messages": [{"id": f"wamid.FAKE{number:06d}"}]}).encode(),
-                    }[plan.odd]
+                    }[plan.odd or ""]
                     sent = data[: len(data) // 2] if plan.odd == "truncated" else data
                     self.send_response(plan.status)
                     self.send_header("Content-Type", "text/html" if plan.odd == "html" else "application/json")
@@ -331,7 +331,7 @@ def kernel_time(ancillary: list[tuple[int, int, bytes]]) -> float | None:
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
             seconds, nanos = struct.unpack("qq", data[:16])
-            return seconds + nanos / 1e9
+            return float(seconds + nanos / 1e9)
     return None
 
 

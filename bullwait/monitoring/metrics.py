@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 from bullwait.ops.snapshot import QueueSnapshot
 
 # `_created` series double the output and no dashboard here uses them.
-prometheus_client.disable_created_metrics()
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client is unannotated
 
 JOB_STATUSES = ("completed", "failed", "retried", "delayed", "stalled")
 
@@ -56,7 +56,7 @@ def serving_registry(process_registry: CollectorRegistry | None) -> CollectorReg
     from prometheus_client import multiprocess
 
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=path)
+    multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]  # unannotated
     return registry
 
 

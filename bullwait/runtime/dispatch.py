@@ -188,7 +188,7 @@ def _final(job: Job, exc: Exception) -> bool:
         attempts = attempts_value(job.opts.get("attempts", 0))
     except BadOption:
         return True
-    return job.attemptsMade + 1 >= max(attempts, 1)
+    return bool(job.attemptsMade + 1 >= max(attempts, 1))
 
 
 def _clip_message(exc: Exception) -> None:

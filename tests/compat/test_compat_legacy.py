@@ -9,7 +9,8 @@ from bullwait.settings import QueueNaming, Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.producer import Producer
 
-from helpers.common import run_cli, wait_job_state
+from helpers.cli import invoke_cli
+from helpers.common import wait_job_state
 from helpers.jobdata import notification_data, preference_data
 from helpers.nodecompat import (
     legacy,
@@ -63,7 +64,7 @@ def _snapshot(sync_redis: Any, prefix: str, queue: str) -> dict[str, Any]:
 
 
 def _migrate(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any] | None, str]:
-    proc = run_cli(env, "migrate-legacy", "--json", *args)
+    proc = invoke_cli(env, "migrate-legacy", "--json", *args)
     try:
         body = json.loads(proc.stdout[: proc.stdout.rindex("}") + 1]) if "}" in proc.stdout else None
     except ValueError:

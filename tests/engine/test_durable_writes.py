@@ -41,6 +41,7 @@ from bullwait.waitlist.store import RedisWaitlistStore
 
 from helpers.jobdata import future_day, notification_data
 from helpers.reliability import eventually
+from helpers.sentinel import NO_SYNC_DELAY
 
 DETAILS = SlotDetails(
     date=future_day(), time="10:30", master_id="m-1", master_name="Ana",
@@ -48,6 +49,9 @@ DETAILS = SlotDetails(
 )
 NOW = 1_800_000_000_000
 FROZEN_S = 0.4  # how long a replica stays frozen while a call waits for it
+# WAIT timeout where a frozen replica must make a write fail: short, yet a live replica on a
+# machine busy with parallel tests still acknowledges within it.
+DOWN_WAIT_MS = 500
 
 
 @dataclass
@@ -78,8 +82,8 @@ class Pair:
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Pair]:
-    master = RedisServer(appendonly=False).start()
-    replica = RedisServer(appendonly=False).start()
+    master = RedisServer(appendonly=False, extra_args=NO_SYNC_DELAY).start()
+    replica = RedisServer(appendonly=False, extra_args=NO_SYNC_DELAY).start()
     topo = Pair(master, replica)
     try:
         topo.replica_client().replicaof("127.0.0.1", master.port)
@@ -182,7 +186,7 @@ async def test_write_returns_only_once_the_replica_holds_it(pair: Pair, prefix: 
 
 @pytest.mark.parametrize("op", list(OPS))
 async def test_replica_down_raises_naming_the_setting(pair: Pair, prefix: str, clients: Any, op: str) -> None:
-    producer, store, records = clients(durable(pair, prefix, timeout_ms=150))
+    producer, store, records = clients(durable(pair, prefix, timeout_ms=DOWN_WAIT_MS))
     await OPS[op](producer, store, records, "warm")
     before = pair.waits_sent()
     with pair.frozen(), pytest.raises(WriteNotDurable) as caught:
@@ -194,7 +198,7 @@ async def test_replica_down_raises_naming_the_setting(pair: Pair, prefix: str, c
 
 async def test_notification_not_sent_on_a_claim_the_replica_did_not_confirm(pair: Pair, prefix: str) -> None:
     with FakeWhatsApp() as api:
-        settings = durable(pair, prefix, timeout_ms=150).with_overrides(
+        settings = durable(pair, prefix, timeout_ms=DOWN_WAIT_MS).with_overrides(
             whatsapp_api_base_url=api.base_url, whatsapp_phone_number_id="1055",
             whatsapp_access_token="test-secret-token-xyz", whatsapp_timeout_seconds=2,
         )

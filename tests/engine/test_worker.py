@@ -15,7 +15,8 @@ from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.payloads import ExpiryJob
 from bullwait.waitlist.producer import Producer
 
-from helpers.common import run_cli, wait_job_state, wait_until
+from helpers.cli import invoke_cli
+from helpers.common import wait_job_state, wait_until
 from helpers.jobdata import expiry_data, notification_data, preference_data
 
 
@@ -133,7 +134,7 @@ def test_worker_waits_for_redis_and_logs_each_attempt(env: dict[str, str], start
 
 
 def test_unknown_queue_is_refused(env: dict[str, str]) -> None:
-    result = run_cli(env, "worker", "--queue", "waitlist-nope")
+    result = invoke_cli(env, "worker", "--queue", "waitlist-nope")
     assert result.returncode == 2
     assert "unknown queue 'waitlist-nope'" in result.stderr and "Traceback" not in result.stderr
 

@@ -28,6 +28,7 @@ from bullwait.settings import Settings
 from helpers.reliability import COUNTING
 
 MASTER_NAME = "mymaster"
+NO_SYNC_DELAY = ["--repl-diskless-sync-delay", "0"]
 
 
 class SentinelProcess(RedisServer):
@@ -57,7 +58,8 @@ class SentinelSet:
     """One master, `replicas` replicas and three sentinels; stopped and removed on exit."""
 
     def __init__(self, replicas: int = 1, data_args: list[str] | None = None, sentinel_conf: str = "") -> None:
-        args = list(data_args or [])
+        # A replica syncs at once, not after redis' default 5 s wait for more replicas to join.
+        args = [*NO_SYNC_DELAY, *(data_args or [])]
         self.nodes = [RedisServer(appendonly=False, extra_args=args)]
         self.nodes += [RedisServer(appendonly=False, extra_args=args) for _ in range(replicas)]
         self._sentinel_conf = sentinel_conf

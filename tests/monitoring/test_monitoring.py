@@ -28,6 +28,7 @@ from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey, queue_name
 from bullwait.waitlist.producer import Producer
 
+from helpers.cli import invoke_cli
 from helpers.common import BULLWAIT, LoggedProcess, WorkerProcess, run_cli, wait_until
 from helpers.jobdata import expiry_data, notification_data, preference_data
 from helpers.monitoring import get, health, listening, scrape, value
@@ -273,7 +274,7 @@ def test_serve_port_in_use_is_one_line(env: dict[str, str]) -> None:
 
 
 def test_serve_refuses_when_disabled(env: dict[str, str]) -> None:
-    result = run_cli(dict(env, QUEUE_MONITORING_ENABLED="false"), "serve", timeout=30)
+    result = invoke_cli(dict(env, QUEUE_MONITORING_ENABLED="false"), "serve", timeout=30)
     assert result.returncode == 2
     assert "QUEUE_MONITORING_ENABLED=false" in result.stderr and "Traceback" not in result.stderr
 

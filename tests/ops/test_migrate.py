@@ -10,7 +10,7 @@ import bullwait.ops.migrate as migrate
 from bullwait.waitlist.producer import Producer, new_expiry
 from bullwait.settings import QueueNaming, Settings
 
-from helpers.common import run_cli
+from helpers.cli import invoke_cli
 
 
 async def test_a_run_cut_short_then_rerun_moves_every_timer_once(settings: Settings, sync_redis, prefix, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
@@ -41,9 +41,9 @@ async def test_a_run_cut_short_then_rerun_moves_every_timer_once(settings: Setti
 
 
 def test_cli_dry_run_on_empty_queues_and_unreachable_redis(env: dict[str, str]) -> None:
-    ok = run_cli(env, "migrate-legacy", "--dry-run")
+    ok = invoke_cli(env, "migrate-legacy", "--dry-run")
     assert ok.returncode == 0 and "would move 0" in ok.stdout
-    down = run_cli(dict(env, REDIS_URL="redis://127.0.0.1:1/0"), "migrate-legacy")
+    down = invoke_cli(dict(env, REDIS_URL="redis://127.0.0.1:1/0"), "migrate-legacy")
     assert down.returncode == 3 and "cannot reach Redis" in down.stderr and "Traceback" not in down.stderr
 
 

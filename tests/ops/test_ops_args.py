@@ -9,6 +9,7 @@ from bullwait.errors import BadArgument
 from bullwait.ops.actions import check_count, check_job_id, count_workers, normalize_state
 from bullwait.engine.worker import node_client_name
 
+from helpers.cli import invoke_cli
 from helpers.common import run_cli
 
 
@@ -97,16 +98,25 @@ def test_cli_bad_arguments_are_one_line(env: dict[str, str]) -> None:
         (["stats", "--redis-url", "http://x"], "REDIS_URL"),
     ]
     for args, expected in cases:
-        result = run_cli(env, *args, timeout=30)
+        result = invoke_cli(env, *args)
         assert result.returncode == 2, (args, result.returncode, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], (args, result.stderr)
         assert "Traceback" not in result.stderr + result.stdout
 
 
+def test_installed_entry_point_usage_error_is_one_line(env: dict[str, str]) -> None:
+    """The same check through a real process: exit status and stderr as a shell sees them."""
+    result = run_cli(env, "promote", "--all", "--count", "many", timeout=30)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Invalid value for '--count'" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
 def test_every_command_help_has_an_example(env: dict[str, str]) -> None:
     commands = ["stats", "cancel", "clean", "retry", "promote", "pause", "resume", "doctor", "jobs", "jobs list", "jobs show"]
     for command in commands:
-        result = run_cli(env, *command.split(), "--help", timeout=30)
+        result = invoke_cli(env, *command.split(), "--help")
         assert result.returncode == 0 and "Example:" in result.stdout, (command, result.stdout)
         assert "--redis-url" in result.stdout or command == "jobs", command

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from bullwait.waitlist.catalog import QueueKey, queue_name
 from bullwait.settings import Settings
 
-from helpers.common import run_cli
+from helpers.cli import invoke_cli
 from helpers.nodecompat import NODE_DIR as NODE_COMPAT, node_required
 
 pytestmark = node_required
@@ -69,7 +69,7 @@ def test_stats_equals_node_getjobcounts(settings: Settings, env: dict[str, str],
         line = node.stdout.readline()  # type: ignore[union-attr]
         assert line, node.stderr.read()  # type: ignore[union-attr]
         from_node = json.loads(line)
-        result = run_cli(env, "stats", "--json")
+        result = invoke_cli(env, "stats", "--json")
         assert result.returncode == 0, result.stderr
         rows = {r["name"]: r for r in json.loads(result.stdout)}
     finally:
@@ -88,8 +88,8 @@ def test_stats_equals_node_getjobcounts(settings: Settings, env: dict[str, str],
     assert rows[names[1]]["paused"] is True and rows[names[1]]["waiting"] == 2
     assert (rows[names[2]]["workers"], rows[names[2]]["workers_node"], rows[names[2]]["workers_python"]) == (2, 1, 1)
     assert expiry["meta_version"] == "bullmq:6.7.0"
-    doctor = run_cli(env, "doctor", "--queue", names[0])
+    doctor = invoke_cli(env, "doctor", "--queue", names[0])
     line = next(l for l in doctor.stdout.splitlines() if "/bullmq-version" in l)
     assert line.startswith("ok") and "bullmq:6.7.0 pairs with bullmq-py" in line
-    show = json.loads(run_cli(env, "jobs", "show", names[0], "expiry_n1", "--json").stdout)
+    show = json.loads(invoke_cli(env, "jobs", "show", names[0], "expiry_n1", "--json").stdout)
     assert show["failed_reason"] == "node says no" and show["stacktrace"] and "Error: node says no" in show["stacktrace"][0]

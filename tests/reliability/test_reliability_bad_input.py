@@ -14,7 +14,7 @@ from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.producer import Producer
 
-from helpers.common import run_cli
+from helpers.cli import invoke_cli
 from helpers.jobdata import expiry_data, notification_data, preference_data
 from helpers.reliability import COUNTING, counts, eventually
 from helpers.reliability_processors import counter_field, keys
@@ -120,7 +120,7 @@ async def test_bad_data_fails_once_and_worker_keeps_going(
     ],
 )
 def test_bad_cli_arguments_fail_clearly(env: dict[str, str], args: list[str], words: list[str]) -> None:
-    result = run_cli(env, *args, timeout=30)
+    result = invoke_cli(env, *args)
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr + result.stdout
     for word in words:

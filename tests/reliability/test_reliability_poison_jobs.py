@@ -19,7 +19,7 @@ from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.producer import Producer
 
-from helpers.common import run_cli
+from helpers.cli import invoke_cli
 from helpers.jobdata import expiry_data
 from helpers.reliability import COUNTING, eventually
 from helpers.reliability_processors import counter_field, keys
@@ -121,19 +121,19 @@ async def test_each_poison_job_fails_once_naming_the_problem(
     assert "bad-utf8-id-\\\\xff\\\\xfe" in log, "an undecodable id is logged escaped"
 
     # The CLI lists, shows and removes them, no traceback.
-    listed = run_cli(env, "jobs", "list", QUEUE, "--status", "failed", "--limit", "50")
+    listed = invoke_cli(env, "jobs", "list", QUEUE, "--status", "failed", "--limit", "50")
     assert listed.returncode == 0, listed.stderr
     assert "bad-utf8-id-\\xff\\xfe" in listed.stdout
-    as_json = run_cli(env, "jobs", "list", QUEUE, "--status", "failed", "--json", "--limit", "50")
+    as_json = invoke_cli(env, "jobs", "list", QUEUE, "--status", "failed", "--json", "--limit", "50")
     assert as_json.returncode == 0, as_json.stderr
     assert len(json.loads(as_json.stdout)) == len(CASES)
     for shown_id in ("bad-utf8-id-\\xff\\xfe", "bad-utf8-data", "bad-utf8-name", "array-opts", "abc-delay"):
-        show = run_cli(env, "jobs", "show", QUEUE, shown_id)
+        show = invoke_cli(env, "jobs", "show", QUEUE, shown_id)
         assert show.returncode == 0, (shown_id, show.stdout, show.stderr)
         assert "failed" in show.stdout
-    stats = run_cli(env, "stats")
+    stats = invoke_cli(env, "stats")
     assert stats.returncode == 0, stats.stderr
-    cleaned = run_cli(env, "clean", "--queue", QUEUE, "--status", "failed", "--grace", "0", "--json")
+    cleaned = invoke_cli(env, "clean", "--queue", QUEUE, "--status", "failed", "--grace", "0", "--json")
     assert cleaned.returncode == 0, cleaned.stderr
     assert json.loads(cleaned.stdout)[0]["removed"] == len(CASES)
     assert not failed_ids(raw_redis, prefix)
@@ -149,20 +149,20 @@ async def test_a_waiting_poison_job_can_be_listed_shown_and_cancelled(
     write_job(raw_redis, prefix, b"bad-\xff", {"data": b"\xff\xfe", "name": b"\xc3("})
     write_job(raw_redis, prefix, b"array-opts", {"opts": b"[1]", "delay": b"abc", "atm": b"x"})
     for status in ("wait", "waiting"):
-        listed = run_cli(env, "jobs", "list", QUEUE, "--status", status)
+        listed = invoke_cli(env, "jobs", "list", QUEUE, "--status", status)
         assert listed.returncode == 0, listed.stderr
         assert "bad-\\xff" in listed.stdout and "array-opts" in listed.stdout
-    stats = run_cli(env, "stats", "--json")  # the oldest waiting job is a bad one
+    stats = invoke_cli(env, "stats", "--json")  # the oldest waiting job is a bad one
     assert stats.returncode == 0, stats.stderr
     assert {q["name"]: q["waiting"] for q in json.loads(stats.stdout)}[QUEUE] == 2
-    show = run_cli(env, "jobs", "show", QUEUE, "bad-\\xff")
+    show = invoke_cli(env, "jobs", "show", QUEUE, "bad-\\xff")
     assert show.returncode == 0, show.stderr
     assert "\\xff\\xfe" in show.stdout and "not valid UTF-8" in show.stdout
-    shown_json = run_cli(env, "jobs", "show", QUEUE, "bad-\\xff", "--json")
+    shown_json = invoke_cli(env, "jobs", "show", QUEUE, "bad-\\xff", "--json")
     assert shown_json.returncode == 0, shown_json.stderr
     assert json.loads(shown_json.stdout)["id"] == "bad-\\xff"
     for job_id in ("bad-\\xff", "array-opts"):
-        cancelled = run_cli(env, "cancel", "--queue", QUEUE, "--job", job_id)
+        cancelled = invoke_cli(env, "cancel", "--queue", QUEUE, "--job", job_id)
         assert cancelled.returncode == 0, (job_id, cancelled.stdout, cancelled.stderr)
         assert "Traceback" not in cancelled.stdout + cancelled.stderr
     assert raw_redis.llen(f"{prefix}:{QUEUE}:wait") == 0

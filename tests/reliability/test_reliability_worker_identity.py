@@ -24,7 +24,7 @@ from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.producer import Producer
 
-from helpers.common import run_cli
+from helpers.cli import invoke_cli
 from helpers.nodecompat import node_json, node_required, start_board, start_node  # noqa: F401 (fixtures)
 
 pytestmark = node_required
@@ -63,7 +63,7 @@ def _names_back(port: int, prefix: str, before: list[str]) -> bool | list[str]:
 
 def _stats_lists_worker(env: dict[str, str], python_named: bool = False) -> bool | str:
     """True when `bullwait stats --json` counts one worker on every queue (as a Python one if asked)."""
-    proc = run_cli(env, "stats", "--json")
+    proc = invoke_cli(env, "stats", "--json")
     if proc.returncode != 0:
         return proc.stderr.strip()[-300:]
     rows = {row["name"]: row for row in json.loads(proc.stdout)}

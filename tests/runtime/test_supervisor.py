@@ -15,6 +15,7 @@ from bullwait.runtime.supervisor import Supervisor
 from bullwait.settings import Settings
 from bullwait.waitlist.producer import Producer, new_expiry
 
+from helpers.cli import invoke_cli
 from helpers.common import BULLWAIT, ROOT, wait_until
 from helpers.monitoring import listening, scrape, value
 
@@ -94,7 +95,7 @@ def test_worker_processes_serve_jobs_and_drain_on_sigterm(env: dict[str, str], s
 
 @pytest.mark.parametrize("bad", ["0", "x"])
 def test_processes_bad_value_is_one_line(env: dict[str, str], bad: str) -> None:
-    out = subprocess.run([*BULLWAIT, "worker", "--processes", bad], env=env, capture_output=True, text=True, timeout=30, cwd=ROOT)
+    out = invoke_cli(env, "worker", "--processes", bad)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and "--processes" in out.stderr
 

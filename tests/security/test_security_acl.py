@@ -15,6 +15,7 @@ from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.payloads import NotificationJob, PreferenceJob
 from bullwait.waitlist.producer import Producer, new_expiry
 
+from helpers.cli import invoke_cli
 from helpers.common import ROOT, run_cli
 from helpers.jobdata import notification_data, preference_data
 from helpers.nodecompat import HAVE_NODE, SKIP_REASON, nest, node_json, seed_entry, seed_slot, start_board, start_node  # noqa: F401 (fixtures)
@@ -97,7 +98,7 @@ async def test_node_side_board_and_ops_need_nothing_more(
                  ("clean", "--queue", "waitlist-notification", "--status", "completed", "--grace", "0"),
                  ("retry", "--queue", "waitlist-notification"), ("promote", "--queue", "waitlist-expiry"),
                  ("pause", "waitlist-preference-calculation"), ("resume", "waitlist-preference-calculation")):
-        result = run_cli(user_env, *args, "--json")
+        result = invoke_cli(user_env, *args, "--json")
         output = result.stdout + result.stderr
         assert result.returncode in (0, 1) and "NOPERM" not in output, (args, result.stderr[-1000:])
     # `doctor` tries CONFIG GET for one optional check and says it skipped it: the only refusal.

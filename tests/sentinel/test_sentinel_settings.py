@@ -8,7 +8,7 @@ from bullwait.engine.connection import bullmq_connection, describe_redis, redis_
 from bullwait.errors import SettingsError
 from bullwait.settings import Settings, load_settings
 
-from helpers.common import run_cli
+from helpers.cli import invoke_cli
 
 
 def load(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
@@ -101,10 +101,10 @@ async def test_every_client_is_sentinel_managed(monkeypatch: pytest.MonkeyPatch)
 
 def test_cli_refuses_bad_sentinels_in_one_line(env: dict[str, str]) -> None:
     bad = {k: v for k, v in env.items() if k != "REDIS_URL"}
-    proc = run_cli(dict(bad, REDIS_SENTINELS="a:26379,b"), "stats")
+    proc = invoke_cli(dict(bad, REDIS_SENTINELS="a:26379,b"), "stats")
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "REDIS_SENTINELS" in lines[0], proc.stderr
-    both = run_cli(dict(env, REDIS_SENTINELS="a:26379"), "stats")
+    both = invoke_cli(dict(env, REDIS_SENTINELS="a:26379"), "stats")
     assert both.returncode == 2 and "REDIS_URL and REDIS_SENTINELS" in both.stderr.strip(), both.stderr
     assert len(both.stderr.strip().splitlines()) == 1

@@ -15,7 +15,8 @@ from bullwait.waitlist.catalog import (
     resolve_queue,
 )
 
-from helpers.common import ROOT, run_cli
+from helpers.cli import invoke_cli
+from helpers.common import ROOT
 
 SEED = {
     # queue: (concurrency, backoff ms, completed (count, age s), failed (count, age s))
@@ -62,7 +63,7 @@ def test_legacy_naming() -> None:
 
 
 def test_cli_json_matches_library_and_checked_in_copy(env: dict[str, str]) -> None:
-    result = run_cli(env, "catalog", "--json")
+    result = invoke_cli(env, "catalog", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == json.loads(catalog_json())
     checked_in = ROOT / "node-compat" / "catalog.json"

@@ -20,6 +20,7 @@ from bullwait.waitlist.offers import notification_job_id
 from bullwait.waitlist.payloads import NotificationJob, PreferenceJob, SlotDetails
 from bullwait.waitlist.producer import expiry_job_id
 
+from helpers.cli import invoke_cli
 from helpers.common import run_cli
 from helpers.jobdata import future_day, notification_data, preference_data
 from helpers.reliability import eventually
@@ -260,22 +261,22 @@ async def test_preferences_fold_once_and_cli(services: Services, start_worker, e
     result = await job_in(services, QueueKey.PREFERENCE_CALCULATION, recalc, "completed", "failed")
     assert (result.returnvalue["outcome"], result.returnvalue["bookings"]) == ("recalculated", 2)
 
-    out = run_cli(env, "prefs", "cust-9", "--json")
+    out = invoke_cli(env, "prefs", "cust-9", "--json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert (data["bookings"], data["topMaster"], data["preferredHours"]) == (2, "master-1", [10, 18])
-    table = run_cli(env, "prefs", "cust-9")
+    table = invoke_cli(env, "prefs", "cust-9")
     assert table.returncode == 0 and "top master" in table.stdout and "master-1 (2)" in table.stdout
 
 
 def test_prefs_cli_errors_are_one_line(env: dict[str, str]) -> None:
     from bullwait.dev.embedded import free_port
 
-    down = run_cli(dict(env, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"), "prefs", "cust-1")
+    down = invoke_cli(dict(env, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"), "prefs", "cust-1")
     assert down.returncode == 3 and "cannot reach Redis" in down.stderr and "Traceback" not in down.stderr
-    empty = run_cli(env, "prefs", " ")
+    empty = invoke_cli(env, "prefs", " ")
     assert empty.returncode == 2 and "CUSTOMER_ID" in empty.stderr
-    none = run_cli(env, "prefs", "nobody")
+    none = invoke_cli(env, "prefs", "nobody")
     assert none.returncode == 0 and "no bookings recorded" in none.stdout
 
 

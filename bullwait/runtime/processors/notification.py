@@ -72,7 +72,7 @@ PAIR_RATE_BASE_MS = 6000  # Meta: about one message every 6 s to one customer
 def throttle_backoff_ms(throttled: int, code: int | None = None) -> int:
     """1 s, 2 s, 4 s ... for throughput limits; 6 s, 12 s ... for the pair rate limit."""
     base = PAIR_RATE_BASE_MS if code == PAIR_RATE_LIMIT_CODE else 1000
-    return min(MAX_THROTTLE_BACKOFF_MS, base * 2 ** max(0, throttled - 1))
+    return int(min(MAX_THROTTLE_BACKOFF_MS, base * 2 ** max(0, throttled - 1)))
 
 
 async def send_slot_available(payload: NotificationJob, ctx: Context) -> dict[str, Any]:
@@ -247,7 +247,8 @@ async def _send(payload: NotificationJob, svc: Any, member: str, log: Any, progr
         stamps.append(asyncio.ensure_future(restamp()))
 
     try:
-        return await svc.sender.send_slot_offer(payload.customer_phone, payload.slot_details, on_sent=on_sent)
+        wamid: str = await svc.sender.send_slot_offer(payload.customer_phone, payload.slot_details, on_sent=on_sent)
+        return wamid
     finally:
         # Before the places are given back or the send recorded: a stamp after a release
         # would take the place again.
