@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
@@ -295,6 +296,8 @@ SWITCH_CHANNEL = "+switch-master"
 WATCH_RETRY_CAP = 5.0
 # How much longer the other sentinels get once one has said where the master is.
 SENTINEL_GRACE_S = 0.5
+# How long a sentinel that missed the grace is not waited for.
+LATE_FORGET_S = 30.0
 UNREACHABLE_LOG_SECONDS = 1.0  # connections retry together: one line a second says it all
 
 
@@ -353,8 +356,8 @@ class NewestSentinel(Sentinel):
     hellos), and a connection moved by the switch went straight back to the old master,
     still writable. The `config-epoch` of SENTINEL MASTERS orders their views."""
 
-    # Sentinels ("host:port") that missed the grace the last time any client asked them.
-    late: ClassVar[set[str]] = set()
+    # Sentinels ("host:port") that missed the grace when a client last asked them, and when.
+    late: ClassVar[dict[str, float]] = {}
 
     async def discover_master(self, service_name: str) -> tuple[str, int]:
         replies = await self._ask_all()
@@ -378,25 +381,30 @@ class NewestSentinel(Sentinel):
 
     async def _ask_all(self) -> list[Any]:
         """Each sentinel's SENTINEL MASTERS (or its error). Once one has answered, the others get
-        SENTINEL_GRACE_S more, and one that missed it last time none: a frozen or cut-off
-        sentinel would otherwise hold up every connection to the master for the whole socket
-        timeout (it is still asked, and waited for again once it answers in time)."""
+        SENTINEL_GRACE_S more, and one that missed it in the last LATE_FORGET_S none: a frozen
+        or cut-off sentinel would otherwise hold up every connection to the master for the
+        whole socket timeout. It is still asked, and counts again once it answers in time."""
         tasks = [asyncio.ensure_future(s.sentinel_masters()) for s in self.sentinels]
         pending = set(tasks)
         while pending and not any(t.done() and t.exception() is None for t in tasks):
             _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         names = [_address(s) for s in self.sentinels]
-        awaited = {t for t, name in zip(tasks, names) if t in pending and name not in self.late}
+        now = time.monotonic()
+        awaited = {t for t, name in zip(tasks, names) if t in pending and not self._is_late(name, now)}
         if awaited:
             await asyncio.wait(awaited, timeout=SENTINEL_GRACE_S)
         for task, name in zip(tasks, names):
             if task.done():
-                self.late.discard(name)
+                self.late.pop(name, None)
             else:
-                self.late.add(name)
+                if task in awaited:  # given the grace and missed it: not waited for a while
+                    self.late[name] = now
                 task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         return [_outcome(task) for task in tasks]
+
+    def _is_late(self, name: str, now: float) -> bool:
+        return name in self.late and now - self.late[name] < LATE_FORGET_S
 
 
 def _address(client: aioredis.Redis) -> str:
@@ -545,7 +553,7 @@ class FailoverWatcher:
     @classmethod
     def ensure(cls, config: WatchConfig) -> FailoverWatcher:
         watcher = cls.current(config)
-        if watcher is None or watcher.stopping:
+        if watcher is None or watcher.stopping or watcher.task.done():
             for key, old in list(cls._running.items()):  # drop watchers of closed loops
                 if old.loop.is_closed():
                     del cls._running[key]

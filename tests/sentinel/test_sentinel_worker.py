@@ -27,6 +27,7 @@ import pytest
 import redis
 from bullmq import Queue
 
+from bullwait.engine.connection import NewestSentinel
 from bullwait.engine.worker import node_client_name
 from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
@@ -129,6 +130,14 @@ def test_worker_follows_crashed_master(topo: SentinelSet, env: dict[str, str], t
     follow(topo, sentinel_env(env, topo), tmp_path, "crash")
 
 
+async def newest_master(topo: SentinelSet) -> tuple[str, int]:
+    manager = NewestSentinel(list(topo.sentinels), sentinel_kwargs={"socket_timeout": 5, "decode_responses": True})
+    try:
+        return await manager.discover_master("mymaster")
+    finally:
+        await manager.aclose()
+
+
 def test_worker_follows_a_failover_with_its_first_sentinel_frozen(
     topo: SentinelSet, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -152,6 +161,9 @@ def test_worker_follows_a_failover_with_its_first_sentinel_frozen(
             asyncio.run(add_on(new, prefix, "after-frozen"))
             asyncio.run(completed_after(new, prefix, "after-frozen", switched))
             events = [json.loads(x) for x in worker.log().splitlines()[lines:] if x.startswith("{")]
+            # The frozen sentinel is asked, not waited for: it is marked late and the others answer.
+            assert asyncio.run(newest_master(topo)) == ("127.0.0.1", new)
+            assert f"127.0.0.1:{topo.sentinels[0][1]}" in NewestSentinel.late
         moves = [e for e in events if e["event"] == "redis master switched, connections moved"]
         done = [e for e in events if e["event"] == "job completed" and e.get("jobId") == "after-frozen"]
         if moves and done:
