@@ -366,8 +366,8 @@ async def _add_through(producer: Producer, stop: asyncio.Event, confirmed: list[
 
 
 async def test_no_confirmed_add_is_lost_in_a_graceful_failover(prefix: str) -> None:
-    """Producers pointed at the master by address (no Sentinel client: that is another
-    part of issue 14) keep adding through `SENTINEL FAILOVER`. The old master stays
+    """Producers pointed at the master by address (no Sentinel client here: the Sentinel tests
+    cover that) keep adding through `SENTINEL FAILOVER`. The old master stays
     writable for a while after the replica is promoted; with N=1 nothing it alone took
     is reported added. The N=0 producer beside it is only measured (printed)."""
     from helpers.sentinel import SentinelSet

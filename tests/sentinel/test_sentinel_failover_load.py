@@ -1,4 +1,4 @@
-"""Issue 14, Proof: bullwait through a Redis Sentinel failover under load, Node bullmq beside it.
+"""bullwait through a Redis Sentinel failover under load, Node bullmq beside it.
 
 Real processes: a master, replicas and three `redis-server --sentinel` (helpers/sentinel.py), a
 `bullwait worker` subprocess configured with REDIS_SENTINELS only and BULLWAIT_WAIT_REPLICAS=1,

@@ -1,4 +1,4 @@
-"""A `bullwait worker` on Redis Sentinel follows a failover without a restart (issue 14).
+"""A `bullwait worker` on Redis Sentinel follows a failover without a restart.
 
 Real processes: a master, a replica and three `redis-server --sentinel` (helpers/sentinel.py),
 a `bullwait worker` subprocess configured with REDIS_SENTINELS only. After a graceful
