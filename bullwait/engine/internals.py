@@ -65,7 +65,7 @@ ADD_JOB_KEYS: dict[str, tuple[str, ...]] = {
 # moveJobFromActiveToWait (the job's key is one of its arguments).
 FROM_ACTIVE_TO_WAIT_KEYS = ("active", "wait", "stalled", "paused", "meta", "limiter", "prioritized", "marker", "events")
 
-# Every bullmq script bullwait runs, with the key count its callers assume (ops/actions.py and
+# Every bullmq script bullwait runs, with the key count its callers assume (ops/queues.py and
 # waitlist/producer.py pass their keys by hand).
 KEY_COUNTS: dict[str, int] = {
     "moveToFinished": FINISHED_KEY_COUNT,
