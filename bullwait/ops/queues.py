@@ -23,7 +23,13 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError, WatchError
 
 from bullwait.engine.connection import Topology, check_redis, read_topology, redis_client
-from bullwait.engine.internals import script_source
+from bullwait.engine.internals import (
+    GET_STATE_KEYS,
+    move_jobs_to_wait_keys,
+    pause_keys,
+    remove_job_keys,
+    script_source,
+)
 from bullwait.engine.jobcheck import not_utf8, printable, unescape
 from bullwait.errors import BadArgument, JobNotFound
 from bullwait.ops.checks import (
@@ -161,7 +167,9 @@ class Ops:
                     return CancelResult(self.queue_name(key), shown_id, state)
                 pipe.multi()
                 await self._remove(
-                    keys=[job_key, self.redis_key(key, "repeat")], args=[raw_id, 1, self.key_prefix(key)], client=pipe
+                    keys=[self.redis_key(key, n) for n in remove_job_keys(raw_id)],
+                    args=[raw_id, 1, self.key_prefix(key)],
+                    client=pipe,
                 )
                 try:
                     removed = (await pipe.execute())[0]
@@ -275,8 +283,7 @@ class Ops:
         return [await self._move_to_wait(key, "delayed", count, 1.7976931348623157e308) for key in self._keys(keys)]
 
     async def _move_to_wait(self, key: QueueKey, source: str, count: int | None, upto: float) -> MoveResult:
-        names = ("", "events", source, "wait", "paused", "meta", "active", "marker")
-        script_keys = [self.redis_key(key, n) for n in names]
+        script_keys = [self.redis_key(key, n) for n in move_jobs_to_wait_keys(source)]
         moved = 0
         while count is None or moved < count:
             batch = BATCH if count is None else min(BATCH, count - moved)
@@ -297,8 +304,7 @@ class Ops:
         """BullMQ's pause/resume (pause-7.lua): meta flag, marker, `paused`/`resumed` event."""
         # paused as Node's isPaused reads it: the field exists, whatever its value
         was_paused = bool(await self.client.hexists(self.redis_key(key, "meta"), "paused"))
-        src, dst = ("wait", "paused") if paused else ("paused", "wait")
-        script_keys = [self.redis_key(key, n) for n in (src, dst, "meta", "prioritized", "events", "delayed", "marker")]
+        script_keys = [self.redis_key(key, n) for n in pause_keys(paused)]
         for _ in range(10_000):  # resume moves legacy paused lists 7000 jobs per call
             remaining = await self._pause(keys=script_keys, args=["paused" if paused else "resumed", "1"])
             if not remaining:
@@ -330,10 +336,8 @@ class Ops:
         ]
 
     async def job_state(self, key: QueueKey, job_id: str) -> str:
-        names = ("completed", "failed", "delayed", "active", "wait", "paused", "waiting-children", "prioritized")
-        return str(
-            await self._state(keys=[self.redis_key(key, n) for n in names], args=[job_id, self.redis_key(key, job_id)])
-        )
+        script_keys = [self.redis_key(key, n) for n in GET_STATE_KEYS]
+        return str(await self._state(keys=script_keys, args=[job_id, self.redis_key(key, job_id)]))
 
     async def show_job(self, key: QueueKey, job_id: str) -> JobInfo:
         """One job with data, options, attempts, failure, stack trace and logs."""

@@ -33,7 +33,14 @@ from redis.exceptions import (
 from bullwait.engine.bulk import NewJob, add_jobs, now_ms, stored_opts
 from bullwait.engine.connection import bound_retries, bullmq_connection, describe_redis, redis_client
 from bullwait.engine.durable import Durability, run_command
-from bullwait.engine.internals import add_job, bullmq_connections, main_client, script_source, scripts_of
+from bullwait.engine.internals import (
+    add_job,
+    bullmq_connections,
+    main_client,
+    remove_job_keys,
+    script_source,
+    scripts_of,
+)
 from bullwait.errors import BadArgument, RedisOutOfMemory, RedisUnavailable
 from bullwait.logs import first_line
 from bullwait.settings import Settings
@@ -319,7 +326,7 @@ class Producer:
         return self._redis
 
     async def _remove(self, pipe: Any, queue: Queue, job_id: str) -> None:
-        keys = [queue.toKey(job_id), queue.keys["repeat"]]
+        keys = [queue.toKey(name) for name in remove_job_keys(job_id)]
         args = [job_id, 1, queue.keys[""]]
         await self._remove_script(keys=keys, args=args, client=pipe)
 
