@@ -36,7 +36,11 @@ cmd="${1:-help}"; shift || true
 case "$cmd" in
   setup) setup_python; setup_node ;;
   demo)  setup_python; exec "$VENV/bin/bullwait" demo "$@" ;;
-  test)  setup_python; setup_node; exec "$VENV/bin/python" -m pytest "$@" ;;
+  # Workers in parallel: most tests wait on Redis, subprocesses and sleeps, not on a core.
+  # One test at a time per worker, so the long ones (started first) do not hold others up.
+  # `bash dev.sh test -n 0` runs in one process; BULLWAIT_TEST_WORKERS sets how many.
+  test)  setup_python; setup_node
+         exec "$VENV/bin/python" -m pytest -n "${BULLWAIT_TEST_WORKERS:-4}" --maxschedchunk 1 "$@" ;;
   bench) setup_python; setup_node; exec "$VENV/bin/python" -m bench "$@" ;;
   lint)  setup_python; "$VENV/bin/ruff" check . && "$VENV/bin/ruff" format --check . && "$VENV/bin/mypy" bullwait ;;
   *) sed -n '2,6p' "$0"; exit 2 ;;

@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         client = redis.Redis(port=server.port, decode_responses=True)
         b = scenarios.Bench(
-            url=f"{server.url}/0", quick=args.quick, client=client,
+            url=f"{server.url}/0",
+            quick=args.quick,
+            client=client,
             redis_pid=server.process.pid if server.process else None,
             variants=tuple(args.variants) if args.variants else None,
         )
@@ -68,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(exist_ok=True)
     path = out / (datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + (".quick" if args.quick else "") + ".json")
     path.write_text(json.dumps(results, indent=2, default=str))
-    print(f"\nwrote {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path} ({results['seconds']}s)")
+    print(
+        f"\nwrote {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path} ({results['seconds']}s)"
+    )
     return 0
 
 

@@ -22,8 +22,8 @@ from typing import Any
 import redis
 
 from bullwait.dev.embedded import RedisServer
-from bullwait.ops.actions import Ops
 from bullwait.ops.migrate import migrate_legacy
+from bullwait.ops.queues import Ops
 from bullwait.settings import Settings
 from bullwait.waitlist.catalog import LEGACY_QUEUE_NAMES, QUEUE_NAMES, QueueKey
 
@@ -67,8 +67,15 @@ end
 return n
 """
 
-DATA = json.dumps({"waitlistId": "w-000000", "slotId": "slot-000000", "customerId": "cust-000000",
-                   "salonId": "salon-1", "notifiedAt": "2026-01-01T10:00:00.000Z"})
+DATA = json.dumps(
+    {
+        "waitlistId": "w-000000",
+        "slotId": "slot-000000",
+        "customerId": "cust-000000",
+        "salonId": "salon-1",
+        "notifiedAt": "2026-01-01T10:00:00.000Z",
+    }
+)
 
 
 def fill(client: redis.Redis, queue: str, state: str, n: int, first: int = 1) -> None:
@@ -163,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             async def go() -> Any:
                 results = await with_ops(lambda ops: ops.clean([KEY], state, 0, None, dry))
                 return results[0].removed
+
             return go
 
         for state in ("completed", "failed", "delayed", "wait", "active", "prioritized", "paused"):
@@ -188,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             async def cancel_many() -> int:
                 async def go(ops: Ops) -> int:
                     return sum([(await ops.cancel(KEY, job_id)).cancelled for job_id in ids])
+
                 return await with_ops(go)
 
             rows.append(measure(server, admin, f"cancel x{len(ids)}", cancel_many))

@@ -149,7 +149,12 @@ async def run_stock(o: dict[str, Any]) -> dict[str, Any]:
     worker = worker_class(
         queue_name(QueueKey.WAITLIST_EXPIRY, settings),
         process,
-        {"connection": redis_options(settings), "prefix": o["prefix"], "concurrency": o["concurrency"], "autorun": False},
+        {
+            "connection": redis_options(settings),
+            "prefix": o["prefix"],
+            "concurrency": o["concurrency"],
+            "autorun": False,
+        },
     )
     # Stopping only: without it, a SIGTERM that lands as the stock worker's BZPOPMIN leaves is
     # lost (Python 3.11's wait_for inside redis-py), and the stock worker's 5 s read timeout on

@@ -39,25 +39,61 @@ def rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
         for hz, limit in ((10, 100), (100, 20)):
             get = lambda kind, key: (t.get(f"hz{hz}:{kind}") or {}).get(key)  # noqa: E731, B023 - called in this iteration
             due = round(t["n"] * t["observeS"] / t["spreadS"])
-            out.append((f"timers run of ~{due:,} due in the window, hz {hz}", _f(get("bullwait", "n")), _f(get("stock", "n")),
-                        _f(get("node", "n")), _ratio(get("bullwait", "n"), get("node", "n")), "all", "-"))
+            out.append(
+                (
+                    f"timers run of ~{due:,} due in the window, hz {hz}",
+                    _f(get("bullwait", "n")),
+                    _f(get("stock", "n")),
+                    _f(get("node", "n")),
+                    _ratio(get("bullwait", "n"), get("node", "n")),
+                    "all",
+                    "-",
+                )
+            )
             for key in ("p50", "p99", "max"):
                 bw = get("bullwait", key)
                 target = f"<= {limit} ms" if key == "p99" else ""
                 ok = (bw is not None and bw <= limit) if key == "p99" else None
-                out.append((f"timer lateness {key} ms, hz {hz} (n={get('bullwait', 'n')})", _f(bw, 1), _f(get("stock", key), 1),
-                            _f(get("node", key), 1), _ratio(bw, get("node", key)), target, _met(ok)))
+                out.append(
+                    (
+                        f"timer lateness {key} ms, hz {hz} (n={get('bullwait', 'n')})",
+                        _f(bw, 1),
+                        _f(get("stock", key), 1),
+                        _f(get("node", key), 1),
+                        _ratio(bw, get("node", key)),
+                        target,
+                        _met(ok),
+                    )
+                )
         proc = (t.get("hz10:bullwait") or {}).get("procMs") or {}
-        out.append(("check-expiry processor p99 ms", _f(proc.get("p99"), 2), "", "", "", "< 10 ms",
-                    _met(proc.get("p99") is not None and proc["p99"] < 10)))
+        out.append(
+            (
+                "check-expiry processor p99 ms",
+                _f(proc.get("p99"), 2),
+                "",
+                "",
+                "",
+                "< 10 ms",
+                _met(proc.get("p99") is not None and proc["p99"] < 10),
+            )
+        )
     th = r.get("throughput")
     if th:
         for c in (10, 50):
             row = lambda label: th.get(f"c{c}:{label}") or {}  # noqa: E731, B023 - called in this iteration
             get = lambda label: row(label).get("rate")  # noqa: E731, B023
             bw, st, nd, bare = get("bullwait"), get("stock"), get("node"), get("bare")
-            out.append((f"no-op jobs/s, concurrency {c} (median of {th.get('rounds', 1)})", _f(bw), _f(st), _f(nd), _ratio(bw, nd),
-                        ">= 0.5x node", _met(bool(bw and nd and bw >= 0.5 * nd)) if nd else "-"))
+            out.append(
+                (
+                    f"no-op jobs/s, concurrency {c} (median of {th.get('rounds', 1)})",
+                    _f(bw),
+                    _f(st),
+                    _f(nd),
+                    _ratio(bw, nd),
+                    ">= 0.5x node",
+                    _met(bool(bw and nd and bw >= 0.5 * nd)) if nd else "-",
+                )
+            )
             cpu = lambda label: _cpu(row(label))  # noqa: E731, B023
             out.append(("  CPU us per job: worker + redis", cpu("bullwait"), cpu("stock"), cpu("node"), "", "", ""))
             wcpu = lambda label: row(label).get("workerCpuUsPerJob")  # noqa: E731, B023
@@ -68,44 +104,135 @@ def rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
             out.append(("  jobs per worker CPU-second", _f(per_cpu("bullwait")), _f(per_cpu("stock")), _f(per_cpu("node")),
                         _ratio(per_cpu("bullwait"), per_cpu("node")), "", "-"))
             if bw and st:
-                out.append(("  bullwait vs stock bullmq-py (overhead)", f"{(bw / st - 1) * 100:+.0f}%", "", "", "", "<= 5% slower",
-                            _met(bw >= 0.95 * st)))
+                out.append(
+                    (
+                        "  bullwait vs stock bullmq-py (overhead)",
+                        f"{(bw / st - 1) * 100:+.0f}%",
+                        "",
+                        "",
+                        "",
+                        "<= 5% slower",
+                        _met(bw >= 0.95 * st),
+                    )
+                )
             if bw and bare:
                 # bullwait's processing layer (dispatch, validation, logging, metrics hooks) on the same worker.
                 w, wb = row("bullwait").get("workerCpuUsPerJob"), row("bare").get("workerCpuUsPerJob")
                 cpu_delta = f", {(w / wb - 1) * 100:+.0f}% CPU" if w and wb else ""
-                out.append(("  processing layer vs bare BullwaitWorker", f"{(bw / bare - 1) * 100:+.1f}%{cpu_delta}", "", "", "", "", "-"))
+                out.append(
+                    (
+                        "  processing layer vs bare BullwaitWorker",
+                        f"{(bw / bare - 1) * 100:+.1f}%{cpu_delta}",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "-",
+                    )
+                )
             x2 = get("bullwait x2 processes")
-            out.append((f"  bullwait --processes 2, c {c}", _f(x2), "", _f(nd), _ratio(x2, nd), ">= 1.0x node",
-                        _met(bool(x2 and nd and x2 >= nd)) if nd else "-"))
+            out.append(
+                (
+                    f"  bullwait --processes 2, c {c}",
+                    _f(x2),
+                    "",
+                    _f(nd),
+                    _ratio(x2, nd),
+                    ">= 1.0x node",
+                    _met(bool(x2 and nd and x2 >= nd)) if nd else "-",
+                )
+            )
             if x2:
-                out.append(("  CPU us per job: 2 workers + redis", cpu("bullwait x2 processes"), "", cpu("node"), "", "", ""))
+                out.append(
+                    ("  CPU us per job: 2 workers + redis", cpu("bullwait x2 processes"), "", cpu("node"), "", "", "")
+                )
             uv = get("bullwait + uvloop")
             if uv:
                 out.append((f"  bullwait + uvloop, c {c}", _f(uv), "", _f(nd), _ratio(uv, nd), "", "-"))
     e = r.get("enqueue")
     if e:
         bw, nd = e.get("bullwait", {}), e.get("node", {})
-        out.append((f"addBulk timers/s (n={e['n']})", _f(bw.get("rate")), "", _f(nd.get("rate")), _ratio(bw.get("rate"), nd.get("rate")),
-                    ">= 1.0x node", _met(bool(nd and bw.get("rate", 0) >= nd.get("rate", 0))) if nd else "-"))
+        out.append(
+            (
+                f"addBulk timers/s (n={e['n']})",
+                _f(bw.get("rate")),
+                "",
+                _f(nd.get("rate")),
+                _ratio(bw.get("rate"), nd.get("rate")),
+                ">= 1.0x node",
+                _met(bool(nd and bw.get("rate", 0) >= nd.get("rate", 0))) if nd else "-",
+            )
+        )
         awaited = e.get("nodeAwaited", {}).get("rate")
         if awaited:
-            out.append(("  Node awaiting each addBulk (1 in flight)", "", "", _f(awaited), _ratio(bw.get("rate"), awaited), "", "-"))
-        out.append(("Redis bytes per pending timer", _f(bw.get("bytesPerTimer")), "", _f(nd.get("bytesPerTimer")),
-                    _ratio(bw.get("bytesPerTimer"), nd.get("bytesPerTimer")), "< 1,024", _met(bw.get("bytesPerTimer", 1e9) < 1024)))
+            out.append(
+                (
+                    "  Node awaiting each addBulk (1 in flight)",
+                    "",
+                    "",
+                    _f(awaited),
+                    _ratio(bw.get("rate"), awaited),
+                    "",
+                    "-",
+                )
+            )
+        out.append(
+            (
+                "Redis bytes per pending timer",
+                _f(bw.get("bytesPerTimer")),
+                "",
+                _f(nd.get("bytesPerTimer")),
+                _ratio(bw.get("bytesPerTimer"), nd.get("bytesPerTimer")),
+                "< 1,024",
+                _met(bw.get("bytesPerTimer", 1e9) < 1024),
+            )
+        )
         for kind, label, ref in (
             ("bullwait+listpack", "  same, hash-max-listpack-value 512", e.get("node+listpack", {})),
             ("bullwait+uuid", "  same, 36-char (UUID) ids", e.get("node+uuid", {})),
-            ("bullwait+uuid+listpack", "  same, UUID ids, hash-max-listpack-value 512", e.get("node+uuid+listpack", {})),
+            (
+                "bullwait+uuid+listpack",
+                "  same, UUID ids, hash-max-listpack-value 512",
+                e.get("node+uuid+listpack", {}),
+            ),
         ):
             row = e.get(kind, {})
             if row:
-                out.append((label, _f(row.get("bytesPerTimer")), "", _f(ref.get("bytesPerTimer")),
-                            _ratio(row.get("bytesPerTimer"), ref.get("bytesPerTimer")), "< 1,024", _met(row.get("bytesPerTimer", 1e9) < 1024)))
+                out.append(
+                    (
+                        label,
+                        _f(row.get("bytesPerTimer")),
+                        "",
+                        _f(ref.get("bytesPerTimer")),
+                        _ratio(row.get("bytesPerTimer"), ref.get("bytesPerTimer")),
+                        "< 1,024",
+                        _met(row.get("bytesPerTimer", 1e9) < 1024),
+                    )
+                )
         comp = e.get("completed", {})
-        out.append((f"Redis bytes per retained completed job (n={comp.get('n')})", _f(comp.get("bytesPerCompletedJob")), "", "", "", "", "-"))
+        out.append(
+            (
+                f"Redis bytes per retained completed job (n={comp.get('n')})",
+                _f(comp.get("bytesPerCompletedJob")),
+                "",
+                "",
+                "",
+                "",
+                "-",
+            )
+        )
         if "bytesPerCompletedJobWithoutEvents" in comp:
-            out.append(("  same, without the events stream's share", _f(comp.get("bytesPerCompletedJobWithoutEvents")), "", "", "", "", "-"))
+            out.append(
+                (
+                    "  same, without the events stream's share",
+                    _f(comp.get("bytesPerCompletedJobWithoutEvents")),
+                    "",
+                    "",
+                    "",
+                    "",
+                    "-",
+                )
+            )
     n = r.get("notify")
     if n:
         for row in n.values():
@@ -113,7 +240,9 @@ def rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
                 continue
             out.extend(_notify_rows(row))
         if "concurrencyFor95" in n:
-            out.append(("concurrency for >= 76 sends/s at 150 ms", str(n["concurrencyFor95"]), "", "", "", "<= default", "-"))
+            out.append(
+                ("concurrency for >= 76 sends/s at 150 ms", str(n["concurrencyFor95"]), "", "", "", "<= default", "-")
+            )
     return out
 
 
@@ -126,15 +255,43 @@ def _notify_rows(row: dict[str, Any]) -> list[tuple[str, ...]]:
     limits_ok = row["maxPerSecond"] <= 80 and row["duplicates"] == 0 and row["missing"] == 0 and row["failed"] == 0
     if row["salonLimit"]:
         limits_ok = limits_ok and row["maxPerSalonWindow"] <= row["salonLimit"]
-    out = [(f"sends/s, first {row['bindingN']} (global limit binding), {what}", _f(row["bindingRate"], 1), "", "", "",
-            ">= 76.0/s", _met(row["bindingRate"] >= 76 and limits_ok))]
+    out = [
+        (
+            f"sends/s, first {row['bindingN']} (global limit binding), {what}",
+            _f(row["bindingRate"], 1),
+            "",
+            "",
+            "",
+            ">= 76.0/s",
+            _met(row["bindingRate"] >= 76 and limits_ok),
+        )
+    ]
     if row["salonLimit"] and row["n"] > row["salons"] * row["salonLimit"]:
-        out.append(("  sends/s, whole run (salon limits binding)", _f(row["rate"], 1), "", "", "",
-                    f">= {0.95 * row['ceiling']:.1f}/s", _met(row["rate"] >= 0.95 * row["ceiling"] and limits_ok)))
-    out.append(("  max in any 1 s (read: " + str(row.get("maxPerSecondRead", "-")) + ") / dup / missing / failed / salon max",
-                f"{row['maxPerSecond']} / {row['duplicates']} / {row['missing']} / {row['failed']}"
-                f" / {row['maxPerSalonWindow']}",
-                "", "", "", f"<= 80 / 0 / 0 / 0 / <= {row['salonLimit'] or '-'}", ""))
+        out.append(
+            (
+                "  sends/s, whole run (salon limits binding)",
+                _f(row["rate"], 1),
+                "",
+                "",
+                "",
+                f">= {0.95 * row['ceiling']:.1f}/s",
+                _met(row["rate"] >= 0.95 * row["ceiling"] and limits_ok),
+            )
+        )
+    out.append(
+        (
+            "  max in any 1 s (read: "
+            + str(row.get("maxPerSecondRead", "-"))
+            + ") / dup / missing / failed / salon max",
+            f"{row['maxPerSecond']} / {row['duplicates']} / {row['missing']} / {row['failed']}"
+            f" / {row['maxPerSalonWindow']}",
+            "",
+            "",
+            "",
+            f"<= 80 / 0 / 0 / 0 / <= {row['salonLimit'] or '-'}",
+            "",
+        )
+    )
     return out
 
 
@@ -159,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     import json
     import sys
 
-    paths = (argv if argv is not None else sys.argv[1:])
+    paths = argv if argv is not None else sys.argv[1:]
     if not paths:
         print("usage: python -m bench.report bench/results/<run>.json [...]", file=sys.stderr)
         return 2

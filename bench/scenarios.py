@@ -60,7 +60,10 @@ def pct(values: list[float], q: float) -> float:
 
 def summary(values: list[float]) -> dict[str, float]:
     return {
-        "n": len(values), "p50": pct(values, 50), "p90": pct(values, 90), "p99": pct(values, 99),
+        "n": len(values),
+        "p50": pct(values, 50),
+        "p90": pct(values, 90),
+        "p99": pct(values, 99),
         "max": max(values) if values else float("nan"),
         "over": {str(ms): sum(1 for v in values if v > ms) for ms in (20, 50, 100)},
     }
@@ -73,7 +76,7 @@ def uuid_like(kind: int, i: int) -> str:
 
 
 def expiry(i: int, expires_at: datetime, now: datetime | None = None, ids: str = "short") -> ExpiryJob:
-    """The seed's expiry payload; `ids` "short" (w-1, slot-1, ...) or "uuid" (uuid_like)."""
+    """The NestJS module's expiry payload; `ids` "short" (w-1, slot-1, ...) or "uuid" (uuid_like)."""
     if ids == "uuid":
         names = (uuid_like(1, i), uuid_like(2, i % 500), uuid_like(3, i), uuid_like(4, i % 200))
     else:
@@ -126,7 +129,9 @@ def timers(b: Bench, log: Any) -> dict[str, Any]:
             if kind == "bullwait":
                 row["procMs"] = summary(out.get("procMs", []))
             results[f"hz{hz}:{kind}"] = row
-            log(f"timers hz={hz} {kind}: n={row['n']} p50={row['p50']:.1f} p99={row['p99']:.1f} max={row['max']:.1f} ms")
+            log(
+                f"timers hz={hz} {kind}: n={row['n']} p50={row['p50']:.1f} p99={row['p99']:.1f} max={row['max']:.1f} ms"
+            )
     return results
 
 
@@ -176,12 +181,19 @@ def _drain_rate(b: Bench, prefix: str, n: int, worker: Proc, timeout: float) -> 
             assert base is not None
             begin, jobs, cpu_begin = base
             seconds = max(now - begin, 1e-3)
-            per_job = [round((end - first) / max(jobs, 1) * 1e6) if end is not None and first is not None else None
-                       for first, end in zip(cpu_begin, cpu_now())]
-            return {"jobs": jobs, "seconds": round(seconds, 3), "rate": round(jobs / seconds, 1),
-                    "workerCpuUsPerJob": per_job[0], "redisCpuUsPerJob": per_job[1],
-                    # Unlike jobs/s, comparable across machines of a similar CPU (and under load).
-                    "workerJobsPerCpuSecond": round(1e6 / per_job[0]) if per_job[0] else None}
+            per_job = [
+                round((end - first) / max(jobs, 1) * 1e6) if end is not None and first is not None else None
+                for first, end in zip(cpu_begin, cpu_now())
+            ]
+            return {
+                "jobs": jobs,
+                "seconds": round(seconds, 3),
+                "rate": round(jobs / seconds, 1),
+                "workerCpuUsPerJob": per_job[0],
+                "redisCpuUsPerJob": per_job[1],
+                # Unlike jobs/s, comparable across machines of a similar CPU (and under load).
+                "workerJobsPerCpuSecond": round(1e6 / per_job[0]) if per_job[0] else None,
+            }
         time.sleep(0.005)
     raise RuntimeError(f"queue not drained within {timeout}s")
 
@@ -204,7 +216,15 @@ def throughput(b: Bench, log: Any) -> dict[str, Any]:
             for label, kind, extra in variants:
                 prefix = b.fresh()
                 asyncio.run(_fill(b.settings(prefix), n))
-                worker = start_worker(kind, redisUrl=b.url, prefix=prefix, mode="throughput", concurrency=concurrency, queue=QUEUE, **extra)
+                worker = start_worker(
+                    kind,
+                    redisUrl=b.url,
+                    prefix=prefix,
+                    mode="throughput",
+                    concurrency=concurrency,
+                    queue=QUEUE,
+                    **extra,
+                )
                 try:
                     runs[label].append(_drain_rate(b, prefix, n, worker, timeout=300))
                 finally:
@@ -212,9 +232,12 @@ def throughput(b: Bench, log: Any) -> dict[str, Any]:
         for label, rows in runs.items():
             row = dict(_median_row(rows), concurrency=concurrency, runtime=label, rates=[r["rate"] for r in rows])
             results[f"c{concurrency}:{label}"] = row
-            log(f"throughput c={concurrency} {label}: {row['rate']:.0f} jobs/s (runs {row['rates']}), "
+            log(
+                f"throughput c={concurrency} {label}: {row['rate']:.0f} jobs/s (runs {row['rates']}), "
                 f"CPU us/job worker {row['workerCpuUsPerJob']} redis {row['redisCpuUsPerJob']} "
-                f"(runs {[r['workerCpuUsPerJob'] for r in rows]}), {row['workerJobsPerCpuSecond']} jobs per worker CPU-second")
+                f"(runs {[r['workerCpuUsPerJob'] for r in rows]}), "
+                f"{row['workerJobsPerCpuSecond']} jobs per worker CPU-second"
+            )
     return results
 
 
@@ -255,7 +278,9 @@ ENQUEUE_RUNS: dict[str, tuple[str, str, int]] = {
 }
 
 
-def _enqueue(b: Bench, runtime: str, prefix: str, n: int, ids: str, opts: dict[str, Any], in_flight: int = IN_FLIGHT_CHUNKS) -> float:
+def _enqueue(
+    b: Bench, runtime: str, prefix: str, n: int, ids: str, opts: dict[str, Any], in_flight: int = IN_FLIGHT_CHUNKS
+) -> float:
     """Add n expiry timers due in 15 minutes with `runtime`'s addBulk; returns seconds.
 
     Both runtimes send chunks of 1,000 with `IN_FLIGHT_CHUNKS` chunks in flight (Node:
@@ -263,10 +288,19 @@ def _enqueue(b: Bench, runtime: str, prefix: str, n: int, ids: str, opts: dict[s
     also timed awaiting each `addBulk` before building the next (`in_flight` 1), the way
     most Node code calls it."""
     if runtime == "node":
-        return float(run_node_enqueue(
-            redisUrl=b.url, prefix=prefix, queue=QUEUE, n=n, chunk=1000, delayMs=15 * 60_000, jobOpts=opts, ids=ids,
-            inFlight=in_flight,
-        )["seconds"])
+        return float(
+            run_node_enqueue(
+                redisUrl=b.url,
+                prefix=prefix,
+                queue=QUEUE,
+                n=n,
+                chunk=1000,
+                delayMs=15 * 60_000,
+                jobOpts=opts,
+                ids=ids,
+                inFlight=in_flight,
+            )["seconds"]
+        )
     return asyncio.run(_enqueue_timers(b.settings(prefix), n, time.time() + 15 * 60, 0.0, ids))
 
 
@@ -371,8 +405,14 @@ def _notification(i: int, salon: int) -> NotificationJob:
         customer_phone=f"+3460{i:07d}",
         salon_id=f"salon-{salon}",
         slot_details=SlotDetails(
-            date="2026-12-01", time="10:30", master_id="m-1", master_name="Ana", service_id="s-1",
-            service_name="Corte", duration=30, price=20.0,
+            date="2026-12-01",
+            time="10:30",
+            master_id="m-1",
+            master_name="Ana",
+            service_id="s-1",
+            service_name="Corte",
+            duration=30,
+            price=20.0,
         ),
     )
 
@@ -405,8 +445,15 @@ def _rate(times: list[float]) -> float:
 
 
 def _notify_run(
-    b: Bench, fake_url: str, n: int, salons: int, concurrency: int, salon_limit: int, window_ms: int,
-    processes: int = 1, binding: int = 2_000,
+    b: Bench,
+    fake_url: str,
+    n: int,
+    salons: int,
+    concurrency: int,
+    salon_limit: int,
+    window_ms: int,
+    processes: int = 1,
+    binding: int = 2_000,
 ) -> dict[str, Any]:
     """`n` notifications over `salons` through the real processor; what the fake API saw."""
     import httpx
@@ -415,8 +462,16 @@ def _notify_run(
     phone_salon = asyncio.run(_fill_notifications(b.settings(prefix), n, salons))
     seen_before = len(httpx.get(fake_url + "/__stats").json())
     worker = start_worker(
-        "bullwait", redisUrl=b.url, prefix=prefix, mode="notify", concurrency=concurrency, fakeUrl=fake_url,
-        perSecond=80, salonLimit=salon_limit, salonWindowMs=window_ms, processes=processes,
+        "bullwait",
+        redisUrl=b.url,
+        prefix=prefix,
+        mode="notify",
+        concurrency=concurrency,
+        fakeUrl=fake_url,
+        perSecond=80,
+        salonLimit=salon_limit,
+        salonWindowMs=window_ms,
+        processes=processes,
     )
     keys = [f"{prefix}:waitlist-notification:{k}" for k in ("wait", "active", "delayed", "prioritized")]
     deadline = time.monotonic() + (60 + n / 20)
@@ -441,16 +496,26 @@ def _notify_run(
     salon_max = max((_max_in_window(ts, window_ms / 1000) for ts in by_salon.values()), default=0)
     ceiling = min(80.0, salons * salon_limit * 1000 / window_ms) if salon_limit else 80.0
     return {
-        "n": n, "salons": salons, "concurrency": concurrency, "processes": processes,
-        "salonLimit": salon_limit, "salonWindowMs": window_ms,
-        "sent": len(records), "failed": failed, "duplicates": len(phones) - len(set(phones)),
-        "missing": len(set(salon_of) - set(phones)), "seconds": round(times[-1] - times[0], 2) if times else 0,
-        "rate": _rate(times), "ceiling": round(ceiling, 1), "maxPerSecond": _max_in_window(times, 1.0),
+        "n": n,
+        "salons": salons,
+        "concurrency": concurrency,
+        "processes": processes,
+        "salonLimit": salon_limit,
+        "salonWindowMs": window_ms,
+        "sent": len(records),
+        "failed": failed,
+        "duplicates": len(phones) - len(set(phones)),
+        "missing": len(set(salon_of) - set(phones)),
+        "seconds": round(times[-1] - times[0], 2) if times else 0,
+        "rate": _rate(times),
+        "ceiling": round(ceiling, 1),
+        "maxPerSecond": _max_in_window(times, 1.0),
         # The same counted on when the fake's process read each request (its own scheduling
         # delays bunch those together on a loaded machine).
         "maxPerSecondRead": _max_in_window([r.get("tApp", r["t"]) for r in records], 1.0),
         # While every salon still has room, the global limit is the binding one.
-        "bindingN": min(binding, len(times)), "bindingRate": _rate(times[:binding]),
+        "bindingN": min(binding, len(times)),
+        "bindingRate": _rate(times[:binding]),
         "maxPerSalonWindow": salon_max,
     }
 
@@ -458,10 +523,12 @@ def _notify_run(
 def notifications(b: Bench, log: Any) -> dict[str, Any]:
     """The real send-slot-available processor and WhatsApp sender against the fake Cloud API
     (150 ms per request), global limit 80/s: a concurrency sweep with only the global limit
-    binding, then the issue's 5,000 notifications over 200 salons with the seed's per-salon
+    binding, then 5,000 notifications over 200 salons with the NestJS module's per-salon
     limit (10 per 60 s), whose first 2,000 sends are bound by the global limit and the rest
     by the salons (200 x 10 / 60 s = 33/s)."""
-    fake = Proc([sys.executable, "-m", "bullwait.dev.fake_whatsapp", "--port", "0", "--latency", "0.15"], None).wait_ready()
+    fake = Proc(
+        [sys.executable, "-m", "bullwait.dev.fake_whatsapp", "--port", "0", "--latency", "0.15"], None
+    ).wait_ready()
     fake_url = f"http://127.0.0.1:{fake.ready_line.split()[1]}"
     results: dict[str, Any] = {"latencyMs": 150}
     defaults = Settings()
@@ -471,18 +538,28 @@ def notifications(b: Bench, log: Any) -> dict[str, Any]:
         for c in sweep:
             row = _notify_run(b, fake_url, per, 200, c, 0, 60_000)
             results[f"global:c{c}"] = row
-            log(f"notify global only c={c}: {row['rate']} sends/s, max {row['maxPerSecond']} in 1 s "
-                f"(read {row['maxPerSecondRead']}), dup {row['duplicates']}")
+            log(
+                f"notify global only c={c}: {row['rate']} sends/s, max {row['maxPerSecond']} in 1 s "
+                f"(read {row['maxPerSecondRead']}), dup {row['duplicates']}"
+            )
         results["concurrencyFor95"] = min((c for c in sweep if results[f"global:c{c}"]["rate"] >= 76), default=None)
         c = defaults.waitlist_notification_concurrency
         n, salons = (2_000, 200) if b.quick else (5_000, 200)
         row = _notify_run(
-            b, fake_url, n, salons, c, defaults.waitlist_notification_rate_limit, defaults.waitlist_notification_rate_window_ms,
+            b,
+            fake_url,
+            n,
+            salons,
+            c,
+            defaults.waitlist_notification_rate_limit,
+            defaults.waitlist_notification_rate_window_ms,
         )
         results["perSalon"] = row
-        log(f"notify {n} over {salons} salons c={c}: first {row['bindingN']} at {row['bindingRate']}/s, whole run "
+        log(
+            f"notify {n} over {salons} salons c={c}: first {row['bindingN']} at {row['bindingRate']}/s, whole run "
             f"{row['rate']} sends/s (ceiling {row['ceiling']}), max {row['maxPerSecond']}/s, "
-            f"salon max {row['maxPerSalonWindow']}, dup {row['duplicates']}, missing {row['missing']}")
+            f"salon max {row['maxPerSalonWindow']}, dup {row['duplicates']}, missing {row['missing']}"
+        )
     finally:
         fake.proc.terminate()
         fake.proc.wait()

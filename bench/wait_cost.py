@@ -54,8 +54,12 @@ def _row(name: str, replicas: int, count: int, seconds: float, latencies: list[f
 
 async def _measure(port: int, replicas: int, adds: int) -> list[str]:
     prefix = f"wc{uuid.uuid4().hex[:6]}"
-    settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", bullmq_prefix=prefix,
-                        bullwait_store_prefix=f"{prefix}-s:", bullwait_wait_replicas=replicas)
+    settings = Settings(
+        redis_url=f"redis://127.0.0.1:{port}/0",
+        bullmq_prefix=prefix,
+        bullwait_store_prefix=f"{prefix}-s:",
+        bullwait_wait_replicas=replicas,
+    )
     rows = []
     async with Producer(settings) as producer:
         await producer.schedule_expiry(new_expiry("warm", "s", "c", "salon", 60_000))

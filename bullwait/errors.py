@@ -40,8 +40,6 @@ class JobNotFound(BullwaitError):
     """No job with that id in that queue."""
 
 
-
-
 class MonitoringUnavailable(BullwaitError):
     """The metrics and health server cannot start (address in use, not allowed)."""
 

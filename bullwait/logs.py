@@ -63,6 +63,12 @@ def redact_text(text: str) -> str:
     return text
 
 
+def first_line(exc: BaseException) -> str:
+    """An error as one short line for a message: its first line, secrets masked."""
+    text = str(exc).strip()
+    return redact_text(text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
 @functools.lru_cache(maxsize=1024)
 def _key_kind(key: str) -> int:
     """0: plain, 1: secret (value hidden), 2: phone (value masked)."""
@@ -282,8 +288,13 @@ class SafeStream:
         return bool(events)
 
     def _dropped_line(self) -> bytes:
-        event = {"event": "log lines dropped", "dropped": self.unreported, "total": self.dropped,
-                 "level": "warning", "timestamp": utc_timestamp()}
+        event = {
+            "event": "log lines dropped",
+            "dropped": self.unreported,
+            "total": self.dropped,
+            "level": "warning",
+            "timestamp": utc_timestamp(),
+        }
         return (_ENCODER.encode(event) + "\n").encode()
 
     def _failed(self, exc: BaseException) -> None:

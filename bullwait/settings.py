@@ -113,8 +113,10 @@ class SentinelTopology:
 def parse_sentinels(value: str) -> tuple[tuple[str, int], ...]:
     """`host:port,host:port,...` (IPv6 as `[::1]:26379`); raise ValueError saying what to change."""
     if "://" in value or "@" in value:
-        raise ValueError(f"takes host:port pairs only, not a URL or credentials: {SENTINELS_FORM}; "
-                         "sentinel credentials go in REDIS_SENTINEL_USERNAME / REDIS_SENTINEL_PASSWORD")
+        raise ValueError(
+            f"takes host:port pairs only, not a URL or credentials: {SENTINELS_FORM}; "
+            "sentinel credentials go in REDIS_SENTINEL_USERNAME / REDIS_SENTINEL_PASSWORD"
+        )
     nodes = []
     for entry in value.split(","):
         entry = entry.strip()
@@ -140,8 +142,10 @@ def parse_redis_url(url: str) -> RedisAddress:
         raise BadRedisUrl("contains white space or a control character (a newline from a secret file?); remove it")
     scheme, sep, rest = url.partition("://")
     if sep and "sentinel" in scheme.lower():
-        raise BadRedisUrl("a Sentinel URL is not read here: unset REDIS_URL and set REDIS_SENTINELS=host:port,... "
-                          "and REDIS_SENTINEL_MASTER (docs/sentinel.md)")
+        raise BadRedisUrl(
+            "a Sentinel URL is not read here: unset REDIS_URL and set REDIS_SENTINELS=host:port,... "
+            "and REDIS_SENTINEL_MASTER (docs/sentinel.md)"
+        )
     if not sep or scheme.lower() not in ("redis", "rediss", "unix"):
         raise BadRedisUrl(f"must start with redis://, rediss:// or unix://, as in {URL_FORM}")
     scheme = scheme.lower()
@@ -150,8 +154,9 @@ def parse_redis_url(url: str) -> RedisAddress:
     tail = rest[:query_at] if query_at >= 0 and "/" in rest[:query_at] else rest
     login, at, _ = tail.rpartition("@")
     if scheme != "unix" and at and any(ch in login for ch in "/?#"):
-        raise BadRedisUrl(f"the user name or password holds '/', '?' or '#', which end a URL's login part: "
-                          f"{_PERCENT_HINT}")
+        raise BadRedisUrl(
+            f"the user name or password holds '/', '?' or '#', which end a URL's login part: {_PERCENT_HINT}"
+        )
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -199,8 +204,9 @@ def _path_db(path: str) -> int | None:
         return None
     if not text.isdigit() or not text.isascii() or int(text) > MAX_DB:
         shown = repr(unquote(text)[:40])
-        raise BadRedisUrl(f"the path {shown} is not a database number; end the URL with /<db>, "
-                          "e.g. redis://localhost:6379/1")
+        raise BadRedisUrl(
+            f"the path {shown} is not a database number; end the URL with /<db>, e.g. redis://localhost:6379/1"
+        )
     return int(text)
 
 
@@ -213,8 +219,10 @@ def _query_options(query: str) -> tuple[dict[str, Any], int | None]:
     for name, values in parse_qs(query, keep_blank_values=True).items():
         parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
         if name in _UNSUPPORTED_OPTIONS or (parser is None and name not in _TEXT_OPTIONS):
-            raise BadRedisUrl(f"unknown option {name[:40]!r} after '?'; only redis-py's URL options work "
-                              "(db, socket_timeout, socket_connect_timeout, ssl_cert_reqs, ...)")
+            raise BadRedisUrl(
+                f"unknown option {name[:40]!r} after '?'; only redis-py's URL options work "
+                "(db, socket_timeout, socket_connect_timeout, ssl_cert_reqs, ...)"
+            )
         value = values[-1]
         if parser is None:
             options[name] = value
@@ -383,8 +391,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_topology(self) -> Settings:
         if self.redis_url and self.redis_sentinels:
-            raise ValueError("REDIS_URL and REDIS_SENTINELS are both set, naming two Redis topologies: "
-                             "keep REDIS_SENTINELS (with REDIS_QUEUE_DB) for Sentinel, or REDIS_URL for one node")
+            raise ValueError(
+                "REDIS_URL and REDIS_SENTINELS are both set, naming two Redis topologies: "
+                "keep REDIS_SENTINELS (with REDIS_QUEUE_DB) for Sentinel, or REDIS_URL for one node"
+            )
         return self
 
     @model_validator(mode="after")
@@ -394,7 +404,7 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _check_whatsapp_sender(self) -> "Settings":
+    def _check_whatsapp_sender(self) -> Settings:
         if self.whatsapp_access_token is not None and not self.whatsapp_phone_number_id:
             raise ValueError("WHATSAPP_PHONE_NUMBER_ID: required when WHATSAPP_ACCESS_TOKEN is set")
         return self

@@ -39,7 +39,9 @@ async def remember_preferences(payload: PreferenceJob, ctx: Context) -> dict[str
     fails it at once."""
     facts = payload.data
     assert facts is not None  # `calculate` jobs always carry the booking's facts
-    print(f"preferences of {payload.customer_id}: {facts.service_id} with {facts.master_id} at {facts.hour}h", flush=True)
+    print(
+        f"preferences of {payload.customer_id}: {facts.service_id} with {facts.master_id} at {facts.hour}h", flush=True
+    )
     ctx.log.info("preferences stored", customer=payload.customer_id)
     booked.set()
     return {"stored": True}
@@ -49,9 +51,14 @@ async def one_offer(waitlist: Waitlist) -> None:
     run = uuid.uuid4().hex[:8]  # fresh ids: the store remembers every entry and slot
     salon, entry, slot_id = f"salon-{run}", f"w-{run}", f"slot-{run}"
     details = SlotDetails(
-        date=(date.today() + timedelta(days=1)).isoformat(), time="10:00",
-        master_id="master-1", master_name="Ana", service_id="service-cut", service_name="Haircut",
-        duration=45, price=35.0,
+        date=(date.today() + timedelta(days=1)).isoformat(),
+        time="10:00",
+        master_id="master-1",
+        master_name="Ana",
+        service_id="service-cut",
+        service_name="Haircut",
+        duration=45,
+        price=35.0,
     )
     await waitlist.join(salon, entry, "customer-1", "+34600111222")
     _, offer = await waitlist.free_slot(salon, slot_id, details)
@@ -71,7 +78,9 @@ async def main() -> int:
     configure_logging(settings.queue_log_level)  # JSON to stderr, phones masked, secrets dropped
     services = await build_services(settings)
     # Replaces the built-in processor of that queue and job name; register new job names the same way.
-    services.registry.register(QueueKey.PREFERENCE_CALCULATION, "calculate-preferences", PreferenceJob, remember_preferences)
+    services.registry.register(
+        QueueKey.PREFERENCE_CALCULATION, "calculate-preferences", PreferenceJob, remember_preferences
+    )
     stop = asyncio.Event()
     try:
         workers = asyncio.create_task(

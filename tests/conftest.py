@@ -21,8 +21,51 @@ from helpers.common import WorkerProcess
 
 # No ambient configuration leaks into tests (BULLWAIT_SLOW is a switch of the suite itself).
 for _name in list(os.environ):
-    if _name != "BULLWAIT_SLOW" and _name.startswith(("REDIS_", "BULLMQ_", "BULLWAIT_", "WAITLIST_", "WHATSAPP_", "QUEUE_", "METRICS_", "HEALTH_")):
+    if _name != "BULLWAIT_SLOW" and _name.startswith(
+        ("REDIS_", "BULLMQ_", "BULLWAIT_", "WAITLIST_", "WHATSAPP_", "QUEUE_", "METRICS_", "HEALTH_")
+    ):
         del os.environ[_name]
+# Nor the terminal's size: it shapes `bullwait stats` tables, and pytest-xdist workers get 80x24.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
+
+
+# Under pytest-xdist (`bash dev.sh test` runs `-n` workers taking one test at a time): the long
+# runs start first so that they overlap each other instead of ending the run alone. Order only:
+# a file missing here runs in its usual place.
+LONG_FIRST = (
+    "sentinel/test_sentinel_failover_load.py",
+    "reliability/test_reliability_faults.py",
+    "sentinel/test_sentinel_fixture.py",
+    "compat/test_compat_legacy.py",
+    "security/test_security_secrets.py",
+    "sentinel/test_sentinel_worker.py",
+    "reliability/test_reliability_soak.py",
+    "reliability/test_reliability_redis_restart.py",
+    "compat/test_compat_sentinel.py",
+    "reliability/test_reliability_whatsapp_faults.py",
+    "security/test_security_acl.py",
+    "reliability/test_reliability_orphans.py",
+    "reliability/test_reliability_poison_jobs.py",
+    "compat/test_compat_node_worker.py",
+    "waitlist/test_domain_ratelimit.py",
+    "reliability/test_reliability_worker_identity.py",
+    "engine/test_worker_loop.py",
+    "waitlist/test_domain_flow.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    tests_dir = Path(__file__).parent
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+
+    def key(item: pytest.Item) -> int:
+        module = item.path.relative_to(tests_dir).as_posix() if item.path.is_relative_to(tests_dir) else ""
+        return rank.get(module, len(rank))
+
+    items.sort(key=key)  # stable: file order otherwise
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +98,9 @@ def env(redis_server: RedisServer, prefix: str) -> dict[str, str]:
 @pytest.fixture
 def settings(env: dict[str, str]) -> Settings:
     return Settings(
-        redis_url=env["REDIS_URL"], bullmq_prefix=env["BULLMQ_PREFIX"], bullwait_store_prefix=env["BULLWAIT_STORE_PREFIX"]
+        redis_url=env["REDIS_URL"],
+        bullmq_prefix=env["BULLMQ_PREFIX"],
+        bullwait_store_prefix=env["BULLWAIT_STORE_PREFIX"],
     )
 
 

@@ -37,22 +37,34 @@ def run_python(code: str, env: dict[str, str], tmp_path: Path, name: str) -> sub
     script = tmp_path / name
     script.write_text(code)
     # From tmp_path, so a `.env` in the repository cannot point the example at another Redis.
-    return subprocess.run([sys.executable, str(script)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, str(script)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None,
-                    reason="mkdocs is not installed: pip install -e '.[docs]' (bash dev.sh setup installs it)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("mkdocs") is None,
+    reason="mkdocs is not installed: pip install -e '.[docs]' (bash dev.sh setup installs it)",
+)
 def test_the_site_builds_in_strict_mode(tmp_path: Path) -> None:
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
-    build = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    build = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stdout + build.stderr
     assert (tmp_path / "site" / "index.html").is_file()
 
 
 def test_the_readme_is_a_front_door() -> None:
     lines = README.read_text().splitlines()
-    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; move detail to docs/ (limit {README_MAX_LINES})"
+    assert len(lines) <= README_MAX_LINES, (
+        f"README.md has {len(lines)} lines; move detail to docs/ (limit {README_MAX_LINES})"
+    )
     text = "\n".join(lines)
     for command in ("bash dev.sh demo", "bash dev.sh test"):
         assert command in text
@@ -71,7 +83,9 @@ def test_no_history_words_in_readme_or_docs() -> None:
         assert not found, f"{page.relative_to(ROOT)}: {found}: say what is meant instead"
 
 
-def test_the_readme_python_example_runs(env: dict[str, str], prefix: str, sync_redis: redis.Redis, tmp_path: Path) -> None:
+def test_the_readme_python_example_runs(
+    env: dict[str, str], prefix: str, sync_redis: redis.Redis, tmp_path: Path
+) -> None:
     blocks = runnable_blocks(README, "python")
     assert blocks, "README.md has no python block marked <!-- runnable -->"
     for n, code in enumerate(blocks):
@@ -96,7 +110,9 @@ def test_the_docs_python_examples_run(env: dict[str, str], tmp_path: Path) -> No
 
 @pytest.mark.node
 @pytest.mark.skipif(not HAVE_NODE, reason=SKIP_REASON)
-def test_the_readme_node_example_runs(env: dict[str, str], prefix: str, sync_redis: redis.Redis, tmp_path: Path) -> None:
+def test_the_readme_node_example_runs(
+    env: dict[str, str], prefix: str, sync_redis: redis.Redis, tmp_path: Path
+) -> None:
     blocks = runnable_blocks(README, "javascript")
     assert blocks, "README.md has no javascript block marked <!-- runnable -->"
     shutil.copy(NODE_DIR / "catalog.json", tmp_path / "catalog.json")  # as the example says: next to it
@@ -104,8 +120,9 @@ def test_the_readme_node_example_runs(env: dict[str, str], prefix: str, sync_red
     for n, code in enumerate(blocks):
         script = tmp_path / f"readme_{n}.js"
         script.write_text(code)
-        result = subprocess.run([NODE or "node", str(script)], env=node_env, cwd=tmp_path,
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [NODE or "node", str(script)], env=node_env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "added send-slot-available" in result.stdout, result.stdout
     assert sync_redis.llen(f"{prefix}:waitlist-notification:wait") == len(blocks)
@@ -114,8 +131,15 @@ def test_the_readme_node_example_runs(env: dict[str, str], prefix: str, sync_red
 # --- docs/configuration.md against bullwait/settings.py -----------------------------------
 CONFIGURATION = DOCS / "configuration.md"
 # Variables in its last table that are read elsewhere, not by `Settings`.
-NOT_SETTINGS = {"BULLWAIT_PROCESS_INDEX", "PROMETHEUS_MULTIPROC_DIR", "BULLWAIT_EMBEDDED_DIR", "BULLWAIT_REDIS_SERVER",
-                "BULLWAIT_CATALOG", "BULL_BOARD_", "BULLWAIT_SLOW"}
+NOT_SETTINGS = {
+    "BULLWAIT_PROCESS_INDEX",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "BULLWAIT_EMBEDDED_DIR",
+    "BULLWAIT_REDIS_SERVER",
+    "BULLWAIT_CATALOG",
+    "BULL_BOARD_",
+    "BULLWAIT_SLOW",
+}
 
 
 def _documented_variables() -> set[str]:

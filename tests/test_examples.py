@@ -13,13 +13,20 @@ from helpers.common import ROOT
 
 def _run(example: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / example)], env=env, capture_output=True, text=True, timeout=90, cwd=ROOT
+        [sys.executable, str(ROOT / "examples" / example)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=ROOT,
     )
     assert result.returncode == 0, f"{example} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
     return result
 
 
-def test_own_queue_example_processes_its_jobs_and_closes(env: dict[str, str], sync_redis: redis.Redis, prefix: str) -> None:
+def test_own_queue_example_processes_its_jobs_and_closes(
+    env: dict[str, str], sync_redis: redis.Redis, prefix: str
+) -> None:
     result = _run("own_queue.py", env)
     lines = result.stdout.splitlines()
     sent = sorted(re.findall(r"^completed welcome \d+: \{'sent': '([^']+)'\}$", result.stdout, re.M))

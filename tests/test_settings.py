@@ -6,7 +6,7 @@ from bullwait.engine.connection import describe_redis, redis_options
 from bullwait.errors import SettingsError
 from bullwait.settings import QueueNaming, load_settings
 
-from helpers.common import run_cli
+from helpers.cli import invoke_cli
 
 
 def test_defaults_are_the_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,7 +46,7 @@ def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, name: str
 
 
 def test_cli_exits_2_with_one_line(env: dict[str, str]) -> None:
-    result = run_cli(dict(env, WAITLIST_EXPIRY_CONCURRENCY="-3"), "worker")
+    result = invoke_cli(dict(env, WAITLIST_EXPIRY_CONCURRENCY="-3"), "worker")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "WAITLIST_EXPIRY_CONCURRENCY" in lines[0], result.stderr
@@ -65,7 +65,11 @@ def test_url_overrides_host_port_db(monkeypatch: pytest.MonkeyPatch) -> None:
     s = load_settings(redis_url="rediss://u:secret@cache.example:6380/4")
     opts = redis_options(s)
     assert (opts["host"], opts["port"], opts["db"], opts["username"], opts["password"]) == (
-        "cache.example", 6380, 4, "u", "secret"
+        "cache.example",
+        6380,
+        4,
+        "u",
+        "secret",
     )
     assert opts["ssl"] is True
     assert "secret" not in describe_redis(s)
@@ -92,7 +96,7 @@ def test_redis_named_only_in_env_file_counts_as_configured(tmp_path, monkeypatch
     assert load_settings().redis_configured is True
 
 
-# --- REDIS_URL: one parse, one-line refusals that never show the password (issue 13, item 8) ---
+# --- REDIS_URL: one parse, one-line refusals that never show the password (item 8) ---
 
 SECRET = "S3cretPw"
 
@@ -138,14 +142,23 @@ def test_bad_url_is_one_line_without_the_password(monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize(
     "url, shown, kwargs",
     [
-        ("redis://u:p%23w%2Fd%3F@cache.example:6380/4", "redis://u:***@cache.example:6380/4",
-         {"host": "cache.example", "port": 6380, "db": 4, "username": "u", "password": "p#w/d?"}),
+        (
+            "redis://u:p%23w%2Fd%3F@cache.example:6380/4",
+            "redis://u:***@cache.example:6380/4",
+            {"host": "cache.example", "port": 6380, "db": 4, "username": "u", "password": "p#w/d?"},
+        ),
         ("redis://localhost", "redis://localhost:6379/0", {"host": "localhost", "port": 6379, "db": 0}),
         ("redis://localhost:6379/?db=3", "redis://localhost:6379/3", {"host": "localhost", "port": 6379, "db": 3}),
-        ("rediss://[::1]:6390/2?socket_timeout=5", "rediss://[::1]:6390/2",
-         {"host": "::1", "port": 6390, "db": 2, "ssl": True, "socket_timeout": 5.0}),
-        ("unix:///run/redis.sock?db=5&password=pw", "unix:///run/redis.sock?db=5",
-         {"unix_socket_path": "/run/redis.sock", "db": 5, "password": "pw"}),
+        (
+            "rediss://[::1]:6390/2?socket_timeout=5",
+            "rediss://[::1]:6390/2",
+            {"host": "::1", "port": 6390, "db": 2, "ssl": True, "socket_timeout": 5.0},
+        ),
+        (
+            "unix:///run/redis.sock?db=5&password=pw",
+            "unix:///run/redis.sock?db=5",
+            {"unix_socket_path": "/run/redis.sock", "db": 5, "password": "pw"},
+        ),
     ],
 )
 def test_good_urls_parse_once_for_everyone(url: str, shown: str, kwargs: dict) -> None:
@@ -167,8 +180,14 @@ def test_host_settings_are_shown_with_their_db(monkeypatch: pytest.MonkeyPatch) 
         load_settings()
 
 
-@pytest.mark.parametrize("name, value", [("REDIS_CONNECT_TIMEOUT", "inf"), ("BULLWAIT_SHUTDOWN_TIMEOUT", "nan"),
-                                         ("REDIS_QUEUE_DB", "99999999999999999999")])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("REDIS_CONNECT_TIMEOUT", "inf"),
+        ("BULLWAIT_SHUTDOWN_TIMEOUT", "nan"),
+        ("REDIS_QUEUE_DB", "99999999999999999999"),
+    ],
+)
 def test_numbers_no_timer_can_hold_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError, match=name):

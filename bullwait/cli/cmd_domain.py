@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
+from bullwait.cli.common import AsJson, RedisUrl, context_line, fail, print_json, run_async, settings_from
+from bullwait.cli.render import print_table
 from bullwait.settings import Settings
-
-from bullwait.cli.common import AsJson, RedisUrl, context_line, fail, print_json, print_table, run_async, settings_from
 
 DAYS = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat")
 
@@ -20,7 +18,7 @@ def register(app: typer.Typer) -> None:
 def prefs(
     customer_id: str = typer.Argument(..., help="The customer whose preferences to show."),
     as_json: bool = AsJson,
-    redis_url: Optional[str] = RedisUrl,
+    redis_url: str | None = RedisUrl,
 ) -> None:
     """Show a customer's booking preferences (top service and master, preferred days and hours).
 
@@ -35,15 +33,23 @@ def prefs(
         return
     typer.echo(context_line(settings, settings.bullwait_store_prefix))
     if not data["bookings"]:
-        typer.echo(f"no bookings recorded for customer {customer_id!r} (store prefix {settings.bullwait_store_prefix!r})")
+        typer.echo(
+            f"no bookings recorded for customer {customer_id!r} (store prefix {settings.bullwait_store_prefix!r})"
+        )
         return
     counts = data["counts"]
     rows = [
         {"preference": "bookings", "value": str(data["bookings"])},
         {"preference": "top service", "value": f"{data['topService']} ({counts['services'][data['topService']]})"},
         {"preference": "top master", "value": f"{data['topMaster']} ({counts['masters'][data['topMaster']]})"},
-        {"preference": "preferred days", "value": ", ".join(f"{DAYS[d]} ({counts['days'][str(d)]})" for d in data["preferredDays"])},
-        {"preference": "preferred hours", "value": ", ".join(f"{h:02d}:00 ({counts['hours'][str(h)]})" for h in data["preferredHours"])},
+        {
+            "preference": "preferred days",
+            "value": ", ".join(f"{DAYS[d]} ({counts['days'][str(d)]})" for d in data["preferredDays"]),
+        },
+        {
+            "preference": "preferred hours",
+            "value": ", ".join(f"{h:02d}:00 ({counts['hours'][str(h)]})" for h in data["preferredHours"]),
+        },
     ]
     print_table(rows, title=f"preferences of {customer_id}")
 

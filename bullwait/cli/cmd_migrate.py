@@ -1,22 +1,22 @@
-"""`bullwait migrate-legacy`: move jobs from the seed's colon queue names to the current ones."""
+"""`bullwait migrate-legacy`: move jobs from the NestJS module's colon queue names to the current ones."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
+from bullwait.cli.common import AsJson, RedisUrl, context_line, fail, print_json, run_async, settings_from
+from bullwait.cli.render import print_table
 from bullwait.settings import Settings
-
-from bullwait.cli.common import AsJson, RedisUrl, context_line, fail, print_json, print_table, run_async, settings_from
 
 
 def register(app: typer.Typer) -> None:
     @app.command("migrate-legacy")
     def migrate_legacy(
-        dry_run: bool = typer.Option(False, "--dry-run", help="Count what would move, and report conflicts; change nothing."),
+        dry_run: bool = typer.Option(
+            False, "--dry-run", help="Count what would move, and report conflicts; change nothing."
+        ),
         as_json: bool = AsJson,
-        redis_url: Optional[str] = RedisUrl,
+        redis_url: str | None = RedisUrl,
     ) -> None:
         """Move waiting, paused, prioritized, delayed and failed jobs from waitlist:* to waitlist-*.
 
@@ -32,7 +32,9 @@ def register(app: typer.Typer) -> None:
             print_json(report.as_dict())
         else:
             typer.echo(context_line(settings))
-            title = ("dry run: would move " if dry_run else "moved ") + f"{report.moved if not dry_run else report.found} job(s), prefix {report.prefix}"
+            title = (
+                "dry run: would move " if dry_run else "moved "
+            ) + f"{report.moved if not dry_run else report.found} job(s), prefix {report.prefix}"
             print_table([q.row(dry_run) for q in report.queues], title=title)
         if report.active:
             print(
@@ -43,7 +45,8 @@ def register(app: typer.Typer) -> None:
         if report.conflicts:
             raise fail(
                 f"{len(report.conflicts)} job id(s) exist on both names and were left on the legacy queue "
-                f"({', '.join(report.conflicts[:5])}): inspect them with `bullwait` or Bull Board, remove one copy, re-run"
+                f"({', '.join(report.conflicts[:5])}): inspect them with `bullwait` or Bull Board, "
+                "remove one copy, re-run"
             )
 
 

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-from typing import List, Optional
 
 import typer
 
-from bullwait.waitlist.catalog import QueueKey, queue_name, resolve_queue
+from bullwait.cli.common import RedisUrl, fail, run_async, settings_from
 from bullwait.engine.connection import describe_redis
 from bullwait.errors import BullwaitError
 from bullwait.logs import configure_logging, get_logger
 from bullwait.settings import Settings
-
-from bullwait.cli.common import RedisUrl, fail, run_async, settings_from
+from bullwait.waitlist.catalog import QueueKey, queue_name, resolve_queue
 
 
 def register(app: typer.Typer) -> None:
@@ -22,12 +21,14 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(
-    queue: Optional[List[str]] = typer.Option(None, "--queue", "-q", help="Queue to report (repeatable); default all three."),
-    host: Optional[str] = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1, METRICS_HOST)."),
-    port: Optional[int] = typer.Option(
+    queue: list[str] | None = typer.Option(
+        None, "--queue", "-q", help="Queue to report (repeatable); default all three."
+    ),
+    host: str | None = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1, METRICS_HOST)."),
+    port: int | None = typer.Option(
         None, "--port", min=0, max=65535, help="Port to bind (default 9090, METRICS_PORT; 0 picks a free one)."
     ),
-    redis_url: Optional[str] = RedisUrl,
+    redis_url: str | None = RedisUrl,
 ) -> None:
     """Serve /metrics, /health/queues and /health/live without running any worker.
 
@@ -40,7 +41,7 @@ def serve(
     try:
         keys = [resolve_queue(n, settings) for n in queue] if queue else list(QueueKey)
     except BullwaitError as exc:
-        raise fail(str(exc), exc.exit_code)
+        raise fail(str(exc), exc.exit_code) from None
     code = run_async(lambda: _serve(settings, keys))
     raise typer.Exit(code)
 
@@ -53,10 +54,8 @@ async def _serve(settings: Settings, keys: list[QueueKey]) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
     async with monitoring(settings, [queue_name(k, settings) for k in keys], log=log):
         await stop.wait()
         log.info("stopped")

@@ -1,7 +1,7 @@
 """Operator commands: stats, cancel, clean, retry, promote, pause, resume, jobs, doctor.
 
-A thin shell over `bullwait.ops.actions`: parse and check arguments (before touching Redis),
-call the library, print a table or `--json`.
+A thin shell over `bullwait.ops` (queues, doctor): parse and check arguments (before touching
+Redis), with messages that name the flags, call the library, print (bullwait.cli.render) or `--json`.
 """
 
 from __future__ import annotations
@@ -9,53 +9,35 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import os
 import sys
-from typing import Any, Awaitable, Callable, List, Optional, TypeVar
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, TypeVar
 
 import typer
 from redis.exceptions import RedisError, ResponseError
-from rich import box
-from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
-from bullwait.waitlist.catalog import QueueKey, resolve_queue
+from bullwait.cli.common import AsJson, RedisUrl, context_line, err_console, fail, print_json, run_async, settings_from
+from bullwait.cli.render import doctor_lines, job_row, print_job, print_table, stats_table, stdout_console
+from bullwait.errors import BadArgument, BullwaitError, JobNotFound, RedisUnavailable
+from bullwait.logs import first_line
+from bullwait.ops.checks import CLEAN_STATES, JOB_STATES, check_count, normalize_state
+from bullwait.ops.doctor import run_doctor
 from bullwait.ops.durations import parse_duration_ms
-from bullwait.errors import BadArgument, BullwaitError, RedisUnavailable
-from bullwait.ops.actions import (
-    CLEAN_STATES,
-    JOB_STATES,
-    CleanResult,
-    JobInfo,
-    Ops,
-    QueueStats,
-    check_count,
-    check_job_id,
-    local_time,
-    normalize_state,
-    queue_presence,
-    run_doctor,
-)
+from bullwait.ops.presence import queue_presence
+from bullwait.ops.queues import Ops
+from bullwait.ops.results import CleanResult
+from bullwait.ops.snapshot import QueueSnapshot
 from bullwait.settings import Settings
-
-from bullwait.cli.common import (
-    AsJson, RedisUrl, _first_line, context_line, err_console, fail, print_json, run_async, settings_from,
-)
+from bullwait.waitlist.catalog import QueueKey, resolve_queue
+from bullwait.waitlist.jobids import BadJobId, check_job_id
 
 T = TypeVar("T")
 
 # `retry`/`promote` moving more jobs than this ask first (--yes); fewer are routine.
 CONFIRM_ABOVE = 100
 
-
-def _console() -> Console:
-    """stdout as wide as COLUMNS says; else the terminal's width, or 220 when piped (rich
-    would squeeze a piped table to 80 columns). Made per command, when COLUMNS is known."""
-    columns = os.environ.get("COLUMNS", "")
-    if columns.isdigit() and int(columns) > 0:
-        return Console(width=int(columns))
-    return Console() if sys.stdout.isatty() else Console(width=220)
 
 QueueOpt = typer.Option(None, "--queue", "-q", help="Queue name (repeatable); default: every queue of the catalog.")
 
@@ -71,15 +53,28 @@ def _checked(make: Callable[[], T]) -> T:
     try:
         return make()
     except BullwaitError as exc:
-        raise fail(str(exc), exc.exit_code)
+        raise fail(str(exc), exc.exit_code) from None
 
 
-def _keys(names: Optional[List[str]], settings: Settings) -> list[QueueKey]:
+def _job_id(job_id: str, queue: str = "QUEUE", what: str = "job id", own_keys: bool = True) -> str:
+    """The job id argument checked, with advice naming the command that finds the right one."""
+    try:
+        return check_job_id(job_id, what, own_keys)
+    except BadJobId as exc:
+        hints = {
+            "empty": "pass the id as shown by `bullwait jobs list`",
+            "queue-key": f"find job ids with `bullwait jobs list {queue} --status <state>`",
+            "job-key": f"show that job with `bullwait jobs show {queue} {exc.owner}`",
+        }
+        raise fail(f"{exc.problem}; {hints[exc.kind]}" if exc.kind in hints else str(exc), exc.exit_code) from None
+
+
+def _keys(names: list[str] | None, settings: Settings) -> list[QueueKey]:
     if not names:
         return list(QueueKey)
     keys: list[QueueKey] = []
     for name in names:
-        key = _checked(lambda n=name: resolve_queue(n, settings))
+        key = _checked(partial(resolve_queue, name, settings))
         if key not in keys:
             keys.append(key)
     return keys
@@ -96,15 +91,15 @@ def _with_ops(settings: Settings, action: Callable[[Ops], Awaitable[T]], human: 
                     await _orient(ops)
                 return await action(ops)
             except ResponseError as exc:
-                raise RedisRefused(f"Redis refused a command: {_first_line(exc)}") from None
+                raise RedisRefused(f"Redis refused a command: {first_line(exc)}") from None
             except (RedisError, OSError) as exc:
-                raise RedisUnavailable(f"Redis stopped answering ({_first_line(exc)}); check it and try again") from None
+                raise RedisUnavailable(f"Redis stopped answering ({first_line(exc)}); check it and try again") from None
 
     return run_async(go)
 
 
 async def _orient(ops: Ops) -> None:
-    _console().print(context_line(ops.settings), markup=False, highlight=False)
+    stdout_console().print(context_line(ops.settings), markup=False, highlight=False)
     warning = (await queue_presence(ops.client, ops.settings)).warning()
     if warning:
         print(f"bullwait: warning: {warning}", file=sys.stderr, flush=True)
@@ -117,40 +112,6 @@ class RedisRefused(BullwaitError):
 # --- stats ---------------------------------------------------------------------------
 
 
-def _table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
-    table = Table(title=title, box=box.SIMPLE_HEAD)
-    for i, column in enumerate(rows[0]):
-        numeric = isinstance(rows[0][column], (int, float))
-        table.add_column(str(column), justify="right" if numeric else "left", no_wrap=i == 0)
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row.values()))
-    return table
-
-
-def print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
-    _console().print(_table(rows, title) if rows else "(nothing)")
-
-
-def _stats_table(rows: list[QueueStats], console: Console, caption: str | None = None) -> Table:
-    """One row per queue when it fits the width; else one column per queue, so no header
-    is cut to `w…` (ten columns with a 31-character queue name need ~145). `caption`: the
-    Sentinel topology, under the table."""
-    wide = _table([r.to_row() for r in rows], "bullwait stats")
-    wide.caption = caption
-    # Measured unbounded: rich clamps a measurement to the console's width.
-    if not rows or console.measure(wide, options=console.options.update_width(100_000)).maximum <= console.width:
-        return wide
-    table = Table(title="bullwait stats", box=box.SIMPLE_HEAD, caption=caption)
-    table.add_column("", no_wrap=True)
-    for r in rows:
-        # Break after the first '-' (`waitlist-` / `notification`): three names fit 80 columns.
-        table.add_column(r.name.replace("-", "-\n", 1), justify="right", no_wrap=True)
-    by_queue = [r.to_row() for r in rows]
-    for label in list(by_queue[0])[1:]:
-        table.add_row(label, *(str(row[label]) for row in by_queue))
-    return table
-
-
 async def _topology_line(ops: Ops, as_json: bool = False) -> str | None:
     """The Sentinel topology in one line (None without Sentinel, or for --json, whose shape stays)."""
     if as_json:
@@ -160,10 +121,10 @@ async def _topology_line(ops: Ops, as_json: bool = False) -> str | None:
 
 
 def stats(
-    queue: Optional[List[str]] = QueueOpt,
-    watch: Optional[float] = typer.Option(None, "--watch", "-w", help="Refresh every SECONDS until Ctrl-C."),
+    queue: list[str] | None = QueueOpt,
+    watch: float | None = typer.Option(None, "--watch", "-w", help="Refresh every SECONDS until Ctrl-C."),
     as_json: bool = AsJson,
-    redis_url: Optional[str] = RedisUrl,
+    redis_url: str | None = RedisUrl,
 ) -> None:
     """Per queue: waiting, prioritized, delayed, active, completed, failed, paused, workers, oldest waiting.
 
@@ -180,9 +141,9 @@ def stats(
     if watch is not None and not 0.1 <= watch <= 86_400:
         raise fail(f"--watch must be between 0.1 and 86400 seconds (got {watch})", 2)
 
-    console = _console()
+    console = stdout_console()
 
-    async def once(ops: Ops) -> tuple[list[QueueStats], str | None]:
+    async def once(ops: Ops) -> tuple[list[QueueSnapshot], str | None]:
         return await ops.stats(keys), await _topology_line(ops, as_json)
 
     if watch is None:
@@ -190,7 +151,7 @@ def stats(
         if as_json:
             print_json([r.to_json() for r in rows])
         else:
-            console.print(_stats_table(rows, console, topology))
+            console.print(stats_table(rows, console, topology))
         return
 
     async def loop(ops: Ops) -> None:
@@ -202,14 +163,14 @@ def stats(
                 await asyncio.sleep(watch)
         if not console.is_terminal:  # piped: a new table per refresh
             while True:
-                console.print(_stats_table(await ops.stats(keys), console, await _topology_line(ops)))
+                console.print(stats_table(await ops.stats(keys), console, await _topology_line(ops)))
                 sys.stdout.flush()
                 await asyncio.sleep(watch)
-        table = _stats_table(await ops.stats(keys), console, await _topology_line(ops))
+        table = stats_table(await ops.stats(keys), console, await _topology_line(ops))
         with Live(table, console=console, auto_refresh=False) as live:
             while True:
                 await asyncio.sleep(watch)
-                live.update(_stats_table(await ops.stats(keys), console, await _topology_line(ops)), refresh=True)
+                live.update(stats_table(await ops.stats(keys), console, await _topology_line(ops)), refresh=True)
 
     _with_ops(settings, loop, human=not as_json)
 
@@ -218,11 +179,11 @@ def stats(
 
 
 def cancel(
-    waitlist_id: Optional[str] = typer.Argument(None, help="Waitlist id whose expiry timer (job expiry_<id>) to cancel."),
-    queue: Optional[str] = typer.Option(None, "--queue", "-q", help="With --job: the job's queue."),
-    job: Optional[str] = typer.Option(None, "--job", "-j", help="Cancel this job id instead (needs --queue)."),
+    waitlist_id: str | None = typer.Argument(None, help="Waitlist id whose expiry timer (job expiry_<id>) to cancel."),
+    queue: str | None = typer.Option(None, "--queue", "-q", help="With --job: the job's queue."),
+    job: str | None = typer.Option(None, "--job", "-j", help="Cancel this job id instead (needs --queue)."),
     as_json: bool = AsJson,
-    redis_url: Optional[str] = RedisUrl,
+    redis_url: str | None = RedisUrl,
 ) -> None:
     """Cancel a waiting or delayed job: a waitlist expiry timer, or any job with --queue/--job.
 
@@ -237,25 +198,34 @@ def cancel(
         if queue is None:
             raise fail("--job needs --queue (the job's queue)", 2)
         key = _keys([queue], settings)[0]
-        job_id = _checked(lambda: check_job_id(job, queue=queue))
+        job_id = _job_id(job, queue)
         result = _with_ops(settings, lambda ops: ops.cancel(key, job_id), human=not as_json)
         message = result.describe()
     else:
         assert waitlist_id is not None
         if queue is not None:
             raise fail("--queue goes with --job; a WAITLIST_ID always means the expiry queue", 2)
-        wid = _checked(lambda: check_job_id(waitlist_id, "waitlist id", own_keys=False))
+        wid = _job_id(waitlist_id, what="waitlist id", own_keys=False)
         result = _with_ops(settings, lambda ops: ops.cancel_expiry(wid), human=not as_json)
         if result.outcome == "missing":
             message = f"no expiry timer for waitlist {wid} (no job {result.job_id} on {result.queue})"
         elif result.cancelled:
             message = f"cancelled the expiry timer of waitlist {wid} (job {result.job_id} on {result.queue})"
         else:
-            message = (f"not cancelled: the expiry timer of waitlist {wid} is {result.outcome} "
-                       f"(job {result.job_id} on {result.queue}); only waiting or delayed timers can be cancelled")
+            message = (
+                f"not cancelled: the expiry timer of waitlist {wid} is {result.outcome} "
+                f"(job {result.job_id} on {result.queue}); only waiting or delayed timers can be cancelled"
+            )
     if as_json:
-        print_json({"queue": result.queue, "job_id": result.job_id, "outcome": result.outcome,
-                    "cancelled": result.cancelled, "message": message})
+        print_json(
+            {
+                "queue": result.queue,
+                "job_id": result.job_id,
+                "outcome": result.outcome,
+                "cancelled": result.cancelled,
+                "message": message,
+            }
+        )
     else:
         typer.echo(message)
     raise typer.Exit(0 if result.cancelled else 1)
@@ -265,14 +235,14 @@ def cancel(
 
 
 def clean(
-    queue: Optional[List[str]] = typer.Option(None, "--queue", "-q", help="Queue to clean (repeatable)."),
+    queue: list[str] | None = typer.Option(None, "--queue", "-q", help="Queue to clean (repeatable)."),
     all_queues: bool = typer.Option(False, "--all", help="Clean every queue of the catalog."),
     status: str = typer.Option("completed", "--status", "-s", help=f"One of: {', '.join(CLEAN_STATES)}."),
     grace: str = typer.Option("24h", "--grace", "-g", help="Keep jobs newer than this: 24h, 15m, 30s, 0."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Remove at most N jobs per queue (default: all)."),
+    limit: int | None = typer.Option(None, "--limit", "-n", help="Remove at most N jobs per queue (default: all)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be removed; remove nothing."),
     as_json: bool = AsJson,
-    redis_url: Optional[str] = RedisUrl,
+    redis_url: str | None = RedisUrl,
 ) -> None:
     """Remove jobs of one state older than the grace period (BullMQ's Queue.clean).
 
@@ -295,8 +265,14 @@ def clean(
             return await ops.clean(keys, state, grace_ms, limit, dry_run)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=err_console, transient=True) as progress:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        ) as progress:
             tasks: dict[str, Any] = {}
 
             def report(name: str, done: int, total: int) -> None:
@@ -313,20 +289,22 @@ def clean(
         print_json([r.to_json() for r in results])
         return
     verb = "would remove" if dry_run else "removed"
-    print_table([{"queue": r.queue, "status": r.status, verb: r.removed} for r in results],
-                title=f"clean {state} older than {grace}" + (" (dry run)" if dry_run else ""))
+    print_table(
+        [{"queue": r.queue, "status": r.status, verb: r.removed} for r in results],
+        title=f"clean {state} older than {grace}" + (" (dry run)" if dry_run else ""),
+    )
 
 
 # --- retry / promote -----------------------------------------------------------------
 
 
 def retry(
-    queue: Optional[List[str]] = typer.Option(None, "--queue", "-q", help="Queue to retry (repeatable)."),
+    queue: list[str] | None = typer.Option(None, "--queue", "-q", help="Queue to retry (repeatable)."),
     all_queues: bool = typer.Option(False, "--all", help="Retry the failed jobs of every queue of the catalog."),
-    count: Optional[int] = typer.Option(None, "--count", "-n", help="Move at most N jobs per queue (default: all)."),
+    count: int | None = typer.Option(None, "--count", "-n", help="Move at most N jobs per queue (default: all)."),
     yes: bool = typer.Option(False, "--yes", "-y", help=f"Do not ask before moving more than {CONFIRM_ABOVE} jobs."),
     as_json: bool = AsJson,
-    redis_url: Optional[str] = RedisUrl,
+    redis_url: str | None = RedisUrl,
 ) -> None:
     """Move failed jobs back to wait (oldest failures first), as Bull Board's "retry all".
 
@@ -338,12 +316,12 @@ def retry(
 
 
 def promote(
-    queue: Optional[List[str]] = typer.Option(None, "--queue", "-q", help="Queue to promote (repeatable)."),
+    queue: list[str] | None = typer.Option(None, "--queue", "-q", help="Queue to promote (repeatable)."),
     all_queues: bool = typer.Option(False, "--all", help="Promote the delayed jobs of every queue of the catalog."),
-    count: Optional[int] = typer.Option(None, "--count", "-n", help="Promote at most N jobs per queue (default: all)."),
+    count: int | None = typer.Option(None, "--count", "-n", help="Promote at most N jobs per queue (default: all)."),
     yes: bool = typer.Option(False, "--yes", "-y", help=f"Do not ask before moving more than {CONFIRM_ABOVE} jobs."),
     as_json: bool = AsJson,
-    redis_url: Optional[str] = RedisUrl,
+    redis_url: str | None = RedisUrl,
 ) -> None:
     """Run delayed jobs now: move them to wait (soonest due first).
 
@@ -355,8 +333,15 @@ def promote(
     _move(queue, all_queues, count, yes, as_json, redis_url, "promote")
 
 
-def _move(queue: Optional[List[str]], all_queues: bool, count: Optional[int], yes: bool, as_json: bool,
-          redis_url: Optional[str], verb: str) -> None:
+def _move(
+    queue: list[str] | None,
+    all_queues: bool,
+    count: int | None,
+    yes: bool,
+    as_json: bool,
+    redis_url: str | None,
+    verb: str,
+) -> None:
     settings = settings_from(redis_url)
     if bool(queue) == all_queues:
         raise fail(f"say which queues: --queue Q (repeatable) or --all (`{verb}` with neither used to mean all)", 2)
@@ -396,7 +381,7 @@ def _confirm(verb: str, source: str, pending: dict[str, int]) -> None:
 def pause(
     queue: str = typer.Argument(..., help="Queue to pause."),
     as_json: bool = AsJson,
-    redis_url: Optional[str] = RedisUrl,
+    redis_url: str | None = RedisUrl,
 ) -> None:
     """Pause a queue for every worker (Node and Python): active jobs finish, no new ones start.
 
@@ -408,7 +393,7 @@ def pause(
 def resume(
     queue: str = typer.Argument(..., help="Queue to resume."),
     as_json: bool = AsJson,
-    redis_url: Optional[str] = RedisUrl,
+    redis_url: str | None = RedisUrl,
 ) -> None:
     """Resume a paused queue.
 
@@ -417,7 +402,7 @@ def resume(
     _set_paused(queue, False, as_json, redis_url)
 
 
-def _set_paused(queue: str, paused: bool, as_json: bool, redis_url: Optional[str]) -> None:
+def _set_paused(queue: str, paused: bool, as_json: bool, redis_url: str | None) -> None:
     settings = settings_from(redis_url)
     key = _keys([queue], settings)[0]
     result = _with_ops(settings, lambda ops: ops.set_paused(key, paused), human=not as_json)
@@ -425,7 +410,9 @@ def _set_paused(queue: str, paused: bool, as_json: bool, redis_url: Optional[str
         print_json(result.to_json())
         return
     state = "paused" if paused else "resumed"
-    typer.echo(f"{result.queue} {state}" + ("" if result.changed else f" (it already was {'paused' if paused else 'running'})"))
+    typer.echo(
+        f"{result.queue} {state}" + ("" if result.changed else f" (it already was {'paused' if paused else 'running'})")
+    )
 
 
 # --- jobs ----------------------------------------------------------------------------
@@ -436,7 +423,7 @@ def jobs_list(
     status: str = typer.Option(..., "--status", "-s", help=f"One of: {', '.join(JOB_STATES)} (or waiting)."),
     limit: int = typer.Option(20, "--limit", "-n", help="Show at most N jobs."),
     as_json: bool = AsJson,
-    redis_url: Optional[str] = RedisUrl,
+    redis_url: str | None = RedisUrl,
 ) -> None:
     """List jobs of one state: next to run first; newest first for completed and failed.
 
@@ -452,14 +439,14 @@ def jobs_list(
     if as_json:
         print_json([j.to_json() for j in jobs])
         return
-    print_table([j.to_row() for j in jobs], title=f"{queue}: {state}")
+    print_table([job_row(j) for j in jobs], title=f"{queue}: {state}")
 
 
 def jobs_show(
     queue: str = typer.Argument(..., help="Queue name."),
     job_id: str = typer.Argument(..., help="Job id (quote it; use -- before ids that start with '-')."),
     as_json: bool = AsJson,
-    redis_url: Optional[str] = RedisUrl,
+    redis_url: str | None = RedisUrl,
 ) -> None:
     """Show one job: state, data, options, attempts, failedReason, stack trace, logs, local times.
 
@@ -467,62 +454,30 @@ def jobs_show(
     """
     settings = settings_from(redis_url)
     key = _keys([queue], settings)[0]
-    jid = _checked(lambda: check_job_id(job_id, queue=queue))
-    job = _with_ops(settings, lambda ops: ops.show_job(key, jid), human=not as_json)
+    jid = _job_id(job_id, queue)
+
+    async def show(ops: Ops) -> Any:
+        try:
+            return await ops.show_job(key, jid)
+        except JobNotFound as exc:
+            raise JobNotFound(
+                f"{exc}; list them with `bullwait jobs list {ops.queue_name(key)} --status <state>`"
+            ) from None
+
+    job = _with_ops(settings, show, human=not as_json)
     if as_json:
         print_json(job.to_json())
         return
-    _print_job(job)
-
-
-def _print_job(job: JobInfo) -> None:
-    out = Console(highlight=False, soft_wrap=True)
-    attempts = f"{job.attempts_made}" + (f" of {job.max_attempts}" if job.max_attempts else "")
-    lines = [
-        ("queue", job.queue),
-        ("id", job.id),
-        ("name", job.name),
-        ("state", job.state + (" (locked by a worker)" if job.locked else "")),
-        ("attempts", f"{attempts} made, {job.attempts_started} started, stalled {job.stalled_counter}x"),
-        ("priority", job.priority or "none"),
-        ("created", local_time(job.timestamp)),
-        ("due", local_time(job.due_at) if job.delay else None),
-        ("processed", local_time(job.processed_on)),
-        ("finished", local_time(job.finished_on)),
-        ("processed by", job.processed_by),
-        ("failedReason", job.failed_reason),
-        ("unreadable", "; ".join(job.problems)),  # why a worker fails it at once (bullwait.engine.jobcheck)
-    ]
-    for label, value in lines:
-        if value not in (None, ""):
-            out.print(f"{label + ':':<14}{value}", markup=False)
-    out.print("data:" + ("" if job.data_is_json else " (not valid JSON; shown raw)"), markup=False)
-    out.print(_indent(job.data if not job.data_is_json else json.dumps(job.data, indent=2, ensure_ascii=False)), markup=False)
-    out.print("options:", markup=False)
-    out.print(_indent(json.dumps(job.opts, indent=2, ensure_ascii=False)), markup=False)
-    if job.returnvalue is not None:
-        out.print("returnvalue:", markup=False)
-        out.print(_indent(json.dumps(job.returnvalue, indent=2, ensure_ascii=False)), markup=False)
-    if job.stacktrace:
-        out.print(f"stacktrace ({len(job.stacktrace)}):", markup=False)
-        for trace in job.stacktrace:
-            out.print(_indent(trace), markup=False)
-    out.print(f"logs ({job.logs_count}):" + ("" if job.logs else " none"), markup=False)
-    for entry in job.logs:
-        out.print(_indent(entry), markup=False)
-
-
-def _indent(text: Any) -> str:
-    return "\n".join("  " + line for line in str(text).splitlines()) or "  "
+    print_job(job)
 
 
 # --- doctor --------------------------------------------------------------------------
 
 
 def doctor(
-    queue: Optional[List[str]] = QueueOpt,
+    queue: list[str] | None = QueueOpt,
     as_json: bool = AsJson,
-    redis_url: Optional[str] = RedisUrl,
+    redis_url: str | None = RedisUrl,
 ) -> None:
     """Check Redis and every queue; one line per check: ok|warn|fail, the check, what to do.
 
@@ -545,7 +500,7 @@ def doctor(
     if as_json:
         print_json(report.to_json())
     else:
-        for line in report.lines():
+        for line in doctor_lines(report):
             typer.echo(line)
     raise typer.Exit(report.exit_code)
 
@@ -564,4 +519,3 @@ def register(app: typer.Typer) -> None:
     for command in (stats, cancel, clean, retry, promote, pause, resume, doctor):
         app.command(help=_help(command))(command)
     app.add_typer(jobs_app, name="jobs")
-

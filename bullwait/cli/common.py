@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Awaitable, Callable, Optional, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
-
 from redis.exceptions import RedisError
+from rich.console import Console
 
-from bullwait.runtime.runner import run_until_done
 from bullwait.errors import BullwaitError
-from bullwait.logs import redact_text
+from bullwait.logs import first_line
+from bullwait.runtime.runner import run_until_done
 from bullwait.settings import Settings, load_settings
 
 T = TypeVar("T")
 
-console = Console()
 err_console = Console(stderr=True)
 
 RedisUrl = typer.Option(
@@ -32,17 +30,17 @@ RedisUrl = typer.Option(
 AsJson = typer.Option(False, "--json", help="Print JSON for scripts instead of a table.")
 
 
-def fail(message: str, code: int = 1) -> "typer.Exit":
+def fail(message: str, code: int = 1) -> typer.Exit:
     """Print `bullwait: error: <message>` on stderr and exit with `code`."""
     print(f"bullwait: error: {message}", file=sys.stderr)
     raise typer.Exit(code)
 
 
-def settings_from(redis_url: Optional[str] = None, **overrides: Any) -> Settings:
+def settings_from(redis_url: str | None = None, **overrides: Any) -> Settings:
     try:
         return load_settings(redis_url=redis_url, **overrides)
     except BullwaitError as exc:
-        raise fail(str(exc), exc.exit_code)
+        raise fail(str(exc), exc.exit_code) from None
 
 
 def run_async(make: Callable[[], Awaitable[T]]) -> T:
@@ -50,20 +48,15 @@ def run_async(make: Callable[[], Awaitable[T]]) -> T:
     try:
         return run_until_done(_run(make))
     except BullwaitError as exc:
-        raise fail(str(exc), exc.exit_code)
+        raise fail(str(exc), exc.exit_code) from None
     except (RedisError, OSError) as exc:  # Redis went away or refused a command mid-way
-        raise fail(f"Redis failed during the command: {_first_line(exc)}", 1)
+        raise fail(f"Redis failed during the command: {first_line(exc)}", 1) from None
     except KeyboardInterrupt:
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
 
 
 async def _run(make: Callable[[], Awaitable[T]]) -> T:
     return await make()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return redact_text(text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 def context_line(settings: Settings, prefix: str | None = None) -> str:
@@ -75,15 +68,3 @@ def context_line(settings: Settings, prefix: str | None = None) -> str:
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
-    if not rows:
-        console.print("(nothing)")
-        return
-    table = Table(title=title)
-    for column in rows[0]:
-        table.add_column(str(column), justify="right" if isinstance(rows[0][column], (int, float)) else "left")
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row.values()))
-    console.print(table)

@@ -7,17 +7,16 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
-from bullwait.waitlist.catalog import QueueKey, catalog_json, queue_name, resolve_queue
-from bullwait.errors import BullwaitError
+from bullwait.cli.common import AsJson, RedisUrl, fail, run_async, settings_from
+from bullwait.cli.render import print_table, stdout_console
 from bullwait.engine.connection import describe_redis, redis_hostname
+from bullwait.errors import BullwaitError
 from bullwait.logs import configure_logging, get_logger
 from bullwait.settings import Settings
-
-from bullwait.cli.common import AsJson, RedisUrl, fail, print_json, print_table, run_async, settings_from
+from bullwait.waitlist.catalog import QueueKey, catalog_json, queue_name, resolve_queue
 
 app = typer.Typer(
     name="bullwait",
@@ -28,26 +27,35 @@ app = typer.Typer(
 )
 
 
-def _queues(names: Optional[List[str]], settings: Settings) -> list[QueueKey]:
+def _queues(names: list[str] | None, settings: Settings) -> list[QueueKey]:
     if not names:
         return list(QueueKey)
     try:
         return [resolve_queue(n, settings) for n in names]
     except BullwaitError as exc:
-        raise fail(str(exc), exc.exit_code)
+        raise fail(str(exc), exc.exit_code) from None
 
 
 @app.command()
 def worker(
-    queue: Optional[List[str]] = typer.Option(None, "--queue", "-q", help="Queue to serve (repeatable); default all three."),
-    shutdown_timeout: Optional[float] = typer.Option(
-        None, "--shutdown-timeout", min=0, help="Seconds active jobs get to finish on SIGTERM (default 30, BULLWAIT_SHUTDOWN_TIMEOUT)."
+    queue: list[str] | None = typer.Option(
+        None, "--queue", "-q", help="Queue to serve (repeatable); default all three."
+    ),
+    shutdown_timeout: float | None = typer.Option(
+        None,
+        "--shutdown-timeout",
+        min=0,
+        help="Seconds active jobs get to finish on SIGTERM (default 30, BULLWAIT_SHUTDOWN_TIMEOUT).",
     ),
     processes: int = typer.Option(
-        1, "--processes", "-p", min=1, max=64,
+        1,
+        "--processes",
+        "-p",
+        min=1,
+        max=64,
         help="Worker processes under one supervisor (one per core that Redis does not need); SIGTERM drains them all.",
     ),
-    redis_url: Optional[str] = RedisUrl,
+    redis_url: str | None = RedisUrl,
 ) -> None:
     """Run the waitlist workers until SIGTERM/SIGINT.
 
@@ -58,8 +66,13 @@ def worker(
     keys = _queues(queue, settings)
     _check_plugins(settings)
     # The first line says where this worker reads jobs from: a wrong db or prefix shows here.
-    get_logger().info("worker starting", redis=describe_redis(settings), prefix=settings.bullmq_prefix,
-                      queues=[queue_name(k, settings) for k in keys], processes=processes)
+    get_logger().info(
+        "worker starting",
+        redis=describe_redis(settings),
+        prefix=settings.bullmq_prefix,
+        queues=[queue_name(k, settings) for k in keys],
+        processes=processes,
+    )
     if processes > 1:
         raise typer.Exit(_supervise(settings, queue, shutdown_timeout, processes, redis_url))
     code = run_async(lambda: _worker(settings, keys, shutdown_timeout))
@@ -73,11 +86,11 @@ def _check_plugins(settings: Settings) -> None:
     try:
         load_registry(settings)
     except BullwaitError as exc:
-        raise fail(str(exc), exc.exit_code)
+        raise fail(str(exc), exc.exit_code) from None
 
 
 def _supervise(
-    settings: Settings, queue: Optional[List[str]], shutdown_timeout: Optional[float], processes: int, redis_url: Optional[str]
+    settings: Settings, queue: list[str] | None, shutdown_timeout: float | None, processes: int, redis_url: str | None
 ) -> int:
     from bullwait.runtime.supervisor import Supervisor, core_contention
 
@@ -96,13 +109,12 @@ def _supervise(
     return Supervisor(argv, processes, env=env, shutdown_timeout=timeout).run()
 
 
-async def _worker(settings: Settings, keys: list[QueueKey], shutdown_timeout: Optional[float]) -> int:
-    from bullwait.runtime.services import build_services
-    from bullwait.monitoring.server import monitoring
-    from bullwait.ops.actions import warn_if_wrong_db
-    from bullwait.runtime.runner import run_workers
-
+async def _worker(settings: Settings, keys: list[QueueKey], shutdown_timeout: float | None) -> int:
     from bullwait.monitoring.metrics import serving_registry
+    from bullwait.monitoring.server import monitoring
+    from bullwait.ops.presence import warn_if_wrong_db
+    from bullwait.runtime.runner import run_workers
+    from bullwait.runtime.services import build_services
 
     services = await build_services(settings)
     try:
@@ -114,7 +126,12 @@ async def _worker(settings: Settings, keys: list[QueueKey], shutdown_timeout: Op
         server = monitoring(settings, names, registry) if serves else contextlib.nullcontext()
         async with server:
             return await run_workers(
-                settings, services.registry, keys, shutdown_timeout, services=services, observer=services.observer,
+                settings,
+                services.registry,
+                keys,
+                shutdown_timeout,
+                services=services,
+                observer=services.observer,
                 before_start=(lambda: warn_if_wrong_db(settings, get_logger())) if serves else None,
             )
     finally:
@@ -123,11 +140,23 @@ async def _worker(settings: Settings, keys: list[QueueKey], shutdown_timeout: Op
 
 @app.command()
 def demo(
-    customers: int = typer.Option(5, "--customers", min=3, max=10_000, help="Customers joining the demo waitlist (at least 3)."),
-    timer_ms: int = typer.Option(2000, "--timer-ms", min=100, max=60_000, help="Offer time (expiry timer) for the demo, in ms (the real one is 15 min)."),
+    customers: int = typer.Option(
+        5, "--customers", min=3, max=10_000, help="Customers joining the demo waitlist (at least 3)."
+    ),
+    timer_ms: int = typer.Option(
+        2000,
+        "--timer-ms",
+        min=100,
+        max=60_000,
+        help="Offer time (expiry timer) for the demo, in ms (the real one is 15 min).",
+    ),
     timeout: float = typer.Option(60, "--timeout", min=1, help="Seconds to wait for the demo jobs."),
-    embedded: str = typer.Option("auto", "--embedded-redis", help="auto: start a private redis-server when none is configured or answering; always; never."),
-    redis_url: Optional[str] = RedisUrl,
+    embedded: str = typer.Option(
+        "auto",
+        "--embedded-redis",
+        help="auto: start a private redis-server when none is configured or answering; always; never.",
+    ),
+    redis_url: str | None = RedisUrl,
 ) -> None:
     """Run the workers plus a short burst of waitlist traffic and show it processed.
 
@@ -141,14 +170,16 @@ def demo(
 
     server = None
     if embedded == "always" or (
-        embedded == "auto" and not settings.redis_configured and not local_redis_answers(settings.redis_host, settings.redis_port)
+        embedded == "auto"
+        and not settings.redis_configured
+        and not local_redis_answers(settings.redis_host, settings.redis_port)
     ):
         data_dir = Path(os.environ.get("BULLWAIT_EMBEDDED_DIR", ".bullwait/redis"))
         data_dir.mkdir(parents=True, exist_ok=True)
         try:
             server = RedisServer(data_dir=str(data_dir.resolve())).start()
         except BullwaitError as exc:
-            raise fail(str(exc))
+            raise fail(str(exc)) from None
         settings = settings.with_overrides(redis_url=f"{server.url}/{settings.redis_queue_db}")
         typer.echo(f"started embedded redis-server on {server.url} (data in {data_dir}, AOF on)", err=True)
     try:
@@ -158,7 +189,10 @@ def demo(
             server.stop()
     _print_demo_report(report)
     if not report.flow_ok:
-        raise fail(f"the expired offer did not pass to the next customer within {timeout:g} s; see the log above (on a slow machine, try a longer --timer-ms)")
+        raise fail(
+            f"the expired offer did not pass to the next customer within {timeout:g} s; "
+            "see the log above (on a slow machine, try a longer --timer-ms)"
+        )
     if not report.ok:
         raise fail("not every demo job completed; see the log above and `bullwait stats`")
 
@@ -167,11 +201,11 @@ def _print_demo_report(report) -> None:  # type: ignore[no-untyped-def]
     """The demo's tables. A reader that left early (`bullwait demo | head -2`) has what it
     wanted: the rest goes to /dev/null and the demo's verdict still sets the exit code."""
     from bullwait.dev.demo import report_rows
-    from bullwait.cli.common import console
 
+    console = stdout_console()
     try:
-        print_table(report_rows(report), title=f"demo {report.run_id}: {report.seconds:.1f}s")
-        print_table(report.entries, title="waitlist entries")
+        print_table(report_rows(report), title=f"demo {report.run_id}: {report.seconds:.1f}s", console=console)
+        print_table(report.entries, title="waitlist entries", console=console)
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -182,14 +216,15 @@ def _print_demo_report(report) -> None:  # type: ignore[no-untyped-def]
 
 
 async def _demo(settings: Settings, customers: int, timer_ms: int, timeout: float):  # type: ignore[no-untyped-def]
-    from bullwait.runtime.services import build_services
     from bullwait.dev.demo import fake_whatsapp_settings, run_demo
     from bullwait.dev.fake_whatsapp import FakeWhatsApp
     from bullwait.runtime.runner import run_workers
+    from bullwait.runtime.services import build_services
 
     with FakeWhatsApp() as api:
         settings = fake_whatsapp_settings(settings.with_overrides(waitlist_offer_minutes=timer_ms / 60_000), api)
         services = await build_services(settings)
+        assert services.waitlist is not None, "build_services builds the Waitlist on bullwait's own store"
         stop = asyncio.Event()
         workers = asyncio.ensure_future(
             run_workers(settings, services.registry, services=services, observer=services.observer, stop=stop)
@@ -201,8 +236,11 @@ async def _demo(settings: Settings, customers: int, timer_ms: int, timeout: floa
             await workers
             await services.close()
             # A log line, not an echo: `bullwait demo 2>&1 | head -2` may have closed stderr.
-            get_logger().info("demo offers went to the fake WhatsApp Cloud API, none to WhatsApp",
-                              url=api.base_url, received=len(api.sent()))
+            get_logger().info(
+                "demo offers went to the fake WhatsApp Cloud API, none to WhatsApp",
+                url=api.base_url,
+                received=len(api.sent()),
+            )
 
 
 @app.command()

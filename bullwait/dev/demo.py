@@ -77,7 +77,9 @@ async def _wait_for(predicate: Any, timeout: float) -> bool:
     return False
 
 
-async def wait_processed(waitlist: Waitlist, ids: dict[QueueKey, list[str]], timeout: float) -> tuple[dict[str, int], dict[str, int]]:
+async def wait_processed(
+    waitlist: Waitlist, ids: dict[QueueKey, list[str]], timeout: float
+) -> tuple[dict[str, int], dict[str, int]]:
     """Poll job states until every demo job finished (or `timeout`)."""
     producer = waitlist.producer
     deadline = time.monotonic() + timeout
@@ -115,7 +117,11 @@ async def run_demo(waitlist: Waitlist, customers: int = 5, timeout: float = 60) 
     await _wait_for(customer_1_notified, timeout)
     prefs = []
     await waitlist.book(salon, people[1])  # customer 1 takes B as soon as the offer arrives
-    prefs.append(await producer.queue_preferences(booking_preference(f"cust-{run_id}-1", f"booking-{run_id}-1", salon, _slot(11, 1))))
+    prefs.append(
+        await producer.queue_preferences(
+            booking_preference(f"cust-{run_id}-1", f"booking-{run_id}-1", salon, _slot(11, 1))
+        )
+    )
 
     async def passed_to_customer_2() -> bool:
         # Offered slot A (its own short timer may already have run out on a slow machine).
@@ -126,7 +132,11 @@ async def run_demo(waitlist: Waitlist, customers: int = 5, timeout: float = 60) 
     entry_2 = await store.get_entry(salon, people[2])
     if flow_ok and entry_2 is not None and entry_2.state == "notified":
         await waitlist.book(salon, people[2])
-        prefs.append(await producer.queue_preferences(booking_preference(f"cust-{run_id}-2", f"booking-{run_id}-2", salon, _slot(10, 0))))
+        prefs.append(
+            await producer.queue_preferences(
+                booking_preference(f"cust-{run_id}-2", f"booking-{run_id}-2", salon, _slot(10, 0))
+            )
+        )
     ids = {
         QueueKey.WAITLIST_NOTIFICATION: [
             notification_job_id(people[0], slot_a),
@@ -145,7 +155,14 @@ async def run_demo(waitlist: Waitlist, customers: int = 5, timeout: float = 60) 
     for entry_id in people:
         entry = await store.get_entry(salon, entry_id)
         if entry is not None:
-            entries.append({"entry": entry_id, "state": entry.state, "slot": entry.slot_id or "", "passed to": entry.passed_to or ""})
+            entries.append(
+                {
+                    "entry": entry_id,
+                    "state": entry.state,
+                    "slot": entry.slot_id or "",
+                    "passed to": entry.passed_to or "",
+                }
+            )
     return DemoReport(run_id, added, completed, failed, time.monotonic() - started, cancelled, entries, flow_ok)
 
 

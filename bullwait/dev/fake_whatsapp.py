@@ -108,14 +108,21 @@ class FakeWhatsApp:
         }
 
     def fail_next(
-        self, count: int = 1, status: int | None = None, code: int | None = None, message: str | None = None,
-        retry_after: float | None = None, hang: float = 0.0,
+        self,
+        count: int = 1,
+        status: int | None = None,
+        code: int | None = None,
+        message: str | None = None,
+        retry_after: float | None = None,
+        hang: float = 0.0,
     ) -> None:
         """Answer the next `count` requests with an error (or hang `hang` s for timeouts)."""
         default_status, default_message = ERRORS.get(code or 0, (status or 500, "error"))
         with self._lock:
             for _ in range(count):
-                self._plan.append(Planned(status or default_status, code, message or default_message, retry_after, hang))
+                self._plan.append(
+                    Planned(status or default_status, code, message or default_message, retry_after, hang)
+                )
 
     def slow_next(self, hang: float, count: int = 1) -> None:
         """Accept the next `count` messages (200 with an id), but only after `hang` s."""
@@ -133,14 +140,21 @@ class FakeWhatsApp:
                 self._plan.append(Planned(status, None, "", hang=hang, odd=kind, size=size))
 
     def fail_for(
-        self, seconds: float, status: int | None = None, code: int | None = None, message: str | None = None,
+        self,
+        seconds: float,
+        status: int | None = None,
+        code: int | None = None,
+        message: str | None = None,
         retry_after: float | None = None,
     ) -> None:
         """Answer every request arriving in the next `seconds` with an error (an outage or
         a throttling storm); requests queued with `fail_next` are answered first."""
         default_status, default_message = ERRORS.get(code or 0, (status or 500, "error"))
         with self._lock:
-            self._window = (time.time() + seconds, Planned(status or default_status, code, message or default_message, retry_after))
+            self._window = (
+                time.time() + seconds,
+                Planned(status or default_status, code, message or default_message, retry_after),
+            )
 
     def sent(self) -> list[Recorded]:
         """Requests answered with a message id."""
@@ -181,7 +195,9 @@ class FakeWhatsApp:
                 if self.path == "/__stats":
                     self._answer(200, fake.stats())
                 else:
-                    self._answer(404, {"error": {"code": 100, "message": "Unknown path", "type": "GraphMethodException"}})
+                    self._answer(
+                        404, {"error": {"code": 100, "message": "Unknown path", "type": "GraphMethodException"}}
+                    )
 
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("content-length", 0))
@@ -201,7 +217,9 @@ class FakeWhatsApp:
                     number = fake._counter
                 time.sleep(fake.latency + (plan.hang if plan else 0))
                 if not self.path.endswith("/messages"):
-                    self._answer(404, {"error": {"code": 100, "message": "Unknown path", "type": "GraphMethodException"}})
+                    self._answer(
+                        404, {"error": {"code": 100, "message": "Unknown path", "type": "GraphMethodException"}}
+                    )
                     record.answered = 404
                     return
                 if plan is not None and plan.odd is not None:
@@ -210,11 +228,14 @@ class FakeWhatsApp:
                     return
                 if plan is None or plan.status == 200:
                     to = str(body.get("to", "")) if isinstance(body, dict) else ""
-                    self._answer(200, {
-                        "messaging_product": "whatsapp",
-                        "contacts": [{"input": to, "wa_id": to.lstrip("+")}],
-                        "messages": [{"id": f"wamid.FAKE{number:06d}"}],
-                    })
+                    self._answer(
+                        200,
+                        {
+                            "messaging_product": "whatsapp",
+                            "contacts": [{"input": to, "wa_id": to.lstrip("+")}],
+                            "messages": [{"id": f"wamid.FAKE{number:06d}"}],
+                        },
+                    )
                     record.answered = 200
                     return
                 error: dict[str, Any] = {"message": plan.message, "type": "OAuthException", "fbtrace_id": "Afake"}
@@ -239,9 +260,10 @@ class FakeWhatsApp:
                     data = {
                         "nested": b"[" * NESTING + b"]" * NESTING,
                         "html": b"<html><body><h1>502 Bad Gateway</h1></body></html>",
-                        "truncated": json.dumps({"messaging_product": "whatsapp",
-                                                 "messages": [{"id": f"wamid.FAKE{number:06d}"}]}).encode(),
-                    }[plan.odd]
+                        "truncated": json.dumps(
+                            {"messaging_product": "whatsapp", "messages": [{"id": f"wamid.FAKE{number:06d}"}]}
+                        ).encode(),
+                    }[plan.odd or ""]
                     sent = data[: len(data) // 2] if plan.odd == "truncated" else data
                     self.send_response(plan.status)
                     self.send_header("Content-Type", "text/html" if plan.odd == "html" else "application/json")
@@ -331,7 +353,7 @@ def kernel_time(ancillary: list[tuple[int, int, bytes]]) -> float | None:
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
             seconds, nanos = struct.unpack("qq", data[:16])
-            return seconds + nanos / 1e9
+            return float(seconds + nanos / 1e9)
     return None
 
 

@@ -48,8 +48,17 @@ _EXEC = pack(("EXEC",))
 
 # Options whose arguments (parent key, deduplication key, repeat key) `_call` does not build.
 UNSUPPORTED_OPTS = frozenset(
-    {"parent", "deduplication", "debounce", "repeat", "repeatJobKey", "failParentOnFailure",
-     "removeDependencyOnFailure", "ignoreDependencyOnFailure", "continueParentOnFailure"}
+    {
+        "parent",
+        "deduplication",
+        "debounce",
+        "repeat",
+        "repeatJobKey",
+        "failParentOnFailure",
+        "removeDependencyOnFailure",
+        "ignoreDependencyOnFailure",
+        "continueParentOnFailure",
+    }
 )
 
 

@@ -82,7 +82,12 @@ def marker_key(key: str) -> str:
 
 
 async def run_script(
-    client: Any, durability: Durability, script: Any, keys: Sequence[Any], args: Sequence[Any], what: str,
+    client: Any,
+    durability: Durability,
+    script: Any,
+    keys: Sequence[Any],
+    args: Sequence[Any],
+    what: str,
     settle: Settle | None = None,
 ) -> Any:
     """`script(keys, args)` (a redis-py Script) on `client`, confirmed by WAIT (see `run_command`)."""
@@ -144,8 +149,9 @@ async def _exchange(
 ) -> tuple[list[Any], int]:
     extra: list[Command] = [("SET", marker_key(marker), "1", "PX", MARKER_TTL_MS)] if marker else []
     try:
-        await conn.send_packed_command(conn.pack_commands([*commands, *extra, durability.wait_command()]),
-                                       check_health=False)
+        await conn.send_packed_command(
+            conn.pack_commands([*commands, *extra, durability.wait_command()]), check_health=False
+        )
         replies: list[Any] = []
         for _ in [*commands, *extra]:
             try:
@@ -176,6 +182,10 @@ def _is_noscript(reply: Any) -> bool:
 def log_short(what: str, acked: int, durability: Durability, attempt: int) -> None:
     get_logger(component="durable").warning(
         "write not confirmed by enough replicas; sending it again",
-        what=what, acked=acked, replicas=durability.replicas, timeout_ms=durability.timeout_ms,
-        attempt=attempt + 1, of=WAIT_ATTEMPTS,
+        what=what,
+        acked=acked,
+        replicas=durability.replicas,
+        timeout_ms=durability.timeout_ms,
+        attempt=attempt + 1,
+        of=WAIT_ATTEMPTS,
     )

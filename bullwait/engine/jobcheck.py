@@ -130,8 +130,10 @@ def option_problems(job: Any) -> list[str]:
         opts["removeOnFail"] = False
     backoff = opts.get("backoff")
     if backoff is not None and not _valid_backoff(backoff, _custom_backoff(job)):
-        problems.append(f"opts.backoff is {shown(backoff)}, not a delay or {{type: fixed|exponential, delay}}"
-                        " (other types need the worker's settings.backoffStrategy)")
+        problems.append(
+            f"opts.backoff is {shown(backoff)}, not a delay or {{type: fixed|exponential, delay}}"
+            " (other types need the worker's settings.backoffStrategy)"
+        )
         opts["backoff"] = None
     limit = opts.get("stackTraceLimit")
     if limit is not None and type(limit) is not int:

@@ -115,9 +115,12 @@ class OrphanSweeper:
         # Decided after the reads, against the state as it is now: a fetch that was under
         # way when the locks were read has either registered its job or is still counted.
         orphans = [
-            (job_id, lock) for job_id, lock in zip(ids, locks)
-            if isinstance(lock, str) and lock.startswith(mine)
-            and (job_id, lock) not in self.held and lock not in self.fetching
+            (job_id, lock)
+            for job_id, lock in zip(ids, locks)
+            if isinstance(lock, str)
+            and lock.startswith(mine)
+            and (job_id, lock) not in self.held
+            and lock not in self.fetching
             and self.given_back[job_id] < MAX_GIVE_BACKS
         ]
         returned = []

@@ -1,10 +1,11 @@
-"""`/health/queues`: the seed's `getQueueHealth()`, with two more reasons to be unhealthy.
+"""`/health/queues`: the NestJS module's `getQueueHealth()`, with two more reasons to be unhealthy.
 
 Unhealthy (HTTP 503) when Redis does not answer, when a queue's failed set reaches
-`HEALTH_MAX_FAILED` (the seed's `failed < 100`), or when a queue holding jobs (waiting,
+`HEALTH_MAX_FAILED` (the NestJS module's `failed < 100`), or when a queue holding jobs (waiting,
 prioritized, delayed or active) has no worker connected, Node or Python. Worker counts
 come from `CLIENT LIST`; where the server forbids it the rule is skipped and
-`workers` is null.
+`workers` is null. Counts are the ones `bullwait stats` shows (one reader,
+bullwait.ops.snapshot): `waiting` is Node's getJobCounts `waiting`.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Two sources, one registry:
 
-- `QueueCollector` turns a `QueueSnapshot` list (one Redis pipeline per scrape, see
-  `bullwait.ops.snapshot`) into gauges: `bullmq_jobs_waiting{queue}` and friends, the names
+- `QueueCollector` turns a `QueueSnapshot` list (one Redis pipeline per scrape, read by
+  `bullwait.ops.snapshot`, the reader behind `bullwait stats` and `doctor` too) into gauges:
+  `bullmq_jobs_waiting{queue}` and friends, the names
   Node's `Queue.exportPrometheusMetrics()` emits (`bullmq_job_count{queue,state}`,
   `bullmq_job_completed_total`, `bullmq_job_failed_total`), workers per queue, and timer
   health (`bullmq_delayed_overdue_seconds`). They count jobs of every runtime.
@@ -32,7 +33,7 @@ from prometheus_client.registry import Collector
 from bullwait.ops.snapshot import QueueSnapshot
 
 # `_created` series double the output and no dashboard here uses them.
-prometheus_client.disable_created_metrics()
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client is unannotated
 
 JOB_STATUSES = ("completed", "failed", "retried", "delayed", "stalled")
 
@@ -57,7 +58,7 @@ def serving_registry(process_registry: CollectorRegistry | None) -> CollectorReg
     from prometheus_client import multiprocess
 
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=path)
+    multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]  # unannotated
     return registry
 
 
@@ -289,12 +290,22 @@ class QueueCollector(Collector):
             return
         snaps = self._snapshots
         yield from (
-            _gauge("bullmq_jobs_waiting", "Jobs waiting for a worker (wait list, or paused list while paused)", snaps, lambda s: s.waiting),
+            _gauge(
+                "bullmq_jobs_waiting",
+                "Jobs waiting for a worker (the wait list, as Node's getJobCounts counts `waiting`)",
+                snaps,
+                lambda s: s.waiting,
+            ),
             _gauge("bullmq_jobs_active", "Jobs being processed", snaps, lambda s: s.active),
             _gauge("bullmq_jobs_delayed", "Delayed jobs (timers, backoffs, rate-limited)", snaps, lambda s: s.delayed),
             _gauge("bullmq_jobs_prioritized", "Waiting jobs with a priority", snaps, lambda s: s.prioritized),
             _gauge("bullmq_jobs_failed", "Jobs in the failed set", snaps, lambda s: s.failed),
-            _gauge("bullmq_jobs_completed", "Jobs in the completed set (bounded by retention)", snaps, lambda s: s.completed),
+            _gauge(
+                "bullmq_jobs_completed",
+                "Jobs in the completed set (bounded by retention)",
+                snaps,
+                lambda s: s.completed,
+            ),
             _gauge("bullmq_queue_paused", "1 if the queue is paused", snaps, lambda s: 1 if s.paused else 0),
             _gauge(
                 "bullmq_delayed_overdue_seconds",
@@ -303,13 +314,17 @@ class QueueCollector(Collector):
                 lambda s: s.overdue_seconds(),
             ),
         )
-        workers = GaugeMetricFamily("bullmq_queue_workers", "Distinct workers connected (Node and Python)", labels=["queue"])
+        workers = GaugeMetricFamily(
+            "bullmq_queue_workers", "Distinct workers connected (Node and Python)", labels=["queue"]
+        )
         for snap in snaps:
             if snap.workers is not None:
                 workers.add_metric([snap.name], snap.workers)
         yield workers
         # Node bullmq's `Queue.exportPrometheusMetrics()` names, help texts and labels.
-        counts = GaugeMetricFamily("bullmq_job_count", "Number of jobs in the queue by state", labels=["queue", "state"])
+        counts = GaugeMetricFamily(
+            "bullmq_job_count", "Number of jobs in the queue by state", labels=["queue", "state"]
+        )
         for snap in snaps:
             for state, count in snap.node_counts().items():
                 counts.add_metric([snap.name, state], count)

@@ -50,7 +50,11 @@ ACCEPT_RETRY_SECONDS = 1.0
 LOG_INTERVAL = 30.0  # seconds between two lines about the same kind of trouble
 BACKLOG = 128
 REASONS = {
-    200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
     503: "Service Unavailable",
 }
 
@@ -123,7 +127,11 @@ class Monitor:
         except MasterNotFoundError as exc:
             return 503, redis_down(self.queues, no_master_reason(self.settings, exc))
         except Exception as exc:  # noqa: BLE001
-            reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else (str(exc).splitlines() or [type(exc).__name__])[0]
+            reason = (
+                "timed out"
+                if isinstance(exc, asyncio.TimeoutError)
+                else (str(exc).splitlines() or [type(exc).__name__])[0]
+            )
             return 503, redis_down(self.queues, f"{describe_redis(self.settings)} did not answer ({reason[:160]})")
         doc = evaluate(snaps, self.settings.health_max_failed)
         return (200 if doc["healthy"] else 503), doc
@@ -159,7 +167,9 @@ class Monitor:
 class MonitorServer:
     """The HTTP front of a `Monitor`."""
 
-    def __init__(self, monitor: Monitor, host: str, port: int, log: Any = None, max_connections: int | None = None) -> None:
+    def __init__(
+        self, monitor: Monitor, host: str, port: int, log: Any = None, max_connections: int | None = None
+    ) -> None:
         self.monitor = monitor
         self.host = host
         self.requested_port = port
@@ -231,14 +241,17 @@ class MonitorServer:
             except OSError as exc:  # EMFILE/ENFILE: the worker's descriptors are gone; back off, do not spin
                 self._slots.release()
                 self.trouble.warn(
-                    "accept", "monitoring server cannot accept connections", error=_os_error(exc),
+                    "accept",
+                    "monitoring server cannot accept connections",
+                    error=_os_error(exc),
                     retryInSeconds=ACCEPT_RETRY_SECONDS,
                 )
                 await asyncio.sleep(ACCEPT_RETRY_SECONDS)
                 continue
             if self._slots.locked():
                 self.trouble.warn(
-                    "busy", "monitoring server at its connection limit; further clients wait",
+                    "busy",
+                    "monitoring server at its connection limit; further clients wait",
                     maxConnections=self.max_connections,
                 )
             self._spawn(self._serve(conn))
@@ -263,7 +276,8 @@ class MonitorServer:
             status, body, ctype, method = await self._respond(head)
         except TimeoutError:
             self.trouble.warn(
-                "slow-client", "monitoring client sent no complete request in time; closed",
+                "slow-client",
+                "monitoring client sent no complete request in time; closed",
                 deadlineSeconds=HEADER_DEADLINE,
             )
             status, body, ctype, method = 408, b"request timeout\n", "text/plain; charset=utf-8", "GET"
@@ -349,11 +363,15 @@ def _os_error(exc: OSError) -> str:
 def _bind_problem(host: str, port: int, exc: OSError) -> str:
     reason = _os_error(exc).lower()
     if exc.errno == errno.EADDRINUSE:
-        return (f"cannot serve metrics on {host}:{port} ({reason}; another bullwait process?): run several workers "
-                "as one `bullwait worker --processes N` (one server for all), give each its own METRICS_PORT "
-                "(0 = any free port, logged), or set QUEUE_MONITORING_ENABLED=false")
-    return (f"cannot serve metrics on {host}:{port} ({reason}): "
-            "set METRICS_PORT / METRICS_HOST to a free address, or QUEUE_MONITORING_ENABLED=false")
+        return (
+            f"cannot serve metrics on {host}:{port} ({reason}; another bullwait process?): run several workers "
+            "as one `bullwait worker --processes N` (one server for all), give each its own METRICS_PORT "
+            "(0 = any free port, logged), or set QUEUE_MONITORING_ENABLED=false"
+        )
+    return (
+        f"cannot serve metrics on {host}:{port} ({reason}): "
+        "set METRICS_PORT / METRICS_HOST to a free address, or QUEUE_MONITORING_ENABLED=false"
+    )
 
 
 def _json(doc: Any) -> bytes:

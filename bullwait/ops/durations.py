@@ -1,9 +1,10 @@
-"""Durations as operators type them: `24h`, `15m`, `30s`, `500ms`, `7d`, `1h30m`, `0`."""
+"""Durations as operators type them (`24h`, `15m`, `30s`, `500ms`, `7d`, `1h30m`, `0`), and times as they read them."""
 
 from __future__ import annotations
 
 import math
 import re
+from datetime import datetime
 
 from bullwait.errors import BadArgument
 
@@ -37,7 +38,7 @@ def parse_duration_ms(text: str, what: str = "duration") -> int:
         raise BadDuration(f"{what}: cannot read {_shown(text)}; {_FORMS}")
     if not math.isfinite(total) or total > MAX_DURATION_MS:
         raise BadDuration(f"{what}: {_shown(text)} is longer than 36500d (100 years); use a shorter duration")
-    return int(round(total))
+    return round(total)
 
 
 def _shown(text: str) -> str:
@@ -64,3 +65,10 @@ def format_ms(ms: float | int | None) -> str:
         return f"{sign}{h}h{m:02d}m"
     d, h = divmod(h, 24)
     return f"{sign}{d}d{h:02d}h"
+
+
+def local_time(ms: int | None) -> str | None:
+    """Epoch milliseconds as this host's local time, ISO 8601 with offset."""
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000).astimezone().isoformat(timespec="milliseconds")

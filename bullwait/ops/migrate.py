@@ -1,4 +1,4 @@
-"""Move every job from the seed's legacy queue names to the current ones, losslessly.
+"""Move every job from the NestJS module's legacy queue names to the current ones, losslessly.
 
 A team upgrading its NestJS app from bullmq 4.x (`waitlist:expiry`, ...) to bullmq 6
 (`waitlist-expiry`, ...) has jobs in flight on the old names: 15-minute timers, waiting
@@ -26,10 +26,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from bullwait.waitlist.catalog import LEGACY_QUEUE_NAMES, QUEUE_NAMES, QueueKey
 from bullwait.engine.connection import redis_client
 from bullwait.errors import BullwaitError
 from bullwait.settings import Settings
+from bullwait.waitlist.catalog import LEGACY_QUEUE_NAMES, QUEUE_NAMES, QueueKey
 
 MOVABLE_STATES = ("delayed", "prioritized", "wait", "paused", "failed")
 MAX_EVENTS = 10_000

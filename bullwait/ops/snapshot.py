@@ -1,69 +1,80 @@
-"""Queue counts read straight from Redis in one round trip, for metrics and health.
+"""The one queue reader: every count bullwait shows (`bullwait stats`, `doctor`, `/metrics`,
+`/health/queues`) comes from `read_snapshots`, so they cannot disagree.
 
-`read_snapshots` sends one pipeline per call for all queues: the length of each BullMQ
-list/set, BullMQ's own per-minute metrics counters, the earliest delayed job and the
-pause flag of every queue, plus one `CLIENT LIST` to count workers. It reads what every
-runtime wrote (Node producers and workers included), never KEYS/SCAN.
+One pipeline per call: one call of the reader script (bullwait.ops.scripts.INSPECT_LUA)
+per queue, plus one `CLIENT LIST` to count workers. It reads what every runtime wrote
+(Node producers and workers included), never KEYS/SCAN.
+
+One definition of each count, Node bullmq's `Queue.getJobCounts()`:
+`waiting` is the wait list (less a legacy `0:` marker), `paused_list` the legacy paused
+list (jobs a Node bullmq < 5 queue moved there when paused; newer ones keep paused jobs in
+wait), sets are their sizes; `paused` is Node's `isPaused()`: the `paused` field of the
+queue's `meta` hash exists, whatever its value (BullMQ's own Lua tests it with HEXISTS).
 
 Key layout (bullmq 6, Node and Python alike), for queue `q` under prefix `p`:
 `p:q:wait` / `paused` / `active` (lists), `delayed` / `prioritized` / `failed` /
-`completed` / `waiting-children` (sorted sets), `p:q:meta` (hash, `paused` field),
-`p:q:metrics:completed` / `metrics:failed` (hash, `count` field, written by workers
-started with the `metrics` option). Delayed scores are `due_ms * 0x1000 + counter`.
+`completed` / `waiting-children` (sorted sets), `p:q:meta` (hash, `paused` and `version`
+fields), `p:q:metrics:completed` / `metrics:failed` (hash, `count` field, written by
+workers started with the `metrics` option). Delayed scores are `due_ms * 0x1000 + counter`.
 """
 
 from __future__ import annotations
 
 import base64
 from collections import Counter, defaultdict
-import time
-from dataclasses import dataclass, field
-from typing import Any, Iterable
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
-DELAYED_SCORE_SHIFT = 0x1000  # bullmq: score = timestamp_ms * 0x1000 + per-ms counter
+from redis.exceptions import NoScriptError
+
+from bullwait.ops.scripts import INSPECT_KEYS, INSPECT_LUA, INSPECT_SHA
 
 # The states Node bullmq 6's `Queue.getJobCounts()` returns by default, in its order.
 NODE_STATES = ("active", "completed", "delayed", "failed", "prioritized", "waiting", "waiting-children")
 
-_LISTS = ("wait", "paused", "active")
-_ZSETS = ("delayed", "prioritized", "waiting-children", "failed", "completed")
+SCAN_CAP = 1000  # active / prioritized entries one read looks at (stalled, oldest waiting)
+OVERDUE_GRACE_MS = 1000  # a delayed job due longer ago than this should have run
 
 
 @dataclass
 class QueueSnapshot:
-    """What Redis held for one queue at one moment."""
+    """What Redis held for one queue at one moment: counts equal to Node bullmq's
+    `getJobCounts`, plus what operators and monitoring ask next. Times are Redis's clock."""
 
     name: str
-    wait: int = 0
-    paused_jobs: int = 0
+    waiting: int = 0
     active: int = 0
+    completed: int = 0
+    failed: int = 0
     delayed: int = 0
     prioritized: int = 0
-    waiting_children: int = 0
-    failed: int = 0
-    completed: int = 0
-    completed_total: int = 0
-    failed_total: int = 0
-    next_delayed_ms: float | None = None
     paused: bool = False
-    workers: int | None = None  # None: CLIENT LIST not allowed or not supported
+    workers: int | None = None  # None: CLIENT LIST refused by the server (or not read)
+    workers_node: int | None = None
+    workers_python: int | None = None
+    waiting_children: int = 0
+    paused_list: int = 0  # jobs in the legacy `paused` list (Node bullmq < 5 paused queues)
+    oldest_waiting_ms: int | None = None
+    next_delayed_in_ms: int | None = None  # negative: the earliest delayed job is overdue
+    overdue: int = 0  # delayed jobs due more than OVERDUE_GRACE_MS ago
+    stalled: int = 0
+    active_scanned: int = 0
+    meta_version: str | None = None
+    completed_total: int = 0  # BullMQ's worker metrics counters
+    failed_total: int = 0
     worker_names: list[str] = field(default_factory=list)
 
     @property
-    def waiting(self) -> int:
-        """Jobs ready for a worker: the wait list, or the paused list while paused."""
-        return self.wait + self.paused_jobs
-
-    @property
     def has_jobs(self) -> bool:
-        return (self.waiting + self.prioritized + self.delayed + self.active) > 0
+        """Jobs a worker should take some time: waiting (or in the legacy paused list), prioritized, delayed, active."""
+        return (self.waiting + self.paused_list + self.prioritized + self.delayed + self.active) > 0
 
-    def overdue_seconds(self, now_ms: float | None = None) -> float:
+    def overdue_seconds(self) -> float:
         """How long the earliest delayed job has been due (0 if none is due)."""
-        if self.next_delayed_ms is None:
+        if self.next_delayed_in_ms is None:
             return 0.0
-        now = time.time() * 1000 if now_ms is None else now_ms
-        return max(0.0, (now - self.next_delayed_ms) / 1000)
+        return max(0.0, -self.next_delayed_in_ms / 1000)
 
     def node_counts(self) -> dict[str, int]:
         """Counts under the state names Node's `getJobCounts()` uses."""
@@ -73,77 +84,98 @@ class QueueSnapshot:
             "delayed": self.delayed,
             "failed": self.failed,
             "prioritized": self.prioritized,
-            "waiting": self.wait,
+            "waiting": self.waiting,
             "waiting-children": self.waiting_children,
         }
 
+    def to_json(self) -> dict[str, Any]:
+        """`bullwait stats --json`: times in seconds, monitoring-only fields left out."""
+        data = asdict(self)
+        for name in (
+            "active_scanned",
+            "oldest_waiting_ms",
+            "next_delayed_in_ms",
+            "completed_total",
+            "failed_total",
+            "worker_names",
+        ):
+            data.pop(name)
+        data["oldest_waiting_s"] = _seconds(self.oldest_waiting_ms)
+        data["next_delayed_in_s"] = _seconds(self.next_delayed_in_ms)
+        return data
 
-def _queue_commands(pipe: Any, base: str) -> int:
-    """Queue one queue's reads on `pipe`; returns how many commands were queued."""
-    pipe.llen(base + "wait")
-    pipe.lindex(base + "wait", -1)  # a Node 4.x producer may leave a `0:` marker here
-    pipe.llen(base + "paused")
-    pipe.llen(base + "active")
-    for zset in _ZSETS:
-        pipe.zcard(base + zset)
-    pipe.hget(base + "metrics:completed", "count")
-    pipe.hget(base + "metrics:failed", "count")
-    pipe.zrange(base + "delayed", 0, 0, withscores=True)
-    pipe.hexists(base + "meta", "paused")
-    return 13
+
+def _seconds(ms: int | None) -> float | None:
+    return None if ms is None else round(ms / 1000, 3)
 
 
-def _parse_queue(name: str, values: list[Any]) -> QueueSnapshot:
-    for value in values:
-        if isinstance(value, Exception):
-            raise value
-    wait, marker, paused_jobs, active, delayed, prioritized, children, failed, completed = values[:9]
-    completed_total, failed_total, first_delayed, paused = values[9:13]
-    if isinstance(marker, str) and marker.startswith("0:") and wait:
-        wait -= 1
-    next_ms = None
-    if first_delayed:
-        next_ms = float(first_delayed[0][1]) // DELAYED_SCORE_SHIFT
+def _parse_queue(name: str, reply: Any) -> QueueSnapshot:
+    if isinstance(reply, Exception):
+        raise reply
+    now, wait, active, delayed, prio, done, failed, children, paused_list, paused = (int(v) for v in reply[:10])
+    version, oldest, next_due, overdue, stalled, scanned, done_total, failed_total = reply[10:18]
+    oldest, next_due = int(oldest), int(next_due)
     return QueueSnapshot(
         name=name,
-        wait=int(wait),
-        paused_jobs=int(paused_jobs),
-        active=int(active),
-        delayed=int(delayed),
-        prioritized=int(prioritized),
-        waiting_children=int(children),
-        failed=int(failed),
-        completed=int(completed),
-        completed_total=int(completed_total or 0),
+        waiting=wait,
+        active=active,
+        completed=done,
+        failed=failed,
+        delayed=delayed,
+        prioritized=prio,
+        paused=paused == 1,
+        waiting_children=children,
+        paused_list=paused_list,
+        oldest_waiting_ms=max(0, now - oldest) if oldest >= 0 else None,
+        next_delayed_in_ms=next_due - now if next_due >= 0 else None,
+        overdue=int(overdue),
+        stalled=int(stalled),
+        active_scanned=int(scanned),
+        meta_version=version or None,
+        completed_total=int(done_total or 0),
         failed_total=int(failed_total or 0),
-        next_delayed_ms=next_ms,
-        paused=bool(paused),
     )
 
 
-async def read_snapshots(client: Any, prefix: str, queues: Iterable[str], workers: bool = True) -> list[QueueSnapshot]:
-    """One pipelined round trip for every queue (and CLIENT LIST). Raises redis errors."""
+async def read_snapshots(
+    client: Any, prefix: str, queues: Iterable[str], clients: list[dict[str, Any]] | bool | None = True
+) -> list[QueueSnapshot]:
+    """Every queue in one pipelined round trip. `clients`: True reads CLIENT LIST in the same
+    round trip (workers stay None if the server refuses it); a list already read is used as
+    it is; None or False counts no workers. Raises redis errors of the queue reads."""
     names = list(queues)
-    async with client.pipeline(transaction=False) as pipe:
-        sizes = [_queue_commands(pipe, f"{prefix}:{name}:") for name in names]
-        if workers:
-            pipe.client_list()
-        results = await pipe.execute(raise_on_error=False)
-    snapshots = []
-    offset = 0
-    for name, size in zip(names, sizes, strict=True):
-        snapshots.append(_parse_queue(name, results[offset : offset + size]))
-        offset += size
-    if workers and not isinstance(results[offset], Exception):
-        count_queue_workers(snapshots, results[offset], prefix)
+    results = await _read(client, prefix, names, clients is True)
+    if any(isinstance(reply, NoScriptError) for reply in results[: len(names)]):
+        # A server that has not seen the script yet (new, restarted, failed over): load it once.
+        await client.script_load(INSPECT_LUA)
+        results = await _read(client, prefix, names, clients is True)
+    snapshots = [_parse_queue(name, reply) for name, reply in zip(names, results, strict=False)]
+    if clients is True:
+        listed = results[len(names)]
+        clients = None if isinstance(listed, Exception) else list(listed)
+    if isinstance(clients, list):
+        count_queue_workers(snapshots, clients, prefix)
     return snapshots
 
 
+async def _read(client: Any, prefix: str, names: list[str], client_list: bool) -> list[Any]:
+    """EVALSHA straight into the pipeline: redis-py's registered scripts would add a SCRIPT
+    EXISTS round trip to every read."""
+    async with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            base = f"{prefix}:{name}:"
+            keys = [base + suffix for suffix in INSPECT_KEYS]
+            pipe.evalsha(INSPECT_SHA, len(keys), *keys, base, SCAN_CAP, OVERDUE_GRACE_MS)
+        if client_list:
+            pipe.client_list()
+        return list(await pipe.execute(raise_on_error=False))
+
+
 def count_queue_workers(snapshots: list[QueueSnapshot], clients: list[dict[str, Any]], prefix: str) -> None:
-    """Fill each snapshot's workers from CLIENT LIST, counted as `bullwait stats` counts them."""
+    """Fill each snapshot's workers from CLIENT LIST entries."""
     for snap in snapshots:
         snap.worker_names = worker_names(clients, prefix, snap.name)
-        snap.workers = count_workers(clients, prefix, snap.name)[0]
+        snap.workers, snap.workers_node, snap.workers_python = count_workers(clients, prefix, snap.name)
 
 
 def count_workers(clients: list[dict[str, Any]], prefix: str, queue: str) -> tuple[int, int, int]:
@@ -178,7 +210,9 @@ def count_workers(clients: list[dict[str, Any]], prefix: str, queue: str) -> tup
     node_only = sum(node.values()) - bullwait
     stock = 0
     for worker, conns in python.items():
-        blocking = sum(1 for c in conns if str(c.get("cmd", "")).lower() == "bzpopmin" or "b" in str(c.get("flags", "")))
+        blocking = sum(
+            1 for c in conns if str(c.get("cmd", "")).lower() == "bzpopmin" or "b" in str(c.get("flags", ""))
+        )
         stock += blocking if (worker and worker in node) else max(1, blocking)
     return node_only + bullwait + stock, node_only, bullwait + stock
 

@@ -62,7 +62,9 @@ def _resolve(spec: str) -> Any:
     try:
         target: Any = importlib.import_module(module_name)
     except Exception as exc:
-        raise PluginError(f"{SETTING}: cannot import {module_name!r} ({type(exc).__name__}: {exc}); check PYTHONPATH") from None
+        raise PluginError(
+            f"{SETTING}: cannot import {module_name!r} ({type(exc).__name__}: {exc}); check PYTHONPATH"
+        ) from None
     for attr in attr_path.split("."):
         try:
             target = getattr(target, attr)

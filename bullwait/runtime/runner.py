@@ -117,8 +117,12 @@ class WorkerPool:
             worker.on("error", lambda err, *_a, q=name: self._errors.log(self.log, q, err))
             worker.on("stalled", lambda job_id, *_a, q=name: self._stalled(q, job_id))
             worker.on("poison", lambda job_id, reason, *_a, q=name: self._poison(q, job_id, reason))
-            worker.on("orphans", lambda ids, *_a, q=name: self.log.warning(
-                "jobs fetched without a reply given back to the queue", queue=q, jobIds=ids[:20], count=len(ids)))
+            worker.on(
+                "orphans",
+                lambda ids, *_a, q=name: self.log.warning(
+                    "jobs fetched without a reply given back to the queue", queue=q, jobIds=ids[:20], count=len(ids)
+                ),
+            )
             self.workers[key] = worker
             tasks.append(asyncio.ensure_future(worker.run()))
             self.log.info("worker started", queue=name, concurrency=worker.opts["concurrency"], worker=self.worker_name)
@@ -150,8 +154,7 @@ class WorkerPool:
         if pending:
             self.log.warning("shutdown timeout reached, leaving active jobs to stalled recovery", timeout=timeout)
             for worker in self.workers.values():
-                worker.forceClosing = True
-                worker.cancelProcessing()
+                worker.abort()
             await asyncio.wait([asyncio.ensure_future(w.close(force=True)) for w in self.workers.values()], timeout=5)
             for task in pending:
                 task.cancel()
@@ -207,7 +210,9 @@ async def run_workers(
         return 0
     if before_start is not None:
         await before_start()
-    pool = WorkerPool(settings, registry, list(queues or list(QueueKey)), services, observer, log=log, options=options or {})
+    pool = WorkerPool(
+        settings, registry, list(queues or list(QueueKey)), services, observer, log=log, options=options or {}
+    )
     if settings.bullwait_worker_name:
         pool.worker_name = settings.bullwait_worker_name  # shown in Bull Board's Workers tab
     tasks = pool.start()

@@ -29,7 +29,7 @@ class Services:
     producer: Producer
     registry: Registry
     observer: JobObserver = field(default_factory=NullObserver)
-    # --- waitlist domain (issue #3) ---
+    # --- waitlist domain ---
     store: WaitlistStore | None = None
     waitlist: Waitlist | None = None
     sender: MessageSender | None = None
@@ -72,8 +72,10 @@ async def build_services(
     producer = Producer(settings)
     client = redis_client(settings)
     durability = Durability.from_settings(settings)
-    own_store = store if store is not None else RedisWaitlistStore(
-        redis_client(settings), settings.bullwait_store_prefix, durability
+    own_store = (
+        store
+        if store is not None
+        else RedisWaitlistStore(redis_client(settings), settings.bullwait_store_prefix, durability)
     )
     return Services(
         settings=settings,

@@ -58,7 +58,7 @@ class Priority(str, Enum):
 
     BullMQ runs jobs *without* a priority first (the plain wait list), then prioritized
     jobs from 1 (first) upwards. So HIGH is "no priority", NORMAL is 1 and LOW is 10.
-    The seed's `priority: 10 // High priority` would have made notifications the last.
+    The NestJS module's `priority: 10 // High priority` would have made notifications the last.
     """
 
     HIGH = "high"
@@ -75,7 +75,7 @@ _BULLMQ_PRIORITY = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 10}
 
 @dataclass(frozen=True)
 class QueueSpec:
-    """The seed's "Queue Configuration" for one queue."""
+    """The NestJS module's "Queue Configuration" for one queue."""
 
     key: QueueKey
     job_name: str

@@ -218,8 +218,16 @@ class SendRecords:
         send comes after this returns). The owner asking again is answered `claimed`."""
         if not self.durability.enabled:
             return list(await self._claim(keys=[key], args=args))
-        return list(await run_script(self.client, self.durability, self._claim, [key], args,
-                                     f"send record {key} not claimed durably; nothing sent"))
+        return list(
+            await run_script(
+                self.client,
+                self.durability,
+                self._claim,
+                [key],
+                args,
+                f"send record {key} not claimed durably; nothing sent",
+            )
+        )
 
     async def mark_sent(self, key: str, owner: str, wamid: str, now_ms: int) -> bool:
         return bool(await self._sent(keys=[key], args=[owner, wamid, now_ms, RECORD_TTL_MS]))
@@ -232,8 +240,12 @@ class SendRecords:
             await self._retried(lambda: self.mark_sent(key, owner, wamid, now_ms))
             return True
         except RedisError as exc:
-            self.log.warning("message sent but not recorded yet; retrying in the background",
-                             record=key, wamid=wamid, error=str(exc)[:200])
+            self.log.warning(
+                "message sent but not recorded yet; retrying in the background",
+                record=key,
+                wamid=wamid,
+                error=str(exc)[:200],
+            )
             self._unrecorded[key] = wamid
             self._defer(key, lambda: self.mark_sent(key, owner, wamid, now_ms))
             return False
@@ -301,8 +313,9 @@ class SendRecords:
                 except RedisError:
                     return False
                 except Exception as exc:  # noqa: BLE001 - not Redis away: trying again cannot help
-                    self.log.error("send record write failed; dropped, check the record by hand",
-                                   record=key, error=repr(exc)[:200])
+                    self.log.error(
+                        "send record write failed; dropped, check the record by hand", record=key, error=repr(exc)[:200]
+                    )
                 writes.pop(0)
             self._backlog.pop(key, None)
             self._unrecorded.pop(key, None)
@@ -341,8 +354,12 @@ class SendRecords:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._flush_all(), CLOSE_FLUSH_S)
         for key, writes in list(self._backlog.items()):
-            self.log.error("send record not written; check it by hand", record=key,
-                           wamid=self._unrecorded.get(key), pending=len(writes))
+            self.log.error(
+                "send record not written; check it by hand",
+                record=key,
+                wamid=self._unrecorded.get(key),
+                pending=len(writes),
+            )
 
     async def _flush_all(self) -> None:
         for key in list(self._backlog):

@@ -99,7 +99,9 @@ class Waitlist:
             entry = await self.store.get_entry(salon_id, waitlist_id)
             slot = await self.store.get_slot(salon_id, result.slot_id)
             if entry is not None and slot is not None:
-                await self.producer.queue_preferences(booking_preference(entry.customer_id, booking_id, salon_id, slot.details))
+                await self.producer.queue_preferences(
+                    booking_preference(entry.customer_id, booking_id, salon_id, slot.details)
+                )
         return result
 
     async def cancel(self, salon_id: str, waitlist_id: str) -> tuple[Transition, Offer | None]:

@@ -1,4 +1,4 @@
-"""Pydantic models of each job's data, with the seed's camelCase field names on the wire.
+"""Pydantic models of each job's data, with the NestJS module's camelCase field names on the wire.
 
 `parse_payload` turns raw job data into a model or raises `InvalidJobData` whose message
 starts `Invalid job data:` and names every bad field. The worker fails such jobs at once

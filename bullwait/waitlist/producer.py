@@ -1,10 +1,10 @@
-"""Typed producer API: the seed's usage examples, wire-compatible with NestJS producers.
+"""Typed producer API: the NestJS module's usage examples, wire-compatible with NestJS producers.
 
-    async with Producer(load_settings()) as producer:
-        await producer.schedule_expiry(ExpiryJob(...))          # jobId expiry_<waitlistId>
-        await producer.send_slot_available(NotificationJob(...))
-        await producer.queue_preferences(PreferenceJob(...))
-        result = await producer.cancel_expiry_timer("w-42")
+async with Producer(load_settings()) as producer:
+    await producer.schedule_expiry(ExpiryJob(...))          # jobId expiry_<waitlistId>
+    await producer.send_slot_available(NotificationJob(...))
+    await producer.queue_preferences(PreferenceJob(...))
+    result = await producer.cancel_expiry_timer("w-42")
 """
 
 from __future__ import annotations
@@ -33,9 +33,16 @@ from redis.exceptions import (
 from bullwait.engine.bulk import NewJob, add_jobs, now_ms, stored_opts
 from bullwait.engine.connection import bound_retries, bullmq_connection, describe_redis, redis_client
 from bullwait.engine.durable import Durability, run_command
-from bullwait.engine.internals import add_job, bullmq_connections, main_client, script_source, scripts_of
+from bullwait.engine.internals import (
+    add_job,
+    bullmq_connections,
+    main_client,
+    remove_job_keys,
+    script_source,
+    scripts_of,
+)
 from bullwait.errors import BadArgument, RedisOutOfMemory, RedisUnavailable
-from bullwait.logs import redact_text
+from bullwait.logs import first_line
 from bullwait.settings import Settings
 from bullwait.waitlist.catalog import (
     EXPIRY_DELAY_MS,
@@ -45,6 +52,7 @@ from bullwait.waitlist.catalog import (
     QueueKey,
     queue_name,
 )
+from bullwait.waitlist.jobids import check_job_id
 from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, PreferenceJob, WireModel
 
 CANCELLABLE_STATES = frozenset({"waiting", "wait", "delayed", "prioritized", "paused"})
@@ -68,17 +76,6 @@ class CancelResult:
         if self.outcome == "missing":
             return f"no job {self.job_id} on {self.queue}"
         return f"job {self.job_id} on {self.queue} is {self.outcome}; only waiting or delayed jobs can be cancelled"
-
-
-def check_job_id(job_id: str) -> str:
-    """Refuse the custom ids Node bullmq refuses: an integer id collides with the queue's
-    own counter (a later Node add without an id would be dropped as a duplicate), and
-    `:` is reserved (Node throws "Custom Id cannot contain :")."""
-    if job_id.lstrip("-").isdigit() and str(int(job_id)) == job_id:  # Node: `${parseInt(id)}` === id
-        raise BadArgument(f"job id {job_id!r} is an integer: BullMQ keeps those for its own counter; add a prefix")
-    if ":" in job_id and len(job_id.split(":")) != 3:
-        raise BadArgument(f"job id {job_id!r} contains ':': Node bullmq refuses it; use '_' or '-'")
-    return job_id
 
 
 def stored_job(queue: Queue, name: str, payload: WireModel, opts: dict[str, Any]) -> Job:
@@ -206,7 +203,7 @@ class Producer:
         level = (priority or spec.priority).bullmq_priority
         if level:
             options["priority"] = level
-        options["jobId"] = check_job_id(job_id) if job_id is not None else str(uuid.uuid4())
+        options["jobId"] = check_job_id(job_id, new=True) if job_id is not None else str(uuid.uuid4())
         if delay_ms:
             options["delay"] = int(delay_ms)
         return options
@@ -258,7 +255,7 @@ class Producer:
         def jobs() -> Iterator[tuple[WireModel, dict[str, Any]]]:
             for payload in payloads:
                 opts = template.copy()  # the same options as `schedule_expiry` writes, built once
-                opts["jobId"] = check_job_id(expiry_job_id(payload.waitlist_id))
+                opts["jobId"] = check_job_id(expiry_job_id(payload.waitlist_id), new=True)
                 delay_ms = int(payload.expires_at.timestamp() * 1000 - time.time() * 1000)
                 if delay_ms > 0:
                     opts["delay"] = delay_ms
@@ -329,7 +326,7 @@ class Producer:
         return self._redis
 
     async def _remove(self, pipe: Any, queue: Queue, job_id: str) -> None:
-        keys = [queue.toKey(job_id), queue.keys["repeat"]]
+        keys = [queue.toKey(name) for name in remove_job_keys(job_id)]
         args = [job_id, 1, queue.keys[""]]
         await self._remove_script(keys=keys, args=args, client=pipe)
 
@@ -354,7 +351,7 @@ async def redis_errors(settings: Settings, consequence: str) -> Any:
         ) from None
     except NoPermissionError as exc:
         raise RedisUnavailable(
-            f"Redis at {where} denied a command to this user ({consequence}): {_first_line(exc)}; "
+            f"Redis at {where} denied a command to this user ({consequence}): {first_line(exc)}; "
             "grant the ACL in docs/security.md"
         ) from None
     except ResponseError as exc:
@@ -367,10 +364,5 @@ async def redis_errors(settings: Settings, consequence: str) -> Any:
     except (RedisError, OSError) as exc:
         raise RedisUnavailable(
             f"cannot reach Redis at {where} after retrying for {settings.bullwait_redis_retry_timeout:g}s "
-            f"({_first_line(exc)}): {consequence}; retry later (BULLWAIT_REDIS_RETRY_TIMEOUT sets the wait)"
+            f"({first_line(exc)}): {consequence}; retry later (BULLWAIT_REDIS_RETRY_TIMEOUT sets the wait)"
         ) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return redact_text(text.splitlines()[0] if text else type(exc).__name__)[:200]

@@ -145,7 +145,9 @@ GLOBAL_WINDOW_MS = 1000
 class GlobalSendLimiter:
     """The Cloud API's throughput: `per_second` sends of one phone number in any 1 s."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str, phone_number_id: str | None, per_second: int, margin_ms: int = 0) -> None:
+    def __init__(
+        self, client: aioredis.Redis, prefix: str, phone_number_id: str | None, per_second: int, margin_ms: int = 0
+    ) -> None:
         self.key = f"{prefix}{{whatsapp:{phone_number_id or 'console'}}}:sends"
         self.window = SlidingWindow(client, per_second, GLOBAL_WINDOW_MS, margin_ms)
         self._waiters = asyncio.Lock()

@@ -84,7 +84,9 @@ class Transition:
 
     @property
     def changed(self) -> bool:
-        return not (self.outcome in ("missing", "early", "other-slot", "not-offered") or self.outcome.startswith("already-"))
+        return not (
+            self.outcome in ("missing", "early", "other-slot", "not-offered") or self.outcome.startswith("already-")
+        )
 
 
 @dataclass(frozen=True)
@@ -300,14 +302,19 @@ local function count_booking(prefsKey, factsJson)
 end
 """
 
-_FOLD = _COUNT_BOOKING + """
+_FOLD = (
+    _COUNT_BOOKING
+    + """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 count_booking(KEYS[2], ARGV[2])
 return 1
 """
+)
 
 # KEYS: bookings, prefs. Rebuild the counts from the recorded bookings.
-_RECALCULATE = _COUNT_BOOKING + """
+_RECALCULATE = (
+    _COUNT_BOOKING
+    + """
 redis.call('DEL', KEYS[2])
 local all = redis.call('HGETALL', KEYS[1])
 local n = 0
@@ -317,6 +324,7 @@ for i = 2, #all, 2 do
 end
 return n
 """
+)
 
 
 class RedisWaitlistStore:
@@ -352,7 +360,11 @@ class RedisWaitlistStore:
     async def join(
         self, salon_id: str, waitlist_id: str, customer_id: str, customer_phone: str, now_ms: int
     ) -> Transition:
-        keys = [self._entry_base(salon_id) + waitlist_id, self.salon_key(salon_id, "waiting"), self.salon_key(salon_id, "seq")]
+        keys = [
+            self._entry_base(salon_id) + waitlist_id,
+            self.salon_key(salon_id, "waiting"),
+            self.salon_key(salon_id, "seq"),
+        ]
         args = [waitlist_id, salon_id, customer_id, customer_phone, now_ms]
         outcome, _ = await self._transition(self._join, keys, args)
         return Transition(outcome, waitlist_id=waitlist_id)
@@ -371,9 +383,7 @@ class RedisWaitlistStore:
         keys = [self._entry_base(salon_id) + waitlist_id, self.salon_key(salon_id, "waiting")]
         args = [waitlist_id, slot_id, now_ms, next_expires_at_ms, self._entry_base(salon_id), self._slot_base(salon_id)]
         outcome, slot, nxt, expires = await self._transition(self._expire, keys, args)
-        return Transition(
-            outcome, waitlist_id, slot or None, nxt or None, int(expires) if expires else None
-        )
+        return Transition(outcome, waitlist_id, slot or None, nxt or None, int(expires) if expires else None)
 
     async def book(self, salon_id: str, waitlist_id: str, now_ms: int) -> Transition:
         keys = [self._entry_base(salon_id) + waitlist_id]
@@ -442,8 +452,11 @@ class RedisWaitlistStore:
         if not self.durability.enabled:
             return bool(await self._fold(keys=keys, args=args))
         # A repeat finds its own first fold (0): the first run's answer stands.
-        return bool(await run_script(self.client, self.durability, self._fold, keys, args,
-                                     f"booking {booking_id} not recorded durably", max))
+        return bool(
+            await run_script(
+                self.client, self.durability, self._fold, keys, args, f"booking {booking_id} not recorded durably", max
+            )
+        )
 
     async def recalculate_preferences(self, customer_id: str) -> int:
         keys = [self.customer_key(customer_id, "bookings"), self.customer_key(customer_id, "prefs")]

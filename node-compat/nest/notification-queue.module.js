@@ -1,8 +1,8 @@
 'use strict';
-// The seed's NotificationQueueModule (seed/notification-queue-module.md) on NestJS 11 +
+// NotificationQueueModule, the NestJS queue module bullwait mirrors, on NestJS 11 +
 // @nestjs/bullmq + bullmq 6, in plain CommonJS: decorators are applied as functions, so no
 // build step is needed. Queue names, job names and default job options come from catalog.json
-// (written by `bullwait catalog --json`); the call-site options are the seed's own.
+// (written by `bullwait catalog --json`); the call-site options are the NestJS module's own.
 require('reflect-metadata');
 const { Module, Injectable, Inject } = require('@nestjs/common');
 const { BullModule, getQueueToken } = require('@nestjs/bullmq');
@@ -22,9 +22,9 @@ function buildNotificationQueueModule(config = loadConfig()) {
       this.preferenceQueue = preferenceQueue;
     }
 
-    // Seed 1: schedule the 15-minute expiry timer. (The seed also calls its own
+    // 1: schedule the 15-minute expiry timer. (The NestJS module also calls its own
     // sendNotification first; that is application code, not part of the queue module.)
-    // `delayMs` exists for tests only; the seed always waits 15 minutes.
+    // `delayMs` exists for tests only; the NestJS module always waits 15 minutes.
     async notifyWaitlistCustomer(waitlistEntry, slot, delayMs = EXPIRY_DELAY_MS) {
       const job = await this.expiryQueue.add(
         JOB_NAMES.CHECK_EXPIRY,
@@ -44,7 +44,7 @@ function buildNotificationQueueModule(config = loadConfig()) {
       return job.id;
     }
 
-    // Seed 2: the WhatsApp notification, with the seed's own options.
+    // 2: the WhatsApp notification, with the NestJS module's own options.
     async sendSlotAvailableNotification(waitlistEntry, slot) {
       const job = await this.notificationQueue.add(
         JOB_NAMES.SEND_SLOT_AVAILABLE,
@@ -66,14 +66,14 @@ function buildNotificationQueueModule(config = loadConfig()) {
           notificationType: 'slot_available',
         },
         {
-          priority: 10, // the seed's "High priority" (in BullMQ 10 runs after 1; see docs/node-compat.md "Priorities")
+          priority: 10, // the NestJS module's "High priority" (in BullMQ 10 runs after 1; see docs/node-compat.md "Priorities")
           attempts: 3,
         },
       );
       return job.id;
     }
 
-    // Seed 3: background preference calculation.
+    // 3: background preference calculation.
     async calculatePreferencesAfterBooking(customerId, booking) {
       const job = await this.preferenceQueue.add(
         JOB_NAMES.CALCULATE_PREFERENCES,
@@ -90,13 +90,13 @@ function buildNotificationQueueModule(config = loadConfig()) {
           },
         },
         {
-          priority: 1, // the seed's "Low priority"
+          priority: 1, // the NestJS module's "Low priority"
         },
       );
       return job.id;
     }
 
-    // Seed 4: cancel a timer while it is waiting or delayed. Returns what happened.
+    // 4: cancel a timer while it is waiting or delayed. Returns what happened.
     async cancelExpiryTimer(waitlistId) {
       const jobId = `${EXPIRY_PREFIX}${waitlistId}`;
       const job = await this.expiryQueue.getJob(jobId);
@@ -109,7 +109,7 @@ function buildNotificationQueueModule(config = loadConfig()) {
       return { jobId, cancelled: false, state };
     }
 
-    // Seed 5: queue health.
+    // 5: queue health.
     async getQueueStats() {
       const queues = [
         { name: 'expiry', queue: this.expiryQueue },

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 'use strict';
-// Boots the NestJS application context and calls one producer of the seed's module, printing
+// Boots the NestJS application context and calls one of the NestJS module's producers, printing
 // its result as JSON on stdout. Used by the compatibility suite and handy by hand:
 //   node nest/produce.js notifyWaitlistCustomer '{"waitlistEntry": {...}, "slot": {...}}'
 //   node nest/produce.js sendSlotAvailableNotification '{"waitlistEntry": {...}, "slot": {...}}'

@@ -1,4 +1,4 @@
-"""The CLI's guards: bad URLs and numbers as one line, confirmations, orientation (issue 13).
+"""The CLI's guards: bad URLs and numbers as one line, confirmations, orientation.
 
 In-process through Typer's CliRunner (no interpreter start per case); one subprocess test
 keeps the real entry point honest.
@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-
 from typing import Any
 
 import pytest
 from redis import Redis
 from typer.testing import CliRunner, Result
 
-from bullwait.settings import Settings
 from bullwait.cli.main import app
+from bullwait.settings import Settings
 
 from helpers.common import BULLWAIT, ROOT
 
@@ -25,10 +24,21 @@ BAD_URL = f"redis://app:{SECRET}#1@localhost:6379/1"  # an unencoded '#' in the 
 
 # Every command that reads settings, with the least arguments it needs to get that far.
 ENTRY_POINTS = [
-    ["worker"], ["serve"], ["demo", "--embedded-redis", "never"], ["stats"], ["clean", "--all"],
-    ["retry", "--all"], ["promote", "--all"], ["pause", "expiry"], ["resume", "expiry"],
-    ["jobs", "list", "expiry", "--status", "failed"], ["jobs", "show", "expiry", "x1"], ["cancel", "w-1"],
-    ["doctor"], ["prefs", "c-1"], ["migrate-legacy", "--dry-run"],
+    ["worker"],
+    ["serve"],
+    ["demo", "--embedded-redis", "never"],
+    ["stats"],
+    ["clean", "--all"],
+    ["retry", "--all"],
+    ["promote", "--all"],
+    ["pause", "expiry"],
+    ["resume", "expiry"],
+    ["jobs", "list", "expiry", "--status", "failed"],
+    ["jobs", "show", "expiry", "x1"],
+    ["cancel", "w-1"],
+    ["doctor"],
+    ["prefs", "c-1"],
+    ["migrate-legacy", "--dry-run"],
 ]
 
 
@@ -79,8 +89,9 @@ def test_odd_numbers_and_urls_are_one_line(env: dict[str, str], args: list[str],
 
 def test_real_entry_point_hides_the_password(env: dict[str, str]) -> None:
     """`bullwait worker` as installed: exit 2, one line on stderr, no password, no traceback."""
-    result = subprocess.run([*BULLWAIT, "worker"], env=dict(env, REDIS_URL=BAD_URL), capture_output=True,
-                            text=True, timeout=60, cwd=ROOT)
+    result = subprocess.run(
+        [*BULLWAIT, "worker"], env=dict(env, REDIS_URL=BAD_URL), capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bullwait: error: invalid setting REDIS_URL"), result.stderr
@@ -93,14 +104,22 @@ def test_real_entry_point_hides_the_password(env: dict[str, str]) -> None:
 async def _delayed_jobs(settings: Settings, n: int) -> str:
     from bullmq import Queue
 
-    from bullwait.waitlist.catalog import QueueKey, queue_name
     from bullwait.engine.connection import redis_options
+    from bullwait.waitlist.catalog import QueueKey, queue_name
 
     name = queue_name(QueueKey.WAITLIST_EXPIRY, settings)
     queue = Queue(name, {"connection": redis_options(settings), "prefix": settings.bullmq_prefix})
     try:
-        await queue.addBulk([{"name": "expire-offer", "data": {"waitlistId": f"w-{i}"},
-                              "opts": {"jobId": f"expiry_w-{i}", "delay": 15 * 60_000}} for i in range(n)])
+        await queue.addBulk(
+            [
+                {
+                    "name": "expire-offer",
+                    "data": {"waitlistId": f"w-{i}"},
+                    "opts": {"jobId": f"expiry_w-{i}", "delay": 15 * 60_000},
+                }
+                for i in range(n)
+            ]
+        )
     finally:
         await queue.close()
     return name
@@ -148,7 +167,8 @@ def test_human_output_names_redis_db_and_prefix(env: dict[str, str], sync_redis:
 
 
 async def test_no_warning_once_a_queue_exists(env: dict[str, str], settings: Settings) -> None:
-    from bullwait.ops.actions import Ops, queue_presence
+    from bullwait.ops.presence import queue_presence
+    from bullwait.ops.queues import Ops
 
     async with await Ops.open(settings) as ops:
         assert (await queue_presence(ops.client, settings)).warning() is not None
@@ -188,21 +208,35 @@ def test_stats_reads_well_at_80_columns(env: dict[str, str]) -> None:
     assert result.exit_code == 0, result.stderr
     assert max(len(line) for line in result.stdout.splitlines()) <= 80, result.stdout
     assert "…" not in result.stdout, result.stdout
-    for label in ("waiting", "prioritized", "delayed", "completed", "failed", "workers (node/py)", "oldest waiting",
-                  "expiry", "notification", "preference-calculation"):
+    for label in (
+        "waiting",
+        "prioritized",
+        "delayed",
+        "completed",
+        "failed",
+        "workers (node/py)",
+        "oldest waiting",
+        "expiry",
+        "notification",
+        "preference-calculation",
+    ):
         assert label in result.stdout, (label, result.stdout)
     wide = invoke(dict(env, COLUMNS="200"), "stats")  # wide enough: one row per queue, as before
     assert any(line.split()[:1] == ["waitlist-expiry"] for line in wide.stdout.splitlines()), wide.stdout
 
 
-@pytest.mark.parametrize("job_id, expected", [
-    ("meta", "'meta' names a key BullMQ keeps for the queue itself"),
-    ("events", "names a key BullMQ keeps"),
-    ("metrics:completed", "names a key BullMQ keeps"),
-    ("expiry_w-0:logs", "names the 'logs' key of job 'expiry_w-0'"),
-])
-async def test_jobs_show_refuses_bullmq_own_keys(env: dict[str, str], settings: Settings, job_id: str, expected: str
-                                                ) -> None:
+@pytest.mark.parametrize(
+    "job_id, expected",
+    [
+        ("meta", "'meta' names a key BullMQ keeps for the queue itself"),
+        ("events", "names a key BullMQ keeps"),
+        ("metrics:completed", "names a key BullMQ keeps"),
+        ("expiry_w-0:logs", "names the 'logs' key of job 'expiry_w-0'"),
+    ],
+)
+async def test_jobs_show_refuses_bullmq_own_keys(
+    env: dict[str, str], settings: Settings, job_id: str, expected: str
+) -> None:
     await _delayed_jobs(settings, 1)  # the queue's meta, events and the job's keys exist
     assert_one_line(await ainvoke(env, "jobs", "show", "expiry", job_id), expected)
     assert_one_line(await ainvoke(env, "cancel", "--queue", "expiry", "--job", job_id), expected)

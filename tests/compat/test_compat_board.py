@@ -58,8 +58,11 @@ def test_board_asks_for_login_and_binds_loopback(start_board, start_node) -> Non
     from bullwait.dev.embedded import free_port
 
     port = free_port()
-    open_board = start_node("board/server.js", extra_env={"BULL_BOARD_AUTH": "off", "BULL_BOARD_PORT": str(port)},
-                            ready="bull board listening")
+    open_board = start_node(
+        "board/server.js",
+        extra_env={"BULL_BOARD_AUTH": "off", "BULL_BOARD_PORT": str(port)},
+        ready="bull board listening",
+    )
     assert "auth OFF" in open_board.log()
     assert httpx.get(f"http://127.0.0.1:{port}/admin/queues/api/queues").status_code == 200
 
@@ -80,7 +83,11 @@ def _non_loopback_address() -> str | None:
 async def test_read_only_board_writes_no_queue_meta(settings: Settings, start_board, sync_redis, prefix, env) -> None:  # type: ignore[no-untyped-def]
     board = start_board(read_only=True)
     queues = board.get("/api/queues").json()["queues"]
-    assert {q["name"] for q in queues} == {"waitlist-expiry", "waitlist-notification", "waitlist-preference-calculation"}
+    assert {q["name"] for q in queues} == {
+        "waitlist-expiry",
+        "waitlist-notification",
+        "waitlist-preference-calculation",
+    }
     assert all(q["readOnlyMode"] for q in queues)
     assert board.put("/api/queues/waitlist-expiry/pause").status_code == 405
     assert list(sync_redis.scan_iter(f"{prefix}:*")) == [], "a read-only board wrote to Redis"
@@ -145,8 +152,12 @@ async def test_failed_python_job_retried_from_board_runs_again_in_python(setting
     try:
         async with Producer(settings) as producer:
             queue = producer.queue(QueueKey.WAITLIST_NOTIFICATION)
-            job_id = await producer.add(QueueKey.WAITLIST_NOTIFICATION, NotificationJob.model_validate(notification_data("w-r")),
-                                        job_id="note-retry", attempts=1)
+            job_id = await producer.add(
+                QueueKey.WAITLIST_NOTIFICATION,
+                NotificationJob.model_validate(notification_data("w-r")),
+                job_id="note-retry",
+                attempts=1,
+            )
             await wait_job_state(queue, job_id, "failed")
             board = start_board()
             response = board.put(f"/api/queues/waitlist-notification/{job_id}/retry")
@@ -225,10 +236,16 @@ def test_board_with_redis_down_logs_one_line_per_retry(start_node) -> None:  # t
     from bullwait.dev.embedded import RedisServer, free_port
 
     redis_port = free_port()  # nothing listens here until the end
-    board = start_node("board/server.js", extra_env={
-        "BULL_BOARD_PORT": str(free_port()), "BULL_BOARD_USER": BOARD_USER, "BULL_BOARD_PASSWORD": BOARD_PASSWORD,
-        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-    }, ready="bull board listening")
+    board = start_node(
+        "board/server.js",
+        extra_env={
+            "BULL_BOARD_PORT": str(free_port()),
+            "BULL_BOARD_USER": BOARD_USER,
+            "BULL_BOARD_PASSWORD": BOARD_PASSWORD,
+            "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        },
+        ready="bull board listening",
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and board.log().count("unreachable") < 3:
         time.sleep(0.1)

@@ -16,7 +16,10 @@ from helpers.nodecompat import BOARD_PASSWORD, BOARD_USER, NODE_DIR, node_json, 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 HAVE_BROWSER = os.access(CHROMIUM, os.X_OK) and (NODE_DIR / "node_modules" / "playwright-core").is_dir()
 
-pytestmark = [*node_required, pytest.mark.skipif(not HAVE_BROWSER, reason=f"no {CHROMIUM} (apt-get install chromium) or playwright-core")]
+pytestmark = [
+    *node_required,
+    pytest.mark.skipif(not HAVE_BROWSER, reason=f"no {CHROMIUM} (apt-get install chromium) or playwright-core"),
+]
 
 
 async def test_browser_logs_in_and_sees_a_bullwait_job(  # type: ignore[no-untyped-def]
@@ -30,8 +33,18 @@ async def test_browser_logs_in_and_sees_a_bullwait_job(  # type: ignore[no-untyp
     artifacts.mkdir(exist_ok=True)
     png: Path = artifacts / "bull-board.png"
     png.unlink(missing_ok=True)
-    result = node_json(env, "compat/browser.js", board.base, BOARD_USER, BOARD_PASSWORD, "waitlist-expiry", "delayed",
-                       job_id, str(png), timeout=120)
+    result = node_json(
+        env,
+        "compat/browser.js",
+        board.base,
+        BOARD_USER,
+        BOARD_PASSWORD,
+        "waitlist-expiry",
+        "delayed",
+        job_id,
+        str(png),
+        timeout=120,
+    )
     assert result["found"] is True
     assert png.stat().st_size > 10_000
     # The cross-site guard lets the board's own page act on jobs (a browser's same-origin PUT).

@@ -1,4 +1,4 @@
-"""The seed's stack (Node bullmq 4.18, colon queue names) -> bullwait legacy mode, and the move to current names."""
+"""The NestJS module's stack (Node bullmq 4.18, colon queue names) -> bullwait legacy mode, then current names."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from bullwait.settings import QueueNaming, Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.producer import Producer
 
-from helpers.common import run_cli, wait_job_state
+from helpers.cli import invoke_cli
+from helpers.common import wait_job_state
 from helpers.jobdata import notification_data, preference_data
 from helpers.nodecompat import (
     legacy,
@@ -34,11 +35,15 @@ def _legacy(settings: Settings) -> Settings:
 async def test_legacy_producer_is_served_by_bullwait_in_legacy_mode(env, settings: Settings, start_worker) -> None:  # type: ignore[no-untyped-def]
     worker = start_worker(extra_env={"BULLWAIT_QUEUE_NAMES": "legacy"})
     entry, slot = seed_entry("w-old"), seed_slot()
-    ids = legacy(env, "batch", [
-        {"action": "notifyWaitlistCustomer", "args": {"waitlistEntry": entry, "slot": slot, "delayMs": 300}},
-        {"action": "sendSlotAvailableNotification", "args": {"waitlistEntry": entry, "slot": slot}},
-        {"action": "calculatePreferencesAfterBooking", "args": {"customerId": "cust-1", "booking": seed_booking()}},
-    ])
+    ids = legacy(
+        env,
+        "batch",
+        [
+            {"action": "notifyWaitlistCustomer", "args": {"waitlistEntry": entry, "slot": slot, "delayMs": 300}},
+            {"action": "sendSlotAvailableNotification", "args": {"waitlistEntry": entry, "slot": slot}},
+            {"action": "calculatePreferencesAfterBooking", "args": {"customerId": "cust-1", "booking": seed_booking()}},
+        ],
+    )
     async with Producer(_legacy(settings)) as producer:
         for key, result in zip(QueueKey, ids):
             await wait_job_state(producer.queue(key), result["jobId"], "completed")
@@ -63,7 +68,7 @@ def _snapshot(sync_redis: Any, prefix: str, queue: str) -> dict[str, Any]:
 
 
 def _migrate(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any] | None, str]:
-    proc = run_cli(env, "migrate-legacy", "--json", *args)
+    proc = invoke_cli(env, "migrate-legacy", "--json", *args)
     try:
         body = json.loads(proc.stdout[: proc.stdout.rindex("}") + 1]) if "}" in proc.stdout else None
     except ValueError:
@@ -71,44 +76,120 @@ def _migrate(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any] | Non
     return proc.returncode, body, proc.stderr + proc.stdout
 
 
-async def test_migrate_legacy_moves_every_job_with_its_due_time(env, settings: Settings, start_node, start_worker, sync_redis, prefix) -> None:  # type: ignore[no-untyped-def]
+async def test_migrate_legacy_moves_every_job_with_its_due_time(
+    env, settings: Settings, start_node, start_worker, sync_redis, prefix
+) -> None:  # type: ignore[no-untyped-def]
     # 1. A 4.x worker fails one job for good and leaves one waiting for a 10-minute backoff retry.
-    old = start_node("legacy/worker4.js", "WAITLIST_NOTIFICATION", "--fail", "whatsapp down", ready="legacy worker ready")
-    legacy(env, "batch", [
-        {"action": "add", "args": {"queue": "WAITLIST_NOTIFICATION", "name": "send-slot-available", "data": notification_data("w-f"),
-                                   "opts": {"jobId": "n-fail", "attempts": 2, "backoff": {"type": "fixed", "delay": 10}}}},
-        {"action": "add", "args": {"queue": "WAITLIST_NOTIFICATION", "name": "send-slot-available", "data": notification_data("w-r"),
-                                   "opts": {"jobId": "n-retry", "attempts": 3, "backoff": {"type": "fixed", "delay": 10 * MIN}}}},
-    ])
+    old = start_node(
+        "legacy/worker4.js", "WAITLIST_NOTIFICATION", "--fail", "whatsapp down", ready="legacy worker ready"
+    )
+    legacy(
+        env,
+        "batch",
+        [
+            {
+                "action": "add",
+                "args": {
+                    "queue": "WAITLIST_NOTIFICATION",
+                    "name": "send-slot-available",
+                    "data": notification_data("w-f"),
+                    "opts": {"jobId": "n-fail", "attempts": 2, "backoff": {"type": "fixed", "delay": 10}},
+                },
+            },
+            {
+                "action": "add",
+                "args": {
+                    "queue": "WAITLIST_NOTIFICATION",
+                    "name": "send-slot-available",
+                    "data": notification_data("w-r"),
+                    "opts": {"jobId": "n-retry", "attempts": 3, "backoff": {"type": "fixed", "delay": 10 * MIN}},
+                },
+            },
+        ],
+    )
     async with Producer(_legacy(settings)) as old_side:
         await wait_job_state(old_side.queue(QueueKey.WAITLIST_NOTIFICATION), "n-fail", "failed")
         await wait_job_state(old_side.queue(QueueKey.WAITLIST_NOTIFICATION), "n-retry", "delayed")
     assert old.stop() == 0
 
-    # 2. Timers, prioritized and plain notifications, a paused preference queue, from the seed's 4.x code.
+    # 2. Timers, prioritized and plain notifications, a paused preference queue, from the NestJS module's 4.x code.
     entry, slot = seed_entry, seed_slot()
-    legacy(env, "batch", [
-        {"action": "notifyWaitlistCustomer", "args": {"waitlistEntry": entry("w-1"), "slot": slot}},
-        {"action": "notifyWaitlistCustomer", "args": {"waitlistEntry": entry("w-2"), "slot": slot, "delayMs": 20 * MIN}},
-        {"action": "notifyWaitlistCustomer", "args": {"waitlistEntry": entry("w-3"), "slot": slot, "delayMs": 60 * MIN}},
-        {"action": "sendSlotAvailableNotification", "args": {"waitlistEntry": entry("w-4"), "slot": slot}},
-        {"action": "sendSlotAvailableNotification", "args": {"waitlistEntry": entry("w-5"), "slot": slot}},
-        {"action": "add", "args": {"queue": "WAITLIST_NOTIFICATION", "name": "send-slot-available", "data": notification_data("w-6")}},
-        {"action": "add", "args": {"queue": "WAITLIST_NOTIFICATION", "name": "send-slot-available", "data": notification_data("w-7")}},
-        {"action": "pause", "args": {"queue": "PREFERENCE_CALCULATION"}},
-        {"action": "add", "args": {"queue": "PREFERENCE_CALCULATION", "name": "calculate-preferences", "data": preference_data("b-p1"), "opts": {"priority": 0}}},
-        {"action": "add", "args": {"queue": "PREFERENCE_CALCULATION", "name": "calculate-preferences", "data": preference_data("b-p2"), "opts": {"priority": 0}}},
-        {"action": "calculatePreferencesAfterBooking", "args": {"customerId": "cust-1", "booking": seed_booking("b-p3")}},
-    ])
+    legacy(
+        env,
+        "batch",
+        [
+            {"action": "notifyWaitlistCustomer", "args": {"waitlistEntry": entry("w-1"), "slot": slot}},
+            {
+                "action": "notifyWaitlistCustomer",
+                "args": {"waitlistEntry": entry("w-2"), "slot": slot, "delayMs": 20 * MIN},
+            },
+            {
+                "action": "notifyWaitlistCustomer",
+                "args": {"waitlistEntry": entry("w-3"), "slot": slot, "delayMs": 60 * MIN},
+            },
+            {"action": "sendSlotAvailableNotification", "args": {"waitlistEntry": entry("w-4"), "slot": slot}},
+            {"action": "sendSlotAvailableNotification", "args": {"waitlistEntry": entry("w-5"), "slot": slot}},
+            {
+                "action": "add",
+                "args": {
+                    "queue": "WAITLIST_NOTIFICATION",
+                    "name": "send-slot-available",
+                    "data": notification_data("w-6"),
+                },
+            },
+            {
+                "action": "add",
+                "args": {
+                    "queue": "WAITLIST_NOTIFICATION",
+                    "name": "send-slot-available",
+                    "data": notification_data("w-7"),
+                },
+            },
+            {"action": "pause", "args": {"queue": "PREFERENCE_CALCULATION"}},
+            {
+                "action": "add",
+                "args": {
+                    "queue": "PREFERENCE_CALCULATION",
+                    "name": "calculate-preferences",
+                    "data": preference_data("b-p1"),
+                    "opts": {"priority": 0},
+                },
+            },
+            {
+                "action": "add",
+                "args": {
+                    "queue": "PREFERENCE_CALCULATION",
+                    "name": "calculate-preferences",
+                    "data": preference_data("b-p2"),
+                    "opts": {"priority": 0},
+                },
+            },
+            {
+                "action": "calculatePreferencesAfterBooking",
+                "args": {"customerId": "cust-1", "booking": seed_booking("b-p3")},
+            },
+        ],
+    )
     # 3. Meanwhile the upgraded NestJS app (bullmq 6) already produces on the current names: ids 1-4 are taken.
-    nest(env, "batch", [{"action": "sendSlotAvailableNotification", "args": {"waitlistEntry": entry(f"w-new{i}"), "slot": slot}} for i in (1, 2, 3, 4)])
+    nest(
+        env,
+        "batch",
+        [
+            {"action": "sendSlotAvailableNotification", "args": {"waitlistEntry": entry(f"w-new{i}"), "slot": slot}}
+            for i in (1, 2, 3, 4)
+        ],
+    )
 
-    names = {"WAITLIST_EXPIRY": ("waitlist:expiry", "waitlist-expiry"),
-             "WAITLIST_NOTIFICATION": ("waitlist:notification", "waitlist-notification"),
-             "PREFERENCE_CALCULATION": ("waitlist:preference-calculation", "waitlist-preference-calculation")}
+    names = {
+        "WAITLIST_EXPIRY": ("waitlist:expiry", "waitlist-expiry"),
+        "WAITLIST_NOTIFICATION": ("waitlist:notification", "waitlist-notification"),
+        "PREFERENCE_CALCULATION": ("waitlist:preference-calculation", "waitlist-preference-calculation"),
+    }
     before = {k: _snapshot(sync_redis, prefix, src) for k, (src, _) in names.items()}
     assert set(before["WAITLIST_NOTIFICATION"]["states"]["failed"]) == {"n-fail"}
-    assert set(before["PREFERENCE_CALCULATION"]["states"]["paused"]) and set(before["WAITLIST_NOTIFICATION"]["states"]["wait"])
+    assert set(before["PREFERENCE_CALCULATION"]["states"]["paused"]) and set(
+        before["WAITLIST_NOTIFICATION"]["states"]["wait"]
+    )
     total = sum(len(s["jobs"]) for s in before.values())
     assert total == 12  # 3 timers; 6 notifications (failed, retrying, 2 prioritized, 2 waiting); 3 preference jobs
 
@@ -125,7 +206,10 @@ async def test_migrate_legacy_moves_every_job_with_its_due_time(env, settings: S
 
     after = {k: _snapshot(sync_redis, prefix, dst) for k, (_, dst) in names.items()}
     for key, (src, dst) in names.items():
-        assert not any(_snapshot(sync_redis, prefix, src)["states"][s] for s in ("wait", "paused", "prioritized", "delayed", "failed"))
+        assert not any(
+            _snapshot(sync_redis, prefix, src)["states"][s]
+            for s in ("wait", "paused", "prioritized", "delayed", "failed")
+        )
         for job_id, fields in before[key]["jobs"].items():
             new_id = renumbered_by[key].get(job_id, job_id)
             moved = sync_redis.hgetall(f"{prefix}:{dst}:{new_id}")
@@ -139,21 +223,40 @@ async def test_migrate_legacy_moves_every_job_with_its_due_time(env, settings: S
     assert set(renumbered) == {"3", "4"} and set(renumbered.values()) == {"7", "8"}, json.dumps(report)
     assert not renumbered_by["WAITLIST_EXPIRY"] and not renumbered_by["PREFERENCE_CALCULATION"]
     # Delayed jobs keep their exact due time (including the 4.x backoff retry), failed jobs their story.
-    for key, job_id in (("WAITLIST_EXPIRY", "expiry_w-1"), ("WAITLIST_EXPIRY", "expiry_w-2"), ("WAITLIST_EXPIRY", "expiry_w-3"),
-                        ("WAITLIST_NOTIFICATION", "n-retry")):
+    for key, job_id in (
+        ("WAITLIST_EXPIRY", "expiry_w-1"),
+        ("WAITLIST_EXPIRY", "expiry_w-2"),
+        ("WAITLIST_EXPIRY", "expiry_w-3"),
+        ("WAITLIST_NOTIFICATION", "n-retry"),
+    ):
         assert after[key]["states"]["delayed"][job_id] == before[key]["states"]["delayed"][job_id]
     failed = sync_redis.hgetall(f"{prefix}:waitlist-notification:n-fail")
-    assert failed["failedReason"] == "whatsapp down" and failed["atm"] == "2" and len(json.loads(failed["stacktrace"])) == 2
+    assert (
+        failed["failedReason"] == "whatsapp down"
+        and failed["atm"] == "2"
+        and len(json.loads(failed["stacktrace"])) == 2
+    )
     assert sync_redis.hget(f"{prefix}:waitlist-notification:n-retry", "atm") == "1"
 
     # Node bullmq 6 sees each job in the state it had.
-    view = node_json(env, "compat/inspect.js", "--jobs", "WAITLIST_EXPIRY:expiry_w-1,expiry_w-3",
-                     "--jobs", "WAITLIST_NOTIFICATION:n-fail,n-retry")
+    view = node_json(
+        env,
+        "compat/inspect.js",
+        "--jobs",
+        "WAITLIST_EXPIRY:expiry_w-1,expiry_w-3",
+        "--jobs",
+        "WAITLIST_NOTIFICATION:n-fail,n-retry",
+    )
     assert view["WAITLIST_EXPIRY"]["jobs"]["expiry_w-1"]["state"] == "delayed"
     assert view["WAITLIST_NOTIFICATION"]["jobs"]["n-fail"]["state"] == "failed"
     assert view["WAITLIST_NOTIFICATION"]["jobs"]["n-fail"]["attemptsMade"] == 2
     counts = view["WAITLIST_NOTIFICATION"]["counts"]
-    assert (counts["prioritized"], counts["waiting"], counts["delayed"], counts["failed"]) == (6, 2, 1, 1)  # 4 from NestJS 6 + 2 moved; 2 waiting; n-retry; n-fail
+    assert (counts["prioritized"], counts["waiting"], counts["delayed"], counts["failed"]) == (
+        6,
+        2,
+        1,
+        1,
+    )  # 4 from NestJS 6 + 2 moved; 2 waiting; n-retry; n-fail
     assert view["PREFERENCE_CALCULATION"]["counts"]["waiting"] == 2
 
     # Re-running moves nothing and duplicates nothing.
@@ -182,15 +285,24 @@ async def test_migrate_legacy_moves_every_job_with_its_due_time(env, settings: S
     nest(env, "notifyWaitlistCustomer", {"waitlistEntry": entry("w-9"), "slot": slot})
     code, report, out = _migrate(env)
     assert code == 1 and "expiry_w-9" in out and "left on the legacy queue" in out
-    assert sync_redis.exists(f"{prefix}:waitlist:expiry:expiry_w-9") and sync_redis.exists(f"{prefix}:waitlist-expiry:expiry_w-9")
+    assert sync_redis.exists(f"{prefix}:waitlist:expiry:expiry_w-9") and sync_redis.exists(
+        f"{prefix}:waitlist-expiry:expiry_w-9"
+    )
 
 
 async def test_migrate_refuses_while_a_legacy_worker_holds_a_job(env, start_node, sync_redis, prefix) -> None:  # type: ignore[no-untyped-def]
     holder = start_node("legacy/worker4.js", "WAITLIST_EXPIRY", "--hold", ready="legacy worker ready")
-    legacy(env, "batch", [
-        {"action": "notifyWaitlistCustomer", "args": {"waitlistEntry": seed_entry("w-busy"), "slot": seed_slot(), "delayMs": 0}},
-        {"action": "notifyWaitlistCustomer", "args": {"waitlistEntry": seed_entry("w-later"), "slot": seed_slot()}},
-    ])
+    legacy(
+        env,
+        "batch",
+        [
+            {
+                "action": "notifyWaitlistCustomer",
+                "args": {"waitlistEntry": seed_entry("w-busy"), "slot": seed_slot(), "delayMs": 0},
+            },
+            {"action": "notifyWaitlistCustomer", "args": {"waitlistEntry": seed_entry("w-later"), "slot": seed_slot()}},
+        ],
+    )
     holder.wait_for_log("holding expiry_w-busy")
     code, _, out = _migrate(env)
     assert code == 1

@@ -1,4 +1,4 @@
-"""NestJS 11 + @nestjs/bullmq (the seed's producers) <-> bullwait's Python workers and producer."""
+"""NestJS 11 + @nestjs/bullmq (the NestJS module's producers) <-> bullwait's Python workers and producer."""
 
 from __future__ import annotations
 
@@ -36,35 +36,48 @@ def _raw(sync_redis: Any, prefix: str, queue: str, job_id: str) -> dict[str, Any
     return {**raw, "data": json.loads(raw["data"]), "opts": json.loads(raw["opts"])}
 
 
-async def test_nest_seed_jobs_are_processed_by_bullwait_worker(env, settings: Settings, start_worker, sync_redis, prefix) -> None:  # type: ignore[no-untyped-def]
+async def test_nest_seed_jobs_are_processed_by_bullwait_worker(
+    env, settings: Settings, start_worker, sync_redis, prefix
+) -> None:  # type: ignore[no-untyped-def]
     worker = start_worker()
     entry, slot, booking = seed_entry("w-7"), seed_slot(), seed_booking()
-    ids = nest(env, "batch", [
-        {"action": "notifyWaitlistCustomer", "args": {"waitlistEntry": entry, "slot": slot, "delayMs": 400}},
-        {"action": "sendSlotAvailableNotification", "args": {"waitlistEntry": entry, "slot": slot}},
-        {"action": "calculatePreferencesAfterBooking", "args": {"customerId": "cust-1", "booking": booking}},
-    ])
+    ids = nest(
+        env,
+        "batch",
+        [
+            {"action": "notifyWaitlistCustomer", "args": {"waitlistEntry": entry, "slot": slot, "delayMs": 400}},
+            {"action": "sendSlotAvailableNotification", "args": {"waitlistEntry": entry, "slot": slot}},
+            {"action": "calculatePreferencesAfterBooking", "args": {"customerId": "cust-1", "booking": booking}},
+        ],
+    )
     expiry_id, note_id, pref_id = (r["jobId"] for r in ids)
     assert expiry_id == "expiry_w-7"
 
-    # What NestJS wrote: the seed's data, the seed's call-site options over the catalog defaults.
+    # What NestJS wrote: the NestJS module's data, the NestJS module's call-site options over the catalog defaults.
     exp = _raw(sync_redis, prefix, "waitlist-expiry", expiry_id)
     assert exp["name"] == "check-expiry" and exp["delay"] == "400"
     assert {k: exp["data"][k] for k in ("waitlistId", "slotId", "customerId", "salonId")} == {
-        "waitlistId": "w-7", "slotId": "slot-1", "customerId": "cust-1", "salonId": "salon-1"}
+        "waitlistId": "w-7",
+        "slotId": "slot-1",
+        "customerId": "cust-1",
+        "salonId": "salon-1",
+    }
     assert exp["opts"]["attempts"] == 3 and exp["opts"]["backoff"] == {"type": "exponential", "delay": 1000}
     assert exp["opts"]["removeOnComplete"] == {"count": 100, "age": 3600}
     note = _raw(sync_redis, prefix, "waitlist-notification", note_id)
     assert note["data"] == notification_data("w-7") and note["priority"] == "10"
     pref = _raw(sync_redis, prefix, "waitlist-preference-calculation", pref_id)
-    # The seed computes dayOfWeek with JS `new Date(booking.date).getDay()`.
+    # The NestJS module computes dayOfWeek with JS `new Date(booking.date).getDay()`.
     day = (datetime.date.fromisoformat(booking["date"]).weekday() + 1) % 7
     assert pref["data"]["data"] == {"serviceId": "service-1", "masterId": "master-1", "dayOfWeek": day, "hour": 10}
-    assert pref["priority"] == "1", "the seed's call-site priority wins over the catalog default"
+    assert pref["priority"] == "1", "the NestJS module's call-site priority wins over the catalog default"
 
     async with Producer(settings) as producer:
-        for key, job_id in ((QueueKey.WAITLIST_EXPIRY, expiry_id), (QueueKey.WAITLIST_NOTIFICATION, note_id),
-                            (QueueKey.PREFERENCE_CALCULATION, pref_id)):
+        for key, job_id in (
+            (QueueKey.WAITLIST_EXPIRY, expiry_id),
+            (QueueKey.WAITLIST_NOTIFICATION, note_id),
+            (QueueKey.PREFERENCE_CALCULATION, pref_id),
+        ):
             await _state(producer, key, job_id, "completed")
     assert worker.terminate() == 0
     log = worker.log()
@@ -74,16 +87,25 @@ async def test_nest_seed_jobs_are_processed_by_bullwait_worker(env, settings: Se
 
 
 async def test_retries_backoff_priority_and_retention_follow_the_options(env, settings: Settings) -> None:  # type: ignore[no-untyped-def]
-    """In-process Python workers (real bullmq-py) on jobs NestJS added with the seed's options."""
+    """In-process Python workers (real bullmq-py) on jobs NestJS added with the NestJS module's options."""
     entry, slot = seed_entry, seed_slot()
-    steps = [{"action": "sendSlotAvailableNotification", "args": {"waitlistEntry": entry(w), "slot": slot}}
-             for w in ("w-a", "w-b", "w-flaky", "w-doomed")]
-    steps += [{"action": "calculatePreferencesAfterBooking", "args": {"customerId": f"c-{i}", "booking": seed_booking(f"b-{i}")}}
-              for i in range(60)]
+    steps = [
+        {"action": "sendSlotAvailableNotification", "args": {"waitlistEntry": entry(w), "slot": slot}}
+        for w in ("w-a", "w-b", "w-flaky", "w-doomed")
+    ]
+    steps += [
+        {
+            "action": "calculatePreferencesAfterBooking",
+            "args": {"customerId": f"c-{i}", "booking": seed_booking(f"b-{i}")},
+        }
+        for i in range(60)
+    ]
     async with Producer(settings) as producer:
         # Queued while no worker runs: Python HIGH (no priority) and NORMAL (1) next to NestJS's 10s.
         high = await producer.send_slot_available(NotificationJob.model_validate(notification_data("w-high")))
-        normal = await producer.send_slot_available(NotificationJob.model_validate(notification_data("w-normal")), Priority.NORMAL)
+        normal = await producer.send_slot_available(
+            NotificationJob.model_validate(notification_data("w-normal")), Priority.NORMAL
+        )
         ids = [r["jobId"] for r in nest(env, "batch", steps)]
         flaky, doomed = ids[2], ids[3]
 
@@ -106,8 +128,11 @@ async def test_retries_backoff_priority_and_retention_follow_the_options(env, se
         registry.register(QueueKey.PREFERENCE_CALCULATION, "calculate-preferences", PreferenceJob, prefs)
         one_at_a_time = settings.with_overrides(waitlist_notification_concurrency=1)
         stop = asyncio.Event()
-        run = asyncio.ensure_future(run_workers(
-            one_at_a_time, registry, [QueueKey.WAITLIST_NOTIFICATION, QueueKey.PREFERENCE_CALCULATION], 5, stop=stop))
+        run = asyncio.ensure_future(
+            run_workers(
+                one_at_a_time, registry, [QueueKey.WAITLIST_NOTIFICATION, QueueKey.PREFERENCE_CALCULATION], 5, stop=stop
+            )
+        )
         try:
             note_q = producer.queue(QueueKey.WAITLIST_NOTIFICATION)
             pref_q = producer.queue(QueueKey.PREFERENCE_CALCULATION)
@@ -156,23 +181,37 @@ async def test_cancel_both_ways_and_stats(env, settings: Settings, sync_redis, p
         # bullwait schedules, NestJS's cancelExpiryTimer cancels.
         await producer.schedule_expiry(new_expiry("w-p", "slot-1", "cust-1", "salon-1"))
         await producer.schedule_expiry(new_expiry("w-q", "slot-1", "cust-1", "salon-1"))
-        assert nest(env, "cancelExpiryTimer", {"waitlistId": "w-p"}) == {"jobId": "expiry_w-p", "cancelled": True, "state": "delayed"}
+        assert nest(env, "cancelExpiryTimer", {"waitlistId": "w-p"}) == {
+            "jobId": "expiry_w-p",
+            "cancelled": True,
+            "state": "delayed",
+        }
         assert nest(env, "cancelExpiryTimer", {"waitlistId": "w-p"})["state"] == "missing"
         assert not sync_redis.exists(f"{prefix}:waitlist-expiry:expiry_w-p")
 
-        # The seed's getQueueStats agrees with Python's counts.
-        await producer.queue_preferences(PreferenceJob.model_validate(
-            {"customerId": "c", "bookingId": "b", "salonId": "s", "action": "calculate",
-             "data": {"serviceId": "x", "masterId": "m", "dayOfWeek": 1, "hour": 9}}))
+        # The NestJS module's getQueueStats agrees with Python's counts.
+        await producer.queue_preferences(
+            PreferenceJob.model_validate(
+                {
+                    "customerId": "c",
+                    "bookingId": "b",
+                    "salonId": "s",
+                    "action": "calculate",
+                    "data": {"serviceId": "x", "masterId": "m", "dayOfWeek": 1, "hour": 9},
+                }
+            )
+        )
         stats = {s["queue"]: s for s in nest(env, "getQueueStats")}
         for key in QueueKey:
             q = producer.queue(key)
             counts = await q.getJobCounts("waiting", "prioritized", "active", "completed", "failed", "delayed")
             node = stats[q.name]
             assert (node["delayed"], node["completed"], node["failed"], node["active"]) == (
-                counts["delayed"], counts["completed"], counts["failed"], counts["active"])
+                counts["delayed"],
+                counts["completed"],
+                counts["failed"],
+                counts["active"],
+            )
         assert stats["waitlist-expiry"]["delayed"] == 1
-        # The seed counts `waiting` with getWaitingCount (wait list only) and so misses prioritized jobs.
+        # The NestJS module counts `waiting` with getWaitingCount (wait list only) and so misses prioritized jobs.
         assert stats["waitlist-preference-calculation"]["waiting"] == 0
-
-

@@ -1,4 +1,4 @@
-"""Poison options written by a real Node bullmq 6 producer (issue 13, items 2 and 3).
+"""Poison options written by a real Node bullmq 6 producer (items 2 and 3).
 
 Node's Queue.add accepts `attempts: "3"` (its worker compares it as the number 3), `attempts:
 "abc"`, a backoff delay that is not a number and `delay: "abc"`; it refuses Infinity and NaN
@@ -38,7 +38,7 @@ async def test_node_written_poison_options_fail_once(
     refused = [{"name": "check-expiry", "data": FAILING, "opts": {"attempts": v}} for v in ("Infinity", "NaN")]
     added = node_json(env, "compat/add.js", "WAITLIST_EXPIRY", jobs + refused)
     assert all("id" in a for a in added[: len(CASES)]), added
-    for outcome in added[len(CASES):]:  # Node cannot store them: nothing for a worker to loop on
+    for outcome in added[len(CASES) :]:  # Node cannot store them: nothing for a worker to loop on
         assert "NaN or Inf" in outcome.get("error", ""), outcome
     ids = [a["id"] for a in added[: len(CASES)]]
     assert sync_redis.hget(f"{prefix}:{QUEUE}:{ids[3]}", "delay") == "abc"

@@ -53,7 +53,9 @@ async def test_python_jobs_arrive_intact_in_a_node_worker(settings: Settings, st
         bulk_seen = (await _finished(producer.queue(QueueKey.WAITLIST_EXPIRY), bulk_id)).returnvalue
         assert bulk_seen["id"] == "expiry_w-bulk-é" and bulk_seen["data"] == bulk.to_wire()
         assert 0 < bulk_seen["opts"]["delay"] <= 300
-        assert {k: v for k, v in bulk_seen["opts"].items() if k != "delay"} == {k: v for k, v in seen["opts"].items() if k != "delay"}
+        assert {k: v for k, v in bulk_seen["opts"].items() if k != "delay"} == {
+            k: v for k, v in seen["opts"].items() if k != "delay"
+        }
 
         note_job = await _finished(producer.queue(QueueKey.WAITLIST_NOTIFICATION), note_id)
         assert note_job.returnvalue["data"] == note.to_wire() == notification_data("w-5")
@@ -69,19 +71,30 @@ async def test_python_jobs_arrive_intact_in_a_node_worker(settings: Settings, st
         assert refused.attemptsMade == 1 and "node refused" in refused.stacktrace[0]
 
 
-async def test_both_runtimes_share_a_queue_under_load(env, settings: Settings, start_worker, start_node, sync_redis, prefix) -> None:  # type: ignore[no-untyped-def]
+async def test_both_runtimes_share_a_queue_under_load(
+    env, settings: Settings, start_worker, start_node, sync_redis, prefix
+) -> None:  # type: ignore[no-untyped-def]
     total = 5000
     async with Producer(settings) as producer:
         queue = producer.queue(QueueKey.PREFERENCE_CALCULATION)
         jobs = [
-            {"name": "calculate-preferences", "data": preference_data(f"b-{i}", f"c-{i}"),
-             "opts": {"jobId": f"load-{i}", "removeOnComplete": False, "attempts": 1}}
+            {
+                "name": "calculate-preferences",
+                "data": preference_data(f"b-{i}", f"c-{i}"),
+                "opts": {"jobId": f"load-{i}", "removeOnComplete": False, "attempts": 1},
+            }
             for i in range(total)
         ]
         for start in range(0, total, 1000):
             await queue.addBulk(jobs[start : start + 1000])
-        python = start_worker("-q", "waitlist-preference-calculation", extra_env={"PREFERENCE_CALCULATION_CONCURRENCY": "20", "QUEUE_LOG_LEVEL": "info"})
-        node = start_node("compat/worker.js", "PREFERENCE_CALCULATION", "--concurrency", "20", "--record", ready="node worker ready")
+        python = start_worker(
+            "-q",
+            "waitlist-preference-calculation",
+            extra_env={"PREFERENCE_CALCULATION_CONCURRENCY": "20", "QUEUE_LOG_LEVEL": "info"},
+        )
+        node = start_node(
+            "compat/worker.js", "PREFERENCE_CALCULATION", "--concurrency", "20", "--record", ready="node worker ready"
+        )
 
         async def all_done() -> bool:
             counts = await queue.getJobCounts("completed", "failed")
@@ -120,10 +133,24 @@ async def test_node_worker_honours_options_of_python_timers(settings: Settings, 
     ok_ids = [expiry_job_id(f"w-keep-{i}") for i in range(3)]
     async with Producer(settings) as producer:
         for i in range(3):
-            await producer.add(key, new_expiry(f"w-keep-{i}", "s", "c", "salon"), job_id=ok_ids[i], delay_ms=100,
-                               removeOnComplete={"count": 1, "age": 3600})
+            await producer.add(
+                key,
+                new_expiry(f"w-keep-{i}", "s", "c", "salon"),
+                job_id=ok_ids[i],
+                delay_ms=100,
+                removeOnComplete={"count": 1, "age": 3600},
+            )
         fail_id = await producer.schedule_expiry(new_expiry("w-fail", "s", "c", "salon"), delay_ms=100)
-        start_node("compat/worker.js", key.value, "--concurrency", "1", "--record", "--fail-ids", fail_id, ready="node worker ready")
+        start_node(
+            "compat/worker.js",
+            key.value,
+            "--concurrency",
+            "1",
+            "--record",
+            "--fail-ids",
+            fail_id,
+            ready="node worker ready",
+        )
         queue = producer.queue(key)
 
         async def all_ran() -> bool:

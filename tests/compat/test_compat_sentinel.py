@@ -25,8 +25,14 @@ from helpers.sentinel_node import NestServer, master, node_timer_baseline, senti
 pytestmark = node_required
 
 SECRET = "sentinel-s3cret-pw"
-ENTRY_POINTS = ["compat/inspect.js", "compat/add.js", "compat/worker.js", "nest/produce.js", "board/server.js",
-                "legacy/produce4.js"]
+ENTRY_POINTS = [
+    "compat/inspect.js",
+    "compat/add.js",
+    "compat/worker.js",
+    "nest/produce.js",
+    "board/server.js",
+    "legacy/produce4.js",
+]
 
 
 def _fails_with_one_line(env: dict[str, str], script: str, *args: str) -> str:
@@ -45,9 +51,13 @@ def _no_redis_env(env: dict[str, str], **extra: str) -> dict[str, str]:
 @pytest.mark.parametrize("script", ENTRY_POINTS)
 def test_redis_url_with_sentinels_is_one_line_naming_both(env: dict[str, str], script: str) -> None:
     bad = _no_redis_env(env, REDIS_URL=f"redis://:{SECRET}@127.0.0.1:6390/0", REDIS_SENTINELS="127.0.0.1:26379")
-    args = {"compat/add.js": ["WAITLIST_EXPIRY", "[]"], "compat/worker.js": ["WAITLIST_EXPIRY"],
-            "nest/produce.js": ["getQueueStats"], "legacy/produce4.js": ["pause", '{"queue": "WAITLIST_EXPIRY"}'],
-            "board/server.js": []}.get(script, [])
+    args = {
+        "compat/add.js": ["WAITLIST_EXPIRY", "[]"],
+        "compat/worker.js": ["WAITLIST_EXPIRY"],
+        "nest/produce.js": ["getQueueStats"],
+        "legacy/produce4.js": ["pause", '{"queue": "WAITLIST_EXPIRY"}'],
+        "board/server.js": [],
+    }.get(script, [])
     line = _fails_with_one_line(dict(bad, BULL_BOARD_AUTH="off"), script, *args)
     assert "REDIS_URL" in line and "REDIS_SENTINELS" in line, line
 
@@ -73,18 +83,22 @@ def test_bad_sentinels_setting_is_one_line(env: dict[str, str], value: str, says
 
 
 def test_bad_master_name_is_one_line(env: dict[str, str]) -> None:
-    line = _fails_with_one_line(_no_redis_env(env, REDIS_SENTINELS="s1:26379", REDIS_SENTINEL_MASTER="my master"),
-                                "compat/inspect.js")
+    line = _fails_with_one_line(
+        _no_redis_env(env, REDIS_SENTINELS="s1:26379", REDIS_SENTINEL_MASTER="my master"), "compat/inspect.js"
+    )
     assert "REDIS_SENTINEL_MASTER" in line, line
 
 
 def _options(env: dict[str, str]) -> dict[str, Any]:
     """What lib/config.js hands to ioredis (and so to every Queue, Worker and the board)."""
-    script = ("const { redisOptions, describeRedis } = require('./lib/config');"
-              "const o = redisOptions(); for (const k of ['tls', 'sentinelTLS']) if (o[k]) o[k] = Object.keys(o[k]);"
-              "process.stdout.write(JSON.stringify({ o, where: describeRedis(o) }));")
-    proc = subprocess.run([NODE or "node", "-e", script], cwd=NODE_DIR, env=env, capture_output=True, text=True,
-                          timeout=30, check=True)
+    script = (
+        "const { redisOptions, describeRedis } = require('./lib/config');"
+        "const o = redisOptions(); for (const k of ['tls', 'sentinelTLS']) if (o[k]) o[k] = Object.keys(o[k]);"
+        "process.stdout.write(JSON.stringify({ o, where: describeRedis(o) }));"
+    )
+    proc = subprocess.run(
+        [NODE or "node", "-e", script], cwd=NODE_DIR, env=env, capture_output=True, text=True, timeout=30, check=True
+    )
     return json.loads(proc.stdout)
 
 
@@ -92,13 +106,25 @@ def test_sentinel_options_for_ioredis(env: dict[str, str], tmp_path: Path) -> No
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
     base = {k: v for k, v in env.items() if not k.startswith("REDIS_")}
-    got = _options(dict(base, REDIS_SENTINELS=" s1:26379, [::1]:26380 ,10.0.0.3:26381", REDIS_HOST="ignored",
-                        REDIS_SENTINEL_USERNAME="sentinel-user", REDIS_SENTINEL_PASSWORD=SECRET,
-                        REDIS_USERNAME="app", REDIS_PASSWORD="data-pw", REDIS_QUEUE_DB="3",
-                        REDIS_TLS_CA_FILE=str(ca)))
+    got = _options(
+        dict(
+            base,
+            REDIS_SENTINELS=" s1:26379, [::1]:26380 ,10.0.0.3:26381",
+            REDIS_HOST="ignored",
+            REDIS_SENTINEL_USERNAME="sentinel-user",
+            REDIS_SENTINEL_PASSWORD=SECRET,
+            REDIS_USERNAME="app",
+            REDIS_PASSWORD="data-pw",
+            REDIS_QUEUE_DB="3",
+            REDIS_TLS_CA_FILE=str(ca),
+        )
+    )
     o = got["o"]
-    assert o["sentinels"] == [{"host": "s1", "port": 26379}, {"host": "::1", "port": 26380},
-                              {"host": "10.0.0.3", "port": 26381}]
+    assert o["sentinels"] == [
+        {"host": "s1", "port": 26379},
+        {"host": "::1", "port": 26380},
+        {"host": "10.0.0.3", "port": 26381},
+    ]
     assert (o["name"], o["db"], o["failoverDetector"], o["maxRetriesPerRequest"]) == ("mymaster", 3, True, None)
     assert (o["sentinelUsername"], o["sentinelPassword"]) == ("sentinel-user", SECRET)
     assert (o["username"], o["password"]) == ("app", "data-pw")
@@ -114,8 +140,9 @@ def test_sentinel_options_for_ioredis(env: dict[str, str], tmp_path: Path) -> No
 def test_unreachable_sentinels_are_one_line_per_attempt_in_the_board(env: dict[str, str], start_board: Any) -> None:
     from bullwait.dev.embedded import free_port
 
-    board = start_board(extra_env={"REDIS_URL": "", "REDIS_SENTINELS": f"127.0.0.1:{free_port()}",
-                                   "REDIS_SENTINEL_PASSWORD": SECRET})
+    board = start_board(
+        extra_env={"REDIS_URL": "", "REDIS_SENTINELS": f"127.0.0.1:{free_port()}", "REDIS_SENTINEL_PASSWORD": SECRET}
+    )
     board.proc.wait_for_log("unreachable")
     time.sleep(2.5)
     log = board.proc.log()
@@ -147,8 +174,9 @@ def _expiry_counts(board: Any) -> dict[str, int]:
     return next(q for q in queues if q["name"] == "waitlist-expiry")["counts"]
 
 
-def test_nest_board_and_worker_follow_a_graceful_failover(topo: SentinelSet, env: dict[str, str],
-                                                          start_board: Any, tmp_path: Path, prefix: str) -> None:
+def test_nest_board_and_worker_follow_a_graceful_failover(
+    topo: SentinelSet, env: dict[str, str], start_board: Any, tmp_path: Path, prefix: str
+) -> None:
     """One running NestJS app, Bull Board and bullmq 6 worker through one `SENTINEL FAILOVER`.
 
     The worker part is the Node baseline: every timer runs at least once; timers run twice and
@@ -160,20 +188,26 @@ def test_nest_board_and_worker_follow_a_graceful_failover(topo: SentinelSet, env
     nest = NestServer(senv, tmp_path / "nest.log")
     measured: list[str] = []
     try:
-        first = nest.call("notifyWaitlistCustomer", {"waitlistEntry": seed_entry("w-1"), "slot": seed_slot(),
-                                                     "delayMs": 600_000})
+        first = nest.call(
+            "notifyWaitlistCustomer", {"waitlistEntry": seed_entry("w-1"), "slot": seed_slot(), "delayMs": 600_000}
+        )
         note = nest.call("sendSlotAvailableNotification", {"waitlistEntry": seed_entry("w-1"), "slot": seed_slot()})
         old = topo.master_port()
-        assert master(topo).exists(f"{prefix}:waitlist-expiry:{first['jobId']}",
-                                   f"{prefix}:waitlist-notification:{note['jobId']}") == 2
+        assert (
+            master(topo).exists(
+                f"{prefix}:waitlist-expiry:{first['jobId']}", f"{prefix}:waitlist-notification:{note['jobId']}"
+            )
+            == 2
+        )
         queues = {q["name"]: q for q in board.get("/api/queues").json()["queues"]}
         assert set(queues) == {"waitlist-expiry", "waitlist-notification", "waitlist-preference-calculation"}
         assert queues["waitlist-expiry"]["counts"]["delayed"] == 1
 
         def nest_and_board_follow() -> None:
             switched = time.monotonic()
-            second = nest.call("notifyWaitlistCustomer", {"waitlistEntry": seed_entry("w-2"), "slot": seed_slot(),
-                                                          "delayMs": 600_000})
+            second = nest.call(
+                "notifyWaitlistCustomer", {"waitlistEntry": seed_entry("w-2"), "slot": seed_slot(), "delayMs": 600_000}
+            )
             nest_s = time.monotonic() - switched
             key = f"{prefix}:waitlist-expiry:{second['jobId']}"
             assert redis.Redis(port=topo.master_port()).exists(key), "the NestJS app did not add on the new master"
@@ -184,8 +218,10 @@ def test_nest_board_and_worker_follow_a_graceful_failover(topo: SentinelSet, env
             # board that counts it answered from the new master.
             if old_was_master:
                 assert not old_node.exists(key)
-            measured.append(f"nest add after the switch {nest_s:.2f}s, board counts it {nest_s + board_s:.2f}s "
-                            f"after the switch (old master undemoted then: {old_was_master})")
+            measured.append(
+                f"nest add after the switch {nest_s:.2f}s, board counts it {nest_s + board_s:.2f}s "
+                f"after the switch (old master undemoted then: {old_was_master})"
+            )
 
         run = node_timer_baseline(topo, senv, tmp_path, "graceful", after_switch=nest_and_board_follow)
         stats = nest.call("getQueueStats")

@@ -46,7 +46,9 @@ async def test_each_caller_gets_its_own_reply_from_the_first_call_on(client, pre
 async def test_an_error_reply_goes_to_its_caller_only(client, prefix):
     pipeline = AutoPipeline(client)
     odd = client.register_script(ODD_FAILS)
-    results = await asyncio.gather(*(pipeline.run_script(odd, [prefix], [i]) for i in range(40)), return_exceptions=True)
+    results = await asyncio.gather(
+        *(pipeline.run_script(odd, [prefix], [i]) for i in range(40)), return_exceptions=True
+    )
     for i, result in enumerate(results):
         if i % 2:
             assert isinstance(result, ResponseError) and f"odd {i}" in str(result)
@@ -60,12 +62,16 @@ async def test_flushed_scripts_and_a_killed_connection_fall_back_to_the_client(c
     echo = client.register_script(ECHO)
     assert await pipeline.run_script(echo, [prefix], ["a"]) == [prefix, "a"]
     await client.script_flush()  # NOSCRIPT: the client loads the script again
-    assert await asyncio.gather(*(pipeline.run_script(echo, [prefix], [i]) for i in range(10))) == [[prefix, str(i)] for i in range(10)]
+    assert await asyncio.gather(*(pipeline.run_script(echo, [prefix], [i]) for i in range(10))) == [
+        [prefix, str(i)] for i in range(10)
+    ]
     # Kill the pipeline's own connection (not the client's): the calls are resent, then it reconnects.
     for entry in await client.client_list():
         if entry["name"] == "autopipeline-test" and entry["cmd"] in ("evalsha", "eval"):
             await client.client_kill_filter(_id=entry["id"])
-    assert await asyncio.gather(*(pipeline.run_script(echo, [prefix], [i]) for i in range(10))) == [[prefix, str(i)] for i in range(10)]
+    assert await asyncio.gather(*(pipeline.run_script(echo, [prefix], [i]) for i in range(10))) == [
+        [prefix, str(i)] for i in range(10)
+    ]
     writes = pipeline.writes
     assert await pipeline.run_script(echo, [prefix], ["b"]) == [prefix, "b"]
     assert pipeline.writes == writes + 1  # pipelining again
@@ -94,7 +100,9 @@ async def test_a_silent_redis_fails_the_waiting_calls_over_to_the_client(redis_s
         assert await pipeline.run_script(echo, [prefix], ["warm"]) == [prefix, "warm"]
         first_conn = pipeline._conn
         await admin.execute_command("CLIENT", "PAUSE", 1200, "ALL")
-        replies = await asyncio.gather(*(pipeline.run_script(echo, [prefix], [i]) for i in range(5)), return_exceptions=True)
+        replies = await asyncio.gather(
+            *(pipeline.run_script(echo, [prefix], [i]) for i in range(5)), return_exceptions=True
+        )
         # The client's own reads time out too and are retried until the pause ends.
         assert replies == [[prefix, str(i)] for i in range(5)]
         assert pipeline._conn is not first_conn  # that connection was dropped
@@ -109,7 +117,9 @@ async def test_a_silent_redis_fails_the_waiting_calls_over_to_the_client(redis_s
 async def test_replies_stay_with_their_callers_when_the_connection_dies_mid_flight(redis_server, prefix):
     """CLIENT KILL of the pipeline's connection while calls are in flight, twice: every call
     still gets its own reply (resent through the client), none another connection's."""
-    client = aioredis.Redis(port=redis_server.port, client_name="autopipeline-test", max_connections=5000, decode_responses=True)
+    client = aioredis.Redis(
+        port=redis_server.port, client_name="autopipeline-test", max_connections=5000, decode_responses=True
+    )
     pipeline = AutoPipeline(client, eager=3)
     echo = client.register_script(ECHO)
     await client.script_load(ECHO)

@@ -23,7 +23,9 @@ async def _echo(job, token):  # type: ignore[no-untyped-def]
 
 def _worker(settings: Settings, **opts: object) -> BullwaitWorker:
     return BullwaitWorker(
-        "completion-q", _echo, {"connection": redis_options(settings), "prefix": settings.bullmq_prefix, "autorun": False, **opts}
+        "completion-q",
+        _echo,
+        {"connection": redis_options(settings), "prefix": settings.bullmq_prefix, "autorun": False, **opts},
     )
 
 
@@ -38,7 +40,9 @@ async def test_packs_what_bullmq_would_send(settings: Settings, remove: object, 
             opts["removeOnComplete"] = remove
         job = Job(worker, "check-expiry", {"n": 1}, opts, job_id="expiry_w-1")
         job.attemptsMade = 2
-        ref_keys, ref_args = worker.backend.scripts.moveToCompletedArgs(job, result, job.opts.get("removeOnComplete", False), "tok-1", fetch)
+        ref_keys, ref_args = worker.backend.scripts.moveToCompletedArgs(
+            job, result, job.opts.get("removeOnComplete", False), "tok-1", fetch
+        )
         calls = CompletionCalls(worker)
         keys, args, packed = calls.build(job, result, "tok-1", fetch, timestamp=ref_args[1])
         assert keys == ref_keys
@@ -58,7 +62,10 @@ async def test_worker_completes_through_packed_calls(settings: Settings, sync_re
             await queue.add("check-expiry", {"n": i}, {"jobId": f"job-{i}", "removeOnComplete": {"count": 3}})
         run = asyncio.ensure_future(worker.run())
         for _ in range(200):
-            if sync_redis.llen(f"{prefix}:completion-q:wait") == 0 and sync_redis.llen(f"{prefix}:completion-q:active") == 0:
+            if (
+                sync_redis.llen(f"{prefix}:completion-q:wait") == 0
+                and sync_redis.llen(f"{prefix}:completion-q:active") == 0
+            ):
                 break
             await asyncio.sleep(0.05)
         kept = sync_redis.zrange(f"{prefix}:completion-q:completed", 0, -1)

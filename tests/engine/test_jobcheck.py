@@ -22,7 +22,8 @@ from bullwait.runtime.dispatch import _final
 
 
 @pytest.mark.parametrize(
-    "raw,expected", [(3, 3), (3.0, 3), ("3", 3), (" 3 ", 3), ("", 0), (True, 1), (0, 0), (1e300, 2**53), (10**30, 2**53)]
+    "raw,expected",
+    [(3, 3), (3.0, 3), ("3", 3), (" 3 ", 3), ("", 0), (True, 1), (0, 0), (1e300, 2**53), (10**30, 2**53)],
 )
 def test_attempts_read_as_node_compares_them(raw: Any, expected: int) -> None:
     assert attempts_value(raw) == expected
@@ -30,8 +31,15 @@ def test_attempts_read_as_node_compares_them(raw: Any, expected: int) -> None:
 
 @pytest.mark.parametrize(
     "raw,words",
-    [(float("inf"), "not finite"), (float("nan"), "not finite"), ("abc", "'abc', not a number"), (None, "null"),
-     (2.5, "not a whole number"), ([3], "not a whole number"), ("Infinity", "not finite")],
+    [
+        (float("inf"), "not finite"),
+        (float("nan"), "not finite"),
+        ("abc", "'abc', not a number"),
+        (None, "null"),
+        (2.5, "not a whole number"),
+        ([3], "not a whole number"),
+        ("Infinity", "not finite"),
+    ],
 )
 def test_attempts_no_number_fits_are_named(raw: Any, words: str) -> None:
     with pytest.raises(BadOption, match=r"opts\.attempts") as exc:

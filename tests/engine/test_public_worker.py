@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import math
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import redis
@@ -192,7 +194,7 @@ async def test_attempts_with_fixed_backoff_retry_then_complete(kit: Kit) -> None
     await until(state_is(queue, job.id, "delayed", "completed"), what="retry scheduled")
     done = await wait_state(queue, job.id, "completed")
     assert done.returnvalue == "third time" and done.attemptsMade == 3 and len(done.stacktrace) == 2
-    assert all(later - earlier >= 300 for earlier, later in zip(runs, runs[1:])), "a retry waits its backoff"
+    assert all(later - earlier >= 300 for earlier, later in itertools.pairwise(runs)), "a retry waits its backoff"
 
 
 async def test_custom_backoff_strategy(kit: Kit) -> None:
@@ -518,10 +520,14 @@ async def test_flow_parent_runs_after_its_children_with_their_values(kit: Kit, s
     kit.worker(parent, "parents")
     flow = FlowProducer(dict(kit.opts))
     kit.closables.append(flow)
-    tree = await flow.add({
-        "name": "parent", "queueName": "parents", "data": {},
-        "children": [{"name": "child", "queueName": "children", "data": {"idx": i}} for i in range(3)],
-    })
+    tree = await flow.add(
+        {
+            "name": "parent",
+            "queueName": "parents",
+            "data": {},
+            "children": [{"name": "child", "queueName": "children", "data": {"idx": i}} for i in range(3)],
+        }
+    )
     done = await wait_state(parents, tree["job"].id, "completed")
     assert done.returnvalue == [0, 1, 2]
 
@@ -539,10 +545,14 @@ async def test_failing_child_fails_its_parent_with_fail_parent_on_failure(kit: K
     kit.worker(parent, "parents")
     flow = FlowProducer(dict(kit.opts))
     kit.closables.append(flow)
-    tree = await flow.add({
-        "name": "parent", "queueName": "parents", "data": {},
-        "children": [{"name": "child", "queueName": "children", "data": {}, "opts": {"failParentOnFailure": True}}],
-    })
+    tree = await flow.add(
+        {
+            "name": "parent",
+            "queueName": "parents",
+            "data": {},
+            "children": [{"name": "child", "queueName": "children", "data": {}, "opts": {"failParentOnFailure": True}}],
+        }
+    )
     failed = await wait_state(parents, tree["job"].id, "failed")
     assert failed.failedReason
 
@@ -639,5 +649,5 @@ async def test_connections_are_named_for_python_and_node(kit: Kit, sync_redis: r
 
 
 def test_postgres_backend_is_refused_with_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="Redis only.*bullmq.Worker"):
+    with pytest.raises(ValueError, match=r"Redis only.*bullmq\.Worker"):
         Worker("q", None, {"backend": "postgres", "autorun": False})

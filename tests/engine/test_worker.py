@@ -15,7 +15,8 @@ from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.payloads import ExpiryJob
 from bullwait.waitlist.producer import Producer
 
-from helpers.common import run_cli, wait_job_state, wait_until
+from helpers.cli import invoke_cli
+from helpers.common import wait_job_state, wait_until
 from helpers.jobdata import expiry_data, notification_data, preference_data
 
 
@@ -26,7 +27,7 @@ def _job(sync_redis: redis.Redis, prefix: str, queue: str, job_id: str) -> dict[
 async def test_seed_jobs_with_seed_options_are_processed(settings: Settings, start_worker, sync_redis, prefix) -> None:  # type: ignore[no-untyped-def]
     worker = start_worker()
     async with Producer(settings) as producer:
-        # Exactly what the seed's NestJS snippets add (data and options), through raw bullmq.
+        # Exactly what the NestJS module's NestJS snippets add (data and options), through raw bullmq.
         exp = await producer.queue(QueueKey.WAITLIST_EXPIRY).add(
             "check-expiry", expiry_data("w-9", minutes=0.01), {"delay": 600, "jobId": "expiry_w-9"}
         )
@@ -36,14 +37,17 @@ async def test_seed_jobs_with_seed_options_are_processed(settings: Settings, sta
         pref = await producer.queue(QueueKey.PREFERENCE_CALCULATION).add(
             "calculate-preferences", preference_data(), {"priority": 1}
         )
-        for queue, job in ((QueueKey.WAITLIST_EXPIRY, exp), (QueueKey.WAITLIST_NOTIFICATION, note), (QueueKey.PREFERENCE_CALCULATION, pref)):
+        for queue, job in (
+            (QueueKey.WAITLIST_EXPIRY, exp),
+            (QueueKey.WAITLIST_NOTIFICATION, note),
+            (QueueKey.PREFERENCE_CALCULATION, pref),
+        ):
             q = producer.queue(queue)
             await wait_job_state(q, job.id, "completed")
     assert worker.terminate() == 0
     log = worker.log()
     assert "job completed" in log and "expiry_w-9" in log
     assert "+34600111222" not in log, "phone numbers must be masked in logs"
-
 
 
 async def test_invalid_data_fails_once_and_keeps_data(settings: Settings, start_worker, sync_redis, prefix) -> None:  # type: ignore[no-untyped-def]
@@ -106,7 +110,9 @@ async def test_graceful_shutdown_finishes_active_job(settings: Settings) -> None
     stop = asyncio.Event()
     async with Producer(settings) as producer:
         job_id = await producer.schedule_expiry(ExpiryJob.model_validate(expiry_data("slow")), delay_ms=0)
-        task = asyncio.ensure_future(run_workers(settings, registry, [QueueKey.WAITLIST_EXPIRY], shutdown_timeout=10, stop=stop))
+        task = asyncio.ensure_future(
+            run_workers(settings, registry, [QueueKey.WAITLIST_EXPIRY], shutdown_timeout=10, stop=stop)
+        )
         await asyncio.wait_for(started.wait(), 10)
         stop.set()  # what SIGTERM does
         assert await asyncio.wait_for(task, 15) == 0
@@ -133,7 +139,7 @@ def test_worker_waits_for_redis_and_logs_each_attempt(env: dict[str, str], start
 
 
 def test_unknown_queue_is_refused(env: dict[str, str]) -> None:
-    result = run_cli(env, "worker", "--queue", "waitlist-nope")
+    result = invoke_cli(env, "worker", "--queue", "waitlist-nope")
     assert result.returncode == 2
     assert "unknown queue 'waitlist-nope'" in result.stderr and "Traceback" not in result.stderr
 

@@ -16,7 +16,11 @@ async def _noop(job, token):  # type: ignore[no-untyped-def]
 
 
 def _worker(settings: Settings) -> BullwaitWorker:
-    return BullwaitWorker("waitlist-expiry", _noop, {"connection": redis_options(settings), "prefix": settings.bullmq_prefix, "autorun": False})
+    return BullwaitWorker(
+        "waitlist-expiry",
+        _noop,
+        {"connection": redis_options(settings), "prefix": settings.bullmq_prefix, "autorun": False},
+    )
 
 
 async def test_blocking_read_timeout_exceeds_the_longest_block(settings: Settings) -> None:

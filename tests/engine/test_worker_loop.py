@@ -65,7 +65,9 @@ async def test_every_job_exactly_once_with_fewer_round_trips(settings: Settings)
         await task
     assert len(seen) == 300 and set(seen.values()) == {1}, "every job once"
     assert sorted(active_events) == sorted(seen), "an active event per job"
-    assert worker.stock_fetches < 100, f"most jobs came with moveToFinished, not {worker.stock_fetches} moveToActive calls"
+    assert worker.stock_fetches < 100, (
+        f"most jobs came with moveToFinished, not {worker.stock_fetches} moveToActive calls"
+    )
     job = await queue.getJob("150")
     assert job.returnvalue == 149 and job.attemptsMade == 1
     assert await queue.getJobCounts("active", "wait", "failed") == {"active": 0, "wait": 0, "failed": 0}

@@ -30,8 +30,14 @@ from helpers.jobdata import future_day
 
 SLOT = "slot-1"
 DETAILS = SlotDetails(
-    date=future_day(), time="10:30", master_id="m-1", master_name="Ana",
-    service_id="s-1", service_name="Haircut", duration=45, price=35.5,
+    date=future_day(),
+    time="10:30",
+    master_id="m-1",
+    master_name="Ana",
+    service_id="s-1",
+    service_name="Haircut",
+    duration=45,
+    price=35.5,
 )
 NOTIFY = QUEUE_NAMES[QueueKey.WAITLIST_NOTIFICATION]
 EXPIRY = QUEUE_NAMES[QueueKey.WAITLIST_EXPIRY]
@@ -221,7 +227,8 @@ async def describe_job(raw: aioredis.Redis, prefix: str, ledger: Ledger, queue: 
     outcome = ledger.outcome(queue, job_id)
     return (
         f"{queue}/{shown}: {await job_state(raw, prefix, queue, job_id)}, atm={_s(atm)}, stc={_s(stc)}, "
-        f"events[{ledger.history(queue, job_id)}]" + (f", outcome={outcome}" if outcome else "")
+        f"events[{ledger.history(queue, job_id)}]"
+        + (f", outcome={outcome}" if outcome else "")
         + (f", failedReason={text!r}" if text else "")
     )
 

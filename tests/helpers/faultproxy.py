@@ -166,8 +166,9 @@ class FaultProxy:
             queue.put_nowait((0.0, b""))  # end of stream: the writer closes once it has drained
             await asyncio.shield(writer)
 
-    async def _write(self, link: _Link, queue: asyncio.Queue[tuple[float, bytes]], dst: asyncio.StreamWriter,
-                     to_client: bool) -> None:
+    async def _write(
+        self, link: _Link, queue: asyncio.Queue[tuple[float, bytes]], dst: asyncio.StreamWriter, to_client: bool
+    ) -> None:
         try:
             while True:
                 due, data = await queue.get()

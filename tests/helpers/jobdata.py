@@ -1,4 +1,4 @@
-"""The seed's example job data, exactly as NestJS sends it."""
+"""The NestJS module's example job data, exactly as NestJS sends it."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ def future_day(days: int = 3) -> str:
     return (datetime.now(UTC) + timedelta(days=days)).date().isoformat()
 
 
-def notification_data(waitlist_id: str = "w-1", salon_id: str = "salon-1", phone: str = "+34600111222") -> dict[str, Any]:
+def notification_data(
+    waitlist_id: str = "w-1", salon_id: str = "salon-1", phone: str = "+34600111222"
+) -> dict[str, Any]:
     return {
         "waitlistId": waitlist_id,
         "customerId": "cust-1",

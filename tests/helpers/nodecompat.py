@@ -37,8 +37,12 @@ BOARD_USER = "ops"
 BOARD_PASSWORD = "s3cret-board"
 
 
-def run_node(env: dict[str, str], script: str, *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([NODE or "node", script, *args], cwd=NODE_DIR, env=env, capture_output=True, text=True, timeout=timeout)
+def run_node(
+    env: dict[str, str], script: str, *args: str, timeout: float = 60, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [NODE or "node", script, *args], cwd=NODE_DIR, env=env, capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"node {script} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -134,12 +138,12 @@ def start_board(start_node: Any) -> Iterator[Any]:
 
 
 def seed_entry(waitlist_id: str = "w-1", phone: str = "+34600111222", salon_id: str = "salon-1") -> dict[str, Any]:
-    """The seed's `waitlistEntry` argument."""
+    """The NestJS module's `waitlistEntry` argument."""
     return {"id": waitlist_id, "customerId": "cust-1", "salonId": salon_id, "customer": {"phone": phone}}
 
 
 def seed_slot(slot_id: str = "slot-1") -> dict[str, Any]:
-    """The seed's `slot` argument."""
+    """The NestJS module's `slot` argument."""
     return {
         "id": slot_id,
         "date": future_day(),
@@ -164,7 +168,9 @@ def seed_booking(booking_id: str = "b-1") -> dict[str, Any]:
     }
 
 
-def wait_state(sync_redis: Any, env: dict[str, str], key: str, job_id: str, state: str, timeout: float = 30) -> dict[str, Any]:
+def wait_state(
+    sync_redis: Any, env: dict[str, str], key: str, job_id: str, state: str, timeout: float = 30
+) -> dict[str, Any]:
     """Poll Node's view of one job until it is in `state`; return the job JSON."""
     deadline = time.monotonic() + timeout
     job = None

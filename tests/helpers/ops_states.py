@@ -33,7 +33,9 @@ def _queue(settings: Settings, key: QueueKey) -> Queue:
 
 async def take(settings: Settings, key: QueueKey, job_id: str, outcome: str, token: str = "tok") -> None:
     """Fetch the next waiting job with a real bullmq Worker and leave it active, completed or failed."""
-    worker = Worker(queue_name(key, settings), None, {"connection": redis_options(settings), "prefix": settings.bullmq_prefix})
+    worker = Worker(
+        queue_name(key, settings), None, {"connection": redis_options(settings), "prefix": settings.bullmq_prefix}
+    )
     job = await worker.getNextJob(token)
     assert job is not None and job.id == job_id, (job and job.id, job_id)
     if outcome == "completed":
@@ -54,7 +56,10 @@ async def populate(settings: Settings, sync_redis: Any) -> Populated:
     exp, note = _queue(settings, exp_key), _queue(settings, note_key)
     spec = SPECS[exp_key]
     base = spec.default_job_options()
-    ids: dict[str, list[str]] = {k: [] for k in ("completed", "failed", "active", "stalled", "waiting", "prioritized", "delayed", "overdue", "paused")}
+    ids: dict[str, list[str]] = {
+        k: []
+        for k in ("completed", "failed", "active", "stalled", "waiting", "prioritized", "delayed", "overdue", "paused")
+    }
     try:
         # Finished and active first: a worker takes whatever waits.
         for state, n in (("completed", 2), ("failed", 3), ("active", 1), ("stalled", 1)):
@@ -70,10 +75,14 @@ async def populate(settings: Settings, sync_redis: Any) -> Populated:
             job = await exp.add(spec.job_name, expiry_data(f"wait-{i}"), dict(base, jobId=f"expiry_wait-{i}"))
             ids["waiting"].append(job.id)
         for i in range(2):
-            job = await exp.add(spec.job_name, expiry_data(f"prio-{i}"), dict(base, jobId=f"expiry_prio-{i}", priority=10))
+            job = await exp.add(
+                spec.job_name, expiry_data(f"prio-{i}"), dict(base, jobId=f"expiry_prio-{i}", priority=10)
+            )
             ids["prioritized"].append(job.id)
         for i in range(5):
-            job = await exp.add(spec.job_name, expiry_data(f"delay-{i}"), dict(base, jobId=f"expiry_delay-{i}", delay=15 * 60_000))
+            job = await exp.add(
+                spec.job_name, expiry_data(f"delay-{i}"), dict(base, jobId=f"expiry_delay-{i}", delay=15 * 60_000)
+            )
             ids["delayed"].append(job.id)
         # A timer that was due two minutes ago and never fired (no worker ran).
         job = await exp.add(

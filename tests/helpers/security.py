@@ -70,18 +70,59 @@ def make_certs(directory: Path) -> dict[str, Path]:
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip("openssl command line not installed: cannot make test certificates")
-    paths = {name: directory / f"{name}" for name in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt", "san.cnf")}
+    paths = {
+        name: directory / f"{name}"
+        for name in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt", "san.cnf")
+    }
     paths["san.cnf"].write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
 
     def run(*args: str) -> None:
         subprocess.run([openssl, *args], check=True, capture_output=True, timeout=60)
 
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bullwait test CA",
-        "-keyout", str(paths["ca.key"]), "-out", str(paths["ca.crt"]))
-    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-        "-keyout", str(paths["server.key"]), "-out", str(paths["server.csr"]))
-    run("x509", "-req", "-in", str(paths["server.csr"]), "-CA", str(paths["ca.crt"]), "-CAkey", str(paths["ca.key"]),
-        "-CAcreateserial", "-days", "2", "-extfile", str(paths["san.cnf"]), "-out", str(paths["server.crt"]))
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=bullwait test CA",
+        "-keyout",
+        str(paths["ca.key"]),
+        "-out",
+        str(paths["ca.crt"]),
+    )
+    run(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        str(paths["server.key"]),
+        "-out",
+        str(paths["server.csr"]),
+    )
+    run(
+        "x509",
+        "-req",
+        "-in",
+        str(paths["server.csr"]),
+        "-CA",
+        str(paths["ca.crt"]),
+        "-CAkey",
+        str(paths["ca.key"]),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        str(paths["san.cnf"]),
+        "-out",
+        str(paths["server.crt"]),
+    )
     return paths
 
 
@@ -92,12 +133,23 @@ class TlsRedisServer(AuthRedisServer):
         self.tls_port = free_port()
         super().__init__(
             extra_args=[
-                "--tls-port", str(self.tls_port),
-                "--tls-cert-file", str(certs["server.crt"]),  # type: ignore[index]
-                "--tls-key-file", str(certs["server.key"]),  # type: ignore[index]
-                "--tls-ca-cert-file", str(certs["ca.crt"]),  # type: ignore[index]
-                "--tls-auth-clients", "no",
-                "--user", "default", "on", f">{ADMIN_PASSWORD}", "~*", "&*", "+@all",
+                "--tls-port",
+                str(self.tls_port),
+                "--tls-cert-file",
+                str(certs["server.crt"]),  # type: ignore[index]
+                "--tls-key-file",
+                str(certs["server.key"]),  # type: ignore[index]
+                "--tls-ca-cert-file",
+                str(certs["ca.crt"]),  # type: ignore[index]
+                "--tls-auth-clients",
+                "no",
+                "--user",
+                "default",
+                "on",
+                f">{ADMIN_PASSWORD}",
+                "~*",
+                "&*",
+                "+@all",
             ]
         )
 

@@ -7,10 +7,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 from bullwait.runtime.services import Services, build_services
 from bullwait.settings import Settings
-from bullwait.dev.fake_whatsapp import FakeWhatsApp
-
 
 TIMEOUT_S = 1  # WHATSAPP_TIMEOUT_SECONDS: a claim lasts 3 s
 
@@ -23,9 +22,13 @@ def api() -> Iterator[FakeWhatsApp]:
 
 @pytest.fixture
 async def services(settings: Settings, api: FakeWhatsApp) -> AsyncIterator[Services]:
-    svc = await build_services(settings.with_overrides(
-        whatsapp_api_base_url=api.base_url, whatsapp_phone_number_id="1055",
-        whatsapp_access_token="test-secret-token-xyz", whatsapp_timeout_seconds=TIMEOUT_S,
-    ))
+    svc = await build_services(
+        settings.with_overrides(
+            whatsapp_api_base_url=api.base_url,
+            whatsapp_phone_number_id="1055",
+            whatsapp_access_token="test-secret-token-xyz",
+            whatsapp_timeout_seconds=TIMEOUT_S,
+        )
+    )
     yield svc
     await svc.close()

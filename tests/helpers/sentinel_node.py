@@ -45,8 +45,13 @@ class NestServer:
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self._stderr = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [NODE or "node", "nest/produce.js", "serve"], cwd=NODE_DIR, env=env, text=True,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+            [NODE or "node", "nest/produce.js", "serve"],
+            cwd=NODE_DIR,
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
         )
         self._lines: Queue[str] = Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -109,8 +114,10 @@ class TimerRun:
 
     def summary(self) -> str:
         first = "none" if self.first_done_after_switch_s is None else f"{self.first_done_after_switch_s:.2f}s"
-        return (f"node {self.kind}: {self.jobs} timers, ran twice {self.ran_twice}, never ran {self.never_run}, "
-                f"first completion after the switch {first}, worker error lines {self.worker_errors} ({self.timeline})")
+        return (
+            f"node {self.kind}: {self.jobs} timers, ran twice {self.ran_twice}, never ran {self.never_run}, "
+            f"first completion after the switch {first}, worker error lines {self.worker_errors} ({self.timeline})"
+        )
 
 
 def parse_runs(log: str, ids: set[str], switched_at: float) -> tuple[dict[str, int], float | None, int]:
@@ -152,27 +159,52 @@ def node_timer_baseline(
     """
     env = dict(env, BULLMQ_PREFIX=f"{env['BULLMQ_PREFIX']}-{kind}")  # one queue per run
     ids = [f"t-{kind}-{i}" for i in range(jobs)]
-    worker = NodeProcess(env, ["compat/worker.js", "WAITLIST_EXPIRY", "--print-runs", "--concurrency", "20",
-                               "--stalled-interval", "2500", "--lock-duration", "5000", "--name", f"node-{kind}"],
-                         tmp_path / f"node-timers-{kind}.log")
+    worker = NodeProcess(
+        env,
+        [
+            "compat/worker.js",
+            "WAITLIST_EXPIRY",
+            "--print-runs",
+            "--concurrency",
+            "20",
+            "--stalled-interval",
+            "2500",
+            "--lock-duration",
+            "5000",
+            "--name",
+            f"node-{kind}",
+        ],
+        tmp_path / f"node-timers-{kind}.log",
+    )
     try:
         worker.wait_for_log("node worker ready")
-        return _timers_across_failover(topo, env, worker, kind, ids, spread_ms, switch_after_s, settle_s,
-                                       after_switch)
+        return _timers_across_failover(topo, env, worker, kind, ids, spread_ms, switch_after_s, settle_s, after_switch)
     finally:
         worker.stop()
 
 
-def _timers_across_failover(topo: SentinelSet, env: dict[str, str], worker: NodeProcess, kind: str, ids: list[str],
-                            spread_ms: int, switch_after_s: float, settle_s: float,
-                            after_switch: Callable[[], None] | None) -> TimerRun:
+def _timers_across_failover(
+    topo: SentinelSet,
+    env: dict[str, str],
+    worker: NodeProcess,
+    kind: str,
+    ids: list[str],
+    spread_ms: int,
+    switch_after_s: float,
+    settle_s: float,
+    after_switch: Callable[[], None] | None,
+) -> TimerRun:
     jobs = len(ids)
     # After an earlier failover the old master rejoins as a replica only after some seconds;
     # start once the master has an online replica again, or WAIT below would stall the run.
-    SentinelSet._wait(lambda: master(topo).info("replication").get("slave0", {}).get("state") == "online",
-                      "the master to have an online replica")
-    specs = [{"name": "check-expiry", "data": {"i": i},
-              "opts": {"jobId": job_id, "delay": 1000 + i * spread_ms // jobs}} for i, job_id in enumerate(ids)]
+    SentinelSet._wait(
+        lambda: master(topo).info("replication").get("slave0", {}).get("state") == "online",
+        "the master to have an online replica",
+    )
+    specs = [
+        {"name": "check-expiry", "data": {"i": i}, "opts": {"jobId": job_id, "delay": 1000 + i * spread_ms // jobs}}
+        for i, job_id in enumerate(ids)
+    ]
     added_at = time.time()
     added = node_json(env, "compat/add.js", "WAITLIST_EXPIRY", specs, timeout=120)
     add_s = time.time() - added_at
@@ -183,8 +215,10 @@ def _timers_across_failover(topo: SentinelSet, env: dict[str, str], worker: Node
     failing_at = time.time()
     (topo.failover if kind == "graceful" else topo.crash_master)()
     run = TimerRun(kind, jobs, switched_at=time.time())
-    run.timeline = (f"adds took {add_s:.1f}s; failover started {failing_at - added_at:.1f}s after the first add, "
-                    f"sentinels agreed {run.switched_at - failing_at:.1f}s later")
+    run.timeline = (
+        f"adds took {add_s:.1f}s; failover started {failing_at - added_at:.1f}s after the first add, "
+        f"sentinels agreed {run.switched_at - failing_at:.1f}s later"
+    )
     if after_switch:
         after_switch()
     completed_key = f"{env['BULLMQ_PREFIX']}:{EXPIRY_QUEUE}:completed"

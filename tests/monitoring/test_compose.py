@@ -27,13 +27,18 @@ from helpers.common import ROOT
 COMPOSE = ROOT / "docker-compose.yml"
 REDIS_PORT_OVERRIDE = ROOT / "docker-compose.redis-port.yml"
 MONITORING = ROOT / "monitoring"
-# The Sentinel variables are Settings once the Python side of issue 14 lands; listed here so
+# The Sentinel variables are also Settings fields; listed here so
 # this file checks the compose file on its own (a name in both is harmless).
 SENTINEL_ENV = {"REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_USERNAME", "REDIS_SENTINEL_PASSWORD"}
 SETTINGS_ENV = {name.upper() for name in Settings.model_fields} | SENTINEL_ENV
 BOARD_ENV = {
-    "BULL_BOARD_USER", "BULL_BOARD_PASSWORD", "BULL_BOARD_AUTH", "BULL_BOARD_READ_ONLY", "BULL_BOARD_HOST",
-    "BULL_BOARD_PORT", "BULL_BOARD_ALLOWED_HOSTS",
+    "BULL_BOARD_USER",
+    "BULL_BOARD_PASSWORD",
+    "BULL_BOARD_AUTH",
+    "BULL_BOARD_READ_ONLY",
+    "BULL_BOARD_HOST",
+    "BULL_BOARD_PORT",
+    "BULL_BOARD_ALLOWED_HOSTS",
 }
 VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?+])([^}]*))?\}|\$(\w+)")
 PROMTOOL = os.environ.get("PROMTOOL") or shutil.which("promtool")
@@ -154,8 +159,13 @@ def test_redis_requires_redis_password_when_it_is_set(compose: dict[str, Any], t
     stub.write_text('#!/bin/sh\nprintf "auth=%s\\n" "${REDISCLI_AUTH-unset}" >&2\necho PONG\n')
     stub.chmod(0o755)
     for env, expected in (({"REDIS_PASSWORD": password}, f"auth={password}"), ({}, "auth=unset")):
-        run = subprocess.run(["sh", "-c", health[1]], env={"PATH": f"{tmp_path}:{os.environ['PATH']}", **env},
-                             capture_output=True, text=True, timeout=10)
+        run = subprocess.run(
+            ["sh", "-c", health[1]],
+            env={"PATH": f"{tmp_path}:{os.environ['PATH']}", **env},
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         assert run.returncode == 0 and run.stderr.strip() == expected, (env, run.stderr)
 
 
@@ -174,8 +184,13 @@ def test_worker_env_is_bullwait_settings_and_valid(compose: dict[str, Any], serv
 
 def test_worker_receives_the_whatsapp_sender_and_redis_password(compose: dict[str, Any]) -> None:
     """What `.env` (or the shell) sets reaches the worker: a token is not silently ignored."""
-    dotenv = {"WHATSAPP_ACCESS_TOKEN": "tok-123", "WHATSAPP_PHONE_NUMBER_ID": "1234567890",
-              "WHATSAPP_TEMPLATE_NAME": "slot_offer", "REDIS_PASSWORD": "pw-1", "BULL_BOARD_PASSWORD": "board-pw"}
+    dotenv = {
+        "WHATSAPP_ACCESS_TOKEN": "tok-123",
+        "WHATSAPP_PHONE_NUMBER_ID": "1234567890",
+        "WHATSAPP_TEMPLATE_NAME": "slot_offer",
+        "REDIS_PASSWORD": "pw-1",
+        "BULL_BOARD_PASSWORD": "board-pw",
+    }
     worker_env = container_env(compose["services"]["worker"], dotenv)
     passed = compose["services"]["worker"]["environment"]
     missing = sorted(n for n in SETTINGS_ENV if n.startswith("WHATSAPP_") and n not in passed)
@@ -283,15 +298,23 @@ tests:
 
 @pytest.mark.skipif(not PROMTOOL, reason="promtool not installed (Debian package prometheus; or set PROMTOOL)")
 def test_promtool_accepts_the_config_and_the_rules_fire(tmp_path: Path) -> None:
-    check = subprocess.run([PROMTOOL, "check", "config", str(MONITORING / "prometheus.yml")],  # type: ignore[list-item]
-                           capture_output=True, text=True, timeout=60)
+    check = subprocess.run(
+        [PROMTOOL, "check", "config", str(MONITORING / "prometheus.yml")],  # type: ignore[list-item]
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     tests = tmp_path / "alerts_test.yml"
     summary = next(r for r in _alerts() if r["alert"] == "BullwaitNoWorkerMetrics")["annotations"]["summary"]
     fires = f"{{exp_labels: {{severity: critical}}, exp_annotations: {{summary: '{summary}'}}}}"
     tests.write_text(ALERT_TESTS.format(rules=str(MONITORING / "alerts.yml"), fires=fires))
-    run = subprocess.run([PROMTOOL, "test", "rules", str(tests)],  # type: ignore[list-item]
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [PROMTOOL, "test", "rules", str(tests)],  # type: ignore[list-item]
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
 
 
@@ -372,8 +395,12 @@ def test_sentinel_profile_is_a_replica_and_three_sentinels_the_worker_and_board_
 def test_sentinel_profile_passwords_reach_the_nodes_and_sentinels_only_at_run_time(
     compose: dict[str, Any], tmp_path: Path
 ) -> None:
-    env = {"REDIS_SENTINELS": SENTINELS_SETTING, "REDIS_PASSWORD": "data pw$1", "REDIS_SENTINEL_PASSWORD": "sent-pw",
-           "REDIS_SENTINEL_MASTER": "queues"}
+    env = {
+        "REDIS_SENTINELS": SENTINELS_SETTING,
+        "REDIS_PASSWORD": "data pw$1",
+        "REDIS_SENTINEL_PASSWORD": "sent-pw",
+        "REDIS_SENTINEL_MASTER": "queues",
+    }
     resolved = resolve(compose, env)
     assert "data pw$1" not in str(resolved["services"]) and "sent-pw" not in str(resolved["services"])
     conf, _ = _sentinel_conf(compose, "sentinel-2", env, tmp_path)

@@ -28,6 +28,7 @@ from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey, queue_name
 from bullwait.waitlist.producer import Producer
 
+from helpers.cli import invoke_cli
 from helpers.common import BULLWAIT, LoggedProcess, WorkerProcess, run_cli, wait_until
 from helpers.jobdata import expiry_data, notification_data, preference_data
 from helpers.monitoring import get, health, listening, scrape, value
@@ -126,12 +127,20 @@ async def produce(kind: str, settings: Settings, port: int, prefix: str) -> None
         return
     async with Producer(settings) as producer:
         for _ in range(3):
-            await producer.queue(QueueKey.WAITLIST_NOTIFICATION).add("send-slot-available", notification_data(), {"attempts": 3})
+            await producer.queue(QueueKey.WAITLIST_NOTIFICATION).add(
+                "send-slot-available", notification_data(), {"attempts": 3}
+            )
         for _ in range(2):
-            await producer.queue(QueueKey.PREFERENCE_CALCULATION).add("calculate-preferences", preference_data(), {"priority": 10})
+            await producer.queue(QueueKey.PREFERENCE_CALCULATION).add(
+                "calculate-preferences", preference_data(), {"priority": 10}
+            )
         for i in range(4):
-            await producer.queue(QueueKey.WAITLIST_EXPIRY).add("check-expiry", expiry_data(), {"delay": 3_600_000, "jobId": f"expiry_n{i}"})
-        await producer.queue(QueueKey.WAITLIST_EXPIRY).add("check-expiry", expiry_data(), {"delay": 1, "jobId": "expiry_due"})
+            await producer.queue(QueueKey.WAITLIST_EXPIRY).add(
+                "check-expiry", expiry_data(), {"delay": 3_600_000, "jobId": f"expiry_n{i}"}
+            )
+        await producer.queue(QueueKey.WAITLIST_EXPIRY).add(
+            "check-expiry", expiry_data(), {"delay": 1, "jobId": "expiry_due"}
+        )
 
 
 # --- bullwait serve (no workers) ---------------------------------------------------------
@@ -144,7 +153,9 @@ async def produce(kind: str, settings: Settings, port: int, prefix: str) -> None
         "python",
     ],
 )
-async def test_serve_gauges_equal_redis_counts(producer: str, settings: Settings, start_serve, redis_server, prefix) -> None:  # type: ignore[no-untyped-def]
+async def test_serve_gauges_equal_redis_counts(
+    producer: str, settings: Settings, start_serve, redis_server, prefix
+) -> None:  # type: ignore[no-untyped-def]
     serve = start_serve()
     port = serve.port()
     await produce(producer, settings, redis_server.port, prefix)
@@ -190,12 +201,17 @@ async def test_serve_counts_a_node_worker(settings: Settings, start_serve, redis
     serve = start_serve("-q", EXPIRY)
     port = serve.port()
     async with Producer(settings) as producer:
-        await producer.queue(QueueKey.WAITLIST_EXPIRY).add("check-expiry", expiry_data(), {"delay": 3_600_000, "jobId": "expiry_1"})
+        await producer.queue(QueueKey.WAITLIST_EXPIRY).add(
+            "check-expiry", expiry_data(), {"delay": 3_600_000, "jobId": "expiry_1"}
+        )
     status, doc = health(port)
     assert status == 503 and doc["queues"][0]["workers"] == 0  # a 15-minute timer and nobody to run it
     node = subprocess.Popen(
         ["node", "-e", NODE_WORKER, str(redis_server.port), prefix, EXPIRY],
-        cwd=NODE_COMPAT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=NODE_COMPAT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert node.stdout is not None and node.stdout.readline().strip() == "ready"
@@ -209,7 +225,7 @@ async def test_serve_counts_a_node_worker(settings: Settings, start_serve, redis
 
 
 async def test_paused_queue_counts(settings: Settings, start_serve) -> None:  # type: ignore[no-untyped-def]
-    """Pausing moves waiting jobs to the paused list: still waiting for us, 0 in Node's `waiting`."""
+    """Pausing keeps the jobs in the wait list (BullMQ 5+): `waiting` as Node's getJobCounts, paused flag set."""
     serve = start_serve("-q", NOTIFY)
     port = serve.port()
     async with Producer(settings) as producer:
@@ -220,7 +236,10 @@ async def test_paused_queue_counts(settings: Settings, start_serve) -> None:  # 
         samples = scrape(port)
         assert value(samples, "bullmq_jobs_waiting", queue=NOTIFY) == 2
         assert value(samples, "bullmq_queue_paused", queue=NOTIFY) == 1
-        assert value(samples, "bullmq_job_count", queue=NOTIFY, state="waiting") == (await job_counts(settings, NOTIFY))["waiting"]
+        assert (
+            value(samples, "bullmq_job_count", queue=NOTIFY, state="waiting")
+            == (await job_counts(settings, NOTIFY))["waiting"]
+        )
         doc = health(port)[1]
         assert doc["queues"][0]["paused"] is True and doc["queues"][0]["waiting"] == 2
         await queue.resume()
@@ -233,7 +252,9 @@ async def test_client_list_forbidden_skips_the_worker_rule(env: dict[str, str], 
     """A managed Redis may deny CLIENT LIST: counts still work, `workers` is null, no false alarm."""
     from bullwait.dev.embedded import RedisServer
 
-    with RedisServer(appendonly=False, extra_args=["--user", "mon", "on", ">s3cret", "~*", "&*", "+@all", "-client"]) as server:
+    with RedisServer(
+        appendonly=False, extra_args=["--user", "mon", "on", ">s3cret", "~*", "&*", "+@all", "-client"]
+    ) as server:
         url = f"redis://mon:s3cret@127.0.0.1:{server.port}/0"
         limited = Settings(redis_url=url, bullmq_prefix=prefix)
         serve = start_serve("-q", EXPIRY, extra_env={"REDIS_URL": url})
@@ -273,7 +294,7 @@ def test_serve_port_in_use_is_one_line(env: dict[str, str]) -> None:
 
 
 def test_serve_refuses_when_disabled(env: dict[str, str]) -> None:
-    result = run_cli(dict(env, QUEUE_MONITORING_ENABLED="false"), "serve", timeout=30)
+    result = invoke_cli(dict(env, QUEUE_MONITORING_ENABLED="false"), "serve", timeout=30)
     assert result.returncode == 2
     assert "QUEUE_MONITORING_ENABLED=false" in result.stderr and "Traceback" not in result.stderr
 
@@ -311,7 +332,9 @@ async def test_worker_metrics_counters_and_health(settings: Settings, start_work
             await notify.add("send-slot-available", notification_data(f"w-{i}"), {"attempts": 3})
         for _ in range(2):
             await notify.add("send-slot-available", bad, {"attempts": 3})
-        await producer.queue(QueueKey.PREFERENCE_CALCULATION).add("calculate-preferences", preference_data(), {"priority": 10})
+        await producer.queue(QueueKey.PREFERENCE_CALCULATION).add(
+            "calculate-preferences", preference_data(), {"priority": 10}
+        )
         due = datetime.now(UTC) + timedelta(milliseconds=300)
         timer = dict(expiry_data("w-t"), expiresAt=due.isoformat().replace("+00:00", "Z"))
         await producer.queue(QueueKey.WAITLIST_EXPIRY).add("check-expiry", timer, {"delay": 300, "jobId": "expiry_w-t"})
@@ -381,7 +404,11 @@ async def test_native_metrics_equal_node_export(settings: Settings, start_worker
         await _wait_counts(settings, NOTIFY, completed=4, failed=1, delayed=1)
     out = subprocess.run(
         ["node", "-e", NODE_EXPORT, str(redis_server.port), prefix, NOTIFY],
-        cwd=NODE_COMPAT, check=True, timeout=60, capture_output=True, text=True,
+        cwd=NODE_COMPAT,
+        check=True,
+        timeout=60,
+        capture_output=True,
+        text=True,
     ).stdout
     node = {}
     for family in text_string_to_metric_families(out + "\n"):
@@ -415,7 +442,9 @@ class LimitedWorker(WorkerProcess):
     """`bullwait worker` started with a low RLIMIT_NOFILE."""
 
     def __init__(self, env: dict[str, str], args: list[str], log_path: Path) -> None:
-        super().__init__(env, args, log_path, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT)))
+        super().__init__(
+            env, args, log_path, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+        )
 
 
 def half_open(port: int, count: int) -> list[socket.socket]:
@@ -448,7 +477,11 @@ async def test_slowloris_on_the_metrics_port_does_not_starve_the_worker(settings
                 async with Producer(settings) as producer:
                     notify = producer.queue(QueueKey.WAITLIST_NOTIFICATION)
                     for i in range(20):
-                        await notify.add("send-slot-available", notification_data(f"w-slow-{i}", salon_id=f"salon-slow-{i}"), {"attempts": 1})
+                        await notify.add(
+                            "send-slot-available",
+                            notification_data(f"w-slow-{i}", salon_id=f"salon-slow-{i}"),
+                            {"attempts": 1},
+                        )
                     deadline = time.monotonic() + 30
                     counts = await job_counts(settings, NOTIFY)
                     while time.monotonic() < deadline and counts["completed"] + counts["failed"] < 20:

@@ -7,13 +7,15 @@ from typing import Any
 import pytest
 
 import bullwait.ops.migrate as migrate
-from bullwait.waitlist.producer import Producer, new_expiry
 from bullwait.settings import QueueNaming, Settings
+from bullwait.waitlist.producer import Producer, new_expiry
 
-from helpers.common import run_cli
+from helpers.cli import invoke_cli
 
 
-async def test_a_run_cut_short_then_rerun_moves_every_timer_once(settings: Settings, sync_redis, prefix, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+async def test_a_run_cut_short_then_rerun_moves_every_timer_once(
+    settings: Settings, sync_redis, prefix, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     legacy = settings.with_overrides(bullwait_queue_names=QueueNaming.LEGACY)
     async with Producer(legacy) as producer:
         for i in range(300):
@@ -41,9 +43,7 @@ async def test_a_run_cut_short_then_rerun_moves_every_timer_once(settings: Setti
 
 
 def test_cli_dry_run_on_empty_queues_and_unreachable_redis(env: dict[str, str]) -> None:
-    ok = run_cli(env, "migrate-legacy", "--dry-run")
+    ok = invoke_cli(env, "migrate-legacy", "--dry-run")
     assert ok.returncode == 0 and "would move 0" in ok.stdout
-    down = run_cli(dict(env, REDIS_URL="redis://127.0.0.1:1/0"), "migrate-legacy")
+    down = invoke_cli(dict(env, REDIS_URL="redis://127.0.0.1:1/0"), "migrate-legacy")
     assert down.returncode == 3 and "cannot reach Redis" in down.stderr and "Traceback" not in down.stderr
-
-

@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import pytest
 
-from bullwait.ops.durations import BadDuration, format_ms, parse_duration_ms
-from bullwait.errors import BadArgument
-from bullwait.ops.actions import check_count, check_job_id, count_workers, normalize_state
 from bullwait.engine.worker import node_client_name
+from bullwait.errors import BadArgument
+from bullwait.ops.checks import check_count, normalize_state
+from bullwait.ops.durations import BadDuration, format_ms, parse_duration_ms
+from bullwait.ops.snapshot import count_workers
+from bullwait.waitlist.jobids import check_job_id
 
+from helpers.cli import invoke_cli
 from helpers.common import run_cli
 
 
 @pytest.mark.parametrize(
     "text, ms",
-    [("0", 0), ("30s", 30_000), ("15m", 900_000), ("24h", 86_400_000), ("7d", 604_800_000), ("500ms", 500),
-     ("1h30m", 5_400_000), ("1.5s", 1500), (" 2H ", 7_200_000), ("1w", 604_800_000)],
+    [
+        ("0", 0),
+        ("30s", 30_000),
+        ("15m", 900_000),
+        ("24h", 86_400_000),
+        ("7d", 604_800_000),
+        ("500ms", 500),
+        ("1h30m", 5_400_000),
+        ("1.5s", 1500),
+        (" 2H ", 7_200_000),
+        ("1w", 604_800_000),
+    ],
 )
 def test_durations(text: str, ms: int) -> None:
     assert parse_duration_ms(text) == ms
@@ -31,7 +44,14 @@ def test_bad_durations_name_the_accepted_forms(text: str) -> None:
 
 def test_format_ms() -> None:
     assert [format_ms(v) for v in (None, 850, 12_300, 245_000, 7_380_000, 273_600_000, -120_500)] == [
-        "-", "850ms", "12.3s", "4m05s", "2h03m", "3d04h", "-2m00s"]
+        "-",
+        "850ms",
+        "12.3s",
+        "4m05s",
+        "2h03m",
+        "3d04h",
+        "-2m00s",
+    ]
 
 
 @pytest.mark.parametrize("bad", ["", "   ", " padded", "a\nb", "tab\there", "nul\x00", "x" * 513])
@@ -97,16 +117,37 @@ def test_cli_bad_arguments_are_one_line(env: dict[str, str]) -> None:
         (["stats", "--redis-url", "http://x"], "REDIS_URL"),
     ]
     for args, expected in cases:
-        result = run_cli(env, *args, timeout=30)
+        result = invoke_cli(env, *args)
         assert result.returncode == 2, (args, result.returncode, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], (args, result.stderr)
         assert "Traceback" not in result.stderr + result.stdout
 
 
+def test_installed_entry_point_usage_error_is_one_line(env: dict[str, str]) -> None:
+    """The same check through a real process: exit status and stderr as a shell sees them."""
+    result = run_cli(env, "promote", "--all", "--count", "many", timeout=30)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Invalid value for '--count'" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
 def test_every_command_help_has_an_example(env: dict[str, str]) -> None:
-    commands = ["stats", "cancel", "clean", "retry", "promote", "pause", "resume", "doctor", "jobs", "jobs list", "jobs show"]
+    commands = [
+        "stats",
+        "cancel",
+        "clean",
+        "retry",
+        "promote",
+        "pause",
+        "resume",
+        "doctor",
+        "jobs",
+        "jobs list",
+        "jobs show",
+    ]
     for command in commands:
-        result = run_cli(env, *command.split(), "--help", timeout=30)
+        result = invoke_cli(env, *command.split(), "--help")
         assert result.returncode == 0 and "Example:" in result.stdout, (command, result.stdout)
         assert "--redis-url" in result.stdout or command == "jobs", command

@@ -11,16 +11,17 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis
 
-from bullwait.waitlist.catalog import LEGACY_QUEUE_NAMES, QUEUE_NAMES, QueueKey, queue_name
 from bullwait.dev.embedded import RedisServer
+from bullwait.ops.checks import CLEAN_STATES
 from bullwait.ops.migrate import PAGE, migrate_legacy
-from bullwait.ops.actions import BATCH, CLEAN_STATES, Ops
+from bullwait.ops.queues import BATCH, Ops
 from bullwait.settings import Settings
+from bullwait.waitlist.catalog import LEGACY_QUEUE_NAMES, QUEUE_NAMES, QueueKey, queue_name
 
 JOBS = 12 * BATCH + 7  # a partial last batch too (Redis 7 logs a script's own commands too: keep it small)
 WINDOW_ARG = 3 + 3 + 5 - 1  # EVALSHA sha numkeys KEYS[1..3] ARGV[1..]: ARGV[5] is the window

@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis
 
-from bullwait.waitlist.catalog import QueueKey, queue_name
 from bullwait.dev.embedded import RedisServer, free_port
-from bullwait.settings import Settings
 from bullwait.engine.worker import node_client_name
+from bullwait.settings import Settings
+from bullwait.waitlist.catalog import QueueKey, queue_name
 
-from helpers.common import BULLWAIT, ROOT, run_cli
+from helpers.cli import invoke_cli
+from helpers.common import BULLWAIT, ROOT
 from helpers.ops_states import populate
 
 LINE = re.compile(r"^(ok|warn|fail)  +(\S+)  +(\S.*)$")
@@ -40,7 +41,7 @@ def tuned_redis() -> Iterator[RedisServer]:
 
 async def test_doctor_on_jobs_in_every_state(settings: Settings, env: dict[str, str], sync_redis) -> None:
     pop = await populate(settings, sync_redis)
-    result = run_cli(env, "doctor")
+    result = invoke_cli(env, "doctor")
     assert result.returncode == 2, result
     checks = _checks(result.stdout)
     e, n = pop.expiry, pop.notification
@@ -49,15 +50,20 @@ async def test_doctor_on_jobs_in_every_state(settings: Settings, env: dict[str, 
     assert checks["hz"][0] == "ok" and "set `hz 100`" in checks["hz"][1]  # the suite's server runs the default hz 10
     assert checks["clock"][0] == "ok" and "Redis TIME" in checks["clock"][1]
     assert checks["memory"][0] == "ok" and checks["queue-names"][0] == "ok"
-    assert checks[f"{e}/overdue"][0] == "fail" and "1 delayed job(s) past due, the oldest by 2m" in checks[f"{e}/overdue"][1]
-    assert checks[f"{e}/stalled"][0] == "warn" and checks[f"{e}/stalled"][1].startswith("1 active job(s) without a lock")
+    assert (
+        checks[f"{e}/overdue"][0] == "fail"
+        and "1 delayed job(s) past due, the oldest by 2m" in checks[f"{e}/overdue"][1]
+    )
+    assert checks[f"{e}/stalled"][0] == "warn" and checks[f"{e}/stalled"][1].startswith(
+        "1 active job(s) without a lock"
+    )
     assert checks[f"{e}/workers"][0] == "warn" and f"bullwait worker --queue {e}" in checks[f"{e}/workers"][1]
     assert checks[f"{n}/paused"][0] == "warn" and f"bullwait resume {n}" in checks[f"{n}/paused"][1]
     assert checks[f"{e}/paused"][0] == "ok"
     assert checks[f"{e}/failed"] == ("ok", "3 failed (limit 100)")
     assert checks[f"{e}/bullmq-version"][0] == "ok"
     # HEALTH_MAX_FAILED is honoured; --json carries the same checks and exit code.
-    result = run_cli(dict(env, HEALTH_MAX_FAILED="2"), "doctor", "--json", "--queue", e)
+    result = invoke_cli(dict(env, HEALTH_MAX_FAILED="2"), "doctor", "--json", "--queue", e)
     doc = json.loads(result.stdout)
     assert result.returncode == 2 and doc["exit_code"] == 2
     by_name = {c["name"]: c for c in doc["checks"]}
@@ -71,7 +77,7 @@ async def test_doctor_meta_version(settings: Settings, env: dict[str, str], sync
     check = f"{name}/bullmq-version"
 
     def doctor() -> tuple[str, str]:
-        return _checks(run_cli(env, "doctor", "--queue", name).stdout)[check]
+        return _checks(invoke_cli(env, "doctor", "--queue", name).stdout)[check]
 
     sync_redis.hset(meta, "version", "bullmq:6.7.0")
     assert doctor()[0] == "ok" and "bullmq:6.7.0 pairs with bullmq-py 3.4.4" in doctor()[1]
@@ -93,7 +99,7 @@ async def test_doctor_meta_version(settings: Settings, env: dict[str, str], sync
 def test_doctor_healthy_server_exits_0(tuned_redis: RedisServer, env: dict[str, str], start_worker) -> None:
     tuned = dict(env, REDIS_URL=f"{tuned_redis.url}/0")
     start_worker(extra_env={"REDIS_URL": tuned["REDIS_URL"]})
-    result = run_cli(tuned, "doctor")
+    result = invoke_cli(tuned, "doctor")
     assert result.returncode == 0, result.stdout + result.stderr
     checks = _checks(result.stdout)
     assert checks["hz"][0] == "ok"
@@ -103,9 +109,11 @@ def test_doctor_healthy_server_exits_0(tuned_redis: RedisServer, env: dict[str, 
 
 
 def test_doctor_legacy_names_and_eviction(env: dict[str, str]) -> None:
-    server = RedisServer(appendonly=False, extra_args=["--maxmemory-policy", "allkeys-lru", "--maxmemory", "1mb"]).start()
+    server = RedisServer(
+        appendonly=False, extra_args=["--maxmemory-policy", "allkeys-lru", "--maxmemory", "1mb"]
+    ).start()
     try:
-        result = run_cli(dict(env, REDIS_URL=f"{server.url}/0", BULLWAIT_QUEUE_NAMES="legacy"), "doctor")
+        result = invoke_cli(dict(env, REDIS_URL=f"{server.url}/0", BULLWAIT_QUEUE_NAMES="legacy"), "doctor")
     finally:
         server.cleanup()
     assert result.returncode == 2

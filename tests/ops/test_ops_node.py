@@ -9,11 +9,12 @@ import json
 import subprocess
 from urllib.parse import urlsplit
 
-from bullwait.waitlist.catalog import QueueKey, queue_name
 from bullwait.settings import Settings
+from bullwait.waitlist.catalog import QueueKey, queue_name
 
-from helpers.common import run_cli
-from helpers.nodecompat import NODE_DIR as NODE_COMPAT, node_required
+from helpers.cli import invoke_cli
+from helpers.nodecompat import NODE_DIR as NODE_COMPAT
+from helpers.nodecompat import node_required
 
 pytestmark = node_required
 
@@ -58,18 +59,25 @@ const connection = { host, port: Number(port), db: 0 };
 
 def test_stats_equals_node_getjobcounts(settings: Settings, env: dict[str, str], start_worker) -> None:
     url = urlsplit(env["REDIS_URL"])
-    names = [queue_name(k, settings) for k in (QueueKey.WAITLIST_EXPIRY, QueueKey.WAITLIST_NOTIFICATION, QueueKey.PREFERENCE_CALCULATION)]
+    names = [
+        queue_name(k, settings)
+        for k in (QueueKey.WAITLIST_EXPIRY, QueueKey.WAITLIST_NOTIFICATION, QueueKey.PREFERENCE_CALCULATION)
+    ]
     # A Python worker next to the Node one on the (empty) preference queue: two workers, one each.
     start_worker("--queue", names[2])
     node = subprocess.Popen(
         ["node", "-e", NODE_SCRIPT, str(url.hostname), str(url.port), settings.bullmq_prefix, *names],
-        cwd=NODE_COMPAT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=NODE_COMPAT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         line = node.stdout.readline()  # type: ignore[union-attr]
         assert line, node.stderr.read()  # type: ignore[union-attr]
         from_node = json.loads(line)
-        result = run_cli(env, "stats", "--json")
+        result = invoke_cli(env, "stats", "--json")
         assert result.returncode == 0, result.stderr
         rows = {r["name"]: r for r in json.loads(result.stdout)}
     finally:
@@ -84,12 +92,23 @@ def test_stats_equals_node_getjobcounts(settings: Settings, env: dict[str, str],
         assert row["paused"] == node_view["paused"]
         assert row["workers"] == node_view["workers"], (name, row, node_view)
     expiry = rows[names[0]]
-    assert (expiry["waiting"], expiry["prioritized"], expiry["delayed"], expiry["completed"], expiry["failed"], expiry["active"]) == (3, 2, 4, 1, 2, 1)
+    assert (
+        expiry["waiting"],
+        expiry["prioritized"],
+        expiry["delayed"],
+        expiry["completed"],
+        expiry["failed"],
+        expiry["active"],
+    ) == (3, 2, 4, 1, 2, 1)
     assert rows[names[1]]["paused"] is True and rows[names[1]]["waiting"] == 2
     assert (rows[names[2]]["workers"], rows[names[2]]["workers_node"], rows[names[2]]["workers_python"]) == (2, 1, 1)
     assert expiry["meta_version"] == "bullmq:6.7.0"
-    doctor = run_cli(env, "doctor", "--queue", names[0])
-    line = next(l for l in doctor.stdout.splitlines() if "/bullmq-version" in l)
+    doctor = invoke_cli(env, "doctor", "--queue", names[0])
+    line = next(ln for ln in doctor.stdout.splitlines() if "/bullmq-version" in ln)
     assert line.startswith("ok") and "bullmq:6.7.0 pairs with bullmq-py" in line
-    show = json.loads(run_cli(env, "jobs", "show", names[0], "expiry_n1", "--json").stdout)
-    assert show["failed_reason"] == "node says no" and show["stacktrace"] and "Error: node says no" in show["stacktrace"][0]
+    show = json.loads(invoke_cli(env, "jobs", "show", names[0], "expiry_n1", "--json").stdout)
+    assert (
+        show["failed_reason"] == "node says no"
+        and show["stacktrace"]
+        and "Error: node says no" in show["stacktrace"][0]
+    )

@@ -14,7 +14,7 @@ from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.producer import Producer
 
-from helpers.common import run_cli
+from helpers.cli import invoke_cli
 from helpers.jobdata import expiry_data, notification_data, preference_data
 from helpers.reliability import COUNTING, counts, eventually
 from helpers.reliability_processors import counter_field, keys
@@ -34,16 +34,55 @@ CASES: list[tuple[str, str, str, list[str]]] = [
     ("string", "waitlist-expiry", json.dumps("expiry"), ["expected a JSON object, got a string"]),
     ("null", "waitlist-expiry", "null", ["expected a JSON object, got null"]),
     ("number", "waitlist-preference-calculation", "42", ["expected a JSON object, got a number"]),
-    ("too-large", "waitlist-notification", json.dumps(dict(notification_data(), note="x" * 70_000)), ["bytes, more than the 65536 allowed"]),
-    ("missing", "waitlist-notification", json.dumps(_without(notification_data(), "customerPhone")), ["customerPhone", "Field required"]),
-    ("wrong-type", "waitlist-preference-calculation", json.dumps(dict(preference_data(), data={"serviceId": "s", "masterId": "m", "dayOfWeek": "monday", "hour": 10})), ["data.dayOfWeek"]),
-    ("not-e164", "waitlist-notification", json.dumps(dict(notification_data(), customerPhone="600 111 222")), ["customerPhone", "E.164"]),
-    ("past-slot", "waitlist-notification", json.dumps(dict(notification_data(), slotDetails=dict(notification_data()["slotDetails"], date=PAST_DAY))), ["slotDetails.date", "in the past"]),
+    (
+        "too-large",
+        "waitlist-notification",
+        json.dumps(dict(notification_data(), note="x" * 70_000)),
+        ["bytes, more than the 65536 allowed"],
+    ),
+    (
+        "missing",
+        "waitlist-notification",
+        json.dumps(_without(notification_data(), "customerPhone")),
+        ["customerPhone", "Field required"],
+    ),
+    (
+        "wrong-type",
+        "waitlist-preference-calculation",
+        json.dumps(
+            dict(preference_data(), data={"serviceId": "s", "masterId": "m", "dayOfWeek": "monday", "hour": 10})
+        ),
+        ["data.dayOfWeek"],
+    ),
+    (
+        "not-e164",
+        "waitlist-notification",
+        json.dumps(dict(notification_data(), customerPhone="600 111 222")),
+        ["customerPhone", "E.164"],
+    ),
+    (
+        "past-slot",
+        "waitlist-notification",
+        json.dumps(dict(notification_data(), slotDetails=dict(notification_data()["slotDetails"], date=PAST_DAY))),
+        ["slotDetails.date", "in the past"],
+    ),
     ("bad-date", "waitlist-expiry", json.dumps(dict(expiry_data(), expiresAt="tomorrow at ten")), ["expiresAt"]),
 ]
-KEY_OF = {"waitlist-expiry": QueueKey.WAITLIST_EXPIRY, "waitlist-notification": QueueKey.WAITLIST_NOTIFICATION, "waitlist-preference-calculation": QueueKey.PREFERENCE_CALCULATION}
-JOB_OF = {"waitlist-expiry": "check-expiry", "waitlist-notification": "send-slot-available", "waitlist-preference-calculation": "calculate-preferences"}
-GOOD = {"waitlist-expiry": expiry_data, "waitlist-notification": notification_data, "waitlist-preference-calculation": preference_data}
+KEY_OF = {
+    "waitlist-expiry": QueueKey.WAITLIST_EXPIRY,
+    "waitlist-notification": QueueKey.WAITLIST_NOTIFICATION,
+    "waitlist-preference-calculation": QueueKey.PREFERENCE_CALCULATION,
+}
+JOB_OF = {
+    "waitlist-expiry": "check-expiry",
+    "waitlist-notification": "send-slot-available",
+    "waitlist-preference-calculation": "calculate-preferences",
+}
+GOOD = {
+    "waitlist-expiry": expiry_data,
+    "waitlist-notification": notification_data,
+    "waitlist-preference-calculation": preference_data,
+}
 
 
 async def test_bad_data_fails_once_and_worker_keeps_going(
@@ -54,7 +93,9 @@ async def test_bad_data_fails_once_and_worker_keeps_going(
         for case, queue, raw, words in CASES:
             # Added through bullmq like any producer (with retries allowed), then the data
             # is overwritten with what a faulty producer in another runtime could write.
-            job = await producer.queue(KEY_OF[queue]).add(JOB_OF[queue], GOOD[queue](), {"attempts": 3, "backoff": {"type": "fixed", "delay": 10}})
+            job = await producer.queue(KEY_OF[queue]).add(
+                JOB_OF[queue], GOOD[queue](), {"attempts": 3, "backoff": {"type": "fixed", "delay": 10}}
+            )
             sync_redis.hset(f"{prefix}:{queue}:{job.id}", "data", raw)
             bad[case] = (queue, str(job.id), words)
         # One undecodable `opts` too.
@@ -120,7 +161,7 @@ async def test_bad_data_fails_once_and_worker_keeps_going(
     ],
 )
 def test_bad_cli_arguments_fail_clearly(env: dict[str, str], args: list[str], words: list[str]) -> None:
-    result = run_cli(env, *args, timeout=30)
+    result = invoke_cli(env, *args)
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr + result.stdout
     for word in words:

@@ -1,4 +1,4 @@
-"""Fault injection (issue 13, Proof): a real `bullwait worker` subprocess reaches Redis only
+"""Fault injection (Proof): a real `bullwait worker` subprocess reaches Redis only
 through `faultproxy.FaultProxy`, which freezes, cuts replies half-way, resets connections
 or adds latency while the worker runs the waitlist flow against the fake Cloud API.
 
@@ -6,7 +6,7 @@ Per fault, the application side (`Waitlist`, straight to Redis) offers one slot 
 NOTIFICATIONS / 2 salons, each with two customers: A is notified at once, A's timer (run by
 the worker) passes the slot to B, B's timer expires B; so NOTIFICATIONS sends and as many
 timers. Mixed into that load: the hand-written poison jobs of `fault_load.POISON` in both
-the notification and the expiry queue, and a Node bullmq 6 producer (the seed's NestJS
+the notification and the expiry queue, and a Node bullmq 6 producer (the NestJS module's NestJS
 module) adding notifications, timers and a job with `attempts: '3'`.
 
 Afterwards, whatever the fault:
@@ -20,7 +20,7 @@ Afterwards, whatever the fault:
 
 Faults are injected at points of progress (after so many sends), never on a clock, and the
 suite waits as long as jobs keep finishing (IDLE_S without progress ends the wait), so a
-slow machine makes it slower, not red. NOTIFICATIONS is 300 by default (CI); the issue's
+slow machine makes it slower, not red. NOTIFICATIONS is 300 by default (CI) and
 2,000 with BULLWAIT_SLOW=1.
 """
 
@@ -39,9 +39,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from bullwait.dev.embedded import RedisServer
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 from bullwait.runtime.services import Services, build_services
 from bullwait.settings import Settings
-from bullwait.dev.fake_whatsapp import FakeWhatsApp
 
 from helpers.fault_load import (
     EXPIRY,
@@ -86,6 +86,7 @@ def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
 
 
 # --- the faults: what to do as sends progress ----------------------------------------------
+
 
 @dataclass
 class Fault:
@@ -137,15 +138,27 @@ const { loadConfig } = require('./lib/config');
 
 
 def node_produce(env: dict[str, str]) -> dict[str, Any]:
-    """The seed's NestJS module adds NODE_JOBS notifications and timers (entries bullwait's
+    """The NestJS module's NestJS module adds NODE_JOBS notifications and timers (entries bullwait's
     store does not know: sent as asked, timers end `missing`), then one poison job."""
     steps = []
     for k in range(NODE_JOBS):
-        entry = {"id": f"nw{k}", "customerId": f"cust-nw{k}", "salonId": f"node-salon-{k % 3}",
-                 "customer": {"phone": f"+3463{k:07d}"}}
-        slot = {"id": "slot-n", "date": "2099-01-01", "startTime": "10:30", "masterId": "master-1",
-                "master": {"name": "Ana"}, "serviceId": "service-1", "service": {"name": "Haircut"},
-                "duration": 45, "price": 35.5}
+        entry = {
+            "id": f"nw{k}",
+            "customerId": f"cust-nw{k}",
+            "salonId": f"node-salon-{k % 3}",
+            "customer": {"phone": f"+3463{k:07d}"},
+        }
+        slot = {
+            "id": "slot-n",
+            "date": "2099-01-01",
+            "startTime": "10:30",
+            "masterId": "master-1",
+            "master": {"name": "Ana"},
+            "serviceId": "service-1",
+            "service": {"name": "Haircut"},
+            "duration": 45,
+            "price": 35.5,
+        }
         steps.append({"action": "sendSlotAvailableNotification", "args": {"waitlistEntry": entry, "slot": slot}})
         timer_entry = dict(entry, id=f"nt{k}")
         timer_args = {"waitlistEntry": timer_entry, "slot": slot, "delayMs": 500}
@@ -160,6 +173,7 @@ def node_produce(env: dict[str, str]) -> dict[str, Any]:
 
 
 # --- one run ---------------------------------------------------------------------------------
+
 
 @dataclass
 class Run:
@@ -178,8 +192,11 @@ class Run:
         """What has not finished yet (first few), for the progress check and messages."""
         left = [f"{NOTIFY}/{c.notification}" for c in self.people if not self.ledger.finished(NOTIFY, c.notification)]
         left += [f"{EXPIRY}/{c.timer}" for c in self.people if not self.ledger.finished(EXPIRY, c.timer)]
-        left += [f"{q}/{jid.decode(errors='backslashreplace')}" for (q, jid) in self.poison
-                 if not self.ledger.count(q, jid, "failed")]
+        left += [
+            f"{q}/{jid.decode(errors='backslashreplace')}"
+            for (q, jid) in self.poison
+            if not self.ledger.count(q, jid, "failed")
+        ]
         left += [f"{NOTIFY}/{j}" for j in self.node.get("notifications", {}) if not self.ledger.finished(NOTIFY, j)]
         left += [f"{EXPIRY}/{j}" for j in self.node.get("timers", []) if not self.ledger.finished(EXPIRY, j)]
         if "poison" in self.node and not self.ledger.count(NOTIFY, self.node["poison"], "failed"):
@@ -223,6 +240,7 @@ async def audit(run: Run, services: Services) -> tuple[list[str], dict[str, int]
         async def add() -> None:
             if ids:
                 problems.append(f"{what}: {len(ids)} of {total}{await show(queue, ids)}")
+
         return add()
 
     # Notifications of the waitlist flow and of the Node producer.
@@ -244,11 +262,15 @@ async def audit(run: Run, services: Services) -> tuple[list[str], dict[str, int]
     # Timers: each ran once; every entry of the flow ended expired.
     timers = [c.timer for c in run.people]
     # `already-expired`: the expiry ran in Redis, its reply was lost and the re-run found it done.
-    not_run = [t for t in timers if ledger.outcome(EXPIRY, t) not in ("expired", "already-expired")
-               or ledger.count(EXPIRY, t, "completed") != 1]
+    not_run = [
+        t
+        for t in timers
+        if ledger.outcome(EXPIRY, t) not in ("expired", "already-expired") or ledger.count(EXPIRY, t, "completed") != 1
+    ]
     not_run += [t for t in run.node.get("timers", []) if ledger.outcome(EXPIRY, t) != "missing"]
-    await report("TIMER did not complete once as `expired` (Node timers: `missing`)", EXPIRY, not_run,
-                 len(timers) + NODE_JOBS)
+    await report(
+        "TIMER did not complete once as `expired` (Node timers: `missing`)", EXPIRY, not_run, len(timers) + NODE_JOBS
+    )
     states = Counter()
     not_expired = []
     for c in run.people:
@@ -280,16 +302,24 @@ async def audit(run: Run, services: Services) -> tuple[list[str], dict[str, int]
         base = f"{prefix}:{queue}:".encode()
         active = [j for j in await raw.lrange(base + b"active", 0, -1) if (queue, j) not in poison_ids]
         await report(f"STUCK IN ACTIVE ({queue}, not poison)", queue, active, len(active))
-        left = [*await raw.lrange(base + b"wait", 0, -1), *await raw.zrange(base + b"delayed", 0, -1),
-                *await raw.zrange(base + b"prioritized", 0, -1)]
+        left = [
+            *await raw.lrange(base + b"wait", 0, -1),
+            *await raw.zrange(base + b"delayed", 0, -1),
+            *await raw.zrange(base + b"prioritized", 0, -1),
+        ]
         left = [j for j in left if (queue, j) not in poison_ids]
         await report(f"left waiting/delayed ({queue}, not poison)", queue, left, len(left))
         stalled = [j for j in ledger.stalled(queue) if (queue, j) not in poison_ids]
         await report(f"good job STALLED ({queue})", queue, stalled, len(stalled))
 
     numbers = {
-        "notifications": len(sends), "received": sum(received.values()), "skipped": len(skipped),
-        "lost": len(lost), "twice": len(twice), "failed": len(failed), "poison_wrong": len(wrong),
+        "notifications": len(sends),
+        "received": sum(received.values()),
+        "skipped": len(skipped),
+        "lost": len(lost),
+        "twice": len(twice),
+        "failed": len(failed),
+        "poison_wrong": len(wrong),
         **{f"entries_{k}": v for k, v in states.items()},
     }
     return problems, numbers
@@ -297,16 +327,24 @@ async def audit(run: Run, services: Services) -> tuple[list[str], dict[str, int]
 
 @pytest.mark.parametrize("fault", ["freeze", "cut", "reset", "latency"])
 async def test_fault_loses_nothing_sends_once_and_fails_poison_once(  # type: ignore[no-untyped-def]
-    fault: str, settings: Settings, env: dict[str, str], prefix: str, redis_server: RedisServer,
-    api: FakeWhatsApp, proxy: FaultProxy, start_worker,
+    fault: str,
+    settings: Settings,
+    env: dict[str, str],
+    prefix: str,
+    redis_server: RedisServer,
+    api: FakeWhatsApp,
+    proxy: FaultProxy,
+    start_worker,
 ) -> None:
-    worker = start_worker(extra_env={
-        **api.env(),
-        "REDIS_URL": proxy.url(),
-        "WAITLIST_OFFER_MINUTES": str(OFFER_S / 60),
-        "WHATSAPP_TIMEOUT_SECONDS": str(WHATSAPP_TIMEOUT_S),
-        "WHATSAPP_MAX_MESSAGES_PER_SECOND": "10000",  # the global limit is not under test here
-    })
+    worker = start_worker(
+        extra_env={
+            **api.env(),
+            "REDIS_URL": proxy.url(),
+            "WAITLIST_OFFER_MINUTES": str(OFFER_S / 60),
+            "WHATSAPP_TIMEOUT_SECONDS": str(WHATSAPP_TIMEOUT_S),
+            "WHATSAPP_MAX_MESSAGES_PER_SECOND": "10000",  # the global limit is not under test here
+        }
+    )
     services = await build_services(settings.with_overrides(waitlist_offer_minutes=OFFER_S / 60))
     raw = aioredis.Redis(port=redis_server.port)  # bytes: poison ids and data are not UTF-8
     run = Run(raw, prefix, Ledger(raw, prefix), api, customers(NOTIFICATIONS // 2))

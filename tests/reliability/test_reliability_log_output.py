@@ -1,4 +1,4 @@
-"""A log nobody reads never fails a job or holds up a stop (issue 13, item 7).
+"""A log nobody reads never fails a job or holds up a stop (item 7).
 
 `bullwait worker 2>&1 | head`, a log collector that died, or one that stopped reading:
 every job used to fail "[Errno 32] Broken pipe" (or the worker froze on a full pipe), and

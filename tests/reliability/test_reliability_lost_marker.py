@@ -22,7 +22,9 @@ from helpers.jobdata import notification_data
 from helpers.reliability import COUNTING, eventually
 
 
-async def test_job_without_marker_is_fetched(settings: Settings, start_worker: Any, sync_redis: redis.Redis, prefix: str) -> None:
+async def test_job_without_marker_is_fetched(
+    settings: Settings, start_worker: Any, sync_redis: redis.Redis, prefix: str
+) -> None:
     worker = start_worker("-q", "waitlist-notification", extra_env=COUNTING)
     time.sleep(1.0)  # let it go idle on its blocking wait
     base = f"{prefix}:waitlist-notification"

@@ -17,7 +17,7 @@ from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.producer import Producer
 
-from helpers.common import run_cli
+from helpers.cli import invoke_cli
 from helpers.reliability import COUNTING, add_counted, counts, eventually
 
 
@@ -65,17 +65,18 @@ async def test_out_of_memory_refuses_adds_and_loses_nothing(
 
         # `bullwait doctor` says so, and what to do; `bullwait stats` still reads the queues.
         ops_env = dict(env, REDIS_URL=url, BULLMQ_PREFIX=prefix)
-        doctor = run_cli(ops_env, "doctor", "--json")
+        doctor = invoke_cli(ops_env, "doctor", "--json")
         assert doctor.returncode == 2, doctor.stdout + doctor.stderr
         memory = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}["memory"]
         assert memory["status"] == "fail", memory
         assert "of maxmemory" in memory["detail"], memory
         assert "new jobs will be refused" in memory["detail"] and "raise maxmemory" in memory["detail"], memory
-        text = run_cli(ops_env, "doctor")
+        text = invoke_cli(ops_env, "doctor")
         assert text.returncode == 2 and any(
-            line.startswith("fail") and "memory" in line and "raise maxmemory" in line for line in text.stdout.splitlines()
+            line.startswith("fail") and "memory" in line and "raise maxmemory" in line
+            for line in text.stdout.splitlines()
         ), text.stdout
-        stats = run_cli(ops_env, "stats", "--json")
+        stats = invoke_cli(ops_env, "stats", "--json")
         assert stats.returncode == 0 and "Traceback" not in stats.stderr, stats.stderr
 
         # A worker started while Redis is full stays up, then drains everything once memory is freed.

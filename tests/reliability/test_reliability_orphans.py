@@ -23,7 +23,9 @@ QUEUE = "orphans-q"
 
 def _worker(settings: Settings, processor: Any, **opts: Any) -> BullwaitWorker:
     return BullwaitWorker(
-        QUEUE, processor, {"connection": redis_options(settings), "prefix": settings.bullmq_prefix, "autorun": False, **opts}
+        QUEUE,
+        processor,
+        {"connection": redis_options(settings), "prefix": settings.bullmq_prefix, "autorun": False, **opts},
     )
 
 
@@ -31,7 +33,9 @@ async def _noop(job: Any, token: str) -> str:
     return "ok"
 
 
-async def test_sweep_gives_back_only_jobs_locked_by_its_dead_tokens(settings: Settings, sync_redis: redis.Redis) -> None:
+async def test_sweep_gives_back_only_jobs_locked_by_its_dead_tokens(
+    settings: Settings, sync_redis: redis.Redis
+) -> None:
     prefix = settings.bullmq_prefix
     queue = Queue(QUEUE, {"connection": redis_options(settings), "prefix": prefix})
     worker = _worker(settings, _noop)

@@ -34,9 +34,7 @@ PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthC
 
 ids = st.text(alphabet=string.ascii_letters + string.digits + "-_:.", min_size=1, max_size=40)
 names = st.text(min_size=1, max_size=60).filter(lambda s: s.strip() != "")
-aware = st.datetimes(
-    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
-)
+aware = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
 phones = st.from_regex(r"\+[1-9][0-9]{6,14}", fullmatch=True)
 future_days = st.integers(min_value=0, max_value=3650).map(
     lambda d: (datetime.now(UTC) + timedelta(days=d)).date().isoformat()
@@ -50,18 +48,29 @@ def expiry_payloads(draw: Any) -> dict[str, Any]:
     expires = notified + timedelta(seconds=draw(st.integers(min_value=0, max_value=7 * 86400)))
     iso = lambda d: d.isoformat().replace("+00:00", "Z")  # noqa: E731
     return {
-        "waitlistId": draw(ids), "slotId": draw(ids), "customerId": draw(ids), "salonId": draw(ids),
-        "notifiedAt": iso(notified), "expiresAt": iso(expires),
+        "waitlistId": draw(ids),
+        "slotId": draw(ids),
+        "customerId": draw(ids),
+        "salonId": draw(ids),
+        "notifiedAt": iso(notified),
+        "expiresAt": iso(expires),
     }
 
 
 @st.composite
 def notification_payloads(draw: Any) -> dict[str, Any]:
     return {
-        "waitlistId": draw(ids), "customerId": draw(ids), "customerPhone": draw(phones), "salonId": draw(ids),
+        "waitlistId": draw(ids),
+        "customerId": draw(ids),
+        "customerPhone": draw(phones),
+        "salonId": draw(ids),
         "slotDetails": {
-            "date": draw(future_days), "time": draw(times), "masterId": draw(ids), "masterName": draw(names).strip(),
-            "serviceId": draw(ids), "serviceName": draw(names).strip(),
+            "date": draw(future_days),
+            "time": draw(times),
+            "masterId": draw(ids),
+            "masterName": draw(names).strip(),
+            "serviceId": draw(ids),
+            "serviceName": draw(names).strip(),
             "duration": draw(st.integers(min_value=1, max_value=1440)),
             "price": draw(st.floats(min_value=0, max_value=1e6, allow_nan=False)),
         },
@@ -71,12 +80,18 @@ def notification_payloads(draw: Any) -> dict[str, Any]:
 
 @st.composite
 def preference_payloads(draw: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {"customerId": draw(ids), "salonId": draw(ids), "action": draw(st.sampled_from(["calculate", "recalculate"]))}
+    data: dict[str, Any] = {
+        "customerId": draw(ids),
+        "salonId": draw(ids),
+        "action": draw(st.sampled_from(["calculate", "recalculate"])),
+    }
     if data["action"] == "calculate" or draw(st.booleans()):
         data["bookingId"] = draw(ids)
         data["data"] = {
-            "serviceId": draw(ids), "masterId": draw(ids),
-            "dayOfWeek": draw(st.integers(0, 6)), "hour": draw(st.integers(0, 23)),
+            "serviceId": draw(ids),
+            "masterId": draw(ids),
+            "dayOfWeek": draw(st.integers(0, 6)),
+            "hour": draw(st.integers(0, 23)),
         }
     return data
 
@@ -160,7 +175,9 @@ def test_phone_is_e164_or_refused_naming_the_field(phone: str) -> None:
         assert 8 <= len(payload.customer_phone) <= 16  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("phone", ["+3\u0664\u0666\u0660\u0660\u0661\u0661\u0661\u0662\u0662\u0662", "+34\uff16\uff10\uff10111222"])
+@pytest.mark.parametrize(
+    "phone", ["+3\u0664\u0666\u0660\u0660\u0661\u0661\u0661\u0662\u0662\u0662", "+34\uff16\uff10\uff10111222"]
+)
 def test_phone_digits_from_other_scripts_are_refused(phone: str) -> None:
     """Python's \\d matches Arabic-Indic and full-width digits; a phone number must not."""
     with pytest.raises(InvalidJobData, match="customerPhone"):
@@ -220,7 +237,9 @@ def test_size_limit_applies_to_every_model(job_name: str, model: type[WireModel]
         parse_payload(model, raw)
 
 
-@pytest.mark.parametrize("value,expected", [(None, "null"), ([1], "an array"), ("s", "a string"), (3, "a number"), (True, "a boolean")])
+@pytest.mark.parametrize(
+    "value,expected", [(None, "null"), ([1], "an array"), ("s", "a string"), (3, "a number"), (True, "a boolean")]
+)
 def test_non_objects_are_named_in_json_terms(value: Any, expected: str) -> None:
     with pytest.raises(InvalidJobData, match=f"expected a JSON object, got {expected}$"):
         parse_payload(ExpiryJob, value)

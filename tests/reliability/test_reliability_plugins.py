@@ -14,7 +14,8 @@ from bullwait.settings import Settings
 from bullwait.waitlist.catalog import JOB_NAMES, QueueKey
 from bullwait.waitlist.payloads import ExpiryJob
 
-from helpers.common import ROOT, run_cli
+from helpers.cli import invoke_cli
+from helpers.common import ROOT
 
 
 async def _custom(payload: ExpiryJob, ctx: object) -> str:
@@ -87,7 +88,7 @@ def test_bad_plugin_is_named(plugin_module: types.ModuleType, value: str, expect
 
 def test_worker_with_bad_plugin_exits_2_with_one_line(env: dict[str, str]) -> None:
     bad = dict(env, BULLWAIT_PROCESSORS="surely_missing_module_xyz:register", PYTHONPATH=str(ROOT / "tests"))
-    result = run_cli(bad, "worker", timeout=30)
+    result = invoke_cli(bad, "worker", timeout=30)
     assert result.returncode == 2, result
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "BULLWAIT_PROCESSORS" in lines[0], result.stderr

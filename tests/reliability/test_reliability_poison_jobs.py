@@ -1,4 +1,4 @@
-"""Poison job hashes (issue 13, items 2 and 3): whatever a producer or a hand-written HSET left
+"""Poison job hashes (items 2 and 3): whatever a producer or a hand-written HSET left
 in a job hash, the job fails once with a reason naming what is wrong, never stalls, harms no
 other job, and the CLI can list, show and remove it.
 
@@ -19,7 +19,7 @@ from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.producer import Producer
 
-from helpers.common import run_cli
+from helpers.cli import invoke_cli
 from helpers.jobdata import expiry_data
 from helpers.reliability import COUNTING, eventually
 from helpers.reliability_processors import counter_field, keys
@@ -31,14 +31,22 @@ INVALID = json.dumps({k: v for k, v in expiry_data().items() if k != "customerId
 
 # (job id, fields over a good job, words the failedReason must hold, attempts made in the end)
 CASES: list[tuple[bytes, dict[str, bytes], list[str], int]] = [
-    (b"inf-attempts", {"data": INVALID, "opts": b'{"attempts":1e400}'},
-     ["Invalid job data", "customerId", "opts.attempts", "not finite"], 1),
+    (
+        b"inf-attempts",
+        {"data": INVALID, "opts": b'{"attempts":1e400}'},
+        ["Invalid job data", "customerId", "opts.attempts", "not finite"],
+        1,
+    ),
     (b"huge-attempts", {"data": INVALID, "opts": b'{"attempts":100000000000000000000000}'}, ["customerId"], 1),
     (b"str-attempts", {"data": FAILING, "opts": b'{"attempts":"3"}'}, ["asked to fail"], 3),  # "3" means 3, as in Node
     (b"abc-attempts", {"data": FAILING, "opts": b'{"attempts":"abc"}'}, ["opts.attempts is 'abc'", "asked to fail"], 1),
     (b"null-attempts", {"data": FAILING, "opts": b'{"attempts":null}'}, ["opts.attempts is null", "asked to fail"], 1),
-    (b"abc-backoff", {"data": FAILING, "opts": b'{"attempts":3,"backoff":{"type":"fixed","delay":"x"}}'},
-     ["opts.backoff"], 1),
+    (
+        b"abc-backoff",
+        {"data": FAILING, "opts": b'{"attempts":3,"backoff":{"type":"fixed","delay":"x"}}'},
+        ["opts.backoff"],
+        1,
+    ),
     (b"abc-timestamp", {"timestamp": b"abc"}, ["timestamp is 'abc'"], 1),
     (b"abc-delay", {"delay": b"abc"}, ["delay is 'abc'"], 1),
     (b"abc-priority", {"priority": b"abc"}, ["priority is 'abc'"], 1),
@@ -49,8 +57,12 @@ CASES: list[tuple[bytes, dict[str, bytes], list[str], int]] = [
     (b"bad-utf8-id-\xff\xfe", {}, ["id is not valid UTF-8"], 1),
     # Options bullmq-py reads while building the Job, which keeping `opts` does not fix.
     (b"str-parent", {"opts": b'{"parent":"x"}'}, ["Invalid job data"], 1),
-    (b"both-parent-flags", {"opts": b'{"failParentOnFailure":true,"continueParentOnFailure":true}'},
-     ["Invalid job data"], 1),
+    (
+        b"both-parent-flags",
+        {"opts": b'{"failParentOnFailure":true,"continueParentOnFailure":true}'},
+        ["Invalid job data"],
+        1,
+    ),
 ]
 
 
@@ -121,19 +133,19 @@ async def test_each_poison_job_fails_once_naming_the_problem(
     assert "bad-utf8-id-\\\\xff\\\\xfe" in log, "an undecodable id is logged escaped"
 
     # The CLI lists, shows and removes them, no traceback.
-    listed = run_cli(env, "jobs", "list", QUEUE, "--status", "failed", "--limit", "50")
+    listed = invoke_cli(env, "jobs", "list", QUEUE, "--status", "failed", "--limit", "50")
     assert listed.returncode == 0, listed.stderr
     assert "bad-utf8-id-\\xff\\xfe" in listed.stdout
-    as_json = run_cli(env, "jobs", "list", QUEUE, "--status", "failed", "--json", "--limit", "50")
+    as_json = invoke_cli(env, "jobs", "list", QUEUE, "--status", "failed", "--json", "--limit", "50")
     assert as_json.returncode == 0, as_json.stderr
     assert len(json.loads(as_json.stdout)) == len(CASES)
     for shown_id in ("bad-utf8-id-\\xff\\xfe", "bad-utf8-data", "bad-utf8-name", "array-opts", "abc-delay"):
-        show = run_cli(env, "jobs", "show", QUEUE, shown_id)
+        show = invoke_cli(env, "jobs", "show", QUEUE, shown_id)
         assert show.returncode == 0, (shown_id, show.stdout, show.stderr)
         assert "failed" in show.stdout
-    stats = run_cli(env, "stats")
+    stats = invoke_cli(env, "stats")
     assert stats.returncode == 0, stats.stderr
-    cleaned = run_cli(env, "clean", "--queue", QUEUE, "--status", "failed", "--grace", "0", "--json")
+    cleaned = invoke_cli(env, "clean", "--queue", QUEUE, "--status", "failed", "--grace", "0", "--json")
     assert cleaned.returncode == 0, cleaned.stderr
     assert json.loads(cleaned.stdout)[0]["removed"] == len(CASES)
     assert not failed_ids(raw_redis, prefix)
@@ -149,20 +161,20 @@ async def test_a_waiting_poison_job_can_be_listed_shown_and_cancelled(
     write_job(raw_redis, prefix, b"bad-\xff", {"data": b"\xff\xfe", "name": b"\xc3("})
     write_job(raw_redis, prefix, b"array-opts", {"opts": b"[1]", "delay": b"abc", "atm": b"x"})
     for status in ("wait", "waiting"):
-        listed = run_cli(env, "jobs", "list", QUEUE, "--status", status)
+        listed = invoke_cli(env, "jobs", "list", QUEUE, "--status", status)
         assert listed.returncode == 0, listed.stderr
         assert "bad-\\xff" in listed.stdout and "array-opts" in listed.stdout
-    stats = run_cli(env, "stats", "--json")  # the oldest waiting job is a bad one
+    stats = invoke_cli(env, "stats", "--json")  # the oldest waiting job is a bad one
     assert stats.returncode == 0, stats.stderr
     assert {q["name"]: q["waiting"] for q in json.loads(stats.stdout)}[QUEUE] == 2
-    show = run_cli(env, "jobs", "show", QUEUE, "bad-\\xff")
+    show = invoke_cli(env, "jobs", "show", QUEUE, "bad-\\xff")
     assert show.returncode == 0, show.stderr
     assert "\\xff\\xfe" in show.stdout and "not valid UTF-8" in show.stdout
-    shown_json = run_cli(env, "jobs", "show", QUEUE, "bad-\\xff", "--json")
+    shown_json = invoke_cli(env, "jobs", "show", QUEUE, "bad-\\xff", "--json")
     assert shown_json.returncode == 0, shown_json.stderr
     assert json.loads(shown_json.stdout)["id"] == "bad-\\xff"
     for job_id in ("bad-\\xff", "array-opts"):
-        cancelled = run_cli(env, "cancel", "--queue", QUEUE, "--job", job_id)
+        cancelled = invoke_cli(env, "cancel", "--queue", QUEUE, "--job", job_id)
         assert cancelled.returncode == 0, (job_id, cancelled.stdout, cancelled.stderr)
         assert "Traceback" not in cancelled.stdout + cancelled.stderr
     assert raw_redis.llen(f"{prefix}:{QUEUE}:wait") == 0

@@ -27,7 +27,9 @@ from helpers.reliability_processors import keys
 def _server(tmp_path: Path, port: int) -> RedisServer:
     # appendfsync always: an acknowledged write is on disk even if Redis is SIGKILLed.
     (tmp_path / "redis").mkdir(exist_ok=True)
-    return RedisServer(port=port, data_dir=str(tmp_path / "redis"), appendonly=True, extra_args=["--appendfsync", "always"])
+    return RedisServer(
+        port=port, data_dir=str(tmp_path / "redis"), appendonly=True, extra_args=["--appendfsync", "always"]
+    )
 
 
 async def _add_one(producer: Producer, i: int) -> tuple[QueueKey, str]:
@@ -35,7 +37,9 @@ async def _add_one(producer: Producer, i: int) -> tuple[QueueKey, str]:
 
 
 @pytest.mark.parametrize("how", ["sigkill", "shutdown"])
-async def test_redis_restart_under_load(tmp_path: Path, env: dict[str, str], prefix: str, start_worker: Any, how: str) -> None:
+async def test_redis_restart_under_load(
+    tmp_path: Path, env: dict[str, str], prefix: str, start_worker: Any, how: str
+) -> None:
     port = free_port()
     server = _server(tmp_path, port).start()
     url = f"redis://127.0.0.1:{port}/0"
@@ -121,7 +125,9 @@ async def test_redis_restart_under_load(tmp_path: Path, env: dict[str, str], pre
             # Processing goes on after the restart, on the same worker process.
             _, after = await _add_one(producer, 99_999)
             await eventually(
-                lambda: _is_completed(producer, QueueKey.WAITLIST_NOTIFICATION, after), timeout=30, message="post-restart job"
+                lambda: _is_completed(producer, QueueKey.WAITLIST_NOTIFICATION, after),
+                timeout=30,
+                message="post-restart job",
             )
         assert worker.terminate() == 0
     finally:
@@ -149,7 +155,9 @@ async def test_producer_add_during_outage_succeeds_after_or_raises(tmp_path: Pat
             assert "job not added" in message and "BULLWAIT_REDIS_RETRY_TIMEOUT" in message and "\n" not in message
             assert isinstance(info.value, BullwaitError)
 
-            pending = asyncio.ensure_future(slow.send_slot_available(NotificationJob.model_validate(notification_data("retried"))))
+            pending = asyncio.ensure_future(
+                slow.send_slot_available(NotificationJob.model_validate(notification_data("retried")))
+            )
             await asyncio.sleep(1.0)
             assert not pending.done(), "the patient producer keeps retrying while Redis is down"
             server = _server(tmp_path, port).start()

@@ -25,8 +25,18 @@ SLOW = os.environ.get("BULLWAIT_SLOW") == "1"
 BAD_EVERY = 97  # about 1% of the jobs carry invalid data: they must fail once, deliberately
 
 
-async def _soak(settings: Settings, start_worker: Any, sync_redis: redis.Redis, prefix: str, jobs: int, workers: int,
-                restarts: int, pause: tuple[float, float], deadline_s: float, seed: int) -> None:
+async def _soak(
+    settings: Settings,
+    start_worker: Any,
+    sync_redis: redis.Redis,
+    prefix: str,
+    jobs: int,
+    workers: int,
+    restarts: int,
+    pause: tuple[float, float],
+    deadline_s: float,
+    seed: int,
+) -> None:
     """Add the jobs in `restarts + 1` slices; after each slice restart a random worker while
     the slice is being processed (alternately SIGTERM and SIGKILL), then wait a random
     `pause`. The number of restarts does not depend on the machine's speed."""
@@ -51,11 +61,15 @@ async def _soak(settings: Settings, start_worker: Any, sync_redis: redis.Redis, 
         return worker.log().count("worker started") >= 3
 
     async with Producer(settings) as producer:
+
         async def add_range(first: int, last: int) -> None:
             for start in range(first, last, 200):
                 stop = min(start + 200, last)
                 results = await asyncio.gather(
-                    *(add_counted(producer, i, sleep_ms=rng.choice((0, 1, 3)), bad=(i % BAD_EVERY == 0)) for i in range(start, stop))
+                    *(
+                        add_counted(producer, i, sleep_ms=rng.choice((0, 1, 3)), bad=(i % BAD_EVERY == 0))
+                        for i in range(start, stop)
+                    )
                 )
                 for i, (key, job_id) in zip(range(start, stop), results):
                     added[key].add(job_id)
@@ -131,11 +145,35 @@ def settings_queue(key: QueueKey) -> str:
     return QUEUE_NAMES[key]
 
 
-async def test_soak_with_random_worker_restarts(settings: Settings, start_worker: Any, sync_redis: redis.Redis, prefix: str) -> None:
-    await _soak(settings, start_worker, sync_redis, prefix, jobs=3_000, workers=2, restarts=6, pause=(0.0, 0.3), deadline_s=120, seed=8)
+async def test_soak_with_random_worker_restarts(
+    settings: Settings, start_worker: Any, sync_redis: redis.Redis, prefix: str
+) -> None:
+    await _soak(
+        settings,
+        start_worker,
+        sync_redis,
+        prefix,
+        jobs=3_000,
+        workers=2,
+        restarts=6,
+        pause=(0.0, 0.3),
+        deadline_s=120,
+        seed=8,
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SLOW, reason="long soak: set BULLWAIT_SLOW=1")
 async def test_soak_100k_jobs(settings: Settings, start_worker: Any, sync_redis: redis.Redis, prefix: str) -> None:
-    await _soak(settings, start_worker, sync_redis, prefix, jobs=100_000, workers=2, restarts=200, pause=(1.0, 5.0), deadline_s=3600, seed=100)
+    await _soak(
+        settings,
+        start_worker,
+        sync_redis,
+        prefix,
+        jobs=100_000,
+        workers=2,
+        restarts=200,
+        pause=(1.0, 5.0),
+        deadline_s=3600,
+        seed=100,
+    )

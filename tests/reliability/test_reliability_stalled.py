@@ -86,7 +86,11 @@ async def test_sigkilled_python_worker_jobs_are_recovered_by_a_node_worker(
         # A Node bullmq 6 Worker, short stalledInterval: it finds the dead worker's jobs once
         # their 1.5 s lock expires, moves them back to wait and runs them.
         node = start_node(
-            "compat/worker.js", "WAITLIST_NOTIFICATION", "--record", "--stalled-interval", "500",
+            "compat/worker.js",
+            "WAITLIST_NOTIFICATION",
+            "--record",
+            "--stalled-interval",
+            "500",
             ready="node worker ready",
         )
         await _all_completed(producer, ids, "Node")

@@ -1,4 +1,4 @@
-"""A worker keeps its names through a Redis restart (issue 13, item 6).
+"""A worker keeps its names through a Redis restart (item 6).
 
 Node's getWorkers(), Bull Board and `bullwait stats` find workers by their CLIENT LIST
 names; connections that came back from a restart without them made a busy worker look
@@ -24,7 +24,7 @@ from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.producer import Producer
 
-from helpers.common import run_cli
+from helpers.cli import invoke_cli
 from helpers.nodecompat import node_json, node_required, start_board, start_node  # noqa: F401 (fixtures)
 
 pytestmark = node_required
@@ -63,7 +63,7 @@ def _names_back(port: int, prefix: str, before: list[str]) -> bool | list[str]:
 
 def _stats_lists_worker(env: dict[str, str], python_named: bool = False) -> bool | str:
     """True when `bullwait stats --json` counts one worker on every queue (as a Python one if asked)."""
-    proc = run_cli(env, "stats", "--json")
+    proc = invoke_cli(env, "stats", "--json")
     if proc.returncode != 0:
         return proc.stderr.strip()[-300:]
     rows = {row["name"]: row for row in json.loads(proc.stdout)}
@@ -118,8 +118,9 @@ async def _add_timers(settings: Settings) -> None:
             await producer.queue(key).add("parked", {}, {"delay": 3_600_000, "jobId": f"parked-{key.value}"})
 
 
-def test_worker_listed_again_after_redis_restart(tmp_path: Path, env: dict[str, str], prefix: str,
-                                                 start_worker: Any, start_board: Any) -> None:
+def test_worker_listed_again_after_redis_restart(
+    tmp_path: Path, env: dict[str, str], prefix: str, start_worker: Any, start_board: Any
+) -> None:
     port = free_port()
     data_dir = tmp_path / "redis"
     data_dir.mkdir()

@@ -15,10 +15,15 @@ from bullwait.runtime.supervisor import Supervisor
 from bullwait.settings import Settings
 from bullwait.waitlist.producer import Producer, new_expiry
 
+from helpers.cli import invoke_cli
 from helpers.common import BULLWAIT, ROOT, wait_until
 from helpers.monitoring import listening, scrape, value
 
-CHILD = [sys.executable, "-c", "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); time.sleep(3600)"]
+CHILD = [
+    sys.executable,
+    "-c",
+    "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); time.sleep(3600)",
+]
 
 
 def _alive(pid: int) -> bool:
@@ -54,10 +59,18 @@ def test_supervisor_starts_n_restarts_a_killed_child_and_stops_all() -> None:
     assert not any(_alive(pid) for _, pid in spawned)
 
 
-def test_worker_processes_serve_jobs_and_drain_on_sigterm(env: dict[str, str], settings: Settings, tmp_path: Path) -> None:
+def test_worker_processes_serve_jobs_and_drain_on_sigterm(
+    env: dict[str, str], settings: Settings, tmp_path: Path
+) -> None:
     log_path = tmp_path / "sup.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([*BULLWAIT, "worker", "--processes", "2", "-q", "waitlist-expiry"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(
+            [*BULLWAIT, "worker", "--processes", "2", "-q", "waitlist-expiry"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
     try:
         wait_until(lambda: log_path.read_text().count("worker started") == 2, timeout=30, message="2 worker processes")
 
@@ -73,7 +86,9 @@ def test_worker_processes_serve_jobs_and_drain_on_sigterm(env: dict[str, str], s
         assert len(ids) == 40
         wait_until(lambda: log_path.read_text().count("job completed") == 40, timeout=30, message="40 jobs completed")
         text = log_path.read_text()
-        pids = {line.split('"pid": ')[1].split(",")[0] for line in text.splitlines() if "worker process started" in line}
+        pids = {
+            line.split('"pid": ')[1].split(",")[0] for line in text.splitlines() if "worker process started" in line
+        }
         assert len(pids) == 2
         # One /metrics for both processes: counters summed across them.
         assert text.count("monitoring server listening") == 1
@@ -94,7 +109,7 @@ def test_worker_processes_serve_jobs_and_drain_on_sigterm(env: dict[str, str], s
 
 @pytest.mark.parametrize("bad", ["0", "x"])
 def test_processes_bad_value_is_one_line(env: dict[str, str], bad: str) -> None:
-    out = subprocess.run([*BULLWAIT, "worker", "--processes", bad], env=env, capture_output=True, text=True, timeout=30, cwd=ROOT)
+    out = invoke_cli(env, "worker", "--processes", bad)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and "--processes" in out.stderr
 
@@ -102,13 +117,13 @@ def test_processes_bad_value_is_one_line(env: dict[str, str], bad: str) -> None:
 @pytest.mark.parametrize(
     "processes, host, cpus, warned",
     [
-        (2, "127.0.0.1", 2, True),   # 2 workers + Redis on 2 CPUs: measured slower than 1 process
-        (2, None, 2, True),          # Unix socket: Redis is local
+        (2, "127.0.0.1", 2, True),  # 2 workers + Redis on 2 CPUs: measured slower than 1 process
+        (2, None, 2, True),  # Unix socket: Redis is local
         (1, "localhost", 2, False),
         (3, "localhost", 4, False),
         (4, "localhost", 4, True),
         (8, "redis.internal", 2, False),  # Redis on its own host: no contention here
-        (2, "127.0.0.1", None, False),    # CPU count unknown: say nothing
+        (2, "127.0.0.1", None, False),  # CPU count unknown: say nothing
     ],
 )
 def test_core_contention_warns_only_when_workers_and_local_redis_outnumber_cpus(

@@ -15,7 +15,13 @@ def test_redact_text_masks_each_kind() -> None:
 
 
 def test_redact_event_keys() -> None:
-    event = {"event": "x +34600111222", "password": "p", "customerPhone": "+34600111222", "nested": {"api_key": "k", "to": "+34600111222"}, "n": 3}
+    event = {
+        "event": "x +34600111222",
+        "password": "p",
+        "customerPhone": "+34600111222",
+        "nested": {"api_key": "k", "to": "+34600111222"},
+        "n": 3,
+    }
     out = redact(None, "info", event)
     assert out == {
         "event": "x +34600111222",

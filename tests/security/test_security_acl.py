@@ -15,6 +15,7 @@ from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.payloads import NotificationJob, PreferenceJob
 from bullwait.waitlist.producer import Producer, new_expiry
 
+from helpers.cli import invoke_cli
 from helpers.common import ROOT, run_cli
 from helpers.jobdata import notification_data, preference_data
 from helpers.nodecompat import HAVE_NODE, SKIP_REASON, nest, node_json, seed_entry, seed_slot, start_board, start_node  # noqa: F401 (fixtures)
@@ -51,7 +52,18 @@ async def test_least_privilege_user_runs_workers_and_producer(
     assert "NOPERM" not in log and "worker error" not in log, log
     assert worker.terminate() == 0
     # The built-in processors and the demo traffic too.
-    demo = run_cli(dict(env, REDIS_URL=url), "demo", "--customers", "3", "--timer-ms", "1500", "--timeout", "40", "--embedded-redis", "never")
+    demo = run_cli(
+        dict(env, REDIS_URL=url),
+        "demo",
+        "--customers",
+        "3",
+        "--timer-ms",
+        "1500",
+        "--timeout",
+        "40",
+        "--embedded-redis",
+        "never",
+    )
     assert demo.returncode == 0, demo.stderr[-2000:]
     assert "NOPERM" not in demo.stderr
     assert acl_refusals(acl_server, user) == []
@@ -71,8 +83,14 @@ async def test_node_side_board_and_ops_need_nothing_more(
     note = NotificationJob.model_validate(notification_data("w-acl-fail"))
     async with Producer(settings) as producer:
         await producer.add(QueueKey.WAITLIST_NOTIFICATION, note, job_id="acl-fail", attempts=1)
-    start_node("compat/worker.js", "WAITLIST_NOTIFICATION", "--fail-ids", "acl-fail", extra_env={"REDIS_URL": url},
-               ready="node worker ready")
+    start_node(
+        "compat/worker.js",
+        "WAITLIST_NOTIFICATION",
+        "--fail-ids",
+        "acl-fail",
+        extra_env={"REDIS_URL": url},
+        ready="node worker ready",
+    )
     sent = nest(user_env, "sendSlotAvailableNotification", {"waitlistEntry": seed_entry("w-acl"), "slot": seed_slot()})
     nest(user_env, "notifyWaitlistCustomer", {"waitlistEntry": seed_entry("w-acl2"), "slot": seed_slot()})
     assert nest(user_env, "cancelExpiryTimer", {"waitlistId": "w-acl2"})["cancelled"] is True
@@ -92,12 +110,18 @@ async def test_node_side_board_and_ops_need_nothing_more(
     assert board.get("/api/queues").status_code == 200
     assert board.get("/api/queues/waitlist-notification/workers").status_code == 200
     assert board.get("/api/redis/stats").status_code == 200
-    for args in (("stats",), ("doctor",), ("jobs", "list", "waitlist-notification", "--status", "failed"),
-                 ("jobs", "show", "waitlist-notification", "acl-fail"),
-                 ("clean", "--queue", "waitlist-notification", "--status", "completed", "--grace", "0"),
-                 ("retry", "--queue", "waitlist-notification"), ("promote", "--queue", "waitlist-expiry"),
-                 ("pause", "waitlist-preference-calculation"), ("resume", "waitlist-preference-calculation")):
-        result = run_cli(user_env, *args, "--json")
+    for args in (
+        ("stats",),
+        ("doctor",),
+        ("jobs", "list", "waitlist-notification", "--status", "failed"),
+        ("jobs", "show", "waitlist-notification", "acl-fail"),
+        ("clean", "--queue", "waitlist-notification", "--status", "completed", "--grace", "0"),
+        ("retry", "--queue", "waitlist-notification"),
+        ("promote", "--queue", "waitlist-expiry"),
+        ("pause", "waitlist-preference-calculation"),
+        ("resume", "waitlist-preference-calculation"),
+    ):
+        result = invoke_cli(user_env, *args, "--json")
         output = result.stdout + result.stderr
         assert result.returncode in (0, 1) and "NOPERM" not in output, (args, result.stderr[-1000:])
     # `doctor` tries CONFIG GET for one optional check and says it skipped it: the only refusal.
@@ -125,7 +149,9 @@ async def test_node_side_board_and_ops_need_nothing_more(
         ("PUBLISH", "channel", "x"),
     ],
 )
-def test_restricted_user_is_refused_everything_else(acl_server: AuthRedisServer, prefix: str, command: tuple[str, ...]) -> None:
+def test_restricted_user_is_refused_everything_else(
+    acl_server: AuthRedisServer, prefix: str, command: tuple[str, ...]
+) -> None:
     user, password = least_privilege_user(acl_server, prefix)
     client = redis.Redis(port=acl_server.port, username=user, password=password, decode_responses=True)
     try:
@@ -153,12 +179,24 @@ def test_other_apps_key_names_do_not_leak(acl_server: AuthRedisServer, prefix: s
     client = redis.Redis(port=acl_server.port, username=user, password=password, decode_responses=True)
     own = f"{prefix}:own"
     refused = [
-        ("SCAN", "0", "MATCH", "otherapp*", "COUNT", "1000"), ("SCAN", "0"), ("RANDOMKEY",), ("KEYS", "*"), ("DBSIZE",),
-        ("MOVE", own, "1"), ("COPY", own, f"{prefix}:copy", "DB", "1"), ("SWAPDB", "0", "1"),
-        ("CLIENT", "TRACKING", "on", "BCAST"), ("CLIENT", "TRACKING", "on", "BCAST", "PREFIX", "otherapp"),
-        ("EVAL", "return redis.call('SCAN', '0')", "0"), ("EVAL", "return redis.call('RANDOMKEY')", "0"),
-        ("SORT", own, "BY", "nosort", "GET", "otherapp:*"), ("OBJECT", "ENCODING", OTHER_APP_KEYS[0]),
-        ("SLOWLOG", "GET"), ("SCRIPT", "DEBUG", "YES"), ("FUNCTION", "LIST"), ("PUBSUB", "CHANNELS"),
+        ("SCAN", "0", "MATCH", "otherapp*", "COUNT", "1000"),
+        ("SCAN", "0"),
+        ("RANDOMKEY",),
+        ("KEYS", "*"),
+        ("DBSIZE",),
+        ("MOVE", own, "1"),
+        ("COPY", own, f"{prefix}:copy", "DB", "1"),
+        ("SWAPDB", "0", "1"),
+        ("CLIENT", "TRACKING", "on", "BCAST"),
+        ("CLIENT", "TRACKING", "on", "BCAST", "PREFIX", "otherapp"),
+        ("EVAL", "return redis.call('SCAN', '0')", "0"),
+        ("EVAL", "return redis.call('RANDOMKEY')", "0"),
+        ("SORT", own, "BY", "nosort", "GET", "otherapp:*"),
+        ("OBJECT", "ENCODING", OTHER_APP_KEYS[0]),
+        ("SLOWLOG", "GET"),
+        ("SCRIPT", "DEBUG", "YES"),
+        ("FUNCTION", "LIST"),
+        ("PUBSUB", "CHANNELS"),
         ("SELECT", "1"),  # last: where allowed it moves this connection to the other database
     ]
     try:
@@ -183,7 +221,9 @@ def test_the_docs_document_the_tested_acl() -> None:
 
 
 @pytest.mark.parametrize("how", ["wrong-password", "unknown-user", "no-credentials"])
-def test_wrong_credentials_one_line_naming_the_settings(acl_server: AuthRedisServer, env: dict[str, str], prefix: str, how: str) -> None:
+def test_wrong_credentials_one_line_naming_the_settings(
+    acl_server: AuthRedisServer, env: dict[str, str], prefix: str, how: str
+) -> None:
     user, password = least_privilege_user(acl_server, prefix)
     url = {
         "wrong-password": _url(acl_server, user, "not-the-" + password),

@@ -91,9 +91,17 @@ async def test_no_secret_in_output_logs_or_redis(
     # The demo, with the credentials in the URL and then in REDIS_USERNAME / REDIS_PASSWORD.
     for variant in (
         dict(env, **secret_env),
-        {**env, **secret_env, "REDIS_URL": f"redis://127.0.0.1:{acl_server.port}/0", "REDIS_USERNAME": user, "REDIS_PASSWORD": password},
+        {
+            **env,
+            **secret_env,
+            "REDIS_URL": f"redis://127.0.0.1:{acl_server.port}/0",
+            "REDIS_USERNAME": user,
+            "REDIS_PASSWORD": password,
+        },
     ):
-        demo = run_cli(variant, "demo", "--customers", "3", "--timer-ms", "1500", "--timeout", "40", "--embedded-redis", "never")
+        demo = run_cli(
+            variant, "demo", "--customers", "3", "--timer-ms", "1500", "--timeout", "40", "--embedded-redis", "never"
+        )
         assert demo.returncode == 0, demo.stderr[-2000:]
         outputs += [demo.stdout, demo.stderr]
 
@@ -160,26 +168,36 @@ async def test_exception_messages_and_reprs_hide_credentials(monkeypatch: pytest
 def test_log_redaction_covers_tokens_in_urls_and_headers() -> None:
     from bullwait.logs import redact
 
-    event = redact(None, "info", {
-        "event": "whatsapp request failed",
-        "error": f"401 for url https://graph.facebook.com/v19.0/1/messages?access_token={TOKEN}",
-        "headers": {"Authorization": f"Bearer {TOKEN}"},
-        "detail": f"Authorization: Bearer {TOKEN}",
-        "whatsapp_access_token": TOKEN,
-        "customerPhone": PHONE,
-        "to": PHONE,
-    })
+    event = redact(
+        None,
+        "info",
+        {
+            "event": "whatsapp request failed",
+            "error": f"401 for url https://graph.facebook.com/v19.0/1/messages?access_token={TOKEN}",
+            "headers": {"Authorization": f"Bearer {TOKEN}"},
+            "detail": f"Authorization: Bearer {TOKEN}",
+            "whatsapp_access_token": TOKEN,
+            "customerPhone": PHONE,
+            "to": PHONE,
+        },
+    )
     _assert_clean(str(event), TOKEN, PHONE)
 
 
-async def test_health_and_metrics_with_redis_down_hide_the_password(env: dict[str, str], prefix: str, start_worker: Any) -> None:
+async def test_health_and_metrics_with_redis_down_hide_the_password(
+    env: dict[str, str], prefix: str, start_worker: Any
+) -> None:
     """The 503 health JSON names Redis and the error; with a password in REDIS_URL the
     password stays out of it, out of /metrics, and out of the worker's log."""
     password = "pw-" + uuid.uuid4().hex
     server = AuthRedisServer(appendonly=False, extra_args=["--requirepass", password]).start()
     try:
         url = f"redis://:{password}@127.0.0.1:{server.port}/0"
-        worker = start_worker("-q", "waitlist-expiry", extra_env={"REDIS_URL": url, "WHATSAPP_ACCESS_TOKEN": TOKEN, "WHATSAPP_PHONE_NUMBER_ID": "1"})
+        worker = start_worker(
+            "-q",
+            "waitlist-expiry",
+            extra_env={"REDIS_URL": url, "WHATSAPP_ACCESS_TOKEN": TOKEN, "WHATSAPP_PHONE_NUMBER_ID": "1"},
+        )
         port = _monitoring_port(worker.log())
         up = json.loads(_http(port, "/health/queues"))
         assert up["queues"], up

@@ -58,7 +58,9 @@ async def test_untrusted_certificate_is_a_clear_error(tls_server: TlsRedisServer
     assert "job not added" in message and ADMIN_PASSWORD not in message and "\n" not in message
 
 
-def test_worker_refuses_untrusted_certificate_with_one_line_per_attempt(tls_server: TlsRedisServer, start_worker: Any) -> None:
+def test_worker_refuses_untrusted_certificate_with_one_line_per_attempt(
+    tls_server: TlsRedisServer, start_worker: Any
+) -> None:
     worker = start_worker(extra_env={"REDIS_URL": _tls_url(tls_server)}, ready=False)
     worker.wait_for_log("redis unreachable, retrying", count=2, timeout=20)
     assert worker.terminate(timeout=20) == 0

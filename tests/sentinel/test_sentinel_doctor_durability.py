@@ -6,12 +6,14 @@ from __future__ import annotations
 import pytest
 
 from bullwait.engine.connection import ReplicaView, SentinelView, Topology
-from bullwait.ops.actions import durability_checks
+from bullwait.ops.doctor import durability_checks
 
 
 def topology(replicas: int) -> Topology:
     return Topology(
-        "mymaster", [SentinelView("127.0.0.1:26379", True)], master="127.0.0.1:6380",
+        "mymaster",
+        [SentinelView("127.0.0.1:26379", True)],
+        master="127.0.0.1:6380",
         replicas=[ReplicaView(f"127.0.0.1:{6381 + i}", "ok", 0, 0) for i in range(replicas)],
     )
 

@@ -1,4 +1,4 @@
-"""Issue 14, Proof: bullwait through a Redis Sentinel failover under load, Node bullmq beside it.
+"""bullwait through a Redis Sentinel failover under load, Node bullmq beside it.
 
 Real processes: a master, replicas and three `redis-server --sentinel` (helpers/sentinel.py), a
 `bullwait worker` subprocess configured with REDIS_SENTINELS only and BULLWAIT_WAIT_REPLICAS=1,
@@ -74,6 +74,7 @@ TWICE_BOUND = 2 * EXPIRY_CONCURRENCY
 
 # --- the switch as the sentinels announce it -------------------------------------------------
 
+
 class SwitchWatch:
     """Subscribes to +switch-master on one sentinel; `at` is the wall time it was announced."""
 
@@ -122,27 +123,55 @@ def first_completion_after(port: int, prefix: str, since: float, timeout: float 
     return None
 
 
+def replica_online_after(port: int, since: float, timeout: float = 60) -> float | None:
+    """Seconds from `since` (wall) until the node at `port` has a replica `online` (synced and
+    acknowledging): before that no WAIT 1 on it can be met, whatever the client does."""
+    client = redis.Redis(port=port, decode_responses=True, socket_timeout=5)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            info = client.info("replication")
+            if any(isinstance(v, dict) and v.get("state") == "online" for v in info.values()):
+                return time.time() - since
+            time.sleep(0.05)
+    finally:
+        client.close()
+    return None
+
+
 # --- bullwait's side -------------------------------------------------------------------------
+
 
 def sentinel_env(env: dict[str, str], topo: SentinelSet, runs: Path) -> dict[str, str]:
     """Redis named by the sentinels only; REDIS_HOST/PORT point at a closed port (never 6379)
     so a path that ignored REDIS_SENTINELS would find nothing."""
     out = {k: v for k, v in env.items() if k != "REDIS_URL"}
     out.update(
-        REDIS_SENTINELS=topo.sentinels_setting, REDIS_QUEUE_DB="0", REDIS_HOST="127.0.0.1",
-        REDIS_PORT=str(free_port()), BULLWAIT_WAIT_REPLICAS="1", BULLWAIT_WORKER_NAME="py-failover-load",
-        BULLWAIT_PROCESSORS="helpers.sentinel_load_processors:register", PYTHONPATH=str(ROOT / "tests"),
-        BWTEST_TIMER_RUNS=str(runs), BULLWAIT_LOCK_DURATION_MS=str(LOCK_MS),
-        BULLWAIT_STALLED_INTERVAL_MS=str(STALLED_MS), WAITLIST_EXPIRY_CONCURRENCY=str(EXPIRY_CONCURRENCY),
+        REDIS_SENTINELS=topo.sentinels_setting,
+        REDIS_QUEUE_DB="0",
+        REDIS_HOST="127.0.0.1",
+        REDIS_PORT=str(free_port()),
+        BULLWAIT_WAIT_REPLICAS="1",
+        BULLWAIT_WORKER_NAME="py-failover-load",
+        BULLWAIT_PROCESSORS="helpers.sentinel_load_processors:register",
+        PYTHONPATH=str(ROOT / "tests"),
+        BWTEST_TIMER_RUNS=str(runs),
+        BULLWAIT_LOCK_DURATION_MS=str(LOCK_MS),
+        BULLWAIT_STALLED_INTERVAL_MS=str(STALLED_MS),
+        WAITLIST_EXPIRY_CONCURRENCY=str(EXPIRY_CONCURRENCY),
     )
     return out
 
 
 def producer_settings(env: dict[str, str]) -> Settings:
     return Settings(
-        redis_sentinels=env["REDIS_SENTINELS"], redis_queue_db=0, redis_host="127.0.0.1",
-        redis_port=int(env["REDIS_PORT"]), bullmq_prefix=env["BULLMQ_PREFIX"],
-        bullwait_store_prefix=env["BULLWAIT_STORE_PREFIX"], bullwait_wait_replicas=1,
+        redis_sentinels=env["REDIS_SENTINELS"],
+        redis_queue_db=0,
+        redis_host="127.0.0.1",
+        redis_port=int(env["REDIS_PORT"]),
+        bullmq_prefix=env["BULLMQ_PREFIX"],
+        bullwait_store_prefix=env["BULLWAIT_STORE_PREFIX"],
+        bullwait_wait_replicas=1,
     )
 
 
@@ -157,8 +186,9 @@ class Load:
 async def add_load(producer: Producer, load: Load) -> None:
     """TIMERS timers and NOTIFICATIONS notifications, due spread over DUE_S (from 1 s on)."""
     spread = lambda i, n: int(1000 + (DUE_S - 1) * 1000 * i / n)  # noqa: E731
-    expiries = (new_expiry(f"lt{i}", "slot-1", f"c{i}", f"salon-{i % 50}", delay_ms=spread(i, TIMERS))
-                for i in range(TIMERS))
+    expiries = (
+        new_expiry(f"lt{i}", "slot-1", f"c{i}", f"salon-{i % 50}", delay_ms=spread(i, TIMERS)) for i in range(TIMERS)
+    )
     load.timers = await producer.schedule_expiries(expiries, chunk=500)
     jobs = []
     for i in range(NOTIFICATIONS):
@@ -216,13 +246,22 @@ def job_exists(port: int, prefix: str, job_id: str) -> bool:
 
 NODE_SCRIPT = "compat/sentinel_load.js"
 
+
 def start_node(env: dict[str, str], topo: SentinelSet, tmp_path: Path) -> NodeProcess | None:
     if not HAVE_NODE or os.environ.get("BWTEST_NO_NODE") == "1":
         return None
     node_env = dict(
-        env, SENTINELS=topo.sentinels_setting, SENTINEL_MASTER=MASTER_NAME, NODE_PREFIX=env["BULLMQ_PREFIX"] + "node",
-        TIMERS=str(TIMERS), DUE_MS=str(int(DUE_S * 1000)), PRODUCE_MS=str(int((DUE_S + 2) * 1000)),
-        LOOP_MS=str(LOOP_MS), IDLE_MS=str(int(IDLE_S * 1000)), LOCK_MS=str(LOCK_MS), STALLED_MS=str(STALLED_MS),
+        env,
+        SENTINELS=topo.sentinels_setting,
+        SENTINEL_MASTER=MASTER_NAME,
+        NODE_PREFIX=env["BULLMQ_PREFIX"] + "node",
+        TIMERS=str(TIMERS),
+        DUE_MS=str(int(DUE_S * 1000)),
+        PRODUCE_MS=str(int((DUE_S + 2) * 1000)),
+        LOOP_MS=str(LOOP_MS),
+        IDLE_MS=str(int(IDLE_S * 1000)),
+        LOCK_MS=str(LOCK_MS),
+        STALLED_MS=str(STALLED_MS),
         CONCURRENCY=str(EXPIRY_CONCURRENCY),
     )
     proc = NodeProcess(node_env, [NODE_SCRIPT], tmp_path / "node.log")
@@ -244,6 +283,7 @@ def node_result(proc: NodeProcess | None) -> dict[str, Any]:
 
 
 # --- one run ---------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def api() -> Iterator[FakeWhatsApp]:
@@ -298,7 +338,10 @@ async def _drive(move: str, topo: SentinelSet, wenv: dict[str, str], api: FakeWh
                 # new master's replica; until then no write can be confirmed by WAIT 1.
                 await asyncio.to_thread(topo.restart, old)
             switch_at = watch.at or time.time()
-            first = await asyncio.to_thread(first_completion_after, new, prefix, switch_at)
+            first, replica_back = await asyncio.gather(
+                asyncio.to_thread(first_completion_after, new, prefix, switch_at),
+                asyncio.to_thread(replica_online_after, new, switch_at),
+            )
             await asyncio.sleep(max(0.0, DUE_S + 2 - (time.monotonic() - started)))
         finally:
             stop.set()
@@ -310,12 +353,18 @@ async def _drive(move: str, topo: SentinelSet, wenv: dict[str, str], api: FakeWh
     ran = runs_of(runs)
     sends = Counter(r.body.get("to") for r in api.received() if isinstance(r.body, dict))
     return {
-        "old": old, "new": new, "switch_to_first_completion_s": first,
-        "timers": len(load.timers), "confirmed": len(load.confirmed), "refused": dict(load.refused),
+        "old": old,
+        "new": new,
+        "switch_to_first_completion_s": first,
+        "switch_to_replica_online_s": replica_back,
+        "timers": len(load.timers),
+        "confirmed": len(load.confirmed),
+        "refused": dict(load.refused),
         "confirmed_lost": [j for j in load.confirmed if not ran[j] and not job_exists(final, prefix, j)],
         "never_run": sorted(j for j in expected if not ran[j]),
         "ran_twice": sorted(j for j, n in ran.items() if n > 1),
-        "notifications": len(load.phones), "sent_twice": sorted(p for p, n in sends.items() if n > 1),
+        "notifications": len(load.phones),
+        "sent_twice": sorted(p for p, n in sends.items() if n > 1),
         "not_sent": [p for p in load.phones if not sends[p]],
     }
 
@@ -325,13 +374,22 @@ def _report(move: str, py: dict[str, Any], nd: dict[str, Any]) -> None:
         return len(value) if isinstance(value, list) else value
 
     first = py["switch_to_first_completion_s"]
-    print(f"\n[{move}] :{py['old']} -> :{py['new']}, {py['timers']} timers, {py['notifications']} notifications, "
-          f"50 ms producer: {py['confirmed']} confirmed, refused {py['refused']}")
-    print(f"  bullwait: confirmed adds lost {n(py['confirmed_lost'])}, timers never run {n(py['never_run'])}, "
-          f"run twice {n(py['ran_twice'])}, messages sent twice {n(py['sent_twice'])}, "
-          f"not sent {n(py['not_sent'])}, first completion on the new master "
-          + (f"{first:.2f} s after +switch-master" if first is not None else "not seen"))
+    print(
+        f"\n[{move}] :{py['old']} -> :{py['new']}, {py['timers']} timers, {py['notifications']} notifications, "
+        f"50 ms producer: {py['confirmed']} confirmed, refused {py['refused']}"
+    )
+    print(
+        f"  bullwait: confirmed adds lost {n(py['confirmed_lost'])}, timers never run {n(py['never_run'])}, "
+        f"run twice {n(py['ran_twice'])}, messages sent twice {n(py['sent_twice'])}, "
+        f"not sent {n(py['not_sent'])}, first completion on the new master "
+        + (f"{first:.2f} s after +switch-master" if first is not None else "not seen")
+        + _seconds(", the new master's first replica online", py["switch_to_replica_online_s"])
+    )
     print(f"  node bullmq: {json.dumps(nd)[:1500]}")
+
+
+def _seconds(what: str, value: float | None) -> str:
+    return f"{what} {value:.2f} s after it" if value is not None else f"{what}: not seen"
 
 
 def test_graceful_failover_under_load(env: dict[str, str], api: FakeWhatsApp, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The CLI and the producer on Redis Sentinel (issue 14): `stats`, `doctor` and `cancel` find the
+"""The CLI and the producer on Redis Sentinel: `stats`, `doctor` and `cancel` find the
 master through the sentinels and show the topology; a producer keeps adding through a failover."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.payloads import PreferenceJob
 from bullwait.waitlist.producer import Producer
 
-from helpers.common import run_cli
+from helpers.cli import invoke_cli
 from helpers.jobdata import preference_data
 from helpers.sentinel import SentinelSet, sentinel_env, sentinel_settings
 
@@ -51,21 +51,21 @@ def test_stats_doctor_and_cancel_through_the_sentinels(topo: SentinelSet, env: d
     master = topo.master_port()
     assert "to-cancel" in job_keys(master, prefix)
 
-    stats = run_cli(senv, "stats")
+    stats = invoke_cli(senv, "stats")
     assert stats.returncode == 0, stats.stderr
     assert f"master 127.0.0.1:{master}" in " ".join(stats.stdout.split()), stats.stdout
     assert "sentinels answering 3/3" in " ".join(stats.stdout.split()), stats.stdout
-    rows = {row["name"]: row for row in json.loads(run_cli(senv, "stats", "--json").stdout)}
+    rows = {row["name"]: row for row in json.loads(invoke_cli(senv, "stats", "--json").stdout)}
     assert rows[QUEUE]["delayed"] == 1
 
-    doctor = run_cli(senv, "doctor", "--json")
+    doctor = invoke_cli(senv, "doctor", "--json")
     checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
     assert checks["sentinels"]["status"] == "ok" and "3/3" in checks["sentinels"]["detail"], doctor.stdout
     assert f"127.0.0.1:{master}" in checks["sentinel master"]["detail"]
     replica = next(n.port for n in topo.nodes if n.port != master)
     assert f"127.0.0.1:{replica} (link ok, lag " in checks["sentinel replica"]["detail"], doctor.stdout
 
-    cancel = run_cli(senv, "cancel", "--queue", QUEUE, "--job", "to-cancel")
+    cancel = invoke_cli(senv, "cancel", "--queue", QUEUE, "--job", "to-cancel")
     assert cancel.returncode == 0, cancel.stdout + cancel.stderr
     assert "to-cancel" not in job_keys(master, prefix)
 
@@ -73,12 +73,12 @@ def test_stats_doctor_and_cancel_through_the_sentinels(topo: SentinelSet, env: d
 def test_doctor_says_which_sentinels_do_not_answer(topo: SentinelSet, env: dict[str, str]) -> None:
     senv = sentinel_env(env, topo)
     senv["REDIS_SENTINEL_MASTER"] = "no-such-master"
-    doctor = run_cli(senv, "doctor")
+    doctor = invoke_cli(senv, "doctor")
     assert doctor.returncode == 2, doctor.stdout + doctor.stderr
     assert "no reachable master 'no-such-master'" in doctor.stdout and "REDIS_SENTINEL_MASTER" in doctor.stdout
     assert "Traceback" not in doctor.stdout + doctor.stderr
     dead = dict(senv, REDIS_SENTINELS="127.0.0.1:1,127.0.0.1:2", REDIS_SENTINEL_MASTER="mymaster")
-    stats = run_cli(dead, "stats")
+    stats = invoke_cli(dead, "stats")
     assert stats.returncode != 0 and len(stats.stderr.strip().splitlines()) == 1, stats.stderr
     assert "no sentinel at sentinel://127.0.0.1:1,127.0.0.1:2/mymaster/0 answered" in stats.stderr, stats.stderr
 
@@ -102,8 +102,12 @@ def test_producer_adds_through_a_failover(topo: SentinelSet, env: dict[str, str]
             while "at" not in switched or time.monotonic() - switched["at"] < 3.0:
                 payload = PreferenceJob.model_validate(preference_data(f"b-{i}"))
                 try:
-                    confirmed.append((time.monotonic(),
-                                      await producer.add(QueueKey.PREFERENCE_CALCULATION, payload, job_id=f"add-{i}")))
+                    confirmed.append(
+                        (
+                            time.monotonic(),
+                            await producer.add(QueueKey.PREFERENCE_CALCULATION, payload, job_id=f"add-{i}"),
+                        )
+                    )
                 except RedisUnavailable as exc:
                     refused.append(str(exc))
                 i += 1
@@ -120,5 +124,7 @@ def test_producer_adds_through_a_failover(topo: SentinelSet, env: dict[str, str]
     after = [job_id for at, job_id in confirmed if at > switched["at"] + 0.5]
     assert after and set(after) <= on_new, (len(after), sorted(set(after) - on_new)[:5])
     lost = [job_id for _, job_id in confirmed if job_id not in on_new]
-    print(f"\nproducer: {len(confirmed)} adds confirmed, {len(refused)} refused, "
-          f"{len(lost)} confirmed but missing on the new master (no WAIT): {lost[:10]}")
+    print(
+        f"\nproducer: {len(confirmed)} adds confirmed, {len(refused)} refused, "
+        f"{len(lost)} confirmed but missing on the new master (no WAIT): {lost[:10]}"
+    )

@@ -1,4 +1,4 @@
-"""Sentinel settings (issue 14): REDIS_SENTINELS and friends, and the one-line refusals."""
+"""Sentinel settings: REDIS_SENTINELS and friends, and the one-line refusals."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from bullwait.engine.connection import bullmq_connection, describe_redis, redis_
 from bullwait.errors import SettingsError
 from bullwait.settings import Settings, load_settings
 
-from helpers.common import run_cli
+from helpers.cli import invoke_cli
 
 
 def load(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
@@ -80,8 +80,12 @@ def test_bad_master_name(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_every_client_is_sentinel_managed(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = load(monkeypatch, REDIS_SENTINELS="127.0.0.1:1", REDIS_SENTINEL_PASSWORD="sentinel-secret",
-                    REDIS_PASSWORD="node-secret")
+    settings = load(
+        monkeypatch,
+        REDIS_SENTINELS="127.0.0.1:1",
+        REDIS_SENTINEL_PASSWORD="sentinel-secret",
+        REDIS_PASSWORD="node-secret",
+    )
     with pytest.raises(RuntimeError):
         redis_options(settings)  # names one node: no code path may build a plain client by accident
     client = redis_client(settings)
@@ -101,10 +105,10 @@ async def test_every_client_is_sentinel_managed(monkeypatch: pytest.MonkeyPatch)
 
 def test_cli_refuses_bad_sentinels_in_one_line(env: dict[str, str]) -> None:
     bad = {k: v for k, v in env.items() if k != "REDIS_URL"}
-    proc = run_cli(dict(bad, REDIS_SENTINELS="a:26379,b"), "stats")
+    proc = invoke_cli(dict(bad, REDIS_SENTINELS="a:26379,b"), "stats")
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "REDIS_SENTINELS" in lines[0], proc.stderr
-    both = run_cli(dict(env, REDIS_SENTINELS="a:26379"), "stats")
+    both = invoke_cli(dict(env, REDIS_SENTINELS="a:26379"), "stats")
     assert both.returncode == 2 and "REDIS_URL and REDIS_SENTINELS" in both.stderr.strip(), both.stderr
     assert len(both.stderr.strip().splitlines()) == 1

@@ -15,12 +15,13 @@ from bullwait.waitlist.catalog import (
     resolve_queue,
 )
 
-from helpers.common import ROOT, run_cli
+from helpers.cli import invoke_cli
+from helpers.common import ROOT
 
 SEED = {
     # queue: (concurrency, backoff ms, completed (count, age s), failed (count, age s))
     QueueKey.WAITLIST_EXPIRY: (5, 1000, (100, 3600), (1000, 7 * 86400)),
-    # Concurrency 20, not the seed's 10: 10 cannot reach 80 msg/s at 150 ms (docs/waitlist.md, Rate limits).
+    # Concurrency 20, not the NestJS module's 10: 10 cannot reach 80 msg/s at 150 ms (docs/waitlist.md, Rate limits).
     QueueKey.WAITLIST_NOTIFICATION: (20, 1000, (200, 86400), (2000, 7 * 86400)),
     QueueKey.PREFERENCE_CALCULATION: (2, 5000, (50, 3600), (500, 7 * 86400)),
 }
@@ -28,7 +29,11 @@ SEED = {
 
 def test_names() -> None:
     assert list(QUEUE_NAMES.values()) == ["waitlist-expiry", "waitlist-notification", "waitlist-preference-calculation"]
-    assert list(LEGACY_QUEUE_NAMES.values()) == ["waitlist:expiry", "waitlist:notification", "waitlist:preference-calculation"]
+    assert list(LEGACY_QUEUE_NAMES.values()) == [
+        "waitlist:expiry",
+        "waitlist:notification",
+        "waitlist:preference-calculation",
+    ]
     assert all(":" not in n for n in QUEUE_NAMES.values())
     assert JOB_NAMES == {
         "CHECK_EXPIRY": "check-expiry",
@@ -62,7 +67,7 @@ def test_legacy_naming() -> None:
 
 
 def test_cli_json_matches_library_and_checked_in_copy(env: dict[str, str]) -> None:
-    result = run_cli(env, "catalog", "--json")
+    result = invoke_cli(env, "catalog", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == json.loads(catalog_json())
     checked_in = ROOT / "node-compat" / "catalog.json"

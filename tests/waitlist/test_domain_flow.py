@@ -20,14 +20,21 @@ from bullwait.waitlist.offers import notification_job_id
 from bullwait.waitlist.payloads import NotificationJob, PreferenceJob, SlotDetails
 from bullwait.waitlist.producer import expiry_job_id
 
+from helpers.cli import invoke_cli
 from helpers.common import run_cli
 from helpers.jobdata import future_day, notification_data, preference_data
 from helpers.reliability import eventually
 
 TOKEN = "test-secret-token-xyz"
 DETAILS = SlotDetails(
-    date=future_day(), time="10:30", master_id="m-1", master_name="Ana",
-    service_id="s-1", service_name="Haircut", duration=45, price=35.5,
+    date=future_day(),
+    time="10:30",
+    master_id="m-1",
+    master_name="Ana",
+    service_id="s-1",
+    service_name="Haircut",
+    duration=45,
+    price=35.5,
 )
 
 
@@ -59,7 +66,9 @@ def to_numbers(api: FakeWhatsApp) -> list[str]:
     return [r.body["to"] for r in api.received()]
 
 
-async def test_freed_slot_expires_cascades_and_booking_cancels_timer(services: Services, api: FakeWhatsApp, start_worker) -> None:  # type: ignore[no-untyped-def]
+async def test_freed_slot_expires_cascades_and_booking_cancels_timer(
+    services: Services, api: FakeWhatsApp, start_worker
+) -> None:  # type: ignore[no-untyped-def]
     # Offers the worker makes (the cascade) last 60 s, so B's timer is still pending when B books.
     worker = start_worker(extra_env={**api.env(token=TOKEN), "WAITLIST_OFFER_MINUTES": "1"})
     wl = services.waitlist
@@ -87,7 +96,9 @@ async def test_freed_slot_expires_cascades_and_booking_cancels_timer(services: S
     assert TOKEN not in worker.log()
 
 
-async def test_retried_timer_finishes_a_hand_over_a_crash_interrupted(services: Services, api: FakeWhatsApp, start_worker) -> None:  # type: ignore[no-untyped-def]
+async def test_retried_timer_finishes_a_hand_over_a_crash_interrupted(
+    services: Services, api: FakeWhatsApp, start_worker
+) -> None:  # type: ignore[no-untyped-def]
     wl = services.waitlist
     await wl.join("salon-c", "A", "cust-A", "+34600000000")
     await wl.join("salon-c", "B", "cust-B", "+34600000001")
@@ -123,12 +134,19 @@ async def test_early_timer_sleeps_until_expires_at(services: Services, api: Fake
 async def test_per_salon_limit_delays_without_failing(services: Services, api: FakeWhatsApp, start_worker) -> None:  # type: ignore[no-untyped-def]
     window = 3.0
     worker = start_worker(
-        "-q", "waitlist-notification",
-        extra_env={**api.env(), "WAITLIST_NOTIFICATION_RATE_LIMIT": "10", "WAITLIST_NOTIFICATION_RATE_WINDOW_MS": "3000"},
+        "-q",
+        "waitlist-notification",
+        extra_env={
+            **api.env(),
+            "WAITLIST_NOTIFICATION_RATE_LIMIT": "10",
+            "WAITLIST_NOTIFICATION_RATE_WINDOW_MS": "3000",
+        },
     )
     ids = []
     for i in range(25):
-        payload = NotificationJob.model_validate(notification_data(f"w-{i}", salon_id="busy-salon", phone=f"+3460000{i:04d}"))
+        payload = NotificationJob.model_validate(
+            notification_data(f"w-{i}", salon_id="busy-salon", phone=f"+3460000{i:04d}")
+        )
         ids.append(await services.producer.send_slot_available(payload))
     jobs = [await job_in(services, QueueKey.WAITLIST_NOTIFICATION, j, "completed", "failed", timeout=60) for j in ids]
     assert [j.returnvalue["outcome"] for j in jobs] == ["sent"] * 25, "none failed"
@@ -145,7 +163,9 @@ async def test_per_salon_limit_delays_without_failing(services: Services, api: F
     assert worker.log().count("salon rate limit reached, delaying") >= 1
 
 
-async def test_sigkill_mid_send_never_sends_twice(services: Services, api: FakeWhatsApp, start_worker, sync_redis, prefix) -> None:  # type: ignore[no-untyped-def]
+async def test_sigkill_mid_send_never_sends_twice(
+    services: Services, api: FakeWhatsApp, start_worker, sync_redis, prefix
+) -> None:  # type: ignore[no-untyped-def]
     api.latency = 1.5  # the fake records the request, then holds the answer
     extra = {**api.env(), "WHATSAPP_TIMEOUT_SECONDS": "2"}
     first = start_worker("-q", "waitlist-notification", extra_env=extra)
@@ -174,7 +194,9 @@ async def test_sigkill_mid_send_never_sends_twice(services: Services, api: FakeW
     assert second.terminate() == 0
 
 
-async def test_rerun_after_lost_completion_and_duplicate_enqueue_send_once(services: Services, api: FakeWhatsApp, start_worker) -> None:  # type: ignore[no-untyped-def]
+async def test_rerun_after_lost_completion_and_duplicate_enqueue_send_once(
+    services: Services, api: FakeWhatsApp, start_worker
+) -> None:  # type: ignore[no-untyped-def]
     api.latency = 0.3
     # A 1 s HTTP timeout makes a claim last 3 s: the duplicate waits that long, then looks again.
     start_worker("-q", "waitlist-notification", extra_env={**api.env(), "WHATSAPP_TIMEOUT_SECONDS": "1"})
@@ -188,7 +210,9 @@ async def test_rerun_after_lost_completion_and_duplicate_enqueue_send_once(servi
     assert a.returnvalue["wamid"] == b.returnvalue["wamid"]
     # The run that sent it runs again, as after a kill between the recorded send and the
     # job's completion: it finds the record and sends nothing.
-    sender_job, first_result = (a, dict(a.returnvalue)) if a.returnvalue["outcome"] == "sent" else (b, dict(b.returnvalue))
+    sender_job, first_result = (
+        (a, dict(a.returnvalue)) if a.returnvalue["outcome"] == "sent" else (b, dict(b.returnvalue))
+    )
     await sender_job.retry("completed")
     again = await eventually(lambda: _finished_again(services, sender_job.id), message="re-run")
     assert again.returnvalue == {**first_result, "outcome": "already-sent"}
@@ -216,13 +240,17 @@ async def test_throttling_backs_off_without_using_attempts(services: Services, a
     assert TOKEN not in worker.log()
 
 
-async def test_rejected_fails_at_once_and_server_errors_retry(services: Services, api: FakeWhatsApp, start_worker) -> None:  # type: ignore[no-untyped-def]
+async def test_rejected_fails_at_once_and_server_errors_retry(
+    services: Services, api: FakeWhatsApp, start_worker
+) -> None:  # type: ignore[no-untyped-def]
     start_worker("-q", "waitlist-notification", extra_env=api.env())
     api.fail_next(code=131026)
     bad = NotificationJob.model_validate(notification_data("w-bad", salon_id="salon-r"))
     bad_id = await services.producer.send_slot_available(bad)
     failed = await job_in(services, QueueKey.WAITLIST_NOTIFICATION, bad_id, "completed", "failed")
-    assert failed.attemptsMade == 1 and "131026" in failed.failedReason and "Message undeliverable" in failed.failedReason
+    assert (
+        failed.attemptsMade == 1 and "131026" in failed.failedReason and "Message undeliverable" in failed.failedReason
+    )
 
     api.fail_next(status=503)
     flaky = NotificationJob.model_validate(notification_data("w-flaky", salon_id="salon-r"))
@@ -238,7 +266,9 @@ async def test_skips_offer_no_longer_open(services: Services, api: FakeWhatsApp,
     await wl.free_slot("salon-s", "slot-1", DETAILS)
     await wl.cancel("salon-s", "A")  # declined before the notification went out
     start_worker("-q", "waitlist-notification", extra_env=api.env())
-    job = await job_in(services, QueueKey.WAITLIST_NOTIFICATION, notification_job_id("A", "slot-1"), "completed", "failed")
+    job = await job_in(
+        services, QueueKey.WAITLIST_NOTIFICATION, notification_job_id("A", "slot-1"), "completed", "failed"
+    )
     assert job.returnvalue["outcome"] == "skipped-cancelled"
     assert api.received() == []
 
@@ -248,34 +278,40 @@ async def test_preferences_fold_once_and_cli(services: Services, start_worker, e
     producer = services.producer
     first = await producer.queue_preferences(PreferenceJob.model_validate(preference_data("b-1", "cust-9")))
     twice = await producer.queue_preferences(PreferenceJob.model_validate(preference_data("b-1", "cust-9")))
-    other = dict(preference_data("b-2", "cust-9"), data={"serviceId": "s-2", "masterId": "master-1", "dayOfWeek": 5, "hour": 18})
+    other = dict(
+        preference_data("b-2", "cust-9"), data={"serviceId": "s-2", "masterId": "master-1", "dayOfWeek": 5, "hour": 18}
+    )
     third = await producer.queue_preferences(PreferenceJob.model_validate(other))
-    results = [await job_in(services, QueueKey.PREFERENCE_CALCULATION, j, "completed", "failed") for j in (first, twice, third)]
+    results = [
+        await job_in(services, QueueKey.PREFERENCE_CALCULATION, j, "completed", "failed") for j in (first, twice, third)
+    ]
     outcomes = [r.returnvalue["outcome"] for r in results]
     # The same booking twice (two jobs, possibly running at once): one folds it.
     assert sorted(outcomes[:2]) == ["already-folded", "folded"] and outcomes[2] == "folded"
     prefs = await services.store.preferences("cust-9")
     assert prefs.bookings == 2 and prefs.masters == {"master-1": 2}
-    recalc = await producer.queue_preferences(PreferenceJob(customer_id="cust-9", salon_id="salon-1", action="recalculate"))
+    recalc = await producer.queue_preferences(
+        PreferenceJob(customer_id="cust-9", salon_id="salon-1", action="recalculate")
+    )
     result = await job_in(services, QueueKey.PREFERENCE_CALCULATION, recalc, "completed", "failed")
     assert (result.returnvalue["outcome"], result.returnvalue["bookings"]) == ("recalculated", 2)
 
-    out = run_cli(env, "prefs", "cust-9", "--json")
+    out = invoke_cli(env, "prefs", "cust-9", "--json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert (data["bookings"], data["topMaster"], data["preferredHours"]) == (2, "master-1", [10, 18])
-    table = run_cli(env, "prefs", "cust-9")
+    table = invoke_cli(env, "prefs", "cust-9")
     assert table.returncode == 0 and "top master" in table.stdout and "master-1 (2)" in table.stdout
 
 
 def test_prefs_cli_errors_are_one_line(env: dict[str, str]) -> None:
     from bullwait.dev.embedded import free_port
 
-    down = run_cli(dict(env, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"), "prefs", "cust-1")
+    down = invoke_cli(dict(env, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"), "prefs", "cust-1")
     assert down.returncode == 3 and "cannot reach Redis" in down.stderr and "Traceback" not in down.stderr
-    empty = run_cli(env, "prefs", " ")
+    empty = invoke_cli(env, "prefs", " ")
     assert empty.returncode == 2 and "CUSTOMER_ID" in empty.stderr
-    none = run_cli(env, "prefs", "nobody")
+    none = invoke_cli(env, "prefs", "nobody")
     assert none.returncode == 0 and "no bookings recorded" in none.stdout
 
 

@@ -20,6 +20,7 @@ import pytest
 from bullmq import DelayedError, UnrecoverableError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 from bullwait.logs import get_logger
 from bullwait.runtime.dispatch import Context
 from bullwait.runtime.processors.notification import send_slot_available, slot_reference
@@ -29,7 +30,6 @@ from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.idempotency import SendRecords
 from bullwait.waitlist.payloads import NotificationJob
 from bullwait.waitlist.whatsapp import WhatsAppAmbiguous
-from bullwait.dev.fake_whatsapp import FakeWhatsApp
 
 from helpers.jobdata import notification_data
 from helpers.sends import TIMEOUT_S, api, services  # noqa: F401 (fixtures)
@@ -63,8 +63,12 @@ class FakeJob:
 
 def _ctx(services: Services, job_id: str = "job-1", token: str = "tok-slot-1") -> Context:
     return Context(
-        job=FakeJob(job_id), token=token, queue=QueueKey.WAITLIST_NOTIFICATION,  # type: ignore[arg-type]
-        queue_name="waitlist-notification", settings=services.settings, log=get_logger(test="send-faults"),
+        job=FakeJob(job_id),
+        token=token,
+        queue=QueueKey.WAITLIST_NOTIFICATION,  # type: ignore[arg-type]
+        queue_name="waitlist-notification",
+        settings=services.settings,
+        log=get_logger(test="send-faults"),
         services=services,
     )
 
@@ -86,6 +90,7 @@ async def _until(check: Any, timeout: float = 20.0) -> None:
 
 
 # --- one owner per run -------------------------------------------------------------------
+
 
 async def test_a_later_run_with_the_same_job_id_and_token_does_not_take_the_earlier_claim(
     services: Services, api: FakeWhatsApp
@@ -123,6 +128,7 @@ async def test_a_later_run_with_the_same_job_id_and_token_does_not_take_the_earl
 
 
 # --- the backlog --------------------------------------------------------------------------
+
 
 async def test_two_flushes_of_one_record_run_each_write_once_in_order(services: Services) -> None:
     records = SendRecords(services.send_records.client, "t-flush:")
@@ -207,9 +213,7 @@ async def test_a_claim_whose_reply_was_lost_is_released_in_process(services: Ser
     assert (await records.get(key))["state"] == "released"
 
 
-async def test_close_gives_the_backlog_a_bounded_last_try(
-    services: Services, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_close_gives_the_backlog_a_bounded_last_try(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
     records = SendRecords(services.send_records.client, "t-close:")
 
     async def hangs() -> None:  # Redis away: redis-py retrying for a long time
@@ -222,6 +226,7 @@ async def test_close_gives_the_backlog_a_bounded_last_try(
 
 
 # --- the send itself ---------------------------------------------------------------------
+
 
 class HangingSender:
     """A sender that never gets an answer; it writes the request first if `writes`."""
@@ -265,9 +270,7 @@ async def test_a_cancelled_send_gives_back_its_claim_only_if_the_request_was_not
         assert record["state"] == "released" and places == (0, 0), (record, places)
 
 
-async def test_a_redis_error_giving_places_back_keeps_the_real_outcome(
-    services: Services, api: FakeWhatsApp
-) -> None:
+async def test_a_redis_error_giving_places_back_keeps_the_real_outcome(services: Services, api: FakeWhatsApp) -> None:
     api.fail_next(status=400, code=131026, message="Message undeliverable")
     assert services.rate_limiter is not None
 
@@ -280,9 +283,7 @@ async def test_a_redis_error_giving_places_back_keeps_the_real_outcome(
         await send_slot_available(payload, _ctx(services))
 
 
-async def test_a_throttled_send_with_places_not_given_back_still_sleeps(
-    services: Services, api: FakeWhatsApp
-) -> None:
+async def test_a_throttled_send_with_places_not_given_back_still_sleeps(services: Services, api: FakeWhatsApp) -> None:
     api.fail_next(status=429, code=130429, message="Rate limit hit")
     assert services.global_limiter is not None
 

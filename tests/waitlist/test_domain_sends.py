@@ -56,10 +56,16 @@ async def _run(services: Services, *data: dict[str, Any], timeout: float = 25) -
     ids = [await services.producer.send_slot_available(NotificationJob.model_validate(d)) for d in data]
     queue = services.producer.queue(QueueKey.WAITLIST_NOTIFICATION)
     stop = asyncio.Event()
-    worker = asyncio.ensure_future(run_workers(
-        services.settings, services.registry, [QueueKey.WAITLIST_NOTIFICATION],
-        services=services, observer=services.observer, stop=stop,
-    ))
+    worker = asyncio.ensure_future(
+        run_workers(
+            services.settings,
+            services.registry,
+            [QueueKey.WAITLIST_NOTIFICATION],
+            services=services,
+            observer=services.observer,
+            stop=stop,
+        )
+    )
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -89,6 +95,7 @@ def _ambiguous_count(services: Services, kind: str, decision: str) -> float:
 
 # --- every script safe to run twice -----------------------------------------------------
 
+
 async def test_each_send_record_script_run_twice_by_its_owner_answers_the_same(services: Services) -> None:
     records: SendRecords = services.send_records
     key = records.key("salon-twice", "w-1", "slot-1")
@@ -106,6 +113,7 @@ async def test_each_send_record_script_run_twice_by_its_owner_answers_the_same(s
 
 
 # --- lost replies ---------------------------------------------------------------------
+
 
 async def test_claim_resent_after_a_lost_reply_still_sends_once(services: Services, api: FakeWhatsApp) -> None:
     records = services.send_records
@@ -161,6 +169,7 @@ async def test_send_recorded_later_when_redis_keeps_failing(services: Services, 
 
 
 # --- ambiguous outcomes ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("fault", ["slow", "reset"])
 async def test_one_ambiguous_outcome_allows_one_resend(services: Services, api: FakeWhatsApp, fault: str) -> None:
@@ -231,6 +240,7 @@ async def test_many_notifications_each_received_at_most_twice(services: Services
 
 
 # --- the other Lua of bullwait, run twice (a re-send after a lost reply) ---------------
+
 
 async def test_rate_limit_acquire_run_twice_keeps_the_place(services: Services) -> None:
     from bullwait.waitlist.ratelimit import SlidingWindow

@@ -16,8 +16,14 @@ from bullwait.waitlist.store import RedisWaitlistStore, WaitlistStore
 from helpers.jobdata import future_day
 
 DETAILS = SlotDetails(
-    date=future_day(), time="10:30", master_id="m-1", master_name="Ana",
-    service_id="s-1", service_name="Haircut", duration=45, price=35.5,
+    date=future_day(),
+    time="10:30",
+    master_id="m-1",
+    master_name="Ana",
+    service_id="s-1",
+    service_name="Haircut",
+    duration=45,
+    price=35.5,
 )
 NOW = 1_800_000_000_000
 OFFER = 15 * 60_000
@@ -93,15 +99,18 @@ async def test_concurrent_transitions_only_one_wins(store: RedisWaitlistStore, s
     await _join(store, "s1", *[f"w{i}" for i in range(30)])
     others = [RedisWaitlistStore(redis_client(settings), settings.bullwait_store_prefix) for _ in range(8)]
     try:
-        frees = await asyncio.gather(*[
-            o.free_slot("s1", "slot-1", DETAILS, NOW, NOW + OFFER) for o in others for _ in range(3)
-        ])
+        frees = await asyncio.gather(
+            *[o.free_slot("s1", "slot-1", DETAILS, NOW, NOW + OFFER) for o in others for _ in range(3)]
+        )
         assert Counter(f.outcome for f in frees) == {"offered": 1, "already-offered": 23}
         # Booking, cancelling and expiring w0 all at once: one wins, the rest report it.
         racers = []
         for o in others:
-            racers += [o.book("s1", "w0", NOW + OFFER), o.cancel("s1", "w0", NOW + OFFER, NOW + 2 * OFFER),
-                       o.expire("s1", "w0", "slot-1", NOW + OFFER, NOW + 2 * OFFER)]
+            racers += [
+                o.book("s1", "w0", NOW + OFFER),
+                o.cancel("s1", "w0", NOW + OFFER, NOW + 2 * OFFER),
+                o.expire("s1", "w0", "slot-1", NOW + OFFER, NOW + 2 * OFFER),
+            ]
         results = await asyncio.gather(*racers)
         winners = [r for r in results if r.changed]
         assert len(winners) == 1, [r.outcome for r in results]
@@ -115,13 +124,15 @@ async def test_concurrent_transitions_only_one_wins(store: RedisWaitlistStore, s
             await o.close()
 
 
-async def test_many_slots_freed_concurrently_never_share_a_customer(store: RedisWaitlistStore, settings: Settings) -> None:
+async def test_many_slots_freed_concurrently_never_share_a_customer(
+    store: RedisWaitlistStore, settings: Settings
+) -> None:
     await _join(store, "s2", *[f"w{i}" for i in range(10)])
     clients = [RedisWaitlistStore(redis_client(settings), settings.bullwait_store_prefix) for _ in range(4)]
     try:
-        results = await asyncio.gather(*[
-            clients[i % 4].free_slot("s2", f"slot-{i}", DETAILS, NOW, NOW + OFFER) for i in range(15)
-        ])
+        results = await asyncio.gather(
+            *[clients[i % 4].free_slot("s2", f"slot-{i}", DETAILS, NOW, NOW + OFFER) for i in range(15)]
+        )
     finally:
         for c in clients:
             await c.close()

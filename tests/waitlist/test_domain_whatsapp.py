@@ -28,8 +28,14 @@ from bullwait.waitlist.whatsapp import (
 from helpers.jobdata import future_day
 
 SLOT = SlotDetails(
-    date=future_day(), time="10:30", master_id="m-1", master_name="Ana",
-    service_id="s-1", service_name="Haircut", duration=45, price=35.5,
+    date=future_day(),
+    time="10:30",
+    master_id="m-1",
+    master_name="Ana",
+    service_id="s-1",
+    service_name="Haircut",
+    duration=45,
+    price=35.5,
 )
 TOKEN = "EAAG-very-secret-token"
 
@@ -51,8 +57,12 @@ async def _sending(settings: Settings) -> AsyncIterator[CloudApiSender]:
 
 def _settings(api: FakeWhatsApp, **extra: object) -> Settings:
     return Settings(
-        whatsapp_api_base_url=api.base_url, whatsapp_phone_number_id="1055", whatsapp_access_token=TOKEN,
-        whatsapp_template_name="slot_offer", whatsapp_template_language="es", **extra,
+        whatsapp_api_base_url=api.base_url,
+        whatsapp_phone_number_id="1055",
+        whatsapp_access_token=TOKEN,
+        whatsapp_template_name="slot_offer",
+        whatsapp_template_language="es",
+        **extra,
     )
 
 
@@ -88,7 +98,12 @@ async def test_template_message_request(api: FakeWhatsApp) -> None:
     ],
 )
 async def test_error_mapping(api: FakeWhatsApp, status: int | None, code: int | None, expected: type) -> None:
-    api.fail_next(status=status, code=code, message="Invalid OAuth access token" if code == 190 else None, retry_after=2 if status == 429 else None)
+    api.fail_next(
+        status=status,
+        code=code,
+        message="Invalid OAuth access token" if code == 190 else None,
+        retry_after=2 if status == 429 else None,
+    )
     async with _sending(_settings(api)) as sender:
         with pytest.raises(expected) as info:
             await sender.send_slot_offer("+34600111222", SLOT)
@@ -110,7 +125,11 @@ async def test_timeout_is_unavailable(api: FakeWhatsApp) -> None:
 async def test_unreachable_is_unavailable() -> None:
     from bullwait.dev.embedded import free_port
 
-    settings = Settings(whatsapp_api_base_url=f"http://127.0.0.1:{free_port()}", whatsapp_phone_number_id="1", whatsapp_access_token=TOKEN)
+    settings = Settings(
+        whatsapp_api_base_url=f"http://127.0.0.1:{free_port()}",
+        whatsapp_phone_number_id="1",
+        whatsapp_access_token=TOKEN,
+    )
     async with _sending(settings) as sender:
         with pytest.raises(WhatsAppUnavailable, match="unreachable"):
             await sender.send_slot_offer("+34600111222", SLOT)
@@ -153,12 +172,13 @@ def test_throttle_backoff() -> None:
     assert throttle_backoff_ms(30) == 60_000
 
 
-# --- answers of any shape (issue 13 item 4) --------------------------------------------
+# --- answers of any shape ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("kind", "status", "expected"),
     [
-        ("nested", 500, WhatsAppUnavailable),   # json.loads raises RecursionError, not ValueError
+        ("nested", 500, WhatsAppUnavailable),  # json.loads raises RecursionError, not ValueError
         ("nested", 200, "unknown-id-http-200"),
         ("huge", 500, WhatsAppUnavailable),
         ("huge", 200, "unknown-id-http-200"),

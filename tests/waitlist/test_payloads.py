@@ -39,8 +39,16 @@ def test_each_missing_field_is_named(model, data) -> None:  # type: ignore[no-un
         (ExpiryJob, dict(expiry_data(), expiresAt="tomorrow"), "expiresAt"),
         (ExpiryJob, dict(expiry_data(), waitlistId=""), "waitlistId"),
         (NotificationJob, dict(notification_data(), customerPhone="600 111"), "customerPhone"),
-        (NotificationJob, dict(notification_data(), slotDetails=dict(notification_data()["slotDetails"], price="free")), "slotDetails.price"),
-        (NotificationJob, dict(notification_data(), slotDetails=dict(notification_data()["slotDetails"], duration=-5)), "slotDetails.duration"),
+        (
+            NotificationJob,
+            dict(notification_data(), slotDetails=dict(notification_data()["slotDetails"], price="free")),
+            "slotDetails.price",
+        ),
+        (
+            NotificationJob,
+            dict(notification_data(), slotDetails=dict(notification_data()["slotDetails"], duration=-5)),
+            "slotDetails.duration",
+        ),
         (NotificationJob, dict(notification_data(), notificationType="spam"), "notificationType"),
         (PreferenceJob, dict(preference_data(), data=dict(preference_data()["data"], hour=25)), "data.hour"),
         (PreferenceJob, dict(preference_data(), action="explode"), "action"),

@@ -32,7 +32,9 @@ async def test_expiry_timer_options_and_idempotency(settings: Settings) -> None:
         assert job.opts["backoff"] == {"type": "exponential", "delay": 1000}
 
 
-async def test_stored_opts_keep_every_option_and_no_redundant_copies(settings: Settings, sync_redis: Any, prefix: str) -> None:
+async def test_stored_opts_keep_every_option_and_no_redundant_copies(
+    settings: Settings, sync_redis: Any, prefix: str
+) -> None:
     """The job hash's `opts` JSON holds what workers read (attempts, backoff, retention,
     delay, priority) and not what BullMQ keeps elsewhere: the job id (the key's name) and
     bullmq-py's `"delay":0` default. Both runtimes read the job back with the same id."""
@@ -97,7 +99,13 @@ def _conn(settings: Settings) -> dict[str, Any]:
 async def test_cancel_in_every_state(settings: Settings) -> None:
     async with Producer(settings) as producer:
         # Finished and active ones first: a worker takes whatever is waiting.
-        expected = {"active": "active", "completed": "completed", "failed": "failed", "waiting": "cancelled", "delayed": "cancelled"}
+        expected = {
+            "active": "active",
+            "completed": "completed",
+            "failed": "failed",
+            "waiting": "cancelled",
+            "delayed": "cancelled",
+        }
         for state in expected:
             await _state_job(producer, settings, state)
         queue = producer.queue(QueueKey.WAITLIST_EXPIRY)

@@ -11,7 +11,9 @@ from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.producer import Producer, new_expiry
 
 
-async def test_schedule_expiries_writes_what_schedule_expiry_writes(settings: Settings, sync_redis: redis.Redis, prefix: str) -> None:
+async def test_schedule_expiries_writes_what_schedule_expiry_writes(
+    settings: Settings, sync_redis: redis.Redis, prefix: str
+) -> None:
     one = new_expiry("single", "s-1", "c-1", "salon-1", delay_ms=60_000)
     many = [new_expiry(f"bulk-{i}", "s-1", "c-1", "salon-1", delay_ms=60_000) for i in range(25)]
     async with Producer(settings) as producer:
@@ -34,7 +36,10 @@ async def test_schedule_expiries_writes_what_schedule_expiry_writes(settings: Se
 async def test_add_bulk_with_per_job_options(settings: Settings, sync_redis: redis.Redis, prefix: str) -> None:
     async with Producer(settings) as producer:
         jobs = [
-            (new_expiry(f"w-{i}", "s", "c", "salon"), producer.job_options(QueueKey.WAITLIST_EXPIRY, job_id=f"custom-{i}"))
+            (
+                new_expiry(f"w-{i}", "s", "c", "salon"),
+                producer.job_options(QueueKey.WAITLIST_EXPIRY, job_id=f"custom-{i}"),
+            )
             for i in range(3)
         ]
         ids = await producer.add_bulk(QueueKey.WAITLIST_EXPIRY, jobs)
@@ -42,7 +47,9 @@ async def test_add_bulk_with_per_job_options(settings: Settings, sync_redis: red
     assert sync_redis.llen(f"{prefix}:waitlist-expiry:wait") == 3
 
 
-async def test_bulk_adds_write_exactly_what_bullmq_addbulk_writes(redis_server, sync_redis: redis.Redis, prefix: str) -> None:
+async def test_bulk_adds_write_exactly_what_bullmq_addbulk_writes(
+    redis_server, sync_redis: redis.Redis, prefix: str
+) -> None:
     """`bullwait.engine.bulk.add_jobs` packs bullmq's add scripts itself: the keys it leaves must be
     bullmq-py's own `Queue.addBulk`'s, for standard, prioritized and delayed jobs."""
     from bullmq import Queue
@@ -57,12 +64,21 @@ async def test_bulk_adds_write_exactly_what_bullmq_addbulk_writes(redis_server, 
     conn = {"connection": f"redis://127.0.0.1:{redis_server.port}/0"}
     ref, ours = Queue("q", {**conn, "prefix": f"{prefix}a"}), Queue("q", {**conn, "prefix": f"{prefix}b"})
     try:
-        batch = [{"name": n, "data": {"n": n, "é": [1, 2]}, "opts": dict(o, jobId=n, timestamp=1_700_000_000_000)} for n, o in specs]
+        batch = [
+            {"name": n, "data": {"n": n, "é": [1, 2]}, "opts": dict(o, jobId=n, timestamp=1_700_000_000_000)}
+            for n, o in specs
+        ]
         await ref.addBulk(batch)
         await ref.addBulk(batch[:1])
         sync_redis.script_flush()  # ours must load the scripts again
         jobs = [
-            NewJob(n, json.dumps({"n": n, "é": [1, 2]}, separators=(",", ":")), stored_opts(dict(o, jobId=n, timestamp=1_700_000_000_000)), n, 1_700_000_000_000)
+            NewJob(
+                n,
+                json.dumps({"n": n, "é": [1, 2]}, separators=(",", ":")),
+                stored_opts(dict(o, jobId=n, timestamp=1_700_000_000_000)),
+                n,
+                1_700_000_000_000,
+            )
             for n, o in specs
         ]
         assert await add_jobs(ours, jobs) == ["std", "prio", "late"]

@@ -23,7 +23,9 @@ from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, PreferenceJob
 def builtin_registry() -> Registry:
     registry = Registry()
     registry.register(QueueKey.WAITLIST_EXPIRY, JOB_NAMES["CHECK_EXPIRY"], ExpiryJob, check_expiry)
-    registry.register(QueueKey.WAITLIST_NOTIFICATION, JOB_NAMES["SEND_SLOT_AVAILABLE"], NotificationJob, send_slot_available)
+    registry.register(
+        QueueKey.WAITLIST_NOTIFICATION, JOB_NAMES["SEND_SLOT_AVAILABLE"], NotificationJob, send_slot_available
+    )
     registry.register(
         QueueKey.PREFERENCE_CALCULATION, JOB_NAMES["CALCULATE_PREFERENCES"], PreferenceJob, calculate_preferences
     )

@@ -72,7 +72,7 @@ PAIR_RATE_BASE_MS = 6000  # Meta: about one message every 6 s to one customer
 def throttle_backoff_ms(throttled: int, code: int | None = None) -> int:
     """1 s, 2 s, 4 s ... for throughput limits; 6 s, 12 s ... for the pair rate limit."""
     base = PAIR_RATE_BASE_MS if code == PAIR_RATE_LIMIT_CODE else 1000
-    return min(MAX_THROTTLE_BACKOFF_MS, base * 2 ** max(0, throttled - 1))
+    return int(min(MAX_THROTTLE_BACKOFF_MS, base * 2 ** max(0, throttled - 1)))
 
 
 async def send_slot_available(payload: NotificationJob, ctx: Context) -> dict[str, Any]:
@@ -123,7 +123,9 @@ async def send_slot_available(payload: NotificationJob, ctx: Context) -> dict[st
     except WhatsAppThrottled as exc:
         throttled = await _release(records, key, owner, str(exc), ctx.log, throttled=True)
         await _give_back(payload, svc, member, ctx.log)
-        wait = exc.retry_after_ms if exc.retry_after_ms is not None else throttle_backoff_ms(max(1, throttled), exc.code)
+        wait = (
+            exc.retry_after_ms if exc.retry_after_ms is not None else throttle_backoff_ms(max(1, throttled), exc.code)
+        )
         ctx.log.warning("whatsapp throttled, backing off", code=exc.code, status=exc.status, retry_in=f"{wait}ms")
         await _sleep(ctx, now_ms() + wait, str(exc))
     except WhatsAppRejected as exc:
@@ -171,8 +173,12 @@ async def _after_ambiguous(records: Any, key: str, owner: str, exc: WhatsAppAmbi
     final = count == -1 or count >= AMBIGUOUS_LIMIT
     if observe is not None:
         observe(exc.kind, "failed" if final else "retried")
-    ctx.log.warning("whatsapp send got no answer; the message may have been delivered",
-                    kind=exc.kind, ambiguous=count, retry=not final)
+    ctx.log.warning(
+        "whatsapp send got no answer; the message may have been delivered",
+        kind=exc.kind,
+        ambiguous=count,
+        retry=not final,
+    )
     if final:
         raise UnrecoverableError(ambiguous_reason(key, f"{exc} (send {max(count, 1)} without one)")) from None
     raise exc
@@ -247,7 +253,8 @@ async def _send(payload: NotificationJob, svc: Any, member: str, log: Any, progr
         stamps.append(asyncio.ensure_future(restamp()))
 
     try:
-        return await svc.sender.send_slot_offer(payload.customer_phone, payload.slot_details, on_sent=on_sent)
+        wamid: str = await svc.sender.send_slot_offer(payload.customer_phone, payload.slot_details, on_sent=on_sent)
+        return wamid
     finally:
         # Before the places are given back or the send recorded: a stamp after a release
         # would take the place again.
