@@ -35,8 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs (about 2 minutes)")
     parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), help="run only these sections")
-    parser.add_argument("--variants", nargs="+", metavar="LABEL",
-                        help='throughput: run only these runtimes (e.g. bullwait bare node; "bullwait x2 processes")')
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        metavar="LABEL",
+        help='throughput: run only these runtimes (e.g. bullwait bare node; "bullwait x2 processes")',
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     log = lambda msg: print(f"[{time.monotonic() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)  # noqa: E731

@@ -56,8 +56,12 @@ def _jobs(n: int) -> list[Job]:
     jobs = []
     for i in range(n):
         data = ExpiryJob(
-            waitlist_id=f"w-{i}", slot_id=f"slot-{i % 500}", customer_id=f"cust-{i}", salon_id=f"salon-{i % 200}",
-            notified_at=now, expires_at=later,
+            waitlist_id=f"w-{i}",
+            slot_id=f"slot-{i % 500}",
+            customer_id=f"cust-{i}",
+            salon_id=f"salon-{i % 200}",
+            notified_at=now,
+            expires_at=later,
         ).to_wire_json()
         job = Job(_QUEUE, "check-expiry", json.loads(data), {"attempts": 3}, f"expiry_w-{i}")  # type: ignore[arg-type]
         job.raw_data_size = len(data)
@@ -107,8 +111,10 @@ def main() -> int:
         best = min(best, time.process_time() - begin)
     if args.rounds:
         per_job = best / max(len(jobs), 1) * 1e6
-        print(f"{len(jobs)} jobs: {per_job:.1f} us CPU per job (best of {args.rounds} rounds), "
-              f"{1e6 / per_job:,.0f} jobs per CPU-second")
+        print(
+            f"{len(jobs)} jobs: {per_job:.1f} us CPU per job (best of {args.rounds} rounds), "
+            f"{1e6 / per_job:,.0f} jobs per CPU-second"
+        )
     return 0
 
 

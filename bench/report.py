@@ -98,11 +98,29 @@ def rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
             out.append(("  CPU us per job: worker + redis", cpu("bullwait"), cpu("stock"), cpu("node"), "", "", ""))
             wcpu = lambda label: row(label).get("workerCpuUsPerJob")  # noqa: E731, B023
             if wcpu("bullwait") and wcpu("node"):
-                out.append(("  worker CPU per job vs Node", "", "", "", _ratio(wcpu("bullwait"), wcpu("node")), "<= 1.00x",
-                            _met(wcpu("bullwait") <= wcpu("node"))))
+                out.append(
+                    (
+                        "  worker CPU per job vs Node",
+                        "",
+                        "",
+                        "",
+                        _ratio(wcpu("bullwait"), wcpu("node")),
+                        "<= 1.00x",
+                        _met(wcpu("bullwait") <= wcpu("node")),
+                    )
+                )
             per_cpu = lambda label: row(label).get("workerJobsPerCpuSecond")  # noqa: E731, B023
-            out.append(("  jobs per worker CPU-second", _f(per_cpu("bullwait")), _f(per_cpu("stock")), _f(per_cpu("node")),
-                        _ratio(per_cpu("bullwait"), per_cpu("node")), "", "-"))
+            out.append(
+                (
+                    "  jobs per worker CPU-second",
+                    _f(per_cpu("bullwait")),
+                    _f(per_cpu("stock")),
+                    _f(per_cpu("node")),
+                    _ratio(per_cpu("bullwait"), per_cpu("node")),
+                    "",
+                    "-",
+                )
+            )
             if bw and st:
                 out.append(
                     (

@@ -137,9 +137,13 @@ _ENCODER = _json.JSONEncoder(default=repr)
 # What `_ENCODER.encode(dict)` runs, built once: `encode` builds it again on every call, which
 # was most of a line's JSON cost. Same bytes (a test compares them); no circular-reference
 # check, so a self-containing dict fails with RecursionError instead of ValueError.
-_encode_dict = _json.encoder.c_make_encoder(  # type: ignore[attr-defined]
-    None, repr, _json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True
-) if getattr(_json.encoder, "c_make_encoder", None) else None
+_encode_dict = (
+    _json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+        None, repr, _json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True
+    )
+    if getattr(_json.encoder, "c_make_encoder", None)
+    else None
+)
 _second = [-1, ""]
 
 
@@ -151,7 +155,7 @@ def utc_timestamp(now: float | None = None) -> str:
         _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
         _second[0] = sec
     # printf-style: an f-string's "06d" format spec cost more than the rest of the line's stamp
-    return "%s%06dZ" % (_second[1], (now - sec) * 1_000_000)
+    return "%s%06dZ" % (_second[1], (now - sec) * 1_000_000)  # noqa: UP031
 
 
 def stamp(_logger: Any, method: str, event: EventDict) -> EventDict:
@@ -375,9 +379,11 @@ def configure_logging(level: str = "info", json: bool | None = None, stream: Any
     global _stream
     out = _stream = SafeStream(stream or sys.stderr)
     as_json = (not out.isatty()) if json is None else json
-    processors: list[Any] = [merge_contextvars, json_line] if as_json else [
-        merge_contextvars, stamp, redact, structlog.dev.ConsoleRenderer(colors=False)
-    ]
+    processors: list[Any] = (
+        [merge_contextvars, json_line]
+        if as_json
+        else [merge_contextvars, stamp, redact, structlog.dev.ConsoleRenderer(colors=False)]
+    )
     numeric = logging.getLevelName(level.upper())
     line_logger = LineLogger(out)
     structlog.configure(

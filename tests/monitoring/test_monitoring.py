@@ -579,8 +579,11 @@ def test_job_metrics_fast_path_exposes_what_the_public_methods_do() -> None:
     jobs.labels(EXPIRY, "stalled").inc()
 
     def ours(registry: CollectorRegistry) -> list[str]:
-        return [line for line in generate_latest(registry).decode().splitlines()
-                if line.startswith(("bullmq_jobs", "bullmq_expiry")) and not line.startswith("# HELP")]
+        return [
+            line
+            for line in generate_latest(registry).decode().splitlines()
+            if line.startswith(("bullmq_jobs", "bullmq_expiry")) and not line.startswith("# HELP")
+        ]
 
     assert ours(metrics.registry) == ours(public)
 

@@ -61,10 +61,26 @@ def test_render_json_writes_what_json_dumps_writes() -> None:
     from bullwait.logs import render_json
 
     events = [
-        {"queue": "waitlist-expiry", "job": "check-expiry", "jobId": "expiry_w-1", "duration": "0.1ms",
-         "event": "job completed", "level": "info", "timestamp": "2026-11-29T15:00:00.123456Z"},
-        {"event": "café ☕", "n": 3, "f": 0.1, "inf": float("inf"), "none": None, "ok": True,
-         "list": [1, "two", {"three": 3}], "nested": {"a": {"b": []}}, 7: "int key"},
+        {
+            "queue": "waitlist-expiry",
+            "job": "check-expiry",
+            "jobId": "expiry_w-1",
+            "duration": "0.1ms",
+            "event": "job completed",
+            "level": "info",
+            "timestamp": "2026-11-29T15:00:00.123456Z",
+        },
+        {
+            "event": "café ☕",
+            "n": 3,
+            "f": 0.1,
+            "inf": float("inf"),
+            "none": None,
+            "ok": True,
+            "list": [1, "two", {"three": 3}],
+            "nested": {"a": {"b": []}},
+            7: "int key",
+        },
         {"event": "objects", "when": datetime(2026, 11, 29, tzinfo=UTC), "set": {1}, "bytes": b"\x00"},
         {},
     ]
