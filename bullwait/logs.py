@@ -1,4 +1,4 @@
-"""structlog set-up: the seed's event shapes, JSON off a terminal, secrets never printed.
+"""structlog set-up: the NestJS module's event shapes, JSON off a terminal, secrets never printed.
 
 Logging never fails a job or holds up the process: log lines go through `SafeStream`,
 which drops (and counts) a line it cannot write instead of raising or blocking. A worker

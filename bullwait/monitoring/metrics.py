@@ -37,9 +37,9 @@ prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # 
 
 JOB_STATUSES = ("completed", "failed", "retried", "delayed", "stalled")
 
-# Resolve the seed's "<10 ms expiry checks" and WhatsApp round trips (~100 ms - seconds).
+# Resolve the NestJS module's "<10 ms expiry checks" and WhatsApp round trips (~100 ms - seconds).
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-# Lateness of a 15-minute timer: the seed promises +-100 ms; le=0 counts early runs.
+# Lateness of a 15-minute timer: the NestJS module promises +-100 ms; le=0 counts early runs.
 LATENESS_BUCKETS = (0.0, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 

@@ -6,7 +6,7 @@
     async def check_expiry(payload: ExpiryJob, ctx: Context) -> dict:
         ...
 
-`dispatch` validates the job's data with the model, runs the function, logs the seed's
+`dispatch` validates the job's data with the model, runs the function, logs the NestJS module's
 event shapes (`queue`, `job`, `jobId`, `duration`, `error`) and turns bad data into an
 `UnrecoverableError` so it fails once, with its data kept, and is never retried.
 
