@@ -15,6 +15,15 @@ class SettingsError(BullwaitError):
     exit_code = 2
 
 
+class RedisIsClusterNode(SettingsError):
+    """A one-node address (REDIS_URL, REDIS_HOST/PORT) names a Redis Cluster node: every key
+    command would be redirected (MOVED), so nothing works until REDIS_CLUSTER_NODES is set."""
+
+
+class RedisNotCluster(SettingsError):
+    """REDIS_CLUSTER_NODES names a Redis that does not run in cluster mode."""
+
+
 class RedisUnavailable(BullwaitError):
     """Redis did not answer (refused, timed out, bad credentials)."""
 

@@ -48,6 +48,9 @@ _UNSUPPORTED_OPTIONS = frozenset({"timeout"})
 
 
 SENTINELS_FORM = "host:port,host:port,... (e.g. 10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379)"
+CLUSTER_FORM = "host:port,host:port,... (e.g. 10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000)"
+# BullMQ's prefix on a cluster when BULLMQ_PREFIX is unset: the tag puts every queue's keys on one slot.
+CLUSTER_DEFAULT_PREFIX = "{bull}"
 
 
 class BadRedisUrl(ValueError):
@@ -97,6 +100,22 @@ class RedisAddress:
 
 
 @dataclass(frozen=True)
+class ClusterTopology:
+    """A Redis Cluster found from seed nodes: REDIS_CLUSTER_NODES (database 0 only)."""
+
+    nodes: tuple[tuple[str, int], ...]
+
+    def display(self) -> str:
+        """For messages and logs: the seed nodes (no credentials)."""
+        nodes = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.nodes)
+        return f"cluster://{nodes}"
+
+    def setting(self) -> str:
+        """The REDIS_CLUSTER_NODES value naming these nodes, for advice in messages."""
+        return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.nodes)
+
+
+@dataclass(frozen=True)
 class SentinelTopology:
     """A master found through Redis Sentinel: REDIS_SENTINELS and REDIS_SENTINEL_MASTER."""
 
@@ -112,25 +131,41 @@ class SentinelTopology:
 
 def parse_sentinels(value: str) -> tuple[tuple[str, int], ...]:
     """`host:port,host:port,...` (IPv6 as `[::1]:26379`); raise ValueError saying what to change."""
+    return _parse_nodes(
+        value, SENTINELS_FORM, "sentinel credentials go in REDIS_SENTINEL_USERNAME / REDIS_SENTINEL_PASSWORD"
+    )
+
+
+def parse_cluster_nodes(value: str) -> tuple[tuple[str, int], ...]:
+    """REDIS_CLUSTER_NODES, read as REDIS_SENTINELS is; raise ValueError saying what to change."""
+    return _parse_nodes(value, CLUSTER_FORM, "credentials go in REDIS_USERNAME / REDIS_PASSWORD")
+
+
+def _parse_nodes(value: str, form: str, login_hint: str) -> tuple[tuple[str, int], ...]:
     if "://" in value or "@" in value:
-        raise ValueError(
-            f"takes host:port pairs only, not a URL or credentials: {SENTINELS_FORM}; "
-            "sentinel credentials go in REDIS_SENTINEL_USERNAME / REDIS_SENTINEL_PASSWORD"
-        )
+        raise ValueError(f"takes host:port pairs only, not a URL or credentials: {form}; {login_hint}")
     nodes = []
     for entry in value.split(","):
         entry = entry.strip()
         if not entry:  # refused, as on the Node side (node-compat/lib/config.js): the same value works on both
-            raise ValueError(f"has an empty entry (a stray comma?); use {SENTINELS_FORM}")
+            raise ValueError(f"has an empty entry (a stray comma?); use {form}")
         host, sep, port = entry.rpartition(":")
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
         if not sep or not host or any(ch.isspace() or ch in "/?#[]" for ch in host):
-            raise ValueError(f"{entry[:60]!r} is not host:port; use {SENTINELS_FORM}")
+            raise ValueError(f"{entry[:60]!r} is not host:port; use {form}")
         if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise ValueError(f"{entry[:60]!r}: the port must be a number from 1 to 65535; use {SENTINELS_FORM}")
+            raise ValueError(f"{entry[:60]!r}: the port must be a number from 1 to 65535; use {form}")
         nodes.append((host, int(port)))
     return tuple(dict.fromkeys(nodes))
+
+
+def has_hash_tag(prefix: str) -> bool:
+    """True when keys starting with `prefix` hash by a tag in it (`{...}` with something inside),
+    as Redis Cluster reads one: from the first '{' to the next '}'."""
+    start = prefix.find("{")
+    end = prefix.find("}", start + 1) if start >= 0 else -1
+    return start >= 0 and end > start + 1
 
 
 def parse_redis_url(url: str) -> RedisAddress:
@@ -264,6 +299,9 @@ class Settings(BaseSettings):
     redis_sentinel_master: str = Field("mymaster", min_length=1)
     redis_sentinel_username: str | None = None
     redis_sentinel_password: str | None = None
+    # Redis Cluster: seed nodes (any of its nodes); the rest are found from them. ACL and TLS
+    # (REDIS_USERNAME/PASSWORD/REDIS_TLS_CA_FILE) apply to every node; the db is 0.
+    redis_cluster_nodes: str | None = None
     bullmq_prefix: str = Field("bull", min_length=1)
     bullwait_queue_names: QueueNaming = QueueNaming.CURRENT
 
@@ -313,6 +351,9 @@ class Settings(BaseSettings):
     bullmq_metrics_max_data_points: int = Field(10080, ge=0, le=1_000_000)
     # Seconds a scrape or health check waits for Redis before answering 503 / redis_up 0.
     health_redis_timeout: float = Field(2.0, gt=0, le=60)
+    # Seconds a worker loop may keep failing (every fetch and completion, any cause) before
+    # /health/live answers 503, so a supervisor restarts or replaces the process.
+    health_live_failing_seconds: float = Field(30.0, gt=0, le=3600)
 
     # --- Reliability (issue 8): stalled-job recovery, Redis retries, extra processors ---
     # A job whose worker died is taken back after its lock expires (lockDuration) by the
@@ -355,6 +396,34 @@ class Settings(BaseSettings):
         parse_sentinels(value)
         return value
 
+    @field_validator("redis_cluster_nodes")
+    @classmethod
+    def _check_cluster_nodes(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_cluster_nodes(value)
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cluster_defaults(cls, data: Any) -> Any:
+        """On a cluster an unset REDIS_QUEUE_DB is 0 (the only one) and an unset BULLMQ_PREFIX
+        is `{bull}`; values that were set are checked in `_check_cluster`."""
+        if not isinstance(data, dict):
+            return data
+        keys = {str(k).lower(): k for k in data}
+        nodes = data.get(keys.get("redis_cluster_nodes", ""))
+        if not isinstance(nodes, str) or not nodes.strip():
+            return data
+        data = dict(data)
+        if data.get(keys.get("redis_queue_db", ""), "") in ("", None):
+            data.pop(keys.get("redis_queue_db", ""), None)
+            data["redis_queue_db"] = 0
+        if data.get(keys.get("bullmq_prefix", ""), "") in ("", None):
+            data.pop(keys.get("bullmq_prefix", ""), None)
+            data["bullmq_prefix"] = CLUSTER_DEFAULT_PREFIX
+        return data
+
     @field_validator("redis_sentinel_master")
     @classmethod
     def _check_master_name(cls, value: str) -> str:
@@ -390,10 +459,34 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_topology(self) -> Settings:
+        if self.redis_cluster_nodes and (self.redis_url or self.redis_sentinels):
+            other = "REDIS_URL" if self.redis_url else "REDIS_SENTINELS"
+            raise ValueError(
+                f"{other} and REDIS_CLUSTER_NODES are both set, naming two Redis topologies: "
+                f"keep REDIS_CLUSTER_NODES for a cluster, or {other} and unset REDIS_CLUSTER_NODES"
+            )
         if self.redis_url and self.redis_sentinels:
             raise ValueError(
                 "REDIS_URL and REDIS_SENTINELS are both set, naming two Redis topologies: "
                 "keep REDIS_SENTINELS (with REDIS_QUEUE_DB) for Sentinel, or REDIS_URL for one node"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_cluster(self) -> Settings:
+        if not self.redis_cluster_nodes:
+            return self
+        if self.redis_queue_db != 0:
+            raise ValueError(
+                f"REDIS_QUEUE_DB: a Redis Cluster has database 0 only (got {self.redis_queue_db}); "
+                "set REDIS_QUEUE_DB=0 or unset it"
+            )
+        if not has_hash_tag(self.bullmq_prefix):
+            raise ValueError(
+                f"BULLMQ_PREFIX: on a Redis Cluster the prefix must carry a hash tag, so each queue's keys "
+                f"share one slot as BullMQ's scripts need (got {self.bullmq_prefix!r}); "
+                f"write it in braces, e.g. {{{self.bullmq_prefix.strip('{}') or 'bull'}}}, "
+                f"or unset it for {CLUSTER_DEFAULT_PREFIX}"
             )
         return self
 
@@ -432,15 +525,24 @@ class Settings(BaseSettings):
         return SentinelTopology(parse_sentinels(self.redis_sentinels), self.redis_sentinel_master, self.redis_queue_db)
 
     @cached_property
+    def cluster(self) -> ClusterTopology | None:
+        """The Redis Cluster when REDIS_CLUSTER_NODES is set (REDIS_HOST/REDIS_PORT are then unused)."""
+        if not self.redis_cluster_nodes:
+            return None
+        return ClusterTopology(parse_cluster_nodes(self.redis_cluster_nodes))
+
+    @cached_property
     def redis_configured(self) -> bool:
         """True when the environment or `.env` names a Redis (so no embedded one may be started)."""
-        names = ("REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_SENTINELS")
+        names = ("REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_SENTINELS", "REDIS_CLUSTER_NODES")
         from_file: dict[str, str | None] = {}
         if os.path.isfile(".env"):
             from dotenv import dotenv_values  # pydantic-settings' own .env reader
 
             from_file = {k.upper(): v for k, v in dotenv_values(".env").items()}
-        return any(os.environ.get(n) or from_file.get(n) for n in names) or bool(self.redis_url or self.redis_sentinels)
+        return any(os.environ.get(n) or from_file.get(n) for n in names) or bool(
+            self.redis_url or self.redis_sentinels or self.redis_cluster_nodes
+        )
 
     def with_overrides(self, **values: object) -> Settings:
         """A copy with some fields replaced (validated), e.g. from `--redis-url`."""

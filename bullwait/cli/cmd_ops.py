@@ -15,11 +15,12 @@ from functools import partial
 from typing import Any, TypeVar
 
 import typer
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from rich.live import Live
 
 from bullwait.cli.common import AsJson, RedisUrl, context_line, err_console, fail, print_json, run_async, settings_from
 from bullwait.cli.render import doctor_lines, job_row, print_job, print_table, stats_table, stdout_console
+from bullwait.engine.connection import cluster_redirect, is_cluster, read_cluster
 from bullwait.errors import BadArgument, BullwaitError, JobNotFound, RedisUnavailable
 from bullwait.logs import first_line
 from bullwait.ops.checks import CLEAN_STATES, JOB_STATES, check_count, normalize_state
@@ -91,8 +92,11 @@ def _with_ops(settings: Settings, action: Callable[[Ops], Awaitable[T]], human: 
                     await _orient(ops)
                 return await action(ops)
             except ResponseError as exc:
+                redirect = cluster_redirect(ops.settings, exc)
+                if redirect is not None:
+                    raise redirect from None
                 raise RedisRefused(f"Redis refused a command: {first_line(exc)}") from None
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 raise RedisUnavailable(f"Redis stopped answering ({first_line(exc)}); check it and try again") from None
 
     return run_async(go)
@@ -113,9 +117,11 @@ class RedisRefused(BullwaitError):
 
 
 async def _topology_line(ops: Ops, as_json: bool = False) -> str | None:
-    """The Sentinel topology in one line (None without Sentinel, or for --json, whose shape stays)."""
+    """The Sentinel or cluster topology in one line (None on one node, or for --json, whose shape stays)."""
     if as_json:
         return None
+    if is_cluster(ops.client):
+        return (await read_cluster(ops.client)).summary()
     topology = await ops.topology()
     return topology.summary() if topology is not None else None
 

@@ -8,10 +8,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import typer
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from rich.console import Console
 
-from bullwait.errors import BullwaitError
+from bullwait.errors import BullwaitError, RedisIsClusterNode
 from bullwait.logs import first_line
 from bullwait.runtime.runner import run_until_done
 from bullwait.settings import Settings, load_settings
@@ -49,7 +49,12 @@ def run_async(make: Callable[[], Awaitable[T]]) -> T:
         return run_until_done(_run(make))
     except BullwaitError as exc:
         raise fail(str(exc), exc.exit_code) from None
-    except (RedisError, OSError) as exc:  # Redis went away or refused a command mid-way
+    except (RedisError, RedisClusterException, OSError) as exc:  # Redis went away or refused a command mid-way
+        from bullwait.engine.connection import cluster_reply_message
+
+        redirect = cluster_reply_message(exc)
+        if redirect is not None:  # a one-node address at a cluster node: a configuration error
+            raise fail(redirect, RedisIsClusterNode.exit_code) from None
         raise fail(f"Redis failed during the command: {first_line(exc)}", 1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None

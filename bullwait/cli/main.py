@@ -110,6 +110,7 @@ def _supervise(
 
 
 async def _worker(settings: Settings, keys: list[QueueKey], shutdown_timeout: float | None) -> int:
+    from bullwait.monitoring.health import LoopWatch
     from bullwait.monitoring.metrics import serving_registry
     from bullwait.monitoring.server import monitoring
     from bullwait.ops.presence import warn_if_wrong_db
@@ -123,7 +124,8 @@ async def _worker(settings: Settings, keys: list[QueueKey], shutdown_timeout: fl
         names = [queue_name(k, settings) for k in keys]
         serves = os.environ.get("BULLWAIT_PROCESS_INDEX", "0") == "0"
         registry = serving_registry(getattr(services.observer, "registry", None))
-        server = monitoring(settings, names, registry) if serves else contextlib.nullcontext()
+        loops = LoopWatch()  # /health/live answers 503 while a worker loop keeps failing
+        server = monitoring(settings, names, registry, loops=loops) if serves else contextlib.nullcontext()
         async with server:
             return await run_workers(
                 settings,
@@ -133,6 +135,7 @@ async def _worker(settings: Settings, keys: list[QueueKey], shutdown_timeout: fl
                 services=services,
                 observer=services.observer,
                 before_start=(lambda: warn_if_wrong_db(settings, get_logger())) if serves else None,
+                loops=loops,
             )
     finally:
         await services.close()

@@ -17,6 +17,14 @@ as redis-py itself would retry it). `NOSCRIPT` (first use, `SCRIPT FLUSH`, failo
 loads the script once and sends the calls again. Other error replies are raised to
 their caller unchanged.
 
+Redis Cluster. With a `RedisCluster` client the connection goes to the master that owns
+`key`'s slot (a worker's calls all touch one queue, one slot). A redirect reply (MOVED,
+ASK, TRYAGAIN, CLUSTERDOWN) means the call did not run: it is sent again through the
+client, which follows the redirect and updates its slot map. After MOVED or CLUSTERDOWN
+(a failover, a migrated slot) the connection is dropped, and the next one is made to the
+slot's owner as the map says then; the calls written after the refused one were refused
+too (one slot), and go through the client the same way.
+
 Bad bytes. A reply holding bytes that are not UTF-8 (a job hash written by hand) made
 redis-py raise while reading it, which failed the connection and every call written
 with it: jobs of other slots were re-sent after they had run. The connection reads such
@@ -27,6 +35,7 @@ its own caller, which can see them (`bullwait.engine.jobcheck.not_utf8`) and wri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections import deque
 from collections.abc import Coroutine
@@ -34,11 +43,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bullwait.engine.internals import new_connection, pool_kwargs, stream_writer
+from bullwait.engine.internals import follow_redirect, new_connection, pool_kwargs, stream_writer
 
 
 class _Resend(Exception):
@@ -46,6 +55,9 @@ class _Resend(Exception):
 
 
 _RESEND = (RedisConnectionError, RedisTimeoutError, OSError, _Resend)
+# Cluster replies for a call that did not run; the first two say the slot has another owner now.
+_REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError)
+_MOVED = (MovedError, ClusterDownError)
 
 
 def pack(command: tuple[Any, ...]) -> bytes:
@@ -117,9 +129,12 @@ class AutoPipeline:
     socket: a worker has at most one call per job slot outstanding.
     """
 
-    def __init__(self, client: aioredis.Redis, eager: int = 4) -> None:
+    def __init__(self, client: aioredis.Redis, eager: int = 4, key: str | None = None) -> None:
         self.client = client
         self.eager = eager
+        self.key = key  # with a cluster client: a key of the slot the calls touch
+        self.redirects = 0  # calls a node refused with a redirect, sent again through the client
+        self.moves = 0  # links dropped because their slot moved (failover, migration)
         self._link: _Link | None = None  # only set once connected AND handshake done
         self._queued: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._flush_scheduled = False
@@ -161,6 +176,10 @@ class AutoPipeline:
         except _RESEND:
             # No reply, so not known to have run: the client retries it (its retry policy).
             return await script(keys=keys, args=args)
+        except _REDIRECTS:
+            # Refused by a node that does not serve the slot now: not run; the client follows.
+            self.redirects += 1
+            return await script(keys=keys, args=args)
 
     async def _load(self, script: AsyncScript) -> None:
         """SCRIPT LOAD once for all the calls that met NOSCRIPT together."""
@@ -188,8 +207,9 @@ class AutoPipeline:
     async def _connect_then_write(self) -> None:
         decoding = bool((pool_kwargs(self.client) or {}).get("decode_responses"))
         escape = {"encoding_errors": "surrogateescape"} if decoding else {}  # see "Bad bytes" above
-        conn = new_connection(self.client, **escape)
+        conn: Any = None
         try:
+            conn = await new_connection(self.client, self.key, **escape)
             await conn.connect()
             if stream_writer(conn) is None:  # a redis-py without it: no pipelining
                 self._closed = True
@@ -198,7 +218,8 @@ class AutoPipeline:
             queued, self._queued = self._queued, []
             for _, fut in queued:
                 _settle(fut, exc=exc if isinstance(exc, _RESEND) else RedisConnectionError(str(exc)))
-            _in_background(conn.disconnect(nowait=True))
+            if conn is not None:
+                _in_background(conn.disconnect(nowait=True))
             return
         if self._closed:
             await conn.disconnect()
@@ -242,6 +263,13 @@ class AutoPipeline:
         while link.sent and not link.dead:
             try:
                 reply = await link.conn.read_response(timeout=math.inf)
+            except _MOVED as exc:
+                # The slot moved: this node refuses every call written to it (one slot); all
+                # go through the client, and the next link goes to the new owner.
+                self.moves += 1
+                self._fail_link(link, _Resend(str(exc)))
+                _in_background(self._refresh(exc))
+                return
             except ResponseError as exc:
                 if link.sent:
                     _settle(link.sent.popleft(), exc=exc)
@@ -291,6 +319,11 @@ class AutoPipeline:
         if link.reader is not None and not link.reader.done() and link.reader is not asyncio.current_task():
             link.reader.cancel()
         _in_background(link.conn.disconnect(nowait=True))
+
+    async def _refresh(self, error: BaseException) -> None:
+        """Update the cluster client's slot map; a failure leaves it to the client's next command."""
+        with contextlib.suppress(Exception):  # the resent calls refresh the map themselves
+            await follow_redirect(self.client, error)
 
     async def close(self) -> None:
         """Stop pipelining: later calls go through the client; calls already made finish."""

@@ -14,6 +14,11 @@ client's retry policy (adding a job again under the same id adds nothing twice, 
 producer gives every job an id). Scripts missing on the server (first use, SCRIPT FLUSH,
 failover) are loaded and the calls they refused sent again.
 
+On Redis Cluster the transaction goes to the master that owns the queue's slot (every key
+of a queue carries its hash tag). A MULTI refused for a redirect (MOVED, ASK, TRYAGAIN,
+CLUSTERDOWN: EXEC aborts, nothing ran) or a lost connection updates the client's slot map
+and sends the chunk again to the owner it names then.
+
 Options that make a job part of a flow, deduplicated or repeated are not packed here
 (`NewJob` refuses them); add such jobs with bullmq's `Queue.add`.
 """
@@ -29,13 +34,17 @@ from typing import Any
 
 import msgpack
 from bullmq import Queue
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, ResponseError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bullwait.engine.autopipeline import pack, pack_args
 from bullwait.engine.durable import READ_MARGIN_S, WAIT_ATTEMPTS, Command, Durability, log_short
 from bullwait.engine.internals import (
     ADD_JOB_KEYS,
     encode_job_opts,
+    follow_redirect,
+    is_cluster,
     main_client,
     normalize_backoff,
     pool_connection,
@@ -142,16 +151,17 @@ async def add_jobs(queue: Queue, jobs: Sequence[NewJob], durability: Durability 
     heads: dict[str, tuple[int, bytes]] = {}
     calls = [_call(queue, job, heads) for job in jobs]
     client = main_client(queue)
+    slot_key = scripts_of(queue).key("wait")  # with a cluster: the slot whose master takes the chunk
     durability = durability or Durability()
     wait = durability.wait_command() if durability.enabled else None
     for attempt in range(WAIT_ATTEMPTS if wait else 1):
-        replies, acked = await _transaction(client, [packed for _, packed in calls], wait)
+        replies, acked = await _transaction(client, [packed for _, packed in calls], wait, slot_key)
         missing = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
         if missing:
             for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
                 await client.script_load(script.script)
             # Perhaps on another pool connection: its WAIT covers only these writes.
-            again, acked_again = await _transaction(client, [calls[i][1] for i in missing], wait)
+            again, acked_again = await _transaction(client, [calls[i][1] for i in missing], wait, slot_key)
             acked = min(acked, acked_again)
             for i, reply in zip(missing, again):
                 replies[i] = reply
@@ -179,11 +189,43 @@ def _failed(replies: list[Any]) -> bool:
     return any(isinstance(r, ResponseError) or (isinstance(r, int) and r < 0) for r in replies)
 
 
-async def _transaction(client: Any, commands: list[bytes], wait: Command | None = None) -> tuple[list[Any], int]:
+# Sends of one chunk to a cluster before the redirect or lost connection is raised.
+CLUSTER_SENDS = 5
+_NOT_RUN = (MovedError, AskError, TryAgainError, ClusterDownError)
+
+
+async def _transaction(
+    client: Any, commands: list[bytes], wait: Command | None = None, key: str | None = None
+) -> tuple[list[Any], int]:
     """MULTI, `commands`, EXEC (and `wait`: WAIT after EXEC, on the same connection) in one
     write; the EXEC reply (errors as ResponseError items) and the replicas WAIT counted (0
-    without `wait`)."""
-    async with pool_connection(client) as conn:
+    without `wait`). With a cluster client, on the master that owns `key`'s slot."""
+    if not is_cluster(client):
+        return await _one_transaction(client, commands, wait)
+    for send in range(CLUSTER_SENDS):
+        try:
+            return await _one_transaction(client, commands, wait, key)
+        except (*_NOT_RUN, RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            if send == CLUSTER_SENDS - 1:
+                raise
+            if isinstance(exc, (AskError, TryAgainError)) and not isinstance(
+                exc, MovedError
+            ):  # MovedError is an AskError
+                # A slot being migrated: wait for its keys to move rather than follow ASK
+                # (which would have to precede every command of the transaction).
+                await asyncio.sleep(0.1 * (send + 1))
+                continue
+            try:
+                await follow_redirect(client, exc)
+            except Exception:  # noqa: BLE001 - the next send finds out
+                await asyncio.sleep(0.1)
+    raise AssertionError("unreachable")
+
+
+async def _one_transaction(
+    client: Any, commands: list[bytes], wait: Command | None = None, key: str | None = None
+) -> tuple[list[Any], int]:
+    async with pool_connection(client, key) as conn:
         result: tuple[list[Any], int] = await conn.retry.call_with_retry(
             lambda: _send_and_read(conn, commands, wait), lambda _error: conn.disconnect()
         )

@@ -4,7 +4,9 @@ bullmq-py takes a dict of `redis.asyncio.Redis` keyword arguments and builds its
 clients from it (one main, one blocking per worker); `redis_options` makes that dict.
 It also takes a client instance: `bullmq_connection` gives it one when Redis is found
 through Sentinel, where every client must be a Sentinel-managed one (`redis_client`
-builds those; see "Redis Sentinel" below for how connections follow a failover).
+builds those; see "Redis Sentinel" below for how connections follow a failover), and on a
+Redis Cluster (REDIS_CLUSTER_NODES), where every client is a `RedisCluster` that follows
+MOVED/ASK redirects and failovers itself (see "Redis Cluster" below).
 """
 
 from __future__ import annotations
@@ -17,25 +19,39 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import ExponentialBackoff, ExponentialWithJitterBackoff, NoBackoff
-from redis.exceptions import AuthenticationError, BusyLoadingError, RedisError, ResponseError
+from redis.exceptions import (
+    AskError,
+    AuthenticationError,
+    BusyLoadingError,
+    ClusterCrossSlotError,
+    ClusterDownError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bullwait.engine.internals import add_connection_mixin, set_read_timeout
-from bullwait.errors import RedisAccessDenied, RedisUnavailable
+from bullwait.errors import RedisAccessDenied, RedisIsClusterNode, RedisNotCluster, RedisUnavailable
 from bullwait.settings import Settings
 
 
 def redis_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for `redis.asyncio.Redis` (and bullmq's `connection` option).
 
-    One node only: with Sentinel there is no fixed address to give (use `bullmq_connection`)."""
+    One node only: with Sentinel or a cluster there is no fixed address to give (use `bullmq_connection`)."""
     if settings.sentinel is not None:
         raise RuntimeError("redis_options() names one node; with REDIS_SENTINELS use bullmq_connection()")
+    if settings.cluster is not None:
+        raise RuntimeError("redis_options() names one node; with REDIS_CLUSTER_NODES use bullmq_connection()")
     return _node_options(settings, settings.redis_address.connect_kwargs())
 
 
@@ -57,9 +73,12 @@ def _node_options(settings: Settings, opts: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
-def redis_client(settings: Settings, single_connection: bool = False, **extra: Any) -> aioredis.Redis:
+def redis_client(settings: Settings, single_connection: bool = False, **extra: Any) -> Any:
     """An async client for bullwait's own commands (ops, store, metrics); Sentinel-managed
-    when REDIS_SENTINELS is set. `single_connection`: one connection, as bullmq-py's own."""
+    when REDIS_SENTINELS is set, a `RedisCluster` with REDIS_CLUSTER_NODES. `single_connection`:
+    one connection, as bullmq-py's own (a cluster client has a pool per node instead)."""
+    if settings.cluster is not None:
+        return cluster_client(settings, **extra)
     if settings.sentinel is not None:
         return sentinel_client(settings, single_connection, **extra)
     opts = redis_options(settings)
@@ -67,12 +86,14 @@ def redis_client(settings: Settings, single_connection: bool = False, **extra: A
     return aioredis.Redis(decode_responses=True, single_connection_client=single_connection, **opts)
 
 
-def bullmq_connection(settings: Settings) -> dict[str, Any] | aioredis.Redis:
-    """bullmq's `connection` option: kwargs for one node, a Sentinel-managed client otherwise.
+def bullmq_connection(settings: Settings) -> dict[str, Any] | aioredis.Redis | RedisCluster:
+    """bullmq's `connection` option: kwargs for one node, a Sentinel-managed or cluster client otherwise.
 
     bullmq-py builds a single-connection `redis.asyncio.Redis` from kwargs and uses a client
-    it is given as it is (bullmq/redis_connection.py); the Sentinel client is made the same
-    way (one connection, bounded retries on connection errors)."""
+    it is given as it is (bullmq/redis_connection.py, which takes a `RedisCluster` too); the
+    Sentinel client is made the same way (one connection, bounded retries on connection errors)."""
+    if settings.cluster is not None:
+        return cluster_client(settings, retry=bounded_retry(settings.bullwait_redis_retry_timeout))
     if settings.sentinel is None:
         return redis_options(settings)
     client = sentinel_client(settings, single_connection=True)
@@ -82,25 +103,34 @@ def bullmq_connection(settings: Settings) -> dict[str, Any] | aioredis.Redis:
 
 def describe_redis(settings: Settings) -> str:
     """Where Redis is, for messages: scheme, host, port and db, any password masked."""
+    if settings.cluster is not None:
+        return settings.cluster.display()
     if settings.sentinel is not None:
         return settings.sentinel.display()
     return settings.redis_address.display()
 
 
 def redis_hostname(settings: Settings) -> str | None:
-    """The host Redis is reached at (None for a Unix socket; the first sentinel's with Sentinel)."""
+    """The host Redis is reached at (None for a Unix socket; the first sentinel's with Sentinel,
+    the first seed node's on a cluster)."""
+    if settings.cluster is not None:
+        return settings.cluster.nodes[0][0]
     if settings.sentinel is not None:
         return settings.sentinel.sentinels[0][0]
     return settings.redis_address.host
 
 
 async def check_redis(settings: Settings, timeout: float | None = None) -> str:
-    """Ping Redis once, fail fast. Returns the server version; raises `RedisUnavailable`."""
+    """Ping Redis once, fail fast. Returns the server version; raises `RedisUnavailable`, or
+    `RedisIsClusterNode` when a one-node address names a cluster node."""
     limit = timeout if timeout is not None else settings.redis_connect_timeout
     # One try, no redis-py retries: refused credentials must not be retried until the timeout.
     client = redis_client(settings, socket_timeout=limit, retry_on_timeout=False, retry=bounded_retry(0))
     try:
-        info = await asyncio.wait_for(_ping_version(client), timeout=limit + 1)
+        if settings.cluster is not None:
+            info = await asyncio.wait_for(_cluster_version(client), timeout=limit + 1)
+        else:
+            info = await asyncio.wait_for(_ping_version(client, settings), timeout=limit + 1)
     except MasterNotFoundError as exc:
         raise _no_master(settings, exc) from None
     except AuthenticationError:
@@ -109,12 +139,19 @@ async def check_redis(settings: Settings, timeout: float | None = None) -> str:
             "check REDIS_USERNAME / REDIS_PASSWORD (or the URL)"
         ) from None
     except ResponseError as exc:
+        redirect = cluster_redirect(settings, exc)
+        if redirect is not None:
+            raise redirect from None
         raise RedisAccessDenied(f"Redis at {describe_redis(settings)} answered with an error: {exc}") from None
-    except (TimeoutError, RedisError, OSError) as exc:
+    except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
+        if settings.cluster is not None and "Cluster mode is not enabled" in str(exc):
+            raise not_a_cluster(settings) from None
         reason = short_reason(exc)
         advice = "start Redis or point REDIS_URL / --redis-url at it"
         if settings.sentinel is not None:
             advice = "start the master the sentinels name, or check REDIS_SENTINELS"
+        if settings.cluster is not None:
+            advice = "start the cluster's nodes, or check REDIS_CLUSTER_NODES"
         raise RedisUnavailable(f"cannot reach Redis at {describe_redis(settings)} ({reason}): {advice}") from None
     finally:
         await client.aclose()
@@ -145,9 +182,11 @@ def no_master_reason(settings: Settings, exc: MasterNotFoundError) -> str:
     return str(_no_master(settings, exc))
 
 
-async def _ping_version(client: aioredis.Redis) -> str:
+async def _ping_version(client: aioredis.Redis, settings: Settings) -> str:
     await client.ping()
     info = await client.info("server")
+    if settings.cluster is None and (await client.info("cluster")).get("cluster_enabled") in (1, "1"):
+        raise RedisIsClusterNode(is_cluster_node_message(settings))
     return str(info.get("redis_version", "unknown"))
 
 
@@ -155,6 +194,8 @@ def short_reason(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, RedisClusterException) and "reachable node: " in text:
+        return "no seed node answers: " + short_reason(Exception(text.split("reachable node: ", 1)[1]))
     if "refused" in text.lower() or text.lower().startswith("error 111 "):
         return "connection refused"
     if "timeout" in text.lower() or "timed out" in text.lower():
@@ -178,6 +219,276 @@ async def wait_for_redis(settings: Settings, log: Any, max_delay: float = 30.0) 
             attempt += 1
 
 
+# --- Redis Cluster ------------------------------------------------------------------
+# With REDIS_CLUSTER_NODES every client is a redis-py `RedisCluster`: it reads the slot map
+# from a seed node, sends each command to the master of its key's slot, follows MOVED and
+# ASK, and reads the map again after a MOVED or a lost node (a failover). Key-less commands
+# (PING, INFO, CLIENT LIST) go to nodes chosen by redis-py's command policies, or to the
+# nodes passed as `target_nodes`. BullMQ's Lua needs every key of one call in one slot: the
+# prefix's hash tag (settings.py) gives that.
+
+
+# redis-py's cluster client retries a command on a lost node at once, reading the slot map
+# again, a few times in a few milliseconds: a master that crashed is replaced only after the
+# cluster's node timeout (seconds). `FollowingCluster` keeps trying, backing off, for as long
+# as its retry allows (`BULLWAIT_REDIS_RETRY_TIMEOUT` for bullmq's and the producer's clients),
+# as a one-node client does through a restart.
+CLUSTER_RETRYABLE = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError, RedisClusterException)
+DEFAULT_CLUSTER_RETRY_SECONDS = 5.0  # about what redis-py's default retry waits on one node
+
+
+class FollowingCluster(RedisCluster):
+    """A `RedisCluster` whose commands retry through a failover for `retry_timeout` seconds."""
+
+    retry_timeout: float = DEFAULT_CLUSTER_RETRY_SECONDS
+
+    def set_retry(self, retry: Retry) -> None:
+        super().set_retry(retry)
+        self.retry_timeout = float(getattr(retry, "timeout", 0.0))
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        delay = RETRY_BACKOFF_BASE
+        deadline: float | None = None
+        while True:
+            try:
+                return await super().execute_command(*args, **kwargs)
+            except CLUSTER_RETRYABLE as exc:
+                if not _cluster_retryable(exc):
+                    raise
+                now = asyncio.get_running_loop().time()
+                deadline = now + self.retry_timeout if deadline is None else deadline
+                if now + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_BACKOFF_CAP)
+
+
+def _cluster_retryable(exc: BaseException) -> bool:
+    """A lost node or a cluster between masters; not refused credentials, nor redis-py's own
+    refusals (keys of several slots in one command), which no wait mends."""
+    if isinstance(exc, AuthenticationError):
+        return False
+    if isinstance(exc, SlotNotCoveredError):
+        return True  # a slot between a failed master and its replica
+    if isinstance(exc, RedisClusterException):
+        return "cannot be connected" in str(exc)  # no seed node answers (yet)
+    return True
+
+
+def cluster_client(settings: Settings, **extra: Any) -> RedisCluster:
+    """A `RedisCluster` on the seed nodes, with the credentials, TLS and timeouts of one node.
+    A `retry` given bounds how long a command keeps retrying (its `timeout`, 0 for another Retry)."""
+    topology = settings.cluster
+    assert topology is not None
+    extra.pop("retry_on_timeout", None)  # a Redis() argument RedisCluster does not take
+    extra.pop("single_connection_client", None)
+    opts: dict[str, Any] = {}
+    if settings.redis_username:
+        opts["username"] = settings.redis_username
+    if settings.redis_password:
+        opts["password"] = settings.redis_password
+    if settings.redis_tls_ca_file:
+        opts.update(ssl=True, ssl_ca_certs=settings.redis_tls_ca_file, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    opts.update(
+        socket_connect_timeout=settings.redis_connect_timeout,
+        socket_keepalive=True,
+        health_check_interval=15,
+        decode_responses=True,
+    )
+    opts.update(extra)
+    nodes = [ClusterNode(host, port) for host, port in topology.nodes]
+    client = FollowingCluster(startup_nodes=nodes, **opts)
+    if "retry" in extra:
+        client.set_retry(extra["retry"])
+    return client
+
+
+@dataclass
+class ClusterView:
+    """What the cluster's nodes say, for `check_redis`, doctor and stats."""
+
+    nodes: list[tuple[str, str, bool, str]]  # (address, role, answering, error)
+    state: str  # cluster_state from a node that answers ("unknown" if none)
+    slots_ok: int
+    version: str = "unknown"
+
+    @property
+    def answering(self) -> int:
+        return sum(answering for _, _, answering, _ in self.nodes)
+
+    def masters(self) -> list[str]:
+        return [address for address, role, _, _ in self.nodes if role == "master"]
+
+    def replicas(self) -> list[str]:
+        return [address for address, role, _, _ in self.nodes if role != "master"]
+
+    def summary(self) -> str:
+        """One line: nodes answering, masters/replicas, cluster_state and slots."""
+        down = [f"{address} ({error})" for address, _, answering, error in self.nodes if not answering]
+        tail = f"; not answering: {', '.join(down)}" if down else ""
+        return (
+            f"Redis Cluster: {self.answering}/{len(self.nodes)} nodes answering "
+            f"({len(self.masters())} masters, {len(self.replicas())} replicas), "
+            f"cluster_state {self.state}, slots ok {self.slots_ok}/16384{tail}"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "slotsOk": self.slots_ok,
+            "version": self.version,
+            "nodes": [{"address": a, "role": r, "answering": ok, "error": e} for a, r, ok, e in self.nodes],
+        }
+
+
+async def read_cluster(client: RedisCluster) -> ClusterView:
+    """Every node the cluster knows (CLUSTER NODES, failed ones included), each asked for its
+    version where the client can reach it; cluster_state and slots from the node that answered."""
+    await client.initialize()
+    known: dict[str, Any] | None = None
+    state, slots_ok, version = "unknown", 0, "unknown"
+    unreachable: dict[str, str] = {}
+    for node in client.get_nodes():
+        try:
+            cluster = await client.execute_command("CLUSTER INFO", target_nodes=node)
+            known = await _cluster_nodes(client, node)
+        except (RedisError, OSError) as exc:
+            unreachable[node.name] = short_reason(exc)
+            continue
+        state = str(cluster.get("cluster_state", "unknown"))
+        slots_ok = int(cluster.get("cluster_slots_ok", 0))
+        break
+    views: list[tuple[str, str, bool, str]] = []
+    for address, entry in (known or {}).items():
+        flags = str(entry.get("flags", "")).split(",")
+        role = "master" if "master" in flags else "replica"
+        failed = {"fail", "fail?", "noaddr", "handshake"} & set(flags)
+        answering, error = not failed, f"the cluster marks it {','.join(sorted(failed))}" if failed else ""
+        reachable = client.get_node(node_name=address)
+        if reachable is not None and answering:
+            try:
+                info = await client.info("server", target_nodes=reachable)
+                version = str(info.get("redis_version", version))
+            except (RedisError, OSError) as exc:
+                answering, error = False, short_reason(exc)
+        views.append((address, role, answering, error))
+    if known is None:
+        views = [(address, "unknown", False, error) for address, error in unreachable.items()]
+    views.sort(key=lambda view: (view[1] != "master", view[0]))
+    return ClusterView(views, state, slots_ok, version)
+
+
+async def _cluster_nodes(client: RedisCluster, node: ClusterNode) -> dict[str, Any]:
+    """CLUSTER NODES as redis-py parses it; where an ACL refuses it, the nodes of the slot map."""
+    try:
+        return dict(await client.execute_command("CLUSTER NODES", target_nodes=node))
+    except ResponseError:
+        roles = {"primary": "master"}
+        return {n.name: {"flags": roles.get(str(n.server_type), "slave")} for n in client.get_nodes()}
+
+
+async def _cluster_version(client: RedisCluster) -> str:
+    """The version when the cluster serves every slot; `RedisUnavailable` in one line otherwise."""
+    view = await read_cluster(client)
+    if view.state != "ok" or view.answering == 0:
+        raise RedisUnavailable(f"{view.summary()}: wait for the cluster to recover, or check REDIS_CLUSTER_NODES")
+    return view.version
+
+
+def is_cluster(client: Any) -> bool:
+    """True for a cluster client or one of its pipelines."""
+    return isinstance(client, (RedisCluster, ClusterPipeline))
+
+
+async def client_list(client: Any) -> list[dict[str, Any]]:
+    """CLIENT LIST of one node, or of every master of a cluster (where workers connect) as one
+    list whose entries carry their master's address as `node`."""
+    if not isinstance(client, RedisCluster):
+        return list(await client.client_list())
+    replies = await client.client_list(target_nodes=RedisCluster.PRIMARIES)
+    if not isinstance(replies, dict):  # one master
+        return list(replies)
+    # Each entry names its node: a worker may be named on several (snapshot.count_queue_workers).
+    return [dict(entry, node=node) for node, node_list in replies.items() for entry in node_list]
+
+
+async def load_scripts(client: Any, *scripts: Any) -> None:
+    """On a cluster, load registered scripts on every master up front: a cluster pipeline
+    sends EVALSHA as it is (`queue_script`) and cannot load a script that is missing."""
+    if isinstance(client, RedisCluster):
+        for script in scripts:
+            await client.script_load(script.script)
+
+
+async def queue_script(pipe: Any, script: Any, keys: list[Any], args: list[Any]) -> None:
+    """Queue a registered script's call in `pipe`. redis-py refuses its `evalsha` method in a
+    cluster pipeline, but sends an EVALSHA given as a plain command to its keys' slot: the
+    script must then be loaded already (`load_scripts`)."""
+    if isinstance(pipe, ClusterPipeline):
+        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+    else:
+        await script(keys=keys, args=args, client=pipe)
+
+
+# A cluster's replies to a client that does not follow the cluster (redis-py raises them as
+# ResponseErrors whose text is the bare reply, e.g. "9263 127.0.0.1:7201" for a MOVED).
+CLUSTER_REPLIES = (AskError, ClusterDownError, TryAgainError, ClusterCrossSlotError)
+
+
+def is_cluster_node_message(settings: Settings, node: str | None = None) -> str:
+    """The one line for a one-node address that names a cluster node."""
+    address = settings.redis_address
+    seed = node or (f"{address.host}:{address.port}" if address.host else "host:port,...")
+    where = "REDIS_URL" if settings.redis_url else "REDIS_HOST/REDIS_PORT"
+    return (
+        f"this Redis ({address.display()}) is a cluster node: set REDIS_CLUSTER_NODES={seed} "
+        f"(any of its nodes) instead of {where}"
+    )
+
+
+def not_a_cluster(settings: Settings) -> RedisNotCluster:
+    """The one line for REDIS_CLUSTER_NODES naming a Redis that is not in cluster mode."""
+    assert settings.cluster is not None
+    host, port = settings.cluster.nodes[0]
+    return RedisNotCluster(
+        f"REDIS_CLUSTER_NODES names a Redis that is not in cluster mode ({settings.cluster.display()}): "
+        f"for one Redis set REDIS_URL=redis://{host}:{port}/<db> and unset REDIS_CLUSTER_NODES"
+    )
+
+
+def cluster_redirect(settings: Settings, exc: BaseException) -> RedisIsClusterNode | None:
+    """`RedisIsClusterNode` when `exc` is a cluster's reply (MOVED, ASK, CLUSTERDOWN, ...) to a
+    one-node client; None otherwise (on a configured cluster those are redis-py's to follow)."""
+    if settings.cluster is not None or settings.sentinel is not None:
+        return None
+    message = cluster_reply_message(exc, settings)
+    return RedisIsClusterNode(message) if message is not None else None
+
+
+def cluster_reply_message(exc: BaseException, settings: Settings | None = None) -> str | None:
+    """The one line for a cluster's reply to a client that does not follow a cluster, or None
+    when `exc` is not one. Without settings the node named by a MOVED/ASK stands in as the seed."""
+    text = str(exc)
+    if not isinstance(exc, CLUSTER_REPLIES) and not (
+        isinstance(exc, ResponseError) and text.startswith(("MOVED ", "ASK ", "CLUSTERDOWN", "CROSSSLOT"))
+    ):
+        return None
+    if settings is not None:
+        return is_cluster_node_message(settings)
+    # A MOVED/ASK reads "<slot> <host>:<port>" (redis-py drops the word).
+    parts = text.removeprefix("MOVED ").removeprefix("ASK ").split()
+    node = parts[1] if len(parts) == 2 and parts[0].isdigit() else "host:port,..."
+    return (
+        f"this Redis is a cluster node: set REDIS_CLUSTER_NODES={node} (any of its nodes) "
+        "instead of REDIS_URL or REDIS_HOST/REDIS_PORT"
+    )
+
+
+def cluster_unreachable(exc: BaseException) -> bool:
+    """True for redis-py's cluster-level errors (no node answers, slots not covered)."""
+    return isinstance(exc, RedisClusterException)
+
+
 # --- Bounded retries ---------------------------------------------------------
 # bullmq-py gives every client `Retry(ExponentialBackoff(cap=20, base=1), 20)`: one command
 # keeps retrying through a lost connection for about six minutes. bullwait bounds that by
@@ -191,6 +502,8 @@ RETRYABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, BusyLoadingError)
 class BoundedRetry(Retry):
     """Retries lost connections, never refused credentials (redis-py counts those as
     connection errors, so bad credentials would otherwise be retried for the whole wait)."""
+
+    timeout: float = 0.0
 
     async def call_with_retry(
         self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False
@@ -210,7 +523,9 @@ def bounded_retry(timeout: float) -> Retry:
     while total < timeout:
         retries += 1
         total += min(RETRY_BACKOFF_CAP, RETRY_BACKOFF_BASE * 2**retries)
-    return BoundedRetry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), retries, RETRYABLE_ERRORS)
+    retry = BoundedRetry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), retries, RETRYABLE_ERRORS)
+    retry.timeout = timeout  # what a cluster client retries for (FollowingCluster)
+    return retry
 
 
 def bound_retries(settings: Settings, *connections: Any) -> None:
@@ -801,3 +1116,19 @@ async def _replica_acks(client: aioredis.Redis | None) -> dict[str, Any]:
         if key.startswith("slave") and isinstance(value, dict):
             acks[f"{value.get('ip')}:{value.get('port')}"] = (int(value.get("lag", 0)), int(value.get("offset", 0)))
     return acks
+
+
+# --- A cluster client ready before concurrent use ---------------------------------------------
+# redis-py's RedisCluster reads the slot map on its first command. Commands started together
+# on a fresh client (a worker's first burst of jobs) raced that first read: some ran on a
+# connection another task had just disconnected ("'NoneType' object has no attribute
+# 'writelines'", seen on 3 of 300 calls). Reading the map once, first, avoids it.
+
+
+async def cluster_ready(*clients: Any) -> None:
+    """Read the slot map of each cluster client (or bullmq Queue/Worker on one) now; others: no-op."""
+    for client in clients:
+        conn = getattr(getattr(client, "backend", None), "connection", None)
+        target = getattr(conn, "conn", None) or client
+        if isinstance(target, RedisCluster):
+            await target.initialize()

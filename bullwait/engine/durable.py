@@ -21,17 +21,25 @@ The connection is taken from the client's pool (`internals.pool_connection`) and
 with redis-py's `send_packed_command` / `read_response`, as `bullwait.engine.bulk` does; a
 Sentinel pool's connections turn READONLY into a connection error there too, so the
 client's retry moves them to the new master.
+
+Redis Cluster: WAIT counts the replicas of the node it is sent to, so the write and WAIT
+go on one connection of the master that owns the write's slot (`cluster_send_and_wait`).
+A redirect reply (the write did not run) or a lost connection updates the client's slot
+map and sends both again to the owner it names then.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, ResponseError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bullwait.engine.internals import pool_connection, script_command
+from bullwait.engine.internals import follow_redirect, is_cluster, pool_connection, script_command
 from bullwait.errors import WriteNotDurable
 from bullwait.logs import get_logger
 from bullwait.settings import Settings
@@ -131,6 +139,8 @@ async def send_and_wait(
 
     A lost connection is retried with the client's retry policy (the commands must be safe
     to repeat); every send after the first writes the marker."""
+    if is_cluster(client):
+        return await cluster_send_and_wait(client, durability, commands, marker)
     sends = 0
     async with pool_connection(client) as conn:
 
@@ -142,6 +152,66 @@ async def send_and_wait(
 
         result: tuple[list[Any], int] = await conn.retry.call_with_retry(once, lambda _error: conn.disconnect())
         return result
+
+
+# Sends of one write to a cluster before the redirect or lost connection is raised.
+CLUSTER_SENDS = 5
+_NOT_RUN = (MovedError, AskError, TryAgainError, ClusterDownError)
+
+
+async def cluster_send_and_wait(
+    client: Any, durability: Durability, commands: Sequence[Command], marker: str | None = None
+) -> tuple[list[Any], int]:
+    """`send_and_wait` on a cluster: `commands` (of one slot) and WAIT on a connection of the
+    master that owns the slot, following MOVED, ASK and failovers."""
+    key = _first_key(commands)
+    if key is None:
+        raise ValueError("a durable write on a cluster needs a key to find its slot")
+    asking: Any = None  # the node an ASK named: sent there once, after ASKING
+    for send in range(CLUSTER_SENDS):
+        last = send == CLUSTER_SENDS - 1
+        try:
+            if asking is not None:
+                replies, acked = await _ask_exchange(asking, durability, commands, marker)
+                asking = None
+            else:
+                async with pool_connection(client, key) as conn:
+                    replies, acked = await _exchange(conn, durability, commands, marker if not send else key)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            if last:
+                raise
+            await _refresh(client, exc)
+            continue
+        refused = next((r for r in replies if isinstance(r, _NOT_RUN)), None)
+        if refused is None or last:
+            return replies, acked
+        if isinstance(refused, AskError) and not isinstance(refused, MovedError):  # MovedError is an AskError
+            asking = client.get_node(host=refused.host, port=refused.port)
+        elif isinstance(refused, TryAgainError):
+            await asyncio.sleep(0.05 * (send + 1))  # a slot migration moves the keys meanwhile
+        else:
+            await _refresh(client, refused)
+    raise AssertionError("unreachable")
+
+
+async def _refresh(client: Any, error: BaseException) -> None:
+    try:
+        await follow_redirect(client, error)
+    except Exception:  # noqa: BLE001 - the next send finds out (and raises on the last)
+        await asyncio.sleep(0.1)
+
+
+async def _ask_exchange(
+    node: Any, durability: Durability, commands: Sequence[Command], marker: str | None
+) -> tuple[list[Any], int]:
+    """After ASK: ASKING, then the commands, on one connection of the importing node."""
+    conn = node.acquire_connection()
+    try:
+        await conn.send_packed_command(conn.pack_command("ASKING"), check_health=False)
+        await conn.read_response()
+        return await _exchange(conn, durability, commands, marker)
+    finally:
+        node.release(conn)
 
 
 async def _exchange(

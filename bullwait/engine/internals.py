@@ -425,6 +425,17 @@ async def process_job(
 
 
 # --- redis-py connections ------------------------------------------------------------------------
+# A `redis.asyncio.RedisCluster` has no `connection_pool`: each `ClusterNode` makes its own
+# connections from its `connection_class` and `connection_kwargs` (public attributes), and
+# new nodes copy the client's `get_connection_kwargs()`. So a setting that must reach every
+# connection of a cluster client goes into the client's kwargs and every known node's.
+
+
+def is_cluster(client: Any) -> bool:
+    """A redis-py asyncio `RedisCluster` (itself, or inside a bullmq `RedisConnection`)."""
+    from redis.asyncio.cluster import RedisCluster
+
+    return isinstance(_client(client), RedisCluster)
 
 
 def _client(connection: Any) -> Any:
@@ -432,17 +443,34 @@ def _client(connection: Any) -> Any:
     return getattr(connection, "conn", connection)
 
 
+def _kwargs_dicts(connection: Any) -> list[dict[str, Any]]:
+    """Every dict new connections of this client are made from: the pool's, or with a
+    cluster the client's (for nodes found later) and each known node's."""
+    client = _client(connection)
+    if is_cluster(client):
+        return [client.get_connection_kwargs(), *(node.connection_kwargs for node in client.get_nodes())]
+    kwargs = pool_kwargs(client)
+    return [kwargs] if kwargs is not None else []
+
+
 def pool_kwargs(connection: Any) -> dict[str, Any] | None:
-    """The keyword arguments the client's pool makes new connections with (public in redis-py)."""
-    pool = getattr(_client(connection), "connection_pool", None)
+    """The keyword arguments the client's pool makes new connections with (public in redis-py;
+    a cluster client's own `get_connection_kwargs()`)."""
+    client = _client(connection)
+    if is_cluster(client):
+        return dict(client.get_connection_kwargs())
+    pool = getattr(client, "connection_pool", None)
     kwargs = getattr(pool, "connection_kwargs", None)
     return kwargs if isinstance(kwargs, dict) else None
 
 
 def existing_connections(connection: Any) -> list[Any]:
     """Every connection a client holds now: redis-py has no API to list a pool's connections
-    (`_available_connections`, `_in_use_connections`), nor a single-connection client's."""
+    (`_available_connections`, `_in_use_connections`), nor a single-connection client's, nor
+    a cluster node's (`ClusterNode._connections`)."""
     client = _client(connection)
+    if is_cluster(client):
+        return [conn for node in client.get_nodes() for conn in getattr(node, "_connections", [])]
     pool = getattr(client, "connection_pool", None)
     found = [getattr(client, "connection", None)]
     if pool is not None:
@@ -453,10 +481,8 @@ def existing_connections(connection: Any) -> list[Any]:
 def set_read_timeout(connection: Any, seconds: float) -> None:
     """Give every connection of a client, now and later, a read timeout of `seconds`.
     redis-py sets `socket_timeout` per client only when it is made."""
-    kwargs = pool_kwargs(connection)
-    if kwargs is None:
-        return
-    kwargs["socket_timeout"] = seconds
+    for kwargs in _kwargs_dicts(connection):
+        kwargs["socket_timeout"] = seconds
     for conn in existing_connections(connection):
         conn.socket_timeout = seconds
 
@@ -467,8 +493,7 @@ def keep_client_name(connection: Any, name: str) -> None:
     redis-py sends a name on connect only from a connection's own `client_name`, and bullmq's
     `set_client_name` writes it only in the pool's kwargs, after its single connection exists:
     after a Redis restart the reconnected worker connection was anonymous."""
-    kwargs = pool_kwargs(connection)
-    if kwargs is not None:
+    for kwargs in _kwargs_dicts(connection):
         kwargs["client_name"] = name
     for conn in existing_connections(connection):
         conn.client_name = name
@@ -476,30 +501,79 @@ def keep_client_name(connection: Any, name: str) -> None:
 
 def escape_undecodable(connection: Any) -> None:
     """Connections of this client (made on first use) read bytes that are not UTF-8 as surrogate escapes."""
-    kwargs = pool_kwargs(connection)
-    if kwargs is not None and kwargs.get("decode_responses"):
-        kwargs["encoding_errors"] = "surrogateescape"
+    for kwargs in _kwargs_dicts(connection):
+        if kwargs.get("decode_responses"):
+            kwargs["encoding_errors"] = "surrogateescape"
 
 
 def add_connection_mixin(connection: Any, mixin: type) -> None:
     """Make every connection of a client, now and later, an instance of `mixin` too.
 
-    redis-py has no hook around a connection's send; its pool makes connections from
-    `connection_class`, which is replaced here, and connections already made (a client given
-    to bullmq may have connected) get the new class in place."""
-    pool = getattr(_client(connection), "connection_pool", None)
-    if pool is None or issubclass(pool.connection_class, mixin):
-        return
-    original = pool.connection_class
-    combined = type(f"{mixin.__name__}{original.__name__}", (mixin, original), {"__slots__": ()})
-    pool.connection_class = combined
+    redis-py has no hook around a connection's send; its pool (a cluster's nodes) makes
+    connections from `connection_class`, which is replaced here, and connections already made
+    (a client given to bullmq may have connected) get the new class in place."""
+    client = _client(connection)
+    if is_cluster(client):
+        holders: list[Any] = list(client.get_nodes())
+        kwargs = client.get_connection_kwargs()
+        from redis.asyncio.connection import Connection
+
+        original = kwargs.get("connection_class") or (holders[0].connection_class if holders else Connection)
+        if issubclass(original, mixin):
+            return
+        combined = _combined(mixin, original)
+        kwargs["connection_class"] = combined
+        for node in holders:
+            if node.connection_class is original:
+                node.connection_class = combined
+    else:
+        pool = getattr(client, "connection_pool", None)
+        if pool is None or issubclass(pool.connection_class, mixin):
+            return
+        original = pool.connection_class
+        combined = _combined(mixin, original)
+        pool.connection_class = combined
     for conn in existing_connections(connection):
         if type(conn) is original:
             conn.__class__ = combined
 
 
-def new_connection(client: Any, **overrides: Any) -> Any:
-    """A connection made like the client's pool makes them, outside the pool (not shared)."""
+def _combined(mixin: type, original: type) -> type:
+    return type(f"{mixin.__name__}{original.__name__}", (mixin, original), {"__slots__": ()})
+
+
+async def cluster_node(client: Any, key: str) -> Any:
+    """The `ClusterNode` (master) that owns `key`'s slot, as the client's slot map says now.
+    `get_node_from_key` is public but reads the map without first building it."""
+    await client.initialize()
+    return client.get_node_from_key(key)
+
+
+async def follow_redirect(client: Any, error: BaseException) -> None:
+    """Update a cluster client's slot map after `error` on a connection of bullwait's own.
+
+    redis-py applies MOVED only to commands it sends itself (`NodesManager.move_slot`, not
+    API); anything else (a lost node, CLUSTERDOWN) re-reads the whole map on the next
+    command, as redis-py's own error handling does by setting `_initialize`."""
+    from redis.exceptions import MovedError
+
+    if not is_cluster(client):
+        return
+    if isinstance(error, MovedError):
+        await client.nodes_manager.move_slot(error)
+        return
+    client._initialize = True
+    await client.initialize()
+
+
+async def new_connection(client: Any, key: str | None = None, **overrides: Any) -> Any:
+    """A connection made like the client's pool makes them, outside the pool (not shared).
+    With a cluster client, to the master that owns `key`'s slot."""
+    if is_cluster(client):
+        if key is None:
+            raise ValueError("a cluster connection needs the key whose slot it serves")
+        node = await cluster_node(client, key)
+        return node.connection_class(**{**node.connection_kwargs, **overrides})
     pool = client.connection_pool
     return pool.connection_class(**{**pool.connection_kwargs, **overrides})
 
@@ -514,8 +588,20 @@ def stream_writer(conn: Any) -> asyncio.StreamWriter | None:
 
 
 @asynccontextmanager
-async def pool_connection(client: Any) -> AsyncIterator[Any]:
-    """A connection of the client's pool, for commands that must share one (MULTI and WAIT)."""
+async def pool_connection(client: Any, key: str | None = None) -> AsyncIterator[Any]:
+    """A connection of the client's pool, for commands that must share one (MULTI and WAIT).
+    With a cluster client, one of the connections of the node that owns `key`'s slot
+    (`ClusterNode.acquire_connection` / `release`: the cluster has no pool API)."""
+    if is_cluster(client):
+        if key is None:
+            raise ValueError("a cluster connection needs the key whose slot it serves")
+        node = await cluster_node(client, key)
+        conn = node.acquire_connection()
+        try:
+            yield conn
+        finally:
+            node.release(conn)
+        return
     pool = client.connection_pool
     conn = await pool.get_connection()
     try:

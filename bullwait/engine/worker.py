@@ -90,10 +90,28 @@ class BullwaitWorker(Worker):  # type: ignore[misc]  # bullmq-py ships no type i
         # close() cancels the BZPOPMIN; redis-py's send may swallow that cancellation.
         keep_cancellations(self._blocking_connection())
         # Completions travel together on one connection, as with Node's ioredis.
-        self.pipeline = AutoPipeline(internals.main_client(self))
+        # With Redis Cluster, on a connection to the master of the queue's slot.
+        queue_key = internals.scripts_of(self).key("wait")
+        self.pipeline = AutoPipeline(internals.main_client(self), key=queue_key)
         self._completions: CompletionCalls | None = None  # built on first use (scripts are loaded by then)
         # A fetch sent twice (its reply lost) leaves a job active under our token: given back.
         self.orphans = OrphanSweeper(self)
+        # Since when (monotonic) every fetch and completion has failed; None while they succeed.
+        self.failing_since: float | None = None
+        self.last_failure = ""
+
+    def failing_for(self) -> float:
+        """Seconds the worker loop has been failing without a single success (0 when it works)."""
+        since = self.failing_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def _loop_failed(self, err: BaseException) -> None:
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+        self.last_failure = f"{type(err).__name__}: {err}"[:300]
+
+    def _loop_ok(self) -> None:
+        self.failing_since = None
 
     def _blocking_connection(self) -> Any:
         connections = internals.bullmq_connections(self)
@@ -162,6 +180,17 @@ class BullwaitWorker(Worker):  # type: ignore[misc]  # bullmq-py ships no type i
                 self.blockUntil = due
 
     async def getNextJob(self, token: str) -> Job | None:
+        """bullmq's fetch (see `_get_next_job`), its failures and successes counted: a loop that
+        keeps failing, for whatever cause, is not live (`failing_for`, /health/live)."""
+        try:
+            job = await self._get_next_job(token)
+        except Exception as err:
+            self._loop_failed(err)
+            raise
+        self._loop_ok()
+        return job
+
+    async def _get_next_job(self, token: str) -> Job | None:
         """Rate limited: wait until the limiter's window reopens, then ask again, as Node does
         (bullmq-py would block on a marker nothing re-adds for the whole drain delay)."""
         if self.limitUntil <= 0 or self.closing:
@@ -256,7 +285,12 @@ class BullwaitWorker(Worker):  # type: ignore[misc]  # bullmq-py ships no type i
         if self._completions is None:
             self._completions = CompletionCalls(self)
         keys, args, packed = self._completions.build(job, result, token, fetch)
-        raw = await self.pipeline.run_script(self._completions.script, keys, args, packed=packed)
+        try:
+            raw = await self.pipeline.run_script(self._completions.script, keys, args, packed=packed)
+        except Exception as err:  # completions that cannot be written are a failing loop too
+            self._loop_failed(err)
+            raise
+        self._loop_ok()
         if isinstance(raw, int) and raw < 0:
             raise self._completions.scripts.error(raw, "moveToFinished", job.id, state="active")
         return internals.next_job_data(raw) if raw is not None else None

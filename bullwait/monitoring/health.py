@@ -51,3 +51,24 @@ def redis_down(queues: list[str], reason: str) -> dict[str, Any]:
         "queues": [{"name": q} for q in queues],
         "problems": [f"redis: {reason}"],
     }
+
+
+class LoopWatch:
+    """The worker loops of this process, as `/health/live` sees them: each worker reports
+    how long its loop has been failing (`BullwaitWorker.failing_for`)."""
+
+    def __init__(self) -> None:
+        self.workers: dict[str, Any] = {}
+
+    def add(self, queue: str, worker: Any) -> None:
+        self.workers[queue] = worker
+
+    def failing(self, after_seconds: float) -> list[str]:
+        """One line per worker whose loop has failed for `after_seconds` or more."""
+        found = []
+        for queue, worker in self.workers.items():
+            seconds = float(worker.failing_for())
+            if seconds >= after_seconds:
+                last = getattr(worker, "last_failure", "") or "unknown error"
+                found.append(f"{queue}: worker loop failing for {seconds:.0f} s ({last})")
+        return found

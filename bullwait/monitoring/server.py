@@ -33,10 +33,16 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from redis.asyncio.sentinel import MasterNotFoundError
 
-from bullwait.engine.connection import describe_redis, no_master_reason, redis_client, short_reason
+from bullwait.engine.connection import (
+    cluster_redirect,
+    describe_redis,
+    no_master_reason,
+    redis_client,
+    short_reason,
+)
 from bullwait.errors import MonitoringUnavailable
 from bullwait.logs import get_logger
-from bullwait.monitoring.health import evaluate, redis_down
+from bullwait.monitoring.health import LoopWatch, evaluate, redis_down
 from bullwait.monitoring.metrics import QueueCollector, new_registry
 from bullwait.ops.snapshot import QueueSnapshot, read_snapshots
 from bullwait.settings import Settings
@@ -89,9 +95,16 @@ class ThrottledLog:
 class Monitor:
     """Reads the queues and renders metrics and health; no HTTP here."""
 
-    def __init__(self, settings: Settings, queues: list[str], registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        queues: list[str],
+        registry: CollectorRegistry | None = None,
+        loops: LoopWatch | None = None,
+    ) -> None:
         self.settings = settings
         self.queues = queues
+        self.loops = loops if loops is not None else LoopWatch()
         self.registry = registry if registry is not None else new_registry()
         self.collector = QueueCollector()
         self.registry.register(self.collector)
@@ -127,6 +140,9 @@ class Monitor:
         except MasterNotFoundError as exc:
             return 503, redis_down(self.queues, no_master_reason(self.settings, exc))
         except Exception as exc:  # noqa: BLE001
+            redirect = cluster_redirect(self.settings, exc)
+            if redirect is not None:
+                return 503, redis_down(self.queues, str(redirect))
             reason = (
                 "timed out"
                 if isinstance(exc, asyncio.TimeoutError)
@@ -140,9 +156,14 @@ class Monitor:
         return {"status": "ok", "pid": os.getpid(), "uptimeSeconds": round(time.time() - self.started, 1)}
 
     async def liveness(self) -> tuple[int, dict[str, Any]]:
-        """`live()`, except that with Sentinel a process that reaches no master is not live:
-        a worker that cannot process should be restarted or taken out, not reported fine."""
+        """`live()`, except that a process whose worker loop keeps failing (any cause: Redis
+        refusing commands, a cluster node answering MOVED to a one-node client, ...) is not
+        live, nor with Sentinel one that reaches no master: a worker that cannot process should
+        be restarted or taken out, not reported fine."""
         doc = self.live()
+        failing = self.loops.failing(self.settings.health_live_failing_seconds)
+        if failing:
+            return 503, {**doc, "status": "worker-failing", "problem": "; ".join(failing)}
         if self.settings.sentinel is None:
             return 200, doc
         timeout = self.settings.health_redis_timeout
@@ -380,7 +401,11 @@ def _json(doc: Any) -> bytes:
 
 @asynccontextmanager
 async def monitoring(
-    settings: Settings, queues: list[str], registry: CollectorRegistry | None = None, log: Any = None
+    settings: Settings,
+    queues: list[str],
+    registry: CollectorRegistry | None = None,
+    log: Any = None,
+    loops: LoopWatch | None = None,
 ) -> AsyncIterator[MonitorServer | None]:
     """Run the server for the block (None when QUEUE_MONITORING_ENABLED=false)."""
     logger = log or get_logger()
@@ -388,7 +413,9 @@ async def monitoring(
         logger.info("monitoring disabled", setting="QUEUE_MONITORING_ENABLED=false")
         yield None
         return
-    server = MonitorServer(Monitor(settings, queues, registry), settings.metrics_host, settings.metrics_port, logger)
+    server = MonitorServer(
+        Monitor(settings, queues, registry, loops), settings.metrics_host, settings.metrics_port, logger
+    )
     # A second worker on one host finds the default port taken: it moves (and logs where);
     # a METRICS_PORT the operator set is held to, as a scrape target depends on it.
     await server.start(fallback="metrics_port" not in settings.model_fields_set)

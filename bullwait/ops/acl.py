@@ -17,7 +17,8 @@ escape the key patterns:
 and give back only the connection commands the clients send (AUTH, HELLO, PING, QUIT, SELECT of
 the configured database only, CLIENT SETNAME) and the server commands they read:
 INFO (bullmq and Bull Board read the version), TIME (send claims run on Redis's clock) and
-CLIENT LIST (Node's `getWorkers`, Bull Board's worker view, `bullwait stats`/`doctor`/health).
+CLIENT LIST (Node's `getWorkers`, Bull Board's worker view, `bullwait stats`/`doctor`/health);
+on a cluster also the cluster commands the clients send (`CLUSTER_RULES`).
 Measured, not guessed: tests/test_security_acl.py runs every client under these rules and
 asserts the ACL LOG holds no refusal.
 
@@ -57,17 +58,35 @@ CONNECTION_RULES = (
     "+wait",  # BULLWAIT_WAIT_REPLICAS (bullwait.engine.durable); names no key, returns a replica count
 )
 SERVER_RULES = ("+info", "+time", "+client|list")
+# On a Redis Cluster (set on every node: ACLs are not shared between nodes): the slot map
+# (redis-py and ioredis read CLUSTER SLOTS), COMMAND (redis-py's cluster client reads every
+# command's key positions from it, to route), CLUSTER INFO and NODES (bullwait's check and
+# doctor: the cluster's state and every node it knows, failed ones included),
+# ASKING before a command redirected by ASK during a slot migration, and READONLY/READWRITE,
+# which ioredis sends when a node it knows changes role (a failover).
+CLUSTER_RULES = (
+    "+cluster|slots",
+    "+cluster|info",
+    "+cluster|nodes",
+    "+command",
+    "+asking",
+    "+readonly",
+    "+readwrite",
+)
 
 
-def command_rules(db: int = 0) -> tuple[str, ...]:
-    return (*DATA_RULES, *CONNECTION_RULES, f"+select|{db}", *SERVER_RULES)
+def command_rules(db: int = 0, cluster: bool = False) -> tuple[str, ...]:
+    rules = (*DATA_RULES, *CONNECTION_RULES, f"+select|{db}", *SERVER_RULES)
+    return (*rules, *CLUSTER_RULES) if cluster else rules
 
 
-def acl_rules(prefix: str = "bull", store_prefix: str = STORE_PREFIX, db: int = 0) -> str:
+def acl_rules(prefix: str = "bull", store_prefix: str = STORE_PREFIX, db: int = 0, cluster: bool = False) -> str:
     """Key patterns (the queues' prefix and bullwait's own keys), no pub/sub, the commands."""
     keys = ["resetkeys", f"~{prefix}:*", f"~{store_prefix}*", "resetchannels"]
-    return " ".join([*keys, *command_rules(db)])
+    return " ".join([*keys, *command_rules(db, cluster)])
 
 
-def setuser_command(username: str = "bullwait", prefix: str = "bull", password: str = "<password>", db: int = 0) -> str:
-    return f"ACL SETUSER {username} on >{password} {acl_rules(prefix, db=db)}"
+def setuser_command(
+    username: str = "bullwait", prefix: str = "bull", password: str = "<password>", db: int = 0, cluster: bool = False
+) -> str:
+    return f"ACL SETUSER {username} on >{password} {acl_rules(prefix, db=db, cluster=cluster)}"

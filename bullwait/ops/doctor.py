@@ -13,9 +13,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
-from bullwait.engine.connection import Topology, describe_redis, read_topology
+from bullwait.engine.connection import ClusterView, Topology, describe_redis, is_cluster, read_cluster, read_topology
 from bullwait.errors import RedisUnavailable
 from bullwait.ops.durations import format_ms
 from bullwait.ops.presence import QueuePresence, queue_presence
@@ -59,16 +60,23 @@ async def diagnose(ops: Ops, keys: Iterable[QueueKey] | None = None) -> DoctorRe
     seconds, micros = await ops.client.time()
     t1 = time.time()
     server = await ops.client.info("server")
-    memory = await ops.client.info("memory")
     checks.append(_check_version(ops.redis_version, describe_redis(ops.settings)))
     topology = await read_topology(ops.settings, ops.client)
     checks.extend(topology_checks(topology))
     checks.extend(durability_checks(topology, ops.settings.bullwait_wait_replicas))
-    checks.append(_check_policy(str(memory.get("maxmemory_policy", "unknown"))))
+    if is_cluster(ops.client):
+        checks.extend(cluster_checks(await read_cluster(ops.client)))
+        # Memory is per shard: each master holds its slots' keys (and its own maxmemory).
+        memories = await ops.client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+    else:
+        memories = {"": await ops.client.info("memory")}
+    checks.extend(_per_node(_check_policy, memories, lambda m: (str(m.get("maxmemory_policy", "unknown")),)))
     checks.append(_check_hz(int(server.get("configured_hz", server.get("hz", 10)))))
     redis_ms = int(seconds) * 1000 + int(micros) / 1000
     checks.append(_check_clock(((t0 + t1) / 2) * 1000 - redis_ms, (t1 - t0) * 1000))
-    checks.append(_check_memory(int(memory.get("used_memory", 0)), int(memory.get("maxmemory", 0))))
+    checks.extend(
+        _per_node(_check_memory, memories, lambda m: (int(m.get("used_memory", 0)), int(m.get("maxmemory", 0))))
+    )
     checks.append(_check_listpack(await _hash_value_limit(ops.client)))
     wanted = list(keys) if keys else list(QueueKey)
     checks.append(_check_names([ops.queue_name(k) for k in wanted]))
@@ -127,6 +135,30 @@ def topology_checks(topology: Topology | None) -> list[Check]:
 
 
 REPLICA_LAG_WARN_SECONDS = 10
+
+
+def cluster_checks(view: ClusterView) -> list[Check]:
+    """On a Redis Cluster: every node answers, every slot is served, each master has a replica."""
+    line = view.summary()
+    if view.state != "ok" or view.slots_ok < 16384:
+        return [Check("fail", "cluster", f"{line}: some slots are not served; bring their nodes back")]
+    if view.answering < len(view.nodes):
+        return [Check("warn", "cluster", f"{line}: a master that fails now may have no replica to take over")]
+    if len(view.replicas()) < len(view.masters()):
+        return [Check("warn", "cluster", f"{line}: a master without a replica takes its slots down when it fails")]
+    return [Check("ok", "cluster", line)]
+
+
+def _per_node(check: Any, infos: dict[str, Any], read: Any) -> list[Check]:
+    """`check` on each node's INFO (keyed by node address; one node: its check as it is). On a
+    cluster every master gets its line, named, unless all say the same."""
+    results = {node: check(*read(info)) for node, info in sorted(infos.items())}
+    if len(results) == 1:
+        return list(results.values())
+    if len({(c.status, c.detail) for c in results.values()}) == 1:
+        first = next(iter(results.values()))
+        return [Check(first.status, first.name, f"every master ({len(results)}): {first.detail}")]
+    return [Check(c.status, c.name, f"{node}: {c.detail}") for node, c in results.items()]
 
 
 def durability_checks(topology: Topology | None, wait_replicas: int) -> list[Check]:

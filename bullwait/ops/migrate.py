@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from bullwait.engine.connection import redis_client
+from bullwait.engine.connection import load_scripts, queue_script, redis_client
 from bullwait.errors import BullwaitError
 from bullwait.settings import Settings
 from bullwait.waitlist.catalog import LEGACY_QUEUE_NAMES, QUEUE_NAMES, QueueKey
@@ -254,6 +254,7 @@ async def migrate_legacy(
                 "then run `bullwait migrate-legacy` again; nothing was moved"
             )
         script = client.register_script(MOVE_SCRIPT)
+        await load_scripts(client, script)  # a no-op but on a cluster (queue_script)
         report = MigrationReport(dry_run, prefix, [])
         for key in QueueKey:
             report.queues.append(await _migrate_queue(client, script, prefix, key, active[key], dry_run, batch))
@@ -287,7 +288,7 @@ async def _migrate_queue(
             chunk = ids[start : start + batch]
             async with client.pipeline(transaction=False) as pipe:
                 for job_id in chunk:
-                    await script(keys=keys, args=[job_id, state, MAX_EVENTS], client=pipe)
+                    await queue_script(pipe, script, keys, [job_id, state, MAX_EVENTS])
                 outcomes = await pipe.execute()
             for job_id, (status, new_id) in zip(chunk, outcomes):
                 if status == "moved":

@@ -22,7 +22,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError, WatchError
 
-from bullwait.engine.connection import Topology, check_redis, read_topology, redis_client
+from bullwait.engine.connection import (
+    Topology,
+    check_redis,
+    client_list,
+    load_scripts,
+    queue_script,
+    read_topology,
+    redis_client,
+)
 from bullwait.engine.internals import (
     GET_STATE_KEYS,
     move_jobs_to_wait_keys,
@@ -83,7 +91,9 @@ class Ops:
             retry=Retry(NoBackoff(), 1),
             encoding_errors="surrogateescape",
         )
-        return cls(settings, client, version)
+        ops = cls(settings, client, version)
+        await load_scripts(client, ops._move, ops._remove)  # sent in pipelines (queue_script)
+        return ops
 
     async def __aenter__(self) -> Ops:
         return self
@@ -118,9 +128,9 @@ class Ops:
     # --- stats ----------------------------------------------------------------------
 
     async def client_list(self) -> list[dict[str, Any]] | None:
-        """CLIENT LIST once; None when the server refuses it (ACL, managed Redis)."""
+        """CLIENT LIST once (of every master on a cluster); None when the server refuses it (ACL, managed Redis)."""
         try:
-            return list(await self.client.client_list())
+            return await client_list(self.client)
         except ResponseError:
             return None
 
@@ -166,11 +176,8 @@ class Ops:
                 if state not in CANCELLABLE_STATES:
                     return CancelResult(self.queue_name(key), shown_id, state)
                 pipe.multi()
-                await self._remove(
-                    keys=[self.redis_key(key, n) for n in remove_job_keys(raw_id)],
-                    args=[raw_id, 1, self.key_prefix(key)],
-                    client=pipe,
-                )
+                script_keys = [self.redis_key(key, n) for n in remove_job_keys(raw_id)]
+                await queue_script(pipe, self._remove, script_keys, [raw_id, 1, self.key_prefix(key)])
                 try:
                     removed = (await pipe.execute())[0]
                 except WatchError:
@@ -289,7 +296,7 @@ class Ops:
             batch = BATCH if count is None else min(BATCH, count - moved)
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.zcard(self.redis_key(key, source))
-                await self._move(keys=script_keys, args=[batch, upto, source], client=pipe)
+                await queue_script(pipe, self._move, script_keys, [batch, upto, source])
                 pipe.zcard(self.redis_key(key, source))
                 before, _, after = await pipe.execute()
             moved += int(before) - int(after)

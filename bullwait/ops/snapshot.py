@@ -26,8 +26,10 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
+from bullwait.engine.connection import client_list as list_clients
+from bullwait.engine.connection import is_cluster
 from bullwait.ops.scripts import INSPECT_KEYS, INSPECT_LUA, INSPECT_SHA
 
 # The states Node bullmq 6's `Queue.getJobCounts()` returns by default, in its order.
@@ -160,22 +162,40 @@ async def read_snapshots(
 
 async def _read(client: Any, prefix: str, names: list[str], client_list: bool) -> list[Any]:
     """EVALSHA straight into the pipeline: redis-py's registered scripts would add a SCRIPT
-    EXISTS round trip to every read."""
+    EXISTS round trip to every read. On a cluster the pipeline sends each queue's call to its
+    slot's master, and CLIENT LIST (which a cluster pipeline refuses) is read from every master."""
     async with client.pipeline(transaction=False) as pipe:
         for name in names:
             base = f"{prefix}:{name}:"
             keys = [base + suffix for suffix in INSPECT_KEYS]
-            pipe.evalsha(INSPECT_SHA, len(keys), *keys, base, SCAN_CAP, OVERDUE_GRACE_MS)
-        if client_list:
+            # Plain EVALSHA: the same on one node, and a cluster pipeline refuses `evalsha()`.
+            pipe.execute_command("EVALSHA", INSPECT_SHA, len(keys), *keys, base, SCAN_CAP, OVERDUE_GRACE_MS)
+        if client_list and not is_cluster(client):
             pipe.client_list()
-        return list(await pipe.execute(raise_on_error=False))
+        results = list(await pipe.execute(raise_on_error=False))
+    if client_list and is_cluster(client):
+        try:
+            results.append(await list_clients(client))
+        except ResponseError as exc:  # refused (ACL): workers stay unknown, as on one node
+            results.append(exc)
+    return results
 
 
 def count_queue_workers(snapshots: list[QueueSnapshot], clients: list[dict[str, Any]], prefix: str) -> None:
-    """Fill each snapshot's workers from CLIENT LIST entries."""
+    """Fill each snapshot's workers from CLIENT LIST entries.
+
+    On a cluster (entries of several masters, each with its `node`) a worker's connections may
+    be named on more than one master, so the master with the most of the queue's workers is
+    counted, as Node bullmq's getWorkers does (its blocking connection waits on the master of
+    the queue's slot)."""
+    by_node: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for entry in clients:
+        by_node[str(entry.get("node", ""))].append(entry)
     for snap in snapshots:
-        snap.worker_names = worker_names(clients, prefix, snap.name)
-        snap.workers, snap.workers_node, snap.workers_python = count_workers(clients, prefix, snap.name)
+        counts = {node: count_workers(entries, prefix, snap.name) for node, entries in by_node.items()}
+        best = max(counts, key=lambda node: counts[node][0], default="")
+        snap.worker_names = worker_names(by_node.get(best, []), prefix, snap.name)
+        snap.workers, snap.workers_node, snap.workers_python = counts.get(best, (0, 0, 0))
 
 
 def count_workers(clients: list[dict[str, Any]], prefix: str, queue: str) -> tuple[int, int, int]:

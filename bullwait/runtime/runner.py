@@ -21,6 +21,7 @@ from bullwait.engine.connection import bound_retries, bullmq_connection, wait_fo
 from bullwait.engine.internals import bullmq_connections
 from bullwait.engine.worker import BullwaitWorker, default_worker_name
 from bullwait.logs import get_logger
+from bullwait.monitoring.health import LoopWatch
 from bullwait.runtime.dispatch import JobObserver, Registry, dispatch
 from bullwait.settings import Settings
 from bullwait.waitlist.catalog import SPECS, QueueKey, concurrency, queue_name
@@ -46,8 +47,10 @@ def worker_options(key: QueueKey, settings: Settings, worker_name: str) -> dict[
         # After Redis comes back, poll again within a second (bullmq-py waits 15 s).
         "runRetryDelay": 1000,
     }
-    if settings.sentinel is not None:
-        options["blockingConnection"] = bullmq_connection(settings)  # a client of its own (worker.py, 10.)
+    if settings.sentinel is not None or settings.cluster is not None:
+        # A client of its own for the BZPOPMIN: on a cluster its connection is to the master of
+        # the queue's slot, and follows MOVED after a failover without touching the main client's.
+        options["blockingConnection"] = bullmq_connection(settings)
     if settings.bullmq_metrics_max_data_points:
         # BullMQ's own per-minute metrics (`<prefix>:<queue>:metrics:completed|failed`), which
         # Node's getMetrics()/exportPrometheusMetrics() and Bull Board read. bullmq-py 3.4.4
@@ -198,10 +201,12 @@ async def run_workers(
     stop: asyncio.Event | None = None,
     options: dict[QueueKey, dict[str, Any]] | None = None,
     before_start: Callable[[], Awaitable[None]] | None = None,
+    loops: LoopWatch | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT (or `stop` is set). Returns the process exit code.
 
-    `before_start` runs once Redis answers, before any worker touches a queue key."""
+    `before_start` runs once Redis answers, before any worker touches a queue key. `loops`
+    (the monitoring server's) learns each worker, so /health/live sees a loop that keeps failing."""
     log = get_logger()
     stop_event = stop or asyncio.Event()
     _install_signal_handlers(stop_event, log)
@@ -216,6 +221,9 @@ async def run_workers(
     if settings.bullwait_worker_name:
         pool.worker_name = settings.bullwait_worker_name  # shown in Bull Board's Workers tab
     tasks = pool.start()
+    if loops is not None:
+        for key, worker in pool.workers.items():
+            loops.add(queue_name(key, settings), worker)
     stopper = asyncio.ensure_future(stop_event.wait())
     await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
     # A worker loop that ended while nobody asked to stop is a crash, not a shutdown:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from bullwait.engine.connection import redis_client
+from bullwait.engine.connection import cluster_ready, redis_client
 from bullwait.engine.durable import Durability
 from bullwait.runtime.dispatch import JobObserver, NullObserver, Registry
 from bullwait.runtime.plugins import load_registry
@@ -77,6 +77,8 @@ async def build_services(
         if store is not None
         else RedisWaitlistStore(redis_client(settings), settings.bullwait_store_prefix, durability)
     )
+    # A cluster client reads its slot map before the workers' first burst (engine/connection.py).
+    await cluster_ready(client, *([own_store.client] if isinstance(own_store, RedisWaitlistStore) else []))
     return Services(
         settings=settings,
         producer=producer,

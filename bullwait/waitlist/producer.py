@@ -31,12 +31,21 @@ from redis.exceptions import (
 )
 
 from bullwait.engine.bulk import NewJob, add_jobs, now_ms, stored_opts
-from bullwait.engine.connection import bound_retries, bullmq_connection, describe_redis, redis_client
+from bullwait.engine.connection import (
+    bound_retries,
+    bullmq_connection,
+    cluster_ready,
+    cluster_redirect,
+    describe_redis,
+    redis_client,
+)
 from bullwait.engine.durable import Durability, run_command
 from bullwait.engine.internals import (
     add_job,
     bullmq_connections,
+    is_cluster,
     main_client,
+    pool_connection,
     remove_job_keys,
     script_source,
     scripts_of,
@@ -175,6 +184,7 @@ class Producer:
         options.update(opts)
         job = stored_job(self.queue(key), SPECS[key].job_name, payload, options)
         async with redis_errors(self.settings, "job not added"):
+            await cluster_ready(job.queue)
             if self.durability.enabled:
                 job.id = await self._add_durably(job)
             else:
@@ -222,6 +232,7 @@ class Producer:
         job ids in order.
         """
         queue = self.queue(key)
+        await cluster_ready(queue)
         name = SPECS[key].job_name
         ids: list[str] = []
         in_flight: deque[asyncio.Future[list[str]]] = deque()
@@ -299,7 +310,10 @@ class Producer:
         queue = self.queue(key)
         name = queue_name(key, self.settings)
         client = self._own_redis()
+        await cluster_ready(queue, client)
         job_key = queue.toKey(job_id)
+        if is_cluster(client):
+            return await self._cancel_on_cluster(queue, name, job_id)
         for _ in range(10):
             async with client.pipeline(transaction=True) as pipe:
                 await pipe.watch(job_key)
@@ -316,6 +330,41 @@ class Producer:
                     continue
                 if removed == 1:
                     return CancelResult(name, job_id, "cancelled")
+        return CancelResult(name, job_id, await queue.getJobState(job_id))
+
+    async def _cancel_on_cluster(self, queue: Queue, name: str, job_id: str) -> CancelResult:
+        """`_cancel_job` on a cluster, whose pipelines refuse scripts: the same WATCH, state
+        check and MULTI/EVALSHA/EXEC, by hand on one connection of the master that owns the
+        queue's slot. A MOVED or lost connection is raised; cancelling again is safe."""
+        client = self._own_redis()
+        job_key = queue.toKey(job_id)
+        keys = [queue.toKey(name) for name in remove_job_keys(job_id)]
+        args = [job_id, 1, queue.keys[""]]
+        await client.script_load(self._remove_script.script)  # on every master: pipelines cannot load it
+        async with pool_connection(client, job_key) as conn:
+            try:
+                for _ in range(10):
+                    await conn.send_command("WATCH", job_key)
+                    await conn.read_response()
+                    state = await queue.getJobState(job_id)
+                    if state == "unknown" or state not in CANCELLABLE_STATES:
+                        await conn.send_command("UNWATCH")
+                        await conn.read_response()
+                        return CancelResult(name, job_id, "missing" if state == "unknown" else state)
+                    evalsha = ("EVALSHA", self._remove_script.sha, len(keys), *keys, *args)
+                    await conn.send_packed_command(conn.pack_commands([("MULTI",), evalsha, ("EXEC",)]))
+                    await conn.read_response()  # OK
+                    await conn.read_response()  # QUEUED
+                    replies = await conn.read_response()
+                    if replies is None:  # the job changed after WATCH: read its state again
+                        continue
+                    if isinstance(replies[0], Exception):
+                        raise replies[0]
+                    if replies[0] == 1:
+                        return CancelResult(name, job_id, "cancelled")
+            except BaseException:
+                await conn.disconnect()  # replies may be left unread
+                raise
         return CancelResult(name, job_id, await queue.getJobState(job_id))
 
     def _own_redis(self) -> Any:
@@ -355,6 +404,9 @@ async def redis_errors(settings: Settings, consequence: str) -> Any:
             "grant the ACL in docs/security.md"
         ) from None
     except ResponseError as exc:
+        redirect = cluster_redirect(settings, exc)
+        if redirect is not None:
+            raise redirect from None
         if not isinstance(exc, OutOfMemoryError) and OOM_MARKER not in str(exc):
             raise
         raise RedisOutOfMemory(

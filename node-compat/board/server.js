@@ -20,12 +20,11 @@
 // to this board and so looks same-origin.
 const crypto = require('node:crypto');
 const express = require('express');
-const IORedis = require('ioredis');
 const { Queue } = require('bullmq');
 const { createBullBoard } = require('@bull-board/api');
 const { BullMQAdapter } = require('@bull-board/api/bullMQAdapter');
 const { ExpressAdapter } = require('@bull-board/express');
-const { ConfigError, loadConfig, describeRedis, runMain } = require('../lib/config');
+const { ConfigError, loadConfig, createRedis, describeRedis, runMain } = require('../lib/config');
 
 const TRUE = new Set(['1', 'true', 'yes', 'on']);
 const FALSE = new Set(['0', 'false', 'no', 'off', '']);
@@ -180,9 +179,8 @@ function basicAuth({ user, password }) {
  * nobody listens to).
  */
 function sharedConnection(config, log = (line) => process.stderr.write(`${line}\n`)) {
-  const where = describeRedis(config.connection);
-  const client = new IORedis({
-    ...config.connection,
+  const where = describeRedis(config.redis);
+  const client = createRedis(config.redis, {
     // bullmq's own default for the connections it makes: 1 s at first, growing to 20 s.
     retryStrategy: (times) => Math.max(Math.min(Math.exp(times), 20000), 1000),
   });
@@ -256,7 +254,7 @@ async function main() {
   const addr = server.address();
   process.stdout.write(
     `bull board listening on http://${addr.address}:${addr.port}${board.basePath} ` +
-      `(redis ${describeRedis(config.connection)}, prefix ${config.prefix}, queues ${queues.map((q) => q.name).join(',')}, ` +
+      `(redis ${describeRedis(config.redis)}, prefix ${config.prefix}, queues ${queues.map((q) => q.name).join(',')}, ` +
       `auth ${board.auth ? 'basic' : 'OFF'}, read-only ${board.readOnly})\n`,
   );
   await new Promise((resolve) => {

@@ -9,8 +9,7 @@
 // <epoch ms>" once Redis took the completion: a record outside Redis, which a failover can lose.
 // Prints "node worker ready" once it is connected; SIGTERM closes it gracefully.
 const { Worker } = require('bullmq');
-const IORedis = require('ioredis');
-const { loadConfig, runMain, ConfigError } = require('../lib/config');
+const { loadConfig, createRedis, runMain, ConfigError } = require('../lib/config');
 
 function parseArgs(argv) {
   const out = { concurrency: 10, failIds: new Set(), record: false, name: 'node-compat' };
@@ -33,7 +32,7 @@ async function main() {
   const config = loadConfig();
   const queueName = config.queueNames[args.queueKey];
   if (!queueName) throw new ConfigError(`unknown queue key ${JSON.stringify(args.queueKey)}`);
-  const recorder = args.record ? new IORedis(config.connection) : null;
+  const recorder = args.record ? createRedis(config.redis) : null;
   const recordKey = `${config.prefix}:compat:node-processed`;
   const worker = new Worker(
     queueName,

@@ -4,6 +4,7 @@
 // A bad value throws a ConfigError whose message names the variable.
 const fs = require('node:fs');
 const path = require('node:path');
+const IORedis = require('ioredis');
 
 const CATALOG_PATH = process.env.BULLWAIT_CATALOG || path.join(__dirname, '..', 'catalog.json');
 
@@ -30,27 +31,63 @@ function intEnv(env, name, fallback, min, max) {
 const SENTINELS_FORM = 'host:port pairs separated by commas, '
   + 'e.g. sentinel-1:26379,sentinel-2:26379,sentinel-3:26379';
 
+const CLUSTER_FORM = 'host:port pairs separated by commas, e.g. 10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000';
+// BullMQ's prefix on a cluster when BULLMQ_PREFIX is unset: the tag puts every queue's keys on one slot.
+const CLUSTER_DEFAULT_PREFIX = '{bull}';
+
 /** One REDIS_SENTINELS entry, `host:port` or `[v6]:port`; `n` (1-based) names it in messages. */
 function parseSentinel(entry, n) {
+  return parseNode(entry, n, 'REDIS_SENTINELS', SENTINELS_FORM,
+    'logins go in REDIS_SENTINEL_USERNAME/REDIS_SENTINEL_PASSWORD', 'sentinel-1:26379 (26379 is Sentinel\'s usual port)');
+}
+
+/** One REDIS_CLUSTER_NODES entry, read as a REDIS_SENTINELS one (bullwait/settings.py does the same). */
+function parseClusterNode(entry, n) {
+  return parseNode(entry, n, 'REDIS_CLUSTER_NODES', CLUSTER_FORM,
+    'logins go in REDIS_USERNAME/REDIS_PASSWORD', 'redis-1:7000');
+}
+
+function parseNode(entry, n, name, form, loginHint, example) {
   // An entry with a scheme or a login may hold a password: it is never repeated.
   const shown = /@|:\/\//.test(entry) ? `entry ${n}` : `entry ${n} ${JSON.stringify(entry.slice(0, 60))}`;
-  if (!entry) throw new ConfigError(`REDIS_SENTINELS: entry ${n} is empty; list ${SENTINELS_FORM}`);
+  if (!entry) throw new ConfigError(`${name}: entry ${n} is empty; list ${form}`);
   if (/:\/\//.test(entry) || entry.includes('@')) {
-    throw new ConfigError(`REDIS_SENTINELS: ${shown} is a URL; list ${SENTINELS_FORM} `
-      + '(logins go in REDIS_SENTINEL_USERNAME/REDIS_SENTINEL_PASSWORD)');
+    throw new ConfigError(`${name}: ${shown} is a URL; list ${form} (${loginHint})`);
   }
   const match = /^(?:\[([0-9A-Fa-f:.]+)\]|([^\s:[\]/,]+)):(\d{1,5})$/.exec(entry);
   if (!match) {
     const hint = (entry.match(/:/g) || []).length > 1 && !entry.startsWith('[')
-      ? 'put an IPv6 address in brackets, e.g. [::1]:26379'
-      : 'write host:port, e.g. sentinel-1:26379 (26379 is Sentinel\'s usual port)';
-    throw new ConfigError(`REDIS_SENTINELS: ${shown} is not host:port; ${hint}`);
+      ? `put an IPv6 address in brackets, e.g. [::1]:${example.split(':')[1].split(' ')[0]}`
+      : `write host:port, e.g. ${example}`;
+    throw new ConfigError(`${name}: ${shown} is not host:port; ${hint}`);
   }
   const port = Number(match[3]);
   if (port < 1 || port > 65535) {
-    throw new ConfigError(`REDIS_SENTINELS: ${shown} has port ${port}; use 1 to 65535`);
+    throw new ConfigError(`${name}: ${shown} has port ${port}; use 1 to 65535`);
   }
   return { host: match[1] || match[2], port };
+}
+
+/** True when keys starting with `prefix` hash by a tag in it, as Redis Cluster reads one. */
+function hasHashTag(prefix) {
+  const start = prefix.indexOf('{');
+  return start >= 0 && prefix.indexOf('}', start + 1) > start + 1;
+}
+
+/**
+ * ioredis Cluster options (REDIS_CLUSTER_NODES): seed nodes, and per-node options (credentials,
+ * TLS) that `withCredentialsAndTls` fills in. A cluster has database 0 only.
+ */
+function clusterOptions(env) {
+  if (!env.REDIS_CLUSTER_NODES.trim()) {
+    throw new ConfigError(`REDIS_CLUSTER_NODES: is blank; list ${CLUSTER_FORM}, or unset it`);
+  }
+  const db = intEnv(env, 'REDIS_QUEUE_DB', 0, 0, 1 << 20);
+  if (db !== 0) {
+    throw new ConfigError(`REDIS_QUEUE_DB: a Redis Cluster has database 0 only (got ${db}); set REDIS_QUEUE_DB=0 or unset it`);
+  }
+  const nodes = env.REDIS_CLUSTER_NODES.split(',').map((entry, i) => parseClusterNode(entry.trim(), i + 1));
+  return { clusterNodes: nodes, db: 0 };
 }
 
 /**
@@ -82,11 +119,17 @@ function sentinelOptions(env) {
 }
 
 /**
- * ioredis options: Sentinel (REDIS_SENTINELS), or one node (REDIS_URL, or REDIS_HOST/REDIS_PORT/
+ * ioredis options: a cluster (REDIS_CLUSTER_NODES), Sentinel (REDIS_SENTINELS), or one node (REDIS_URL, or REDIS_HOST/REDIS_PORT/
  * REDIS_QUEUE_DB), plus credentials and TLS.
  */
 function redisOptions(env = process.env) {
   let opts;
+  if (env.REDIS_CLUSTER_NODES && (env.REDIS_URL || env.REDIS_SENTINELS)) {
+    const other = env.REDIS_URL ? 'REDIS_URL' : 'REDIS_SENTINELS';
+    throw new ConfigError(`${other} and REDIS_CLUSTER_NODES are both set, naming two Redis topologies: `
+      + `keep REDIS_CLUSTER_NODES for a cluster, or ${other} and unset REDIS_CLUSTER_NODES`);
+  }
+  if (env.REDIS_CLUSTER_NODES) return withCredentialsAndTls(clusterOptions(env), env);
   if (env.REDIS_SENTINELS && env.REDIS_URL) {
     throw new ConfigError('REDIS_URL and REDIS_SENTINELS are both set: they name two Redis topologies; '
       + 'unset REDIS_URL to use Sentinel, or REDIS_SENTINELS for one node');
@@ -137,11 +180,34 @@ function withCredentialsAndTls(opts, env) {
   }
   // bullmq workers need this; for queues it is harmless.
   opts.maxRetriesPerRequest = null;
+  if (opts.clusterNodes) {
+    // ioredis.Cluster takes what each node's connection needs under `redisOptions`.
+    const { clusterNodes, db, ...redisOptions } = opts;
+    return { clusterNodes, db, redisOptions };
+  }
   return opts;
+}
+
+/**
+ * An ioredis client for `opts` (from redisOptions): an `IORedis.Cluster` on a cluster, else one
+ * `IORedis`. `extra` are client options (retryStrategy, lazyConnect, ...).
+ */
+function createRedis(opts, extra = {}) {
+  if (opts.clusterNodes) {
+    const { retryStrategy, ...rest } = extra;
+    const clusterOpts = { redisOptions: { ...opts.redisOptions, ...rest }, lazyConnect: rest.lazyConnect };
+    if (retryStrategy) clusterOpts.clusterRetryStrategy = retryStrategy;
+    return new IORedis.Cluster(opts.clusterNodes, clusterOpts);
+  }
+  return new IORedis({ ...opts, ...extra });
 }
 
 /** Where Redis is, for logs: never a password. */
 function describeRedis(opts) {
+  if (opts.clusterNodes) {
+    const list = opts.clusterNodes.map((n) => (n.host.includes(':') ? `[${n.host}]` : n.host) + `:${n.port}`).join(',');
+    return `cluster://${list}${opts.redisOptions.tls ? ' (tls)' : ''}`;
+  }
   if (opts.path) return `unix://${opts.path}`;
   if (opts.sentinels) {
     const list = opts.sentinels.map((s) => (s.host.includes(':') ? `[${s.host}]` : s.host) + `:${s.port}`).join(',');
@@ -153,15 +219,24 @@ function describeRedis(opts) {
 /** Everything a Node process needs: connection, prefix, queue names under the chosen naming. */
 function loadConfig(env = process.env) {
   const catalog = loadCatalog();
-  const prefix = env.BULLMQ_PREFIX || 'bull';
+  const redis = redisOptions(env);
+  const prefix = env.BULLMQ_PREFIX || (redis.clusterNodes ? CLUSTER_DEFAULT_PREFIX : 'bull');
   if (/\s/.test(prefix)) throw new ConfigError('BULLMQ_PREFIX: must not contain white space');
+  if (redis.clusterNodes && !hasHashTag(prefix)) {
+    const name = prefix.replace(/[{}]/g, '') || 'bull';
+    throw new ConfigError(`BULLMQ_PREFIX: on a Redis Cluster the prefix must carry a hash tag, so each queue's keys `
+      + `share one slot as BullMQ's scripts need (got ${JSON.stringify(prefix)}); write it in braces, e.g. {${name}}, `
+      + `or unset it for ${CLUSTER_DEFAULT_PREFIX}`);
+  }
   const naming = (env.BULLWAIT_QUEUE_NAMES || 'current').toLowerCase();
   if (naming !== 'current' && naming !== 'legacy') {
     throw new ConfigError(`BULLWAIT_QUEUE_NAMES: must be current or legacy (got ${JSON.stringify(env.BULLWAIT_QUEUE_NAMES)})`);
   }
   const queueNames = naming === 'legacy' ? catalog.legacyQueueNames : catalog.queueNames;
   const queues = catalog.queues.map((q) => ({ ...q, active: naming === 'legacy' ? q.legacyName : q.name }));
-  return { catalog, connection: redisOptions(env), prefix, naming, queueNames, queues };
+  // bullmq takes options for one node, a client for a cluster (created unconnected: bullmq connects it).
+  const connection = redis.clusterNodes ? createRedis(redis, { lazyConnect: true }) : redis;
+  return { catalog, connection, redis, prefix, naming, queueNames, queues };
 }
 
 /** Run `main`, print a one-line error (no stack) and exit non-zero on failure. */
@@ -180,5 +255,5 @@ function runMain(tool, main) {
 }
 
 module.exports = {
-  ConfigError, loadCatalog, loadConfig, redisOptions, describeRedis, runMain, CATALOG_PATH,
+  ConfigError, loadCatalog, loadConfig, redisOptions, createRedis, describeRedis, hasHashTag, runMain, CATALOG_PATH,
 };

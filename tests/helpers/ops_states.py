@@ -12,7 +12,7 @@ from typing import Any
 
 from bullmq import Queue, Worker
 
-from bullwait.engine.connection import redis_options
+from bullwait.engine.connection import bullmq_connection
 from bullwait.settings import Settings
 from bullwait.waitlist.catalog import SPECS, QueueKey, queue_name
 
@@ -28,13 +28,15 @@ class Populated:
 
 
 def _queue(settings: Settings, key: QueueKey) -> Queue:
-    return Queue(queue_name(key, settings), {"connection": redis_options(settings), "prefix": settings.bullmq_prefix})
+    return Queue(
+        queue_name(key, settings), {"connection": bullmq_connection(settings), "prefix": settings.bullmq_prefix}
+    )
 
 
 async def take(settings: Settings, key: QueueKey, job_id: str, outcome: str, token: str = "tok") -> None:
     """Fetch the next waiting job with a real bullmq Worker and leave it active, completed or failed."""
     worker = Worker(
-        queue_name(key, settings), None, {"connection": redis_options(settings), "prefix": settings.bullmq_prefix}
+        queue_name(key, settings), None, {"connection": bullmq_connection(settings), "prefix": settings.bullmq_prefix}
     )
     job = await worker.getNextJob(token)
     assert job is not None and job.id == job_id, (job and job.id, job_id)

@@ -1,0 +1,228 @@
+"""The waitlist on a Redis Cluster, end to end: a `bullwait worker` subprocess with
+REDIS_CLUSTER_NODES only, the fake Cloud API, and the application side (`Waitlist`, the
+Producer) in the test process on a `RedisCluster` too.
+
+For SALONS salons, whose keys spread over every shard: A and B join, a slot is freed (offered
+to A for 1.5 s), A's timer expires it and offers it to B, both are told; half the B's book,
+which queues a preference job. So the three queues' jobs run, and every store, send-record and
+limiter script runs on every shard. Keys per shard are printed (`-s`).
+
+The second test fails the master that owns the queues' slot over (`CLUSTER FAILOVER`) while
+the timers are due: every timer still runs, no message goes twice. Seconds are printed, never
+asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
+from bullwait.runtime.services import Services, build_services
+from bullwait.settings import Settings
+from bullwait.waitlist.catalog import QueueKey
+from bullwait.waitlist.payloads import SlotDetails
+from bullwait.waitlist.producer import expiry_job_id
+
+from helpers.cluster import ClusterSet
+from helpers.common import WorkerProcess
+from helpers.jobdata import future_day
+from helpers.reliability import eventually
+
+SALONS = 60
+TOKEN = "test-secret-token-xyz"
+DETAILS = SlotDetails(
+    date=future_day(),
+    time="10:30",
+    master_id="m-1",
+    master_name="Ana",
+    service_id="s-1",
+    service_name="Haircut",
+    duration=45,
+    price=35.5,
+)
+
+
+def entry(salon: int, who: str) -> str:
+    """Waitlist ids are unique across salons (timer job ids are made from them)."""
+    return f"{who}{salon}"
+
+
+def phone(salon: int, who: str) -> str:
+    return f"+3461{salon:05d}{'AB'.index(who)}"
+
+
+@pytest.fixture
+def api() -> Iterator[FakeWhatsApp]:
+    with FakeWhatsApp() as fake:
+        yield fake
+
+
+@pytest.fixture
+def wsettings(csettings: Settings, cenv: dict[str, str]) -> Settings:
+    # Offers the test makes last 1.5 s; the worker's (B's) last a minute, so the cascade stops at B.
+    return csettings.with_overrides(
+        bullwait_store_prefix=cenv["BULLWAIT_STORE_PREFIX"], waitlist_offer_minutes=1.5 / 60
+    )
+
+
+@pytest.fixture
+async def services(wsettings: Settings) -> AsyncIterator[Services]:
+    svc = await build_services(wsettings)
+    yield svc
+    await svc.close()
+
+
+@pytest.fixture
+def worker(cenv: dict[str, str], api: FakeWhatsApp, tmp_path: Path) -> Iterator[WorkerProcess]:
+    env = {**cenv, **api.env(token=TOKEN), "WAITLIST_OFFER_MINUTES": "1", "BULLWAIT_WORKER_NAME": "py-cluster"}
+    proc = WorkerProcess(env, [], tmp_path / "worker.log")
+    try:
+        proc.wait_for_log("worker started", count=3, timeout=60)
+        yield proc
+    finally:
+        code = proc.terminate()
+        log = proc.log()
+        assert "Traceback" not in log, log[-3000:]
+        assert code == 0, log[-3000:]
+        assert TOKEN not in log
+
+
+async def start_cascades(services: Services) -> None:
+    wl = services.waitlist
+    assert wl is not None
+    for salon in range(SALONS):
+        for who in "AB":
+            await wl.join(f"salon-{salon}", entry(salon, who), f"cust-{salon}-{who}", phone(salon, who))
+        freed, offer = await wl.free_slot(f"salon-{salon}", "slot-1", DETAILS)
+        assert freed.next_id == entry(salon, "A") and offer is not None, freed
+
+
+async def cascaded(services: Services) -> bool:
+    """Every salon: A's offer expired, B holds the slot."""
+    store = services.store
+    assert store is not None
+    for salon in range(SALONS):
+        a = await store.get_entry(f"salon-{salon}", entry(salon, "A"))
+        b = await store.get_entry(f"salon-{salon}", entry(salon, "B"))
+        if a is None or b is None or a.state != "expired" or (b.state, b.slot_id) != ("notified", "slot-1"):
+            return False
+    return True
+
+
+def sends(api: FakeWhatsApp) -> Counter[str]:
+    return Counter(r.body["to"] for r in api.received())
+
+
+async def all_told(api: FakeWhatsApp, worker: WorkerProcess) -> bool:
+    if len(sends(api)) >= 2 * SALONS:
+        return True
+    if "job failed" in worker.log():
+        failed = [line for line in worker.log().splitlines() if "job failed" in line]
+        raise AssertionError(f"{len(failed)} jobs failed, first: {failed[0][:1500]}")
+    return False
+
+
+def keys_per_shard(cluster: ClusterSet, patterns: dict[str, str]) -> dict[int, dict[str, int]]:
+    """Master port -> {what: keys matching its pattern on that master}."""
+    table: dict[int, dict[str, int]] = {}
+    for port in cluster.masters():
+        client: redis.Redis = cluster.client(port)
+        try:
+            table[port] = {
+                what: sum(1 for _ in client.scan_iter(match=pattern, count=1000)) for what, pattern in patterns.items()
+            }
+        finally:
+            client.close()
+    return table
+
+
+def print_shards(cluster: ClusterSet, cenv: dict[str, str]) -> dict[int, dict[str, int]]:
+    store, bull = cenv["BULLWAIT_STORE_PREFIX"], cenv["BULLMQ_PREFIX"]
+    patterns = {
+        "salon state": f"{store}{{salon:*",
+        "send records": f"{store}{{salon:*:sent:*",
+        "customer prefs": f"{store}{{cust:*",
+        "queues": f"{bull}:*",
+    }
+    table = keys_per_shard(cluster, patterns)
+    print(f"\nkeys per shard ({SALONS} salons; queue prefix {bull}, slot {cluster.slot(bull)}):")
+    for port, counts in table.items():
+        print(f"  master :{port}  " + "  ".join(f"{what} {n}" for what, n in counts.items()))
+    return table
+
+
+async def book_half(services: Services) -> list[str]:
+    wl = services.waitlist
+    assert wl is not None
+    customers = []
+    for salon in range(0, SALONS, 2):
+        booked = await wl.book(f"salon-{salon}", entry(salon, "B"), booking_id=f"bk-{salon}")
+        assert booked.outcome == "booked", booked
+        customers.append(f"cust-{salon}-B")
+    return customers
+
+
+async def preferences_folded(services: Services, customers: list[str]) -> bool:
+    store = services.store
+    assert store is not None
+    return all([(await store.preferences(c)).bookings == 1 for c in customers])
+
+
+async def test_three_queues_and_the_cascade_on_every_shard(
+    cluster: ClusterSet, cenv: dict[str, str], services: Services, api: FakeWhatsApp, worker: WorkerProcess
+) -> None:
+    started = time.monotonic()
+    await start_cascades(services)
+    await eventually(lambda: cascaded(services), 60, "A expired and B offered in every salon")
+    await eventually(lambda: all_told(api, worker), 60, "A and B told in every salon")
+    print(
+        f"\n{SALONS} salons: cascade done and {2 * SALONS} messages sent {time.monotonic() - started:.1f} s after the first join"
+    )
+    customers = await book_half(services)
+    await eventually(lambda: preferences_folded(services, customers), 60, "preferences folded for the bookings")
+    counted = sends(api)
+    assert [n for n, times in counted.items() if times > 1] == [], "a message went twice"
+    assert set(counted) == {phone(s, w).lstrip("+") for s in range(SALONS) for w in "AB"}
+    expiry = services.producer.queue(QueueKey.WAITLIST_EXPIRY)
+    b_timers = Counter([await expiry.getJobState(expiry_job_id(entry(s, "B"))) for s in range(SALONS)])
+    assert b_timers == {"unknown": SALONS // 2, "delayed": SALONS - SALONS // 2}, b_timers  # booking cancels
+    table = print_shards(cluster, cenv)
+    assert all(counts["salon state"] > 0 for counts in table.values()), "salons on every shard"
+    assert all(counts["send records"] > 0 for counts in table.values()), "send records on every shard"
+    owner = cluster.master_for(cenv["BULLMQ_PREFIX"])
+    assert [port for port, counts in table.items() if counts["queues"]] == [owner], (
+        "every queue key in the prefix's slot"
+    )
+
+
+async def test_failover_of_the_queues_master_mid_load(
+    cluster: ClusterSet, cenv: dict[str, str], services: Services, api: FakeWhatsApp, worker: WorkerProcess
+) -> None:
+    bull = cenv["BULLMQ_PREFIX"]
+    old = cluster.master_for(bull)
+    await start_cascades(services)  # A's timers fall due 1.5 s from now, while the master moves
+    moved_at = time.monotonic()
+    new = await asyncio.to_thread(cluster.failover, bull)
+    moved = time.monotonic()
+    print(f"\nCLUSTER FAILOVER of the queues' master :{old} -> :{new} took {moved - moved_at:.2f} s")
+    await eventually(lambda: cascaded(services), 90, "A expired and B offered in every salon after the failover")
+    cascade_done = time.monotonic()
+    await eventually(lambda: all_told(api, worker), 60, "A and B told in every salon")
+    print(f"every timer ran and offered on {cascade_done - moved:.1f} s after the failover completed")
+    assert cluster.master_for(bull) == new
+    counted = sends(api)
+    assert [n for n, times in counted.items() if times > 1] == [], "a message went twice"
+    assert len(counted) == 2 * SALONS
+    expiry = services.producer.queue(QueueKey.WAITLIST_EXPIRY)
+    states = Counter([await expiry.getJobState(expiry_job_id(entry(s, "A"))) for s in range(SALONS)])
+    assert set(states) <= {"completed", "unknown"}, states  # every A timer ran (kept, or removed by retention)
+    log = worker.log()
+    print(f"worker log lines mentioning errors after the failover: {log.count('worker error')}")
+    print_shards(cluster, cenv)
