@@ -467,7 +467,7 @@ def cluster_redirect(settings: Settings, exc: BaseException) -> RedisIsClusterNo
 
 def cluster_reply_message(exc: BaseException, settings: Settings | None = None) -> str | None:
     """The one line for a cluster's reply to a client that does not follow a cluster, or None
-    when `exc` is not one. Without settings the node named by a MOVED/ASK stands in as the seed."""
+    when `exc` is not one. Without settings the node named by a MOVED/ASK stands in as the seed node."""
     text = str(exc)
     if not isinstance(exc, CLUSTER_REPLIES) and not (
         isinstance(exc, ResponseError) and text.startswith(("MOVED ", "ASK ", "CLUSTERDOWN", "CROSSSLOT"))
