@@ -35,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs (about 2 minutes)")
     parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), help="run only these sections")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        metavar="LABEL",
+        help='throughput: run only these runtimes (e.g. bullwait bare node; "bullwait x2 processes")',
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     log = lambda msg: print(f"[{time.monotonic() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)  # noqa: E731
@@ -46,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             quick=args.quick,
             client=client,
             redis_pid=server.process.pid if server.process else None,
+            variants=tuple(args.variants) if args.variants else None,
         )
         info = client.info("server")
         results: dict = {
@@ -54,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
             "redis": {"version": info["redis_version"], "hzDefault": 10},
             "node": _node_version(),
+            "loadAverage": os.getloadavg()[0],  # a busy machine moves jobs/s more than CPU per job
         }
         for name in args.only or list(SECTIONS):
             log(f"section {name}")

@@ -2,8 +2,9 @@
 
     python -m bench.pyworker '<json options>'
 
-options: kind "bullwait" (BullwaitWorker through bullwait.runtime.runner + processing.dispatch, a
-registered processor, payload validation, structlog at info), "bare" (BullwaitWorker with
+options: kind "bullwait" (BullwaitWorker through bullwait.runtime.runner + runtime.dispatch, a
+registered processor, payload validation, structlog at info, the Prometheus JobMetrics observer
+as `bullwait worker` has it), "bare" (BullwaitWorker with
 a bare processor: bullwait's worker without its processing layer) or "stock" (a plain
 bullmq-py Worker and the same bare processor); mode "timers" | "throughput" | "notify";
 redisUrl, prefix, concurrency, out; processes (bullwait only: N children under
@@ -26,6 +27,7 @@ from bullmq import Worker
 
 from bullwait.engine.connection import keep_cancellations, redis_options
 from bullwait.logs import configure_logging
+from bullwait.monitoring.metrics import JobMetrics
 from bullwait.runtime.dispatch import Context, Registry
 from bullwait.runtime.processors import builtin_registry
 from bullwait.runtime.runner import run_until_done, run_workers
@@ -36,22 +38,29 @@ from bullwait.waitlist.payloads import ExpiryJob
 
 
 class Recorder:
-    """JobObserver: lateness at processor start (timers) and processor seconds."""
+    """JobObserver: lateness at processor start (timers) and processor seconds, passed on
+    to `metrics` (bullwait's own observer, so the bench pays for it as a worker does)."""
 
-    def __init__(self, timers: bool) -> None:
+    def __init__(self, timers: bool, metrics: JobMetrics) -> None:
         self.timers = timers
+        self.metrics = metrics
         self.lateness: list[float] = []
         self.proc_ms: list[float] = []
         self.processed = 0
 
     def started(self, queue: str, job: Any) -> None:
+        self.metrics.started(queue, job)
         self.processed += 1
         if self.timers:
             self.lateness.append(time.time() * 1000 - (job.timestamp + int(job.opts.get("delay") or 0)))
 
     def finished(self, queue: str, job: Any, status: str, seconds: float) -> None:
+        self.metrics.finished(queue, job, status, seconds)
         if self.timers:
             self.proc_ms.append(seconds * 1000)
+
+    def stalled(self, queue: str, job_id: str) -> None:
+        self.metrics.stalled(queue, job_id)
 
 
 async def noop(payload: ExpiryJob, ctx: Context) -> None:
@@ -107,7 +116,8 @@ async def run_bullwait(o: dict[str, Any]) -> dict[str, Any]:
     settings = _settings(o)
     configure_logging(settings.queue_log_level, json=True, stream=open(os.devnull, "w"))
     registry, key = _registry(o)
-    recorder = Recorder(o["mode"] == "timers")
+    metrics = JobMetrics([queue_name(k, settings) for k in QueueKey], queue_name(QueueKey.WAITLIST_EXPIRY, settings))
+    recorder = Recorder(o["mode"] == "timers", metrics)
     stop = asyncio.Event()
     # check-expiry and send-slot-available work on the waitlist store (ctx.services).
     services = await build_services(settings, registry) if o["mode"] in ("timers", "notify") else None

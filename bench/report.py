@@ -96,6 +96,31 @@ def rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
             )
             cpu = lambda label: _cpu(row(label))  # noqa: E731, B023
             out.append(("  CPU us per job: worker + redis", cpu("bullwait"), cpu("stock"), cpu("node"), "", "", ""))
+            wcpu = lambda label: row(label).get("workerCpuUsPerJob")  # noqa: E731, B023
+            if wcpu("bullwait") and wcpu("node"):
+                out.append(
+                    (
+                        "  worker CPU per job vs Node",
+                        "",
+                        "",
+                        "",
+                        _ratio(wcpu("bullwait"), wcpu("node")),
+                        "<= 1.00x",
+                        _met(wcpu("bullwait") <= wcpu("node")),
+                    )
+                )
+            per_cpu = lambda label: row(label).get("workerJobsPerCpuSecond")  # noqa: E731, B023
+            out.append(
+                (
+                    "  jobs per worker CPU-second",
+                    _f(per_cpu("bullwait")),
+                    _f(per_cpu("stock")),
+                    _f(per_cpu("node")),
+                    _ratio(per_cpu("bullwait"), per_cpu("node")),
+                    "",
+                    "-",
+                )
+            )
             if bw and st:
                 out.append(
                     (
@@ -298,7 +323,7 @@ def render(r: dict[str, Any]) -> str:
     sep = "  ".join("-" * w for w in widths)
     header = (
         f"bullwait bench ({'quick' if r.get('quick') else 'full'}): Redis {r['redis']['version']}, "
-        f"node {r.get('node')}, {r['machine']['cpus']} CPUs, {r.get('seconds')} s"
+        f"node {r.get('node')}, {r['machine']['cpus']} CPUs, load {r.get('loadAverage', '-')}, {r.get('seconds')} s"
     )
     return "\n".join([header, line(HEAD), sep, *(line(row) for row in table[1:])])
 

@@ -31,6 +31,8 @@ class Bench:
     client: redis.Redis
     counter: int = 0
     redis_pid: int | None = None
+    # Throughput variants to run (labels as in the results, e.g. "bullwait", "bare", "node"); None: all.
+    variants: tuple[str, ...] | None = None
 
     def fresh(self, hz: int = 10) -> str:
         """An empty database and a new key prefix; `hz` as asked."""
@@ -189,6 +191,8 @@ def _drain_rate(b: Bench, prefix: str, n: int, worker: Proc, timeout: float) -> 
                 "rate": round(jobs / seconds, 1),
                 "workerCpuUsPerJob": per_job[0],
                 "redisCpuUsPerJob": per_job[1],
+                # Unlike jobs/s, comparable across machines of a similar CPU (and under load).
+                "workerJobsPerCpuSecond": round(1e6 / per_job[0]) if per_job[0] else None,
             }
         time.sleep(0.005)
     raise RuntimeError(f"queue not drained within {timeout}s")
@@ -203,6 +207,8 @@ def throughput(b: Bench, log: Any) -> dict[str, Any]:
     variants.append(("bullwait x2 processes", "bullwait", {"processes": 2}))
     if _has_uvloop():
         variants.append(("bullwait + uvloop", "bullwait", {"uvloop": True}))
+    if b.variants:
+        variants = [v for v in variants if v[0] in b.variants]
     results: dict[str, Any] = {"n": n, "rounds": rounds}
     for concurrency in (10, 50):
         runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in variants}
@@ -228,7 +234,9 @@ def throughput(b: Bench, log: Any) -> dict[str, Any]:
             results[f"c{concurrency}:{label}"] = row
             log(
                 f"throughput c={concurrency} {label}: {row['rate']:.0f} jobs/s (runs {row['rates']}), "
-                f"CPU us/job worker {row['workerCpuUsPerJob']} redis {row['redisCpuUsPerJob']}"
+                f"CPU us/job worker {row['workerCpuUsPerJob']} redis {row['redisCpuUsPerJob']} "
+                f"(runs {[r['workerCpuUsPerJob'] for r in rows]}), "
+                f"{row['workerJobsPerCpuSecond']} jobs per worker CPU-second"
             )
     return results
 
@@ -240,6 +248,7 @@ def _median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for key in ("workerCpuUsPerJob", "redisCpuUsPerJob"):
         values = sorted(r[key] for r in rows if r.get(key) is not None)
         row[key] = values[(len(values) - 1) // 2] if values else None
+    row["workerJobsPerCpuSecond"] = round(1e6 / row["workerCpuUsPerJob"]) if row["workerCpuUsPerJob"] else None
     return row
 
 

@@ -1,4 +1,4 @@
-"""structlog set-up: the seed's event shapes, JSON off a terminal, secrets never printed.
+"""structlog set-up: the NestJS module's event shapes, JSON off a terminal, secrets never printed.
 
 Logging never fails a job or holds up the process: log lines go through `SafeStream`,
 which drops (and counts) a line it cannot write instead of raising or blocking. A worker
@@ -19,8 +19,9 @@ import re
 import select
 import stat
 import sys
+import threading
 import time
-from typing import Any, TextIO, cast
+from typing import Any
 
 import structlog
 from structlog.typing import EventDict
@@ -93,19 +94,57 @@ def _redact_value(key: str, value: Any) -> Any:
 def redact(_logger: Any, _name: str, event: EventDict) -> EventDict:
     """structlog processor: mask phones, drop secrets, strip passwords from URLs."""
     for key, value in event.items():
-        if key == "event" or (type(value) is str and _key_kind(key) == 0 and not _may_hold_secret(value)):
-            continue  # the common case, checked cheaply: a busy worker logs every job
+        kind = _KINDS.get(key)
+        if kind is None:
+            kind = _remember(_KINDS, key, _SKIPPED if key in _OURS else _key_kind(key))
+        if kind == _SKIPPED:
+            continue
+        if kind == 0 and type(value) is str:
+            # The common case, checked cheaply: a busy worker logs every job, and most values
+            # (queue and job names, durations) come back line after line.
+            if value in _CLEAN:
+                continue
+            if not _may_hold_secret(value):
+                if len(value) <= _SHORT:
+                    _remember(_CLEAN, value, True)
+                continue
         event[key] = _redact_value(key, value)
     return event
 
 
 # Every pattern of `redact_text` needs one of these; a value without any is left as is.
 _may_hold_secret = re.compile(r"[@=+]|bearer", re.IGNORECASE).search
+# Keys never redacted: the message (as before), and the level and time `stamp` just wrote.
+_OURS = frozenset({"event", "level", "timestamp"})
+_SKIPPED = -1
+# Per key, its `_key_kind` (or `_SKIPPED`); string values known to hold nothing to mask.
+# Both are bounded: emptied when full, then filled again by the lines that follow.
+_KINDS: dict[str, int] = {}
+_CLEAN: dict[str, bool] = {}
+_REMEMBERED = 4096
+_SHORT = 100
+
+
+def _remember(table: dict[str, Any], key: str, value: Any) -> Any:
+    if len(table) >= _REMEMBERED:
+        table.clear()
+    table[key] = value
+    return value
 
 
 _LEVELS = {"warn": "warning", "exception": "error", "fatal": "critical"}
 _ENCODER = _json.JSONEncoder(default=repr)
-_second = [0, ""]
+# What `_ENCODER.encode(dict)` runs, built once: `encode` builds it again on every call, which
+# was most of a line's JSON cost. Same bytes (a test compares them); no circular-reference
+# check, so a self-containing dict fails with RecursionError instead of ValueError.
+_encode_dict = (
+    _json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+        None, repr, _json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True
+    )
+    if getattr(_json.encoder, "c_make_encoder", None)
+    else None
+)
+_second = [-1, ""]
 
 
 def utc_timestamp(now: float | None = None) -> str:
@@ -113,9 +152,10 @@ def utc_timestamp(now: float | None = None) -> str:
     now = time.time() if now is None else now
     sec = int(now)
     if sec != _second[0]:
-        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
         _second[0] = sec
-    return f"{_second[1]}.{int((now - sec) * 1_000_000):06d}Z"
+    # printf-style: an f-string's "06d" format spec cost more than the rest of the line's stamp
+    return "%s%06dZ" % (_second[1], (now - sec) * 1_000_000)  # noqa: UP031
 
 
 def stamp(_logger: Any, method: str, event: EventDict) -> EventDict:
@@ -132,7 +172,26 @@ def stamp(_logger: Any, method: str, event: EventDict) -> EventDict:
 
 
 def render_json(_logger: Any, _name: str, event: EventDict) -> str:
+    if _encode_dict is not None and type(event) is dict:
+        return "".join(_encode_dict(event, 0))
     return _ENCODER.encode(event)
+
+
+def json_line(logger: Any, method: str, event: EventDict) -> str:
+    """`stamp`, `redact` and `render_json` as one structlog processor (one call a line)."""
+    return render_json(logger, method, redact(logger, method, stamp(logger, method, event)))
+
+
+def merge_contextvars(logger: Any, method: str, event: EventDict) -> EventDict:
+    """structlog's `merge_contextvars`, skipped while nothing was ever bound with
+    `structlog.contextvars.bind_contextvars` (no variable of structlog's exists then)."""
+    if _structlog_vars is not None and not _structlog_vars:
+        return event
+    return structlog.contextvars.merge_contextvars(logger, method, event)
+
+
+# structlog's table of its context variables (None if a structlog version has none: then merge).
+_structlog_vars: dict[str, Any] | None = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
 
 
 # How long a log write may wait for a full pipe (a reader that stopped reading) before the
@@ -176,9 +235,11 @@ class SafeStream:
             return 0
         if self.fd is None:
             return self._write_stream(text)
-        report = self._dropped_line() if self.unreported else b""
-        head = (b"\n" if self.torn else b"") + report
-        data = head + text.encode(self.encoding, "backslashreplace")
+        data = text.encode(self.encoding, "backslashreplace")
+        head = b""
+        if self.torn or self.unreported:
+            head = (b"\n" if self.torn else b"") + (self._dropped_line() if self.unreported else b"")
+            data = head + data
         written = self._write_fd(data)
         if written >= len(head):
             self.unreported = 0
@@ -204,14 +265,15 @@ class SafeStream:
             return 0
 
     def _write_fd(self, data: bytes) -> int:
-        view = memoryview(data)
-        done = 0
-        while done < len(data):
+        done, size = 0, len(data)
+        while done < size:
             if not self._room(0 if self.blocked else BLOCKED_WRITE_GRACE):
                 self.blocked = True
                 return done
+            # Most lines go in one write, as they are; longer ones in atomic-sized pieces.
+            chunk = data if not done and size <= _CHUNK else memoryview(data)[done : done + _CHUNK]
             try:
-                done += os.write(self.fd, view[done : done + _CHUNK])  # type: ignore[arg-type]
+                done += os.write(self.fd, chunk)  # type: ignore[arg-type]
             except BlockingIOError:  # someone made the descriptor non-blocking
                 self.blocked = True
                 return done
@@ -294,18 +356,40 @@ def dropped_log_lines() -> int:
     return _stream.dropped if _stream is not None else 0
 
 
+class LineLogger:
+    """structlog's WriteLogger for a `SafeStream`: one write a line, flushed only when the
+    stream has no descriptor to write through."""
+
+    def __init__(self, stream: SafeStream) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            self._stream.write(message + "\n")
+            if self._stream.fd is None:
+                self._stream.flush()
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
 def configure_logging(level: str = "info", json: bool | None = None, stream: Any = None) -> None:
     """Configure structlog once per process. JSON unless writing to a terminal."""
     global _stream
     out = _stream = SafeStream(stream or sys.stderr)
     as_json = (not out.isatty()) if json is None else json
-    renderer: Any = render_json if as_json else structlog.dev.ConsoleRenderer(colors=False)
+    processors: list[Any] = (
+        [merge_contextvars, json_line]
+        if as_json
+        else [merge_contextvars, stamp, redact, structlog.dev.ConsoleRenderer(colors=False)]
+    )
     numeric = logging.getLevelName(level.upper())
+    line_logger = LineLogger(out)
     structlog.configure(
-        processors=[structlog.contextvars.merge_contextvars, stamp, redact, renderer],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric if isinstance(numeric, int) else logging.INFO),
-        # SafeStream is file-like enough: WriteLogger only calls write() and flush().
-        logger_factory=structlog.WriteLoggerFactory(file=cast(TextIO, out)),
+        logger_factory=lambda *_args: line_logger,
         cache_logger_on_first_use=True,
     )
 

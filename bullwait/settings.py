@@ -1,4 +1,4 @@
-"""Configuration from the environment (and an optional `.env`), with the seed's names.
+"""Configuration from the environment (and an optional `.env`), with the NestJS module's names.
 
 Every field is read from the upper-case environment variable of the same name, so
 `redis_queue_db` is `REDIS_QUEUE_DB`. A bad value raises `SettingsError`, whose message
@@ -31,7 +31,7 @@ LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
 class QueueNaming(str, Enum):
-    """Which queue names to use: colon-free (current) or the seed's (legacy, Node bullmq 4.x)."""
+    """Which queue names to use: colon-free (current) or the NestJS module's (legacy, Node bullmq 4.x)."""
 
     CURRENT = "current"
     LEGACY = "legacy"
@@ -284,7 +284,7 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
     )
 
-    # --- Redis (the seed's names, plus URL and credentials) ---
+    # --- Redis (the NestJS module's names, plus URL and credentials) ---
     redis_url: str | None = None
     redis_host: str = "localhost"
     redis_port: int = Field(6379, ge=1, le=65535)
@@ -293,7 +293,7 @@ class Settings(BaseSettings):
     redis_password: str | None = None
     redis_tls_ca_file: str | None = None
     redis_connect_timeout: float = Field(3.0, gt=0)
-    # Redis Sentinel (issue 14): the sentinels to ask where the master is, instead of one address.
+    # Redis Sentinel: the sentinels to ask where the master is, instead of one address.
     # REDIS_USERNAME/REDIS_PASSWORD/REDIS_QUEUE_DB/REDIS_TLS_CA_FILE apply to the master and replicas.
     redis_sentinels: str | None = None
     redis_sentinel_master: str = Field("mymaster", min_length=1)
@@ -307,7 +307,7 @@ class Settings(BaseSettings):
 
     # --- Concurrency and limits (seed defaults) ---
     waitlist_expiry_concurrency: int = Field(5, ge=1, le=10_000)
-    # 80 msg/s at 150 ms API latency needs >= 16 in flight (docs/waitlist.md, Rate limits); the seed had 10.
+    # 80 msg/s at 150 ms API latency needs >= 16 in flight (docs/waitlist.md, Rate limits); the NestJS module had 10.
     waitlist_notification_concurrency: int = Field(20, ge=1, le=10_000)
     preference_calculation_concurrency: int = Field(2, ge=1, le=10_000)
     waitlist_notification_rate_limit: int = Field(10, ge=1)
@@ -324,7 +324,7 @@ class Settings(BaseSettings):
     bullwait_worker_name: str | None = None
     bullwait_shutdown_timeout: float = Field(30.0, ge=0)
 
-    # --- Waitlist domain: store, offers, WhatsApp Cloud API (issue #3) ---
+    # --- Waitlist domain: store, offers, WhatsApp Cloud API ---
     # Keys of bullwait's own waitlist store; each salon's/customer's keys share a hash tag.
     bullwait_store_prefix: str = Field("bullwait:", min_length=1)
     # How long a customer has to take an offered slot (the expiry timer).
@@ -344,7 +344,7 @@ class Settings(BaseSettings):
     # the hop between taking a place and the request reaching the API (bullwait.waitlist.ratelimit).
     whatsapp_rate_window_margin_ms: int = Field(25, ge=0, le=1000)
 
-    # --- Monitoring server and BullMQ metrics (issue 6; QUEUE_MONITORING_ENABLED, METRICS_HOST,
+    # --- Monitoring server and BullMQ metrics (QUEUE_MONITORING_ENABLED, METRICS_HOST,
     # METRICS_PORT and HEALTH_MAX_FAILED are above) ---
     # Per-minute data points BullMQ keeps in `<prefix>:<queue>:metrics:completed|failed`
     # (10080 = one week, Node's MetricsTime.ONE_WEEK); 0 = workers record no BullMQ metrics.
@@ -355,7 +355,7 @@ class Settings(BaseSettings):
     # /health/live answers 503, so a supervisor restarts or replaces the process.
     health_live_failing_seconds: float = Field(30.0, gt=0, le=3600)
 
-    # --- Reliability (issue 8): stalled-job recovery, Redis retries, extra processors ---
+    # --- Reliability: stalled-job recovery, Redis retries, extra processors ---
     # A job whose worker died is taken back after its lock expires (lockDuration) by the
     # next stalled check (stalledInterval); the BullMQ defaults are 30 s each.
     bullwait_lock_duration_ms: int = Field(30_000, ge=100)
@@ -370,7 +370,7 @@ class Settings(BaseSettings):
     # function gets the Registry and registers into it (or returns a Registry).
     bullwait_processors: str | None = None
 
-    # --- Durable writes (issue 14): adds, send claims and store transitions wait for this
+    # --- Durable writes: adds, send claims and store transitions wait for this
     # many replicas (`WAIT`); 0 = no WAIT. The timeout is per try (bullwait.engine.durable).
     bullwait_wait_replicas: int = Field(0, ge=0, le=100)
     bullwait_wait_timeout_ms: int = Field(1000, ge=1, le=60_000)

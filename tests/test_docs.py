@@ -77,6 +77,27 @@ def test_dev_sh_has_the_readme_commands() -> None:
     assert re.search(r"^\s*demo\)", script, re.MULTILINE) and re.search(r"^\s*test\)", script, re.MULTILINE)
 
 
+# Code and scripts: the same words (a cluster's "seed nodes" are a term of their own).
+CODE_HISTORY_WORDS = re.compile(r"\bthe seed\b(?!\s+nodes?)|\bseed's\b|\bissue\s*#?\d", re.IGNORECASE)
+CODE = [
+    *ROOT.glob("bullwait/**/*.py"),
+    *ROOT.glob("bench/**/*.py"),
+    *(p for p in ROOT.glob("tests/**/*.py") if p.name != "test_docs.py"),
+    *(p for p in ROOT.glob("node-compat/**/*.js") if "node_modules" not in p.parts),
+    *ROOT.glob("monitoring/*"),
+]
+
+
+def test_no_history_words_in_code_comments() -> None:
+    found = [
+        f"{path.relative_to(ROOT)}: {match}"
+        for path in sorted(CODE)
+        if path.is_file()
+        for match in CODE_HISTORY_WORDS.findall(path.read_text(errors="replace"))
+    ]
+    assert not found, "say what is meant instead:\n" + "\n".join(found)
+
+
 def test_no_history_words_in_readme_or_docs() -> None:
     for page in [README, *sorted(DOCS.glob("*.md"))]:
         found = HISTORY_WORDS.findall(page.read_text())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
@@ -466,7 +467,7 @@ def cluster_redirect(settings: Settings, exc: BaseException) -> RedisIsClusterNo
 
 def cluster_reply_message(exc: BaseException, settings: Settings | None = None) -> str | None:
     """The one line for a cluster's reply to a client that does not follow a cluster, or None
-    when `exc` is not one. Without settings the node named by a MOVED/ASK stands in as the seed."""
+    when `exc` is not one. Without settings the node named by a MOVED/ASK stands in as the seed node."""
     text = str(exc)
     if not isinstance(exc, CLUSTER_REPLIES) and not (
         isinstance(exc, ResponseError) and text.startswith(("MOVED ", "ASK ", "CLUSTERDOWN", "CROSSSLOT"))
@@ -588,8 +589,8 @@ def keep_cancellations(connection: Any) -> None:
 # it (READONLY becomes a ConnectionError in SentinelManagedConnection, and connection errors
 # are retried): after a graceful failover the old master stays writable until the sentinels
 # reconfigure it (~11 s here), and the worker's BZPOPMIN waits there. So, as ioredis's
-# failoverDetector does, one task per process and event loop subscribes to the sentinels'
-# `+switch-master` and disconnects every connection not on the new master; the commands in
+# failoverDetector does, one task per process and event loop subscribes to `+switch-master`
+# on every sentinel and disconnects every connection not on the new master; the commands in
 # flight on them fail with a ConnectionError and redis-py's retry sends them again on a
 # new connection, which asks the sentinels again (the BZPOPMIN included).
 #
@@ -605,9 +606,16 @@ def keep_cancellations(connection: Any) -> None:
 # - `Sentinel.discover_master()` is replaced to believe the newest sentinel (`NewestSentinel`).
 # - `Connection.disconnect()` from another task ends a read in progress with a ConnectionError
 #   (checked on redis-py 8.1 with hiredis), which the command's retry turns into a resend.
+#   One dropped between `send_packed_command`'s connected check and its write fails with an
+#   AttributeError on the writer redis-py set to None; `SentinelConnection` makes that a
+#   ConnectionError too.
 
 SWITCH_CHANNEL = "+switch-master"
 WATCH_RETRY_CAP = 5.0
+# How much longer the other sentinels get once one has said where the master is.
+SENTINEL_GRACE_S = 0.5
+# How long a sentinel that missed the grace is not waited for.
+LATE_FORGET_S = 30.0
 UNREACHABLE_LOG_SECONDS = 1.0  # connections retry together: one line a second says it all
 
 
@@ -643,6 +651,17 @@ class SentinelConnection(SentinelManagedConnection):
         if watcher is not None:
             watcher.note_reachable(f"{self.host}:{self.port}")
 
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except AttributeError as exc:
+            # `FollowingPool.follow` dropped this connection after redis-py checked it was
+            # connected and before it wrote (its writer is then None): nothing left, so say
+            # so as a lost connection, which the command's retry sends again on the new master.
+            if self.is_connected or "NoneType" not in str(exc):
+                raise
+            raise RedisConnectionError("connection moved to the new master before the command was sent") from None
+
 
 class SentinelSSLConnection(SentinelConnection, SSLConnection):
     pass
@@ -656,8 +675,11 @@ class NewestSentinel(Sentinel):
     hellos), and a connection moved by the switch went straight back to the old master,
     still writable. The `config-epoch` of SENTINEL MASTERS orders their views."""
 
+    # Sentinels ("host:port") that missed the grace when a client last asked them, and when.
+    late: ClassVar[dict[str, float]] = {}
+
     async def discover_master(self, service_name: str) -> tuple[str, int]:
-        replies = await asyncio.gather(*(s.sentinel_masters() for s in self.sentinels), return_exceptions=True)
+        replies = await self._ask_all()
         errors = []
         best: tuple[int, tuple[str, int]] | None = None
         for sentinel, reply in zip(self.sentinels, replies):
@@ -675,6 +697,44 @@ class NewestSentinel(Sentinel):
             detail = f" : {', '.join(errors)}" if errors else ""
             raise MasterNotFoundError(f"No master found for {service_name!r}{detail}")
         return best[1]
+
+    async def _ask_all(self) -> list[Any]:
+        """Each sentinel's SENTINEL MASTERS (or its error). Once one has answered, the others get
+        SENTINEL_GRACE_S more, and one that missed it in the last LATE_FORGET_S none: a frozen
+        or cut-off sentinel would otherwise hold up every connection to the master for the
+        whole socket timeout. It is still asked, and counts again once it answers in time."""
+        tasks = [asyncio.ensure_future(s.sentinel_masters()) for s in self.sentinels]
+        pending = set(tasks)
+        while pending and not any(t.done() and t.exception() is None for t in tasks):
+            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        names = [_address(s) for s in self.sentinels]
+        now = time.monotonic()
+        awaited = {t for t, name in zip(tasks, names) if t in pending and not self._is_late(name, now)}
+        if awaited:
+            await asyncio.wait(awaited, timeout=SENTINEL_GRACE_S)
+        for task, name in zip(tasks, names):
+            if task.done():
+                self.late.pop(name, None)
+            else:
+                if task in awaited:  # given the grace and missed it: not waited for a while
+                    self.late[name] = now
+                task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        return [_outcome(task) for task in tasks]
+
+    def _is_late(self, name: str, now: float) -> bool:
+        return name in self.late and now - self.late[name] < LATE_FORGET_S
+
+
+def _address(client: aioredis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+
+def _outcome(task: asyncio.Future[Any]) -> Any:
+    if task.cancelled():
+        return RedisTimeoutError(f"no answer within {SENTINEL_GRACE_S} s of the first sentinel's")
+    return task.exception() or task.result()
 
 
 class FollowingPool(SentinelConnectionPool):
@@ -774,8 +834,14 @@ def sentinel_client(settings: Settings, single_connection: bool = False, **extra
 
 
 class FailoverWatcher:
-    """Subscribes to `+switch-master` on one sentinel that answers; on a switch of our master,
-    moves every connection of this event loop's pools (`FollowingPool.follow`)."""
+    """Subscribes to `+switch-master` on every sentinel, as ioredis's failoverDetector does, so
+    one sentinel down, frozen or cut off does not blind it; on a switch of our master, moves
+    every connection of this event loop's pools (`FollowingPool.follow`).
+
+    Every sentinel announces a switch (the leader at once, the others as they learn it), so
+    one switch arrives up to once per sentinel: an announcement of the master already
+    followed is dropped. The announced address only decides which connections to drop; where
+    each reconnects is asked of the sentinels again (`NewestSentinel`: the newest epoch wins)."""
 
     _running: ClassVar[dict[tuple[int, WatchConfig], FailoverWatcher]] = {}
 
@@ -785,8 +851,12 @@ class FailoverWatcher:
         self.master: tuple[str, int] | None = None
         self.unreachable: str | None = None
         self.switches = 0
+        self.listening: set[tuple[str, int]] = set()  # sentinels subscribed right now
+        self.stopping = False  # set, with no await between, when the last pool is gone
         self._last_line = float("-inf")
         self._suppressed = 0
+        self._silent_since: float | None = None
+        self._lock = asyncio.Lock()
         self.loop = asyncio.get_running_loop()
         self.task = self.loop.create_task(self._run(), name="bullwait-sentinel-watcher")
 
@@ -802,7 +872,7 @@ class FailoverWatcher:
     @classmethod
     def ensure(cls, config: WatchConfig) -> FailoverWatcher:
         watcher = cls.current(config)
-        if watcher is None or watcher.task.done():
+        if watcher is None or watcher.stopping or watcher.task.done():
             for key, old in list(cls._running.items()):  # drop watchers of closed loops
                 if old.loop.is_closed():
                     del cls._running[key]
@@ -832,54 +902,83 @@ class FailoverWatcher:
             self._suppressed = 0
             _log().info("redis master reachable again", master=self.config.master, at=address)
 
-    async def switch(self, address: tuple[str, int], announced: bool) -> None:
-        moved = 0
-        for pool in list(self.pools):
-            moved += await pool.follow(address)
-        if announced or moved:
-            self.switches += 1
-            source = SWITCH_CHANNEL if announced else "sentinel"
-            _log().warning(
-                "redis master switched, connections moved",
-                master=self.config.master,
-                to=f"{address[0]}:{address[1]}",
-                moved=moved,
-                source=source,
-            )
-        self.master = address
+    async def switch(self, address: tuple[str, int], announced: bool, via: str = "") -> None:
+        # One at a time: the same switch announced by several sentinels moves connections once.
+        async with self._lock:
+            if announced and address == self.master:
+                return
+            moved = 0
+            for pool in list(self.pools):
+                moved += await pool.follow(address)
+            if announced or moved:
+                self.switches += 1
+                source = SWITCH_CHANNEL if announced else "sentinel"
+                _log().warning(
+                    "redis master switched, connections moved",
+                    master=self.config.master,
+                    to=f"{address[0]}:{address[1]}",
+                    moved=moved,
+                    source=source,
+                    via=via,
+                )
+            self.master = address
 
     async def _run(self) -> None:
+        listeners = [
+            self.loop.create_task(self._keep_listening(host, port), name=f"bullwait-sentinel-{host}:{port}")
+            for host, port in self.config.sentinels
+        ]
+        try:
+            while self.pools and not all(task.done() for task in listeners):
+                await asyncio.sleep(1.0)
+        finally:
+            # A pool that asks for a master from here on gets a new watcher (`ensure`).
+            self.stopping = True
+            for task in listeners:
+                task.cancel()
+            await asyncio.gather(*listeners, return_exceptions=True)
+            FailoverWatcher._running.pop((id(self.loop), self.config), None)
+
+    async def _keep_listening(self, host: str, port: int) -> None:
+        """Listen on one sentinel until every client is closed, reconnecting with back-off."""
         delay = 0.2
-        turn = 0
-        while True:
-            host, port = self.config.sentinels[turn % len(self.config.sentinels)]
-            turn += 1
+        while not self.stopping:
             try:
                 await self._listen(host, port)
                 delay = 0.2
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                if turn % len(self.config.sentinels) == 0:
-                    _log().warning(
-                        "no sentinel answers for failover notices, retrying",
-                        sentinels=len(self.config.sentinels),
-                        last=f"{host}:{port}",
-                        error=short_reason(exc),
-                        retry_in=f"{delay:.1f}s",
-                    )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, WATCH_RETRY_CAP)
-            if not self.pools:
-                break  # every client was closed: nothing left to move
-        FailoverWatcher._running.pop((id(self.loop), self.config), None)
+                self.listening.discard((host, port))
+                self._note_silent(host, port, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, WATCH_RETRY_CAP)
+        self.listening.discard((host, port))
+
+    def _note_silent(self, host: str, port: int, exc: BaseException, delay: float) -> None:
+        """A line when no sentinel is listened to, then at most one per WATCH_RETRY_CAP."""
+        if self.listening:
+            self._silent_since = None
+            return
+        now = self.loop.time()
+        if self._silent_since is not None and now - self._silent_since < WATCH_RETRY_CAP:
+            return
+        self._silent_since = now
+        _log().warning(
+            "no sentinel answers for failover notices, retrying",
+            sentinels=len(self.config.sentinels),
+            last=f"{host}:{port}",
+            error=short_reason(exc),
+            retry_in=f"{delay:.1f}s",
+        )
 
     async def _listen(self, host: str, port: int) -> None:
         client = self.config.client(host, port)
         pubsub = client.pubsub()
         try:
             await pubsub.subscribe(SWITCH_CHANNEL)
-            # A switch may have happened before we listened (start-up, a sentinel change).
+            self.listening.add((host, port))
+            # A switch may have happened before we listened (start-up, this sentinel back).
             manager = NewestSentinel(list(self.config.sentinels), sentinel_kwargs=dict(self.config.kwargs))
             try:
                 current = await manager.discover_master(self.config.master)
@@ -889,15 +988,16 @@ class FailoverWatcher:
                 await self.switch(current, announced=False)
             finally:
                 await manager.aclose()
-            while self.pools:
+            while not self.stopping:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 if message is None:
                     await pubsub.ping()  # a sentinel that went away is noticed here, not never
                     continue
                 parts = str(message.get("data", "")).split()
                 if len(parts) == 5 and parts[0] == self.config.master:
-                    await self.switch((parts[3], int(parts[4])), announced=True)
+                    await self.switch((parts[3], int(parts[4])), announced=True, via=f"{host}:{port}")
         finally:
+            self.listening.discard((host, port))
             await pubsub.aclose()
             await client.aclose()
 

@@ -64,17 +64,35 @@ ADD_JOB_KEYS: dict[str, tuple[str, ...]] = {
 }
 # moveJobFromActiveToWait (the job's key is one of its arguments).
 FROM_ACTIVE_TO_WAIT_KEYS = ("active", "wait", "stalled", "paused", "meta", "limiter", "prioritized", "marker", "events")
+# getStateV2: the sets and lists a job can be in, in the order the script looks.
+GET_STATE_KEYS = ("completed", "failed", "delayed", "active", "wait", "paused", "waiting-children", "prioritized")
 
-# Every bullmq script bullwait runs, with the key count its callers assume (ops/actions.py and
-# waitlist/producer.py pass their keys by hand).
+
+def move_jobs_to_wait_keys(source: str) -> tuple[str, ...]:
+    """moveJobsToWait (retryJobs / promoteJobs): "" is the queue's own prefix key."""
+    return ("", "events", source, "wait", "paused", "meta", "active", "marker")
+
+
+def pause_keys(paused: bool) -> tuple[str, ...]:
+    """pause: the list jobs leave, the one they join, then the rest."""
+    src, dst = ("wait", "paused") if paused else ("paused", "wait")
+    return (src, dst, "meta", "prioritized", "events", "delayed", "marker")
+
+
+def remove_job_keys(job_id: str) -> tuple[str, ...]:
+    """removeJob: the job's hash and the queue's repeat key."""
+    return (job_id, "repeat")
+
+
+# Every bullmq script bullwait runs, with the key count its callers build from the orders above.
 KEY_COUNTS: dict[str, int] = {
     "moveToFinished": FINISHED_KEY_COUNT,
     **{name: len(keys) for name, keys in ADD_JOB_KEYS.items()},
     "moveJobFromActiveToWait": len(FROM_ACTIVE_TO_WAIT_KEYS),
-    "moveJobsToWait": 8,
-    "pause": 7,
-    "getStateV2": 8,
-    "removeJob": 2,
+    "moveJobsToWait": len(move_jobs_to_wait_keys("failed")),
+    "pause": len(pause_keys(True)),
+    "getStateV2": len(GET_STATE_KEYS),
+    "removeJob": len(remove_job_keys("")),
     "cleanJobsInSet": 3,
 }
 

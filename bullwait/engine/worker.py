@@ -310,6 +310,13 @@ class BullwaitWorker(Worker):  # type: ignore[misc]  # bullmq-py ships no type i
         finally:
             await self.pipeline.close()
 
+    def abort(self) -> None:
+        """Stop fetching and cancel the jobs in progress now; their locks expire and stalled-job
+        recovery gives them back. For a shutdown whose grace period ran out: `close(force=True)`
+        alone waits for them."""
+        self.forceClosing = True
+        self.cancelProcessing()
+
     async def nextJobFromJobData(
         self,
         job_data: Any = None,

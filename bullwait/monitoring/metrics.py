@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -36,9 +37,9 @@ prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # 
 
 JOB_STATUSES = ("completed", "failed", "retried", "delayed", "stalled")
 
-# Resolve the seed's "<10 ms expiry checks" and WhatsApp round trips (~100 ms - seconds).
+# Resolve the NestJS module's "<10 ms expiry checks" and WhatsApp round trips (~100 ms - seconds).
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-# Lateness of a 15-minute timer: the seed promises +-100 ms; le=0 counts early runs.
+# Lateness of a 15-minute timer: the NestJS module promises +-100 ms; le=0 counts early runs.
 LATENESS_BUCKETS = (0.0, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
@@ -81,6 +82,9 @@ class JobMetrics:
     ) -> None:
         self.registry = registry if registry is not None else new_registry()
         self.expiry_queue = expiry_queue
+        # Registered before the metrics it feeds: collected first, so every scrape sees all jobs.
+        self._pending = Pending()
+        self.registry.register(self._pending)
         self.jobs = Counter(
             "bullmq_jobs",
             "Jobs this process finished, by status (completed, failed, retried, "
@@ -109,20 +113,19 @@ class JobMetrics:
             ["kind", "decision"],
             registry=self.registry,
         )
-        self._counters: dict[tuple[str, str], Any] = {}
-        self._durations: dict[str, Any] = {}
-        self._lateness: Any = None
+        # Per queue: its duration histogram's observe and, per status, its counter's inc.
+        self._hooks: dict[str, tuple[Callable[[float], None], dict[str, Callable[[float], None]]]] = {}
+        self._lateness: Callable[[float], None] | None = None
         for queue in queues:
             self._children(queue)
         if expiry_queue:
-            self._lateness = self.lateness.labels(expiry_queue)
+            self._lateness = self._pending.observe(self.lateness.labels(expiry_queue))
 
-    def _children(self, queue: str) -> Any:
-        """Create (once) and cache the label children of a queue; returns its histogram child."""
-        for status in JOB_STATUSES:
-            self._counters[(queue, status)] = self.jobs.labels(queue, status)
-        child = self._durations[queue] = self.duration.labels(queue)
-        return child
+    def _children(self, queue: str) -> tuple[Callable[[float], None], dict[str, Callable[[float], None]]]:
+        """Create (once) and cache the label children of a queue."""
+        counters = {status: self._pending.inc(self.jobs.labels(queue, status)) for status in JOB_STATUSES}
+        hooks = self._hooks[queue] = (self._pending.observe(self.duration.labels(queue)), counters)
+        return hooks
 
     # --- JobObserver ---
 
@@ -136,18 +139,18 @@ class JobMetrics:
             if not isinstance(expires, str):
                 return
             due = datetime.fromisoformat(expires).timestamp()
-            self._lateness.observe(time.time() - due)
+            self._lateness(time.time() - due)
         except Exception:  # noqa: BLE001 - metrics never fail a job; bad data fails in the processor
             return
 
     def finished(self, queue: str, job: Job, status: str, seconds: float) -> None:
         try:
-            hist = self._durations.get(queue) or self._children(queue)
-            hist.observe(seconds)
-            counter = self._counters.get((queue, status))
-            if counter is None:
-                counter = self._counters[(queue, status)] = self.jobs.labels(queue, status)
-            counter.inc()
+            observe, counters = self._hooks.get(queue) or self._children(queue)
+            observe(seconds)
+            inc = counters.get(status)
+            if inc is None:
+                inc = counters[status] = self._pending.inc(self.jobs.labels(queue, status))
+            inc(1)
         except Exception:  # noqa: BLE001
             return
 
@@ -159,13 +162,102 @@ class JobMetrics:
 
     def stalled(self, queue: str, job_id: str) -> None:
         try:
-            counter = self._counters.get((queue, "stalled"))
-            if counter is None:
-                self._children(queue)
-                counter = self._counters[(queue, "stalled")]
-            counter.inc()
+            _, counters = self._hooks.get(queue) or self._children(queue)
+            counters["stalled"](1)
         except Exception:  # noqa: BLE001
             return
+
+
+class Pending(Collector):
+    """What `JobMetrics` counted since the last scrape, added to prometheus-client's values
+    when the registry is collected.
+
+    `JobMetrics` runs for every job, and `observe()`/`inc()` cost a lock per value touched
+    (a histogram takes two) plus checks and a linear bucket search. Here a job adds to plain
+    lists (the bucket found by bisection); `collect()` (registered before the metrics, so
+    run first on every scrape) adds them to the same values the public methods would, and
+    a test compares the exposition with theirs. Jobs and scrapes both run on the event
+    loop's thread. Under a supervisor (`PROMETHEUS_MULTIPROC_DIR`), another process reads
+    this one's values from files at any time: there the values are incremented at once
+    (still past the per-call checks). A prometheus-client without the attributes used
+    here gets the public methods.
+    """
+
+    def __init__(self) -> None:
+        self._flushes: list[Callable[[], None]] = []
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        for flush in self._flushes:
+            flush()
+        return iter(())
+
+    def observe(self, child: Any) -> Callable[[float], None]:
+        """`child.observe` of a labelled histogram child."""
+        try:
+            bounds = tuple(child._upper_bounds)
+            values = list(child._buckets)
+            sum_value = child._sum
+        except AttributeError:
+            return child.observe  # type: ignore[no-any-return]
+        if len(values) != len(bounds) or not bounds or bounds[-1] != float("inf"):
+            return child.observe  # type: ignore[no-any-return]
+        public = child.observe
+        if getattr(sum_value, "_multiprocess", False):
+            incs = [value.inc for value in values]
+            add_sum = sum_value.inc
+
+            def observe_now(amount: float) -> None:
+                if amount != amount:  # NaN: no bucket takes it, as with the public method
+                    public(amount)
+                    return
+                add_sum(amount)
+                incs[bisect_left(bounds, amount)](1)  # the first bucket with amount <= its bound
+
+            return observe_now
+        counts = [0] * len(bounds)
+        total = [0.0]
+
+        def observe(amount: float) -> None:
+            if amount != amount:
+                public(amount)
+                return
+            total[0] += amount
+            counts[bisect_left(bounds, amount)] += 1
+
+        def flush() -> None:
+            if total[0]:
+                amount, total[0] = total[0], 0.0
+                sum_value.inc(amount)
+            for i, count in enumerate(counts):
+                if count:
+                    counts[i] -= count
+                    values[i].inc(count)
+
+        self._flushes.append(flush)
+        return observe
+
+    def inc(self, child: Any) -> Callable[[float], None]:
+        """`child.inc` of a labelled counter child (amounts are never negative here)."""
+        value: Any = getattr(child, "_value", None)
+        if not callable(getattr(value, "inc", None)):
+            return child.inc  # type: ignore[no-any-return]
+        if getattr(value, "_multiprocess", False):
+            return value.inc  # type: ignore[no-any-return]
+        pending = [0.0]
+
+        def inc(amount: float) -> None:
+            pending[0] += amount
+
+        def flush() -> None:
+            if pending[0]:
+                amount, pending[0] = pending[0], 0.0
+                value.inc(amount)
+
+        self._flushes.append(flush)
+        return inc
 
 
 class QueueCollector(Collector):

@@ -31,7 +31,13 @@ from bullwait.engine.connection import (
     read_topology,
     redis_client,
 )
-from bullwait.engine.internals import script_source
+from bullwait.engine.internals import (
+    GET_STATE_KEYS,
+    move_jobs_to_wait_keys,
+    pause_keys,
+    remove_job_keys,
+    script_source,
+)
 from bullwait.engine.jobcheck import not_utf8, printable, unescape
 from bullwait.errors import BadArgument, JobNotFound
 from bullwait.ops.checks import (
@@ -170,7 +176,7 @@ class Ops:
                 if state not in CANCELLABLE_STATES:
                     return CancelResult(self.queue_name(key), shown_id, state)
                 pipe.multi()
-                script_keys = [job_key, self.redis_key(key, "repeat")]
+                script_keys = [self.redis_key(key, n) for n in remove_job_keys(raw_id)]
                 await queue_script(pipe, self._remove, script_keys, [raw_id, 1, self.key_prefix(key)])
                 try:
                     removed = (await pipe.execute())[0]
@@ -284,8 +290,7 @@ class Ops:
         return [await self._move_to_wait(key, "delayed", count, 1.7976931348623157e308) for key in self._keys(keys)]
 
     async def _move_to_wait(self, key: QueueKey, source: str, count: int | None, upto: float) -> MoveResult:
-        names = ("", "events", source, "wait", "paused", "meta", "active", "marker")
-        script_keys = [self.redis_key(key, n) for n in names]
+        script_keys = [self.redis_key(key, n) for n in move_jobs_to_wait_keys(source)]
         moved = 0
         while count is None or moved < count:
             batch = BATCH if count is None else min(BATCH, count - moved)
@@ -306,8 +311,7 @@ class Ops:
         """BullMQ's pause/resume (pause-7.lua): meta flag, marker, `paused`/`resumed` event."""
         # paused as Node's isPaused reads it: the field exists, whatever its value
         was_paused = bool(await self.client.hexists(self.redis_key(key, "meta"), "paused"))
-        src, dst = ("wait", "paused") if paused else ("paused", "wait")
-        script_keys = [self.redis_key(key, n) for n in (src, dst, "meta", "prioritized", "events", "delayed", "marker")]
+        script_keys = [self.redis_key(key, n) for n in pause_keys(paused)]
         for _ in range(10_000):  # resume moves legacy paused lists 7000 jobs per call
             remaining = await self._pause(keys=script_keys, args=["paused" if paused else "resumed", "1"])
             if not remaining:
@@ -339,10 +343,8 @@ class Ops:
         ]
 
     async def job_state(self, key: QueueKey, job_id: str) -> str:
-        names = ("completed", "failed", "delayed", "active", "wait", "paused", "waiting-children", "prioritized")
-        return str(
-            await self._state(keys=[self.redis_key(key, n) for n in names], args=[job_id, self.redis_key(key, job_id)])
-        )
+        script_keys = [self.redis_key(key, n) for n in GET_STATE_KEYS]
+        return str(await self._state(keys=script_keys, args=[job_id, self.redis_key(key, job_id)]))
 
     async def show_job(self, key: QueueKey, job_id: str) -> JobInfo:
         """One job with data, options, attempts, failure, stack trace and logs."""

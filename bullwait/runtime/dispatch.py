@@ -6,9 +6,16 @@
     async def check_expiry(payload: ExpiryJob, ctx: Context) -> dict:
         ...
 
-`dispatch` validates the job's data with the model, runs the function, logs the seed's
+`dispatch` validates the job's data with the model, runs the function, logs the NestJS module's
 event shapes (`queue`, `job`, `jobId`, `duration`, `error`) and turns bad data into an
 `UnrecoverableError` so it fails once, with its data kept, and is never retried.
+
+A write the replicas did not confirm (`WriteNotDurable`, BULLWAIT_WAIT_REPLICAS) is not the
+job's failure: the master has no replica to confirm with (after a failover, until the
+demoted master rejoins as a replica), or they lag. The job goes back to delayed for
+DURABLE_RETRY_MS without using an attempt, so an outage longer than its retries (3 attempts
+are about 12 s of WAITs and back-off) pauses it instead of failing it for good; every write
+it makes is safe to repeat (`bullwait.engine.durable`).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from bullmq import DelayedError, UnrecoverableError
 from bullmq.job import Job
 
 from bullwait.engine.jobcheck import BadOption, attempts_value
-from bullwait.errors import InvalidJobData
+from bullwait.errors import InvalidJobData, WriteNotDurable
 from bullwait.logs import clip
 from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
@@ -31,6 +38,8 @@ from bullwait.waitlist.payloads import WireModel, parse_payload
 Handler = Callable[[Any, "Context"], Awaitable[Any]]
 # Longest error message kept as a job's failedReason and logged (the rest is cut).
 FAILED_REASON_LIMIT = 2000
+# How long a job whose write the replicas did not confirm sleeps before it runs again.
+DURABLE_RETRY_MS = 1000
 
 
 @dataclass
@@ -101,6 +110,9 @@ class NullObserver:
         return None
 
 
+_NO_OBSERVER = NullObserver()
+
+
 async def dispatch(
     registry: Registry,
     queue: QueueKey,
@@ -113,7 +125,7 @@ async def dispatch(
     observer: JobObserver | None = None,
 ) -> Any:
     """Run one job through its registered processor. Raises what bullmq must see."""
-    obs = observer or NullObserver()
+    obs = observer or _NO_OBSERVER
     jlog = log.bind(queue=queue_name, job=job.name, jobId=job.id)
     started = time.perf_counter()
     jlog.debug("job started", attempt=job.attemptsMade + 1)
@@ -137,6 +149,10 @@ async def dispatch(
     except DelayedError:
         status = "delayed"
         raise
+    except WriteNotDurable as exc:
+        await _wait_for_replicas(job, token, exc, jlog, started)
+        status = "delayed"
+        raise DelayedError(str(exc)) from None
     except Exception as exc:
         _clip_message(exc)
         status = "failed" if _final(job, exc) else "retried"
@@ -152,7 +168,23 @@ async def dispatch(
         seconds = time.perf_counter() - started
         obs.finished(queue_name, job, status, seconds)
         if status == "completed":
-            jlog.info("job completed", duration=_ms(started))
+            jlog.info("job completed", duration=f"{seconds * 1000:.1f}ms")
+
+
+async def _wait_for_replicas(job: Job, token: str, exc: WriteNotDurable, log: Any, started: float) -> None:
+    """Back to delayed, no attempt used (see the module docstring). If even that fails (the
+    lock lost in the failover), `exc` is raised as a failure: stalled-job recovery, or a
+    retry, takes the job from there."""
+    log.warning(
+        "job waits for replicas to confirm its writes",
+        duration=_ms(started),
+        retry_in=f"{DURABLE_RETRY_MS} ms",
+        error=clip(str(exc), 300),
+    )
+    try:
+        await job.moveToDelayed(int(time.time() * 1000) + DURABLE_RETRY_MS, token)
+    except Exception:
+        raise exc from None
 
 
 def _final(job: Job, exc: Exception) -> bool:

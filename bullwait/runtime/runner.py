@@ -157,8 +157,7 @@ class WorkerPool:
         if pending:
             self.log.warning("shutdown timeout reached, leaving active jobs to stalled recovery", timeout=timeout)
             for worker in self.workers.values():
-                worker.forceClosing = True
-                worker.cancelProcessing()
+                worker.abort()
             await asyncio.wait([asyncio.ensure_future(w.close(force=True)) for w in self.workers.values()], timeout=5)
             for task in pending:
                 task.cancel()

@@ -46,6 +46,7 @@ from bullwait.engine.internals import (
     is_cluster,
     main_client,
     pool_connection,
+    remove_job_keys,
     script_source,
     scripts_of,
 )
@@ -337,7 +338,7 @@ class Producer:
         queue's slot. A MOVED or lost connection is raised; cancelling again is safe."""
         client = self._own_redis()
         job_key = queue.toKey(job_id)
-        keys = [job_key, queue.keys["repeat"]]
+        keys = [queue.toKey(name) for name in remove_job_keys(job_id)]
         args = [job_id, 1, queue.keys[""]]
         await client.script_load(self._remove_script.script)  # on every master: pipelines cannot load it
         async with pool_connection(client, job_key) as conn:
@@ -374,7 +375,7 @@ class Producer:
         return self._redis
 
     async def _remove(self, pipe: Any, queue: Queue, job_id: str) -> None:
-        keys = [queue.toKey(job_id), queue.keys["repeat"]]
+        keys = [queue.toKey(name) for name in remove_job_keys(job_id)]
         args = [job_id, 1, queue.keys[""]]
         await self._remove_script(keys=keys, args=args, client=pipe)
 

@@ -1,7 +1,7 @@
 // Node bullmq 6 addBulk rate for bullwait's benchmark (python -m bench starts it).
 //   node enqueue.js '<json options>'
 // options: {redisUrl, prefix, queue, n, chunk, delayMs, jobOpts, ids, inFlight, out}
-// Adds n check-expiry jobs (jobId expiry_<waitlistId>, the seed's payload) with addBulk in
+// Adds n check-expiry jobs (jobId expiry_<waitlistId>, the NestJS module's payload) with addBulk in
 // chunks of `chunk`, `inFlight` addBulk calls at a time (default 1: each awaited before the
 // next is built), then writes {seconds, n} to `out`. ids: "short" (w-1, slot-1, ...) or
 // "uuid" (36-character ids, the same as bench/scenarios.py uuid_like).

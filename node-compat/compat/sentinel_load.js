@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 'use strict';
-// Issue 14, Proof, Node side: Node bullmq 6 on ioredis through the same Sentinel failover as
+// Node side of the Sentinel failover proof: Node bullmq 6 on ioredis through the same Sentinel failover as
 // bullwait (tests/test_sentinel_failover_load.py starts it; it asserts nothing about Node).
 // ioredis as a Node app would configure it: { sentinels, name, failoverDetector: true }.
 //   env: SENTINELS=host:port,... SENTINEL_MASTER NODE_PREFIX TIMERS DUE_MS PRODUCE_MS LOOP_MS

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 'use strict';
-// A producer on Node bullmq 4.18 (npm alias `bullmq4`), the seed's own stack, with the seed's
+// A producer on Node bullmq 4.18 (npm alias `bullmq4`), the NestJS module's own stack, with its
 // colon queue names (catalog.json `legacyQueueNames`). It proves that `BULLWAIT_QUEUE_NAMES=legacy`
 // serves what such an app produces, and gives `bullwait migrate-legacy` real 4.x jobs to move.
 //   node legacy/produce4.js notifyWaitlistCustomer '{"waitlistEntry": {...}, "slot": {...}, "delayMs": 900000}'
@@ -35,7 +35,7 @@ async function main() {
   };
 
   const actions = {
-    // The seed's code, verbatim apart from the names coming from the catalog.
+    // The NestJS module's code, verbatim apart from the names coming from the catalog.
     async notifyWaitlistCustomer({ waitlistEntry, slot, delayMs = catalog.expiry.delayMs }) {
       const job = await queue('WAITLIST_EXPIRY').add(
         jobs.CHECK_EXPIRY,

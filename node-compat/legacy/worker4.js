@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 'use strict';
-// A Node bullmq 4.18 Worker on a legacy (colon-named) queue: the seed's old workers, for the
+// A Node bullmq 4.18 Worker on a legacy (colon-named) queue: the NestJS module's old workers, for the
 // migration tests. Either fails every job (--fail <message>) or takes one job and holds it
 // active (--hold) until SIGTERM.
 //   node legacy/worker4.js <QUEUE_KEY> --fail "whatsapp down" | --hold

@@ -13,7 +13,10 @@ seconds; production defaults are 30 s and 3 min.
 from __future__ import annotations
 
 import os
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +64,7 @@ class SentinelSet:
         self.nodes += [RedisServer(appendonly=False, extra_args=args) for _ in range(replicas)]
         self._sentinel_conf = sentinel_conf
         self.sentinel_procs: list[SentinelProcess] = []
+        self.frozen: set[int] = set()  # indexes of sentinels stopped with SIGSTOP (`freeze`)
 
     @property
     def sentinels(self) -> list[tuple[str, int]]:
@@ -91,15 +95,30 @@ class SentinelSet:
     def node(self, port: int) -> RedisServer:
         return next(n for n in self.nodes if n.port == port)
 
-    def failover(self, timeout: float = 30.0) -> int:
-        """A graceful `SENTINEL FAILOVER`; returns the new master's port once every sentinel reports it."""
-        old = self.master_port()
-        self._client(self.sentinel_procs[0].port).execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
+    def failover(self, timeout: float = 30.0, via: int = 0) -> int:
+        """A graceful `SENTINEL FAILOVER` sent to sentinel `via`; returns the new master's port
+        once every sentinel not frozen reports it."""
+        old = self.master_port(via)
+        self._client(self.sentinel_procs[via].port).execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
         return self._wait_new_master(old, timeout)
+
+    @contextmanager
+    def freeze(self, index: int) -> Iterator[None]:
+        """Sentinel `index` stopped (SIGSTOP): its connections stay open, it answers nothing,
+        as a sentinel cut off by the network; continued on exit."""
+        proc = self.sentinel_procs[index].process
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGSTOP)
+        self.frozen.add(index)
+        try:
+            yield
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+            self.frozen.discard(index)
 
     def crash_master(self, timeout: float = 30.0) -> int:
         """SIGKILL the master; returns the promoted replica's port."""
-        old = self.master_port()
+        old = self.master_port(next(i for i in range(len(self.sentinel_procs)) if i not in self.frozen))
         self.node(old).kill()
         return self._wait_new_master(old, timeout)
 
@@ -122,6 +141,8 @@ class SentinelSet:
         def switched() -> int | None:
             ports = set()
             for i in range(len(self.sentinel_procs)):
+                if i in self.frozen:
+                    continue
                 try:
                     ports.add(self.master_port(via=i))
                 except redis.RedisError:

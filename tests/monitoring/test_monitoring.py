@@ -553,6 +553,41 @@ def test_job_metrics_observer_counts_and_never_raises() -> None:
     assert reg.get_sample_value("bullmq_jobs_duration_seconds_bucket", {"queue": NOTIFY, "le": "0.001"}) == 0
 
 
+def test_job_metrics_fast_path_exposes_what_the_public_methods_do() -> None:
+    """JobMetrics increments the histogram and counter values directly (it runs per job);
+    the exposition must equal that of the same observations through observe()/inc()."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from bullwait.monitoring.metrics import DURATION_BUCKETS, LATENESS_BUCKETS
+
+    amounts = [0.0, 0.001, 0.0010001, 0.0049, 0.005, 0.3, 10.0, 11.0, float("inf"), -1.0, float("nan"), 1e-9]
+    metrics = JobMetrics(queues=[EXPIRY], expiry_queue=EXPIRY)
+    public = CollectorRegistry()
+    jobs = Counter("bullmq_jobs", "h", ["queue", "status"], registry=public)
+    duration = Histogram("bullmq_jobs_duration_seconds", "h", ["queue"], buckets=DURATION_BUCKETS, registry=public)
+    lateness = Histogram("bullmq_expiry_lateness_seconds", "h", ["queue"], buckets=LATENESS_BUCKETS, registry=public)
+    for status in ("completed", "failed", "retried", "delayed", "stalled"):
+        jobs.labels(EXPIRY, status)
+    for i, amount in enumerate(amounts):
+        status = ("completed", "failed", "retried")[i % 3]
+        metrics.finished(EXPIRY, _Job({}), status, amount)
+        duration.labels(EXPIRY).observe(amount)
+        jobs.labels(EXPIRY, status).inc()
+        metrics._lateness(amount)  # type: ignore[misc]
+        lateness.labels(EXPIRY).observe(amount)
+    metrics.stalled(EXPIRY, "job-1")
+    jobs.labels(EXPIRY, "stalled").inc()
+
+    def ours(registry: CollectorRegistry) -> list[str]:
+        return [
+            line
+            for line in generate_latest(registry).decode().splitlines()
+            if line.startswith(("bullmq_jobs", "bullmq_expiry")) and not line.startswith("# HELP")
+        ]
+
+    assert ours(metrics.registry) == ours(public)
+
+
 def test_stalled_event_reaches_the_observer(settings: Settings) -> None:
     metrics = JobMetrics(queues=[EXPIRY])
     pool = WorkerPool(settings, registry=None, queues=[], observer=metrics)  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""Issue 14, Proof: bullwait through a Redis Sentinel failover under load, Node bullmq beside it.
+"""bullwait through a Redis Sentinel failover under load, Node bullmq beside it.
 
 Real processes: a master, replicas and three `redis-server --sentinel` (helpers/sentinel.py), a
 `bullwait worker` subprocess configured with REDIS_SENTINELS only and BULLWAIT_WAIT_REPLICAS=1,
@@ -117,6 +117,22 @@ def first_completion_after(port: int, prefix: str, since: float, timeout: float 
                         break
             if found:
                 return min(found) / 1000 - since
+            time.sleep(0.05)
+    finally:
+        client.close()
+    return None
+
+
+def replica_online_after(port: int, since: float, timeout: float = 60) -> float | None:
+    """Seconds from `since` (wall) until the node at `port` has a replica `online` (synced and
+    acknowledging): before that no WAIT 1 on it can be met, whatever the client does."""
+    client = redis.Redis(port=port, decode_responses=True, socket_timeout=5)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            info = client.info("replication")
+            if any(isinstance(v, dict) and v.get("state") == "online" for v in info.values()):
+                return time.time() - since
             time.sleep(0.05)
     finally:
         client.close()
@@ -322,7 +338,10 @@ async def _drive(move: str, topo: SentinelSet, wenv: dict[str, str], api: FakeWh
                 # new master's replica; until then no write can be confirmed by WAIT 1.
                 await asyncio.to_thread(topo.restart, old)
             switch_at = watch.at or time.time()
-            first = await asyncio.to_thread(first_completion_after, new, prefix, switch_at)
+            first, replica_back = await asyncio.gather(
+                asyncio.to_thread(first_completion_after, new, prefix, switch_at),
+                asyncio.to_thread(replica_online_after, new, switch_at),
+            )
             await asyncio.sleep(max(0.0, DUE_S + 2 - (time.monotonic() - started)))
         finally:
             stop.set()
@@ -337,6 +356,7 @@ async def _drive(move: str, topo: SentinelSet, wenv: dict[str, str], api: FakeWh
         "old": old,
         "new": new,
         "switch_to_first_completion_s": first,
+        "switch_to_replica_online_s": replica_back,
         "timers": len(load.timers),
         "confirmed": len(load.confirmed),
         "refused": dict(load.refused),
@@ -363,8 +383,13 @@ def _report(move: str, py: dict[str, Any], nd: dict[str, Any]) -> None:
         f"run twice {n(py['ran_twice'])}, messages sent twice {n(py['sent_twice'])}, "
         f"not sent {n(py['not_sent'])}, first completion on the new master "
         + (f"{first:.2f} s after +switch-master" if first is not None else "not seen")
+        + _seconds(", the new master's first replica online", py["switch_to_replica_online_s"])
     )
     print(f"  node bullmq: {json.dumps(nd)[:1500]}")
+
+
+def _seconds(what: str, value: float | None) -> str:
+    return f"{what} {value:.2f} s after it" if value is not None else f"{what}: not seen"
 
 
 def test_graceful_failover_under_load(env: dict[str, str], api: FakeWhatsApp, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The CLI and the producer on Redis Sentinel (issue 14): `stats`, `doctor` and `cancel` find the
+"""The CLI and the producer on Redis Sentinel: `stats`, `doctor` and `cancel` find the
 master through the sentinels and show the topology; a producer keeps adding through a failover."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Sentinel settings (issue 14): REDIS_SENTINELS and friends, and the one-line refusals."""
+"""Sentinel settings: REDIS_SENTINELS and friends, and the one-line refusals."""
 
 from __future__ import annotations
 

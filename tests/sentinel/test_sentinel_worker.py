@@ -1,4 +1,4 @@
-"""A `bullwait worker` on Redis Sentinel follows a failover without a restart (issue 14).
+"""A `bullwait worker` on Redis Sentinel follows a failover without a restart.
 
 Real processes: a master, a replica and three `redis-server --sentinel` (helpers/sentinel.py),
 a `bullwait worker` subprocess configured with REDIS_SENTINELS only. After a graceful
@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import pytest
 import redis
 from bullmq import Queue
 
+from bullwait.engine.connection import NewestSentinel
 from bullwait.engine.worker import node_client_name
 from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
@@ -129,6 +131,58 @@ def test_worker_follows_graceful_failover(topo: SentinelSet, env: dict[str, str]
 
 def test_worker_follows_crashed_master(topo: SentinelSet, env: dict[str, str], tmp_path: Path) -> None:
     follow(topo, sentinel_env(env, topo), tmp_path, "crash")
+
+
+async def newest_master(topo: SentinelSet) -> tuple[str, int]:
+    manager = NewestSentinel(list(topo.sentinels), sentinel_kwargs={"socket_timeout": 5, "decode_responses": True})
+    try:
+        return await manager.discover_master("mymaster")
+    finally:
+        await manager.aclose()
+
+
+def test_worker_follows_a_failover_with_its_first_sentinel_frozen(
+    topo: SentinelSet, env: dict[str, str], tmp_path: Path
+) -> None:
+    """The failover watcher listens on every sentinel, as ioredis's failoverDetector does: with
+    the first sentinel (the one a single subscription would use) frozen by SIGSTOP, its
+    socket open and silent as when cut off, the switch still arrives as `+switch-master`
+    from the others, and a job added to the new master completes."""
+    senv = sentinel_env(env, topo)
+    prefix = senv["BULLMQ_PREFIX"]
+    worker = start(senv, tmp_path, "worker-frozen-sentinel")
+    try:
+        first = topo.master_port()
+        started = time.monotonic()
+        asyncio.run(add_on(first, prefix, "before"))
+        asyncio.run(completed_after(first, prefix, "before", started))
+        time.sleep(1.0)  # idle in its BZPOPMIN on the master
+        with topo.freeze(0):
+            lines = len(worker.log().splitlines())
+            new = topo.failover(via=1)
+            switched = time.monotonic()
+            asyncio.run(add_on(new, prefix, "after-frozen"))
+            asyncio.run(completed_after(new, prefix, "after-frozen", switched))
+            events = [json.loads(x) for x in worker.log().splitlines()[lines:] if x.startswith("{")]
+            # The frozen sentinel is asked, not waited for: it is marked late and the others answer.
+            assert asyncio.run(newest_master(topo)) == ("127.0.0.1", new)
+            assert f"127.0.0.1:{topo.sentinels[0][1]}" in NewestSentinel.late
+        moves = [e for e in events if e["event"] == "redis master switched, connections moved"]
+        done = [e for e in events if e["event"] == "job completed" and e.get("jobId") == "after-frozen"]
+        if moves and done:
+            seconds = datetime.fromisoformat(done[0]["timestamp"]) - datetime.fromisoformat(moves[0]["timestamp"])
+            print(
+                f"\nfirst sentinel frozen: job completed {seconds.total_seconds():.2f} s after the worker heard "
+                "+switch-master"
+            )
+        frozen = f"127.0.0.1:{topo.sentinels[0][1]}"
+        heard = [m for m in moves if m.get("source") == "+switch-master"]
+        assert heard and all(m["via"] != frozen for m in heard), moves
+        assert heard[0]["to"] == f"127.0.0.1:{new}", moves
+        assert len(heard) == 1, f"one switch, announced by two sentinels, moved connections once: {moves}"
+        assert "Traceback" not in worker.log(), worker.log()[-3000:]
+    finally:
+        assert worker.terminate() == 0, worker.log()[-3000:]
 
 
 def http_get(port: int, path: str) -> tuple[int, dict[str, Any]]:

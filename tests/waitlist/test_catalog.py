@@ -18,7 +18,8 @@ from bullwait.waitlist.catalog import (
 from helpers.cli import invoke_cli
 from helpers.common import ROOT
 
-SEED = {
+# The NestJS module's "Queue Configuration" table.
+NESTJS_MODULE = {
     # queue: (concurrency, backoff ms, completed (count, age s), failed (count, age s))
     QueueKey.WAITLIST_EXPIRY: (5, 1000, (100, 3600), (1000, 7 * 86400)),
     # Concurrency 20, not the NestJS module's 10: 10 cannot reach 80 msg/s at 150 ms (docs/waitlist.md, Rate limits).
@@ -42,8 +43,8 @@ def test_names() -> None:
     }
 
 
-def test_specs_equal_the_seed_table_but_notification_concurrency() -> None:
-    for key, (conc, backoff, completed, failed) in SEED.items():
+def test_specs_equal_the_nestjs_module_table_but_notification_concurrency() -> None:
+    for key, (conc, backoff, completed, failed) in NESTJS_MODULE.items():
         spec = SPECS[key]
         opts = spec.default_job_options()
         assert spec.default_concurrency == conc
