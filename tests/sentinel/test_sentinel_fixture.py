@@ -21,4 +21,7 @@ def test_failover_graceful_and_crash_move_the_master() -> None:
         SentinelSet._wait(
             lambda: redis.Redis(port=second, decode_responses=True).info("replication").get("master_port") == third,
             "the crashed master to rejoin as a replica",
+            # Sentinel reads a replica's INFO every 10 s and converts a returning old master
+            # only some seconds after it reports itself a master: ~20 s, more on a busy machine.
+            timeout=90.0,
         )
