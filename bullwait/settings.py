@@ -31,10 +31,13 @@ LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
 class QueueNaming(str, Enum):
-    """Which queue names to use: colon-free (current) or the NestJS module's (legacy, Node bullmq 4.x)."""
+    """Which queue names to use: colon-free (current), the NestJS module's (legacy, Node bullmq 4.x),
+    or the current ones each in its own hash tag (tagged), so on a Redis Cluster each queue's
+    keys hash by its name and the queues can sit on different shards under an untagged prefix."""
 
     CURRENT = "current"
     LEGACY = "legacy"
+    TAGGED = "tagged"
 
 
 URL_FORM = "redis://[user:password@]host:port/db"
@@ -51,6 +54,8 @@ SENTINELS_FORM = "host:port,host:port,... (e.g. 10.0.0.1:26379,10.0.0.2:26379,10
 CLUSTER_FORM = "host:port,host:port,... (e.g. 10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000)"
 # BullMQ's prefix on a cluster when BULLMQ_PREFIX is unset: the tag puts every queue's keys on one slot.
 CLUSTER_DEFAULT_PREFIX = "{bull}"
+# ... and with BULLWAIT_QUEUE_NAMES=tagged: untagged, so each queue's own tag places its keys.
+CLUSTER_TAGGED_DEFAULT_PREFIX = "bull"
 
 
 class BadRedisUrl(ValueError):
@@ -408,7 +413,7 @@ class Settings(BaseSettings):
     @classmethod
     def _cluster_defaults(cls, data: Any) -> Any:
         """On a cluster an unset REDIS_QUEUE_DB is 0 (the only one) and an unset BULLMQ_PREFIX
-        is `{bull}`; values that were set are checked in `_check_cluster`."""
+        is `{bull}` (`bull` with tagged queue names); values that were set are checked in `_check_cluster`."""
         if not isinstance(data, dict):
             return data
         keys = {str(k).lower(): k for k in data}
@@ -421,7 +426,9 @@ class Settings(BaseSettings):
             data["redis_queue_db"] = 0
         if data.get(keys.get("bullmq_prefix", ""), "") in ("", None):
             data.pop(keys.get("bullmq_prefix", ""), None)
-            data["bullmq_prefix"] = CLUSTER_DEFAULT_PREFIX
+            naming = data.get(keys.get("bullwait_queue_names", ""))
+            tagged = str(getattr(naming, "value", naming)).strip().lower() == QueueNaming.TAGGED.value
+            data["bullmq_prefix"] = CLUSTER_TAGGED_DEFAULT_PREFIX if tagged else CLUSTER_DEFAULT_PREFIX
         return data
 
     @field_validator("redis_sentinel_master")
@@ -481,12 +488,12 @@ class Settings(BaseSettings):
                 f"REDIS_QUEUE_DB: a Redis Cluster has database 0 only (got {self.redis_queue_db}); "
                 "set REDIS_QUEUE_DB=0 or unset it"
             )
-        if not has_hash_tag(self.bullmq_prefix):
+        if not has_hash_tag(self.bullmq_prefix) and self.bullwait_queue_names is not QueueNaming.TAGGED:
             raise ValueError(
-                f"BULLMQ_PREFIX: on a Redis Cluster the prefix must carry a hash tag, so each queue's keys "
-                f"share one slot as BullMQ's scripts need (got {self.bullmq_prefix!r}); "
-                f"write it in braces, e.g. {{{self.bullmq_prefix.strip('{}') or 'bull'}}}, "
-                f"or unset it for {CLUSTER_DEFAULT_PREFIX}"
+                f"BULLMQ_PREFIX: on a Redis Cluster each queue's keys must share one slot, as BullMQ's scripts "
+                f"need, and neither the prefix ({self.bullmq_prefix!r}) nor the queue names carry a hash tag; "
+                f"write the prefix in braces, e.g. {{{self.bullmq_prefix.strip('{}') or 'bull'}}} (or unset it for "
+                f"{CLUSTER_DEFAULT_PREFIX}), or set BULLWAIT_QUEUE_NAMES=tagged to give each queue its own tag"
             )
         return self
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from bullwait.engine.connection import load_scripts, queue_script, redis_client
 from bullwait.errors import BullwaitError
-from bullwait.settings import Settings
+from bullwait.settings import QueueNaming, Settings
 from bullwait.waitlist.catalog import LEGACY_QUEUE_NAMES, QUEUE_NAMES, QueueKey
 
 MOVABLE_STATES = ("delayed", "prioritized", "wait", "paused", "failed")
@@ -42,6 +42,10 @@ _MARKER = re.compile(r"^0:\d+$|^0$")  # bullmq 4.x wake-up markers in the wait l
 
 class ActiveLegacyJobs(BullwaitError):
     """Legacy workers are still processing jobs; moving them now could run them twice."""
+
+
+class TaggedNamesNotMigrated(BullwaitError):
+    """The move goes to the current names; tagged names would leave the jobs where no worker reads."""
 
 
 MOVE_SCRIPT = r"""
@@ -241,6 +245,12 @@ async def migrate_legacy(
 
     Raises `ActiveLegacyJobs` (moving nothing) while any legacy queue has active jobs.
     """
+    if settings.bullwait_queue_names is QueueNaming.TAGGED:
+        # Also: under a tagged naming's untagged prefix a legacy and a current queue are in two slots.
+        raise TaggedNamesNotMigrated(
+            "migrate-legacy moves jobs to the current queue names, not the tagged ones: run it with "
+            "BULLWAIT_QUEUE_NAMES=current (and a hash-tagged BULLMQ_PREFIX on a cluster); nothing was moved"
+        )
     prefix = settings.bullmq_prefix
     client = redis_client(settings)
     try:

@@ -9,7 +9,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from bullwait.engine.connection import describe_redis, redis_client
 from bullwait.settings import Settings
-from bullwait.waitlist.catalog import LEGACY_QUEUE_NAMES, QUEUE_NAMES, QueueKey, queue_name
+from bullwait.waitlist.catalog import NAMES_BY_NAMING, QueueKey, queue_name
 
 # Keys any queue that has ever held a job (or had a worker) has at least one of. Checked
 # by name with EXISTS: never KEYS or SCAN over a keyspace that other applications share.
@@ -55,17 +55,21 @@ class QueuePresence:
 
 
 async def queue_presence(client: Any, settings: Settings) -> QueuePresence:
-    """One EXISTS per catalog queue (both namings), in one round trip."""
+    """EXISTS of each catalog queue's marks (every naming), in one round trip. One key per
+    EXISTS: on a cluster a queue's keys share a slot only under its naming's hash tag."""
     current = [queue_name(k, settings) for k in QueueKey]
-    other = [n for n in (*QUEUE_NAMES.values(), *LEGACY_QUEUE_NAMES.values()) if n not in current]
+    other = [n for names in NAMES_BY_NAMING.values() for n in names.values() if n not in current]
     prefix = settings.bullmq_prefix
     pipe = client.pipeline(transaction=False)
     for name in (*current, *other):
-        pipe.exists(*(f"{prefix}:{name}:{suffix}" for suffix in QUEUE_MARK_KEYS))
+        for suffix in QUEUE_MARK_KEYS:
+            pipe.exists(f"{prefix}:{name}:{suffix}")
     try:
-        counts = await pipe.execute()
+        replies = await pipe.execute()
     except ResponseError:
         return QueuePresence(describe_redis(settings), prefix, [], [], checked=False)
+    marks = len(QUEUE_MARK_KEYS)
+    counts = [sum(int(r) for r in replies[i : i + marks]) for i in range(0, len(replies), marks)]
     found = [n for n, c in zip(current, counts) if int(c)]
     others = [n for n, c in zip(other, counts[len(current) :]) if int(c)]
     return QueuePresence(describe_redis(settings), prefix, found, others)

@@ -43,6 +43,17 @@ LEGACY_QUEUE_NAMES: dict[QueueKey, str] = {
     QueueKey.PREFERENCE_CALCULATION: "waitlist:preference-calculation",
 }
 
+# BULLWAIT_QUEUE_NAMES=tagged: the current names, each its own hash tag. Redis Cluster hashes a
+# key by its first `{...}`, so under an untagged prefix (`bull:{waitlist-expiry}:wait`) each
+# queue's keys share the slot of its name, and the three queues can sit on three masters.
+TAGGED_QUEUE_NAMES: dict[QueueKey, str] = {key: "{" + name + "}" for key, name in QUEUE_NAMES.items()}
+
+NAMES_BY_NAMING: dict[QueueNaming, dict[QueueKey, str]] = {
+    QueueNaming.CURRENT: QUEUE_NAMES,
+    QueueNaming.LEGACY: LEGACY_QUEUE_NAMES,
+    QueueNaming.TAGGED: TAGGED_QUEUE_NAMES,
+}
+
 JOB_NAMES: dict[str, str] = {
     "CHECK_EXPIRY": "check-expiry",
     "SEND_SLOT_AVAILABLE": "send-slot-available",
@@ -144,8 +155,7 @@ SPECS: dict[QueueKey, QueueSpec] = {
 
 def queue_name(key: QueueKey, settings: Settings) -> str:
     """The Redis name of a queue under the configured naming."""
-    names = LEGACY_QUEUE_NAMES if settings.bullwait_queue_names is QueueNaming.LEGACY else QUEUE_NAMES
-    return names[key]
+    return NAMES_BY_NAMING[settings.bullwait_queue_names][key]
 
 
 def concurrency(key: QueueKey, settings: Settings) -> int:
@@ -160,6 +170,7 @@ def resolve_queue(name_or_key: str, settings: Settings) -> QueueKey:
             key.value.lower(),
             QUEUE_NAMES[key],
             LEGACY_QUEUE_NAMES[key],
+            TAGGED_QUEUE_NAMES[key],
             QUEUE_NAMES[key].removeprefix("waitlist-"),
             SPECS[key].job_name,
         }
@@ -178,6 +189,7 @@ def catalog_document(settings: Settings | None = None) -> dict[str, Any]:
                 "key": key.value,
                 "name": QUEUE_NAMES[key],
                 "legacyName": LEGACY_QUEUE_NAMES[key],
+                "taggedName": TAGGED_QUEUE_NAMES[key],
                 "jobName": spec.job_name,
                 "purpose": spec.purpose,
                 "concurrency": spec.default_concurrency,
@@ -191,6 +203,7 @@ def catalog_document(settings: Settings | None = None) -> dict[str, Any]:
         "prefix": _default("bullmq_prefix"),
         "queueNames": {k.value: v for k, v in QUEUE_NAMES.items()},
         "legacyQueueNames": {k.value: v for k, v in LEGACY_QUEUE_NAMES.items()},
+        "taggedQueueNames": {k.value: v for k, v in TAGGED_QUEUE_NAMES.items()},
         "jobNames": dict(JOB_NAMES),
         "expiry": {"jobIdPrefix": EXPIRY_JOB_ID_PREFIX, "delayMs": EXPIRY_DELAY_MS},
         "priorities": {p.value: p.bullmq_priority for p in Priority},

@@ -34,6 +34,9 @@ const SENTINELS_FORM = 'host:port pairs separated by commas, '
 const CLUSTER_FORM = 'host:port pairs separated by commas, e.g. 10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000';
 // BullMQ's prefix on a cluster when BULLMQ_PREFIX is unset: the tag puts every queue's keys on one slot.
 const CLUSTER_DEFAULT_PREFIX = '{bull}';
+// ... and with BULLWAIT_QUEUE_NAMES=tagged: untagged, so each queue's own tag places its keys.
+const CLUSTER_TAGGED_DEFAULT_PREFIX = 'bull';
+const NAMINGS = ['current', 'legacy', 'tagged'];
 
 /** One REDIS_SENTINELS entry, `host:port` or `[v6]:port`; `n` (1-based) names it in messages. */
 function parseSentinel(entry, n) {
@@ -220,20 +223,23 @@ function describeRedis(opts) {
 function loadConfig(env = process.env) {
   const catalog = loadCatalog();
   const redis = redisOptions(env);
-  const prefix = env.BULLMQ_PREFIX || (redis.clusterNodes ? CLUSTER_DEFAULT_PREFIX : 'bull');
-  if (/\s/.test(prefix)) throw new ConfigError('BULLMQ_PREFIX: must not contain white space');
-  if (redis.clusterNodes && !hasHashTag(prefix)) {
-    const name = prefix.replace(/[{}]/g, '') || 'bull';
-    throw new ConfigError(`BULLMQ_PREFIX: on a Redis Cluster the prefix must carry a hash tag, so each queue's keys `
-      + `share one slot as BullMQ's scripts need (got ${JSON.stringify(prefix)}); write it in braces, e.g. {${name}}, `
-      + `or unset it for ${CLUSTER_DEFAULT_PREFIX}`);
-  }
   const naming = (env.BULLWAIT_QUEUE_NAMES || 'current').toLowerCase();
-  if (naming !== 'current' && naming !== 'legacy') {
-    throw new ConfigError(`BULLWAIT_QUEUE_NAMES: must be current or legacy (got ${JSON.stringify(env.BULLWAIT_QUEUE_NAMES)})`);
+  if (!NAMINGS.includes(naming)) {
+    throw new ConfigError(`BULLWAIT_QUEUE_NAMES: must be current, legacy or tagged (got ${JSON.stringify(env.BULLWAIT_QUEUE_NAMES)})`);
   }
-  const queueNames = naming === 'legacy' ? catalog.legacyQueueNames : catalog.queueNames;
-  const queues = catalog.queues.map((q) => ({ ...q, active: naming === 'legacy' ? q.legacyName : q.name }));
+  const clusterDefault = naming === 'tagged' ? CLUSTER_TAGGED_DEFAULT_PREFIX : CLUSTER_DEFAULT_PREFIX;
+  const prefix = env.BULLMQ_PREFIX || (redis.clusterNodes ? clusterDefault : 'bull');
+  if (/\s/.test(prefix)) throw new ConfigError('BULLMQ_PREFIX: must not contain white space');
+  if (redis.clusterNodes && !hasHashTag(prefix) && naming !== 'tagged') {
+    const name = prefix.replace(/[{}]/g, '') || 'bull';
+    throw new ConfigError(`BULLMQ_PREFIX: on a Redis Cluster each queue's keys must share one slot, as BullMQ's scripts `
+      + `need, and neither the prefix (${JSON.stringify(prefix)}) nor the queue names carry a hash tag; write the prefix `
+      + `in braces, e.g. {${name}} (or unset it for ${CLUSTER_DEFAULT_PREFIX}), or set BULLWAIT_QUEUE_NAMES=tagged `
+      + 'to give each queue its own tag');
+  }
+  const queueNames = { current: catalog.queueNames, legacy: catalog.legacyQueueNames, tagged: catalog.taggedQueueNames }[naming];
+  const activeName = { current: 'name', legacy: 'legacyName', tagged: 'taggedName' }[naming];
+  const queues = catalog.queues.map((q) => ({ ...q, active: q[activeName] }));
   // bullmq takes options for one node, a client for a cluster (created unconnected: bullmq connects it).
   const connection = redis.clusterNodes ? createRedis(redis, { lazyConnect: true }) : redis;
   return { catalog, connection, redis, prefix, naming, queueNames, queues };

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from bullwait.errors import SettingsError
-from bullwait.settings import Settings, has_hash_tag, load_settings
+from bullwait.settings import QueueNaming, Settings, has_hash_tag, load_settings
 
 from helpers.cli import invoke_cli
 from helpers.nodecompat import NODE, NODE_DIR, node_required
@@ -117,6 +117,19 @@ try {
 """
 
 
+def test_tagged_queue_names_allow_an_untagged_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each queue name is its own hash tag, so the prefix need not be one; unset, it is `bull`.
+    tagged = load(monkeypatch, REDIS_CLUSTER_NODES="a:7000", BULLWAIT_QUEUE_NAMES="Tagged")
+    assert tagged.bullwait_queue_names is QueueNaming.TAGGED and tagged.bullmq_prefix == "bull"
+    assert load(monkeypatch, BULLMQ_PREFIX="app").bullmq_prefix == "app"
+    assert load(monkeypatch, BULLMQ_PREFIX="{app}").bullmq_prefix == "{app}"
+
+
+def test_refusal_names_both_ways_to_a_hash_tag(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = refusal(monkeypatch, REDIS_CLUSTER_NODES="a:7000", BULLMQ_PREFIX="bull", BULLWAIT_QUEUE_NAMES="current")
+    assert "BULLMQ_PREFIX" in message and "{bull}" in message and "BULLWAIT_QUEUE_NAMES=tagged" in message
+
+
 def node_config(env: dict[str, str]) -> dict[str, object]:
     proc = subprocess.run(
         [NODE or "node", "-e", NODE_CONFIG, json.dumps(env)], cwd=NODE_DIR, capture_output=True, text=True, timeout=30
@@ -136,6 +149,10 @@ def node_config(env: dict[str, str]) -> dict[str, object]:
         {"REDIS_URL": "redis://localhost:6379/0"},
         {"REDIS_SENTINELS": "a:26379"},
         {"REDIS_QUEUE_DB": "0", "BULLMQ_PREFIX": "x{y}"},
+        {"BULLWAIT_QUEUE_NAMES": "tagged"},
+        {"BULLWAIT_QUEUE_NAMES": "tagged", "BULLMQ_PREFIX": "app"},
+        {"BULLWAIT_QUEUE_NAMES": "tagged", "BULLMQ_PREFIX": "{app}"},
+        {"BULLWAIT_QUEUE_NAMES": "legacy", "BULLMQ_PREFIX": "app"},
         {},
     ],
 )

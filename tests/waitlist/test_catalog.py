@@ -10,6 +10,7 @@ from bullwait.waitlist.catalog import (
     SPECS,
     Priority,
     QueueKey,
+    catalog_document,
     catalog_json,
     queue_name,
     resolve_queue,
@@ -65,6 +66,16 @@ def test_legacy_naming() -> None:
     assert queue_name(QueueKey.WAITLIST_EXPIRY, legacy) == "waitlist:expiry"
     assert resolve_queue("waitlist:expiry", legacy) is QueueKey.WAITLIST_EXPIRY
     assert resolve_queue("expiry", Settings()) is QueueKey.WAITLIST_EXPIRY
+
+
+def test_tagged_naming_is_the_current_names_each_in_its_hash_tag() -> None:
+    tagged = Settings(bullwait_queue_names="tagged")
+    assert [queue_name(k, tagged) for k in QueueKey] == ["{" + queue_name(k, Settings()) + "}" for k in QueueKey]
+    assert resolve_queue("{waitlist-expiry}", Settings()) is QueueKey.WAITLIST_EXPIRY
+    assert resolve_queue("notification", tagged) is QueueKey.WAITLIST_NOTIFICATION
+    doc = catalog_document(tagged)
+    assert doc["active"]["queueNames"] == doc["taggedQueueNames"]
+    assert [q["taggedName"] for q in doc["queues"]] == list(doc["taggedQueueNames"].values())
 
 
 def test_cli_json_matches_library_and_checked_in_copy(env: dict[str, str]) -> None:
