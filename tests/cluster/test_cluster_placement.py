@@ -24,6 +24,7 @@ import pytest
 import redis
 
 from bullwait.dev.fake_whatsapp import FakeWhatsApp
+from bullwait.ops.migrate import TaggedNamesNotMigrated, migrate_legacy
 from bullwait.runtime.services import Services, build_services
 from bullwait.settings import QueueNaming, Settings
 from bullwait.waitlist.catalog import TAGGED_QUEUE_NAMES, QueueKey, queue_name
@@ -205,6 +206,14 @@ async def test_tagged_queues_on_their_own_masters(
         assert len(entry["workers"]) == row["workers"], (entry["workers"], row)
     assert ours[names[QueueKey.WAITLIST_EXPIRY]]["completed"] >= SALONS  # every A's timer ran
     assert ours[names[QueueKey.PREFERENCE_CALCULATION]]["completed"] >= SALONS // 2
+    doctor = invoke_cli(tenv, "doctor")
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr  # every check ok, each queue on its master
+
+
+async def test_migrate_legacy_refuses_tagged_names(tsettings: Settings) -> None:
+    # It moves jobs to the plain names, where a tagged deployment's workers do not read.
+    with pytest.raises(TaggedNamesNotMigrated, match="BULLWAIT_QUEUE_NAMES=current"):
+        await migrate_legacy(tsettings)
 
 
 def cli(env: dict[str, str], *args: str) -> str:
