@@ -17,7 +17,9 @@ failover) are loaded and the calls they refused sent again.
 On Redis Cluster the transaction goes to the master that owns the queue's slot (every key
 of a queue carries its hash tag). A MULTI refused for a redirect (MOVED, ASK, TRYAGAIN,
 CLUSTERDOWN: EXEC aborts, nothing ran) or a lost connection updates the client's slot map
-and sends the chunk again to the owner it names then.
+and sends the chunk again to the owner it names then. While the queue's slot is being
+migrated (ASK, TRYAGAIN) the chunk is sent again, backing off, until the migration is over
+or the client's retry timeout has passed.
 
 Options that make a job part of a flow, deduplicated or repeated are not packed here
 (`NewJob` refuses them); add such jobs with bullmq's `Queue.add`.
@@ -189,9 +191,12 @@ def _failed(replies: list[Any]) -> bool:
     return any(isinstance(r, ResponseError) or (isinstance(r, int) and r < 0) for r in replies)
 
 
-# Sends of one chunk to a cluster before the redirect or lost connection is raised.
+# Sends of one chunk to a cluster before a MOVED or lost connection is raised.
 CLUSTER_SENDS = 5
 _NOT_RUN = (MovedError, AskError, TryAgainError, ClusterDownError)
+# Without the client's own retry timeout: how long a slot being migrated is waited out.
+MIGRATION_WAIT_S = 5.0
+MIGRATION_BACKOFF_CAP_S = 0.5
 
 
 async def _transaction(
@@ -202,24 +207,29 @@ async def _transaction(
     without `wait`). With a cluster client, on the master that owns `key`'s slot."""
     if not is_cluster(client):
         return await _one_transaction(client, commands, wait)
-    for send in range(CLUSTER_SENDS):
+    loop = asyncio.get_running_loop()
+    # A migration lasts until its last key has moved: wait it out for as long as the client
+    # retries a lost node, not a fixed number of sends.
+    deadline = loop.time() + float(getattr(client, "retry_timeout", 0.0) or MIGRATION_WAIT_S)
+    sends, pause = 0, 0.05
+    while True:
         try:
             return await _one_transaction(client, commands, wait, key)
         except (*_NOT_RUN, RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            if send == CLUSTER_SENDS - 1:
+            migrating = isinstance(exc, (AskError, TryAgainError)) and not isinstance(exc, MovedError)
+            sends += 0 if migrating else 1  # MovedError is an AskError
+            if sends >= CLUSTER_SENDS or (migrating and loop.time() + pause > deadline):
                 raise
-            if isinstance(exc, (AskError, TryAgainError)) and not isinstance(
-                exc, MovedError
-            ):  # MovedError is an AskError
-                # A slot being migrated: wait for its keys to move rather than follow ASK
-                # (which would have to precede every command of the transaction).
-                await asyncio.sleep(0.1 * (send + 1))
+            if migrating:
+                # The queue's keys are split between the two nodes, so following ASK would meet
+                # TRYAGAIN there: wait for the keys to move (nothing of the chunk ran).
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, MIGRATION_BACKOFF_CAP_S)
                 continue
             try:
                 await follow_redirect(client, exc)
             except Exception:  # noqa: BLE001 - the next send finds out
                 await asyncio.sleep(0.1)
-    raise AssertionError("unreachable")
 
 
 async def _one_transaction(

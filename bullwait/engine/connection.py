@@ -30,6 +30,7 @@ from redis.exceptions import (
     BusyLoadingError,
     ClusterCrossSlotError,
     ClusterDownError,
+    ClusterError,
     RedisClusterException,
     RedisError,
     ResponseError,
@@ -232,8 +233,17 @@ async def wait_for_redis(settings: Settings, log: Any, max_delay: float = 30.0) 
 # again, a few times in a few milliseconds: a master that crashed is replaced only after the
 # cluster's node timeout (seconds). `FollowingCluster` keeps trying, backing off, for as long
 # as its retry allows (`BULLWAIT_REDIS_RETRY_TIMEOUT` for bullmq's and the producer's clients),
-# as a one-node client does through a restart.
-CLUSTER_RETRYABLE = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError, RedisClusterException)
+# as a one-node client does through a restart. A slot being migrated is waited out the same
+# way: a script whose keys are split between the two nodes is refused (TRYAGAIN) until the last
+# key has moved, longer than redis-py's few tries ("TTL exhausted").
+CLUSTER_RETRYABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    ClusterError,
+    RedisClusterException,
+)
 DEFAULT_CLUSTER_RETRY_SECONDS = 5.0  # about what redis-py's default retry waits on one node
 
 
@@ -270,6 +280,9 @@ def _cluster_retryable(exc: BaseException) -> bool:
         return False
     if isinstance(exc, SlotNotCoveredError):
         return True  # a slot between a failed master and its replica
+    if isinstance(exc, ClusterError) and not isinstance(exc, ResponseError):
+        # Every try was refused (MOVED, ASK, TRYAGAIN), so the command never ran: safe to resend.
+        return str(exc).startswith("TTL exhausted")
     if isinstance(exc, RedisClusterException):
         return "cannot be connected" in str(exc)  # no seed node answers (yet)
     return True

@@ -14,6 +14,7 @@ from redis.asyncio.connection import SSLConnection
 from redis.exceptions import (
     AuthenticationError,
     ClusterDownError,
+    ClusterError,
     RedisClusterException,
     SlotNotCoveredError,
 )
@@ -139,6 +140,8 @@ async def test_credentials_tls_and_timeouts_reach_every_node_connection(tmp_path
         (ClusterDownError("CLUSTERDOWN The cluster is down"), True),
         (SlotNotCoveredError("slot 5 not covered"), True),
         (RedisClusterException("Redis Cluster cannot be connected. Please provide at least one reachable node"), True),
+        (ClusterError("TTL exhausted."), True),  # every try refused (ASK, TRYAGAIN) mid-migration
+        (ClusterError("something else"), False),
         (AuthenticationError("WRONGPASS"), False),
         (RedisClusterException("EVALSHA - all keys must map to the same key slot"), False),
     ],
