@@ -19,7 +19,7 @@ from pathlib import Path
 
 import redis
 
-from bench import scenarios
+from bench import cluster, scenarios
 from bench.report import render
 from bullwait.dev.embedded import RedisServer
 
@@ -28,6 +28,7 @@ SECTIONS = {
     "throughput": scenarios.throughput,
     "enqueue": scenarios.enqueue_and_memory,
     "notify": scenarios.notifications,
+    "cluster": cluster.cluster,
 }
 
 
