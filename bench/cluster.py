@@ -299,7 +299,7 @@ def run_target(t: Target, quick: bool, log: Any) -> dict[str, Any]:
 def cluster(b: Bench, log: Any) -> dict[str, Any]:
     """The same three measurements on the run's single redis-server and on a local
     3-master cluster (one `{tag}` prefix: the queue on one master)."""
-    results: dict[str, Any] = {"masters": MASTERS, "loadAverageStart": os.getloadavg()[0]}
+    results: dict[str, Any] = {"masters": MASTERS, "loadAverageStart": round(os.getloadavg()[0], 2)}
     b.fresh()
     results["single"] = run_target(_target("single", "{bwbench}", b.url, None), b.quick, log)
     c = LocalCluster().start()
@@ -307,5 +307,5 @@ def cluster(b: Bench, log: Any) -> dict[str, Any]:
         results["cluster"] = run_target(_target("cluster", "{bwbench}", None, c), b.quick, log)
     finally:
         c.stop()
-    results["loadAverageEnd"] = os.getloadavg()[0]
+    results["loadAverageEnd"] = round(os.getloadavg()[0], 2)
     return results
