@@ -40,15 +40,21 @@ from bullwait.waitlist.producer import Producer
 MASTERS = 3
 
 
+class ClusterNode(RedisServer):
+    """One `redis-server --cluster-enabled yes`; its own bus port, as port + 10000 may be taken
+    or above 65535 for a free port."""
+
+    def __init__(self) -> None:
+        self.bus_port = free_port()
+        args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", str(self.bus_port)]
+        super().__init__(appendonly=False, extra_args=args)
+
+
 class LocalCluster:
-    """`MASTERS` `redis-server --cluster-enabled yes` on free ports, slots split by redis-cli."""
+    """`MASTERS` cluster nodes on free ports, every one a master (no replicas)."""
 
     def __init__(self, masters: int = MASTERS) -> None:
-        self.nodes: list[RedisServer] = []
-        for _ in range(masters):
-            bus = free_port()  # its own bus port: port + 10000 may be taken or above 65535
-            args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", str(bus)]
-            self.nodes.append(RedisServer(appendonly=False, extra_args=args))
+        self.nodes = [ClusterNode() for _ in range(masters)]
 
     @property
     def nodes_setting(self) -> str:
@@ -58,10 +64,7 @@ class LocalCluster:
         try:
             for node in self.nodes:
                 node.start()
-            argv = ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes], "--cluster-yes"]
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-            if done.returncode != 0:
-                raise RuntimeError(f"redis-cli --cluster create failed (is redis-cli installed?): {done.stdout[-300:]}")
+            self._assign_slots()
             deadline = time.monotonic() + timeout
             while not all(self._ok(n.port) for n in self.nodes):
                 if time.monotonic() > deadline:
@@ -71,6 +74,16 @@ class LocalCluster:
             self.stop()
             raise
         return self
+
+    def _assign_slots(self) -> None:
+        """What `redis-cli --cluster create` does without replicas: slots split evenly, then MEET."""
+        per = 16384 // len(self.nodes)
+        for i, node in enumerate(self.nodes):
+            end = 16383 if i == len(self.nodes) - 1 else (i + 1) * per - 1
+            redis.Redis(port=node.port).execute_command("CLUSTER", "ADDSLOTSRANGE", i * per, end)
+        first = self.nodes[0]
+        for node in self.nodes[1:]:
+            redis.Redis(port=node.port).execute_command("CLUSTER", "MEET", "127.0.0.1", first.port, first.bus_port)
 
     def _ok(self, port: int) -> bool:
         info = redis.Redis(port=port, decode_responses=True).cluster("INFO")
@@ -126,8 +139,18 @@ def _target(name: str, prefix: str, single_url: str | None, cluster: LocalCluste
         PYTHONUNBUFFERED="1",
     )
     if cluster is not None:
+        # REDIS_HOST/PORT at a closed port: anything that ignored the cluster setting would find
+        # nothing there rather than the machine's own Redis.
+        closed = free_port()
         base.update(REDIS_CLUSTER_NODES=cluster.nodes_setting, REDIS_QUEUE_DB="0")
-        settings = Settings(redis_cluster_nodes=cluster.nodes_setting, redis_queue_db=0, bullmq_prefix=prefix)
+        base.update(REDIS_HOST="127.0.0.1", REDIS_PORT=str(closed))
+        settings = Settings(
+            redis_cluster_nodes=cluster.nodes_setting,
+            redis_queue_db=0,
+            bullmq_prefix=prefix,
+            redis_host="127.0.0.1",
+            redis_port=closed,
+        )
         clients = [redis.Redis(port=n.port, decode_responses=True) for n in cluster.nodes]
         owner = cluster.owner(f"{prefix}:{QUEUE}:wait")
         master = next(c for c in clients if c.connection_pool.connection_kwargs["port"] == owner)
@@ -270,7 +293,7 @@ def lateness(t: Target, worker: Worker, m: int, lead: float, spread: float) -> d
 
 
 def run_target(t: Target, quick: bool, log: Any) -> dict[str, Any]:
-    n_enqueue, n_drain, m_timers, spread = (20_000, 10_000, 3_000, 10.0) if quick else (100_000, 50_000, 20_000, 60.0)
+    n_enqueue, n_drain, m_timers, spread = (50_000, 10_000, 3_000, 10.0) if quick else (200_000, 50_000, 20_000, 60.0)
     port = t.master.connection_pool.connection_kwargs["port"]
     out: dict[str, Any] = {"queueMaster": port}
     t.flush()
