@@ -1,8 +1,9 @@
 """`python -m bench [--quick] [--only SECTION ...]`: bullwait vs Node bullmq 6 on one private Redis.
 
 Starts its own redis-server (bullwait.dev.embedded.RedisServer, free port, AOF off, stock
-config; `hz` is set per timer run), runs each section, prints a table and writes
-bench/results/<UTC timestamp>.json. Never touches any other Redis.
+config; `hz` is set per timer run; the cluster section starts a local 3-master cluster of its
+own), runs each section, prints a table and writes bench/results/<UTC timestamp>.json. Never
+touches any other Redis.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import redis
 
-from bench import scenarios
+from bench import cluster, scenarios
 from bench.report import render
 from bullwait.dev.embedded import RedisServer
 
@@ -28,6 +29,7 @@ SECTIONS = {
     "throughput": scenarios.throughput,
     "enqueue": scenarios.enqueue_and_memory,
     "notify": scenarios.notifications,
+    "cluster": cluster.cluster,
 }
 
 

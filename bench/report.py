@@ -325,7 +325,38 @@ def render(r: dict[str, Any]) -> str:
         f"bullwait bench ({'quick' if r.get('quick') else 'full'}): Redis {r['redis']['version']}, "
         f"node {r.get('node')}, {r['machine']['cpus']} CPUs, load {r.get('loadAverage', '-')}, {r.get('seconds')} s"
     )
-    return "\n".join([header, line(HEAD), sep, *(line(row) for row in table[1:])])
+    lines = [header, line(HEAD), sep, *(line(row) for row in table[1:])] if len(table) > 1 else [header]
+    return "\n".join(lines + _cluster_table(r.get("cluster")))
+
+
+CLUSTER_HEAD = ("cluster section", "1 redis-server", "3-master cluster", "cluster/single")
+
+
+def _cluster_table(c: dict[str, Any] | None) -> list[str]:
+    """The cluster section's own table: its two columns are topologies, not runtimes."""
+    if not c:
+        return []
+    s, k = c.get("single") or {}, c.get("cluster") or {}
+    figures = (
+        ("timers/s enqueued", "enqueue", "timersPerSecond", 0),
+        ("bytes per pending timer (used_memory)", "enqueue", "bytesPerTimer", 0),
+        ("job hash bytes (MEMORY USAGE)", "enqueue", "jobHashBytes", 0),
+        ("jobs/s processed (bullwait worker)", "drain", "jobsPerSecond", 0),
+        ("Redis CPU us per job (queue's master)", "drain", "redisCpuUsPerJob", 0),
+        ("Redis CPU us per job (every master)", "drain", "redisCpuUsPerJobEveryMaster", 0),
+        ("worker CPU us per job", "drain", "workerCpuUsPerJob", 0),
+        ("timer lateness p50 ms", "lateness", "p50", 0),
+        ("timer lateness p99 ms", "lateness", "p99", 0),
+    )
+    table = [CLUSTER_HEAD]
+    for label, part, key, digits in figures:
+        a, b = (s.get(part) or {}).get(key), (k.get(part) or {}).get(key)
+        table.append((label, _f(a, digits), _f(b, digits), _ratio(b, a)))
+    widths = [max(len(row[i]) for row in table) for i in range(len(CLUSTER_HEAD))]
+    fmt = lambda row: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
+    load = f"load {c.get('loadAverageStart')} -> {c.get('loadAverageEnd')}"
+    title = f"cluster: {c.get('masters')} masters, no replicas, same machine ({load})"
+    return ["", title, fmt(table[0]), "  ".join("-" * w for w in widths), *(fmt(row) for row in table[1:])]
 
 
 def main(argv: list[str] | None = None) -> int:
