@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from bullwait.dev.embedded import RedisServer
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 from bullwait.settings import Settings
 
 from helpers.common import WorkerProcess
@@ -127,3 +128,10 @@ def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator:
     yield start
     for worker in started:
         worker.kill()
+
+
+@pytest.fixture
+def api() -> Iterator[FakeWhatsApp]:
+    """A fake WhatsApp Cloud API on loopback, for the test's senders."""
+    with FakeWhatsApp() as fake:
+        yield fake

@@ -24,13 +24,13 @@ from bullwait.waitlist.catalog import SPECS, queue_name
 
 from helpers.cli import invoke_cli
 from helpers.common import WorkerProcess
+from helpers.jobdata import API_TOKEN
 from helpers.nodecompat import nest, node_json, node_required, seed_booking, seed_entry, seed_slot
 from helpers.reliability import eventually
 
 pytestmark = node_required
 
 SALONS = 60
-TOKEN = "test-secret-token-xyz"
 # Short enough that every timer falls due while the test waits, long enough to be delayed first.
 EXPIRY_DELAY_MS = 800
 STATES = ("waiting", "active", "completed", "failed", "delayed", "prioritized")
@@ -60,16 +60,10 @@ def steps() -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def api() -> Iterator[FakeWhatsApp]:
-    with FakeWhatsApp() as fake:
-        yield fake
-
-
-@pytest.fixture
 def worker(cenv: dict[str, str], api: FakeWhatsApp, tmp_path: Path) -> Iterator[WorkerProcess]:
     # Not `start_worker`: it starts from the single-server env, whose REDIS_URL the worker would
     # refuse next to REDIS_CLUSTER_NODES.
-    env = {**cenv, **api.env(token=TOKEN), "BULLWAIT_WORKER_NAME": "py-cluster-load"}
+    env = {**cenv, **api.env(token=API_TOKEN), "BULLWAIT_WORKER_NAME": "py-cluster-load"}
     proc = WorkerProcess(env, [], tmp_path / "worker.log")
     try:
         # A cluster client maps the slots before its first command: give the three workers time.
@@ -125,4 +119,4 @@ async def test_node_produces_for_every_salon_and_the_worker_runs_all(
     assert {name: counts["completed"] for name, counts in node.items()} == kept
 
     assert worker.terminate() == 0
-    assert TOKEN not in worker.log()
+    assert API_TOKEN not in worker.log()

@@ -28,27 +28,15 @@ from bullwait.ops.migrate import TaggedNamesNotMigrated, migrate_legacy
 from bullwait.runtime.services import Services, build_services
 from bullwait.settings import QueueNaming, Settings
 from bullwait.waitlist.catalog import TAGGED_QUEUE_NAMES, QueueKey, queue_name
-from bullwait.waitlist.payloads import SlotDetails
 
 from helpers.cli import invoke_cli
 from helpers.cluster import ClusterSet
 from helpers.common import WorkerProcess
-from helpers.jobdata import future_day
+from helpers.jobdata import API_TOKEN, SLOT_DETAILS
 from helpers.nodecompat import node_json, node_required
 from helpers.reliability import eventually
 
 SALONS = 24
-TOKEN = "test-secret-token-xyz"
-DETAILS = SlotDetails(
-    date=future_day(),
-    time="10:30",
-    master_id="m-1",
-    master_name="Ana",
-    service_id="s-1",
-    service_name="Haircut",
-    duration=45,
-    price=35.5,
-)
 
 
 @pytest.fixture
@@ -76,12 +64,6 @@ async def services(tsettings: Settings) -> AsyncIterator[Services]:
 
 
 @pytest.fixture
-def api() -> Iterator[FakeWhatsApp]:
-    with FakeWhatsApp() as fake:
-        yield fake
-
-
-@pytest.fixture
 def spread(cluster: ClusterSet) -> None:
     """Three queues on three masters: where two tags share a master, give the slot of one of
     them, while it holds no key, to a master that has no queue. The cluster stays whole."""
@@ -104,7 +86,7 @@ def spread(cluster: ClusterSet) -> None:
 
 @pytest.fixture
 def worker(spread: None, tenv: dict[str, str], api: FakeWhatsApp, tmp_path: Path) -> Iterator[WorkerProcess]:
-    env = {**tenv, **api.env(token=TOKEN), "WAITLIST_OFFER_MINUTES": "1", "BULLWAIT_WORKER_NAME": "py-placed"}
+    env = {**tenv, **api.env(token=API_TOKEN), "WAITLIST_OFFER_MINUTES": "1", "BULLWAIT_WORKER_NAME": "py-placed"}
     proc = WorkerProcess(env, [], tmp_path / "worker.log")
     try:
         proc.wait_for_log("worker started", count=3, timeout=60)
@@ -132,7 +114,7 @@ async def cascade_and_book(services: Services, api: FakeWhatsApp) -> list[str]:
     for salon in range(SALONS):
         for person in "AB":
             await wl.join(f"salon-{salon}", who(salon, person), f"cust-{salon}-{person}", phone(salon, person))
-        await wl.free_slot(f"salon-{salon}", "slot-1", DETAILS)
+        await wl.free_slot(f"salon-{salon}", "slot-1", SLOT_DETAILS)
 
     async def b_offered() -> bool:
         entries = [await store.get_entry(f"salon-{s}", who(s, "B")) for s in range(SALONS)]

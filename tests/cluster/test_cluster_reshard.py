@@ -23,27 +23,15 @@ from bullwait.dev.fake_whatsapp import FakeWhatsApp
 from bullwait.runtime.services import Services, build_services
 from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
-from bullwait.waitlist.payloads import SlotDetails
 from bullwait.waitlist.producer import Producer, expiry_job_id, new_expiry
 
 from helpers.cluster import ClusterSet
 from helpers.common import WorkerProcess
-from helpers.jobdata import future_day
+from helpers.jobdata import API_TOKEN, SLOT_DETAILS
 from helpers.reliability import eventually
 
 SALONS = 60
 MOVED_SALONS = (1, 2, 31, 32)  # two whose timers fall due mid-move, two produced mid-move
-TOKEN = "test-secret-token-xyz"
-DETAILS = SlotDetails(
-    date=future_day(),
-    time="10:30",
-    master_id="m-1",
-    master_name="Ana",
-    service_id="s-1",
-    service_name="Haircut",
-    duration=45,
-    price=35.5,
-)
 
 
 def entry(salon: int, who: str) -> str:
@@ -52,12 +40,6 @@ def entry(salon: int, who: str) -> str:
 
 def phone(salon: int, who: str) -> str:
     return f"+3462{salon:05d}{'AB'.index(who)}"
-
-
-@pytest.fixture
-def api() -> Iterator[FakeWhatsApp]:
-    with FakeWhatsApp() as fake:
-        yield fake
 
 
 @pytest.fixture
@@ -72,7 +54,7 @@ async def services(csettings: Settings, cenv: dict[str, str]) -> AsyncIterator[S
 
 @pytest.fixture
 def worker(cenv: dict[str, str], api: FakeWhatsApp, tmp_path: Path) -> Iterator[WorkerProcess]:
-    env = {**cenv, **api.env(token=TOKEN), "WAITLIST_OFFER_MINUTES": "1", "BULLWAIT_WORKER_NAME": "py-reshard"}
+    env = {**cenv, **api.env(token=API_TOKEN), "WAITLIST_OFFER_MINUTES": "1", "BULLWAIT_WORKER_NAME": "py-reshard"}
     proc = WorkerProcess(env, [], tmp_path / "worker.log")
     try:
         proc.wait_for_log("worker started", count=3, timeout=60)
@@ -82,7 +64,7 @@ def worker(cenv: dict[str, str], api: FakeWhatsApp, tmp_path: Path) -> Iterator[
         log = proc.log()
         assert "Traceback" not in log, log[-3000:]
         assert code == 0, log[-3000:]
-        assert TOKEN not in log
+        assert API_TOKEN not in log
 
 
 def move_slot(cluster: ClusterSet, slot: int, to_port: int, batch: int = 4, pause: float = 0.05) -> float:
@@ -151,7 +133,7 @@ async def start_cascades(services: Services, salons: range, pause: float = 0.0) 
     for salon in salons:
         for who in "AB":
             await wl.join(f"salon-{salon}", entry(salon, who), f"cust-{salon}-{who}", phone(salon, who))
-        freed, offer = await wl.free_slot(f"salon-{salon}", "slot-1", DETAILS)
+        freed, offer = await wl.free_slot(f"salon-{salon}", "slot-1", SLOT_DETAILS)
         assert freed.next_id == entry(salon, "A") and offer is not None, freed
         await asyncio.sleep(pause)
 

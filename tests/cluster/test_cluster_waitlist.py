@@ -30,28 +30,16 @@ from bullwait.runtime.services import Services, build_services
 from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.idempotency import SendRecords
-from bullwait.waitlist.payloads import SlotDetails
 from bullwait.waitlist.producer import expiry_job_id
 from bullwait.waitlist.ratelimit import GlobalSendLimiter, SalonRateLimiter
 from bullwait.waitlist.store import RedisWaitlistStore
 
 from helpers.cluster import ClusterSet
 from helpers.common import WorkerProcess
-from helpers.jobdata import future_day
+from helpers.jobdata import API_TOKEN, SLOT_DETAILS
 from helpers.reliability import eventually
 
 SALONS = 60
-TOKEN = "test-secret-token-xyz"
-DETAILS = SlotDetails(
-    date=future_day(),
-    time="10:30",
-    master_id="m-1",
-    master_name="Ana",
-    service_id="s-1",
-    service_name="Haircut",
-    duration=45,
-    price=35.5,
-)
 
 
 def entry(salon: int, who: str) -> str:
@@ -61,12 +49,6 @@ def entry(salon: int, who: str) -> str:
 
 def phone(salon: int, who: str) -> str:
     return f"+3461{salon:05d}{'AB'.index(who)}"
-
-
-@pytest.fixture
-def api() -> Iterator[FakeWhatsApp]:
-    with FakeWhatsApp() as fake:
-        yield fake
 
 
 @pytest.fixture
@@ -86,7 +68,7 @@ async def services(wsettings: Settings) -> AsyncIterator[Services]:
 
 @pytest.fixture
 def worker(cenv: dict[str, str], api: FakeWhatsApp, tmp_path: Path) -> Iterator[WorkerProcess]:
-    env = {**cenv, **api.env(token=TOKEN), "WAITLIST_OFFER_MINUTES": "1", "BULLWAIT_WORKER_NAME": "py-cluster"}
+    env = {**cenv, **api.env(token=API_TOKEN), "WAITLIST_OFFER_MINUTES": "1", "BULLWAIT_WORKER_NAME": "py-cluster"}
     proc = WorkerProcess(env, [], tmp_path / "worker.log")
     try:
         proc.wait_for_log("worker started", count=3, timeout=60)
@@ -96,7 +78,7 @@ def worker(cenv: dict[str, str], api: FakeWhatsApp, tmp_path: Path) -> Iterator[
         log = proc.log()
         assert "Traceback" not in log, log[-3000:]
         assert code == 0, log[-3000:]
-        assert TOKEN not in log
+        assert API_TOKEN not in log
 
 
 async def start_cascades(services: Services, salons: range = range(SALONS)) -> None:
@@ -105,7 +87,7 @@ async def start_cascades(services: Services, salons: range = range(SALONS)) -> N
     for salon in salons:
         for who in "AB":
             await wl.join(f"salon-{salon}", entry(salon, who), f"cust-{salon}-{who}", phone(salon, who))
-        freed, offer = await wl.free_slot(f"salon-{salon}", "slot-1", DETAILS)
+        freed, offer = await wl.free_slot(f"salon-{salon}", "slot-1", SLOT_DETAILS)
         assert freed.next_id == entry(salon, "A") and offer is not None, freed
 
 
@@ -273,7 +255,7 @@ async def test_every_store_script_on_every_shard_durably(cluster: ClusterSet, cs
             shards.add(cluster.master_for(store.salon_key(salon, "waiting")))
             for who in ("a", "b", "c"):
                 assert (await store.join(salon, f"{who}{n}", f"c{n}{who}", "+34600000001", now)).outcome == "waiting"
-            assert (await store.free_slot(salon, "x", DETAILS, now, now - 1)).next_id == f"a{n}"
+            assert (await store.free_slot(salon, "x", SLOT_DETAILS, now, now - 1)).next_id == f"a{n}"
             assert (await store.expire(salon, f"a{n}", "x", now, now + 60_000)).next_id == f"b{n}"
             assert (await store.cancel(salon, f"b{n}", now, now + 60_000)).next_id == f"c{n}"
             assert (await store.book(salon, f"c{n}", now)).outcome == "booked"

@@ -35,24 +35,14 @@ from bullwait.runtime.services import Services, build_services
 from bullwait.settings import Settings, load_settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.idempotency import SendRecords
-from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, SlotDetails
+from bullwait.waitlist.payloads import ExpiryJob, NotificationJob
 from bullwait.waitlist.producer import Producer, new_expiry
 from bullwait.waitlist.store import RedisWaitlistStore
 
-from helpers.jobdata import future_day, notification_data
+from helpers.jobdata import SLOT_DETAILS, notification_data
 from helpers.reliability import eventually
 from helpers.sentinel import NO_SYNC_DELAY
 
-DETAILS = SlotDetails(
-    date=future_day(),
-    time="10:30",
-    master_id="m-1",
-    master_name="Ana",
-    service_id="s-1",
-    service_name="Haircut",
-    duration=45,
-    price=35.5,
-)
 NOW = 1_800_000_000_000
 FROZEN_S = 0.4  # how long a replica stays frozen while a call waits for it
 # WAIT timeout where a frozen replica must make a write fail: short, yet a live replica on a
@@ -274,11 +264,11 @@ async def test_short_wait_sends_the_write_again_and_reports_its_own_outcome(
 ) -> None:
     producer, store, _records = clients(durable(pair, prefix, timeout_ms=300))
     await _join_two(store)
-    await store.free_slot("salon-warm", "slot-w", DETAILS, NOW, NOW + 60_000)  # scripts loaded: one WAIT per send
+    await store.free_slot("salon-warm", "slot-w", SLOT_DETAILS, NOW, NOW + 60_000)  # scripts loaded: one WAIT per send
     await producer.schedule_expiry(_expiry("w-warm"))
     before = pair.waits_sent()
     with pair.frozen():
-        freeing = asyncio.ensure_future(store.free_slot("salon-r", "slot-r", DETAILS, NOW, NOW + 60_000))
+        freeing = asyncio.ensure_future(store.free_slot("salon-r", "slot-r", SLOT_DETAILS, NOW, NOW + 60_000))
         adding = asyncio.ensure_future(producer.schedule_expiry(_expiry("w-retry")))
         await asyncio.sleep(0.5)  # past the first WAIT's 300 ms; the third would end past 0.9 s
         assert not freeing.done() and not adding.done()

@@ -24,21 +24,10 @@ import redis.asyncio as aioredis
 
 from bullwait.waitlist.catalog import EXPIRY_JOB_ID_PREFIX, JOB_NAMES, QUEUE_NAMES, QueueKey
 from bullwait.waitlist.offers import Waitlist, notification_job_id
-from bullwait.waitlist.payloads import SlotDetails
 
-from helpers.jobdata import future_day
+from helpers.jobdata import SLOT_DETAILS
 
 SLOT = "slot-1"
-DETAILS = SlotDetails(
-    date=future_day(),
-    time="10:30",
-    master_id="m-1",
-    master_name="Ana",
-    service_id="s-1",
-    service_name="Haircut",
-    duration=45,
-    price=35.5,
-)
 NOTIFY = QUEUE_NAMES[QueueKey.WAITLIST_NOTIFICATION]
 EXPIRY = QUEUE_NAMES[QueueKey.WAITLIST_EXPIRY]
 PREFERENCE = QUEUE_NAMES[QueueKey.PREFERENCE_CALCULATION]
@@ -84,7 +73,7 @@ async def offer_slots(waitlist: Waitlist, people: list[Customer], between: Any =
     for n, salon in enumerate(salons):
         if between is not None and n == len(salons) // 2:
             await between()
-        result, offer = await waitlist.free_slot(salon, SLOT, DETAILS)
+        result, offer = await waitlist.free_slot(salon, SLOT, SLOT_DETAILS)
         assert offer is not None, f"{salon}: free_slot gave {result}"
 
 

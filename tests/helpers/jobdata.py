@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bullwait.waitlist.payloads import SlotDetails
+
 
 def expiry_data(waitlist_id: str = "w-1", minutes: float = 15) -> dict[str, Any]:
     now = datetime.now(UTC)
@@ -53,3 +55,17 @@ def preference_data(booking_id: str = "b-1", customer_id: str = "cust-1") -> dic
         "action": "calculate",
         "data": {"serviceId": "service-1", "masterId": "master-1", "dayOfWeek": 2, "hour": 10},
     }
+
+
+# A slot offered in the waitlist tests, and the WhatsApp token their fake Cloud API expects.
+SLOT_DETAILS = SlotDetails(
+    date=future_day(),
+    time="10:30",
+    master_id="m-1",
+    master_name="Ana",
+    service_id="s-1",
+    service_name="Haircut",
+    duration=45,
+    price=35.5,
+)
+API_TOKEN = "test-secret-token-xyz"

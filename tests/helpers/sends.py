@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -12,12 +12,6 @@ from bullwait.runtime.services import Services, build_services
 from bullwait.settings import Settings
 
 TIMEOUT_S = 1  # WHATSAPP_TIMEOUT_SECONDS: a claim lasts 3 s
-
-
-@pytest.fixture
-def api() -> Iterator[FakeWhatsApp]:
-    with FakeWhatsApp() as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -74,12 +74,6 @@ NODE_JOBS = 10  # notifications and as many timers from the Node producer
 
 
 @pytest.fixture
-def api() -> Iterator[FakeWhatsApp]:
-    with FakeWhatsApp() as fake:
-        yield fake
-
-
-@pytest.fixture
 def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
     with FaultProxy(redis_server.port) as p:
         yield p

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from bullmq import Job
 
 from bullwait.dev.fake_whatsapp import FakeWhatsApp, Recorded
@@ -34,12 +32,6 @@ GLOBAL_PER_SECOND = 4
 # counts hold exactly on the fake's clock on a loaded 2-core machine.
 MARGIN_MS = 300
 SALON_SLACK_S = GLOBAL_SLACK_S = 0.0
-
-
-@pytest.fixture
-def api() -> Iterator[FakeWhatsApp]:
-    with FakeWhatsApp() as fake:
-        yield fake
 
 
 def _limits(api: FakeWhatsApp, timeout_s: float = 10) -> dict[str, str]:

@@ -27,12 +27,10 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
 from bullwait.dev.embedded import free_port
@@ -283,12 +281,6 @@ def node_result(proc: NodeProcess | None) -> dict[str, Any]:
 
 
 # --- one run ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def api() -> Iterator[FakeWhatsApp]:
-    with FakeWhatsApp() as fake:
-        yield fake
 
 
 def failover_under_load(move: str, env: dict[str, str], api: FakeWhatsApp, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -17,31 +17,13 @@ from bullwait.runtime.services import Services, build_services
 from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.offers import notification_job_id
-from bullwait.waitlist.payloads import NotificationJob, PreferenceJob, SlotDetails
+from bullwait.waitlist.payloads import NotificationJob, PreferenceJob
 from bullwait.waitlist.producer import expiry_job_id
 
 from helpers.cli import invoke_cli
 from helpers.common import run_cli
-from helpers.jobdata import future_day, notification_data, preference_data
+from helpers.jobdata import API_TOKEN, SLOT_DETAILS, notification_data, preference_data
 from helpers.reliability import eventually
-
-TOKEN = "test-secret-token-xyz"
-DETAILS = SlotDetails(
-    date=future_day(),
-    time="10:30",
-    master_id="m-1",
-    master_name="Ana",
-    service_id="s-1",
-    service_name="Haircut",
-    duration=45,
-    price=35.5,
-)
-
-
-@pytest.fixture
-def api() -> Iterator[FakeWhatsApp]:
-    with FakeWhatsApp() as fake:
-        yield fake
 
 
 @pytest.fixture
@@ -70,11 +52,11 @@ async def test_freed_slot_expires_cascades_and_booking_cancels_timer(
     services: Services, api: FakeWhatsApp, start_worker
 ) -> None:  # type: ignore[no-untyped-def]
     # Offers the worker makes (the cascade) last 60 s, so B's timer is still pending when B books.
-    worker = start_worker(extra_env={**api.env(token=TOKEN), "WAITLIST_OFFER_MINUTES": "1"})
+    worker = start_worker(extra_env={**api.env(token=API_TOKEN), "WAITLIST_OFFER_MINUTES": "1"})
     wl = services.waitlist
     for i, who in enumerate(("A", "B", "C")):
         await wl.join("salon-1", who, f"cust-{who}", f"+3460000000{i}")
-    freed, offer = await wl.free_slot("salon-1", "slot-1", DETAILS)
+    freed, offer = await wl.free_slot("salon-1", "slot-1", SLOT_DETAILS)
     assert freed.next_id == "A" and offer is not None
 
     a_timer = await job_in(services, QueueKey.WAITLIST_EXPIRY, expiry_job_id("A"), "completed")
@@ -93,7 +75,7 @@ async def test_freed_slot_expires_cascades_and_booking_cancels_timer(
     assert await expiry.getJobState(expiry_job_id("B")) == "unknown", "booking cancels B's timer"
     assert (await wl.store.get_entry("salon-1", "C")).state == "waiting"
     assert worker.terminate() == 0
-    assert TOKEN not in worker.log()
+    assert API_TOKEN not in worker.log()
 
 
 async def test_retried_timer_finishes_a_hand_over_a_crash_interrupted(
@@ -102,7 +84,7 @@ async def test_retried_timer_finishes_a_hand_over_a_crash_interrupted(
     wl = services.waitlist
     await wl.join("salon-c", "A", "cust-A", "+34600000000")
     await wl.join("salon-c", "B", "cust-B", "+34600000001")
-    _, offer = await wl.free_slot("salon-c", "slot-1", DETAILS)
+    _, offer = await wl.free_slot("salon-c", "slot-1", SLOT_DETAILS)
     assert offer is not None
     # A timer run expired A and passed the slot to B in the store, then died before
     # enqueuing B's notification and timer.
@@ -120,7 +102,7 @@ async def test_early_timer_sleeps_until_expires_at(services: Services, api: Fake
     start_worker("-q", "waitlist-expiry", extra_env={**api.env()})
     wl = services.waitlist
     await wl.join("salon-1", "A", "cust-A", "+34600000000")
-    _, offer = await wl.free_slot("salon-1", "slot-1", DETAILS)
+    _, offer = await wl.free_slot("salon-1", "slot-1", SLOT_DETAILS)
     assert offer is not None
     expiry = services.producer.queue(QueueKey.WAITLIST_EXPIRY)
     job = await expiry.getJob(expiry_job_id("A"))
@@ -225,7 +207,7 @@ async def _finished_again(services: Services, job_id: str) -> Any:
 
 
 async def test_throttling_backs_off_without_using_attempts(services: Services, api: FakeWhatsApp, start_worker) -> None:  # type: ignore[no-untyped-def]
-    worker = start_worker("-q", "waitlist-notification", extra_env=api.env(token=TOKEN))
+    worker = start_worker("-q", "waitlist-notification", extra_env=api.env(token=API_TOKEN))
     api.fail_next(status=429, retry_after=0.1)
     api.fail_next(code=130429, retry_after=0.1)
     api.fail_next(code=131056, retry_after=0.1)
@@ -237,7 +219,7 @@ async def test_throttling_backs_off_without_using_attempts(services: Services, a
     assert job.attemptsMade <= 1 and not job.failedReason, "four throttles used none of the 3 attempts"
     assert [r.answered for r in api.received()] == [429, 429, 400, 429, 200]
     assert worker.log().count("whatsapp throttled, backing off") == 4
-    assert TOKEN not in worker.log()
+    assert API_TOKEN not in worker.log()
 
 
 async def test_rejected_fails_at_once_and_server_errors_retry(
@@ -263,7 +245,7 @@ async def test_rejected_fails_at_once_and_server_errors_retry(
 async def test_skips_offer_no_longer_open(services: Services, api: FakeWhatsApp, start_worker) -> None:  # type: ignore[no-untyped-def]
     wl = services.waitlist
     await wl.join("salon-s", "A", "cust-A", "+34600000000")
-    await wl.free_slot("salon-s", "slot-1", DETAILS)
+    await wl.free_slot("salon-s", "slot-1", SLOT_DETAILS)
     await wl.cancel("salon-s", "A")  # declined before the notification went out
     start_worker("-q", "waitlist-notification", extra_env=api.env())
     job = await job_in(
@@ -349,10 +331,12 @@ async def test_free_slot_retried_after_a_crash_still_announces(services: Service
     wl = services.waitlist
     await wl.join("salon-r", "R1", "cust-R1", "+34600000009")
     now = int(time.time() * 1000)
-    first = await services.store.free_slot("salon-r", "slot-r", DETAILS, now, now + 60_000)  # store only: the "crash"
+    first = await services.store.free_slot(
+        "salon-r", "slot-r", SLOT_DETAILS, now, now + 60_000
+    )  # store only: the "crash"
     assert first.outcome == "offered" and first.next_id == "R1"
     expiry = services.producer.queue(QueueKey.WAITLIST_EXPIRY)
     assert await expiry.getJobState(expiry_job_id("R1")) == "unknown"
-    again, offer = await wl.free_slot("salon-r", "slot-r", DETAILS)
+    again, offer = await wl.free_slot("salon-r", "slot-r", SLOT_DETAILS)
     assert again.outcome == "already-offered" and offer is not None
     assert await expiry.getJobState(expiry_job_id("R1")) == "delayed"

@@ -11,7 +11,7 @@ that a count over the limit means the limiter let it through, not thread schedul
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,12 +44,6 @@ def max_in_window(times: list[float], width: float = 1.0) -> int:
             lo += 1
         best = max(best, hi - lo + 1)
     return best
-
-
-@pytest.fixture
-def api() -> Iterator[FakeWhatsApp]:
-    with FakeWhatsApp() as fake:
-        yield fake
 
 
 @dataclass

@@ -32,7 +32,7 @@ from bullwait.waitlist.payloads import NotificationJob
 from bullwait.waitlist.whatsapp import WhatsAppAmbiguous
 
 from helpers.jobdata import notification_data
-from helpers.sends import TIMEOUT_S, api, services  # noqa: F401 (fixtures)
+from helpers.sends import TIMEOUT_S, services  # noqa: F401 (fixture)
 
 
 class Outage:

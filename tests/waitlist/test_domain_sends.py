@@ -28,7 +28,7 @@ from bullwait.waitlist.idempotency import SendRecords
 from bullwait.waitlist.payloads import NotificationJob
 
 from helpers.jobdata import notification_data
-from helpers.sends import TIMEOUT_S, api, services  # noqa: F401 (fixtures)
+from helpers.sends import TIMEOUT_S, services  # noqa: F401 (fixture)
 
 
 class LostReply:

@@ -10,21 +10,10 @@ import pytest
 
 from bullwait.engine.connection import redis_client
 from bullwait.settings import Settings
-from bullwait.waitlist.payloads import SlotDetails
 from bullwait.waitlist.store import RedisWaitlistStore, WaitlistStore
 
-from helpers.jobdata import future_day
+from helpers.jobdata import SLOT_DETAILS
 
-DETAILS = SlotDetails(
-    date=future_day(),
-    time="10:30",
-    master_id="m-1",
-    master_name="Ana",
-    service_id="s-1",
-    service_name="Haircut",
-    duration=45,
-    price=35.5,
-)
 NOW = 1_800_000_000_000
 OFFER = 15 * 60_000
 
@@ -47,7 +36,7 @@ async def test_redis_store_satisfies_the_protocol(store: RedisWaitlistStore) -> 
 
 async def test_offer_goes_to_first_joined_and_cascades_fifo(store: RedisWaitlistStore) -> None:
     await _join(store, "s1", "a", "b", "c")
-    freed = await store.free_slot("s1", "slot-1", DETAILS, NOW, NOW + OFFER)
+    freed = await store.free_slot("s1", "slot-1", SLOT_DETAILS, NOW, NOW + OFFER)
     assert (freed.outcome, freed.next_id) == ("offered", "a")
     a = await store.get_entry("s1", "a")
     assert a is not None and (a.state, a.slot_id, a.expires_at_ms) == ("notified", "slot-1", NOW + OFFER)
@@ -59,7 +48,7 @@ async def test_offer_goes_to_first_joined_and_cascades_fifo(store: RedisWaitlist
     expired = await store.expire("s1", "a", "slot-1", NOW + OFFER, NOW + 2 * OFFER)
     assert (expired.outcome, expired.next_id) == ("expired", "b")
     slot = await store.get_slot("s1", "slot-1")
-    assert slot is not None and (slot.state, slot.offered_to, slot.details) == ("offered", "b", DETAILS)
+    assert slot is not None and (slot.state, slot.offered_to, slot.details) == ("offered", "b", SLOT_DETAILS)
     assert await store.waiting("s1") == ["c"]
 
     again = await store.expire("s1", "a", "slot-1", NOW + OFFER + 5, NOW + 3 * OFFER)
@@ -79,16 +68,16 @@ async def test_join_twice_keeps_one_entry_and_its_place(store: RedisWaitlistStor
 
 
 async def test_slot_with_nobody_waiting_stays_open_then_is_offered_on_next_free(store: RedisWaitlistStore) -> None:
-    assert (await store.free_slot("s1", "slot-1", DETAILS, NOW, NOW + OFFER)).outcome == "open"
+    assert (await store.free_slot("s1", "slot-1", SLOT_DETAILS, NOW, NOW + OFFER)).outcome == "open"
     await _join(store, "s1", "a")
-    assert (await store.free_slot("s1", "slot-1", DETAILS, NOW, NOW + OFFER)).next_id == "a"
-    assert (await store.free_slot("s1", "slot-1", DETAILS, NOW, NOW + OFFER)).outcome == "already-offered"
+    assert (await store.free_slot("s1", "slot-1", SLOT_DETAILS, NOW, NOW + OFFER)).next_id == "a"
+    assert (await store.free_slot("s1", "slot-1", SLOT_DETAILS, NOW, NOW + OFFER)).outcome == "already-offered"
 
 
 async def test_cancelling_an_offer_passes_the_slot_and_cancelled_waiting_is_skipped(store: RedisWaitlistStore) -> None:
     await _join(store, "s1", "a", "b", "c")
     assert (await store.cancel("s1", "b", NOW, NOW + OFFER)).outcome == "cancelled"  # leaves the queue
-    await store.free_slot("s1", "slot-1", DETAILS, NOW, NOW + OFFER)
+    await store.free_slot("s1", "slot-1", SLOT_DETAILS, NOW, NOW + OFFER)
     declined = await store.cancel("s1", "a", NOW + 1, NOW + OFFER)
     assert (declined.outcome, declined.next_id) == ("cancelled", "c")
     assert (await store.book("s1", "a", NOW + 2)).outcome == "already-cancelled", "a cancelled entry never comes back"
@@ -100,7 +89,7 @@ async def test_concurrent_transitions_only_one_wins(store: RedisWaitlistStore, s
     others = [RedisWaitlistStore(redis_client(settings), settings.bullwait_store_prefix) for _ in range(8)]
     try:
         frees = await asyncio.gather(
-            *[o.free_slot("s1", "slot-1", DETAILS, NOW, NOW + OFFER) for o in others for _ in range(3)]
+            *[o.free_slot("s1", "slot-1", SLOT_DETAILS, NOW, NOW + OFFER) for o in others for _ in range(3)]
         )
         assert Counter(f.outcome for f in frees) == {"offered": 1, "already-offered": 23}
         # Booking, cancelling and expiring w0 all at once: one wins, the rest report it.
@@ -131,7 +120,7 @@ async def test_many_slots_freed_concurrently_never_share_a_customer(
     clients = [RedisWaitlistStore(redis_client(settings), settings.bullwait_store_prefix) for _ in range(4)]
     try:
         results = await asyncio.gather(
-            *[clients[i % 4].free_slot("s2", f"slot-{i}", DETAILS, NOW, NOW + OFFER) for i in range(15)]
+            *[clients[i % 4].free_slot("s2", f"slot-{i}", SLOT_DETAILS, NOW, NOW + OFFER) for i in range(15)]
         )
     finally:
         for c in clients:
@@ -159,7 +148,7 @@ async def test_booking_folded_twice_counts_once_and_recalculate_rebuilds(store: 
 
 async def test_keys_of_one_salon_share_a_cluster_slot(store: RedisWaitlistStore, sync_redis) -> None:  # type: ignore[no-untyped-def]
     await _join(store, "salon-x", "a", "b")
-    await store.free_slot("salon-x", "slot-1", DETAILS, NOW, NOW + OFFER)
+    await store.free_slot("salon-x", "slot-1", SLOT_DETAILS, NOW, NOW + OFFER)
     keys = [k for k in sync_redis.scan_iter(f"{store.prefix}*salon-x*")]
     assert len(keys) >= 5
     tags = {_hash_tag(k) for k in keys}

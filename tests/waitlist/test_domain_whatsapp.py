@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import json
 import tracemalloc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -38,12 +38,6 @@ SLOT = SlotDetails(
     price=35.5,
 )
 TOKEN = "EAAG-very-secret-token"
-
-
-@pytest.fixture
-def api() -> Iterator[FakeWhatsApp]:
-    with FakeWhatsApp() as fake:
-        yield fake
 
 
 @asynccontextmanager
