@@ -9,24 +9,11 @@ import subprocess
 import pytest
 
 from bullwait.errors import SettingsError
-from bullwait.settings import QueueNaming, Settings, has_hash_tag, load_settings
+from bullwait.settings import QueueNaming, has_hash_tag
 
 from helpers.cli import invoke_cli
 from helpers.nodecompat import NODE, NODE_DIR, node_required
-
-
-def load(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return load_settings()
-
-
-def refusal(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
-    with pytest.raises(SettingsError) as err:
-        load(monkeypatch, **env)
-    message = str(err.value)
-    assert "\n" not in message
-    return message
+from helpers.settings import load, refusal
 
 
 def test_cluster_nodes_default_to_db_0_and_a_tagged_prefix(monkeypatch: pytest.MonkeyPatch) -> None:

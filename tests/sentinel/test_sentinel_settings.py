@@ -5,24 +5,9 @@ from __future__ import annotations
 import pytest
 
 from bullwait.engine.connection import bullmq_connection, describe_redis, redis_client, redis_options
-from bullwait.errors import SettingsError
-from bullwait.settings import Settings, load_settings
 
 from helpers.cli import invoke_cli
-
-
-def load(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return load_settings()
-
-
-def refusal(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
-    with pytest.raises(SettingsError) as err:
-        load(monkeypatch, **env)
-    message = str(err.value)
-    assert "\n" not in message
-    return message
+from helpers.settings import load, refusal
 
 
 def test_sentinels_master_and_db(monkeypatch: pytest.MonkeyPatch) -> None:
