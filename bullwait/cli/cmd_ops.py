@@ -20,7 +20,8 @@ from rich.live import Live
 
 from bullwait.cli.common import AsJson, RedisUrl, context_line, err_console, fail, print_json, run_async, settings_from
 from bullwait.cli.render import doctor_lines, job_row, print_job, print_table, stats_table, stdout_console
-from bullwait.engine.connection import cluster_redirect, is_cluster, read_cluster
+from bullwait.engine.connection import cluster_redirect, read_cluster
+from bullwait.engine.internals import is_cluster
 from bullwait.errors import BadArgument, BullwaitError, JobNotFound, RedisUnavailable
 from bullwait.logs import first_line
 from bullwait.ops.checks import CLEAN_STATES, JOB_STATES, check_count, normalize_state

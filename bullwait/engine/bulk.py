@@ -36,12 +36,12 @@ from typing import Any
 
 import msgpack
 from bullmq import Queue
-from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, ResponseError, TryAgainError
+from redis.exceptions import AskError, ClusterDownError, MovedError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bullwait.engine.autopipeline import pack, pack_args
-from bullwait.engine.durable import READ_MARGIN_S, WAIT_ATTEMPTS, Command, Durability, log_short
+from bullwait.engine.durable import READ_MARGIN_S, WAIT_ATTEMPTS, Command, Durability, is_noscript, log_short
 from bullwait.engine.internals import (
     ADD_JOB_KEYS,
     encode_job_opts,
@@ -158,7 +158,7 @@ async def add_jobs(queue: Queue, jobs: Sequence[NewJob], durability: Durability 
     wait = durability.wait_command() if durability.enabled else None
     for attempt in range(WAIT_ATTEMPTS if wait else 1):
         replies, acked = await _transaction(client, [packed for _, packed in calls], wait, slot_key)
-        missing = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
+        missing = [i for i, reply in enumerate(replies) if is_noscript(reply)]
         if missing:
             for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
                 await client.script_load(script.script)
@@ -180,10 +180,6 @@ async def add_jobs(queue: Queue, jobs: Sequence[NewJob], durability: Durability 
             raise scripts_of(queue).error(reply, "addJob", job.id)
         ids.append(reply.decode() if isinstance(reply, bytes) else str(reply))
     return ids
-
-
-def _is_noscript(reply: Any) -> bool:
-    return isinstance(reply, NoScriptError) or (isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"))
 
 
 def _failed(replies: list[Any]) -> bool:

@@ -408,11 +408,6 @@ async def _cluster_version(client: RedisCluster) -> str:
     return view.version
 
 
-def is_cluster(client: Any) -> bool:
-    """True for a cluster client or one of its pipelines."""
-    return isinstance(client, (RedisCluster, ClusterPipeline))
-
-
 async def client_list(client: Any) -> list[dict[str, Any]]:
     """CLIENT LIST of one node, or of every master of a cluster (where workers connect) as one
     list whose entries carry their master's address as `node`."""

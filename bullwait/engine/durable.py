@@ -115,7 +115,7 @@ async def run_command(
     for attempt in range(WAIT_ATTEMPTS):
         marker = _first_key([command]) if attempt else None
         [reply], acked = await send_and_wait(client, durability, [command], marker)
-        if isinstance(reply, NoScriptError) or _is_noscript(reply):
+        if is_noscript(reply):
             await client.script_load(source)  # first use, SCRIPT FLUSH, a new master
             [reply], acked = await send_and_wait(client, durability, [command], marker)
         if isinstance(reply, BaseException):
@@ -249,8 +249,10 @@ def _first_key(commands: Sequence[Command]) -> str | None:
     return None
 
 
-def _is_noscript(reply: Any) -> bool:
-    return isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")
+def is_noscript(reply: Any) -> bool:
+    """A NOSCRIPT reply: redis-py raises it as `NoScriptError` from its own calls, as a bare
+    `ResponseError` from a transaction's replies."""
+    return isinstance(reply, NoScriptError) or (isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"))
 
 
 def log_short(what: str, acked: int, durability: Durability, attempt: int) -> None:

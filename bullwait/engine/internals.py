@@ -97,14 +97,15 @@ KEY_COUNTS: dict[str, int] = {
 }
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
+def version_tuple(text: str) -> tuple[int, ...]:
+    """The leading numbers of a version ("7.2.4-rc1" -> (7, 2, 4)); (0,) when there are none."""
     parts = []
     for part in text.split(".")[:3]:
         digits = re.match(r"\d+", part)
         if digits is None:
             break
         parts.append(int(digits.group()))
-    return tuple(parts)
+    return tuple(parts) or (0,)
 
 
 def _range_text(supported: tuple[tuple[int, ...], tuple[int, ...]]) -> str:
@@ -130,7 +131,7 @@ def version_problems(bullmq_version: str | None = None, redis_version: str | Non
         ("redis-py", "redis", redis_version or _installed("redis"), SUPPORTED_REDIS),
     ):
         low, high = supported
-        if not low <= _version_tuple(version) < high:
+        if not low <= version_tuple(version) < high:
             problems.append(f"{name} {version} is installed; bullwait supports {pip_name}{_range_text(supported)}")
     return problems
 
@@ -432,10 +433,11 @@ async def process_job(
 
 
 def is_cluster(client: Any) -> bool:
-    """A redis-py asyncio `RedisCluster` (itself, or inside a bullmq `RedisConnection`)."""
-    from redis.asyncio.cluster import RedisCluster
+    """A redis-py asyncio `RedisCluster` (itself, or inside a bullmq `RedisConnection`) or one
+    of its pipelines."""
+    from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 
-    return isinstance(_client(client), RedisCluster)
+    return isinstance(_client(client), (RedisCluster, ClusterPipeline))
 
 
 def _client(connection: Any) -> Any:

@@ -8,7 +8,6 @@ one `Check` each: ok, warn or fail, with what to do next.
 from __future__ import annotations
 
 import importlib.metadata
-import re
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -16,7 +15,8 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
-from bullwait.engine.connection import ClusterView, Topology, describe_redis, is_cluster, read_cluster, read_topology
+from bullwait.engine.connection import ClusterView, Topology, describe_redis, read_cluster, read_topology
+from bullwait.engine.internals import is_cluster, version_tuple
 from bullwait.errors import RedisUnavailable
 from bullwait.ops.durations import format_ms
 from bullwait.ops.presence import QueuePresence, queue_presence
@@ -99,10 +99,6 @@ async def _hash_value_limit(client: Any) -> int | None:
         if found.get(name) is not None:
             return int(found[name])
     return None
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in re.findall(r"\d+", text)[:3]) or (0,)
 
 
 def topology_checks(topology: Topology | None) -> list[Check]:
@@ -204,7 +200,7 @@ def durability_checks(topology: Topology | None, wait_replicas: int) -> list[Che
 
 
 def _check_version(version: str, where: str) -> Check:
-    if _version_tuple(version) >= (6, 2):
+    if version_tuple(version) >= (6, 2):
         return Check("ok", "redis", f"PONG from {where}, Redis {version}")
     return Check("fail", "redis", f"Redis {version} at {where}: BullMQ needs Redis 6.2 or newer; upgrade Redis")
 
@@ -388,8 +384,8 @@ def _check_meta_version(q: str, version: str | None, node_workers: int) -> Check
     if not version:
         return Check("ok", name, f"no Node bullmq has written this queue's meta yet; {pair}")
     lib, _, number = version.rpartition(":")
-    major = _version_tuple(number)[0]
-    paired_major = _version_tuple(paired or "6")[0]
+    major = version_tuple(number)[0]
+    paired_major = version_tuple(paired or "6")[0]
     if lib and "bullmq" not in lib:
         return Check("warn", name, f"meta written by {version!r}, not Node bullmq; {pair}")
     if major == paired_major:

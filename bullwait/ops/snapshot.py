@@ -29,7 +29,7 @@ from typing import Any
 from redis.exceptions import NoScriptError, ResponseError
 
 from bullwait.engine.connection import client_list as list_clients
-from bullwait.engine.connection import is_cluster
+from bullwait.engine.internals import is_cluster
 from bullwait.ops.scripts import INSPECT_KEYS, INSPECT_LUA, INSPECT_SHA
 
 # The states Node bullmq 6's `Queue.getJobCounts()` returns by default, in its order.
