@@ -28,78 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from redis.crc import key_slot
 
 from bench.procs import ROOT, cpu_seconds
 from bench.scenarios import QUEUE, Bench, expiry, summary
-from bullwait.dev.embedded import RedisServer, free_port
+from bullwait.dev.cluster import LocalCluster
+from bullwait.dev.embedded import free_port
 from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.producer import Producer
 
 MASTERS = 3
-
-
-class ClusterNode(RedisServer):
-    """One `redis-server --cluster-enabled yes`; its own bus port, as port + 10000 may be taken
-    or above 65535 for a free port."""
-
-    def __init__(self) -> None:
-        self.bus_port = free_port()
-        args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", str(self.bus_port)]
-        super().__init__(appendonly=False, extra_args=args)
-
-
-class LocalCluster:
-    """`MASTERS` cluster nodes on free ports, every one a master (no replicas)."""
-
-    def __init__(self, masters: int = MASTERS) -> None:
-        self.nodes = [ClusterNode() for _ in range(masters)]
-
-    @property
-    def nodes_setting(self) -> str:
-        return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
-
-    def start(self, timeout: float = 60.0) -> LocalCluster:
-        try:
-            for node in self.nodes:
-                node.start()
-            self._assign_slots()
-            deadline = time.monotonic() + timeout
-            while not all(self._ok(n.port) for n in self.nodes):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"cluster_state not ok on every node within {timeout}s")
-                time.sleep(0.1)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _assign_slots(self) -> None:
-        """What `redis-cli --cluster create` does without replicas: slots split evenly, then MEET."""
-        per = 16384 // len(self.nodes)
-        for i, node in enumerate(self.nodes):
-            end = 16383 if i == len(self.nodes) - 1 else (i + 1) * per - 1
-            redis.Redis(port=node.port).execute_command("CLUSTER", "ADDSLOTSRANGE", i * per, end)
-        first = self.nodes[0]
-        for node in self.nodes[1:]:
-            redis.Redis(port=node.port).execute_command("CLUSTER", "MEET", "127.0.0.1", first.port, first.bus_port)
-
-    def _ok(self, port: int) -> bool:
-        info = redis.Redis(port=port, decode_responses=True).cluster("INFO")
-        return info.get("cluster_state") == "ok" and int(info.get("cluster_known_nodes", 0)) == len(self.nodes)
-
-    def owner(self, key: str) -> int:
-        """Port of the master that owns `key`'s slot."""
-        slot = key_slot(key.encode())
-        for start, end, master, *_ in redis.Redis(port=self.nodes[0].port).execute_command("CLUSTER", "SLOTS"):
-            if start <= slot <= end:
-                return int(master[1])
-        raise LookupError(f"no master owns slot {slot}")
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            node.cleanup()
 
 
 @dataclass
@@ -152,7 +90,7 @@ def _target(name: str, prefix: str, single_url: str | None, cluster: LocalCluste
             redis_port=closed,
         )
         clients = [redis.Redis(port=n.port, decode_responses=True) for n in cluster.nodes]
-        owner = cluster.owner(f"{prefix}:{QUEUE}:wait")
+        owner = cluster.master_for(f"{prefix}:{QUEUE}:wait")
         master = next(c for c in clients if c.connection_pool.connection_kwargs["port"] == owner)
         return Target(name, base, settings, master, clients)
     assert single_url is not None
@@ -325,7 +263,7 @@ def cluster(b: Bench, log: Any) -> dict[str, Any]:
     results: dict[str, Any] = {"masters": MASTERS, "loadAverageStart": round(os.getloadavg()[0], 2)}
     b.fresh()
     results["single"] = run_target(_target("single", "{bwbench}", b.url, None), b.quick, log)
-    c = LocalCluster().start()
+    c = LocalCluster(MASTERS).start()
     try:
         results["cluster"] = run_target(_target("cluster", "{bwbench}", None, c), b.quick, log)
     finally:

@@ -26,7 +26,7 @@ from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.producer import Producer, expiry_job_id, new_expiry
 
 from helpers.cluster import ClusterSet
-from helpers.common import WorkerProcess
+from helpers.common import WorkerProcess, wait_for
 from helpers.jobdata import API_TOKEN, SLOT_DETAILS
 from helpers.reliability import eventually
 
@@ -85,7 +85,7 @@ def move_slot(cluster: ClusterSet, slot: int, to_port: int, batch: int = 4, paus
     # Target first, then source (it stops ASKing and MOVEs), then the other masters.
     for port in [to_port, from_port, *(p for p in cluster.masters() if p not in (to_port, from_port))]:
         cluster.client(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
-    cluster.wait(lambda: all_see(cluster, slot, to_port), f"every node to see :{to_port} own slot {slot}")
+    wait_for(lambda: all_see(cluster, slot, to_port), f"every node to see :{to_port} own slot {slot}")
     return time.monotonic() - started
 
 

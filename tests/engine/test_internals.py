@@ -64,3 +64,12 @@ def test_import_of_the_engine_fails_with_the_message() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode != 0
     assert "UnsupportedClientVersion: bullmq-py 4.0.0 is installed; bullwait supports bullmq>=3.4.4,<3.5" in done.stderr
+
+
+def test_the_cli_refuses_an_unsupported_client_in_one_line() -> None:
+    code = "import bullmq; bullmq.__version__ = '4.0.0'; from bullwait.cli import main; main()"
+    env = {k: v for k, v in os.environ.items() if k != ALLOW_UNTESTED_ENV}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 2, done
+    assert done.stderr.startswith("bullwait: error: bullmq-py 4.0.0 is installed;"), done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr

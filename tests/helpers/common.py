@@ -11,6 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+# wait_for: polls until a Redis topology settles, Redis and OS errors meaning "not yet"; it lives
+# beside the local cluster starter, which needs it and may not import the tests.
+from bullwait.dev.cluster import wait_for as wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
 BULLWAIT = [sys.executable, "-m", "bullwait.cli.main"]
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +24,7 @@ import redis
 from bullwait.dev.embedded import RedisServer, free_port
 from bullwait.settings import Settings
 
+from helpers.common import wait_for
 from helpers.reliability import COUNTING
 
 MASTER_NAME = "mymaster"
@@ -80,11 +80,11 @@ class SentinelSet:
         for replica in self.nodes[1:]:
             replica.start()
             self._client(replica.port).replicaof("127.0.0.1", master.port)
-        self._wait(lambda: all(self._synced(r.port) for r in self.nodes[1:]), "replicas in sync")
+        wait_for(lambda: all(self._synced(r.port) for r in self.nodes[1:]), "replicas in sync")
         self.sentinel_procs = [SentinelProcess(master.port, extra_conf=self._sentinel_conf) for _ in range(3)]
         for sentinel in self.sentinel_procs:
             sentinel.start()
-        self._wait(self._all_sentinels_see_everyone, "sentinels to discover each other and the replicas")
+        wait_for(self._all_sentinels_see_everyone, "sentinels to discover each other and the replicas")
         return self
 
     def master_port(self, via: int = 0) -> int:
@@ -153,7 +153,7 @@ class SentinelSet:
                 return port if info.get("role") == "master" else None
             return None
 
-        return int(self._wait(switched, f"the sentinels to switch away from {old}", timeout))
+        return int(wait_for(switched, f"the sentinels to switch away from {old}", timeout))
 
     def _all_sentinels_see_everyone(self) -> bool:
         for sentinel in self.sentinel_procs:
@@ -171,20 +171,6 @@ class SentinelSet:
     @staticmethod
     def _client(port: int) -> redis.Redis:
         return redis.Redis(port=port, decode_responses=True, socket_timeout=5)
-
-    @staticmethod
-    def _wait(check: Any, what: str, timeout: float = 30.0) -> Any:
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            try:
-                value = check()
-                if value:
-                    return value
-            except (redis.RedisError, OSError) as exc:
-                last = exc
-            time.sleep(0.1)
-        raise TimeoutError(f"waited {timeout}s for {what}" + (f" (last error: {last})" if last else ""))
 
 
 # The worker name the sentinel tests give `bullwait worker`, to find it by name on a new master.

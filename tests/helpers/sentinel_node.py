@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 
+from helpers.common import wait_for
 from helpers.nodecompat import NODE, NODE_DIR, NodeProcess, node_json
 from helpers.sentinel import SentinelSet
 
@@ -197,7 +198,7 @@ def _timers_across_failover(
     jobs = len(ids)
     # After an earlier failover the old master rejoins as a replica only after some seconds;
     # start once the master has an online replica again, or WAIT below would stall the run.
-    SentinelSet._wait(
+    wait_for(
         lambda: master(topo).info("replication").get("slave0", {}).get("state") == "online",
         "the master to have an online replica",
     )

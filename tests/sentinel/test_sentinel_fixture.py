@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import redis
 
+from helpers.common import wait_for
 from helpers.sentinel import SentinelSet
 
 
@@ -18,7 +19,7 @@ def test_failover_graceful_and_crash_move_the_master() -> None:
         third = topo.crash_master()
         assert third == first  # the only other node
         topo.restart(second)
-        SentinelSet._wait(
+        wait_for(
             lambda: redis.Redis(port=second, decode_responses=True).info("replication").get("master_port") == third,
             "the crashed master to rejoin as a replica",
             # Sentinel reads a replica's INFO every 10 s and converts a returning old master
