@@ -35,7 +35,6 @@ its own caller, which can see them (`bullwait.engine.jobcheck.not_utf8`) and wri
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from collections import deque
 from collections.abc import Coroutine
@@ -47,7 +46,7 @@ from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptErr
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bullwait.engine.internals import follow_redirect, new_connection, pool_kwargs, stream_writer
+from bullwait.engine.internals import new_connection, pool_kwargs, refresh_slots, stream_writer
 
 
 class _Resend(Exception):
@@ -268,7 +267,7 @@ class AutoPipeline:
                 # go through the client, and the next link goes to the new owner.
                 self.moves += 1
                 self._fail_link(link, _Resend(str(exc)))
-                _in_background(self._refresh(exc))
+                _in_background(refresh_slots(self.client, exc))
                 return
             except ResponseError as exc:
                 if link.sent:
@@ -319,11 +318,6 @@ class AutoPipeline:
         if link.reader is not None and not link.reader.done() and link.reader is not asyncio.current_task():
             link.reader.cancel()
         _in_background(link.conn.disconnect(nowait=True))
-
-    async def _refresh(self, error: BaseException) -> None:
-        """Update the cluster client's slot map; a failure leaves it to the client's next command."""
-        with contextlib.suppress(Exception):  # the resent calls refresh the map themselves
-            await follow_redirect(self.client, error)
 
     async def close(self) -> None:
         """Stop pipelining: later calls go through the client; calls already made finish."""

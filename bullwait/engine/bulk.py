@@ -16,10 +16,11 @@ failover) are loaded and the calls they refused sent again.
 
 On Redis Cluster the transaction goes to the master that owns the queue's slot (every key
 of a queue carries its hash tag). A MULTI refused for a redirect (MOVED, ASK, TRYAGAIN,
-CLUSTERDOWN: EXEC aborts, nothing ran) or a lost connection updates the client's slot map
-and sends the chunk again to the owner it names then. While the queue's slot is being
-migrated (ASK, TRYAGAIN) the chunk is sent again, backing off, until the migration is over
-or the client's retry timeout has passed.
+CLUSTERDOWN: EXEC aborts, nothing ran) or a lost connection is met as every write of
+bullwait's own connections is (`bullwait.engine.exchange`). While the queue's slot is being
+migrated its keys are split between two nodes, so an add followed to the importing node
+(ASK) is refused there too (TRYAGAIN) until the last key has moved: the chunk is sent
+again, backing off, for as long as the client retries.
 
 Options that make a job part of a flow, deduplicated or repeated are not packed here
 (`NewJob` refuses them); add such jobs with bullmq's `Queue.add`.
@@ -27,8 +28,6 @@ Options that make a job part of a flow, deduplicated or repeated are not packed 
 
 from __future__ import annotations
 
-import asyncio
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,22 +35,12 @@ from typing import Any
 
 import msgpack
 from bullmq import Queue
-from redis.exceptions import AskError, ClusterDownError, MovedError, ResponseError, TryAgainError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
 
 from bullwait.engine.autopipeline import pack, pack_args
-from bullwait.engine.durable import READ_MARGIN_S, WAIT_ATTEMPTS, Command, Durability, is_noscript, log_short
-from bullwait.engine.internals import (
-    ADD_JOB_KEYS,
-    encode_job_opts,
-    follow_redirect,
-    is_cluster,
-    main_client,
-    normalize_backoff,
-    pool_connection,
-    scripts_of,
-)
+from bullwait.engine.durable import WAIT_ATTEMPTS, Durability, is_noscript, log_short
+from bullwait.engine.exchange import Command, exchange, send
+from bullwait.engine.internals import ADD_JOB_KEYS, encode_job_opts, main_client, normalize_backoff, scripts_of
 from bullwait.errors import BadArgument
 
 _MULTI = pack(("MULTI",))
@@ -187,77 +176,24 @@ def _failed(replies: list[Any]) -> bool:
     return any(isinstance(r, ResponseError) or (isinstance(r, int) and r < 0) for r in replies)
 
 
-# Sends of one chunk to a cluster before a MOVED or lost connection is raised.
-CLUSTER_SENDS = 5
-_NOT_RUN = (MovedError, AskError, TryAgainError, ClusterDownError)
-# Without the client's own retry timeout: how long a slot being migrated is waited out.
-MIGRATION_WAIT_S = 5.0
-MIGRATION_BACKOFF_CAP_S = 0.5
-
-
 async def _transaction(
     client: Any, commands: list[bytes], wait: Command | None = None, key: str | None = None
 ) -> tuple[list[Any], int]:
     """MULTI, `commands`, EXEC (and `wait`: WAIT after EXEC, on the same connection) in one
     write; the EXEC reply (errors as ResponseError items) and the replicas WAIT counted (0
     without `wait`). With a cluster client, on the master that owns `key`'s slot."""
-    if not is_cluster(client):
-        return await _one_transaction(client, commands, wait)
-    loop = asyncio.get_running_loop()
-    # A migration lasts until its last key has moved: wait it out for as long as the client
-    # retries a lost node, not a fixed number of sends.
-    deadline = loop.time() + float(getattr(client, "retry_timeout", 0.0) or MIGRATION_WAIT_S)
-    sends, pause = 0, 0.05
-    while True:
-        try:
-            return await _one_transaction(client, commands, wait, key)
-        except (*_NOT_RUN, RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            migrating = isinstance(exc, (AskError, TryAgainError)) and not isinstance(exc, MovedError)
-            sends += 0 if migrating else 1  # MovedError is an AskError
-            if sends >= CLUSTER_SENDS or (migrating and loop.time() + pause > deadline):
-                raise
-            if migrating:
-                # The queue's keys are split between the two nodes, so following ASK would meet
-                # TRYAGAIN there: wait for the keys to move (nothing of the chunk ran).
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, MIGRATION_BACKOFF_CAP_S)
-                continue
-            try:
-                await follow_redirect(client, exc)
-            except Exception:  # noqa: BLE001 - the next send finds out
-                await asyncio.sleep(0.1)
+
+    async def attempt(conn: Any, _may_have_run: bool) -> tuple[list[Any], int]:
+        return await _multi_exec(conn, commands, wait)
+
+    return await send(client, key, attempt)
 
 
-async def _one_transaction(
-    client: Any, commands: list[bytes], wait: Command | None = None, key: str | None = None
-) -> tuple[list[Any], int]:
-    async with pool_connection(client, key) as conn:
-        result: tuple[list[Any], int] = await conn.retry.call_with_retry(
-            lambda: _send_and_read(conn, commands, wait), lambda _error: conn.disconnect()
-        )
-        return result
-
-
-async def _send_and_read(conn: Any, commands: list[bytes], wait: Command | None) -> tuple[list[Any], int]:
-    try:
-        tail = [pack(wait)] if wait else []
-        await conn.send_packed_command([_MULTI, *commands, _EXEC, *tail], check_health=False)
-        await conn.read_response()  # +OK
-        refused: ResponseError | None = None
-        # One deadline for all the +QUEUED replies instead of a timeout context per reply.
-        async with asyncio.timeout(conn.socket_timeout):
-            for _ in commands:
-                try:
-                    await conn.read_response(timeout=math.inf)
-                except ResponseError as exc:  # a command Redis would not queue: EXEC aborts
-                    refused = refused or exc
-        try:
-            replies = list(await conn.read_response())
-        except ResponseError as exc:
-            raise (refused or exc) from None  # (the connection is dropped below: WAIT's reply is unread)
-        if not wait:
-            return replies, 0
-        return replies, int(await conn.read_response(timeout=wait[2] / 1000 + READ_MARGIN_S))
-    except BaseException:
-        await conn.disconnect()  # replies may be left unread: never reuse this connection
-        raise
+async def _multi_exec(conn: Any, commands: list[bytes], wait: Command | None) -> tuple[list[Any], int]:
+    replies, acked = await exchange(conn, [_MULTI, *commands, _EXEC], len(commands) + 2, wait)
+    started, executed = replies[0], replies[-1]
+    if isinstance(started, ResponseError):
+        raise started
+    if isinstance(executed, ResponseError):  # EXECABORT: a command Redis would not queue says why
+        raise next((r for r in replies[1:-1] if isinstance(r, ResponseError)), executed)
+    return list(executed), acked

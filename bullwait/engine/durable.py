@@ -17,29 +17,25 @@ past the original write. After `WAIT_ATTEMPTS` short answers the call raises
 `WriteNotDurable`, naming the setting: success is never reported for a write that only one
 node holds.
 
-The connection is taken from the client's pool (`internals.pool_connection`) and driven
-with redis-py's `send_packed_command` / `read_response`, as `bullwait.engine.bulk` does; a
-Sentinel pool's connections turn READONLY into a connection error there too, so the
-client's retry moves them to the new master.
+The write and WAIT share a connection of the client's pool, as a bulk add's MULTI and EXEC
+do (`bullwait.engine.exchange`); a Sentinel pool's connections turn READONLY into a
+connection error there too, so the client's retry moves them to the new master.
 
 Redis Cluster: WAIT counts the replicas of the node it is sent to, so the write and WAIT
-go on one connection of the master that owns the write's slot (`cluster_send_and_wait`).
-A redirect reply (the write did not run) or a lost connection updates the client's slot
-map and sends both again to the owner it names then.
+go on one connection of the master that owns the write's slot; MOVED, ASK, TRYAGAIN,
+CLUSTERDOWN and lost connections are met as `bullwait.engine.exchange` says.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, ResponseError, TryAgainError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import NoScriptError, ResponseError
 
-from bullwait.engine.internals import follow_redirect, is_cluster, node_connection, pool_connection, script_command
+from bullwait.engine.exchange import Command, exchange, raise_refusal, send
+from bullwait.engine.internals import script_command
 from bullwait.errors import WriteNotDurable
 from bullwait.logs import get_logger
 from bullwait.settings import Settings
@@ -49,10 +45,6 @@ WAIT_ATTEMPTS = 3
 # How long a repeat's marker key lives: it only has to reach the replication stream.
 MARKER_TTL_MS = 1000
 MARKER_SUFFIX = ":durable"
-# Read timeout of WAIT's reply beyond WAIT's own timeout (a slow network, a busy Redis).
-READ_MARGIN_S = 5.0
-
-Command = tuple[Any, ...]
 # (first reply, reply of a repeat) -> the reply to report; see `run_script`.
 Settle = Callable[[Any, Any], Any]
 
@@ -133,112 +125,32 @@ async def run_command(
 async def send_and_wait(
     client: Any, durability: Durability, commands: Sequence[Command], marker: str | None = None
 ) -> tuple[list[Any], int]:
-    """`commands` then WAIT on one pool connection: their replies (error replies as
-    exception objects) and the number of replicas WAIT counted. With `marker` (a key of the
-    write), a marker key beside it is written before WAIT (see the module docstring).
+    """`commands` then WAIT on one pool connection (with a cluster, of the master that owns
+    their slot): their replies (error replies as exception objects) and the number of
+    replicas WAIT counted. With `marker` (a key of the write), a marker key beside it is
+    written before WAIT (see the module docstring).
 
-    A lost connection is retried with the client's retry policy (the commands must be safe
-    to repeat); every send after the first writes the marker."""
-    if is_cluster(client):
-        return await cluster_send_and_wait(client, durability, commands, marker)
-    sends = 0
-    async with pool_connection(client) as conn:
-
-        async def once() -> tuple[list[Any], int]:
-            nonlocal sends
-            sends += 1
-            key = marker if sends == 1 else marker or _first_key(commands)
-            return await _exchange(conn, durability, commands, key)
-
-        result: tuple[list[Any], int] = await conn.retry.call_with_retry(once, lambda _error: conn.disconnect())
-        return result
-
-
-# Sends of one write to a cluster before the redirect or lost connection is raised.
-CLUSTER_SENDS = 5
-_NOT_RUN = (MovedError, AskError, TryAgainError, ClusterDownError)
-
-
-async def cluster_send_and_wait(
-    client: Any, durability: Durability, commands: Sequence[Command], marker: str | None = None
-) -> tuple[list[Any], int]:
-    """`send_and_wait` on a cluster: `commands` (of one slot) and WAIT on a connection of the
-    master that owns the slot, following MOVED, ASK and failovers."""
+    A lost connection or a cluster's refusal is retried as `bullwait.engine.exchange.send`
+    says (the commands must be safe to repeat); a send after one that may have run writes
+    the marker."""
     key = _first_key(commands)
-    if key is None:
-        raise ValueError("a durable write on a cluster needs a key to find its slot")
-    asking: tuple[str, int] | None = None  # the node an ASK named: sent there once, after ASKING
-    # A redirect means the write did not run; after a lost connection it may have, and a
-    # repeat then writes the marker (see the module docstring).
-    may_have_run = False
-    for send in range(CLUSTER_SENDS):
-        last = send == CLUSTER_SENDS - 1
-        try:
-            if asking is not None:
-                # ASKING admits the next command only: the write, without a marker (it never ran).
-                replies, acked = await _ask_exchange(client, asking, durability, commands)
-                asking = None
-            else:
-                async with pool_connection(client, key) as conn:
-                    replies, acked = await _exchange(
-                        conn, durability, commands, marker or (key if may_have_run else None)
-                    )
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            if last:
-                raise
-            may_have_run = True
-            await _refresh(client, exc)
-            continue
-        refused = next((r for r in replies if isinstance(r, _NOT_RUN)), None)
-        if refused is None or last:
-            return replies, acked
-        if isinstance(refused, AskError) and not isinstance(refused, MovedError):  # MovedError is an AskError
-            asking = (refused.host, int(refused.port))
-        elif isinstance(refused, TryAgainError):
-            await asyncio.sleep(0.05 * (send + 1))  # a slot migration moves the keys meanwhile
-        else:
-            await _refresh(client, refused)
-    raise AssertionError("unreachable")
+
+    async def attempt(conn: Any, may_have_run: bool) -> tuple[list[Any], int]:
+        return await _write_and_wait(conn, durability, commands, marker or (key if may_have_run else None))
+
+    return await send(client, key, attempt)
 
 
-async def _refresh(client: Any, error: BaseException) -> None:
-    try:
-        await follow_redirect(client, error)
-    except Exception:  # noqa: BLE001 - the next send finds out (and raises on the last)
-        await asyncio.sleep(0.1)
-
-
-async def _ask_exchange(
-    client: Any, address: tuple[str, int], durability: Durability, commands: Sequence[Command]
-) -> tuple[list[Any], int]:
-    """After ASK: ASKING, then the commands (one write), on one connection of the importing node."""
-    async with node_connection(client, *address) as conn:
-        await conn.send_packed_command(conn.pack_command("ASKING"), check_health=False)
-        await conn.read_response()
-        return await _exchange(conn, durability, commands, None)
-
-
-async def _exchange(
+async def _write_and_wait(
     conn: Any, durability: Durability, commands: Sequence[Command], marker: str | None
 ) -> tuple[list[Any], int]:
     extra: list[Command] = [("SET", marker_key(marker), "1", "PX", MARKER_TTL_MS)] if marker else []
-    try:
-        await conn.send_packed_command(
-            conn.pack_commands([*commands, *extra, durability.wait_command()]), check_health=False
-        )
-        replies: list[Any] = []
-        for _ in [*commands, *extra]:
-            try:
-                replies.append(await conn.read_response())
-            except ResponseError as exc:  # keep reading: WAIT's reply is still to come
-                replies.append(exc)
-        acked = await conn.read_response(timeout=durability.timeout_ms / 1000 + READ_MARGIN_S)
-    except BaseException:
-        await conn.disconnect()  # replies may be left unread: never reuse this connection
-        raise
+    every = [*commands, *extra]
+    replies, acked = await exchange(conn, conn.pack_commands(every), len(every), durability.wait_command())
+    raise_refusal(replies)
     if extra and isinstance(replies[-1], BaseException):
         raise replies[-1]
-    return replies[: len(commands)], int(acked)
+    return replies[: len(commands)], acked
 
 
 def _first_key(commands: Sequence[Command]) -> str | None:

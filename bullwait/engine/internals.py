@@ -18,6 +18,7 @@ Everything here was checked against the versions in `SUPPORTED_BULLMQ` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import re
@@ -551,8 +552,9 @@ async def cluster_node(client: Any, key: str) -> Any:
     return client.get_node_from_key(key)
 
 
-async def follow_redirect(client: Any, error: BaseException) -> None:
-    """Update a cluster client's slot map after `error` on a connection of bullwait's own.
+async def refresh_slots(client: Any, error: BaseException) -> None:
+    """Update a cluster client's slot map after `error` on a connection of bullwait's own. A
+    failure to read the map is left to the next command, which finds out and refreshes again.
 
     redis-py applies MOVED only to commands it sends itself (`NodesManager.move_slot`, not
     API); anything else (a lost node, CLUSTERDOWN) re-reads the whole map on the next
@@ -561,11 +563,12 @@ async def follow_redirect(client: Any, error: BaseException) -> None:
 
     if not is_cluster(client):
         return
-    if isinstance(error, MovedError):
-        await client.nodes_manager.move_slot(error)
-        return
-    client._initialize = True
-    await client.initialize()
+    with contextlib.suppress(Exception):
+        if isinstance(error, MovedError):
+            await client.nodes_manager.move_slot(error)
+            return
+        client._initialize = True
+        await client.initialize()
 
 
 async def new_connection(client: Any, key: str | None = None, **overrides: Any) -> Any:
