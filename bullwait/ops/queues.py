@@ -20,8 +20,9 @@ from typing import Any
 
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ResponseError, WatchError
+from redis.exceptions import ResponseError
 
+from bullwait.engine.cancel import cancel_waiting
 from bullwait.engine.connection import (
     Topology,
     check_redis,
@@ -35,7 +36,6 @@ from bullwait.engine.internals import (
     GET_STATE_KEYS,
     move_jobs_to_wait_keys,
     pause_keys,
-    remove_job_keys,
     script_source,
 )
 from bullwait.engine.jobcheck import not_utf8, printable, unescape
@@ -55,7 +55,7 @@ from bullwait.ops.snapshot import QueueSnapshot, read_snapshots
 from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey, queue_name
 from bullwait.waitlist.jobids import check_job_id
-from bullwait.waitlist.producer import CANCELLABLE_STATES, CancelResult, Producer
+from bullwait.waitlist.producer import CancelResult, Producer
 
 # Jobs per script call in bulk operations (clean, retry, promote): a call's time grows with
 # the jobs it touches; this many keep each well under 50 ms on a busy server (measure with
@@ -92,7 +92,7 @@ class Ops:
             encoding_errors="surrogateescape",
         )
         ops = cls(settings, client, version)
-        await load_scripts(client, ops._move, ops._remove)  # sent in pipelines (queue_script)
+        await load_scripts(client, ops._move)  # sent in pipelines (queue_script)
         return ops
 
     async def __aenter__(self) -> Ops:
@@ -166,25 +166,10 @@ class Ops:
 
     async def _cancel_undecodable(self, key: QueueKey, raw_id: str, shown_id: str) -> CancelResult:
         """`Producer.cancel_job` for an id only this client can send (its bytes are not UTF-8)."""
-        job_key = self.redis_key(key, raw_id)
-        for _ in range(10):
-            async with self.client.pipeline(transaction=True) as pipe:
-                await pipe.watch(job_key)
-                state = await self.job_state(key, raw_id)
-                if state == "unknown":
-                    return CancelResult(self.queue_name(key), shown_id, "missing")
-                if state not in CANCELLABLE_STATES:
-                    return CancelResult(self.queue_name(key), shown_id, state)
-                pipe.multi()
-                script_keys = [self.redis_key(key, n) for n in remove_job_keys(raw_id)]
-                await queue_script(pipe, self._remove, script_keys, [raw_id, 1, self.key_prefix(key)])
-                try:
-                    removed = (await pipe.execute())[0]
-                except WatchError:
-                    continue
-                if removed == 1:
-                    return CancelResult(self.queue_name(key), shown_id, "cancelled")
-        return CancelResult(self.queue_name(key), shown_id, await self.job_state(key, raw_id))
+        outcome = await cancel_waiting(
+            self.client, self._remove, self.key_prefix(key), raw_id, lambda: self.job_state(key, raw_id)
+        )
+        return CancelResult(self.queue_name(key), shown_id, outcome)
 
     async def cancel_expiry(self, waitlist_id: str) -> CancelResult:
         check_job_id(waitlist_id, "waitlist id", own_keys=False)

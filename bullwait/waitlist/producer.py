@@ -27,10 +27,10 @@ from redis.exceptions import (
     OutOfMemoryError,
     RedisError,
     ResponseError,
-    WatchError,
 )
 
 from bullwait.engine.bulk import NewJob, add_jobs, now_ms, stored_opts
+from bullwait.engine.cancel import cancel_waiting
 from bullwait.engine.connection import (
     bound_retries,
     bullmq_connection,
@@ -43,10 +43,7 @@ from bullwait.engine.durable import Durability, run_command
 from bullwait.engine.internals import (
     add_job,
     bullmq_connections,
-    is_cluster,
     main_client,
-    pool_connection,
-    remove_job_keys,
     script_source,
     scripts_of,
 )
@@ -63,8 +60,6 @@ from bullwait.waitlist.catalog import (
 )
 from bullwait.waitlist.jobids import check_job_id
 from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, PreferenceJob, WireModel
-
-CANCELLABLE_STATES = frozenset({"waiting", "wait", "delayed", "prioritized", "paused"})
 
 
 @dataclass(frozen=True)
@@ -299,73 +294,19 @@ class Producer:
     async def cancel_job(self, key: QueueKey, job_id: str) -> CancelResult:
         """Remove a job only while it is waiting or delayed, atomically.
 
-        The job hash is WATCHed: if a worker takes the job (moveToActive writes
-        `processedOn`) between our state check and the removal, the removal is
-        discarded and the state is read again.
+        See `bullwait.engine.cancel`: a worker taking the job meanwhile wins.
         """
         async with redis_errors(self.settings, "nothing cancelled"):
             return await self._cancel_job(key, job_id)
 
     async def _cancel_job(self, key: QueueKey, job_id: str) -> CancelResult:
         queue = self.queue(key)
-        name = queue_name(key, self.settings)
         client = self._own_redis()
         await cluster_ready(queue, client)
-        job_key = queue.toKey(job_id)
-        if is_cluster(client):
-            return await self._cancel_on_cluster(queue, name, job_id)
-        for _ in range(10):
-            async with client.pipeline(transaction=True) as pipe:
-                await pipe.watch(job_key)
-                state = await queue.getJobState(job_id)
-                if state == "unknown":
-                    return CancelResult(name, job_id, "missing")
-                if state not in CANCELLABLE_STATES:
-                    return CancelResult(name, job_id, state)
-                pipe.multi()
-                await self._remove(pipe, queue, job_id)
-                try:
-                    removed = (await pipe.execute())[0]
-                except WatchError:
-                    continue
-                if removed == 1:
-                    return CancelResult(name, job_id, "cancelled")
-        return CancelResult(name, job_id, await queue.getJobState(job_id))
-
-    async def _cancel_on_cluster(self, queue: Queue, name: str, job_id: str) -> CancelResult:
-        """`_cancel_job` on a cluster, whose pipelines refuse scripts: the same WATCH, state
-        check and MULTI/EVALSHA/EXEC, by hand on one connection of the master that owns the
-        queue's slot. A MOVED or lost connection is raised; cancelling again is safe."""
-        client = self._own_redis()
-        job_key = queue.toKey(job_id)
-        keys = [queue.toKey(name) for name in remove_job_keys(job_id)]
-        args = [job_id, 1, queue.keys[""]]
-        await client.script_load(self._remove_script.script)  # on every master: pipelines cannot load it
-        async with pool_connection(client, job_key) as conn:
-            try:
-                for _ in range(10):
-                    await conn.send_command("WATCH", job_key)
-                    await conn.read_response()
-                    state = await queue.getJobState(job_id)
-                    if state == "unknown" or state not in CANCELLABLE_STATES:
-                        await conn.send_command("UNWATCH")
-                        await conn.read_response()
-                        return CancelResult(name, job_id, "missing" if state == "unknown" else state)
-                    evalsha = ("EVALSHA", self._remove_script.sha, len(keys), *keys, *args)
-                    await conn.send_packed_command(conn.pack_commands([("MULTI",), evalsha, ("EXEC",)]))
-                    await conn.read_response()  # OK
-                    await conn.read_response()  # QUEUED
-                    replies = await conn.read_response()
-                    if replies is None:  # the job changed after WATCH: read its state again
-                        continue
-                    if isinstance(replies[0], Exception):
-                        raise replies[0]
-                    if replies[0] == 1:
-                        return CancelResult(name, job_id, "cancelled")
-            except BaseException:
-                await conn.disconnect()  # replies may be left unread
-                raise
-        return CancelResult(name, job_id, await queue.getJobState(job_id))
+        outcome = await cancel_waiting(
+            client, self._remove_script, queue.keys[""], job_id, lambda: queue.getJobState(job_id)
+        )
+        return CancelResult(queue_name(key, self.settings), job_id, outcome)
 
     def _own_redis(self) -> Any:
         if self._redis is None:
@@ -373,11 +314,6 @@ class Producer:
             bound_retries(self.settings, self._redis)
             self._remove_script = self._redis.register_script(script_source("removeJob"))
         return self._redis
-
-    async def _remove(self, pipe: Any, queue: Queue, job_id: str) -> None:
-        keys = [queue.toKey(name) for name in remove_job_keys(job_id)]
-        args = [job_id, 1, queue.keys[""]]
-        await self._remove_script(keys=keys, args=args, client=pipe)
 
 
 OOM_MARKER = "command not allowed when used memory"
