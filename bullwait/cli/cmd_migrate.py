@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from bullwait.cli.common import AsJson, RedisUrl, context_line, fail, print_json, run_async, settings_from
-from bullwait.cli.render import print_table
+from bullwait.cli.render import migration_row, print_table
 from bullwait.settings import Settings
 
 
@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
             title = (
                 "dry run: would move " if dry_run else "moved "
             ) + f"{report.moved if not dry_run else report.found} job(s), prefix {report.prefix}"
-            print_table([q.row(dry_run) for q in report.queues], title=title)
+            print_table([migration_row(q, dry_run) for q in report.queues], title=title)
         if report.active:
             print(
                 f"bullwait: warning: {len(report.active)} active legacy job(s) ({', '.join(report.active[:5])}): "

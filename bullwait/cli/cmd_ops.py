@@ -19,7 +19,15 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from rich.live import Live
 
 from bullwait.cli.common import AsJson, RedisUrl, context_line, err_console, fail, print_json, run_async, settings_from
-from bullwait.cli.render import doctor_lines, job_row, print_job, print_table, stats_table, stdout_console
+from bullwait.cli.render import (
+    cancel_message,
+    doctor_lines,
+    job_row,
+    print_job,
+    print_table,
+    stats_table,
+    stdout_console,
+)
 from bullwait.engine.connection import cluster_redirect, read_cluster
 from bullwait.engine.internals import is_cluster
 from bullwait.errors import BadArgument, BullwaitError, JobNotFound, RedisUnavailable
@@ -207,22 +215,14 @@ def cancel(
         key = _keys([queue], settings)[0]
         job_id = _job_id(job, queue)
         result = _with_ops(settings, lambda ops: ops.cancel(key, job_id), human=not as_json)
-        message = result.describe()
+        message = cancel_message(result)
     else:
         assert waitlist_id is not None
         if queue is not None:
             raise fail("--queue goes with --job; a WAITLIST_ID always means the expiry queue", 2)
         wid = _job_id(waitlist_id, what="waitlist id", own_keys=False)
         result = _with_ops(settings, lambda ops: ops.cancel_expiry(wid), human=not as_json)
-        if result.outcome == "missing":
-            message = f"no expiry timer for waitlist {wid} (no job {result.job_id} on {result.queue})"
-        elif result.cancelled:
-            message = f"cancelled the expiry timer of waitlist {wid} (job {result.job_id} on {result.queue})"
-        else:
-            message = (
-                f"not cancelled: the expiry timer of waitlist {wid} is {result.outcome} "
-                f"(job {result.job_id} on {result.queue}); only waiting or delayed timers can be cancelled"
-            )
+        message = cancel_message(result, wid)
     if as_json:
         print_json(
             {

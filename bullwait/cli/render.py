@@ -16,8 +16,10 @@ from rich.console import Console
 from rich.table import Table
 
 from bullwait.ops.durations import format_ms, local_time
+from bullwait.ops.migrate import MOVABLE_STATES, QueueMigration
 from bullwait.ops.results import Check, DoctorReport, JobInfo
 from bullwait.ops.snapshot import QueueSnapshot
+from bullwait.waitlist.producer import CancelResult
 
 
 def stdout_console() -> Console:
@@ -81,6 +83,43 @@ def stats_table(rows: list[QueueSnapshot], console: Console, caption: str | None
     for label in list(by_queue[0])[1:]:
         tall.add_row(label, *(str(row[label]) for row in by_queue))
     return tall
+
+
+# --- cancel --------------------------------------------------------------------------
+
+
+def cancel_message(result: CancelResult, waitlist_id: str | None = None) -> str:
+    """What `cancel` says: of a job, or with `waitlist_id` of that waitlist's expiry timer."""
+    job = f"job {result.job_id} on {result.queue}"
+    if waitlist_id is None:
+        if result.cancelled:
+            return f"cancelled {job}"
+        if result.outcome == "missing":
+            return f"no {job}"
+        return f"{job} is {result.outcome}; only waiting or delayed jobs can be cancelled"
+    if result.cancelled:
+        return f"cancelled the expiry timer of waitlist {waitlist_id} ({job})"
+    if result.outcome == "missing":
+        return f"no expiry timer for waitlist {waitlist_id} (no {job})"
+    return (
+        f"not cancelled: the expiry timer of waitlist {waitlist_id} is {result.outcome} "
+        f"({job}); only waiting or delayed timers can be cancelled"
+    )
+
+
+# --- migrate-legacy ------------------------------------------------------------------
+
+
+def migration_row(q: QueueMigration, dry_run: bool) -> dict[str, Any]:
+    """One legacy queue: jobs found per state (a dry run) or moved of found."""
+    row: dict[str, Any] = {"from": q.source, "to": q.target}
+    for state in MOVABLE_STATES:
+        n = q.found.get(state, 0)
+        row[state] = n if dry_run else f"{q.moved.get(state, 0)}/{n}"
+    row["conflicts"] = len(q.conflicts)
+    row["active"] = len(q.active)
+    row["completed (kept)"] = q.completed_left
+    return row
 
 
 # --- jobs ----------------------------------------------------------------------------

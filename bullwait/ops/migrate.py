@@ -157,16 +157,6 @@ class QueueMigration:
     def remaining(self) -> int:
         return sum(self.found.values()) - sum(self.moved.values())
 
-    def row(self, dry_run: bool) -> dict[str, Any]:
-        row: dict[str, Any] = {"from": self.source, "to": self.target}
-        for state in MOVABLE_STATES:
-            n = self.found.get(state, 0)
-            row[state] = n if dry_run else f"{self.moved.get(state, 0)}/{n}"
-        row["conflicts"] = len(self.conflicts)
-        row["active"] = len(self.active)
-        row["completed (kept)"] = self.completed_left
-        return row
-
     def as_dict(self) -> dict[str, Any]:
         return {
             "queue": self.key.value,

@@ -74,13 +74,6 @@ class CancelResult:
     def cancelled(self) -> bool:
         return self.outcome == "cancelled"
 
-    def describe(self) -> str:
-        if self.cancelled:
-            return f"cancelled job {self.job_id} on {self.queue}"
-        if self.outcome == "missing":
-            return f"no job {self.job_id} on {self.queue}"
-        return f"job {self.job_id} on {self.queue} is {self.outcome}; only waiting or delayed jobs can be cancelled"
-
 
 def stored_job(queue: Queue, name: str, payload: WireModel, opts: dict[str, Any]) -> Job:
     """The bullmq `Job` that `Queue.add` would build, with `jobId` given as the job's id

@@ -175,7 +175,7 @@ async def test_cancel_both_ways_and_stats(env, settings: Settings, sync_redis, p
         nest(env, "notifyWaitlistCustomer", {"waitlistEntry": seed_entry("w-n"), "slot": seed_slot()})
         assert await producer.queue(QueueKey.WAITLIST_EXPIRY).getJobState("expiry_w-n") == "delayed"
         result = await producer.cancel_expiry_timer("w-n")
-        assert result.cancelled, result.describe()
+        assert result.cancelled, result
         assert not sync_redis.exists(f"{prefix}:waitlist-expiry:expiry_w-n")
 
         # bullwait schedules, NestJS's cancelExpiryTimer cancels.
