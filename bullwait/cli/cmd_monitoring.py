@@ -8,12 +8,11 @@ import signal
 
 import typer
 
-from bullwait.cli.common import RedisUrl, fail, run_async, settings_from
+from bullwait.cli.common import RedisUrl, fail, queue_keys, run_async, settings_from
 from bullwait.engine.connection import describe_redis
-from bullwait.errors import BullwaitError
 from bullwait.logs import configure_logging, get_logger
 from bullwait.settings import Settings
-from bullwait.waitlist.catalog import QueueKey, queue_name, resolve_queue
+from bullwait.waitlist.catalog import QueueKey, queue_name
 
 
 def register(app: typer.Typer) -> None:
@@ -38,10 +37,7 @@ def serve(
     configure_logging(settings.queue_log_level)
     if not settings.queue_monitoring_enabled:
         raise fail("monitoring is disabled (QUEUE_MONITORING_ENABLED=false); unset it to run `bullwait serve`", 2)
-    try:
-        keys = [resolve_queue(n, settings) for n in queue] if queue else list(QueueKey)
-    except BullwaitError as exc:
-        raise fail(str(exc), exc.exit_code) from None
+    keys = queue_keys(queue, settings)
     code = run_async(lambda: _serve(settings, keys))
     raise typer.Exit(code)
 

@@ -11,14 +11,25 @@ import inspect
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any, TypeVar
 
 import typer
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from rich.live import Live
+from rich.table import Table
 
-from bullwait.cli.common import AsJson, RedisUrl, context_line, err_console, fail, print_json, run_async, settings_from
+from bullwait.cli.common import (
+    AsJson,
+    RedisUrl,
+    context_line,
+    err_console,
+    fail,
+    print_json,
+    queue_key,
+    queue_keys,
+    run_async,
+    settings_from,
+)
 from bullwait.cli.render import (
     cancel_message,
     doctor_lines,
@@ -40,7 +51,6 @@ from bullwait.ops.queues import Ops
 from bullwait.ops.results import CleanResult
 from bullwait.ops.snapshot import QueueSnapshot
 from bullwait.settings import Settings
-from bullwait.waitlist.catalog import QueueKey, resolve_queue
 from bullwait.waitlist.jobids import BadJobId, check_job_id
 
 T = TypeVar("T")
@@ -77,17 +87,6 @@ def _job_id(job_id: str, queue: str = "QUEUE", what: str = "job id", own_keys: b
             "job-key": f"show that job with `bullwait jobs show {queue} {exc.owner}`",
         }
         raise fail(f"{exc.problem}; {hints[exc.kind]}" if exc.kind in hints else str(exc), exc.exit_code) from None
-
-
-def _keys(names: list[str] | None, settings: Settings) -> list[QueueKey]:
-    if not names:
-        return list(QueueKey)
-    keys: list[QueueKey] = []
-    for name in names:
-        key = _checked(partial(resolve_queue, name, settings))
-        if key not in keys:
-            keys.append(key)
-    return keys
 
 
 def _with_ops(settings: Settings, action: Callable[[Ops], Awaitable[T]], human: bool = False) -> T:
@@ -144,7 +143,8 @@ def stats(
     """Per queue: waiting, prioritized, delayed, active, completed, failed, paused, workers, oldest waiting.
 
     Counts equal Node bullmq's getJobCounts; workers counts Node and Python workers. With Redis Sentinel
-    a line under the table shows the master, the replicas and their lag, and the sentinels answering.
+    a line under the table shows the master, the replicas and their lag, and the sentinels answering
+    (with a cluster, its nodes); --watch reads that line once, and again after a failed refresh.
 
     --json prints a list of objects (name, waiting, active, completed, failed, delayed, prioritized, paused,
     workers, ...); with --watch, one JSON line per refresh.
@@ -152,7 +152,7 @@ def stats(
     Example: bullwait stats --queue waitlist-expiry --watch 2
     """
     settings = settings_from(redis_url)
-    keys = _keys(queue, settings)
+    keys = queue_keys(queue, settings)
     if watch is not None and not 0.1 <= watch <= 86_400:
         raise fail(f"--watch must be between 0.1 and 86400 seconds (got {watch})", 2)
 
@@ -176,16 +176,27 @@ def stats(
                 sys.stdout.write(json.dumps([r.to_json() for r in rows]) + "\n")
                 sys.stdout.flush()
                 await asyncio.sleep(watch)
+        # The topology changes only with a failover or a reshard, which the stats read notices.
+        topology = await _topology_line(ops)
+
+        async def table_now() -> Table:
+            nonlocal topology
+            try:
+                rows = await ops.stats(keys)
+            except (RedisError, RedisClusterException, OSError):
+                topology = await _topology_line(ops)  # where things stand now (or the error again)
+                rows = await ops.stats(keys)
+            return stats_table(rows, console, topology)
+
         if not console.is_terminal:  # piped: a new table per refresh
             while True:
-                console.print(stats_table(await ops.stats(keys), console, await _topology_line(ops)))
+                console.print(await table_now())
                 sys.stdout.flush()
                 await asyncio.sleep(watch)
-        table = stats_table(await ops.stats(keys), console, await _topology_line(ops))
-        with Live(table, console=console, auto_refresh=False) as live:
+        with Live(await table_now(), console=console, auto_refresh=False) as live:
             while True:
                 await asyncio.sleep(watch)
-                live.update(stats_table(await ops.stats(keys), console, await _topology_line(ops)), refresh=True)
+                live.update(await table_now(), refresh=True)
 
     _with_ops(settings, loop, human=not as_json)
 
@@ -212,7 +223,7 @@ def cancel(
     if job is not None:
         if queue is None:
             raise fail("--job needs --queue (the job's queue)", 2)
-        key = _keys([queue], settings)[0]
+        key = queue_key(queue, settings)
         job_id = _job_id(job, queue)
         result = _with_ops(settings, lambda ops: ops.cancel(key, job_id), human=not as_json)
         message = cancel_message(result)
@@ -260,7 +271,7 @@ def clean(
     settings = settings_from(redis_url)
     if bool(queue) == all_queues:
         raise fail("say which queues: --queue Q (repeatable) or --all", 2)
-    keys = _keys(queue, settings)
+    keys = queue_keys(queue, settings)
     state = _checked(lambda: normalize_state(status, CLEAN_STATES))
     grace_ms = _checked(lambda: parse_duration_ms(grace, "--grace"))
     _checked(lambda: check_count(limit, "--limit"))
@@ -352,7 +363,7 @@ def _move(
     settings = settings_from(redis_url)
     if bool(queue) == all_queues:
         raise fail(f"say which queues: --queue Q (repeatable) or --all (`{verb}` with neither used to mean all)", 2)
-    keys = _keys(queue, settings)
+    keys = queue_keys(queue, settings)
     _checked(lambda: check_count(count, "--count"))
     source = "failed" if verb == "retry" else "delayed"
 
@@ -411,7 +422,7 @@ def resume(
 
 def _set_paused(queue: str, paused: bool, as_json: bool, redis_url: str | None) -> None:
     settings = settings_from(redis_url)
-    key = _keys([queue], settings)[0]
+    key = queue_key(queue, settings)
     result = _with_ops(settings, lambda ops: ops.set_paused(key, paused), human=not as_json)
     if as_json:
         print_json(result.to_json())
@@ -437,7 +448,7 @@ def jobs_list(
     Example: bullwait jobs list waitlist-expiry --status delayed --limit 10
     """
     settings = settings_from(redis_url)
-    key = _keys([queue], settings)[0]
+    key = queue_key(queue, settings)
     state = _checked(lambda: normalize_state(status))
     _checked(lambda: check_count(limit, "--limit"))
     if limit > 10_000:
@@ -460,7 +471,7 @@ def jobs_show(
     Example: bullwait jobs show waitlist-expiry expiry_w-42
     """
     settings = settings_from(redis_url)
-    key = _keys([queue], settings)[0]
+    key = queue_key(queue, settings)
     jid = _job_id(job_id, queue)
 
     async def show(ops: Ops) -> Any:
@@ -502,7 +513,7 @@ def doctor(
     Example: bullwait doctor --json
     """
     settings = settings_from(redis_url)
-    keys = _keys(queue, settings)
+    keys = queue_keys(queue, settings)
     report = run_async(lambda: run_doctor(settings, keys))
     if as_json:
         print_json(report.to_json())

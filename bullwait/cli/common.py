@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import typer
@@ -15,6 +15,7 @@ from bullwait.errors import BullwaitError, RedisIsClusterNode
 from bullwait.logs import first_line
 from bullwait.runtime.runner import run_until_done
 from bullwait.settings import Settings, load_settings
+from bullwait.waitlist.catalog import QueueKey, resolve_queue
 
 T = TypeVar("T")
 
@@ -41,6 +42,27 @@ def settings_from(redis_url: str | None = None, **overrides: Any) -> Settings:
         return load_settings(redis_url=redis_url, **overrides)
     except BullwaitError as exc:
         raise fail(str(exc), exc.exit_code) from None
+
+
+def queue_keys(names: Sequence[str] | None, settings: Settings) -> list[QueueKey]:
+    """The catalog's queues `names` name (by name, key or alias; each once, in order), every
+    queue when none is named. An unknown name is one line and its exit code."""
+    if not names:
+        return list(QueueKey)
+    keys: list[QueueKey] = []
+    for name in names:
+        try:
+            key = resolve_queue(name, settings)
+        except BullwaitError as exc:
+            raise fail(str(exc), exc.exit_code) from None
+        if key not in keys:
+            keys.append(key)
+    return keys
+
+
+def queue_key(name: str, settings: Settings) -> QueueKey:
+    """The one queue `name` names (see `queue_keys`)."""
+    return queue_keys([name], settings)[0]
 
 
 def run_async(make: Callable[[], Awaitable[T]]) -> T:

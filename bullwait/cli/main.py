@@ -10,13 +10,13 @@ from pathlib import Path
 
 import typer
 
-from bullwait.cli.common import AsJson, RedisUrl, fail, run_async, settings_from
+from bullwait.cli.common import AsJson, RedisUrl, fail, queue_keys, run_async, settings_from
 from bullwait.cli.render import print_table, stdout_console
 from bullwait.engine.connection import describe_redis, redis_hostname
 from bullwait.errors import BullwaitError
 from bullwait.logs import configure_logging, get_logger
 from bullwait.settings import Settings
-from bullwait.waitlist.catalog import QueueKey, catalog_json, queue_name, resolve_queue
+from bullwait.waitlist.catalog import QueueKey, catalog_json, queue_name
 
 app = typer.Typer(
     name="bullwait",
@@ -25,15 +25,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _queues(names: list[str] | None, settings: Settings) -> list[QueueKey]:
-    if not names:
-        return list(QueueKey)
-    try:
-        return [resolve_queue(n, settings) for n in names]
-    except BullwaitError as exc:
-        raise fail(str(exc), exc.exit_code) from None
 
 
 @app.command()
@@ -63,7 +54,7 @@ def worker(
     """
     settings = settings_from(redis_url)
     configure_logging(settings.queue_log_level)
-    keys = _queues(queue, settings)
+    keys = queue_keys(queue, settings)
     _check_plugins(settings)
     # The first line says where this worker reads jobs from: a wrong db or prefix shows here.
     get_logger().info(

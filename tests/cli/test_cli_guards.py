@@ -14,8 +14,10 @@ import pytest
 from redis import Redis
 from typer.testing import CliRunner, Result
 
+from bullwait.cli.common import queue_keys
 from bullwait.cli.main import app
 from bullwait.settings import Settings
+from bullwait.waitlist.catalog import QueueKey
 
 from helpers.common import BULLWAIT, ROOT
 
@@ -286,3 +288,13 @@ async def test_default_metrics_port_in_use_moves_to_a_free_one(settings: Setting
                 pass
         message = str(info.value)
         assert "address already in use" in message and "--processes N" in message and "METRICS_PORT" in message
+
+
+def test_every_command_reads_queue_names_alike(env: dict[str, str], settings: Settings) -> None:
+    """One reading of --queue for worker, serve and the ops commands: names, keys and aliases,
+    each queue once, an unknown name one line naming the known ones."""
+    named = ["notification", "waitlist-expiry", "expiry", "WAITLIST_NOTIFICATION"]
+    assert queue_keys(named, settings) == [QueueKey.WAITLIST_NOTIFICATION, QueueKey.WAITLIST_EXPIRY]
+    assert queue_keys(None, settings) == list(QueueKey)
+    for args in (["worker", "-q", "nope"], ["serve", "-q", "nope"], ["stats", "-q", "nope"], ["pause", "nope"]):
+        assert_one_line(invoke(env, *args), "unknown queue 'nope'; known queues: ")
