@@ -80,12 +80,11 @@ async def diagnose(ops: Ops, keys: Iterable[QueueKey] | None = None) -> DoctorRe
     checks.append(_check_listpack(await _hash_value_limit(ops.client)))
     wanted = list(keys) if keys else list(QueueKey)
     checks.append(_check_names([ops.queue_name(k) for k in wanted]))
-    clients = await ops.client_list()
-    all_stats = await ops.stats(wanted, clients)
+    all_stats = await ops.stats(wanted)
     workers = sum(s.workers or 0 for s in all_stats)
     checks.append(_check_presence(await queue_presence(ops.client, ops.settings), workers))
     for stats in all_stats:
-        checks.extend(_queue_checks(stats, ops.settings, clients is not None))
+        checks.extend(_queue_checks(stats, ops.settings))
     return DoctorReport(checks)
 
 
@@ -300,14 +299,14 @@ def _check_names(names: list[str]) -> Check:
     )
 
 
-def _queue_checks(s: QueueSnapshot, settings: Settings, clients_ok: bool) -> list[Check]:
+def _queue_checks(s: QueueSnapshot, settings: Settings) -> list[Check]:
     q = s.name
     out = []
     if s.paused:
         out.append(Check("warn", f"{q}/paused", f"paused: nothing is processed; `bullwait resume {q}` when intended"))
     else:
         out.append(Check("ok", f"{q}/paused", "not paused"))
-    if not clients_ok:
+    if s.workers is None:
         out.append(
             Check("warn", f"{q}/workers", "cannot tell: the server refused CLIENT LIST (allow it for this user)")
         )

@@ -20,13 +20,11 @@ from typing import Any
 
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ResponseError
 
 from bullwait.engine.cancel import cancel_waiting
 from bullwait.engine.connection import (
     Topology,
     check_redis,
-    client_list,
     load_scripts,
     queue_script,
     read_topology,
@@ -127,24 +125,11 @@ class Ops:
 
     # --- stats ----------------------------------------------------------------------
 
-    async def client_list(self) -> list[dict[str, Any]] | None:
-        """CLIENT LIST once (of every master on a cluster); None when the server refuses it (ACL, managed Redis)."""
-        try:
-            return await client_list(self.client)
-        except ResponseError:
-            return None
-
-    async def stats(
-        self, keys: Iterable[QueueKey] | None = None, clients: list[dict[str, Any]] | bool | None = True
-    ) -> list[QueueSnapshot]:
+    async def stats(self, keys: Iterable[QueueKey] | None = None) -> list[QueueSnapshot]:
         """Per queue counts (as Node's getJobCounts), paused, workers, oldest waiting job:
-        the one reader /metrics and /health use too (bullwait.ops.snapshot).
-
-        CLIENT LIST and one script call per queue, all in one pipeline round trip; pass
-        `clients` to reuse a CLIENT LIST already read (None: count no workers).
-        """
+        the one reader /metrics and /health use too (bullwait.ops.snapshot), in one round trip."""
         names = [self.queue_name(key) for key in self._keys(keys)]
-        return await read_snapshots(self.client, self.prefix, names, clients)
+        return await read_snapshots(self.client, self.prefix, names)
 
     # --- cancel ---------------------------------------------------------------------
 

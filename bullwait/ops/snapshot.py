@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
@@ -65,7 +65,6 @@ class QueueSnapshot:
     meta_version: str | None = None
     completed_total: int = 0  # BullMQ's worker metrics counters
     failed_total: int = 0
-    worker_names: list[str] = field(default_factory=list)
 
     @property
     def has_jobs(self) -> bool:
@@ -99,7 +98,6 @@ class QueueSnapshot:
             "next_delayed_in_ms",
             "completed_total",
             "failed_total",
-            "worker_names",
         ):
             data.pop(name)
         data["oldest_waiting_s"] = _seconds(self.oldest_waiting_ms)
@@ -139,28 +137,23 @@ def _parse_queue(name: str, reply: Any) -> QueueSnapshot:
     )
 
 
-async def read_snapshots(
-    client: Any, prefix: str, queues: Iterable[str], clients: list[dict[str, Any]] | bool | None = True
-) -> list[QueueSnapshot]:
-    """Every queue in one pipelined round trip. `clients`: True reads CLIENT LIST in the same
-    round trip (workers stay None if the server refuses it); a list already read is used as
-    it is; None or False counts no workers. Raises redis errors of the queue reads."""
+async def read_snapshots(client: Any, prefix: str, queues: Iterable[str]) -> list[QueueSnapshot]:
+    """Every queue, and CLIENT LIST to count their workers, in one pipelined round trip
+    (workers stay None if the server refuses CLIENT LIST). Raises redis errors of the queue reads."""
     names = list(queues)
-    results = await _read(client, prefix, names, clients is True)
+    results = await _read(client, prefix, names, True)
+    listed = results[len(names)]
     if any(isinstance(reply, NoScriptError) for reply in results[: len(names)]):
         # A server that has not seen the script yet (new, restarted, failed over): load it once.
         await client.script_load(INSPECT_LUA)
-        results = await _read(client, prefix, names, clients is True)
+        results = await _read(client, prefix, names, False)
     snapshots = [_parse_queue(name, reply) for name, reply in zip(names, results, strict=False)]
-    if clients is True:
-        listed = results[len(names)]
-        clients = None if isinstance(listed, Exception) else list(listed)
-    if isinstance(clients, list):
-        count_queue_workers(snapshots, clients, prefix)
+    if not isinstance(listed, Exception):
+        count_queue_workers(snapshots, list(listed), prefix)
     return snapshots
 
 
-async def _read(client: Any, prefix: str, names: list[str], client_list: bool) -> list[Any]:
+async def _read(client: Any, prefix: str, names: list[str], with_clients: bool) -> list[Any]:
     """EVALSHA straight into the pipeline: redis-py's registered scripts would add a SCRIPT
     EXISTS round trip to every read. On a cluster the pipeline sends each queue's call to its
     slot's master, and CLIENT LIST (which a cluster pipeline refuses) is read from every master."""
@@ -170,10 +163,10 @@ async def _read(client: Any, prefix: str, names: list[str], client_list: bool) -
             keys = [base + suffix for suffix in INSPECT_KEYS]
             # Plain EVALSHA: the same on one node, and a cluster pipeline refuses `evalsha()`.
             pipe.execute_command("EVALSHA", INSPECT_SHA, len(keys), *keys, base, SCAN_CAP, OVERDUE_GRACE_MS)
-        if client_list and not is_cluster(client):
+        if with_clients and not is_cluster(client):
             pipe.client_list()
         results = list(await pipe.execute(raise_on_error=False))
-    if client_list and is_cluster(client):
+    if with_clients and is_cluster(client):
         try:
             results.append(await list_clients(client))
         except ResponseError as exc:  # refused (ACL): workers stay unknown, as on one node
@@ -194,7 +187,6 @@ def count_queue_workers(snapshots: list[QueueSnapshot], clients: list[dict[str, 
     for snap in snapshots:
         counts = {node: count_workers(entries, prefix, snap.name) for node, entries in by_node.items()}
         best = max(counts, key=lambda node: counts[node][0], default="")
-        snap.worker_names = worker_names(by_node.get(best, []), prefix, snap.name)
         snap.workers, snap.workers_node, snap.workers_python = counts.get(best, (0, 0, 0))
 
 
@@ -235,28 +227,3 @@ def count_workers(clients: list[dict[str, Any]], prefix: str, queue: str) -> tup
         )
         stock += blocking if (worker and worker in node) else max(1, blocking)
     return node_only + bullwait + stock, node_only, bullwait + stock
-
-
-def worker_names(clients: list[dict[str, Any]], prefix: str, queue: str) -> list[str]:
-    """Distinct workers of `queue` among CLIENT LIST entries, Node and Python alike.
-
-    bullmq-py names a worker's connections `<prefix>:<queue>[:w:<name>]`, Node
-    `<prefix>:<base64(queue)>[:w:<name>]`; bullwait's workers use both (one per
-    connection). Named workers count once per name; unnamed ones once per connection,
-    which is what Node's `getWorkers()` does.
-    """
-    bases = (f"{prefix}:{queue}", f"{prefix}:{base64.b64encode(queue.encode()).decode()}")
-    named: set[str] = set()
-    unnamed: list[str] = []
-    for entry in clients:
-        client_name = str(entry.get("name") or "")
-        if not client_name:
-            continue
-        for base in bases:
-            if client_name == base:
-                unnamed.append(f"(unnamed #{entry.get('id', len(unnamed))})")
-                break
-            if client_name.startswith(base + ":w:"):
-                named.add(client_name[len(base) + 3 :])
-                break
-    return sorted(named) + unnamed

@@ -22,7 +22,7 @@ from bullwait.dev.embedded import free_port
 from bullwait.dev.fake_whatsapp import FakeWhatsApp
 from bullwait.engine.connection import redis_options
 from bullwait.monitoring.metrics import JobMetrics
-from bullwait.ops.snapshot import NODE_STATES, worker_names
+from bullwait.ops.snapshot import NODE_STATES
 from bullwait.runtime.runner import WorkerPool, worker_options
 from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey, queue_name
@@ -595,21 +595,6 @@ def test_stalled_event_reaches_the_observer(settings: Settings) -> None:
     assert metrics.registry.get_sample_value("bullmq_jobs_total", {"queue": EXPIRY, "status": "stalled"}) == 1
 
 
-def test_worker_names_count_node_and_python_connections_once() -> None:
-    clients = [
-        {"id": "1", "name": "bull:waitlist-expiry:w:py-1"},  # bullwait main connection
-        {"id": "2", "name": "bull:d2FpdGxpc3QtZXhwaXJ5:w:py-1"},  # bullwait blocking connection (Node name)
-        {"id": "3", "name": "bull:d2FpdGxpc3QtZXhwaXJ5:w:node-7"},  # a Node worker
-        {"id": "4", "name": "bull:d2FpdGxpc3QtZXhwaXJ5"},  # an unnamed Node worker
-        {"id": "5", "name": "bull:d2FpdGxpc3QtZXhwaXJ5:qe"},  # QueueEvents: not a worker
-        {"id": "6", "name": "bull:waitlist-expiry-other:w:x"},  # another queue
-        {"id": "7", "name": "other:waitlist-expiry:w:y"},  # another prefix
-        {"id": "8", "name": ""},
-    ]
-    names = worker_names(clients, "bull", "waitlist-expiry")
-    assert names[:2] == ["node-7", "py-1"] and len(names) == 3
-
-
 def test_workers_record_bullmq_metrics(settings: Settings) -> None:
     opts = worker_options(QueueKey.WAITLIST_EXPIRY, settings, "w")
     assert opts["metrics"] == {"maxDataPoints": 10080}
@@ -633,4 +618,3 @@ def test_health_counts_workers_as_stats_does() -> None:
     snap = QueueSnapshot(name="waitlist-expiry")
     count_queue_workers([snap], clients, "bull")
     assert snap.workers == count_workers(clients, "bull", "waitlist-expiry")[0] == 2
-    assert snap.worker_names == ["shared"]

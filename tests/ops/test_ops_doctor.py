@@ -130,3 +130,20 @@ def test_doctor_unreachable_redis(env: dict[str, str]) -> None:
     assert result.returncode == 2 and result.stderr == ""
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fail  redis  cannot reach Redis")
+
+
+def test_doctor_reads_workers_with_the_queues(tuned_redis: RedisServer, env: dict[str, str]) -> None:
+    """CLIENT LIST travels in the queue reader's round trip, once (a fresh server has the
+    reader's script loaded and the queues read again); refused, each queue says so."""
+    admin = redis.Redis(port=tuned_redis.port, decode_responses=True)
+    admin.config_resetstat()
+    result = invoke_cli(dict(env, REDIS_URL=f"{tuned_redis.url}/0"), "doctor")
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    assert admin.info("commandstats")["cmdstat_client|list"]["calls"] == 1
+    admin.acl_setuser("no-list", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-client|list"])
+    refused = invoke_cli(dict(env, REDIS_URL=f"redis://no-list:pw@127.0.0.1:{tuned_redis.port}/0"), "doctor")
+    checks = _checks(refused.stdout)
+    refusal = "cannot tell: the server refused CLIENT LIST (allow it for this user)"
+    for key in QueueKey:
+        assert checks[f"{queue_name(key, Settings())}/workers"] == ("warn", refusal)
+    admin.close()
