@@ -115,10 +115,6 @@ class ClusterTopology:
         nodes = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.nodes)
         return f"cluster://{nodes}"
 
-    def setting(self) -> str:
-        """The REDIS_CLUSTER_NODES value naming these nodes, for advice in messages."""
-        return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.nodes)
-
 
 @dataclass(frozen=True)
 class SentinelTopology:

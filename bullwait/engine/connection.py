@@ -492,11 +492,6 @@ def cluster_reply_message(exc: BaseException, settings: Settings | None = None) 
     )
 
 
-def cluster_unreachable(exc: BaseException) -> bool:
-    """True for redis-py's cluster-level errors (no node answers, slots not covered)."""
-    return isinstance(exc, RedisClusterException)
-
-
 # --- Bounded retries ---------------------------------------------------------
 # bullmq-py gives every client `Retry(ExponentialBackoff(cap=20, base=1), 20)`: one command
 # keeps retrying through a lost connection for about six minutes. bullwait bounds that by

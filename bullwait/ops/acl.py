@@ -84,9 +84,3 @@ def acl_rules(prefix: str = "bull", store_prefix: str = STORE_PREFIX, db: int = 
     """Key patterns (the queues' prefix and bullwait's own keys), no pub/sub, the commands."""
     keys = ["resetkeys", f"~{prefix}:*", f"~{store_prefix}*", "resetchannels"]
     return " ".join([*keys, *command_rules(db, cluster)])
-
-
-def setuser_command(
-    username: str = "bullwait", prefix: str = "bull", password: str = "<password>", db: int = 0, cluster: bool = False
-) -> str:
-    return f"ACL SETUSER {username} on >{password} {acl_rules(prefix, db=db, cluster=cluster)}"
