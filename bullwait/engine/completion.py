@@ -4,7 +4,8 @@
 `autopipeline.pack` then encodes all fourteen keys and eight arguments, for every job:
 after the socket write, the biggest cost in a worker's per-job CPU. Thirteen of the keys
 and four of the arguments are the same for every job of a worker, so `CompletionCalls`
-packs them once; per job it encodes the job's key, id, time, return value and the
+packs them once, and reads the worker's options the script needs (limiter, lock duration,
+metrics size) once; per job it encodes the job's key, id, time, return value and the
 msgpack options, in the order bullmq writes them. A test compares the keys, arguments
 and bytes with bullmq's own `moveToCompletedArgs`.
 """
@@ -49,6 +50,12 @@ class CompletionCalls:
         prefix = scripts.prefix
         self._tail = {True: pack_args(("completed", "1", prefix)), False: pack_args(("completed", "", prefix))}
         self._tail_args = {True: ["completed", "1", prefix], False: ["completed", "", prefix]}
+        # What bullmq reads from `job.queue.opts` for every job: the worker's options.
+        opts = worker.opts
+        metrics = opts.get("metrics")
+        self._limiter = opts.get("limiter")
+        self._lock_duration = opts.get("lockDuration")
+        self._max_metrics = metrics.get("maxDataPoints", "") if metrics is not None else ""
 
     def build(
         self, job: Any, result: Any, token: str, fetch: bool, timestamp: int | None = None
@@ -57,18 +64,16 @@ class CompletionCalls:
         value = json.dumps(result, separators=(",", ":"), allow_nan=False) or ""
         if timestamp is None:
             timestamp = round(time.time() * 1000)
-        opts = job.queue.opts
-        metrics = opts.get("metrics")
         job_opts = job.opts
         packed_opts = msgpack.packb(
             {
                 "token": token,
                 "keepJobs": keep_jobs(job_opts.get("removeOnComplete", False)),
-                "limiter": opts.get("limiter"),
-                "lockDuration": opts.get("lockDuration"),
+                "limiter": self._limiter,
+                "lockDuration": self._lock_duration,
                 "attempts": job.attempts,
                 "attemptsMade": job.attemptsMade,
-                "maxMetricsSize": metrics.get("maxDataPoints", "") if metrics is not None else "",
+                "maxMetricsSize": self._max_metrics,
                 "fpof": job_opts.get("failParentOnFailure", False),
                 "cpof": job_opts.get("continueParentOnFailure", False),
                 "idof": job_opts.get("ignoreDependencyOnFailure", False),
