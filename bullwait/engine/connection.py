@@ -136,10 +136,7 @@ async def check_redis(settings: Settings, timeout: float | None = None) -> str:
     except MasterNotFoundError as exc:
         raise _no_master(settings, exc) from None
     except AuthenticationError:
-        raise RedisAccessDenied(
-            f"Redis at {describe_redis(settings)} refused the credentials: "
-            "check REDIS_USERNAME / REDIS_PASSWORD (or the URL)"
-        ) from None
+        raise RedisAccessDenied(credentials_refused(settings)) from None
     except ResponseError as exc:
         redirect = cluster_redirect(settings, exc)
         if redirect is not None:
@@ -158,6 +155,15 @@ async def check_redis(settings: Settings, timeout: float | None = None) -> str:
     finally:
         await client.aclose()
     return info
+
+
+def credentials_refused(settings: Settings, consequence: str = "") -> str:
+    """The one line for credentials the data nodes refuse; `consequence` says what did not happen."""
+    what = f" ({consequence})" if consequence else ""
+    return (
+        f"Redis at {describe_redis(settings)} refused the credentials{what}: "
+        "check REDIS_USERNAME / REDIS_PASSWORD (or the URL)"
+    )
 
 
 def _no_master(settings: Settings, exc: MasterNotFoundError) -> RedisUnavailable:

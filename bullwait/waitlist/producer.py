@@ -36,6 +36,7 @@ from bullwait.engine.connection import (
     bullmq_connection,
     cluster_ready,
     cluster_redirect,
+    credentials_refused,
     describe_redis,
     redis_client,
 )
@@ -323,10 +324,7 @@ async def redis_errors(settings: Settings, consequence: str) -> Any:
     try:
         yield
     except AuthenticationError:
-        raise RedisUnavailable(
-            f"Redis at {where} refused the credentials ({consequence}): "
-            "check REDIS_USERNAME / REDIS_PASSWORD (or the URL)"
-        ) from None
+        raise RedisUnavailable(credentials_refused(settings, consequence)) from None
     except NoPermissionError as exc:
         raise RedisUnavailable(
             f"Redis at {where} denied a command to this user ({consequence}): {first_line(exc)}; "
