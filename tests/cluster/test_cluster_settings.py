@@ -58,10 +58,10 @@ def test_hash_tag_as_redis_reads_it(prefix: str, tagged: bool) -> None:
         ({"REDIS_QUEUE_DB": "1"}, "REDIS_QUEUE_DB", "database 0 only"),
         ({"BULLMQ_PREFIX": "bull"}, "BULLMQ_PREFIX", "hash tag"),
         ({"BULLMQ_PREFIX": "{}"}, "BULLMQ_PREFIX", "hash tag"),
-        ({"REDIS_CLUSTER_NODES": "a:7000,"}, "REDIS_CLUSTER_NODES", "empty entry"),
+        ({"REDIS_CLUSTER_NODES": "a:7000,"}, "REDIS_CLUSTER_NODES", "entry 2 is empty"),
         ({"REDIS_CLUSTER_NODES": "a"}, "REDIS_CLUSTER_NODES", "not host:port"),
         ({"REDIS_CLUSTER_NODES": "a:0"}, "REDIS_CLUSTER_NODES", "from 1 to 65535"),
-        ({"REDIS_CLUSTER_NODES": "redis://a:7000"}, "REDIS_CLUSTER_NODES", "not a URL"),
+        ({"REDIS_CLUSTER_NODES": "redis://a:7000"}, "REDIS_CLUSTER_NODES", "is a URL"),
     ],
 )
 def test_refusals_name_the_variable(
