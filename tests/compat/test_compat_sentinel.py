@@ -19,8 +19,8 @@ import pytest
 import redis
 
 from helpers.nodecompat import NODE, NODE_DIR, node_required, run_node, seed_entry, seed_slot, start_board, start_node  # noqa: F401 (fixtures)
-from helpers.sentinel import SentinelSet
-from helpers.sentinel_node import NestServer, master, node_timer_baseline, sentinel_env
+from helpers.sentinel import SentinelSet, sentinel_env
+from helpers.sentinel_node import NestServer, master, node_timer_baseline
 
 pytestmark = node_required
 
