@@ -223,7 +223,8 @@ function describeRedis(opts) {
 function loadConfig(env = process.env) {
   const catalog = loadCatalog();
   const redis = redisOptions(env);
-  const naming = (env.BULLWAIT_QUEUE_NAMES || 'current').toLowerCase();
+  // Unset is `current`; an empty value is refused, as bullwait/settings.py refuses it.
+  const naming = (env.BULLWAIT_QUEUE_NAMES === undefined ? 'current' : env.BULLWAIT_QUEUE_NAMES).toLowerCase();
   if (!NAMINGS.includes(naming)) {
     throw new ConfigError(`BULLWAIT_QUEUE_NAMES: must be current, legacy or tagged (got ${JSON.stringify(env.BULLWAIT_QUEUE_NAMES)})`);
   }
