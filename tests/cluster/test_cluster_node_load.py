@@ -5,10 +5,10 @@ runs every one of them: no failure, no retry, nothing left queued or active, eac
 offer sent exactly once. Then `bullwait stats --json` and Node's getJobCounts agree per queue,
 and each queue's keys are on the master of its slot only.
 
-Under both namings: `current` (a hash-tagged prefix, `{t...}:waitlist-expiry:*`, the three
-queues on one master) and `tagged` (BULLWAIT_QUEUE_NAMES=tagged on both sides and the prefix
-without braces, `t...:{waitlist-expiry}:*`, each queue on a master of its own once the
-cluster's slots are spread as docs/cluster.md tells an operator to).
+Under both namings (`nenv`, tests/cluster/conftest.py): `current` (a hash-tagged prefix,
+`{t...}:waitlist-expiry:*`, the three queues on one master) and `tagged`
+(BULLWAIT_QUEUE_NAMES=tagged on both sides, `t...:{waitlist-expiry}:*`, each queue on a
+master of its own).
 
 The waitlist entries are the NestJS app's own (the store does not know them), so the worker
 sends every offer as asked and each expiry timer ends `missing`: this test is about the jobs.
@@ -26,10 +26,10 @@ import pytest
 
 from bullwait.dev.fake_whatsapp import FakeWhatsApp
 from bullwait.settings import QueueNaming, Settings
-from bullwait.waitlist.catalog import SPECS, TAGGED_QUEUE_NAMES, QueueKey, queue_name
+from bullwait.waitlist.catalog import SPECS, QueueKey, queue_name
 
 from helpers.cli import invoke_cli
-from helpers.cluster import ClusterSet, tagged_env
+from helpers.cluster import ClusterSet
 from helpers.common import WorkerProcess
 from helpers.jobdata import API_TOKEN
 from helpers.nodecompat import nest, node_json, node_required, seed_booking, seed_entry, seed_slot
@@ -64,27 +64,6 @@ def steps() -> list[dict[str, Any]]:
             {"action": "calculatePreferencesAfterBooking", "args": {"customerId": f"cust-{salon}", "booking": booking}},
         ]
     return out
-
-
-@pytest.fixture(params=[QueueNaming.CURRENT, QueueNaming.TAGGED], ids=lambda naming: naming.value)
-def naming(request: pytest.FixtureRequest) -> QueueNaming:
-    return QueueNaming(request.param)
-
-
-@pytest.fixture
-def nenv(cluster: ClusterSet, cenv: dict[str, str], naming: QueueNaming) -> dict[str, str]:
-    """The env both sides read: the cluster env, with tagged names and their queues spread."""
-    if naming is QueueNaming.CURRENT:
-        return cenv
-    moved = cluster.spread([TAGGED_QUEUE_NAMES[key] for key in QueueKey])
-    if moved:
-        print(f"\n{moved}")
-    return tagged_env(cenv)
-
-
-@pytest.fixture
-def nsettings(csettings: Settings, nenv: dict[str, str], naming: QueueNaming) -> Settings:
-    return csettings.with_overrides(bullmq_prefix=nenv["BULLMQ_PREFIX"], bullwait_queue_names=naming)
 
 
 @pytest.fixture
