@@ -279,6 +279,13 @@ def _expiry_rows(m: dict[str, Any] | None) -> list[tuple[str, ...]]:
         out.append((f"  lateness {key} ms", _f(a), "", _f(b), _ratio(a, b), "", "-"))
     a, b = bw.get("drainS"), nd.get("drainS")
     out.append(("  drain: window end -> last job done, s", _f(a, 2), "", _f(b, 2), _ratio(a, b), "", "-"))
+    noop = m.get("bullwait-noop") or {}
+    if noop:
+        cells = " / ".join(_f(late(noop, key)) for key in ("p50", "p99", "max"))
+        nodes = " / ".join(_f(late(nd, key)) for key in ("p50", "p99", "max"))
+        out.append(("  no-op processor (as Node's): lateness p50/p99/max ms", cells, "", nodes, "", "", "-"))
+        a = noop.get("drainS")
+        out.append(("  no-op processor: drain s", _f(a, 2), "", _f(b, 2), _ratio(a, b), "", "-"))
     out.append(("  CPU us per job: worker + redis", _cpu(bw), "", _cpu(nd), "", "", ""))
     for phase, label in (("redisRun", "expiring"), ("redisAdd", "adding")):
         a, b = (bw.get(phase) or {}).get("blockedMaxMs"), (nd.get(phase) or {}).get("blockedMaxMs")
@@ -293,6 +300,9 @@ def _expiry_rows(m: dict[str, Any] | None) -> list[tuple[str, ...]]:
                 _met(a <= 50) if a is not None else "-",
             )
         )
+    mean = lambda row, phase, name: ((row.get(phase) or {}).get("perCall") or {}).get(name, {}).get("meanMs")  # noqa: E731
+    a, b = mean(bw, "redisAdd", "exec"), mean(nd, "redisAdd", "exec")
+    out.append(("  mean MULTI block (EXEC) ms, adding", _f(a, 2), "", _f(b, 2), _ratio(a, b), "", "-"))
     for phase, label in (("run", "expiring"), ("add", "adding"), ("idle", "idle, before the window")):
         ping = lambda row: (row.get("probe") or {}).get(phase) or {}  # noqa: E731, B023 - called in this iteration
         cell = lambda row: f"{_f(ping(row).get('max'), 1)} / {_f(ping(row).get('p99'), 1)}" if ping(row) else "-"  # noqa: E731, B023
