@@ -273,6 +273,8 @@ def _expiry_rows(m: dict[str, Any] | None) -> list[tuple[str, ...]]:
     late = lambda row, key: (row.get("lateness") or {}).get(key)  # noqa: E731
     out: list[tuple[str, ...]] = []
     head = f"mass expiry: {m['n']:,} timers due within {m['windowS']:.0f} s, c {m['concurrency']}"
+    if m.get("rounds", 1) > 1:
+        head += f" (median drain of {m['rounds']})"
     out.append((head, "", "", "", "", "", ""))
     for key in ("p50", "p99", "max"):
         a, b = late(bw, key), late(nd, key)
