@@ -20,12 +20,13 @@ from pathlib import Path
 
 import redis
 
-from bench import cluster, scenarios
+from bench import cluster, mass_expiry, scenarios
 from bench.report import render
 from bullwait.dev.embedded import RedisServer
 
 SECTIONS = {
     "timers": scenarios.timers,
+    "expiry": mass_expiry.mass_expiry,
     "throughput": scenarios.throughput,
     "enqueue": scenarios.enqueue_and_memory,
     "notify": scenarios.notifications,

@@ -131,3 +131,10 @@ def run_node_enqueue(**opts: Any) -> dict[str, Any]:
         data = json.load(fh)
     os.unlink(out)
     return data
+
+
+def start_probe(redis_url: str, interval_ms: float = 5) -> Proc:
+    """bench/probe.py: PINGs Redis every `interval_ms` from its own process until stopped."""
+    out = _out()
+    o = {"redisUrl": redis_url, "intervalMs": interval_ms, "out": out}
+    return Proc([sys.executable, "-m", "bench.probe", json.dumps(o)], out).wait_ready()

@@ -77,6 +77,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
                 _met(proc.get("p99") is not None and proc["p99"] < 10),
             )
         )
+    out.extend(_expiry_rows(r.get("expiry")))
     th = r.get("throughput")
     if th:
         for c in (10, 50):
@@ -261,6 +262,53 @@ def rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
             out.append(
                 ("concurrency for >= 76 sends/s at 150 ms", str(n["concurrencyFor95"]), "", "", "", "<= default", "-")
             )
+    return out
+
+
+def _expiry_rows(m: dict[str, Any] | None) -> list[tuple[str, ...]]:
+    """Mass expiry: lateness and drain side by side, and how long Redis was blocked per phase."""
+    if not m:
+        return []
+    bw, nd = m.get("bullwait") or {}, m.get("node") or {}
+    late = lambda row, key: (row.get("lateness") or {}).get(key)  # noqa: E731
+    out: list[tuple[str, ...]] = []
+    head = f"mass expiry: {m['n']:,} timers due within {m['windowS']:.0f} s, c {m['concurrency']}"
+    if m.get("rounds", 1) > 1:
+        head += f" (median drain of {m['rounds']})"
+    out.append((head, "", "", "", "", "", ""))
+    for key in ("p50", "p99", "max"):
+        a, b = late(bw, key), late(nd, key)
+        out.append((f"  lateness {key} ms", _f(a), "", _f(b), _ratio(a, b), "", "-"))
+    a, b = bw.get("drainS"), nd.get("drainS")
+    out.append(("  drain: window end -> last job done, s", _f(a, 2), "", _f(b, 2), _ratio(a, b), "", "-"))
+    noop = m.get("bullwait-noop") or {}
+    if noop:
+        cells = " / ".join(_f(late(noop, key)) for key in ("p50", "p99", "max"))
+        nodes = " / ".join(_f(late(nd, key)) for key in ("p50", "p99", "max"))
+        out.append(("  no-op processor (as Node's): lateness p50/p99/max ms", cells, "", nodes, "", "", "-"))
+        a = noop.get("drainS")
+        out.append(("  no-op processor: drain s", _f(a, 2), "", _f(b, 2), _ratio(a, b), "", "-"))
+    out.append(("  CPU us per job: worker + redis", _cpu(bw), "", _cpu(nd), "", "", ""))
+    for phase, label in (("redisRun", "expiring"), ("redisAdd", "adding")):
+        a, b = (bw.get(phase) or {}).get("blockedMaxMs"), (nd.get(phase) or {}).get("blockedMaxMs")
+        out.append(
+            (
+                f"  Redis blocked max ms, {label} (LATENCY, SLOWLOG)",
+                _f(a, 1),
+                "",
+                _f(b, 1),
+                _ratio(a, b),
+                "<= 50 ms",
+                _met(a <= 50) if a is not None else "-",
+            )
+        )
+    mean = lambda row, phase, name: ((row.get(phase) or {}).get("perCall") or {}).get(name, {}).get("meanMs")  # noqa: E731
+    a, b = mean(bw, "redisAdd", "exec"), mean(nd, "redisAdd", "exec")
+    out.append(("  mean MULTI block (EXEC) ms, adding", _f(a, 2), "", _f(b, 2), _ratio(a, b), "", "-"))
+    for phase, label in (("run", "expiring"), ("add", "adding"), ("idle", "idle, before the window")):
+        ping = lambda row: (row.get("probe") or {}).get(phase) or {}  # noqa: E731, B023 - called in this iteration
+        cell = lambda row: f"{_f(ping(row).get('max'), 1)} / {_f(ping(row).get('p99'), 1)}" if ping(row) else "-"  # noqa: E731, B023
+        out.append((f"  PING max / p99 ms, {label}", cell(bw), "", cell(nd), "", "", ""))
     return out
 
 

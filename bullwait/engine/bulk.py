@@ -9,17 +9,21 @@ packed with `autopipeline.pack`, as one write on one pool connection. A job is a
 `NewJob` (its data already JSON) instead of a bullmq `Job`, and its options are
 normalised the way `Job.__init__` normalises them (`stored_opts`).
 
-Like `addBulk` the chunk is one transaction. Connection errors are retried with the
-client's retry policy (adding a job again under the same id adds nothing twice, and the
-producer gives every job an id). Scripts missing on the server (first use, SCRIPT FLUSH,
-failover) are loaded and the calls they refused sent again.
+The chunk goes as MULTI/EXEC blocks of `TRANSACTION_JOBS` jobs, all in that one write:
+Redis serves no other client while it runs a block, and a whole chunk in one block held it
+for as long as all its add scripts took (docs/performance.md, "Mass expiry"; Node bullmq 6
+sends `addBulk` as a plain pipeline, no block at all). A block is all or nothing; a chunk
+is not (neither is Node's). Connection errors are retried with the client's retry
+policy (adding a job again under the same id adds nothing twice, and the producer gives
+every job an id). Scripts missing on the server (first use, SCRIPT FLUSH, failover) are
+loaded and the calls they refused sent again.
 
-On Redis Cluster the transaction goes to the master that owns the queue's slot (every key
-of a queue carries its hash tag). A MULTI refused for a redirect (MOVED, ASK, TRYAGAIN,
-CLUSTERDOWN: EXEC aborts, nothing ran) or a lost connection updates the client's slot map
-and sends the chunk again to the owner it names then. While the queue's slot is being
-migrated (ASK, TRYAGAIN) the chunk is sent again, backing off, until the migration is over
-or the client's retry timeout has passed.
+On Redis Cluster the blocks go to the master that owns the queue's slot (every key of a
+queue carries its hash tag). A block refused for a redirect (MOVED, ASK, TRYAGAIN,
+CLUSTERDOWN: its EXEC aborts, nothing of it ran; blocks before it may have) or a lost
+connection updates the client's slot map and sends the chunk again to the owner it names
+then. While the queue's slot is being migrated (ASK, TRYAGAIN) the chunk is sent again,
+backing off, until the migration is over or the client's retry timeout has passed.
 
 Options that make a job part of a flow, deduplicated or repeated are not packed here
 (`NewJob` refuses them); add such jobs with bullmq's `Queue.add`.
@@ -56,6 +60,11 @@ from bullwait.errors import BadArgument
 
 _MULTI = pack(("MULTI",))
 _EXEC = pack(("EXEC",))
+
+# Jobs per MULTI/EXEC block. Redis serves no other client while it runs a block's add scripts,
+# so a chunk of 1,000 goes as several short blocks in the same write (bench/mass_expiry.py
+# measures the longest block, docs/performance.md "Mass expiry").
+TRANSACTION_JOBS = 100
 
 # Options whose arguments (parent key, deduplication key, repeat key) `_call` does not build.
 UNSUPPORTED_OPTS = frozenset(
@@ -144,7 +153,7 @@ def _call(queue: Queue, job: NewJob, heads: dict[str, tuple[int, bytes]]) -> tup
 
 
 async def add_jobs(queue: Queue, jobs: Sequence[NewJob], durability: Durability | None = None) -> list[str]:
-    """Add `jobs` to `queue` in one transaction; returns their ids.
+    """Add `jobs` to `queue` in one write of MULTI/EXEC blocks; returns their ids.
 
     With `durability` enabled, WAIT follows EXEC on the same connection and the chunk is
     reported added only once enough replicas confirm it (`bullwait.engine.durable`). A short WAIT
@@ -198,9 +207,10 @@ MIGRATION_BACKOFF_CAP_S = 0.5
 async def _transaction(
     client: Any, commands: list[bytes], wait: Command | None = None, key: str | None = None
 ) -> tuple[list[Any], int]:
-    """MULTI, `commands`, EXEC (and `wait`: WAIT after EXEC, on the same connection) in one
-    write; the EXEC reply (errors as ResponseError items) and the replicas WAIT counted (0
-    without `wait`). With a cluster client, on the master that owns `key`'s slot."""
+    """`commands` in MULTI/EXEC blocks (and `wait`: WAIT after the last EXEC, on the same
+    connection) in one write; the EXEC replies joined (errors as ResponseError items) and the
+    replicas WAIT counted (0 without `wait`). With a cluster client, on the master that owns
+    `key`'s slot."""
     if not is_cluster(client):
         return await _one_transaction(client, commands, wait)
     loop = asyncio.get_running_loop()
@@ -218,7 +228,7 @@ async def _transaction(
                 raise
             if migrating:
                 # The queue's keys are split between the two nodes, so following ASK would meet
-                # TRYAGAIN there: wait for the keys to move (nothing of the chunk ran).
+                # TRYAGAIN there: wait for the keys to move (nothing of the refused block ran).
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, MIGRATION_BACKOFF_CAP_S)
                 continue
@@ -238,26 +248,40 @@ async def _one_transaction(
         return result
 
 
+def transaction_blocks(commands: Sequence[bytes], size: int | None = None) -> list[Sequence[bytes]]:
+    """`commands` cut into MULTI/EXEC blocks of at most `size` (default `TRANSACTION_JOBS`); one block if none."""
+    size = max(1, size or TRANSACTION_JOBS)
+    return [commands[i : i + size] for i in range(0, len(commands), size)] or [commands]
+
+
 async def _send_and_read(conn: Any, commands: list[bytes], wait: Command | None) -> tuple[list[Any], int]:
     try:
-        tail = [pack(wait)] if wait else []
-        await conn.send_packed_command([_MULTI, *commands, _EXEC, *tail], check_health=False)
-        await conn.read_response()  # +OK
-        refused: ResponseError | None = None
-        # One deadline for all the +QUEUED replies instead of a timeout context per reply.
-        async with asyncio.timeout(conn.socket_timeout):
-            for _ in commands:
-                try:
-                    await conn.read_response(timeout=math.inf)
-                except ResponseError as exc:  # a command Redis would not queue: EXEC aborts
-                    refused = refused or exc
-        try:
-            replies = list(await conn.read_response())
-        except ResponseError as exc:
-            raise (refused or exc) from None  # (the connection is dropped below: WAIT's reply is unread)
+        blocks = transaction_blocks(commands)
+        packed = [part for block in blocks for part in (_MULTI, *block, _EXEC)]
+        await conn.send_packed_command([*packed, *([pack(wait)] if wait else [])], check_health=False)
+        replies: list[Any] = []
+        for block in blocks:
+            replies.extend(await _read_block(conn, len(block)))
         if not wait:
             return replies, 0
         return replies, int(await conn.read_response(timeout=wait[2] / 1000 + READ_MARGIN_S))
     except BaseException:
         await conn.disconnect()  # replies may be left unread: never reuse this connection
         raise
+
+
+async def _read_block(conn: Any, queued: int) -> list[Any]:
+    """The replies of one MULTI, `queued` commands, EXEC: EXEC's (errors as ResponseError items)."""
+    await conn.read_response()  # +OK
+    refused: ResponseError | None = None
+    # One deadline for all the +QUEUED replies instead of a timeout context per reply.
+    async with asyncio.timeout(conn.socket_timeout):
+        for _ in range(queued):
+            try:
+                await conn.read_response(timeout=math.inf)
+            except ResponseError as exc:  # a command Redis would not queue: EXEC aborts
+                refused = refused or exc
+    try:
+        return list(await conn.read_response())
+    except ResponseError as exc:
+        raise (refused or exc) from None  # (the caller drops the connection: later replies are unread)

@@ -1,10 +1,12 @@
 // Node bullmq 6 addBulk rate for bullwait's benchmark (python -m bench starts it).
 //   node enqueue.js '<json options>'
-// options: {redisUrl, prefix, queue, n, chunk, delayMs, jobOpts, ids, inFlight, out}
+// options: {redisUrl, prefix, queue, n, chunk, delayMs, dueAtMs, spreadMs, jobOpts, ids, inFlight, out}
 // Adds n check-expiry jobs (jobId expiry_<waitlistId>, the NestJS module's payload) with addBulk in
 // chunks of `chunk`, `inFlight` addBulk calls at a time (default 1: each awaited before the
 // next is built), then writes {seconds, n} to `out`. ids: "short" (w-1, slot-1, ...) or
-// "uuid" (36-character ids, the same as bench/scenarios.py uuid_like).
+// "uuid" (36-character ids, the same as bench/scenarios.py uuid_like). With dueAtMs (epoch ms),
+// job j is due at dueAtMs + spreadMs * j / n instead of delayMs from now (bench/mass_expiry.py,
+// as Producer.schedule_expiries does: expiresAt is the due time, the delay counted from now).
 'use strict';
 const fs = require('fs');
 const { Queue } = require('bullmq');
@@ -26,9 +28,11 @@ async function main() {
   const pending = [];
   for (let i = 0; i < o.n; i += o.chunk) {
     const now = new Date();
-    const expires = new Date(now.getTime() + o.delayMs);
     const jobs = [];
     for (let j = i; j < Math.min(o.n, i + o.chunk); j++) {
+      const due = o.dueAtMs === undefined ? now.getTime() + o.delayMs : Math.floor(o.dueAtMs + (o.spreadMs * j) / o.n);
+      const expires = new Date(due);
+      const delay = Math.max(0, due - Date.now());
       const [waitlistId, slotId, customerId, salonId] = ids(j);
       jobs.push({
         name: 'check-expiry',
@@ -40,7 +44,7 @@ async function main() {
           notifiedAt: now.toISOString(),
           expiresAt: expires.toISOString(),
         },
-        opts: { ...o.jobOpts, jobId: `expiry_${waitlistId}`, delay: o.delayMs },
+        opts: { ...o.jobOpts, jobId: `expiry_${waitlistId}`, delay: o.dueAtMs === undefined ? o.delayMs : delay },
       });
     }
     pending.push(queue.addBulk(jobs));
