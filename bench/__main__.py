@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         "--variants",
         nargs="+",
         metavar="LABEL",
-        help='throughput: run only these runtimes (e.g. bullwait bare node; "bullwait x2 processes")',
+        help='throughput: run only these runtimes (e.g. bullwait bare node; "bullwait x2 processes"); '
+        "notify: only these runs (sweep perSalon manySalons)",
     )
     args = parser.parse_args(argv)
     started = time.monotonic()

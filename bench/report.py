@@ -315,23 +315,26 @@ def _expiry_rows(m: dict[str, Any] | None) -> list[tuple[str, ...]]:
 def _notify_rows(row: dict[str, Any]) -> list[tuple[str, ...]]:
     """A notification run: the global-bound rate (>= 95% of 80/s), the whole run against its
     ceiling (the salons' when they bind), and the counts that must hold on the fake API."""
-    what = f"c {row['concurrency']}, {row['n']} msgs / {row['salons']} salons"
+    what = f"c {row['concurrency']}, {row['n']:,} msgs / {row['salons']:,} salons"
     if row["salonLimit"]:
         what += f", salon limit {row['salonLimit']}/{row['salonWindowMs'] // 1000}s"
     limits_ok = row["maxPerSecond"] <= 80 and row["duplicates"] == 0 and row["missing"] == 0 and row["failed"] == 0
     if row["salonLimit"]:
         limits_ok = limits_ok and row["maxPerSalonWindow"] <= row["salonLimit"]
-    out = [
-        (
-            f"sends/s, first {row['bindingN']} (global limit binding), {what}",
-            _f(row["bindingRate"], 1),
-            "",
-            "",
-            "",
-            ">= 76.0/s",
-            _met(row["bindingRate"] >= 76 and limits_ok),
-        )
-    ]
+    if row.get("steady") is not None:
+        out = _whole_run_rows(row, what, limits_ok)
+    else:
+        out = [
+            (
+                f"sends/s, first {row['bindingN']} (global limit binding), {what}",
+                _f(row["bindingRate"], 1),
+                "",
+                "",
+                "",
+                ">= 76.0/s",
+                _met(row["bindingRate"] >= 76 and limits_ok),
+            )
+        ]
     if row["salonLimit"] and row["n"] > row["salons"] * row["salonLimit"]:
         out.append(
             (
@@ -359,6 +362,45 @@ def _notify_rows(row: dict[str, Any]) -> list[tuple[str, ...]]:
         )
     )
     return out
+
+
+def _whole_run_rows(row: dict[str, Any], what: str, limits_ok: bool) -> list[tuple[str, ...]]:
+    """A run measured first send to last, and again without its ramp-up, each against 95%
+    of the run's ceiling (printed beside it, with the bounds it is the least of)."""
+    ceiling, target = row["ceiling"], row.get("target", round(0.95 * row["ceiling"], 1))
+    goal = f">= {target:.1f}/s (0.95 x {ceiling:.1f})"
+    steady = row["steady"]
+    long_run, own = _f(row.get("salonsLongRun"), 1), _f(row.get("salonsOwn"), 1)
+    if row.get("salonsOwn") is not None:
+        bounds = f"least of global {row['global']:.1f}, salons x limit / window {long_run}, own offers {own}"
+    else:  # every salon's offers fit in one window: the salons cannot hold the run back
+        bounds = (
+            f"global; salons x limit / window {long_run} does not bind "
+            f"({row.get('offersPerSalon', '-')} offers a salon, limit {row['salonLimit'] or '-'})"
+        )
+    cpu = (row.get("workerCpuMsPerSend"), row.get("redisCpuMsPerSend"))
+    return [
+        (
+            f"sends/s, whole run (first send to last), {what}",
+            _f(row["rate"], 1),
+            "",
+            "",
+            "",
+            goal,
+            _met(row["rate"] >= target and limits_ok),
+        ),
+        (
+            f"  sends/s after the first {steady['skipS']:g} s ({steady['n']:,} sends)",
+            _f(steady["rate"], 1),
+            "",
+            "",
+            "",
+            goal,
+            _met(steady["rate"] >= target and limits_ok),
+        ),
+        (f"  ceiling sends/s: {bounds}", f"{ceiling:.1f}", "", "", "", "", ""),
+        ("  CPU ms per send: worker + redis", f"{_f(cpu[0], 2)} + {_f(cpu[1], 2)}", "", "", "", "", ""),
+    ]
 
 
 def render(r: dict[str, Any]) -> str:
