@@ -33,6 +33,8 @@ class Bench:
     redis_pid: int | None = None
     # Throughput variants to run (labels as in the results, e.g. "bullwait", "bare", "node"); None: all.
     variants: tuple[str, ...] | None = None
+    # Growth: pending timers per run (None: the section's own, bench/growth.py).
+    sizes: tuple[int, ...] | None = None
 
     def fresh(self, hz: int = 10) -> str:
         """An empty database and a new key prefix; `hz` as asked."""
