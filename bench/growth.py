@@ -50,7 +50,7 @@ DUE_IN_S, DUE_SPREAD_S = 3600.0, 3600.0  # the N pending: due 1 to 2 hours from 
 BATCH, LEAD_S, SPREAD_S = 2_000, 3.0, 10.0  # timers due soon: from LEAD_S on, over SPREAD_S
 SCRAPES = 15  # HTTP reads per reader (after two warm-up reads)
 CLI_RUNS = 3  # subprocess runs per command
-LATENESS_ROUNDS, LATENESS_ROUNDS_QUICK = 3, 2
+LATENESS_ROUNDS, LATENESS_ROUNDS_QUICK = 5, 3
 IN_PROCESS_RUNS = 7
 BOARD_VIEWS = {
     # The overview page (every queue's counts), a queue's page ("latest": a page of each state),

@@ -316,6 +316,11 @@ def _notify_rows(row: dict[str, Any]) -> list[tuple[str, ...]]:
     return out
 
 
+def _cli(row: dict[str, Any]) -> str:
+    """A bullwait command's wall / CPU ms."""
+    return f"{_f(row.get('medianMs'))} / {_f(row.get('cpuMedianMs'))}"
+
+
 GOAL_MS = 50  # growth: a scrape and `bullwait stats` at the largest size
 
 
@@ -370,8 +375,8 @@ def _growth_rows(g: dict[str, Any]) -> list[tuple[str, ...]]:
         stats_ms = inproc.get("statsMedianMs")
         out.append(
             (
-                "  bullwait stats, in process ms (CLI wall ms)",
-                f"{_f(stats_ms, 1)} ({_f(stats.get('medianMs'))})",
+                "  bullwait stats, in process ms (CLI wall / CPU ms)",
+                f"{_f(stats_ms, 1)} ({_cli(stats)})",
                 "",
                 "",
                 "",
@@ -381,8 +386,8 @@ def _growth_rows(g: dict[str, Any]) -> list[tuple[str, ...]]:
         )
         out.append(
             (
-                "  bullwait doctor, in process ms (CLI wall ms)",
-                f"{_f(inproc.get('doctorMedianMs'), 1)} ({_f(doctor.get('medianMs'))})",
+                "  bullwait doctor, in process ms (CLI wall / CPU ms)",
+                f"{_f(inproc.get('doctorMedianMs'), 1)} ({_cli(doctor)})",
                 "",
                 "",
                 "",
@@ -404,11 +409,12 @@ def _growth_rows(g: dict[str, Any]) -> list[tuple[str, ...]]:
                 _met(flat) if last and n != sizes[0] else "-",
             )
         )
+    startup = g.get("cliStartup") or {}
     if sizes:
         out.append(
             (
-                "  (a bullwait CLI command's start-up alone, ms)",
-                _f((g.get("cliStartup") or {}).get("medianMs")),
+                "  (a bullwait CLI command's start-up alone, wall / CPU ms)",
+                _cli(startup),
                 "",
                 "",
                 "",
