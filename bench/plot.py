@@ -54,6 +54,17 @@ def plot(results: dict[str, Any], out: Path) -> Path:
         memory.plot(*_series(g, runtime, "enqueue", "bytesPerTimer"), "o-", color=color, label=label)
         lateness.plot(*_series(g, runtime, "lateness", "p99"), "o-", color=color, label=f"{label} p99")
         lateness.plot(*_series(g, runtime, "lateness", "p50"), "o--", color=color, alpha=0.6, label=f"{label} p50")
+        # The machine's load during the run: on a shared machine it, not N, moves the p99.
+        for n, p99 in zip(*_series(g, runtime, "lateness", "p99")):
+            row = g[f"{n}:{runtime}"]
+            lateness.annotate(
+                f"load {row.get('loadAverageStart', 0):.0f}-{row.get('loadAverageEnd', 0):.0f}",
+                (n, p99),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize="x-small",
+                color=color,
+            )
     # Readers on bullwait's fill; Bull Board on Node's (each runtime's own data).
     board = ("readers", "board", "latest", "medianMs")
     for label, runtime, path, style, color in (
