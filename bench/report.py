@@ -252,6 +252,9 @@ def rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
                     "-",
                 )
             )
+    g = r.get("growth")
+    if g:
+        out.extend(_growth_rows(g))
     n = r.get("notify")
     if n:
         for row in n.values():
@@ -401,6 +404,115 @@ def _whole_run_rows(row: dict[str, Any], what: str, limits_ok: bool) -> list[tup
         (f"  ceiling sends/s: {bounds}", f"{ceiling:.1f}", "", "", "", "", ""),
         ("  CPU ms per send: worker + redis", f"{_f(cpu[0], 2)} + {_f(cpu[1], 2)}", "", "", "", "", ""),
     ]
+
+
+def _cli(row: dict[str, Any]) -> str:
+    """A bullwait command's wall / CPU ms."""
+    return f"{_f(row.get('medianMs'))} / {_f(row.get('cpuMedianMs'))}"
+
+
+GOAL_MS = 50  # growth: a scrape and `bullwait stats` at the largest size
+
+
+def _growth_rows(g: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Per number of pending timers: each runtime's fill, bullwait's readers (on bullwait's
+    fill) beside Bull Board's (on Node's), and each runtime's lateness among them."""
+    out: list[tuple[str, ...]] = []
+    sizes = g.get("sizes", [])
+    first = lambda kind: (g.get(f"{sizes[0]}:{kind}") or {}).get("lateness", {}).get("p99") if sizes else None  # noqa: E731
+    for n in sizes:
+        bw, nd = g.get(f"{n}:bullwait") or {}, g.get(f"{n}:node") or {}
+        last = n == sizes[-1]
+        enq = lambda row, key: (row.get("enqueue") or {}).get(key)  # noqa: E731
+        out.append(
+            (
+                f"growth {n:,} pending: timers added/s",
+                _f(enq(bw, "rate")),
+                "",
+                _f(enq(nd, "rate")),
+                _ratio(enq(bw, "rate"), enq(nd, "rate")),
+                "",
+                "-",
+            )
+        )
+        out.append(
+            (
+                "  Redis bytes per pending timer",
+                _f(enq(bw, "bytesPerTimer")),
+                "",
+                _f(enq(nd, "bytesPerTimer")),
+                _ratio(enq(bw, "bytesPerTimer"), enq(nd, "bytesPerTimer")),
+                "",
+                "-",
+            )
+        )
+        rd = bw.get("readers") or {}
+        metrics, stats, doctor = rd.get("metrics") or {}, rd.get("stats") or {}, rd.get("doctor") or {}
+        inproc = rd.get("inProcess") or {}
+        board = ((nd.get("readers") or {}).get("board") or {}).get("latest") or {}
+        scrape = metrics.get("medianMs")
+        out.append(
+            (
+                "  /metrics scrape ms, median / max | Bull Board api/queues (queue page)",
+                f"{_f(scrape, 1)} / {_f(metrics.get('maxMs'), 1)}",
+                "",
+                f"{_f(board.get('medianMs'), 1)} / {_f(board.get('maxMs'), 1)}",
+                _ratio(scrape, board.get("medianMs")),
+                f"<= {GOAL_MS} ms" if last else "",
+                _met(scrape is not None and scrape <= GOAL_MS) if last else "-",
+            )
+        )
+        stats_ms = inproc.get("statsMedianMs")
+        out.append(
+            (
+                "  bullwait stats, in process ms (CLI wall / CPU ms)",
+                f"{_f(stats_ms, 1)} ({_cli(stats)})",
+                "",
+                "",
+                "",
+                f"<= {GOAL_MS} ms" if last else "",
+                _met(stats_ms is not None and stats_ms <= GOAL_MS) if last else "-",
+            )
+        )
+        out.append(
+            (
+                "  bullwait doctor, in process ms (CLI wall / CPU ms)",
+                f"{_f(inproc.get('doctorMedianMs'), 1)} ({_cli(doctor)})",
+                "",
+                "",
+                "",
+                "",
+                "-",
+            )
+        )
+        late = lambda row, key: (row.get("lateness") or {}).get(key)  # noqa: E731
+        p99 = late(bw, "p99")
+        flat = p99 is not None and first("bullwait") is not None and p99 <= first("bullwait") + 10
+        out.append(
+            (
+                f"  timer lateness p50 / p99 ms ({g.get('batch', '?'):,} due, median round)",
+                f"{_f(late(bw, 'p50'), 1)} / {_f(p99, 1)}",
+                "",
+                f"{_f(late(nd, 'p50'), 1)} / {_f(late(nd, 'p99'), 1)}",
+                _ratio(p99, late(nd, "p99")),
+                f"<= {_f(first('bullwait'), 1)} + 10" if last and n != sizes[0] else "",
+                _met(flat) if last and n != sizes[0] else "-",
+            )
+        )
+    startup = g.get("cliStartup") or {}
+    if sizes:
+        out.append(
+            (
+                "  (a bullwait CLI command's start-up alone, wall / CPU ms)",
+                _cli(startup),
+                "",
+                "",
+                "",
+                "",
+                "",
+            )
+        )
+    return out
 
 
 def render(r: dict[str, Any]) -> str:

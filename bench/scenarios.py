@@ -36,6 +36,8 @@ class Bench:
     # Throughput variants (labels as in the results, e.g. "bullwait", "bare", "node") and notify runs
     # ("sweep", "perSalon", "manySalons") to run; None: all.
     variants: tuple[str, ...] | None = None
+    # Growth: pending timers per run (None: the section's own, bench/growth.py).
+    sizes: tuple[int, ...] | None = None
 
     def fresh(self, hz: int = 10) -> str:
         """An empty database and a new key prefix; `hz` as asked."""
