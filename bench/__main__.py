@@ -20,16 +20,18 @@ from pathlib import Path
 
 import redis
 
-from bench import cluster, scenarios
+from bench import cluster, growth, mass_expiry, scenarios
 from bench.report import render
 from bullwait.dev.embedded import RedisServer
 
 SECTIONS = {
     "timers": scenarios.timers,
+    "expiry": mass_expiry.mass_expiry,
     "throughput": scenarios.throughput,
     "enqueue": scenarios.enqueue_and_memory,
     "notify": scenarios.notifications,
     "cluster": cluster.cluster,
+    "growth": growth.growth,
 }
 
 
@@ -41,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         "--variants",
         nargs="+",
         metavar="LABEL",
-        help='throughput: run only these runtimes (e.g. bullwait bare node; "bullwait x2 processes")',
+        help='throughput: run only these runtimes (e.g. bullwait bare node; "bullwait x2 processes"); '
+        "notify: only these runs (sweep perSalon manySalons)",
+    )
+    parser.add_argument(
+        "--sizes", nargs="+", type=int, metavar="N", help="growth: these numbers of pending timers (e.g. 2000 20000)"
     )
     args = parser.parse_args(argv)
     started = time.monotonic()
@@ -55,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             client=client,
             redis_pid=server.process.pid if server.process else None,
             variants=tuple(args.variants) if args.variants else None,
+            sizes=tuple(args.sizes) if args.sizes else None,
         )
         info = client.info("server")
         results: dict = {

@@ -38,7 +38,8 @@ class Proc:
             argv, cwd=cwd, stdout=subprocess.PIPE, stderr=self.log, env=env or dict(os.environ, PYTHONUNBUFFERED="1")
         )
 
-    def wait_ready(self, timeout: float = 30) -> Proc:
+    def wait_ready(self, timeout: float = 30, word: bytes = b"ready") -> Proc:
+        """Wait for `word` on the child's stdout (its first line saying it serves)."""
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
         buf = b""
@@ -47,7 +48,7 @@ class Proc:
             if ready:
                 chunk = os.read(self.proc.stdout.fileno(), 4096)
                 buf += chunk
-                if b"ready" in buf:
+                if word in buf:
                     self.ready_line = buf.decode(errors="replace").strip()
                     return self
                 if not chunk:
@@ -131,3 +132,10 @@ def run_node_enqueue(**opts: Any) -> dict[str, Any]:
         data = json.load(fh)
     os.unlink(out)
     return data
+
+
+def start_probe(redis_url: str, interval_ms: float = 5) -> Proc:
+    """bench/probe.py: PINGs Redis every `interval_ms` from its own process until stopped."""
+    out = _out()
+    o = {"redisUrl": redis_url, "intervalMs": interval_ms, "out": out}
+    return Proc([sys.executable, "-m", "bench.probe", json.dumps(o)], out).wait_ready()

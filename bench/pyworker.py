@@ -7,7 +7,8 @@ registered processor, payload validation, structlog at info, the Prometheus JobM
 as `bullwait worker` has it), "bare" (BullwaitWorker with
 a bare processor: bullwait's worker without its processing layer) or "stock" (a plain
 bullmq-py Worker and the same bare processor); mode "timers" | "throughput" | "notify";
-redisUrl, prefix, concurrency, out; processes (bullwait only: N children under
+redisUrl, prefix, concurrency, out; processor "noop" (timers: check-expiry does nothing, as
+Node's bench processor); processes (bullwait only: N children under
 bullwait.runtime.supervisor); notify (the real send-slot-available processor and WhatsApp sender
 against bullwait/dev/fake_whatsapp.py): fakeUrl, perSecond, marginMs, salonLimit, salonWindowMs.
 Prints "ready", runs until SIGTERM, then writes `out` (JSON).
@@ -68,9 +69,9 @@ async def noop(payload: ExpiryJob, ctx: Context) -> None:
 
 
 def _registry(o: dict[str, Any]) -> tuple[Registry, QueueKey]:
-    if o["mode"] == "timers":
+    if o["mode"] == "timers" and o.get("processor") != "noop":
         return builtin_registry(), QueueKey.WAITLIST_EXPIRY
-    if o["mode"] == "throughput":
+    if o["mode"] in ("throughput", "timers"):
         registry = Registry()
         registry.register(QueueKey.WAITLIST_EXPIRY, "check-expiry", ExpiryJob, noop)
         return registry, QueueKey.WAITLIST_EXPIRY

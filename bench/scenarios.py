@@ -19,6 +19,8 @@ from bullwait.waitlist.payloads import ExpiryJob, NotificationJob, SlotDetails
 from bullwait.waitlist.producer import IN_FLIGHT_CHUNKS, Producer
 
 QUEUE = "waitlist-expiry"
+# The Cloud API's default throughput, WHATSAPP_MAX_MESSAGES_PER_SECOND in every notify run.
+PER_SECOND = 80
 RUNTIMES = ("bullwait", "stock", "node")
 
 
@@ -31,8 +33,11 @@ class Bench:
     client: redis.Redis
     counter: int = 0
     redis_pid: int | None = None
-    # Throughput variants to run (labels as in the results, e.g. "bullwait", "bare", "node"); None: all.
+    # Throughput variants (labels as in the results, e.g. "bullwait", "bare", "node") and notify runs
+    # ("sweep", "perSalon", "manySalons") to run; None: all.
     variants: tuple[str, ...] | None = None
+    # Growth: pending timers per run (None: the section's own, bench/growth.py).
+    sizes: tuple[int, ...] | None = None
 
     def fresh(self, hz: int = 10) -> str:
         """An empty database and a new key prefix; `hz` as asked."""
@@ -444,6 +449,52 @@ def _rate(times: list[float]) -> float:
     return round((len(times) - 1) / span, 1) if span > 0 else float("nan")
 
 
+def _ceiling(n: int, salons: int, per_second: int, salon_limit: int, window_ms: int) -> dict[str, Any]:
+    """The most sends/s the limits allow over a run (first send to last), and 95% of it.
+
+    `global`: `per_second`. `salonsLongRun`: salons x limit / window, what the salons can
+    take on average over many windows. `salonsOwn`: the bound from each salon's own k
+    offers, (n - 1) sends over the (ceil(k / limit) - 1) windows its last one must wait.
+    The salons bind only when a salon has more offers than its limit; then the ceiling is
+    the least of the three (`salonsOwn` is never below `salonsLongRun` and tends to it as
+    runs grow; over a run of a few windows it is the truer bound). Otherwise every salon's
+    offers fit in one window and the ceiling is the global limit."""
+    bounds: dict[str, float | None] = {"global": float(per_second), "salonsLongRun": None, "salonsOwn": None}
+    most = math.ceil(n / salons)  # offers of the busiest salon (the runs deal them out evenly)
+    binds = bool(salon_limit) and most > salon_limit
+    if salon_limit:
+        bounds["salonsLongRun"] = salons * salon_limit * 1000 / window_ms
+    if binds:
+        bounds["salonsOwn"] = (n - 1) / ((math.ceil(most / salon_limit) - 1) * window_ms / 1000)
+    applied = {k: v for k, v in bounds.items() if v is not None and (k == "global" or binds)}
+    binding = min(applied, key=lambda k: applied[k])
+    return {
+        **{k: round(v, 1) if v is not None else None for k, v in bounds.items()},
+        "offersPerSalon": most,
+        "ceiling": round(applied[binding], 1),
+        "binding": binding,
+        "target": round(0.95 * applied[binding], 1),
+    }
+
+
+def _steady(times: list[float], skip_s: float) -> dict[str, Any]:
+    """Sends/s from `skip_s` after the first send to the last: the run without its ramp-up."""
+    if not times:
+        return {"skipS": skip_s, "n": 0, "rate": float("nan")}
+    rest = [t for t in times if t >= times[0] + skip_s]
+    return {"skipS": skip_s, "n": len(rest), "rate": _rate(rest)}
+
+
+def _per_second(times: list[float]) -> list[int]:
+    """Sends in each whole second from the first send (the run's shape, for the JSON)."""
+    if not times:
+        return []
+    counts = [0] * (int(times[-1] - times[0]) + 1)
+    for t in times:
+        counts[int(t - times[0])] += 1
+    return counts
+
+
 def _notify_run(
     b: Bench,
     fake_url: str,
@@ -454,8 +505,10 @@ def _notify_run(
     window_ms: int,
     processes: int = 1,
     binding: int = 2_000,
+    ramp_s: float = 0.0,
 ) -> dict[str, Any]:
-    """`n` notifications over `salons` through the real processor; what the fake API saw."""
+    """`n` notifications over `salons` through the real processor; what the fake API saw.
+    `ramp_s`: also the rate without the first `ramp_s` s of sends (`steady`)."""
     import httpx
 
     prefix = b.fresh()
@@ -468,11 +521,12 @@ def _notify_run(
         mode="notify",
         concurrency=concurrency,
         fakeUrl=fake_url,
-        perSecond=80,
+        perSecond=PER_SECOND,
         salonLimit=salon_limit,
         salonWindowMs=window_ms,
         processes=processes,
     )
+    cpu_begin = cpu_seconds(worker.proc.pid), cpu_seconds(b.redis_pid) if b.redis_pid else None
     keys = [f"{prefix}:waitlist-notification:{k}" for k in ("wait", "active", "delayed", "prioritized")]
     deadline = time.monotonic() + (60 + n / 20)
     while time.monotonic() < deadline:
@@ -484,6 +538,7 @@ def _notify_run(
         if sum(pipe.execute()) == 0:
             break
         time.sleep(0.05)
+    cpu_end = cpu_seconds(worker.proc.pid), cpu_seconds(b.redis_pid) if b.redis_pid else None
     worker.stop()
     records = httpx.get(fake_url + "/__stats").json()[seen_before:]
     times = sorted(r["t"] for r in records)
@@ -494,7 +549,10 @@ def _notify_run(
     for r in records:
         by_salon.setdefault(salon_of.get(str(r["to"]), "?"), []).append(r["t"])
     salon_max = max((_max_in_window(ts, window_ms / 1000) for ts in by_salon.values()), default=0)
-    ceiling = min(80.0, salons * salon_limit * 1000 / window_ms) if salon_limit else 80.0
+    cpu_ms = [
+        round((end - first) / max(len(records), 1) * 1000, 2) if end is not None and first is not None else None
+        for first, end in zip(cpu_begin, cpu_end)
+    ]
     return {
         "n": n,
         "salons": salons,
@@ -508,7 +566,8 @@ def _notify_run(
         "missing": len(set(salon_of) - set(phones)),
         "seconds": round(times[-1] - times[0], 2) if times else 0,
         "rate": _rate(times),
-        "ceiling": round(ceiling, 1),
+        **_ceiling(n, salons, PER_SECOND, salon_limit, window_ms),
+        "steady": _steady(times, ramp_s) if ramp_s else None,
         "maxPerSecond": _max_in_window(times, 1.0),
         # The same counted on when the fake's process read each request (its own scheduling
         # delays bunch those together on a loaded machine).
@@ -517,50 +576,76 @@ def _notify_run(
         "bindingN": min(binding, len(times)),
         "bindingRate": _rate(times[:binding]),
         "maxPerSalonWindow": salon_max,
+        # CPU ms per send while the queue drained: the worker's process tree and redis-server.
+        "workerCpuMsPerSend": cpu_ms[0],
+        "redisCpuMsPerSend": cpu_ms[1],
+        "perSecond": _per_second(times),
     }
+
+
+# The notify section's runs, for `--variants` (all when none is named).
+NOTIFY_RUNS = ("sweep", "perSalon", "manySalons")
+# Sends left out of the many-salons run's steady rate: the worker's first second, while it
+# opens its HTTP connections and Redis loads its scripts, and the first global window,
+# which starts empty (docs/performance.md, Reading the results).
+RAMP_S = 2.0
 
 
 def notifications(b: Bench, log: Any) -> dict[str, Any]:
     """The real send-slot-available processor and WhatsApp sender against the fake Cloud API
     (150 ms per request), global limit 80/s: a concurrency sweep with only the global limit
-    binding, then 5,000 notifications over 200 salons with the NestJS module's per-salon
-    limit (10 per 60 s), whose first 2,000 sends are bound by the global limit and the rest
-    by the salons (200 x 10 / 60 s = 33/s)."""
+    binding; 5,000 notifications over 200 salons with the NestJS module's per-salon limit
+    (10 per 60 s), whose first 2,000 sends are bound by the global limit and the rest by the
+    salons (200 x 10 / 60 s = 33/s); 10,000 over 2,000 salons (5 each, so the salons never
+    bind) at the default concurrency, against 95% of the global limit."""
     fake = Proc(
         [sys.executable, "-m", "bullwait.dev.fake_whatsapp", "--port", "0", "--latency", "0.15"], None
     ).wait_ready()
     fake_url = f"http://127.0.0.1:{fake.ready_line.split()[1]}"
     results: dict[str, Any] = {"latencyMs": 150}
+    named = [r for r in NOTIFY_RUNS if r in (b.variants or ())]
+    runs = named or list(NOTIFY_RUNS)
     defaults = Settings()
+    c = defaults.waitlist_notification_concurrency
+    limit, window_ms = defaults.waitlist_notification_rate_limit, defaults.waitlist_notification_rate_window_ms
     try:
-        sweep = (10, 12, 16, 20, 24)
-        per = 800 if b.quick else 1_600
-        for c in sweep:
-            row = _notify_run(b, fake_url, per, 200, c, 0, 60_000)
-            results[f"global:c{c}"] = row
+        if "sweep" in runs:
+            _sweep(b, fake_url, results, log)
+        if "perSalon" in runs:
+            n, salons = (2_000, 200) if b.quick else (5_000, 200)
+            row = _notify_run(b, fake_url, n, salons, c, limit, window_ms)
+            results["perSalon"] = row
             log(
-                f"notify global only c={c}: {row['rate']} sends/s, max {row['maxPerSecond']} in 1 s "
-                f"(read {row['maxPerSecondRead']}), dup {row['duplicates']}"
+                f"notify {n} over {salons} salons c={c}: first {row['bindingN']} at {row['bindingRate']}/s, whole "
+                f"run {row['rate']} sends/s (ceiling {row['ceiling']}), max {row['maxPerSecond']}/s, "
+                f"salon max {row['maxPerSalonWindow']}, dup {row['duplicates']}, missing {row['missing']}"
             )
-        results["concurrencyFor95"] = min((c for c in sweep if results[f"global:c{c}"]["rate"] >= 76), default=None)
-        c = defaults.waitlist_notification_concurrency
-        n, salons = (2_000, 200) if b.quick else (5_000, 200)
-        row = _notify_run(
-            b,
-            fake_url,
-            n,
-            salons,
-            c,
-            defaults.waitlist_notification_rate_limit,
-            defaults.waitlist_notification_rate_window_ms,
-        )
-        results["perSalon"] = row
-        log(
-            f"notify {n} over {salons} salons c={c}: first {row['bindingN']} at {row['bindingRate']}/s, whole run "
-            f"{row['rate']} sends/s (ceiling {row['ceiling']}), max {row['maxPerSecond']}/s, "
-            f"salon max {row['maxPerSalonWindow']}, dup {row['duplicates']}, missing {row['missing']}"
-        )
+        if "manySalons" in runs:
+            n, salons = (2_000, 400) if b.quick else (10_000, 2_000)
+            row = _notify_run(b, fake_url, n, salons, c, limit, window_ms, binding=n, ramp_s=RAMP_S)
+            results["manySalons"] = row
+            log(
+                f"notify {n} over {salons} salons c={c}: whole run {row['rate']} sends/s, after {RAMP_S:g} s "
+                f"{row['steady']['rate']}/s (ceiling {row['ceiling']}, {row['binding']}; target {row['target']}), "
+                f"max {row['maxPerSecond']}/s, salon max {row['maxPerSalonWindow']}, dup {row['duplicates']}, "
+                f"missing {row['missing']}, failed {row['failed']}, CPU ms/send worker {row['workerCpuMsPerSend']} "
+                f"redis {row['redisCpuMsPerSend']}"
+            )
     finally:
         fake.proc.terminate()
         fake.proc.wait()
     return results
+
+
+def _sweep(b: Bench, fake_url: str, results: dict[str, Any], log: Any) -> None:
+    """Only the global limit binding, at concurrency 10 to 24: the least that reaches 76/s."""
+    sweep = (10, 12, 16, 20, 24)
+    per = 800 if b.quick else 1_600
+    for c in sweep:
+        row = _notify_run(b, fake_url, per, 200, c, 0, 60_000)
+        results[f"global:c{c}"] = row
+        log(
+            f"notify global only c={c}: {row['rate']} sends/s, max {row['maxPerSecond']} in 1 s "
+            f"(read {row['maxPerSecondRead']}), dup {row['duplicates']}"
+        )
+    results["concurrencyFor95"] = min((c for c in sweep if results[f"global:c{c}"]["rate"] >= 76), default=None)

@@ -13,7 +13,9 @@ therefore checked part by part, and every refusal is one line that never repeats
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -21,7 +23,7 @@ from functools import cached_property
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bullwait.errors import SettingsError
@@ -50,8 +52,13 @@ _TEXT_OPTIONS = frozenset({"username", "password", "ssl_cert_reqs", "ssl_ca_cert
 _UNSUPPORTED_OPTIONS = frozenset({"timeout"})
 
 
-SENTINELS_FORM = "host:port,host:port,... (e.g. 10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379)"
-CLUSTER_FORM = "host:port,host:port,... (e.g. 10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000)"
+# REDIS_SENTINELS and REDIS_CLUSTER_NODES are refused with the same words by node-compat/lib/config.js
+# (tests/compat/test_compat_settings.py runs both on one table): keep the two in step.
+SENTINELS_FORM = "host:port,host:port,... e.g. 10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379"
+CLUSTER_FORM = "host:port,host:port,... e.g. 10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000"
+# A host name or IPv4 address, or an IPv6 one (optionally with a zone) in brackets. Anything else
+# ('?', '#', ';', white space, ...) is a typo or part of a URL, refused rather than looked up.
+_NODE_HOST = re.compile(r"([A-Za-z0-9._-]+)|\[([0-9A-Fa-f.]*:[0-9A-Fa-f:.]*(?:%[A-Za-z0-9._-]+)?)\]")
 # BullMQ's prefix on a cluster when BULLMQ_PREFIX is unset: the tag puts every queue's keys on one slot.
 CLUSTER_DEFAULT_PREFIX = "{bull}"
 # ... and with BULLWAIT_QUEUE_NAMES=tagged: untagged, so each queue's own tag places its keys.
@@ -133,32 +140,42 @@ class SentinelTopology:
 def parse_sentinels(value: str) -> tuple[tuple[str, int], ...]:
     """`host:port,host:port,...` (IPv6 as `[::1]:26379`); raise ValueError saying what to change."""
     return _parse_nodes(
-        value, SENTINELS_FORM, "sentinel credentials go in REDIS_SENTINEL_USERNAME / REDIS_SENTINEL_PASSWORD"
+        value, SENTINELS_FORM, 26379, "sentinel credentials go in REDIS_SENTINEL_USERNAME/REDIS_SENTINEL_PASSWORD"
     )
 
 
 def parse_cluster_nodes(value: str) -> tuple[tuple[str, int], ...]:
     """REDIS_CLUSTER_NODES, read as REDIS_SENTINELS is; raise ValueError saying what to change."""
-    return _parse_nodes(value, CLUSTER_FORM, "credentials go in REDIS_USERNAME / REDIS_PASSWORD")
+    return _parse_nodes(value, CLUSTER_FORM, 7000, "credentials go in REDIS_USERNAME/REDIS_PASSWORD")
 
 
-def _parse_nodes(value: str, form: str, login_hint: str) -> tuple[tuple[str, int], ...]:
-    if "://" in value or "@" in value:
-        raise ValueError(f"takes host:port pairs only, not a URL or credentials: {form}; {login_hint}")
-    nodes = []
-    for entry in value.split(","):
-        entry = entry.strip()
-        if not entry:  # refused, as on the Node side (node-compat/lib/config.js): the same value works on both
-            raise ValueError(f"has an empty entry (a stray comma?); use {form}")
-        host, sep, port = entry.rpartition(":")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        if not sep or not host or any(ch.isspace() or ch in "/?#[]" for ch in host):
-            raise ValueError(f"{entry[:60]!r} is not host:port; use {form}")
-        if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise ValueError(f"{entry[:60]!r}: the port must be a number from 1 to 65535; use {form}")
-        nodes.append((host, int(port)))
+def _parse_nodes(value: str, form: str, port: int, login_hint: str) -> tuple[tuple[str, int], ...]:
+    nodes = [_parse_node(entry.strip(), n, form, port, login_hint) for n, entry in enumerate(value.split(","), 1)]
     return tuple(dict.fromkeys(nodes))
+
+
+def _parse_node(entry: str, n: int, form: str, example_port: int, login_hint: str) -> tuple[str, int]:
+    if not entry:
+        raise ValueError(f"entry {n} is empty (a stray comma?); write {form}")
+    if "://" in entry or "@" in entry:  # may hold a password: never repeated
+        raise ValueError(f"entry {n} is a URL or holds a login, not host:port; write {form} ({login_hint})")
+    shown = f"entry {n} {_quoted(entry[:60])}"
+    host, sep, port = entry.rpartition(":")
+    if ":" in host and not host.startswith("["):
+        # `::1:7000` could be [::1]:7000 or [::1:7000] with the port left out: not guessed.
+        raise ValueError(f"{shown} has more than one ':'; put an IPv6 address in brackets, e.g. [::1]:{example_port}")
+    match = _NODE_HOST.fullmatch(host) if sep else None
+    if match is None:
+        raise ValueError(f"{shown} is not host:port (a host is letters, digits, '.', '-', '_'); write {form}")
+    if not port.isascii() or not port.isdigit() or len(port) > 5 or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{shown}: the port must be a number from 1 to 65535; write {form}")
+    return match.group(1) or match.group(2), int(port)
+
+
+def _quoted(text: str) -> str:
+    """A value in a message, quoted as node-compat/lib/config.js quotes it (JSON), so that the two
+    sides' messages are the same text."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 def has_hash_tag(prefix: str) -> bool:
@@ -227,6 +244,8 @@ def _netloc(rest: str) -> str:
 def _host_port_problem(hostport: str) -> str:
     if hostport.count("[") != hostport.count("]"):
         return f"an IPv6 address needs both brackets, e.g. redis://[::1]:6379/1 ({URL_FORM})"
+    if "[" not in hostport and hostport.count(":") > 1:
+        return f"an IPv6 address goes in brackets, e.g. redis://[::1]:6379/1 ({URL_FORM})"
     port = hostport.rpartition("]")[2].rpartition(":")[2] if "]" in hostport else hostport.rpartition(":")[2]
     if port.isdigit():
         return f"port must be a number from 1 to 65535 (got {int(port)})"
@@ -239,11 +258,18 @@ def _path_db(path: str) -> int | None:
     if not text:
         return None
     if not text.isdigit() or not text.isascii() or int(text) > MAX_DB:
-        shown = repr(unquote(text)[:40])
+        shown = _quoted(unquote(text)[:40])
         raise BadRedisUrl(
             f"the path {shown} is not a database number; end the URL with /<db>, e.g. redis://localhost:6379/1"
         )
     return int(text)
+
+
+def redis_url_options() -> frozenset[str]:
+    """The option names a REDIS_URL may carry after '?' (node-compat/lib/config.js accepts the same)."""
+    from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS
+
+    return frozenset(URL_QUERY_ARGUMENT_PARSERS).union(_TEXT_OPTIONS) - _UNSUPPORTED_OPTIONS
 
 
 def _query_options(query: str) -> tuple[dict[str, Any], int | None]:
@@ -252,11 +278,12 @@ def _query_options(query: str) -> tuple[dict[str, Any], int | None]:
 
     options: dict[str, Any] = {}
     db = None
+    known = redis_url_options()
     for name, values in parse_qs(query, keep_blank_values=True).items():
         parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
-        if name in _UNSUPPORTED_OPTIONS or (parser is None and name not in _TEXT_OPTIONS):
+        if name not in known:
             raise BadRedisUrl(
-                f"unknown option {name[:40]!r} after '?'; only redis-py's URL options work "
+                f"unknown option {_quoted(name[:40])} after '?'; only redis-py's URL options work "
                 "(db, socket_timeout, socket_connect_timeout, ssl_cert_reqs, ...)"
             )
         value = values[-1]
@@ -376,62 +403,86 @@ class Settings(BaseSettings):
     bullwait_wait_replicas: int = Field(0, ge=0, le=100)
     bullwait_wait_timeout_ms: int = Field(1000, ge=1, le=60_000)
 
-    @field_validator("queue_log_level", "bullwait_queue_names", mode="before")
+    @field_validator("queue_log_level", mode="before")
     @classmethod
     def _lower_case(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
+    @field_validator("bullwait_queue_names", mode="before")
+    @classmethod
+    def _check_naming(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.lower() not in {n.value for n in QueueNaming}:
+                raise ValueError("must be current, legacy or tagged")
+            return value.lower()
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:
-        if value is None or value == "":
-            return None
-        parse_redis_url(value)
+        if value is not None:
+            parse_redis_url(value)
         return value
 
     @field_validator("redis_sentinels")
     @classmethod
     def _check_sentinels(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        parse_sentinels(value)
+        if value is not None:
+            parse_sentinels(value)
         return value
 
     @field_validator("redis_cluster_nodes")
     @classmethod
     def _check_cluster_nodes(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        parse_cluster_nodes(value)
+        if value is not None:
+            parse_cluster_nodes(value)
         return value
 
     @model_validator(mode="before")
     @classmethod
-    def _cluster_defaults(cls, data: Any) -> Any:
-        """On a cluster an unset REDIS_QUEUE_DB is 0 (the only one) and an unset BULLMQ_PREFIX
+    def _defaults(cls, data: Any) -> Any:
+        """A blank value (empty or white space only) is unset, as in node-compat/lib/config.js: a
+        `KEY=` line or an empty `${VAR}` in a deployment gets the default rather than an error on
+        one side and a default on the other.
+
+        On a cluster an unset REDIS_QUEUE_DB is 0 (the only one) and an unset BULLMQ_PREFIX
         is `{bull}` (`bull` with tagged queue names); values that were set are checked in `_check_cluster`."""
         if not isinstance(data, dict):
             return data
+        data = {k: v for k, v in data.items() if not (isinstance(v, str) and not v.strip())}
         keys = {str(k).lower(): k for k in data}
-        nodes = data.get(keys.get("redis_cluster_nodes", ""))
-        if not isinstance(nodes, str) or not nodes.strip():
+        if not isinstance(data.get(keys.get("redis_cluster_nodes", "")), str):
             return data
-        data = dict(data)
-        if data.get(keys.get("redis_queue_db", ""), "") in ("", None):
+        if data.get(keys.get("redis_queue_db", "")) is None:
             data.pop(keys.get("redis_queue_db", ""), None)
             data["redis_queue_db"] = 0
-        if data.get(keys.get("bullmq_prefix", ""), "") in ("", None):
+        if data.get(keys.get("bullmq_prefix", "")) is None:
             data.pop(keys.get("bullmq_prefix", ""), None)
             naming = data.get(keys.get("bullwait_queue_names", ""))
             tagged = str(getattr(naming, "value", naming)).strip().lower() == QueueNaming.TAGGED.value
             data["bullmq_prefix"] = CLUSTER_TAGGED_DEFAULT_PREFIX if tagged else CLUSTER_DEFAULT_PREFIX
         return data
 
+    @field_validator("redis_port", "redis_queue_db", mode="before")
+    @classmethod
+    def _check_whole_number(cls, value: object, info: ValidationInfo) -> object:
+        """Decimal digits only, as node-compat/lib/config.js reads them (pydantic alone takes
+        `+7000`, `7000.0` and `1_0`, where Node's Number() takes `0x1F` and `1e3`)."""
+        if isinstance(value, str):
+            low, high = (1, 65535) if info.field_name == "redis_port" else (0, MAX_DB)
+            text = value.strip()
+            if not text.isascii() or not text.isdigit() or not low <= int(text) <= high:
+                raise ValueError(f"must be a whole number from {low} to {high}")
+        return value
+
     @field_validator("redis_sentinel_master")
     @classmethod
     def _check_master_name(cls, value: str) -> str:
-        if not value.strip() or any(ch.isspace() for ch in value):
-            raise ValueError("must be the master's name as the sentinels know it (`sentinel monitor <name> ...`)")
+        if any(ch.isspace() for ch in value):
+            raise ValueError(
+                "must be the master's name as the sentinels know it (`sentinel monitor <name> ...`), "
+                "without white space"
+            )
         return value
 
     @field_validator("redis_host")
@@ -471,7 +522,7 @@ class Settings(BaseSettings):
         if self.redis_url and self.redis_sentinels:
             raise ValueError(
                 "REDIS_URL and REDIS_SENTINELS are both set, naming two Redis topologies: "
-                "keep REDIS_SENTINELS (with REDIS_QUEUE_DB) for Sentinel, or REDIS_URL for one node"
+                "keep REDIS_SENTINELS (with REDIS_QUEUE_DB) for Sentinel, or REDIS_URL and unset REDIS_SENTINELS"
             )
         return self
 
@@ -487,7 +538,7 @@ class Settings(BaseSettings):
         if not has_hash_tag(self.bullmq_prefix) and self.bullwait_queue_names is not QueueNaming.TAGGED:
             raise ValueError(
                 f"BULLMQ_PREFIX: on a Redis Cluster each queue's keys must share one slot, as BullMQ's scripts "
-                f"need, and neither the prefix ({self.bullmq_prefix!r}) nor the queue names carry a hash tag; "
+                f"need, and neither the prefix ({_quoted(self.bullmq_prefix)}) nor the queue names carry a hash tag; "
                 f"write the prefix in braces, e.g. {{{self.bullmq_prefix.strip('{}') or 'bull'}}} (or unset it for "
                 f"{CLUSTER_DEFAULT_PREFIX}), or set BULLWAIT_QUEUE_NAMES=tagged to give each queue its own tag"
             )
@@ -496,7 +547,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_tls_file(self) -> Settings:
         if self.redis_tls_ca_file and not os.path.isfile(self.redis_tls_ca_file):
-            raise ValueError(f"REDIS_TLS_CA_FILE: no such file {self.redis_tls_ca_file!r}")
+            raise ValueError(f"REDIS_TLS_CA_FILE: no such file {_quoted(self.redis_tls_ca_file)}")
         return self
 
     @model_validator(mode="after")
@@ -543,7 +594,7 @@ class Settings(BaseSettings):
             from dotenv import dotenv_values  # pydantic-settings' own .env reader
 
             from_file = {k.upper(): v for k, v in dotenv_values(".env").items()}
-        return any(os.environ.get(n) or from_file.get(n) for n in names) or bool(
+        return any((os.environ.get(n) or "").strip() or (from_file.get(n) or "").strip() for n in names) or bool(
             self.redis_url or self.redis_sentinels or self.redis_cluster_nodes
         )
 
@@ -577,8 +628,11 @@ def _settings_error(exc: ValidationError) -> SettingsError:
         loc = ".".join(str(p) for p in err.get("loc", ()))
         name = loc.upper() if loc else _name_from_message(err.get("msg", ""))
         value = err.get("input")
-        hidden = _is_secret(name) or isinstance(value, dict) or (isinstance(value, str) and "@" in value)
-        shown = "" if hidden else f" (got {value!r})"
+        # A value with a login or a scheme may hold a password (`?password=` needs no '@').
+        hidden = (
+            _is_secret(name) or isinstance(value, dict) or (isinstance(value, str) and ("@" in value or "://" in value))
+        )
+        shown = "" if hidden else f" (got {_quoted(value) if isinstance(value, str) else repr(value)})"
         msg = err.get("msg", "invalid").removeprefix("Value error, ")
         parts.append(f"{name}: {msg}{shown}" if name and not msg.startswith(name) else msg)
     return SettingsError("invalid setting " + "; ".join(parts))

@@ -103,6 +103,7 @@ def _supervise(
 async def _worker(settings: Settings, keys: list[QueueKey], shutdown_timeout: float | None) -> int:
     from bullwait.monitoring.health import LoopWatch
     from bullwait.monitoring.metrics import serving_registry
+    from bullwait.monitoring.processes import Peers, report_loops
     from bullwait.monitoring.server import monitoring
     from bullwait.ops.presence import warn_if_wrong_db
     from bullwait.runtime.runner import run_workers
@@ -115,19 +116,29 @@ async def _worker(settings: Settings, keys: list[QueueKey], shutdown_timeout: fl
         names = [queue_name(k, settings) for k in keys]
         serves = os.environ.get("BULLWAIT_PROCESS_INDEX", "0") == "0"
         registry = serving_registry(getattr(services.observer, "registry", None))
-        loops = LoopWatch()  # /health/live answers 503 while a worker loop keeps failing
+        # /health/live answers 503 while a worker loop keeps failing: under a supervisor, a
+        # loop of any of its processes (each reports its own; the serving one reads them all).
+        peers = Peers.from_env()
+        loops = LoopWatch(peers if serves else None)
+        reporter = asyncio.ensure_future(report_loops(loops, peers.directory, peers.own_index)) if peers else None
         server = monitoring(settings, names, registry, loops=loops) if serves else contextlib.nullcontext()
-        async with server:
-            return await run_workers(
-                settings,
-                services.registry,
-                keys,
-                shutdown_timeout,
-                services=services,
-                observer=services.observer,
-                before_start=(lambda: warn_if_wrong_db(settings, get_logger())) if serves else None,
-                loops=loops,
-            )
+        try:
+            async with server:
+                return await run_workers(
+                    settings,
+                    services.registry,
+                    keys,
+                    shutdown_timeout,
+                    services=services,
+                    observer=services.observer,
+                    before_start=(lambda: warn_if_wrong_db(settings, get_logger())) if serves else None,
+                    loops=loops,
+                )
+        finally:
+            if reporter is not None:
+                reporter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reporter
     finally:
         await services.close()
 

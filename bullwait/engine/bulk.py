@@ -9,18 +9,23 @@ packed with `autopipeline.pack`, as one write on one pool connection. A job is a
 `NewJob` (its data already JSON) instead of a bullmq `Job`, and its options are
 normalised the way `Job.__init__` normalises them (`stored_opts`).
 
-Like `addBulk` the chunk is one transaction. Connection errors are retried with the
-client's retry policy (adding a job again under the same id adds nothing twice, and the
-producer gives every job an id). Scripts missing on the server (first use, SCRIPT FLUSH,
-failover) are loaded and the calls they refused sent again.
+The chunk goes as MULTI/EXEC blocks of `TRANSACTION_JOBS` jobs, all in that one write:
+Redis serves no other client while it runs a block, and a whole chunk in one block held it
+for as long as all its add scripts took (docs/performance.md, "Mass expiry"; Node bullmq 6
+sends `addBulk` as a plain pipeline, no block at all). A block is all or nothing; a chunk
+is not (neither is Node's). Connection errors are retried with the client's retry
+policy (adding a job again under the same id adds nothing twice, and the producer gives
+every job an id). Scripts missing on the server (first use, SCRIPT FLUSH, failover) are
+loaded and the calls they refused sent again.
 
-On Redis Cluster the transaction goes to the master that owns the queue's slot (every key
-of a queue carries its hash tag). A MULTI refused for a redirect (MOVED, ASK, TRYAGAIN,
-CLUSTERDOWN: EXEC aborts, nothing ran) or a lost connection is met as every write of
-bullwait's own connections is (`bullwait.engine.exchange`). While the queue's slot is being
-migrated its keys are split between two nodes, so an add followed to the importing node
-(ASK) is refused there too (TRYAGAIN) until the last key has moved: the chunk is sent
-again, backing off, for as long as the client retries.
+On Redis Cluster the blocks go to the master that owns the queue's slot (every key of a
+queue carries its hash tag). A block refused for a redirect (MOVED, ASK, TRYAGAIN,
+CLUSTERDOWN: its EXEC aborts, nothing of it ran; blocks before it may have) or a lost
+connection is met as every write on bullwait's own connections is
+(`bullwait.engine.exchange`): the chunk is sent again. While the queue's slot is being
+migrated its keys are split between two nodes, so a block followed to the importing node
+(ASKING before each MULTI) is mostly refused there too (TRYAGAIN) until the last key has
+moved: the chunk is sent again, backing off, for as long as the client retries.
 
 Options that make a job part of a flow, deduplicated or repeated are not packed here
 (`NewJob` refuses them); add such jobs with bullmq's `Queue.add`.
@@ -39,12 +44,18 @@ from redis.exceptions import ResponseError
 
 from bullwait.engine.autopipeline import pack, pack_args
 from bullwait.engine.durable import WAIT_ATTEMPTS, Durability, is_noscript, log_short
-from bullwait.engine.exchange import Command, exchange, send
+from bullwait.engine.exchange import Command, Try, exchange, send
 from bullwait.engine.internals import ADD_JOB_KEYS, encode_job_opts, main_client, normalize_backoff, scripts_of
 from bullwait.errors import BadArgument
 
+_ASKING = pack(("ASKING",))
 _MULTI = pack(("MULTI",))
 _EXEC = pack(("EXEC",))
+
+# Jobs per MULTI/EXEC block. Redis serves no other client while it runs a block's add scripts,
+# so a chunk of 1,000 goes as several short blocks in the same write (bench/mass_expiry.py
+# measures the longest block, docs/performance.md "Mass expiry").
+TRANSACTION_JOBS = 100
 
 # Options whose arguments (parent key, deduplication key, repeat key) `_call` does not build.
 UNSUPPORTED_OPTS = frozenset(
@@ -133,7 +144,7 @@ def _call(queue: Queue, job: NewJob, heads: dict[str, tuple[int, bytes]]) -> tup
 
 
 async def add_jobs(queue: Queue, jobs: Sequence[NewJob], durability: Durability | None = None) -> list[str]:
-    """Add `jobs` to `queue` in one transaction; returns their ids.
+    """Add `jobs` to `queue` in one write of MULTI/EXEC blocks; returns their ids.
 
     With `durability` enabled, WAIT follows EXEC on the same connection and the chunk is
     reported added only once enough replicas confirm it (`bullwait.engine.durable`). A short WAIT
@@ -179,21 +190,43 @@ def _failed(replies: list[Any]) -> bool:
 async def _transaction(
     client: Any, commands: list[bytes], wait: Command | None = None, key: str | None = None
 ) -> tuple[list[Any], int]:
-    """MULTI, `commands`, EXEC (and `wait`: WAIT after EXEC, on the same connection) in one
-    write; the EXEC reply (errors as ResponseError items) and the replicas WAIT counted (0
-    without `wait`). With a cluster client, on the master that owns `key`'s slot."""
+    """`commands` in MULTI/EXEC blocks (and `wait`: WAIT after the last EXEC, on the same
+    connection) in one write; the EXEC replies joined (errors as ResponseError items) and the
+    replicas WAIT counted (0 without `wait`). With a cluster client, on the master that owns
+    `key`'s slot."""
+    blocks = transaction_blocks(commands)
 
-    async def attempt(conn: Any, _may_have_run: bool) -> tuple[list[Any], int]:
-        return await _multi_exec(conn, commands, wait)
+    async def attempt(conn: Any, this: Try) -> tuple[list[Any], int]:
+        return await _send_blocks(conn, blocks, wait, this.asking)
 
     return await send(client, key, attempt)
 
 
-async def _multi_exec(conn: Any, commands: list[bytes], wait: Command | None) -> tuple[list[Any], int]:
-    replies, acked = await exchange(conn, [_MULTI, *commands, _EXEC], len(commands) + 2, wait)
-    started, executed = replies[0], replies[-1]
-    if isinstance(started, ResponseError):
-        raise started
-    if isinstance(executed, ResponseError):  # EXECABORT: a command Redis would not queue says why
-        raise next((r for r in replies[1:-1] if isinstance(r, ResponseError)), executed)
-    return list(executed), acked
+def transaction_blocks(commands: Sequence[bytes], size: int | None = None) -> list[Sequence[bytes]]:
+    """`commands` cut into MULTI/EXEC blocks of at most `size` (default `TRANSACTION_JOBS`); one block if none."""
+    size = max(1, size or TRANSACTION_JOBS)
+    return [commands[i : i + size] for i in range(0, len(commands), size)] or [commands]
+
+
+async def _send_blocks(
+    conn: Any, blocks: list[Sequence[bytes]], wait: Command | None, asking: bool
+) -> tuple[list[Any], int]:
+    head = [_ASKING] if asking else []  # ASKING admits one MULTI ... EXEC
+    packed = [part for block in blocks for part in (*head, _MULTI, *block, _EXEC)]
+    sizes = [len(head) + len(block) + 2 for block in blocks]
+    replies, acked = await exchange(conn, packed, sizes, wait)
+    executed: list[Any] = []
+    start = 0
+    for size in sizes:
+        executed.extend(_block_result(replies[start : start + size]))
+        start += size
+    return executed, acked
+
+
+def _block_result(replies: list[Any]) -> list[Any]:
+    """EXEC's replies of one block (errors as ResponseError items). A block Redis did not run
+    raises why: the first command it refused (EXECABORT follows one), else EXEC's own error."""
+    *before, executed = replies
+    if isinstance(executed, ResponseError):
+        raise next((r for r in before if isinstance(r, ResponseError)), executed)
+    return list(executed)

@@ -34,7 +34,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
-from bullwait.engine.exchange import Command, exchange, raise_refusal, send
+from bullwait.engine.exchange import Command, Try, exchange, raise_refusal, send
 from bullwait.engine.internals import script_command
 from bullwait.errors import WriteNotDurable
 from bullwait.logs import get_logger
@@ -135,18 +135,26 @@ async def send_and_wait(
     the marker."""
     key = _first_key(commands)
 
-    async def attempt(conn: Any, may_have_run: bool) -> tuple[list[Any], int]:
-        return await _write_and_wait(conn, durability, commands, marker or (key if may_have_run else None))
+    async def attempt(conn: Any, this: Try) -> tuple[list[Any], int]:
+        repeat_marker = marker or (key if this.may_have_run else None)
+        return await _write_and_wait(conn, durability, commands, repeat_marker, this.asking)
 
     return await send(client, key, attempt)
 
 
 async def _write_and_wait(
-    conn: Any, durability: Durability, commands: Sequence[Command], marker: str | None
+    conn: Any, durability: Durability, commands: Sequence[Command], marker: str | None, asking: bool
 ) -> tuple[list[Any], int]:
     extra: list[Command] = [("SET", marker_key(marker), "1", "PX", MARKER_TTL_MS)] if marker else []
     every = [*commands, *extra]
-    replies, acked = await exchange(conn, conn.pack_commands(every), len(every), durability.wait_command())
+    if asking:  # ASKING admits the next command only
+        every = [part for command in every for part in (("ASKING",), command)]
+    replies, acked = await exchange(conn, conn.pack_commands(every), [len(every)], durability.wait_command())
+    if asking:
+        asked, replies = replies[0::2], replies[1::2]
+        refused = next((r for r in asked if isinstance(r, BaseException)), None)
+        if refused is not None:  # ASKING itself (an ACL without +asking)
+            raise refused
     raise_refusal(replies)
     if extra and isinstance(replies[-1], BaseException):
         raise replies[-1]

@@ -13,8 +13,9 @@ Redis Cluster: the connection is one of the master that owns the write's slot. A
 (the write did not run) or a lost connection is met the same way for every write:
 - MOVED: the slot has another owner; the client's slot map takes the new owner and the
   write goes there at once;
-- ASK: the slot is being migrated and the key is on the importing node already: ASKING,
-  then the write, on that node, for this send only (the next one goes to the owner);
+- ASK: the slot is being migrated and the key is on the importing node already: the write
+  goes to that node, ASKING before each of its commands, for this send only (the next one
+  goes to the owner again);
 - TRYAGAIN: the keys of a write are split between the two nodes of a migration: sent
   again, backing off, until the last key has moved;
 - CLUSTERDOWN or a lost connection (a failover under way): the slot map is read again and
@@ -28,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from redis.exceptions import AskError, ClusterDownError, MovedError, ResponseError, TryAgainError
@@ -40,9 +42,18 @@ from bullwait.engine.internals import is_cluster, node_connection, pool_connecti
 
 Command = tuple[Any, ...]
 T = TypeVar("T")
-# One try on a connection: (connection, whether an earlier try may have run) -> its result.
-# It raises a refusal it read (`NOT_RUN`) for `send` to act on.
-Attempt = Callable[[Any, bool], Awaitable[T]]
+
+
+@dataclass(frozen=True)
+class Try:
+    """What one try of a write must know of those before it."""
+
+    may_have_run: bool = False  # an earlier try may have run (its connection was lost)
+    asking: bool = False  # on the node an ASK named: ASKING before each command (or MULTI)
+
+
+# One try on a connection -> its result. It raises a refusal it read (`NOT_RUN`) for `send`.
+Attempt = Callable[[Any, Try], Awaitable[T]]
 
 # A cluster's replies for a command that did not run.
 NOT_RUN = (MovedError, AskError, TryAgainError, ClusterDownError)
@@ -54,22 +65,23 @@ READ_MARGIN_S = 5.0
 
 
 async def exchange(
-    conn: Any, packed: Sequence[bytes], replies: int, wait: Command | None = None
+    conn: Any, packed: Sequence[bytes], groups: Sequence[int], wait: Command | None = None
 ) -> tuple[list[Any], int]:
     """Write `packed` (whole commands in RESP) and, with `wait`, WAIT behind them, in one go;
-    then read `replies` replies (error replies as exception objects, not raised) and the
+    then read their replies, `groups` of them (each group within one read timeout instead of
+    a timeout context per reply; error replies as exception objects, not raised) and the
     number of replicas WAIT counted (0 without `wait`)."""
     try:
         tail = [pack(wait)] if wait else []
         await conn.send_packed_command([*packed, *tail], check_health=False)
         out: list[Any] = []
-        # One deadline for all the replies instead of a timeout context per reply.
-        async with asyncio.timeout(conn.socket_timeout):
-            for _ in range(replies):
-                try:
-                    out.append(await conn.read_response(timeout=math.inf))
-                except ResponseError as exc:  # keep reading: the other replies are still to come
-                    out.append(exc)
+        for count in groups:
+            async with asyncio.timeout(conn.socket_timeout):
+                for _ in range(count):
+                    try:
+                        out.append(await conn.read_response(timeout=math.inf))
+                    except ResponseError as exc:  # keep reading: the other replies are still to come
+                        out.append(exc)
         if wait is None:
             return out, 0
         return out, int(await conn.read_response(timeout=wait[2] / 1000 + READ_MARGIN_S))
@@ -96,7 +108,7 @@ async def send(client: Any, key: str | None, attempt: Attempt[T]) -> T:
         async def once() -> T:
             nonlocal sends
             sends += 1
-            return await attempt(conn, sends > 1)
+            return await attempt(conn, Try(may_have_run=sends > 1))
 
         result: T = await conn.retry.call_with_retry(once, lambda _error: conn.disconnect())
         return result
@@ -117,7 +129,7 @@ async def _send_to_slot(client: Any, key: str | None, attempt: Attempt[T]) -> T:
                 target, asking = asking, None
                 return await _after_asking(client, target, attempt)
             async with pool_connection(client, key) as conn:
-                return await attempt(conn, may_have_run)
+                return await attempt(conn, Try(may_have_run=may_have_run))
         except (*NOT_RUN, *LOST) as exc:
             at_once = isinstance(exc, AskError)  # MovedError is an AskError too
             if isinstance(exc, AskError) and not isinstance(exc, MovedError):
@@ -136,9 +148,8 @@ async def _send_to_slot(client: Any, key: str | None, attempt: Attempt[T]) -> T:
 
 
 async def _after_asking(client: Any, address: tuple[str, int], attempt: Attempt[T]) -> T:
-    """ASKING admits the next command only (or the next MULTI ... EXEC): the write, on one
-    connection of the importing node, as a first try (it did not run where it was refused)."""
+    """The write on one connection of the importing node an ASK named, ASKING before each of
+    its commands (ASKING admits the next command, or the next MULTI ... EXEC, only); as a
+    first try: it did not run where it was refused."""
     async with node_connection(client, *address) as conn:
-        await conn.send_packed_command(pack(("ASKING",)), check_health=False)
-        await conn.read_response()
-        return await attempt(conn, False)
+        return await attempt(conn, Try(asking=True))

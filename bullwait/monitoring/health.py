@@ -55,20 +55,31 @@ def redis_down(queues: list[str], reason: str) -> dict[str, Any]:
 
 class LoopWatch:
     """The worker loops of this process, as `/health/live` sees them: each worker reports
-    how long its loop has been failing (`BullwaitWorker.failing_for`)."""
+    how long its loop has been failing (`BullwaitWorker.failing_for`). Under a supervisor the
+    serving process also sees the others' (`peers`, bullwait.monitoring.processes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, peers: Any = None) -> None:
         self.workers: dict[str, Any] = {}
+        self.peers = peers
 
     def add(self, queue: str, worker: Any) -> None:
         self.workers[queue] = worker
 
+    def failures(self) -> list[tuple[str, float, str]]:
+        """(queue, seconds failing, last error) for each worker; 0 seconds while it works."""
+        return [
+            (queue, float(worker.failing_for()), getattr(worker, "last_failure", "") or "unknown error")
+            for queue, worker in self.workers.items()
+        ]
+
     def failing(self, after_seconds: float) -> list[str]:
-        """One line per worker whose loop has failed for `after_seconds` or more."""
-        found = []
-        for queue, worker in self.workers.items():
-            seconds = float(worker.failing_for())
-            if seconds >= after_seconds:
-                last = getattr(worker, "last_failure", "") or "unknown error"
-                found.append(f"{queue}: worker loop failing for {seconds:.0f} s ({last})")
+        """One line per worker whose loop has failed for `after_seconds` or more, here or in
+        another process of the supervisor."""
+        found = [
+            f"{queue}: worker loop failing for {seconds:.0f} s ({last})"
+            for queue, seconds, last in self.failures()
+            if seconds >= after_seconds
+        ]
+        if self.peers is not None:
+            found += self.peers.failing(after_seconds)
         return found

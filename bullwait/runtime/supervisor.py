@@ -7,7 +7,10 @@ SIGTERM to every child, waits for them to drain (each child honours its own shut
 timeout) and exits 0 when all of them exited 0 (or died of that SIGTERM while starting).
 Each child gets `BULLWAIT_PROCESS_INDEX` (0..N-1) and a shared `PROMETHEUS_MULTIPROC_DIR`:
 every child counts its jobs there and the first child's `/metrics` serves the sum (the
-others serve no HTTP). On Linux a child also gets SIGTERM if the supervisor itself is killed.
+others serve no HTTP). Likewise `BULLWAIT_HEALTH_DIR`: every child reports its worker loops
+there and the supervisor each slot's deaths, so the first child's `/health/live` answers for
+all (bullwait.monitoring.processes). On Linux a child also gets SIGTERM if the supervisor
+itself is killed.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bullwait.logs import get_logger
+from bullwait.monitoring.processes import HEALTH_DIR_ENV, SUPERVISOR_FILE, process_file, write_json
 
 QUICK_DEATH_S = 5.0
 MAX_RESTART_DELAY_S = 30.0
@@ -67,6 +72,10 @@ class _Slot:
     restart_delay: float = 0.5
     restart_at: float = 0.0
     restarts: int = 0
+    # Since when (monotonic) the slot has had no process that stayed up QUICK_DEATH_S; None
+    # while one does. A crash loop keeps the first death's time.
+    down_since: float | None = None
+    exit_code: int | None = None
 
 
 @dataclass
@@ -84,16 +93,20 @@ class Supervisor:
     _stopping: bool = False
     _stop_signal: str = ""
     _metrics_dir: str | None = None
+    _health_dir: str | None = None
 
     def spawn(self, slot: _Slot) -> None:
         env = dict(self.env if self.env is not None else os.environ)
         env["BULLWAIT_PROCESS_INDEX"] = str(slot.index)
         if self._metrics_dir:
             env["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir
+        if self._health_dir:
+            env[HEALTH_DIR_ENV] = self._health_dir
         preexec = _die_with_parent if sys.platform.startswith("linux") else None
         slot.process = subprocess.Popen(list(self.argv), env=env, preexec_fn=preexec)
         slot.started_at = time.monotonic()
         self.log.info("worker process started", index=slot.index, pid=slot.process.pid, restarts=slot.restarts)
+        self._publish()
         if self.on_spawn:
             self.on_spawn(slot.index, slot.process.pid)
 
@@ -113,6 +126,8 @@ class Supervisor:
         own_dir = not (self.env or os.environ).get("PROMETHEUS_MULTIPROC_DIR")
         # Children write their Prometheus counters here; the first child serves the sum.
         self._metrics_dir = tempfile.mkdtemp(prefix="bullwait-metrics-") if own_dir else None
+        # ... and their loops' health, next to each slot's deaths; the first child answers for all.
+        self._health_dir = tempfile.mkdtemp(prefix="bullwait-health-")
         try:
             self._slots = [_Slot(i) for i in range(self.processes)]
             for slot in self._slots:
@@ -127,6 +142,7 @@ class Supervisor:
                 signal.signal(sig, handler)
             if self._metrics_dir:
                 shutil.rmtree(self._metrics_dir, ignore_errors=True)
+            shutil.rmtree(self._health_dir, ignore_errors=True)
 
     def _watch(self) -> None:
         now = time.monotonic()
@@ -138,12 +154,25 @@ class Supervisor:
                     self.spawn(slot)
                 continue
             code = proc.poll()
-            if code is None or self._stopping:
+            if code is None:
+                if slot.down_since is not None and now - slot.started_at >= QUICK_DEATH_S:
+                    slot.down_since = None  # this one stayed up
+                    self._publish()
+                continue
+            if self._stopping:
                 continue
             lived = now - slot.started_at
             slot.restart_delay = min(slot.restart_delay * 2, MAX_RESTART_DELAY_S) if lived < QUICK_DEATH_S else 0.5
             slot.restart_at = now + slot.restart_delay
             slot.process = None
+            slot.exit_code = code
+            if slot.down_since is None:
+                slot.down_since = now
+            # What it reported is no longer true of anything running.
+            if self._health_dir:
+                with contextlib.suppress(OSError):
+                    process_file(self._health_dir, slot.index).unlink(missing_ok=True)
+            self._publish()
             self.log.warning(
                 "worker process exited, restarting",
                 index=slot.index,
@@ -151,6 +180,23 @@ class Supervisor:
                 exit_code=code,
                 restart_in=f"{slot.restart_delay:.1f}s",
             )
+
+    def _publish(self) -> None:
+        """Each slot's state, for the serving child's /health/live."""
+        if not self._health_dir:
+            return
+        slots = [
+            {
+                "index": slot.index,
+                "pid": slot.process.pid if slot.process else None,
+                "downSince": slot.down_since,
+                "exitCode": slot.exit_code,
+                "restarts": slot.restarts,
+            }
+            for slot in self._slots
+        ]
+        with contextlib.suppress(OSError):
+            write_json(Path(self._health_dir) / SUPERVISOR_FILE, {"pid": os.getpid(), "slots": slots})
 
     def _drain(self) -> int:
         deadline = time.monotonic() + self.shutdown_timeout + 10

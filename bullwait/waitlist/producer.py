@@ -210,13 +210,14 @@ class Producer:
     async def add_bulk(
         self, key: QueueKey, jobs: Iterable[tuple[WireModel, dict[str, Any]]], chunk: int = 1000
     ) -> list[str]:
-        """Add many jobs of `key`, each `(payload, options)`, in MULTI pipelines of `chunk` jobs.
+        """Add many jobs of `key`, each `(payload, options)`, one write per `chunk` jobs.
 
         Same wire format as `add` (and Node's `addBulk`): one round trip per chunk
         instead of one per job. `jobs` is read a chunk at a time (a generator of a
         million jobs is fine) and `IN_FLIGHT_CHUNKS` chunks are in flight at a time, so
-        the next chunk is built while Redis runs the previous ones. Each chunk is atomic;
-        if one fails, chunks before it (and those in flight beside it) may have been
+        the next chunk is built while Redis runs the previous ones. A chunk runs as short
+        MULTI/EXEC blocks (`bullwait.engine.bulk`), so Redis serves other clients between
+        them; if one fails, jobs before it (and chunks in flight beside it) may have been
         added: adding them again with the same job ids adds nothing twice. Returns the
         job ids in order.
         """

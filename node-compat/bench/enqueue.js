@@ -1,10 +1,13 @@
 // Node bullmq 6 addBulk rate for bullwait's benchmark (python -m bench starts it).
 //   node enqueue.js '<json options>'
-// options: {redisUrl, prefix, queue, n, chunk, delayMs, jobOpts, ids, inFlight, out}
+// options: {redisUrl, prefix, queue, n, chunk, delayMs, dueAtMs, spreadMs, first, jobOpts, ids, inFlight, out}
 // Adds n check-expiry jobs (jobId expiry_<waitlistId>, the NestJS module's payload) with addBulk in
 // chunks of `chunk`, `inFlight` addBulk calls at a time (default 1: each awaited before the
 // next is built), then writes {seconds, n} to `out`. ids: "short" (w-1, slot-1, ...) or
-// "uuid" (36-character ids, the same as bench/scenarios.py uuid_like).
+// "uuid" (36-character ids, the same as bench/scenarios.py uuid_like), numbered from `first`
+// (default 0). Job j is due `delayMs + spreadMs * j / n` after it is added (spreadMs default 0),
+// or, with dueAtMs (epoch ms), at dueAtMs + spreadMs * j / n (bench/mass_expiry.py, as
+// Producer.schedule_expiries does: expiresAt is the due time, the delay counted from now).
 'use strict';
 const fs = require('fs');
 const { Queue } = require('bullmq');
@@ -24,12 +27,17 @@ async function main() {
   const started = process.hrtime.bigint();
   const inFlight = o.inFlight || 1;
   const pending = [];
+  const first = o.first || 0;
+  const spreadMs = o.spreadMs || 0;
   for (let i = 0; i < o.n; i += o.chunk) {
     const now = new Date();
-    const expires = new Date(now.getTime() + o.delayMs);
     const jobs = [];
     for (let j = i; j < Math.min(o.n, i + o.chunk); j++) {
-      const [waitlistId, slotId, customerId, salonId] = ids(j);
+      const offset = Math.floor((spreadMs * j) / o.n);
+      const due = o.dueAtMs === undefined ? now.getTime() + o.delayMs + offset : o.dueAtMs + offset;
+      const expires = new Date(due);
+      const delay = o.dueAtMs === undefined ? o.delayMs + offset : Math.max(0, due - Date.now());
+      const [waitlistId, slotId, customerId, salonId] = ids(first + j);
       jobs.push({
         name: 'check-expiry',
         data: {
@@ -40,7 +48,7 @@ async function main() {
           notifiedAt: now.toISOString(),
           expiresAt: expires.toISOString(),
         },
-        opts: { ...o.jobOpts, jobId: `expiry_${waitlistId}`, delay: o.delayMs },
+        opts: { ...o.jobOpts, jobId: `expiry_${waitlistId}`, delay },
       });
     }
     pending.push(queue.addBulk(jobs));

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 'use strict';
 // Node side of the Sentinel failover proof: Node bullmq 6 on ioredis through the same Sentinel failover as
-// bullwait (tests/test_sentinel_failover_load.py starts it; it asserts nothing about Node).
+// bullwait (tests/sentinel/test_sentinel_failover_load.py starts it; it asserts that this run finished
+// with its load added, and prints Node's losses without bounding them: Node has no WAIT here).
 // ioredis as a Node app would configure it: { sentinels, name, failoverDetector: true }.
 //   env: SENTINELS=host:port,... SENTINEL_MASTER NODE_PREFIX TIMERS DUE_MS PRODUCE_MS LOOP_MS
 //        IDLE_MS LOCK_MS STALLED_MS CONCURRENCY

@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from bullwait.dev.fake_whatsapp import FakeWhatsApp
 from bullwait.ops.migrate import TaggedNamesNotMigrated, migrate_legacy
@@ -65,23 +64,10 @@ async def services(tsettings: Settings) -> AsyncIterator[Services]:
 
 @pytest.fixture
 def spread(cluster: ClusterSet) -> None:
-    """Three queues on three masters: where two tags share a master, give the slot of one of
-    them, while it holds no key, to a master that has no queue. The cluster stays whole."""
-    tags = [TAGGED_QUEUE_NAMES[key] for key in QueueKey]
-    owners = [cluster.master_for(tag) for tag in tags]
-    free = [port for port in cluster.masters() if port not in owners]
-    shared = next((tag for n, tag in enumerate(tags) if owners[n] in owners[:n]), None)
-    if shared is None or not free:
-        return
-    slot, source, target = cluster.slot(shared), cluster.master_for(shared), free[0]
-    # The session's cluster is new: nothing has used the tag yet, so no key has to move.
-    assert cluster.client(source).execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0, shared
-    target_id = cluster.client(target).execute_command("CLUSTER", "MYID")
-    for port in (target, source, *(p for p in cluster.masters() if p not in (source, target))):
-        cluster.client(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
-    cluster.wait_ok()
-    assert cluster.master_for(shared) == target
-    print(f"\nslot {slot} of {shared} given from master :{source} to :{target}, which had no queue")
+    """Three queues on three masters (helpers.cluster.ClusterSet.spread)."""
+    moved = cluster.spread([TAGGED_QUEUE_NAMES[key] for key in QueueKey])
+    if moved:
+        print(f"\n{moved}")
 
 
 @pytest.fixture
@@ -138,17 +124,6 @@ async def _told(api: FakeWhatsApp, count: int) -> bool:
     return len({r.body["to"] for r in api.received()}) >= count
 
 
-def keys_per_shard(cluster: ClusterSet, patterns: dict[str, str]) -> dict[int, dict[str, int]]:
-    table: dict[int, dict[str, int]] = {}
-    for port in cluster.masters():
-        client: redis.Redis = cluster.client(port)
-        try:
-            table[port] = {what: sum(1 for _ in client.scan_iter(match=p, count=1000)) for what, p in patterns.items()}
-        finally:
-            client.close()
-    return table
-
-
 @node_required[0]
 @node_required[1]
 async def test_tagged_queues_on_their_own_masters(
@@ -164,7 +139,7 @@ async def test_tagged_queues_on_their_own_masters(
     owners = {key: cluster.master_for(name) for key, name in names.items()}
     patterns = {name: f"{bull}:{name}:*" for name in names.values()}  # braces are plain in SCAN's glob
     patterns |= {"salon state": f"{store}{{salon:*", "customer prefs": f"{store}{{cust:*"}
-    table = keys_per_shard(cluster, patterns)
+    table = cluster.keys_per_shard(patterns)
     print(f"keys per shard (BULLMQ_PREFIX={bull}, BULLWAIT_QUEUE_NAMES=tagged):")
     for key, name in names.items():
         print(f"  {bull}:{name}:*  slot {cluster.slot(name)}  master :{owners[key]}")

@@ -10,6 +10,7 @@ import pytest
 
 from bullwait.errors import SettingsError
 from bullwait.settings import QueueNaming, has_hash_tag
+from bullwait.waitlist.catalog import QueueKey, queue_name
 
 from helpers.cli import invoke_cli
 from helpers.nodecompat import NODE, NODE_DIR, node_required
@@ -58,10 +59,10 @@ def test_hash_tag_as_redis_reads_it(prefix: str, tagged: bool) -> None:
         ({"REDIS_QUEUE_DB": "1"}, "REDIS_QUEUE_DB", "database 0 only"),
         ({"BULLMQ_PREFIX": "bull"}, "BULLMQ_PREFIX", "hash tag"),
         ({"BULLMQ_PREFIX": "{}"}, "BULLMQ_PREFIX", "hash tag"),
-        ({"REDIS_CLUSTER_NODES": "a:7000,"}, "REDIS_CLUSTER_NODES", "empty entry"),
+        ({"REDIS_CLUSTER_NODES": "a:7000,"}, "REDIS_CLUSTER_NODES", "entry 2 is empty"),
         ({"REDIS_CLUSTER_NODES": "a"}, "REDIS_CLUSTER_NODES", "not host:port"),
         ({"REDIS_CLUSTER_NODES": "a:0"}, "REDIS_CLUSTER_NODES", "from 1 to 65535"),
-        ({"REDIS_CLUSTER_NODES": "redis://a:7000"}, "REDIS_CLUSTER_NODES", "not a URL"),
+        ({"REDIS_CLUSTER_NODES": "redis://a:7000"}, "REDIS_CLUSTER_NODES", "is a URL"),
     ],
 )
 def test_refusals_name_the_variable(
@@ -97,7 +98,10 @@ NODE_CONFIG = """
 const c = require('./lib/config');
 try {
   const cfg = c.loadConfig(JSON.parse(process.argv[1]));
-  const out = {prefix: cfg.prefix, where: c.describeRedis(cfg.redis), opts: cfg.redis.redisOptions || null};
+  const out = {
+    prefix: cfg.prefix, names: cfg.queues.map((q) => q.active), where: c.describeRedis(cfg.redis),
+    opts: cfg.redis.redisOptions || null,
+  };
   if (cfg.connection.disconnect) cfg.connection.disconnect();
   console.log(JSON.stringify(out));
 } catch (err) { console.log(JSON.stringify({error: err.message})); }
@@ -139,6 +143,10 @@ def node_config(env: dict[str, str]) -> dict[str, object]:
         {"BULLWAIT_QUEUE_NAMES": "tagged"},
         {"BULLWAIT_QUEUE_NAMES": "tagged", "BULLMQ_PREFIX": "app"},
         {"BULLWAIT_QUEUE_NAMES": "tagged", "BULLMQ_PREFIX": "{app}"},
+        {"BULLWAIT_QUEUE_NAMES": "TAGGED"},
+        {"BULLWAIT_QUEUE_NAMES": ""},
+        {"BULLWAIT_QUEUE_NAMES": " tagged"},
+        {"BULLWAIT_QUEUE_NAMES": "legacy", "BULLMQ_PREFIX": "{app}"},
         {"BULLWAIT_QUEUE_NAMES": "legacy", "BULLMQ_PREFIX": "app"},
         {},
     ],
@@ -157,5 +165,7 @@ def test_node_accepts_and_refuses_what_python_does(monkeypatch: pytest.MonkeyPat
         return
     assert "error" not in node, node
     assert node["prefix"] == settings.bullmq_prefix
+    # The same keys: the queue names under the naming, braces included, in the catalog's order.
+    assert node["names"] == [queue_name(key, settings) for key in QueueKey]
     assert node["opts"] == {"password": "pw", "maxRetriesPerRequest": None}
     assert str(node["where"]).startswith("cluster://a:7000,b:7001")

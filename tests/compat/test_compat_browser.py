@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-
-import pytest
 
 from bullwait.settings import Settings
 from bullwait.waitlist.producer import Producer, new_expiry
 
 from helpers.common import ROOT
-from helpers.nodecompat import BOARD_PASSWORD, BOARD_USER, NODE_DIR, node_json, node_required, start_board, start_node  # noqa: F401 (fixtures)
+from helpers.nodecompat import BOARD_PASSWORD, BOARD_USER, browser_required, node_json, start_board, start_node  # noqa: F401 (fixtures)
 
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-HAVE_BROWSER = os.access(CHROMIUM, os.X_OK) and (NODE_DIR / "node_modules" / "playwright-core").is_dir()
-
-pytestmark = [
-    *node_required,
-    pytest.mark.skipif(not HAVE_BROWSER, reason=f"no {CHROMIUM} (apt-get install chromium) or playwright-core"),
-]
+pytestmark = browser_required
 
 
 async def test_browser_logs_in_and_sees_a_bullwait_job(  # type: ignore[no-untyped-def]

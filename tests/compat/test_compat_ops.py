@@ -1,14 +1,10 @@
 """The operator CLI against Node: `bullwait cancel` removes a NestJS timer,
 `bullwait stats --json` equals Node's getJobCounts.
-
-Skipped until the operator commands (`stats`, `cancel`) are part of the CLI.
 """
 
 from __future__ import annotations
 
 import json
-
-import pytest
 
 from bullwait.settings import Settings
 from bullwait.waitlist.payloads import PreferenceJob
@@ -23,13 +19,7 @@ pytestmark = node_required
 COUNTED = ("waiting", "active", "completed", "failed", "delayed", "prioritized")
 
 
-def _has_command(env: dict[str, str], name: str) -> bool:
-    return invoke_cli(env, name, "--help").returncode == 0
-
-
 async def test_cancel_and_stats_agree_with_node(env: dict[str, str], settings: Settings, sync_redis, prefix) -> None:  # type: ignore[no-untyped-def]
-    if not (_has_command(env, "stats") and _has_command(env, "cancel")):
-        pytest.skip("`bullwait stats` / `bullwait cancel` are not on this branch yet")
     slot = seed_slot()
     nest(
         env,

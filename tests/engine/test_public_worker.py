@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import itertools
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,6 +24,8 @@ from bullmq import DelayedError, FlowProducer, Job, Queue, QueueEvents, Unrecove
 
 import bullwait
 from bullwait.settings import Settings
+
+from helpers.common import job_events
 
 Worker = bullwait.Worker
 Processor = Callable[..., Awaitable[Any]]
@@ -91,6 +92,11 @@ async def wait_state(queue: Queue, job_id: str, *states: str) -> Job:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def events_of(client: redis.Redis, kit: Kit, job_id: str) -> list[str]:
+    """What the job went through, in order (helpers.common.job_events), whatever the timing."""
+    return [e["event"] for e in job_events(client, kit.prefix, "q", job_id)]
 
 
 # --- processing ---------------------------------------------------------------------
@@ -178,12 +184,12 @@ async def test_progress_logs_and_data_updates_from_the_processor(kit: Kit) -> No
 # --- retries and delays -------------------------------------------------------------
 
 
-async def test_attempts_with_fixed_backoff_retry_then_complete(kit: Kit) -> None:
+async def test_attempts_with_fixed_backoff_retry_then_complete(kit: Kit, sync_redis: redis.Redis) -> None:
     queue = kit.queue()
     runs: list[int] = []
 
     async def process(job: Job, token: str) -> str:
-        runs.append(now_ms())
+        runs.append(job.attemptsMade)
         if job.attemptsMade < 2:
             raise Exception("Not yet!")
         return "third time"
@@ -194,7 +200,12 @@ async def test_attempts_with_fixed_backoff_retry_then_complete(kit: Kit) -> None
     await until(state_is(queue, job.id, "delayed", "completed"), what="retry scheduled")
     done = await wait_state(queue, job.id, "completed")
     assert done.returnvalue == "third time" and done.attemptsMade == 3 and len(done.stacktrace) == 2
-    assert all(later - earlier >= 300 for earlier, later in itertools.pairwise(runs)), "a retry waits its backoff"
+    assert runs == [0, 1, 2]
+    # Each retry waited its backoff in delayed; without one it would go straight back to wait.
+    run = ["active"]
+    backoff = ["delayed", "waiting"]
+    expected = ["added", "waiting", *run, *backoff, *run, *backoff, *run, "completed"]
+    assert events_of(sync_redis, kit, job.id) == expected
 
 
 async def test_custom_backoff_strategy(kit: Kit) -> None:
@@ -240,25 +251,29 @@ async def test_unrecoverable_error_is_not_retried(kit: Kit) -> None:
     assert failed.attemptsMade == 1 and "bad input" in failed.failedReason
 
 
-async def test_delayed_job_runs_when_due(kit: Kit) -> None:
+async def test_delayed_job_runs_when_due(kit: Kit, sync_redis: redis.Redis) -> None:
     queue = kit.queue()
+    order: list[str] = []
 
-    async def process(job: Job, token: str) -> int:
-        return now_ms()
+    async def process(job: Job, token: str) -> None:
+        order.append(job.name)
 
-    kit.worker(process)
-    job = await queue.add("test", {}, {"delay": 500})
+    job = await queue.add("later", {}, {"delay": 500})
     assert await queue.getJobState(job.id) == "delayed"
-    done = await wait_state(queue, job.id, "completed")
-    assert done.returnvalue >= job.timestamp + 500, "not before its delay"
+    await queue.add("now", {})
+    kit.worker(process, concurrency=1)
+    await wait_state(queue, job.id, "completed")
+    # Not before its delay: a job added after it without one runs first, and it ran from delayed.
+    assert order == ["now", "later"]
+    assert events_of(sync_redis, kit, job.id) == ["added", "delayed", "waiting", "active", "completed"]
 
 
-async def test_processor_can_move_its_job_back_to_delayed(kit: Kit) -> None:
+async def test_processor_can_move_its_job_back_to_delayed(kit: Kit, sync_redis: redis.Redis) -> None:
     queue = kit.queue()
     runs: list[int] = []
 
     async def process(job: Job, token: str) -> str:
-        runs.append(now_ms())
+        runs.append(job.attemptsMade)
         if len(runs) == 1:
             await job.moveToDelayed(now_ms() + 300, token)
             raise DelayedError()
@@ -268,7 +283,9 @@ async def test_processor_can_move_its_job_back_to_delayed(kit: Kit) -> None:
     job = await queue.add("test", {})
     await until(state_is(queue, job.id, "delayed", "completed"), what="job delayed")
     done = await wait_state(queue, job.id, "completed")
-    assert done.returnvalue == "later" and len(runs) == 2 and runs[1] - runs[0] >= 300
+    assert done.returnvalue == "later" and len(runs) == 2
+    events = ["added", "waiting", "active", "delayed", "waiting", "active", "completed"]
+    assert events_of(sync_redis, kit, job.id) == events, "the second run came out of delayed"
 
 
 async def test_retry_of_failed_and_completed_jobs(kit: Kit) -> None:
@@ -331,16 +348,24 @@ async def test_concurrency_runs_that_many_jobs_at_once(kit: Kit) -> None:
 
 async def test_rate_limiter_spreads_jobs_over_its_windows(kit: Kit) -> None:
     queue = kit.queue()
-    starts: list[int] = []
+    client = aioredis.Redis.from_url(kit.opts["connection"], decode_responses=True)
+    # At each start, BullMQ's count of jobs started in the current window and what is left of it.
+    seen: list[tuple[str | None, int]] = []
 
     async def process(job: Job, token: str) -> None:
-        starts.append(now_ms())
+        async with client.pipeline(transaction=True) as pipe:
+            count, left = await pipe.get(f"{kit.prefix}:q:limiter").pttl(f"{kit.prefix}:q:limiter").execute()
+        seen.append((count, left))
 
     await queue.addBulk([{"name": "test", "data": {"i": i}} for i in range(6)])
     kit.worker(process, concurrency=3, limiter={"max": 2, "duration": 300})
-    await until(lambda: len(starts) == 6, what="6 jobs")
-    # 2 per window: the fifth job starts in the third window at the earliest.
-    assert starts[4] - starts[0] >= 2 * 300 - 10
+    try:
+        await until(lambda: len(seen) == 6, what="6 jobs")
+    finally:
+        await client.aclose()
+    # Concurrency 3 would start 3 at once: no window ever counted more than the limiter's 2.
+    live = [int(count) for count, left in seen if count is not None and left > 0]
+    assert live and max(live) <= 2, seen
 
 
 # --- pause, close, stalled jobs -----------------------------------------------------

@@ -5,6 +5,8 @@ the tests do to it.
         cluster.nodes_setting         # "127.0.0.1:p1,..." for REDIS_CLUSTER_NODES
         cluster.master_for("{bull}")  # port of the master that owns the key's slot
         cluster.failover("{bull}")    # CLUSTER FAILOVER on that master's replica; its port
+        cluster.spread(tags)          # each hash tag on a master of its own, where there are enough
+        cluster.keys_per_shard({"what": "glob*"})  # {master port: {"what": keys matching}}
 
 The node timeout is short (2 s) so a failure is noticed in seconds; production clusters use 15 s.
 """
@@ -50,6 +52,41 @@ class ClusterSet(LocalCluster):
         return redis.RedisCluster(
             host="127.0.0.1", port=self._running_ports()[0], decode_responses=True, socket_timeout=5
         )
+
+    def spread(self, tags: list[str]) -> str | None:
+        """Where two of `tags` share a master, give the slot of the later one, while it holds
+        no key, to a master that owns none of them (as an operator would, docs/cluster.md), one
+        tag at a time; says what moved. The cluster stays whole. The session's cluster is new:
+        a tag nothing has used yet has no key to move, and once spread it stays so."""
+        moved = []
+        while True:
+            owners = [self.master_for(tag) for tag in tags]
+            free = [port for port in self.masters() if port not in owners]
+            shared = next((tag for n, tag in enumerate(tags) if owners[n] in owners[:n]), None)
+            if shared is None or not free:
+                return "; ".join(moved) or None
+            slot, source, target = self.slot(shared), self.master_for(shared), free[0]
+            keys = self.command(source, "CLUSTER", "COUNTKEYSINSLOT", slot)
+            assert keys == 0, f"slot {slot} of {shared} holds {keys} keys: spread before the tags are used"
+            target_id = self.command(target, "CLUSTER", "MYID")
+            for port in (target, source, *(p for p in self.masters() if p not in (source, target))):
+                self.command(port, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+            self.wait_ok()
+            assert self.master_for(shared) == target
+            moved.append(f"slot {slot} of {shared} given from master :{source} to :{target}, which had no tag")
+
+    def keys_per_shard(self, patterns: dict[str, str]) -> dict[int, dict[str, int]]:
+        """{master port: {name: keys matching its SCAN glob}} (braces are plain in a glob)."""
+        table: dict[int, dict[str, int]] = {}
+        for port in self.masters():
+            client = self.client(port)
+            try:
+                table[port] = {
+                    what: sum(1 for _ in client.scan_iter(match=glob, count=1000)) for what, glob in patterns.items()
+                }
+            finally:
+                client.close()
+        return table
 
     def failover(self, key: str, timeout: float = 30.0) -> int:
         """`CLUSTER FAILOVER` on a replica of the master that owns `key`'s slot; returns that
@@ -134,6 +171,12 @@ def cluster_env(env: dict[str, str], cluster: ClusterSet) -> dict[str, str]:
         BULLMQ_PREFIX="{" + env.get("BULLMQ_PREFIX", "bull") + "}",
     )
     return out
+
+
+def tagged_env(cenv: dict[str, str]) -> dict[str, str]:
+    """The cluster env with tagged queue names (`{waitlist-expiry}`, ...) under the same prefix
+    without its braces, so each queue's keys hash by its own name."""
+    return dict(cenv, BULLMQ_PREFIX=cenv["BULLMQ_PREFIX"].strip("{}"), BULLWAIT_QUEUE_NAMES="tagged")
 
 
 def cluster_settings(env: dict[str, str]) -> Settings:

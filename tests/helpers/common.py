@@ -92,3 +92,12 @@ async def wait_job_state(queue, job_id: str, state: str, timeout: float = 30) ->
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{queue.name} job {job_id} is {current}, expected {state}")
+
+
+def job_events(client: Any, prefix: str, queue: str, job_id: str) -> list[dict[str, str]]:
+    """A job's entries in its queue's BullMQ event stream, oldest first: what it went through,
+    whatever the timing (`delayed`, `waiting`, `active` is a wait in delayed before a run;
+    a `delayed` entry's `delay` is the time it was put back until). `client`: a sync
+    redis.Redis with decode_responses."""
+    stream = client.xrange(f"{prefix}:{queue}:events")
+    return [fields for _, fields in stream if fields.get("jobId") == job_id]

@@ -33,6 +33,14 @@ SKIP_REASON = "node-compat/node_modules is missing: run `bash dev.sh setup` (npm
 
 node_required = [pytest.mark.node, pytest.mark.skipif(not HAVE_NODE, reason=SKIP_REASON)]
 
+# Debian's Chromium, driven by playwright-core (compat/browser.js); never a downloaded browser.
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+HAVE_BROWSER = os.access(CHROMIUM, os.X_OK) and (NODE_DIR / "node_modules" / "playwright-core").is_dir()
+browser_required = [
+    *node_required,
+    pytest.mark.skipif(not HAVE_BROWSER, reason=f"no {CHROMIUM} (apt-get install chromium) or playwright-core"),
+]
+
 BOARD_USER = "ops"
 BOARD_PASSWORD = "s3cret-board"
 

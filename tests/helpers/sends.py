@@ -26,3 +26,14 @@ async def services(settings: Settings, api: FakeWhatsApp) -> AsyncIterator[Servi
     )
     yield svc
     await svc.close()
+
+
+def max_in_window(times: list[float], width: float = 1.0) -> int:
+    """The most of `times` inside any window of `width` seconds (any start): what a rate limit
+    allows, counted on the fake API's arrival stamps."""
+    times, best, lo = sorted(times), 0, 0
+    for hi, t in enumerate(times):
+        while t - times[lo] >= width:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best

@@ -175,19 +175,21 @@ class SentinelSet:
 
 # The worker name the sentinel tests give `bullwait worker`, to find it by name on a new master.
 WORKER_NAME = "py-sentinel-1"
+# For `sentinel_env(env, topo, **WORKER_ENV)`: that name, and the processors counting runs.
+WORKER_ENV = {"BULLWAIT_WORKER_NAME": WORKER_NAME, **COUNTING}
 
 
-def sentinel_env(env: dict[str, str], topo: SentinelSet) -> dict[str, str]:
-    """The test env with Redis named by the sentinels only. REDIS_HOST/PORT point at a closed
-    port: a bullwait that ignored REDIS_SENTINELS would find nothing there (never port 6379)."""
+def sentinel_env(env: dict[str, str], topo: SentinelSet, **extra: str) -> dict[str, str]:
+    """The test env with Redis named by the sentinels only (db 0), plus `extra`, for bullwait and
+    the Node scripts alike. REDIS_HOST/PORT point at a closed port: a process that ignored
+    REDIS_SENTINELS would find nothing there (never port 6379)."""
     out = {k: v for k, v in env.items() if k != "REDIS_URL"}
     out.update(
         REDIS_SENTINELS=topo.sentinels_setting,
         REDIS_QUEUE_DB="0",
         REDIS_HOST="127.0.0.1",
         REDIS_PORT=str(free_port()),
-        BULLWAIT_WORKER_NAME=WORKER_NAME,
-        **COUNTING,
+        **extra,
     )
     return out
 

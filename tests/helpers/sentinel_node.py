@@ -28,13 +28,6 @@ from helpers.sentinel import SentinelSet
 EXPIRY_QUEUE = "waitlist-expiry"
 
 
-def sentinel_env(env: dict[str, str], topo: SentinelSet, **extra: str) -> dict[str, str]:
-    """`env` (the suite's per-test prefix) pointed at the sentinels instead of one node."""
-    out = {k: v for k, v in env.items() if k not in ("REDIS_URL", "REDIS_HOST", "REDIS_PORT")}
-    out.update(REDIS_SENTINELS=topo.sentinels_setting, REDIS_QUEUE_DB="0", **extra)
-    return out
-
-
 def master(topo: SentinelSet) -> redis.Redis:
     """A plain client on the node the sentinels call master now (db 0, as sentinel_env sets)."""
     return redis.Redis(port=topo.master_port(), decode_responses=True, socket_timeout=5)

@@ -1,8 +1,7 @@
 """docker-compose.yml and monitoring/, checked without a Docker engine.
 
-Variables are resolved as compose resolves them (`$$`, `${VAR}`, `:-`, `-`, `:?`, `?`, `:+`,
-`+`; an `environment` entry without a value is taken from the shell or `.env`, else left
-unset), so each test sees what a container would get. Alert rules are unit-tested with
+Variables are resolved as compose resolves them (helpers.compose), so each test sees what a
+container would get. Alert rules are unit-tested with
 promtool when it is installed (PATH or $PROMTOOL), and checked statically otherwise.
 """
 
@@ -23,8 +22,8 @@ from bullwait.settings import Settings
 from bullwait.waitlist.whatsapp import CloudApiSender, build_sender
 
 from helpers.common import ROOT
+from helpers.compose import COMPOSE, VARIABLE, MissingVariable, container_env, exec_argv, load_compose, resolve
 
-COMPOSE = ROOT / "docker-compose.yml"
 REDIS_PORT_OVERRIDE = ROOT / "docker-compose.redis-port.yml"
 MONITORING = ROOT / "monitoring"
 # The Sentinel variables are also Settings fields; listed here so
@@ -40,61 +39,12 @@ BOARD_ENV = {
     "BULL_BOARD_PORT",
     "BULL_BOARD_ALLOWED_HOSTS",
 }
-VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?+])([^}]*))?\}|\$(\w+)")
 PROMTOOL = os.environ.get("PROMTOOL") or shutil.which("promtool")
-
-
-class MissingVariable(Exception):
-    pass
-
-
-def interpolate(text: str, env: Mapping[str, str]) -> str:
-    def one(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group(1) or match.group(4)
-        op, arg = match.group(2), match.group(3) or ""
-        value = env.get(name)
-        unset, empty = value is None, not value
-        if op is None:
-            return value or ""
-        if op in (":?", "?") and (empty if op == ":?" else unset):
-            raise MissingVariable(f"{name}: {arg}")
-        if op in (":-", "-"):
-            return arg if (empty if op == ":-" else unset) else str(value)
-        if op in (":+", "+"):
-            return "" if (empty if op == ":+" else unset) else arg
-        return str(value)
-
-    return VARIABLE.sub(one, text)
-
-
-def resolve(node: Any, env: Mapping[str, str]) -> Any:
-    """The compose file with every string interpolated (raises MissingVariable like compose)."""
-    if isinstance(node, dict):
-        return {key: resolve(value, env) for key, value in node.items()}
-    if isinstance(node, list):
-        return [resolve(value, env) for value in node]
-    return interpolate(node, env) if isinstance(node, str) else node
-
-
-def container_env(service: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
-    """What the container's environment holds: a valueless entry comes from `env` or is unset."""
-    raw = service.get("environment", {})
-    assert isinstance(raw, dict), "environment must be a mapping"
-    out = {}
-    for key, value in raw.items():
-        if value is None:
-            if key in env:
-                out[key] = env[key]
-        else:
-            out[key] = interpolate(str(value), env)
-    return out
 
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE.read_text())
+    return load_compose()
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +58,22 @@ def test_services_and_their_dependencies(services: dict[str, Any]) -> None:
     for name in ("worker", "bull-board"):
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy", name
     assert services["prometheus"]["depends_on"]["worker"]["condition"] == "service_healthy"
+    one_shots = one_shot_services(services)
     for name, service in services.items():
+        if name in one_shots:  # it exits when done: a health check would mark it unhealthy
+            assert service.get("restart") == "no" and "healthcheck" not in service, name
+            continue
         assert "healthcheck" in service and service["healthcheck"]["test"], f"{name} has no health check"
+
+
+def one_shot_services(services: dict[str, Any]) -> set[str]:
+    """Services another waits for to complete (`service_completed_successfully`)."""
+    return {
+        dependency
+        for service in services.values()
+        for dependency, condition in (service.get("depends_on") or {}).items()
+        if condition.get("condition") == "service_completed_successfully"
+    }
 
 
 def test_the_file_resolves_with_no_variables_and_with_auth_off(compose: dict[str, Any]) -> None:
@@ -134,22 +98,11 @@ def test_redis_is_7_durable_and_never_evicts(services: dict[str, Any]) -> None:
     assert any(v.split(":")[0] == "redis-data" and v.endswith(":/data") for v in redis["volumes"])
 
 
-def _redis_argv(compose: dict[str, Any], env: Mapping[str, str]) -> list[str]:
-    """Run the redis service's command in a real shell, with `printf` in place of redis-server."""
-    service = compose["services"]["redis"]
-    command = resolve(service["command"], env)
-    assert command[:2] == ["sh", "-c"] and "exec redis-server " in command[2]
-    script = command[2].replace("exec redis-server ", "printf '%s\\n' ", 1)
-    shell_env = {"PATH": os.environ["PATH"], **container_env(service, env)}
-    out = subprocess.run(["sh", "-c", script], env=shell_env, capture_output=True, text=True, check=True, timeout=10)
-    return out.stdout.splitlines()
-
-
 def test_redis_requires_redis_password_when_it_is_set(compose: dict[str, Any], tmp_path: Path) -> None:
     password = "pa ss$word"
-    argv = _redis_argv(compose, {"REDIS_PASSWORD": password})
+    argv = exec_argv(compose, "redis", {"REDIS_PASSWORD": password})
     assert argv[argv.index("--requirepass") + 1] == password
-    assert "--requirepass" not in _redis_argv(compose, {})
+    assert "--requirepass" not in exec_argv(compose, "redis", {})
     # compose itself never sees the password in the command (`docker compose config` prints it).
     assert password not in " ".join(resolve(compose, {"REDIS_PASSWORD": password})["services"]["redis"]["command"])
     # The health check authenticates only when there is a password (redis-cli as a stand-in).
@@ -338,15 +291,19 @@ def test_dockerfile_runs_the_worker() -> None:
 
 # --- the `sentinel` profile ---------------------------------------------------------------
 SENTINEL_SERVICES = {"redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"}
+CLUSTER_NODES = [f"redis-node-{n}" for n in range(1, 7)]
+CLUSTER_SERVICES = {*CLUSTER_NODES, "redis-cluster-create", "worker-cluster", "bull-board-cluster"}
 SENTINELS_SETTING = "sentinel-1:26379,sentinel-2:26379,sentinel-3:26379"
 
 
-def test_the_default_profile_is_unchanged_by_the_sentinel_profile(compose: dict[str, Any]) -> None:
-    """`docker compose up` starts only services without profiles; Sentinel stays off unless asked."""
+def test_the_default_profile_is_unchanged_by_the_sentinel_and_cluster_profiles(compose: dict[str, Any]) -> None:
+    """`docker compose up` starts only services without profiles; Sentinel and Cluster stay off unless asked."""
     default = {name for name, service in compose["services"].items() if not service.get("profiles")}
     assert default == {"redis", "worker", "bull-board", "prometheus"}
     for name in SENTINEL_SERVICES:
         assert compose["services"][name]["profiles"] == ["sentinel"], name
+    for name in CLUSTER_SERVICES:
+        assert compose["services"][name]["profiles"] == ["cluster"], name
     for name in ("worker", "bull-board"):
         env = container_env(compose["services"][name], {})
         assert not {"REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_PASSWORD"} & set(env), name
@@ -409,17 +366,127 @@ def test_sentinel_profile_passwords_reach_the_nodes_and_sentinels_only_at_run_ti
     assert "requirepass sent-pw" in lines and "sentinel sentinel-pass sent-pw" in lines
     # Either data node may be demoted to a replica: both need masterauth as well as requirepass.
     for name in ("redis", "redis-replica"):
-        argv = _redis_argv_of(compose, name, env)
+        argv = exec_argv(compose, name, env)
         assert argv[argv.index("--requirepass") + 1] == "data pw$1", name
         assert argv[argv.index("--masterauth") + 1] == "data pw$1", name
     board = container_env(compose["services"]["bull-board"], env)
     assert (board["REDIS_SENTINEL_PASSWORD"], board["REDIS_SENTINEL_MASTER"]) == ("sent-pw", "queues")
 
 
-def _redis_argv_of(compose: dict[str, Any], name: str, env: Mapping[str, str]) -> list[str]:
-    service = compose["services"][name]
+# --- the `cluster` profile ----------------------------------------------------------------
+
+
+def _node_argv(compose: dict[str, Any], name: str, env: Mapping[str, str], tmp_path: Path) -> list[str]:
+    """A cluster node's redis-server argv, `hostname` answering the service's host name."""
+    stubs = tmp_path / name
+    stubs.mkdir(exist_ok=True)
+    (stubs / "hostname").write_text(f"#!/bin/sh\necho {compose['services'][name]['hostname']}\n")
+    (stubs / "hostname").chmod(0o755)
+    return exec_argv(compose, name, env, path=str(stubs))
+
+
+def _flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def _create(
+    compose: dict[str, Any], env: Mapping[str, str], tmp_path: Path, slots_assigned: int
+) -> tuple[int, str, list[str]]:
+    """Run redis-cluster-create's script with a stand-in redis-cli that answers CLUSTER INFO with
+    `slots_assigned` and records every call; (exit code, stdout, the calls)."""
+    stubs = tmp_path / f"cli-{slots_assigned}"
+    stubs.mkdir()
+    calls = stubs / "calls"
+    (stubs / "redis-cli").write_text(
+        "#!/bin/sh\n"
+        f'echo "auth=${{REDISCLI_AUTH-unset}} $*" >> {calls}\n'
+        'case "$*" in *"cluster info"*)\n'
+        f'  printf "cluster_state:ok\\ncluster_slots_assigned:{slots_assigned}\\n";;\n'
+        "esac\n"
+    )
+    (stubs / "redis-cli").chmod(0o755)
+    service = compose["services"]["redis-cluster-create"]
     command = resolve(service["command"], env)
-    script = command[2].replace("exec redis-server ", "printf '%s\\n' ", 1)
-    shell_env = {"PATH": os.environ["PATH"], **container_env(service, env)}
-    out = subprocess.run(["sh", "-c", script], env=shell_env, capture_output=True, text=True, check=True, timeout=10)
-    return out.stdout.splitlines()
+    assert command[:2] == ["sh", "-c"]
+    shell_env = {"PATH": f"{stubs}:{os.environ['PATH']}", **container_env(service, env)}
+    run = subprocess.run(["sh", "-c", command[2]], env=shell_env, capture_output=True, text=True, timeout=10)
+    return run.returncode, run.stdout, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_cluster_profile_is_six_nodes_the_worker_and_board_reach(compose: dict[str, Any], tmp_path: Path) -> None:
+    from bullwait.settings import parse_cluster_nodes
+
+    services = resolve(compose, {})["services"]
+    nodes: set[tuple[str, int]] = set()
+    for name in CLUSTER_NODES:
+        node = services[name]
+        assert re.match(r"redis:7(\.|-|$)", node["image"]), "host names in CLUSTER SLOTS need Redis 7"
+        assert node["hostname"] == name and node["volumes"] == [f"{name}-data:/data"], name
+        assert f"{name}-data" in compose["volumes"], name
+        assert node["healthcheck"]["test"] and node["restart"] == "unless-stopped"
+        argv = _node_argv(compose, name, {}, tmp_path)
+        assert _flag(argv, "--cluster-enabled") == "yes"
+        assert _flag(argv, "--cluster-config-file").startswith("/data/"), "nodes.conf must outlive the container"
+        # Clients get the service name, which the compose network resolves, not an address.
+        assert _flag(argv, "--cluster-announce-hostname") == name
+        assert _flag(argv, "--cluster-preferred-endpoint-type") == "hostname"
+        for flag, value in (
+            ("--appendonly", "yes"),
+            ("--appendfsync", "everysec"),
+            ("--maxmemory-policy", "noeviction"),
+        ):
+            assert _flag(argv, flag) == value, (name, flag)
+        assert "--requirepass" not in argv
+        nodes.add((name, int(_flag(argv, "--port"))))
+    assert len(nodes) == 6
+
+    # The one-shot joins exactly those nodes: 3 masters, one replica each.
+    code, out, calls = _create(compose, {}, tmp_path, slots_assigned=0)
+    assert code == 0, out
+    create = next(call.split()[1:] for call in calls if "--cluster create" in call)
+    listed = {(host, int(port)) for host, port in (a.split(":") for a in create if ":" in a)}
+    assert listed == nodes and _flag(create, "--cluster-replicas") == "1" and "--cluster-yes" in create
+    assert len(nodes) // (1 + int(_flag(create, "--cluster-replicas"))) == 3
+    create_service = services["redis-cluster-create"]
+    assert {n: c["condition"] for n, c in create_service["depends_on"].items()} == dict.fromkeys(
+        CLUSTER_NODES, "service_healthy"
+    )
+
+    # The worker and the board: the same nodes, settings a cluster accepts, started once it exists.
+    for name in ("worker-cluster", "bull-board-cluster"):
+        env = container_env(compose["services"][name], {})
+        assert set(env) <= SETTINGS_ENV | BOARD_ENV, name
+        assert not {"REDIS_HOST", "REDIS_URL", "REDIS_SENTINELS"} & set(env), f"{name}: a second topology"
+        assert set(parse_cluster_nodes(env["REDIS_CLUSTER_NODES"])) == nodes, name
+        settings = Settings(**{k.lower(): v for k, v in env.items() if not k.startswith("BULL_BOARD_")})
+        assert settings.cluster is not None and settings.redis_queue_db == 0 and settings.bullmq_prefix == "{bull}"
+        assert services[name]["depends_on"] == {"redis-cluster-create": {"condition": "service_completed_successfully"}}
+    worker, board = services["worker-cluster"], services["bull-board-cluster"]
+    assert worker["image"] == services["worker"]["image"] and worker["healthcheck"] == services["worker"]["healthcheck"]
+    board_env = container_env(compose["services"]["bull-board-cluster"], {})
+    assert board["ports"] == [f"127.0.0.1:3002:{board_env['BULL_BOARD_PORT']}"]
+    assert board["ports"][0].split(":")[1] != services["bull-board"]["ports"][0].split(":")[1]
+    tagged = container_env(compose["services"]["worker-cluster"], {"BULLWAIT_QUEUE_NAMES": "tagged"})
+    assert Settings(**{k.lower(): v for k, v in tagged.items()}).bullmq_prefix == "bull"
+
+
+def test_cluster_profile_password_reaches_every_node_the_create_and_the_clients(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    env = {"REDIS_PASSWORD": "cluster pw$1"}
+    assert "cluster pw$1" not in str(resolve(compose, env)["services"]), "compose itself would print it"
+    for name in CLUSTER_NODES:
+        argv = _node_argv(compose, name, env, tmp_path)
+        # A master may become a replica after a failover: masterauth as well as requirepass.
+        assert _flag(argv, "--requirepass") == _flag(argv, "--masterauth") == "cluster pw$1", name
+    code, _, calls = _create(compose, env, tmp_path, slots_assigned=0)
+    assert code == 0 and calls and all(call.startswith("auth=cluster pw$1 ") for call in calls), calls
+    for name in ("worker-cluster", "bull-board-cluster"):
+        assert container_env(compose["services"][name], env)["REDIS_PASSWORD"] == "cluster pw$1", name
+
+
+def test_cluster_create_runs_once(compose: dict[str, Any], tmp_path: Path) -> None:
+    """A later `up` finds the slots assigned (the nodes keep nodes.conf) and creates nothing."""
+    code, out, calls = _create(compose, {}, tmp_path, slots_assigned=16384)
+    assert code == 0 and "already created" in out
+    assert not any("--cluster create" in call for call in calls), calls

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bullwait.dev.embedded import free_port
 from bullwait.runtime.supervisor import Supervisor
 from bullwait.settings import Settings
 from bullwait.waitlist.producer import Producer, new_expiry
 
 from helpers.cli import invoke_cli
-from helpers.common import BULLWAIT, ROOT, wait_until
-from helpers.monitoring import listening, scrape, value
+from helpers.common import BULLWAIT, ROOT, LoggedProcess, wait_until
+from helpers.monitoring import get, listening, scrape, value
 
 CHILD = [
     sys.executable,
@@ -143,3 +147,77 @@ def test_redis_hostname_reads_url_host_or_socket() -> None:
     assert redis_hostname(Settings(redis_url="redis://:pw@cache.internal:6380/0")) == "cache.internal"
     assert redis_hostname(Settings(redis_url="unix:///run/redis.sock")) is None
     assert redis_hostname(Settings(redis_host="10.0.0.5")) == "10.0.0.5"
+
+
+# --- /health/live answers for every process, not only the serving one ----------------------
+
+# Child 1 is the odd one out: it reaches Redis as a user that may not run scripts (every fetch
+# refused, as in tests/monitoring/test_live_failing.py), or exits at once while the flag file
+# exists. Child 0, which serves /health/live, works throughout.
+ODD_CHILD = """
+if [ "$BULLWAIT_PROCESS_INDEX" = 1 ]; then
+  [ ! -e "$CRASH_FLAG" ] || exit 3
+  export REDIS_URL="$ODD_REDIS_URL"
+fi
+exec "$0" -m bullwait.cli.main worker -q expiry
+"""
+SUPERVISE = (
+    "import sys; from bullwait.logs import configure_logging; from bullwait.runtime.supervisor import Supervisor; "
+    "configure_logging('info'); sys.exit(Supervisor(sys.argv[1:], 2, shutdown_timeout=5).run())"
+)
+
+
+def _live(port: int) -> tuple[int, dict[str, Any]]:
+    status, body = get(port, "/health/live")
+    return status, json.loads(body)
+
+
+def _live_when(port: int, status: int, message: str) -> dict[str, Any]:
+    return wait_until(lambda: (lambda r: r[1] if r[0] == status else None)(_live(port)), timeout=60, message=message)
+
+
+def _child_pid(log_text: str, index: int) -> int:
+    started = [json.loads(line) for line in log_text.splitlines() if "worker process started" in line]
+    return int([record for record in started if record["index"] == index][-1]["pid"])
+
+
+def test_live_answers_for_every_worker_process(
+    env: dict[str, str], redis_server: Any, sync_redis: Any, tmp_path: Path
+) -> None:
+    user, password = f"nofetch-{uuid.uuid4().hex[:6]}", "pw-" + uuid.uuid4().hex[:8]
+    sync_redis.execute_command("ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all", "-evalsha", "-eval")
+    port, flag = free_port(), tmp_path / "crash"
+    sup_env = dict(
+        env,
+        METRICS_PORT=str(port),
+        HEALTH_LIVE_FAILING_SECONDS="2",
+        ODD_REDIS_URL=f"redis://{user}:{password}@127.0.0.1:{redis_server.port}/0",
+        CRASH_FLAG=str(flag),
+    )
+    argv = [sys.executable, "-c", SUPERVISE, "sh", "-c", ODD_CHILD, sys.executable]
+    sup = LoggedProcess(argv, sup_env, tmp_path / "supervisor.log")
+    try:
+        sup.wait_for_log("worker started", count=2, timeout=60)
+        # Only process 1's loop fails: the serving process 0 is fine, and says process 1 is not.
+        doc = _live_when(port, 503, "503 for process 1's failing loop")
+        print("\nlive, process 1 refused its scripts:", doc)
+        assert doc["status"] == "worker-failing" and doc["problem"].startswith("process 1 (pid ")
+        assert "NOPERM" in doc["problem"] or "permission" in doc["problem"].lower()
+        assert "process 0" not in doc["problem"]
+        sync_redis.execute_command("ACL", "SETUSER", user, "+evalsha", "+eval")
+        _live_when(port, 200, "200 once process 1's fetches work")
+
+        # Process 1 dies and every process started in its place exits at once.
+        flag.touch()
+        os.kill(_child_pid(sup.log(), 1), signal.SIGKILL)
+        doc = _live_when(port, 503, "503 while process 1 keeps exiting")
+        print("live, process 1 in a crash loop:", doc)
+        assert doc["problem"].startswith("process 1: exited (code 3)"), doc
+        flag.unlink()
+        _live_when(port, 200, "200 once a process 1 stays up")
+        assert sup.log().count("worker process exited, restarting") >= 2
+        sup.proc.send_signal(signal.SIGTERM)
+        assert sup.proc.wait(30) == 0, sup.log()[-3000:]
+    finally:
+        sup.kill()
+        sync_redis.execute_command("ACL", "DELUSER", user)

@@ -33,7 +33,6 @@ from typing import Any
 
 import redis
 
-from bullwait.dev.embedded import free_port
 from bullwait.dev.fake_whatsapp import FakeWhatsApp
 from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
@@ -44,7 +43,7 @@ from helpers.common import ROOT, WorkerProcess
 from helpers.fault_load import EXPIRY, NOTIFY
 from helpers.jobdata import notification_data
 from helpers.nodecompat import HAVE_NODE, NodeProcess
-from helpers.sentinel import MASTER_NAME, SentinelSet
+from helpers.sentinel import MASTER_NAME, SentinelSet, sentinel_env
 
 SLOW = os.environ.get("BULLWAIT_SLOW") == "1"
 TIMERS = 5000 if SLOW else 1000
@@ -140,15 +139,11 @@ def replica_online_after(port: int, since: float, timeout: float = 60) -> float 
 # --- bullwait's side -------------------------------------------------------------------------
 
 
-def sentinel_env(env: dict[str, str], topo: SentinelSet, runs: Path) -> dict[str, str]:
-    """Redis named by the sentinels only; REDIS_HOST/PORT point at a closed port (never 6379)
-    so a path that ignored REDIS_SENTINELS would find nothing."""
-    out = {k: v for k, v in env.items() if k != "REDIS_URL"}
-    out.update(
-        REDIS_SENTINELS=topo.sentinels_setting,
-        REDIS_QUEUE_DB="0",
-        REDIS_HOST="127.0.0.1",
-        REDIS_PORT=str(free_port()),
+def worker_env(env: dict[str, str], topo: SentinelSet, runs: Path) -> dict[str, str]:
+    """The sentinels' env (helpers.sentinel.sentinel_env) with the load's worker settings."""
+    return sentinel_env(
+        env,
+        topo,
         BULLWAIT_WAIT_REPLICAS="1",
         BULLWAIT_WORKER_NAME="py-failover-load",
         BULLWAIT_PROCESSORS="helpers.sentinel_load_processors:register",
@@ -158,7 +153,6 @@ def sentinel_env(env: dict[str, str], topo: SentinelSet, runs: Path) -> dict[str
         BULLWAIT_STALLED_INTERVAL_MS=str(STALLED_MS),
         WAITLIST_EXPIRY_CONCURRENCY=str(EXPIRY_CONCURRENCY),
     )
-    return out
 
 
 def producer_settings(env: dict[str, str]) -> Settings:
@@ -178,6 +172,7 @@ class Load:
     timers: list[str] = field(default_factory=list)  # bulk-added, confirmed
     phones: list[str] = field(default_factory=list)  # one per confirmed notification
     confirmed: list[str] = field(default_factory=list)  # the 50 ms producer's confirmed adds
+    confirmed_at: list[float] = field(default_factory=list)  # when each was confirmed (wall)
     refused: Counter[str] = field(default_factory=Counter)
 
 
@@ -206,6 +201,7 @@ async def add_every_50ms(producer: Producer, stop: asyncio.Event, load: Load) ->
         n += 1
         try:
             load.confirmed.append(await producer.schedule_expiry(new_expiry(f"loop{n}", "s", "c", "salon-loop", 300)))
+            load.confirmed_at.append(time.time())
         except Exception as exc:  # WriteNotDurable, RedisUnavailable: told it failed, so not counted
             load.refused[type(exc).__name__] += 1
         await asyncio.sleep(LOOP_MS / 1000)
@@ -286,7 +282,7 @@ def node_result(proc: NodeProcess | None) -> dict[str, Any]:
 def failover_under_load(move: str, env: dict[str, str], api: FakeWhatsApp, tmp_path: Path) -> None:
     with SentinelSet(replicas=REPLICAS).start() as topo:
         runs = tmp_path / "timer-runs.txt"
-        wenv = dict(sentinel_env(env, topo, runs), **api.env())
+        wenv = dict(worker_env(env, topo, runs), **api.env())
         worker = WorkerProcess(wenv, ["--queue", EXPIRY, "--queue", NOTIFY], tmp_path / "worker.log")
         node: NodeProcess | None = None
         try:
@@ -305,11 +301,21 @@ def failover_under_load(move: str, env: dict[str, str], api: FakeWhatsApp, tmp_p
     assert code == 0, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
     assert "redis master switched, connections moved" in log, log[-3000:]
+    # The zero-loss checks below would hold with nothing added or run: first, that the load was there.
+    assert figures["timers"] == TIMERS and figures["notifications"] == NOTIFICATIONS, figures
+    # Adds the old master confirmed are the ones a failover can take with it.
+    assert figures["confirmed_before_switch"] > 0, figures
+    assert figures["expected"] == TIMERS + figures["confirmed"] and figures["ran"] >= figures["expected"], figures
+    assert figures["sent"] >= NOTIFICATIONS, figures
     assert figures["confirmed_lost"] == [], figures["confirmed_lost"][:10]
     assert figures["never_run"] == [], f"{len(figures['never_run'])} timers never ran: {figures['never_run'][:10]}"
     assert figures["sent_twice"] == [], figures["sent_twice"][:10]
     assert figures["not_sent"] == [], f"{len(figures['not_sent'])} notifications never sent"
     assert len(figures["ran_twice"]) <= TWICE_BOUND, figures["ran_twice"][:10]
+    # Node's losses (no WAIT) are measured, not bounded; but its run must have happened.
+    if "skipped" not in node_figures:
+        assert "error" not in node_figures, node_figures
+        assert node_figures["timers"] == TIMERS and node_figures["confirmed"] > 0, node_figures
 
 
 async def _drive(move: str, topo: SentinelSet, wenv: dict[str, str], api: FakeWhatsApp, runs: Path) -> dict[str, Any]:
@@ -351,6 +357,10 @@ async def _drive(move: str, topo: SentinelSet, wenv: dict[str, str], api: FakeWh
         "switch_to_replica_online_s": replica_back,
         "timers": len(load.timers),
         "confirmed": len(load.confirmed),
+        "confirmed_before_switch": sum(at < switch_at for at in load.confirmed_at),
+        "expected": len(expected),
+        "ran": len(set(ran)),
+        "sent": len(sends),
         "refused": dict(load.refused),
         "confirmed_lost": [j for j in load.confirmed if not ran[j] and not job_exists(final, prefix, j)],
         "never_run": sorted(j for j in expected if not ran[j]),

@@ -31,13 +31,13 @@ def test_one_node_settings_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        ("10.0.0.1", "'10.0.0.1' is not host:port"),
+        ("10.0.0.1", 'entry 1 "10.0.0.1" is not host:port'),
         ("10.0.0.1:", "port must be a number"),
-        ("a:26379,b:notaport", "'b:notaport': the port must be a number"),
+        ("a:26379,b:notaport", 'entry 2 "b:notaport": the port must be a number'),
         ("a:70000", "from 1 to 65535"),
-        (",", "empty entry"),
-        ("a:26379,", "empty entry"),  # as on the Node side
-        ("redis+sentinel://a:26379", "not a URL"),
+        (",", "entry 1 is empty"),
+        ("a:26379,", "entry 2 is empty"),
+        ("redis+sentinel://a:26379", "is a URL"),
     ],
 )
 def test_bad_sentinel_lists_are_one_line(monkeypatch: pytest.MonkeyPatch, value: str, expected: str) -> None:

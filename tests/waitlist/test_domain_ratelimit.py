@@ -32,18 +32,9 @@ from bullwait.waitlist.whatsapp import WhatsAppUnavailable
 
 from helpers.jobdata import notification_data
 from helpers.reliability import counts, eventually
+from helpers.sends import max_in_window
 
 MARGIN_MS = 400
-
-
-def max_in_window(times: list[float], width: float = 1.0) -> int:
-    """The most of `times` inside any window of `width` seconds (any start)."""
-    times, best, lo = sorted(times), 0, 0
-    for hi, t in enumerate(times):
-        while t - times[lo] >= width:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 @dataclass

@@ -3,8 +3,10 @@ error mapping; the console sender."""
 
 from __future__ import annotations
 
+import importlib.abc
 import io
 import json
+import sys
 import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -76,6 +78,35 @@ async def test_template_message_request(api: FakeWhatsApp) -> None:
     assert body["template"]["name"] == "slot_offer" and body["template"]["language"] == {"code": "es"}
     params = [p["text"] for p in body["template"]["components"][0]["parameters"]]
     assert params == ["Haircut", SLOT.date, "10:30", "Ana", "45", "35.50"]
+
+
+class _ImportWatch(importlib.abc.MetaPathFinder):
+    """Records every module the import system is asked to look for (finds nothing itself)."""
+
+    def __init__(self) -> None:
+        self.searched: list[str] = []
+
+    def find_spec(self, fullname: str, path: object, target: object = None) -> None:
+        self.searched.append(fullname)
+        return None
+
+
+async def test_sends_do_not_search_for_modules(api: FakeWhatsApp) -> None:
+    """httpcore imports sniffio for each lock and event of a request and, when it is not
+    installed, falls back to asyncio after a failed import, which Python does not cache:
+    every send then searched sys.path several times, a large share of the worker's CPU per
+    send in the benchmark. With sniffio installed (a dependency) sends import nothing."""
+    async with _sending(_settings(api)) as sender:
+        await sender.send_slot_offer("+34600111222", SLOT)  # the first send may import lazily
+        watch = _ImportWatch()
+        sys.meta_path.insert(0, watch)
+        try:
+            for _ in range(3):
+                await sender.send_slot_offer("+34600111222", SLOT)
+        finally:
+            sys.meta_path.remove(watch)
+    assert watch.searched == []
+    assert len(api.sent()) == 4
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import redis
 
 from bullwait.settings import Settings
@@ -135,3 +136,41 @@ async def test_schedule_expiries_reads_a_generator(settings: Settings, sync_redi
     assert sync_redis.zcard(f"{prefix}:waitlist-expiry:delayed") == 7
     data = json.loads(sync_redis.hget(f"{prefix}:waitlist-expiry:expiry_gen-6", "data"))
     assert data["customerId"] == "Zoë" and data["waitlistId"] == "gen-6"
+
+
+async def test_a_chunk_goes_as_several_short_transactions(
+    settings: Settings, sync_redis: redis.Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis serves no other client while it runs a MULTI block, so a chunk is cut into blocks
+    of `TRANSACTION_JOBS`: every job of every block is added, in order, also when the scripts
+    must be loaded again (each block then refuses its jobs with NOSCRIPT)."""
+    from bullwait.engine import bulk
+
+    blocks: list[int] = []
+    block_result = bulk._block_result
+
+    def counting(replies: list[object]) -> list[object]:
+        blocks.append(len(replies) - 2)  # the queued commands, between MULTI's +OK and EXEC's reply
+        return block_result(replies)
+
+    monkeypatch.setattr(bulk, "TRANSACTION_JOBS", 4)
+    monkeypatch.setattr(bulk, "_block_result", counting)
+    many = [new_expiry(f"blk-{i}", "s", "c", "salon", delay_ms=60_000) for i in range(10)]
+    async with Producer(settings) as producer:
+        await producer.schedule_expiries(many[:1])  # the queue's scripts are known...
+        sync_redis.script_flush()  # ...then gone: every block of the next chunk meets NOSCRIPT
+        blocks.clear()
+        ids = await producer.schedule_expiries(many, chunk=10)
+        again = await producer.schedule_expiries(many, chunk=10)
+    assert ids == again == [f"expiry_blk-{i}" for i in range(10)]
+    assert sync_redis.zcard(f"{prefix}:waitlist-expiry:delayed") == 10
+    assert blocks == [4, 4, 2, 4, 4, 2, 4, 4, 2], "the chunk, its NOSCRIPT retry and the repeat, in blocks of 4"
+
+
+def test_transaction_blocks() -> None:
+    from bullwait.engine.bulk import transaction_blocks
+
+    commands = [bytes([i]) for i in range(5)]
+    assert transaction_blocks(commands, 2) == [commands[0:2], commands[2:4], commands[4:5]]
+    assert transaction_blocks(commands, 5) == [commands]
+    assert transaction_blocks([], 2) == [[]], "an empty chunk is one empty MULTI/EXEC, as before"
