@@ -81,7 +81,7 @@ def test_every_entry_point_refuses_a_bad_url_in_one_line(env: dict[str, str], ar
         (["retry", "-q", "expiry", "--count", str(10**30)], "--count must be at most"),
         (["stats", "--redis-url", "redis://["], "both brackets"),
         (["stats", "--redis-url", "redis://localhost:99999/1"], "1 to 65535 (got 99999)"),
-        (["stats", "--redis-url", "redis://localhost:6379/abc"], "'abc' is not a database number"),
+        (["stats", "--redis-url", "redis://localhost:6379/abc"], '"abc" is not a database number'),
     ],
 )
 def test_odd_numbers_and_urls_are_one_line(env: dict[str, str], args: list[str], expected: str) -> None:
