@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bullwait.engine.autopipeline import AutoPipeline
 from bullwait.engine.connection import cluster_ready, redis_client
 from bullwait.engine.durable import Durability
 from bullwait.runtime.dispatch import JobObserver, NullObserver, Registry
@@ -50,6 +51,15 @@ class Services:
             await self._redis.aclose()
 
 
+def _redis_store(settings: Settings, durability: Durability) -> RedisWaitlistStore:
+    """bullwait's own store; its scripts travel on an `AutoPipeline` (one connection, opened
+    at the first call). Not on a cluster: the store's keys spread over every shard by salon,
+    and a pipeline's connection serves one slot's master."""
+    client = redis_client(settings)
+    pipeline = None if settings.redis_cluster_nodes else AutoPipeline(client)
+    return RedisWaitlistStore(client, settings.bullwait_store_prefix, durability, pipeline)
+
+
 def job_metrics(settings: Settings) -> JobObserver:
     """The Prometheus `JobObserver` (a no-op one when QUEUE_MONITORING_ENABLED=false)."""
     if not settings.queue_monitoring_enabled:
@@ -72,11 +82,7 @@ async def build_services(
     producer = Producer(settings)
     client = redis_client(settings)
     durability = Durability.from_settings(settings)
-    own_store = (
-        store
-        if store is not None
-        else RedisWaitlistStore(redis_client(settings), settings.bullwait_store_prefix, durability)
-    )
+    own_store = store if store is not None else _redis_store(settings, durability)
     # A cluster client reads its slot map before the workers' first burst (engine/connection.py).
     await cluster_ready(client, *([own_store.client] if isinstance(own_store, RedisWaitlistStore) else []))
     return Services(

@@ -34,6 +34,7 @@ from typing import Any, Protocol, cast, runtime_checkable
 
 import redis.asyncio as aioredis
 
+from bullwait.engine.autopipeline import AutoPipeline
 from bullwait.engine.durable import Durability, run_script
 from bullwait.waitlist.payloads import SlotDetails
 
@@ -328,11 +329,27 @@ return n
 
 
 class RedisWaitlistStore:
-    """The default `WaitlistStore`, in Redis (Cluster-ready: one hash tag per salon/customer)."""
+    """The default `WaitlistStore`, in Redis (Cluster-ready: one hash tag per salon/customer).
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "bullwait:", durability: Durability | None = None) -> None:
+    With `pipeline` (an `AutoPipeline` on `client`, which the store then owns) the scripts
+    travel together on its connection instead of one pool round trip each: a worker's jobs
+    finish their lookups in the same loop turns. Its fallback resends a call whose reply
+    was lost, as redis-py's retry does; every script is safe to run twice (compare-and-set:
+    a second run answers `already-<state>`, a fold finds its booking, a recalculation
+    rebuilds the same counts). Writes confirmed by WAIT (`durability`) keep their own
+    connection: WAIT counts the replicas of the connection it is sent on.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str = "bullwait:",
+        durability: Durability | None = None,
+        pipeline: AutoPipeline | None = None,
+    ) -> None:
         self.client = client
         self.prefix = prefix
+        self.pipeline = pipeline
         # BULLWAIT_WAIT_REPLICAS: each transition reported only once replicas hold it.
         self.durability = durability or Durability()
         self._join = client.register_script(_JOIN)
@@ -399,11 +416,16 @@ class RedisWaitlistStore:
     async def _transition(self, script: Any, keys: list[str], args: list[Any]) -> list[Any]:
         """Run a transition script; with durability, confirmed by WAIT (`bullwait.engine.durable`)."""
         if not self.durability.enabled:
-            return list(await script(keys=keys, args=args))
+            return list(await self._run(script, keys, args))
         reply = await run_script(
             self.client, self.durability, script, keys, args, f"waitlist change of {keys[0]} not durable", _settle
         )
         return list(reply)
+
+    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        if self.pipeline is not None:
+            return await self.pipeline.run_script(script, keys, args)
+        return await script(keys=keys, args=args)
 
     # -- reads --
     async def get_entry(self, salon_id: str, waitlist_id: str) -> Entry | None:
@@ -450,7 +472,7 @@ class RedisWaitlistStore:
         keys = [self.customer_key(customer_id, "bookings"), self.customer_key(customer_id, "prefs")]
         args = [booking_id, json.dumps(facts, sort_keys=True)]
         if not self.durability.enabled:
-            return bool(await self._fold(keys=keys, args=args))
+            return bool(await self._run(self._fold, keys, args))
         # A repeat finds its own first fold (0): the first run's answer stands.
         return bool(
             await run_script(
@@ -460,7 +482,7 @@ class RedisWaitlistStore:
 
     async def recalculate_preferences(self, customer_id: str) -> int:
         keys = [self.customer_key(customer_id, "bookings"), self.customer_key(customer_id, "prefs")]
-        return int(await self._recalc(keys=keys, args=[]))
+        return int(await self._run(self._recalc, keys, []))
 
     async def preferences(self, customer_id: str) -> Preferences:
         raw = await self._hash(self.customer_key(customer_id, "prefs"))
@@ -479,6 +501,8 @@ class RedisWaitlistStore:
         )
 
     async def close(self) -> None:
+        if self.pipeline is not None:
+            await self.pipeline.close()  # calls in flight finish first
         await self.client.aclose()
 
 
