@@ -16,6 +16,7 @@ import ssl
 import time
 import weakref
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -41,7 +42,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bullwait.engine.internals import add_connection_mixin, main_client, set_read_timeout
+from bullwait.engine.internals import add_connection_mixin, main_client, reset_cluster_connections, set_read_timeout
 from bullwait.errors import RedisAccessDenied, RedisIsClusterNode, RedisNotCluster, RedisUnavailable
 from bullwait.settings import Settings
 
@@ -254,8 +255,23 @@ CLUSTER_RETRYABLE = (
 DEFAULT_CLUSTER_RETRY_SECONDS = 5.0  # about what redis-py's default retry waits on one node
 
 
+#
+# redis-py also resets a client's topology by closing the client (`aclose()`) in the middle of
+# a command: after every few MOVED replies (`reinitialize_steps`), after CLUSTERDOWN or a slot
+# not covered, and before a pipeline's retry. Closing disconnects every connection of every
+# node, those other tasks are sending or reading on too. After a failover, when a worker's
+# slots, lock renewals and sweeps, sharing one client, all meet MOVED at once, their commands
+# failed ("'NoneType' object has no attribute 'writelines'", not retried: a completion then
+# failed its job, which was never completed) or lost their reply after they had run and were
+# sent again (a completion then answered "Missing lock"). `FollowingCluster` resets without
+# cutting them (`reset_cluster_connections`) when `aclose()` is called from one of its own
+# commands or pipelines; an `aclose()` from anywhere else closes the client as before.
+_IN_COMMAND: ContextVar[bool] = ContextVar("bullwait_cluster_in_command", default=False)
+
+
 class FollowingCluster(RedisCluster):
-    """A `RedisCluster` whose commands retry through a failover for `retry_timeout` seconds."""
+    """A `RedisCluster` whose commands retry through a failover for `retry_timeout` seconds,
+    and whose slot map resets leave the other commands in flight alone."""
 
     retry_timeout: float = DEFAULT_CLUSTER_RETRY_SECONDS
 
@@ -264,6 +280,13 @@ class FollowingCluster(RedisCluster):
         self.retry_timeout = float(getattr(retry, "timeout", 0.0))
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        token = _IN_COMMAND.set(True)
+        try:
+            return await self._execute_retrying(*args, **kwargs)
+        finally:
+            _IN_COMMAND.reset(token)
+
+    async def _execute_retrying(self, *args: Any, **kwargs: Any) -> Any:
         delay = RETRY_BACKOFF_BASE
         deadline: float | None = None
         while True:
@@ -278,6 +301,28 @@ class FollowingCluster(RedisCluster):
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_BACKOFF_CAP)
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # which refuses it, as redis-py does
+        return FollowingPipeline(self, transaction)  # type: ignore[abstract]  # as redis-py builds its own
+
+    async def aclose(self) -> None:
+        if _IN_COMMAND.get():  # redis-py resetting the topology, not a caller closing the client
+            await reset_cluster_connections(self)
+            return
+        await super().aclose()
+
+
+class FollowingPipeline(ClusterPipeline):
+    """A cluster pipeline whose retries reset the topology as `FollowingCluster` commands do."""
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        token = _IN_COMMAND.set(True)
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        finally:
+            _IN_COMMAND.reset(token)
 
 
 def _cluster_retryable(exc: BaseException) -> bool:

@@ -86,6 +86,9 @@ def remove_job_keys(job_id: str) -> tuple[str, ...]:
 
 
 # Every bullmq script bullwait runs, with the key count its callers build from the orders above.
+# What `reset_cluster_connections` calls on each node of a cluster client.
+CLUSTER_NODE_METHODS = ("update_active_connections_for_reconnect", "disconnect_free_connections")
+
 KEY_COUNTS: dict[str, int] = {
     "moveToFinished": FINISHED_KEY_COUNT,
     **{name: len(keys) for name, keys in ADD_JOB_KEYS.items()},
@@ -179,6 +182,11 @@ def compatibility_problems(bullmq_version: str | None = None, redis_version: str
         names = tuple(inspect.signature(found).parameters)
         if names[: len(params)] != params:
             problems.append(f"bullmq.Worker.{method} takes {names}, bullwait expects {params}")
+    from redis.asyncio.cluster import ClusterNode
+
+    for method in CLUSTER_NODE_METHODS:
+        if not callable(getattr(ClusterNode, method, None)):
+            problems.append(f"redis.asyncio.cluster.ClusterNode has no method {method}()")
     for name, count in KEY_COUNTS.items():
         try:
             found_count = script_key_count(name)
@@ -569,6 +577,22 @@ async def refresh_slots(client: Any, error: BaseException) -> None:
             return
         client._initialize = True
         await client.initialize()
+
+
+async def reset_cluster_connections(client: Any) -> None:
+    """Reset a cluster client's topology without cutting the commands in flight.
+
+    What redis-py's own reset (`RedisCluster.aclose()`) is for: the slot map is read again
+    before the next command (`_initialize`, as `follow_redirect` sets it) and no connection
+    keeps state from the old topology. But it also disconnects connections other tasks are
+    sending or reading on. Here idle connections close now and those in use close once their
+    command is done, through the two `ClusterNode` methods redis-py's own error handling
+    uses for one node (`update_active_connections_for_reconnect`, `disconnect_free_connections`);
+    a cluster client has no API for either."""
+    client._initialize = True
+    for node in client.get_nodes():
+        node.update_active_connections_for_reconnect()
+        await node.disconnect_free_connections()
 
 
 async def new_connection(client: Any, key: str | None = None, **overrides: Any) -> Any:

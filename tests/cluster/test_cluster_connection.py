@@ -4,6 +4,7 @@ a cluster node is refused in one line."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from bullwait.engine.connection import (
     _cluster_retryable,
     bullmq_connection,
     check_redis,
+    cluster_client,
     cluster_redirect,
     describe_redis,
     read_cluster,
@@ -63,6 +65,46 @@ async def test_bullmq_queue_on_the_cluster(cluster: ClusterSet, csettings: Setti
         await queue.obliterate({"force": True})
     finally:
         await queue.close()
+
+
+# Counts its runs, then keeps its node busy for ARGV[1] microseconds: its reply comes late.
+SLOW_COUNT = """
+local runs = redis.call('INCR', KEYS[1])
+local start = redis.call('TIME')
+repeat
+  local now = redis.call('TIME')
+until (now[1] - start[1]) * 1000000 + (now[2] - start[2]) > tonumber(ARGV[1])
+return runs
+"""
+
+
+async def test_a_slot_map_reset_leaves_commands_in_flight_alone(
+    cluster: ClusterSet, csettings: Settings, prefix: str
+) -> None:
+    """redis-py resets a cluster client's slot map by closing the client (after MOVED replies,
+    CLUSTERDOWN, a slot not covered), which cut every command other tasks had in flight on
+    any node: after a failover a worker's completion failed ("'NoneType' object has no
+    attribute 'writelines'", its job failed) or lost its reply after it ran and was sent again
+    ("Missing lock"). Here a MOVED on one master resets the map while a script is running
+    on another: the script runs once and its reply arrives."""
+    client = cluster_client(csettings, reinitialize_steps=1)  # every MOVED resets (by default every 5th)
+    counted = f"{prefix}:{{counted}}"
+    busy = cluster.master_for(counted)
+    moved = next(k for i in range(100) if cluster.master_for(k := f"{prefix}:{{moved-{i}}}") != busy)
+    try:
+        await client.set(moved, "before")  # the client has read the slot map
+        slot = cluster.slot(moved)
+        target = next(p for p in cluster.masters() if p not in (busy, cluster.slot_owner(slot)))
+        await asyncio.to_thread(cluster.move_slot, slot, target)  # the client's map is stale for it
+        slow = asyncio.ensure_future(client.eval(SLOW_COUNT, 1, counted, 1_000_000))
+        await asyncio.sleep(0.2)  # the script is running on its master
+        await client.set(moved, "after")  # MOVED: the map is reset
+        assert await slow == 1, "the script ran once, its reply read"
+        assert await client.get(counted) == "1"
+        assert await client.get(moved) == "after"
+        assert cluster.client(target).get(moved) == "after"
+    finally:
+        await client.aclose()
 
 
 async def test_check_redis_describes_the_cluster(csettings: Settings) -> None:

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from bullwait.dev.fake_whatsapp import FakeWhatsApp
 from bullwait.runtime.services import Services, build_services
@@ -26,7 +25,7 @@ from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.producer import Producer, expiry_job_id, new_expiry
 
 from helpers.cluster import ClusterSet
-from helpers.common import WorkerProcess, wait_for
+from helpers.common import WorkerProcess
 from helpers.jobdata import API_TOKEN, SLOT_DETAILS
 from helpers.reliability import eventually
 
@@ -67,46 +66,6 @@ def worker(cenv: dict[str, str], api: FakeWhatsApp, tmp_path: Path) -> Iterator[
         assert API_TOKEN not in log
 
 
-def move_slot(cluster: ClusterSet, slot: int, to_port: int, batch: int = 4, pause: float = 0.05) -> float:
-    """Moves `slot` to the master on `to_port` a few keys at a time (so load meets the half-moved
-    slot); returns the seconds from IMPORTING until every node names the new owner."""
-    started = time.monotonic()
-    from_port = cluster.slot_owner(slot)
-    source, target = cluster.client(from_port), cluster.client(to_port)
-    source_id = source.execute_command("CLUSTER", "MYID")
-    target_id = target.execute_command("CLUSTER", "MYID")
-    # Target first: a client ASKed there before it imports would be MOVED back.
-    target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
-    source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
-    time.sleep(pause * 4)  # commands on keys not yet created there are ASKed to the target
-    while keys := source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch):
-        migrate(source, to_port, keys)
-        time.sleep(pause)
-    # Target first, then source (it stops ASKing and MOVEs), then the other masters.
-    for port in [to_port, from_port, *(p for p in cluster.masters() if p not in (to_port, from_port))]:
-        cluster.client(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
-    wait_for(lambda: all_see(cluster, slot, to_port), f"every node to see :{to_port} own slot {slot}")
-    return time.monotonic() - started
-
-
-def migrate(source: redis.Redis, to_port: int, keys: list[str], tries: int = 5) -> None:
-    """MIGRATE ... KEYS, again after an IOERR (a cached link to the target dropped on a loaded
-    machine). REPLACE: a key the source still has is the live copy, whatever reached the target."""
-    for attempt in range(tries):
-        try:
-            source.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "REPLACE", "KEYS", *keys)
-            return
-        except redis.ResponseError as exc:
-            if not str(exc).startswith("IOERR") or attempt == tries - 1:
-                raise
-            print(f"MIGRATE to :{to_port} again after: {exc}")
-            time.sleep(0.1)
-
-
-def all_see(cluster: ClusterSet, slot: int, owner: int) -> bool:
-    return all(cluster._owner_as_seen_by(port, slot) == owner for port in cluster._running_ports())
-
-
 def other_master(cluster: ClusterSet, slot: int, avoid: set[int]) -> int:
     owner = cluster.slot_owner(slot)
     candidates = [p for p in cluster.masters() if p != owner and p not in avoid]
@@ -123,7 +82,7 @@ def move_slots(cluster: ClusterSet, slots: list[int], avoid: set[int]) -> list[t
     for slot in slots:
         old = cluster.slot_owner(slot)
         new = other_master(cluster, slot, avoid)
-        done.append((slot, old, new, move_slot(cluster, slot, new)))
+        done.append((slot, old, new, cluster.move_slot(slot, new)))
     return done
 
 
@@ -192,7 +151,7 @@ async def test_slots_of_the_queues_and_of_salons_move_mid_load(
     started = time.monotonic()
     owner = cluster.client(cluster.slot_owner(queue_slot))
     queue_keys = len(owner.execute_command("CLUSTER", "GETKEYSINSLOT", queue_slot, 100_000))
-    moving = asyncio.ensure_future(asyncio.to_thread(move_slot, cluster, queue_slot, queue_to))
+    moving = asyncio.ensure_future(asyncio.to_thread(cluster.move_slot, queue_slot, queue_to))
     salon_moves, _, bulk = await asyncio.gather(
         asyncio.to_thread(move_slots, cluster, salon_slots, {queue_to}),
         start_cascades(services, range(half, SALONS), pause=0.05),

@@ -117,13 +117,18 @@ async def test_durable_writes_wait_on_each_slots_master(cluster: ClusterSet, cse
 
 
 async def test_failover_of_the_queues_master_under_load(cluster: ClusterSet, csettings: Settings) -> None:
+    """A CLUSTER FAILOVER loses nothing, so every job completes once. A job that fails (a
+    fetch or completion cut by the move) ends the wait at once, with a diagnosis."""
     runs: Counter[str] = Counter()
     queue = Queue(QUEUE + "-failover", {"connection": bullmq_connection(csettings), "prefix": csettings.bullmq_prefix})
     worker = worker_on(csettings, runs, "py-cluster-failover", queue.name)
     errors: list[str] = []
+    failed: list[str] = []
     worker.on("error", lambda err, *_a: errors.append(f"{type(err).__name__}: {err}"[:120]))
+    worker.on("failed", lambda job, err, *_a: failed.append(f"{job.id}: {type(err).__name__}: {err}"[:160]))
     task = asyncio.ensure_future(worker.run())
     total = 3000
+    ids = [f"f{chunk}-{i}" for chunk in range(0, 2000, 500) for i in range(500)] + [f"after-{i}" for i in range(1000)]
     try:
         for chunk in range(0, 2000, 500):
             await add_jobs(queue, new_jobs(f"f{chunk}", 500))
@@ -134,7 +139,15 @@ async def test_failover_of_the_queues_master_under_load(cluster: ClusterSet, cse
         new = await asyncio.to_thread(cluster.failover, csettings.bullmq_prefix)
         switched = time.monotonic()
         await add_jobs(queue, new_jobs("after", total - 2000))  # on the new master
-        await eventually(lambda: _at_least(queue, total), 120, f"{total} jobs completed")
+
+        async def all_completed() -> bool:
+            assert not failed, f"jobs failed: {failed[:5]}"
+            return await _at_least(queue, total)
+
+        try:
+            await eventually(all_completed, 120, f"{total} jobs completed")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{await _diagnosis(cluster, queue, worker, runs, ids, errors)}") from None
         done = time.monotonic()
         assert len(runs) == total and max(runs.values()) == 1, [j for j, n in runs.items() if n > 1][:10]
         print(
@@ -148,6 +161,29 @@ async def test_failover_of_the_queues_master_under_load(cluster: ClusterSet, cse
         task.cancel()
         await queue.obliterate(force=True)
         await queue.close()
+
+
+async def _diagnosis(
+    cluster: ClusterSet, queue: Queue, worker: BullwaitWorker, runs: Counter[str], ids: list[str], errors: list[str]
+) -> str:
+    """What a failed wait needs: jobs per state, a few jobs not run and their state, the
+    worker's view, and the slot's owner and migrations as each node sees them."""
+    counts = await queue.getJobCounts("wait", "active", "delayed", "prioritized", "completed", "failed", "paused")
+    unrun = [job_id for job_id in ids if job_id not in runs][:5]
+    states = {job_id: await queue.getJobState(job_id) for job_id in unrun}
+    slot = cluster.slot(queue.prefix)
+    owners = {port: cluster._owner_as_seen_by(port, slot) for port in cluster._running_ports()}
+    moving = {
+        port: [word for word in cluster.command(port, "CLUSTER", "NODES").split() if "-<-" in word or "->-" in word]
+        for port in cluster._running_ports()
+    }
+    return (
+        f"jobs per state {counts}; {len(runs)} of {len(ids)} jobs run ({sum(runs.values())} runs), not run: {states}; "
+        f"worker running={worker.running} closing={worker.closing} failing for {worker.failing_for():.1f} s "
+        f"(last failure {worker.last_failure!r}); pipeline calls {worker.pipeline.calls}, links dropped "
+        f"{worker.pipeline.moves}, resent {worker.pipeline.redirects}; worker errors {Counter(errors)}; "
+        f"slot {slot}'s owner as each node sees it {owners}; slots importing/migrating {moving}"
+    )
 
 
 async def test_durable_write_follows_ask_during_a_slot_migration(

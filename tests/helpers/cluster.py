@@ -7,11 +7,14 @@ the tests do to it.
         cluster.failover("{bull}")    # CLUSTER FAILOVER on that master's replica; its port
         cluster.spread(tags)          # each hash tag on a master of its own, where there are enough
         cluster.keys_per_shard({"what": "glob*"})  # {master port: {"what": keys matching}}
+        cluster.move_slot(slot, port) # the slot and its keys to another master, as a reshard does
 
 The node timeout is short (2 s) so a failure is noticed in seconds; production clusters use 15 s.
 """
 
 from __future__ import annotations
+
+import time
 
 import redis
 from redis.crc import key_slot
@@ -54,10 +57,10 @@ class ClusterSet(LocalCluster):
         )
 
     def spread(self, tags: list[str]) -> str | None:
-        """Where two of `tags` share a master, give the slot of the later one, while it holds
-        no key, to a master that owns none of them (as an operator would, docs/cluster.md), one
-        tag at a time; says what moved. The cluster stays whole. The session's cluster is new:
-        a tag nothing has used yet has no key to move, and once spread it stays so."""
+        """Where two of `tags` share a master, move the slot of the later one (with any keys an
+        earlier test of the session left there) to a master that owns none of them, as an
+        operator would (docs/cluster.md), one tag at a time; says what moved. The cluster stays
+        whole, and once spread it stays so."""
         moved = []
         while True:
             owners = [self.master_for(tag) for tag in tags]
@@ -66,14 +69,9 @@ class ClusterSet(LocalCluster):
             if shared is None or not free:
                 return "; ".join(moved) or None
             slot, source, target = self.slot(shared), self.master_for(shared), free[0]
-            keys = self.command(source, "CLUSTER", "COUNTKEYSINSLOT", slot)
-            assert keys == 0, f"slot {slot} of {shared} holds {keys} keys: spread before the tags are used"
-            target_id = self.command(target, "CLUSTER", "MYID")
-            for port in (target, source, *(p for p in self.masters() if p not in (source, target))):
-                self.command(port, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
-            self.wait_ok()
+            self.move_slot(slot, target)
             assert self.master_for(shared) == target
-            moved.append(f"slot {slot} of {shared} given from master :{source} to :{target}, which had no tag")
+            moved.append(f"slot {slot} of {shared} moved from master :{source} to :{target}, which had no tag")
 
     def keys_per_shard(self, patterns: dict[str, str]) -> dict[int, dict[str, int]]:
         """{master port: {name: keys matching its SCAN glob}} (braces are plain in a glob)."""
@@ -119,6 +117,38 @@ class ClusterSet(LocalCluster):
 
         return old, int(wait_for(promoted, f"a replica of {old} to take slot {slot} over", timeout))
 
+    def move_slot(self, slot: int, to_port: int, batch: int = 4, pause: float = 0.05) -> float:
+        """Move `slot` to the master on `to_port` a few keys at a time (so load meets the half-moved
+        slot), as `redis-cli --cluster reshard` does; returns the seconds from IMPORTING until every
+        node names the new owner.
+
+        Always through IMPORTING, even for an empty slot: the importing master takes a new config
+        epoch when it is given the slot. A bare SETSLOT NODE does not, and a master whose epoch is
+        older than the previous owner's (a failover earlier in the session bumps epochs) lost the
+        slot again to the replicas' stale view: two masters each MOVEd the slot to the other."""
+        started = time.monotonic()
+        from_port = self.slot_owner(slot)
+        source, target = self.client(from_port), self.client(to_port)
+        source_id = source.execute_command("CLUSTER", "MYID")
+        target_id = target.execute_command("CLUSTER", "MYID")
+        # Target first: a client ASKed there before it imports would be MOVED back.
+        target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        time.sleep(pause * 4)  # commands on keys not yet created there are ASKed to the target
+        while keys := source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch):
+            _migrate(source, to_port, keys)
+            time.sleep(pause)
+        # Target first (it takes the new epoch), then source (it stops ASKing and MOVEs), then the others.
+        for port in [to_port, from_port, *(p for p in self.masters() if p not in (to_port, from_port))]:
+            self.client(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        wait_for(lambda: self.all_see(slot, to_port), f"every node to see :{to_port} own slot {slot}")
+        took = time.monotonic() - started
+        self.wait_ok()
+        return took
+
+    def all_see(self, slot: int, owner: int) -> bool:
+        return all(self._owner_as_seen_by(port, slot) == owner for port in self._running_ports())
+
     def restart(self, port: int, timeout: float = 60.0) -> None:
         """Start a killed node again on its port and data (it rejoins as a replica)."""
         self.node(port).start()
@@ -145,17 +175,39 @@ class ClusterSet(LocalCluster):
                 synced.append(port)
         return synced
 
+    def _slot_map_seen_by(self, port: int) -> list[tuple[int, int, int]]:
+        ranges = self.client(port).execute_command("CLUSTER", "SLOTS")
+        return sorted((int(start), int(end), int(master[1])) for start, end, master, *_ in ranges)
+
     def _all_ok(self) -> bool:
-        """Also: every node's own view agrees on the roles (gossip after a failover takes a
-        moment) and every replica is in sync."""
+        """Also: every node's own view agrees on the roles and on the owner of every slot
+        (gossip after a failover or a moved slot takes a moment; cluster_state:ok alone allows
+        two nodes that each send a slot's clients to the other), and every replica is in sync."""
         if not super()._all_ok():
             return False
-        if any(self._masters_seen_by(port) != self.masters_count for port in self._running_ports()):
+        ports = self._running_ports()
+        if any(self._masters_seen_by(port) != self.masters_count for port in ports):
+            return False
+        if len({tuple(self._slot_map_seen_by(port)) for port in ports}) != 1:
             return False
         masters = self.masters()
         if len(masters) != self.masters_count:
             return False
         return all(len(self._synced_replicas(m)) >= self.replicas_per_master for m in masters)
+
+
+def _migrate(source: redis.Redis, to_port: int, keys: list[str], tries: int = 5) -> None:
+    """MIGRATE ... KEYS, again after an IOERR (a cached link to the target dropped on a loaded
+    machine). REPLACE: a key the source still has is the live copy, whatever reached the target."""
+    for attempt in range(tries):
+        try:
+            source.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "REPLACE", "KEYS", *keys)
+            return
+        except redis.ResponseError as exc:
+            if not str(exc).startswith("IOERR") or attempt == tries - 1:
+                raise
+            print(f"MIGRATE to :{to_port} again after: {exc}")
+            time.sleep(0.1)
 
 
 def cluster_env(env: dict[str, str], cluster: ClusterSet) -> dict[str, str]:

@@ -6,8 +6,16 @@
         topo.failover()       # graceful: SENTINEL FAILOVER, waits for the switch
         topo.crash_master()   # SIGKILL the master, waits for the sentinels to promote the replica
 
-Sentinel times are short (down after 1 s, failover timeout 5 s) so a test sees a failover in
+Sentinel times are short (down after 3 s, failover timeout 5 s) so a test sees a failover in
 seconds; production defaults are 30 s and 3 min.
+
+Why not shorter: at a switch each sentinel opens a new link to the new master and counts the
+time since as a PING unanswered until a PONG comes back on it. A master that stalls longer
+than the down-after time is failed over again, to whatever node the sentinels list as a
+replica, even an old master that has just restarted empty (it reports itself a master until
+Sentinel converts it). With 1 s, loaded runs showed `+sdown`, `+odown` and `+try-failover` of
+the healthy new master right after `+failover-end`. `failover()` and `crash_master()` also
+return only once every sentinel has had that PONG.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +36,8 @@ from helpers.common import wait_for
 from helpers.reliability import COUNTING
 
 MASTER_NAME = "mymaster"
+DOWN_AFTER_MS = 3000
+TILT_PERIOD_MS = 5000
 NO_SYNC_DELAY = ["--repl-diskless-sync-delay", "0"]
 
 
@@ -46,7 +56,7 @@ class SentinelProcess(RedisServer):
             f"port {self.port}\nbind 127.0.0.1\ndir {self.data_dir}\n"
             f"logfile {os.path.join(self.data_dir, 'sentinel.log')}\n"
             f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.master_port} {self.quorum}\n"
-            f"sentinel down-after-milliseconds {MASTER_NAME} 1000\n"
+            f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {MASTER_NAME} 5000\n"
             f"sentinel parallel-syncs {MASTER_NAME} 1\n"
             f"{self.extra_conf}"
@@ -84,8 +94,17 @@ class SentinelSet:
         self.sentinel_procs = [SentinelProcess(master.port, extra_conf=self._sentinel_conf) for _ in range(3)]
         for sentinel in self.sentinel_procs:
             sentinel.start()
+            self._shorten_tilt(sentinel.port)
         wait_for(self._all_sentinels_see_everyone, "sentinels to discover each other and the replicas")
         return self
+
+    def _shorten_tilt(self, port: int) -> None:
+        """A sentinel whose own timer ran 2 s late (a loaded machine: seen mid-failover in a
+        run of these tests) enters TILT and acts on nothing for 30 s, longer than a test waits
+        for a failover; here for TILT_PERIOD_MS. SENTINEL DEBUG is Redis 7's; an older
+        sentinel keeps 30 s."""
+        with suppress(redis.ResponseError):
+            self._client(port).execute_command("SENTINEL", "DEBUG", "tilt-period", TILT_PERIOD_MS)
 
     def master_port(self, via: int = 0) -> int:
         """The master's port as a sentinel reports it."""
@@ -123,7 +142,9 @@ class SentinelSet:
         return self._wait_new_master(old, timeout)
 
     def restart(self, port: int) -> None:
-        """Start a killed node again on its port (the sentinels then make it a replica)."""
+        """Start a killed node again on its port. An old master comes back a master, without the
+        writes it missed, and the sentinels make it a replica 8-20 s later (they wait for four
+        hello periods, then for its next INFO, every 10 s)."""
         node = self.node(port)
         node.start()
 
@@ -138,22 +159,54 @@ class SentinelSet:
         self.stop()
 
     def _wait_new_master(self, old: int, timeout: float) -> int:
-        def switched() -> int | None:
-            ports = set()
-            for i in range(len(self.sentinel_procs)):
-                if i in self.frozen:
-                    continue
-                try:
-                    ports.add(self.master_port(via=i))
-                except redis.RedisError:
-                    return None
-            if len(ports) == 1 and old not in ports:
-                port = ports.pop()
-                info = self._client(port).info("replication")
-                return port if info.get("role") == "master" else None
-            return None
+        """The new master's port, once every sentinel not frozen names it and has had a PONG
+        from it on the link it opened at the switch. Until then a sentinel counts the time since
+        the switch as a PING unanswered: on a loaded machine it could judge the healthy new master
+        down and fail over again, to whatever node it lists as a replica, even an old master
+        that has just restarted empty (see DOWN_AFTER_MS)."""
 
-        return int(wait_for(switched, f"the sentinels to switch away from {old}", timeout))
+        def settled() -> int | None:
+            views = [
+                self._client(s.port).sentinel_master(MASTER_NAME)
+                for i, s in enumerate(self.sentinel_procs)
+                if i not in self.frozen
+            ]
+            ports = {int(view["port"]) for view in views}
+            if len(ports) != 1 or old in ports:
+                return None
+            if any(view["flags"] != "master" or int(view["last-ping-sent"]) != 0 for view in views):
+                return None
+            port = ports.pop()
+            return port if self._client(port).info("replication").get("role") == "master" else None
+
+        try:
+            return int(wait_for(settled, f"the sentinels to switch away from {old} and reach the new master", timeout))
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n{self.describe()}") from None
+
+    def describe(self) -> str:
+        """Each node's role and each sentinel's master and its last events, for a failure message."""
+        lines = []
+        for node in self.nodes:
+            try:
+                info = self._client(node.port).info("replication")
+                lines.append(f":{node.port} {info.get('role')} of :{info.get('master_port', '-')}")
+            except (redis.RedisError, OSError) as exc:
+                lines.append(f":{node.port} not answering ({exc})")
+        for sentinel in self.sentinel_procs:
+            try:
+                master = self._client(sentinel.port).sentinel_master(MASTER_NAME)
+                named = f"names :{master['port']} ({master['flags']}, last-ping-sent {master['last-ping-sent']})"
+            except (redis.RedisError, OSError) as exc:
+                named = f"not answering ({exc})"
+            log = Path(sentinel.data_dir) / "sentinel.log"
+            events = [
+                line.strip()
+                for line in log.read_text(errors="replace").splitlines()
+                if " # " in line or "convert-to-slave" in line
+            ]
+            lines.append(f"sentinel :{sentinel.port} {named}; last events:\n    " + "\n    ".join(events[-20:]))
+        return "\n".join(lines)
 
     def _all_sentinels_see_everyone(self) -> bool:
         for sentinel in self.sentinel_procs:

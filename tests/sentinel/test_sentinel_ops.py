@@ -91,15 +91,21 @@ def test_producer_adds_through_a_failover(topo: SentinelSet, env: dict[str, str]
     refused: list[str] = []
     switched: dict[str, float] = {}
 
+    failures: list[BaseException] = []
+
     def fail_over() -> None:
-        switched["port"] = topo.failover()
+        try:
+            switched["port"] = topo.failover()
+        except BaseException as exc:  # the loop below stops on it instead of adding for ever
+            failures.append(exc)
+            raise
         switched["at"] = time.monotonic()
 
     async def produce() -> None:
         async with Producer(sentinel_settings(senv)) as producer:
             thread = None
             i = 0
-            while "at" not in switched or time.monotonic() - switched["at"] < 3.0:
+            while not failures and ("at" not in switched or time.monotonic() - switched["at"] < 3.0):
                 payload = PreferenceJob.model_validate(preference_data(f"b-{i}"))
                 try:
                     confirmed.append(
@@ -117,6 +123,8 @@ def test_producer_adds_through_a_failover(topo: SentinelSet, env: dict[str, str]
                 await asyncio.sleep(0.05)
             assert thread is not None
             thread.join()
+            if failures:
+                raise failures[0]
 
     asyncio.run(produce())
     new = switched["port"]
