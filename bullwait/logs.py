@@ -246,10 +246,18 @@ class SafeStream:
         if self.fd is None:
             return self._write_stream(text)
         data = text.encode(self.encoding, "backslashreplace")
-        head = b""
         if self.torn or self.unreported:
-            head = (b"\n" if self.torn else b"") + (self._dropped_line() if self.unreported else b"")
-            data = head + data
+            return self._write_after_trouble(text, data)
+        written = self._write_fd(data)
+        if written < len(data):
+            self.torn = written > 0
+            self._drop("the log stream is full (nobody reads it)" if self.blocked else "the log stream failed")
+        return len(text)
+
+    def _write_after_trouble(self, text: str, data: bytes) -> int:
+        """`data` after what a torn line or dropped lines leave to write first."""
+        head = (b"\n" if self.torn else b"") + (self._dropped_line() if self.unreported else b"")
+        data = head + data
         written = self._write_fd(data)
         if written >= len(head):
             self.unreported = 0
@@ -276,8 +284,10 @@ class SafeStream:
 
     def _write_fd(self, data: bytes) -> int:
         done, size = 0, len(data)
+        poller = self.poller  # None: writes to it never block
         while done < size:
-            if not self._room(0 if self.blocked else BLOCKED_WRITE_GRACE):
+            # An error or hang-up is "ready": the write that follows says what is wrong.
+            if poller is not None and not poller.poll(0 if self.blocked else BLOCKED_WRITE_GRACE * 1000):
                 self.blocked = True
                 return done
             # Most lines go in one write, as they are; longer ones in atomic-sized pieces.
@@ -293,13 +303,6 @@ class SafeStream:
                 return done
             self.blocked = False
         return done
-
-    def _room(self, wait: float) -> bool:
-        if self.poller is None:
-            return True
-        events = self.poller.poll(wait * 1000)
-        # An error or hang-up is "ready": the write that follows says what is wrong.
-        return bool(events)
 
     def _dropped_line(self) -> bytes:
         event = {
@@ -442,8 +445,7 @@ def debug_enabled(log: Any) -> bool:
 
 def log_job_completed(log: Any, queue: str, job: Any, job_id: Any, seconds: float) -> None:
     """`log.bind(queue=queue, job=job, jobId=job_id).info("job completed", duration=...)`,
-    the duration in milliseconds with one decimal (`12.3ms`)."""
-    duration = f"{seconds * 1000:.1f}ms"  # digits, a point, at most a minus: nothing to mask
+    the duration in milliseconds with one decimal (`12.3ms`: nothing to mask)."""
     head = _completed_heads.get((queue, job))
     if head is None:
         head = _completed_head(queue, job)
@@ -456,13 +458,19 @@ def log_job_completed(log: Any, queue: str, job: Any, job_id: Any, seconds: floa
         and log._processors == _JSON_PROCESSORS
         and type(log._logger) is LineLogger
         and type(job_id) is str
-        and not may_hold_secret(job_id)
+        and (_marker_char(job_id) is None or _marker(job_id) is None)  # not may_hold_secret(job_id)
     ):
+        # `utc_timestamp()`, inline: one formatting of the whole line
+        now = time.time()
+        sec = int(now)
+        if sec != _second[0]:
+            utc_timestamp(now)
         log._logger.write_line(
-            f'{head}{_quote(job_id)}, "duration": "{duration}"{_COMPLETED_TAIL}{utc_timestamp()}"}}\n'
+            '%s%s, "duration": "%.1fms"%s%s%06dZ"}\n'  # noqa: UP031 - see utc_timestamp
+            % (head, _quote(job_id), seconds * 1000, _COMPLETED_TAIL, _second[1], (now - sec) * 1_000_000)
         )
         return
-    log.bind(queue=queue, job=job, jobId=job_id).info("job completed", duration=duration)
+    log.bind(queue=queue, job=job, jobId=job_id).info("job completed", duration=f"{seconds * 1000:.1f}ms")
 
 
 def _completed_head(queue: Any, job: Any) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +25,8 @@ from bullwait.waitlist.payloads import ExpiryJob
 
 from helpers.jobdata import expiry_data
 
-STAMP = "2026-11-29T15:00:00.123456Z"
+NOW = 1795964400.123456
+STAMP = bullwait.logs.utc_timestamp(NOW)
 JOB_IDS: list[Any] = [
     "expiry_w-1",
     "",
@@ -49,7 +51,8 @@ def logfile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """structlog set up as `configure_logging` does, writing to a file, with one timestamp
     for every line; the previous set-up is restored after."""
     configured, config, stream = structlog.is_configured(), structlog.get_config(), bullwait.logs._stream
-    monkeypatch.setattr(bullwait.logs, "utc_timestamp", lambda now=None: STAMP)
+    clock = SimpleNamespace(time=lambda: NOW, gmtime=time.gmtime, strftime=time.strftime)
+    monkeypatch.setattr(bullwait.logs, "time", clock)  # both paths stamp lines with `time.time()`
     path = tmp_path / "log.jsonl"
     try:
         yield path
