@@ -104,7 +104,7 @@ def redact(_logger: Any, _name: str, event: EventDict) -> EventDict:
             # (queue and job names, durations) come back line after line.
             if value in _CLEAN:
                 continue
-            if not _may_hold_secret(value):
+            if not may_hold_secret(value):
                 if len(value) <= _SHORT:
                     _remember(_CLEAN, value, True)
                 continue
@@ -113,7 +113,17 @@ def redact(_logger: Any, _name: str, event: EventDict) -> EventDict:
 
 
 # Every pattern of `redact_text` needs one of these; a value without any is left as is.
-_may_hold_secret = re.compile(r"[@=+]|bearer", re.IGNORECASE).search
+_marker = re.compile(r"[@=+]|bearer", re.IGNORECASE).search
+# The same test, cheap for most values: a case-blind search with an alternative scans at a
+# few times the cost of one character class, and "bearer" in any case holds a b or a B.
+_marker_char = re.compile(r"[@=+bB]").search
+
+
+def may_hold_secret(text: str) -> bool:
+    """Whether `redact_text` might change `text` (False: it certainly leaves it as is)."""
+    return _marker_char(text) is not None and _marker(text) is not None
+
+
 # Keys never redacted: the message (as before), and the level and time `stamp` just wrote.
 _OURS = frozenset({"event", "level", "timestamp"})
 _SKIPPED = -1
@@ -125,7 +135,7 @@ _REMEMBERED = 4096
 _SHORT = 100
 
 
-def _remember(table: dict[str, Any], key: str, value: Any) -> Any:
+def _remember(table: dict[Any, Any], key: Any, value: Any) -> Any:
     if len(table) >= _REMEMBERED:
         table.clear()
     table[key] = value
@@ -236,10 +246,18 @@ class SafeStream:
         if self.fd is None:
             return self._write_stream(text)
         data = text.encode(self.encoding, "backslashreplace")
-        head = b""
         if self.torn or self.unreported:
-            head = (b"\n" if self.torn else b"") + (self._dropped_line() if self.unreported else b"")
-            data = head + data
+            return self._write_after_trouble(text, data)
+        written = self._write_fd(data)
+        if written < len(data):
+            self.torn = written > 0
+            self._drop("the log stream is full (nobody reads it)" if self.blocked else "the log stream failed")
+        return len(text)
+
+    def _write_after_trouble(self, text: str, data: bytes) -> int:
+        """`data` after what a torn line or dropped lines leave to write first."""
+        head = (b"\n" if self.torn else b"") + (self._dropped_line() if self.unreported else b"")
+        data = head + data
         written = self._write_fd(data)
         if written >= len(head):
             self.unreported = 0
@@ -266,8 +284,10 @@ class SafeStream:
 
     def _write_fd(self, data: bytes) -> int:
         done, size = 0, len(data)
+        poller = self.poller  # None: writes to it never block
         while done < size:
-            if not self._room(0 if self.blocked else BLOCKED_WRITE_GRACE):
+            # An error or hang-up is "ready": the write that follows says what is wrong.
+            if poller is not None and not poller.poll(0 if self.blocked else BLOCKED_WRITE_GRACE * 1000):
                 self.blocked = True
                 return done
             # Most lines go in one write, as they are; longer ones in atomic-sized pieces.
@@ -283,13 +303,6 @@ class SafeStream:
                 return done
             self.blocked = False
         return done
-
-    def _room(self, wait: float) -> bool:
-        if self.poller is None:
-            return True
-        events = self.poller.poll(wait * 1000)
-        # An error or hang-up is "ready": the write that follows says what is wrong.
-        return bool(events)
 
     def _dropped_line(self) -> bytes:
         event = {
@@ -365,8 +378,12 @@ class LineLogger:
         self._lock = threading.Lock()
 
     def msg(self, message: str) -> None:
+        self.write_line(message + "\n")
+
+    def write_line(self, line: str) -> None:
+        """`line`, ending with its newline, as one write."""
         with self._lock:
-            self._stream.write(message + "\n")
+            self._stream.write(line)
             if self._stream.fd is None:
                 self._stream.flush()
 
@@ -380,7 +397,7 @@ def configure_logging(level: str = "info", json: bool | None = None, stream: Any
     out = _stream = SafeStream(stream or sys.stderr)
     as_json = (not out.isatty()) if json is None else json
     processors: list[Any] = (
-        [merge_contextvars, json_line]
+        list(_JSON_CHAIN)
         if as_json
         else [merge_contextvars, stamp, redact, structlog.dev.ConsoleRenderer(colors=False)]
     )
@@ -396,3 +413,70 @@ def configure_logging(level: str = "info", json: bool | None = None, stream: Any
 
 def get_logger(**bound: Any) -> Any:
     return structlog.get_logger("bullwait").bind(**bound)
+
+
+# --- the `job completed` line without structlog's call path ---
+#
+# A busy worker writes it for every job, and structlog's path (bind, the bound logger's
+# call, the event dict, the processor chain) cost several times the line's own work. When
+# `log` is what `configure_logging(json=True)` makes, with nothing bound to it or to the
+# context variables, and every value is a string with nothing to mask, the line is written
+# here from a head built once per (queue, job name); anything else takes structlog's path.
+# A test compares the two paths' bytes.
+
+_JSON_CHAIN = (merge_contextvars, json_line)
+# structlog's filtering bound-logger classes that drop debug lines (levels INFO and above).
+_NO_DEBUG_LOGGERS = frozenset(structlog.make_filtering_bound_logger(level) for level in (20, 30, 40, 50))
+_JSON_PROCESSORS = list(_JSON_CHAIN)
+# structlog's filtering bound-logger classes that write info lines (levels NOTSET, DEBUG, INFO).
+_INFO_LOGGERS = frozenset(structlog.make_filtering_bound_logger(level) for level in (0, 10, 20))
+_quote = _json.encoder.encode_basestring_ascii  # what `_encode_dict` writes a string with
+_COMPLETED_KEYS = ("queue", "job", "jobId", "duration")
+_COMPLETED_TAIL = ', "event": "job completed", "level": "info", "timestamp": "'
+# Per (queue, job name): the line's start, or "" when structlog's path must write the line.
+_completed_heads: dict[tuple[Any, Any], str] = {}
+
+
+def debug_enabled(log: Any) -> bool:
+    """False when `log` certainly drops debug lines: a caller can skip building one (even a
+    dropped call costs its keyword arguments)."""
+    return type(log) not in _NO_DEBUG_LOGGERS
+
+
+def log_job_completed(log: Any, queue: str, job: Any, job_id: Any, seconds: float) -> None:
+    """`log.bind(queue=queue, job=job, jobId=job_id).info("job completed", duration=...)`,
+    the duration in milliseconds with one decimal (`12.3ms`: nothing to mask)."""
+    head = _completed_heads.get((queue, job))
+    if head is None:
+        head = _completed_head(queue, job)
+    if (
+        head
+        and type(log) in _INFO_LOGGERS
+        and not log._context
+        and _structlog_vars is not None
+        and not _structlog_vars
+        and log._processors == _JSON_PROCESSORS
+        and type(log._logger) is LineLogger
+        and type(job_id) is str
+        and (_marker_char(job_id) is None or _marker(job_id) is None)  # not may_hold_secret(job_id)
+    ):
+        # `utc_timestamp()`, inline: one formatting of the whole line
+        now = time.time()
+        sec = int(now)
+        if sec != _second[0]:
+            utc_timestamp(now)
+        log._logger.write_line(
+            '%s%s, "duration": "%.1fms"%s%s%06dZ"}\n'  # noqa: UP031 - see utc_timestamp
+            % (head, _quote(job_id), seconds * 1000, _COMPLETED_TAIL, _second[1], (now - sec) * 1_000_000)
+        )
+        return
+    log.bind(queue=queue, job=job, jobId=job_id).info("job completed", duration=f"{seconds * 1000:.1f}ms")
+
+
+def _completed_head(queue: Any, job: Any) -> str:
+    """`{"queue": ..., "job": ..., "jobId": ` for a queue and job name with nothing to mask."""
+    head = ""
+    plain_keys = not any(_key_kind(key) for key in _COMPLETED_KEYS)  # each key's values as they are
+    if plain_keys and all(type(value) is str and not may_hold_secret(value) for value in (queue, job)):
+        head = f'{{"queue": {_quote(queue)}, "job": {_quote(job)}, "jobId": '
+    return _remember(_completed_heads, (queue, job), head)  # type: ignore[no-any-return]

@@ -30,6 +30,11 @@ class QueueKey(str, Enum):
     WAITLIST_NOTIFICATION = "WAITLIST_NOTIFICATION"
     PREFERENCE_CALCULATION = "PREFERENCE_CALCULATION"
 
+    # Enum's own hash is a Python method (hash of the member's name), paid by every dict
+    # lookup such as the worker's per-job registry lookup; each name equals its value, so
+    # the string's built-in hash gives the same numbers.
+    __hash__ = str.__hash__
+
 
 QUEUE_NAMES: dict[QueueKey, str] = {
     QueueKey.WAITLIST_EXPIRY: "waitlist-expiry",

@@ -44,6 +44,14 @@ def test_names() -> None:
     }
 
 
+def test_queue_keys_hash_as_enum_members_do() -> None:
+    """QueueKey takes str's hash for speed; Enum's is the hash of the name: the same while
+    every name equals its value."""
+    for key in QueueKey:
+        assert key.name == key.value and hash(key) == hash(key.name)
+        assert {key: 1}[QueueKey[key.name]] == 1 and {key.value: 1}[key] == 1
+
+
 def test_specs_equal_the_nestjs_module_table_but_notification_concurrency() -> None:
     for key, (conc, backoff, completed, failed) in NESTJS_MODULE.items():
         spec = SPECS[key]
