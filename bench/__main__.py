@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sizes", nargs="+", type=int, metavar="N", help="growth: these numbers of pending timers (e.g. 2000 20000)"
     )
+    parser.add_argument("--rounds", type=int, metavar="N", help="expiry: interleaved rounds per runtime (full: 3)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     log = lambda msg: print(f"[{time.monotonic() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)  # noqa: E731
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             redis_pid=server.process.pid if server.process else None,
             variants=tuple(args.variants) if args.variants else None,
             sizes=tuple(args.sizes) if args.sizes else None,
+            rounds=args.rounds,
         )
         info = client.info("server")
         results: dict = {

@@ -237,6 +237,7 @@ def mass_expiry(b: Bench, log: Any) -> dict[str, Any]:
     """Each runtime `rounds` times, interleaved so that a noisy minute hits all of them; per
     runtime the table shows the round with the median drain, the JSON every round."""
     n, rounds = (20_000, 1) if b.quick else (100_000, 3)
+    rounds = b.rounds or rounds
     window = 10.0
     concurrency = int(Settings.model_fields["waitlist_expiry_concurrency"].default)
     labels = [label for label, (kind, _) in RUNS.items() if kind != "node" or node_available()]

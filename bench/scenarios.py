@@ -38,6 +38,7 @@ class Bench:
     variants: tuple[str, ...] | None = None
     # Growth: pending timers per run (None: the section's own, bench/growth.py).
     sizes: tuple[int, ...] | None = None
+    rounds: int | None = None
 
     def fresh(self, hz: int = 10) -> str:
         """An empty database and a new key prefix; `hz` as asked."""

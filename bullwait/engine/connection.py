@@ -255,7 +255,6 @@ CLUSTER_RETRYABLE = (
 DEFAULT_CLUSTER_RETRY_SECONDS = 5.0  # about what redis-py's default retry waits on one node
 
 
-#
 # redis-py also resets a client's topology by closing the client (`aclose()`) in the middle of
 # a command: after every few MOVED replies (`reinitialize_steps`), after CLUSTERDOWN or a slot
 # not covered, and before a pipeline's retry. Closing disconnects every connection of every

@@ -85,10 +85,10 @@ def remove_job_keys(job_id: str) -> tuple[str, ...]:
     return (job_id, "repeat")
 
 
-# Every bullmq script bullwait runs, with the key count its callers build from the orders above.
 # What `reset_cluster_connections` calls on each node of a cluster client.
 CLUSTER_NODE_METHODS = ("update_active_connections_for_reconnect", "disconnect_free_connections")
 
+# Every bullmq script bullwait runs, with the key count its callers build from the orders above.
 KEY_COUNTS: dict[str, int] = {
     "moveToFinished": FINISHED_KEY_COUNT,
     **{name: len(keys) for name, keys in ADD_JOB_KEYS.items()},
@@ -583,7 +583,7 @@ async def reset_cluster_connections(client: Any) -> None:
     """Reset a cluster client's topology without cutting the commands in flight.
 
     What redis-py's own reset (`RedisCluster.aclose()`) is for: the slot map is read again
-    before the next command (`_initialize`, as `follow_redirect` sets it) and no connection
+    before the next command (`_initialize`, as `refresh_slots` sets it) and no connection
     keeps state from the old topology. But it also disconnects connections other tasks are
     sending or reading on. Here idle connections close now and those in use close once their
     command is done, through the two `ClusterNode` methods redis-py's own error handling
