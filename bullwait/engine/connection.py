@@ -15,7 +15,6 @@ import asyncio
 import ssl
 import time
 import weakref
-from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
@@ -635,33 +634,6 @@ class CancelSafeSend:
 def keep_cancellations(connection: Any) -> None:
     """Make the connections of a bullmq connection (or redis client) `CancelSafeSend`."""
     add_connection_mixin(connection, CancelSafeSend)
-
-
-# --- Dropped connections ----------------------------------------------------------------
-# redis-py drops a connection on every error or timeout of a read or write (before it sends
-# the command again): the moment a reply may have been lost. The orphan sweeper
-# (bullwait.engine.orphans) looks for the jobs of lost fetch replies only after one.
-
-
-class DropWatch:
-    """Connection mixin: `on_drop()` whenever a connected connection is dropped."""
-
-    __slots__ = ()
-
-    @staticmethod
-    def on_drop() -> None:
-        """Set by `watch_drops` in the subclass it makes for each listener."""
-
-    async def disconnect(self, *args: Any, **kwargs: Any) -> None:
-        if self.is_connected:  # type: ignore[attr-defined]
-            self.on_drop()
-        await super().disconnect(*args, **kwargs)  # type: ignore[misc]
-
-
-def watch_drops(connection: Any, on_drop: Callable[[], None]) -> None:
-    """Call `on_drop()` when a connection of this client (or bullmq connection), now or later, is dropped."""
-    mixin = type("DropWatch", (DropWatch,), {"__slots__": (), "on_drop": staticmethod(on_drop)})
-    add_connection_mixin(connection, mixin)
 
 
 # --- Redis Sentinel ---------------------------------------------------------------

@@ -11,19 +11,13 @@ Under a flaky link that delayed timers and offers by a minute each.
 A worker knows its own tokens (`<worker id>:<n>`), the fetches under way and the jobs
 its slots hold (from the fetch's reply until the slot is done with the job). Tokens are
 not one per slot: bullmq-py's run loop hands every fetch it starts in one turn the last
-token it made (a closure over the loop variable), so two jobs may share one.
-`OrphanSweeper` reads the head of `active` (where fetches put jobs) and the locks of
-those jobs; a job locked by one of this worker's tokens, held by no slot, with no fetch
-under that token in flight, was fetched by a call whose reply never came. It goes back
-to `wait` (or `prioritized`) through bullmq's own `moveJobFromActiveToWait`, which
-checks the lock token, so a job that any slot holds is never touched. The job keeps its
-attempts and stalled count.
-
-A reply is lost only with a dropped connection (redis-py drops it on every error or
-timeout, before it sends the call again: `connection.watch_drops` hears of it) or a
-fetch that failed in the worker (its job could not be built). So the sweep runs on the
-next tick after one of those, and again on each tick until a sweep found no job it had to
-skip for a fetch still under way; a worker whose connections stay up reads nothing.
+token it made (a closure over the loop variable), so two jobs may share one. Every few
+seconds `OrphanSweeper` reads the head of `active` (where fetches put jobs) and the
+locks of those jobs; a job locked by one of this worker's tokens, held by no slot, with
+no fetch under that token in flight, was fetched by a call whose reply never came. It
+goes back to `wait` (or `prioritized`) through bullmq's own `moveJobFromActiveToWait`,
+which checks the lock token, so a job that any slot holds is never touched. The job
+keeps its attempts and stalled count.
 """
 
 from __future__ import annotations
@@ -32,14 +26,13 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-from bullwait.engine.connection import watch_drops
 from bullwait.engine.internals import FROM_ACTIVE_TO_WAIT_KEYS, main_client, script_source, scripts_of
 
 # Fetches push to the head of `active`; jobs further down are long-running ones (or other
 # workers'), whose locks are renewed and which the stalled check covers.
 SCAN_DEPTH = 1000
-# Seconds between the checks for a lost reply: well inside the default 30 s lock, so an
-# orphan goes back before it would count as stalled.
+# Seconds between sweeps: well inside the default 30 s lock, so an orphan goes back
+# before it would count as stalled.
 MAX_INTERVAL = 5.0
 # A job left behind again and again is not a lost reply but a job the worker cannot
 # finish or fail (a hash bullmq's own scripts choke on): after this many give-backs it is
@@ -58,28 +51,14 @@ class OrphanSweeper:
         self.fetching: Counter[str] = Counter()  # token -> fetches under way
         self.given_back: Counter[str] = Counter()  # job id -> times given back
         self.returned = 0
-        self.ticks = 0  # checks for a lost reply
-        self.sweeps = 0
-        # Times a reply may have been lost, and how many of them a sweep has settled.
-        self.losses = 0
-        self._settled = 0
-        self.complete = True  # the last sweep skipped no job for a fetch under way
         self._script: Any = None
         self._task: asyncio.Task[None] | None = None
-        watch_drops(main_client(worker), self.reply_may_be_lost)
-
-    def reply_may_be_lost(self) -> None:
-        """A connection dropped, or a fetch failed: sweep on the next tick."""
-        self.losses += 1
 
     def fetch_started(self, token: str) -> None:
         self.fetching[token] += 1
 
-    def fetch_ended(self, token: str, job_id: str | None, failed: bool = False) -> None:
-        """A fetch answered (`job_id` None: it brought no job), or `failed` (its job, if it
-        fetched one, is held by nobody)."""
-        if failed:
-            self.reply_may_be_lost()
+    def fetch_ended(self, token: str, job_id: str | None) -> None:
+        """A fetch answered (`job_id` None: it brought no job, or failed)."""
         if job_id is not None:
             self.held[(job_id, token)] += 1
         self.fetching[token] -= 1
@@ -113,25 +92,15 @@ class OrphanSweeper:
             await asyncio.sleep(self.interval())
             if worker.closing or worker.closed:
                 return
-            self.ticks += 1
-            if self.losses == self._settled:
-                continue  # no reply can have been lost since the last sweep that saw every job
-            losses = self.losses
             try:
                 await self.sweep()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis away: the next sweep tries again
                 worker.emit("error", exc)
-                continue
-            if self.complete:
-                self._settled = losses
 
     async def sweep(self) -> list[str]:
-        """Give back the orphans found now; returns their ids. `complete` says afterwards
-        whether it skipped none for a fetch still under way under its token."""
-        self.sweeps += 1
-        self.complete = True
+        """Give back the orphans found now; returns their ids."""
         worker = self.worker
         client = main_client(worker)
         scripts = scripts_of(worker)
@@ -145,16 +114,14 @@ class OrphanSweeper:
         mine = f"{worker.id}:"
         # Decided after the reads, against the state as it is now: a fetch that was under
         # way when the locks were read has either registered its job or is still counted.
-        unheld = [
-            (job_id, lock)
-            for job_id, lock in zip(ids, locks)
-            if isinstance(lock, str) and lock.startswith(mine) and (job_id, lock) not in self.held
-        ]
-        self.complete = not any(lock in self.fetching for _, lock in unheld)
         orphans = [
             (job_id, lock)
-            for job_id, lock in unheld
-            if lock not in self.fetching and self.given_back[job_id] < MAX_GIVE_BACKS
+            for job_id, lock in zip(ids, locks)
+            if isinstance(lock, str)
+            and lock.startswith(mine)
+            and (job_id, lock) not in self.held
+            and lock not in self.fetching
+            and self.given_back[job_id] < MAX_GIVE_BACKS
         ]
         returned = []
         if len(self.given_back) > 10_000:

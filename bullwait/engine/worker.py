@@ -152,12 +152,11 @@ class BullwaitWorker(Worker):  # type: ignore[misc]  # bullmq-py ships no type i
     async def moveToActive(self, token: str) -> Job | None:
         """bullmq's fetch, counted by the orphan sweeper until its job is registered."""
         self.orphans.fetch_started(token)
-        job, failed = None, True
+        job = None
         try:
             job = await super().moveToActive(token)
-            failed = False
         finally:
-            self.orphans.fetch_ended(token, job.id if job is not None else None, failed)
+            self.orphans.fetch_ended(token, job.id if job is not None else None)
         return job
 
     async def waitForJob(self) -> int:
@@ -239,14 +238,12 @@ class BullwaitWorker(Worker):  # type: ignore[misc]  # bullmq-py ships no type i
             return None
         self.orphans.fetch_started(token)
         following: Job | None = None
-        failed = True
         try:
             fetched = await self._move_to_completed(job, result, token, True)
             if fetched:
                 following = await self._following(fetched, token)
-            failed = False
         finally:
-            self.orphans.fetch_ended(token, following.id if following is not None else None, failed)
+            self.orphans.fetch_ended(token, following.id if following is not None else None)
         return following
 
     async def _following(self, fetched: Any, token: str) -> Job | None:
@@ -254,7 +251,6 @@ class BullwaitWorker(Worker):  # type: ignore[misc]  # bullmq-py ships no type i
         try:
             return await self.nextJobFromJobData(job_data, job_id, limit_until or 0, delay_until or 0, token)
         except Exception as err:  # the fetched job is held by nobody: the orphan sweeper gives it back
-            self.orphans.reply_may_be_lost()
             self.emit("error", err)
             return None
 
