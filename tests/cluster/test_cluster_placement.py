@@ -29,9 +29,9 @@ from bullwait.settings import QueueNaming, Settings
 from bullwait.waitlist.catalog import TAGGED_QUEUE_NAMES, QueueKey, queue_name
 
 from helpers.cli import invoke_cli
-from helpers.cluster import ClusterSet
+from helpers.cluster import ClusterSet, waitlist_worker
 from helpers.common import WorkerProcess
-from helpers.jobdata import API_TOKEN, SLOT_DETAILS
+from helpers.jobdata import SLOT_DETAILS
 from helpers.nodecompat import node_json, node_required
 from helpers.reliability import eventually
 
@@ -72,16 +72,8 @@ def spread(cluster: ClusterSet) -> None:
 
 @pytest.fixture
 def worker(spread: None, tenv: dict[str, str], api: FakeWhatsApp, tmp_path: Path) -> Iterator[WorkerProcess]:
-    env = {**tenv, **api.env(token=API_TOKEN), "WAITLIST_OFFER_MINUTES": "1", "BULLWAIT_WORKER_NAME": "py-placed"}
-    proc = WorkerProcess(env, [], tmp_path / "worker.log")
-    try:
-        proc.wait_for_log("worker started", count=3, timeout=60)
+    with waitlist_worker(tenv, api, tmp_path, "py-placed") as proc:
         yield proc
-    finally:
-        code = proc.terminate()
-        log = proc.log()
-        assert "Traceback" not in log, log[-3000:]
-        assert code == 0, log[-3000:]
 
 
 def who(salon: int, person: str) -> str:

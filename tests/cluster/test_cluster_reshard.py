@@ -24,9 +24,9 @@ from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.producer import Producer, expiry_job_id, new_expiry
 
-from helpers.cluster import ClusterSet
+from helpers.cluster import ClusterSet, waitlist_worker
 from helpers.common import WorkerProcess
-from helpers.jobdata import API_TOKEN, SLOT_DETAILS
+from helpers.jobdata import SLOT_DETAILS
 from helpers.reliability import eventually
 
 SALONS = 60
@@ -53,17 +53,8 @@ async def services(csettings: Settings, cenv: dict[str, str]) -> AsyncIterator[S
 
 @pytest.fixture
 def worker(cenv: dict[str, str], api: FakeWhatsApp, tmp_path: Path) -> Iterator[WorkerProcess]:
-    env = {**cenv, **api.env(token=API_TOKEN), "WAITLIST_OFFER_MINUTES": "1", "BULLWAIT_WORKER_NAME": "py-reshard"}
-    proc = WorkerProcess(env, [], tmp_path / "worker.log")
-    try:
-        proc.wait_for_log("worker started", count=3, timeout=60)
+    with waitlist_worker(cenv, api, tmp_path, "py-reshard") as proc:
         yield proc
-    finally:
-        code = proc.terminate()
-        log = proc.log()
-        assert "Traceback" not in log, log[-3000:]
-        assert code == 0, log[-3000:]
-        assert API_TOKEN not in log
 
 
 def other_master(cluster: ClusterSet, slot: int, avoid: set[int]) -> int:

@@ -34,9 +34,9 @@ from bullwait.waitlist.producer import expiry_job_id
 from bullwait.waitlist.ratelimit import GlobalSendLimiter, SalonRateLimiter
 from bullwait.waitlist.store import RedisWaitlistStore
 
-from helpers.cluster import ClusterSet
+from helpers.cluster import ClusterSet, waitlist_worker
 from helpers.common import WorkerProcess
-from helpers.jobdata import API_TOKEN, SLOT_DETAILS
+from helpers.jobdata import SLOT_DETAILS
 from helpers.reliability import eventually
 
 SALONS = 60
@@ -68,17 +68,8 @@ async def services(wsettings: Settings) -> AsyncIterator[Services]:
 
 @pytest.fixture
 def worker(cenv: dict[str, str], api: FakeWhatsApp, tmp_path: Path) -> Iterator[WorkerProcess]:
-    env = {**cenv, **api.env(token=API_TOKEN), "WAITLIST_OFFER_MINUTES": "1", "BULLWAIT_WORKER_NAME": "py-cluster"}
-    proc = WorkerProcess(env, [], tmp_path / "worker.log")
-    try:
-        proc.wait_for_log("worker started", count=3, timeout=60)
+    with waitlist_worker(cenv, api, tmp_path, "py-cluster") as proc:
         yield proc
-    finally:
-        code = proc.terminate()
-        log = proc.log()
-        assert "Traceback" not in log, log[-3000:]
-        assert code == 0, log[-3000:]
-        assert API_TOKEN not in log
 
 
 async def start_cascades(services: Services, salons: range = range(SALONS)) -> None:

@@ -14,16 +14,21 @@ The node timeout is short (2 s) so a failure is noticed in seconds; production c
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import redis
 from redis.crc import key_slot
 
 from bullwait.dev.cluster import LocalCluster
 from bullwait.dev.embedded import RedisServer, free_port
+from bullwait.dev.fake_whatsapp import FakeWhatsApp
 from bullwait.settings import Settings
 
-from helpers.common import wait_for
+from helpers.common import WorkerProcess, wait_for
+from helpers.jobdata import API_TOKEN
 
 NODE_TIMEOUT_MS = 2000
 
@@ -239,3 +244,20 @@ def cluster_settings(env: dict[str, str]) -> Settings:
         redis_host="127.0.0.1",
         redis_port=int(env["REDIS_PORT"]),
     )
+
+
+@contextlib.contextmanager
+def waitlist_worker(env: dict[str, str], api: FakeWhatsApp, tmp_path: Path, name: str) -> Iterator[WorkerProcess]:
+    """A `bullwait worker` of the three queues on the cluster in `env`, sending to `api`; on the
+    way out it must stop cleanly, with no traceback and no API token in its log."""
+    env = {**env, **api.env(token=API_TOKEN), "WAITLIST_OFFER_MINUTES": "1", "BULLWAIT_WORKER_NAME": name}
+    proc = WorkerProcess(env, [], tmp_path / "worker.log")
+    try:
+        proc.wait_for_log("worker started", count=3, timeout=60)
+        yield proc
+    finally:
+        code = proc.terminate()
+        log = proc.log()
+        assert "Traceback" not in log, log[-3000:]
+        assert code == 0, log[-3000:]
+        assert API_TOKEN not in log
