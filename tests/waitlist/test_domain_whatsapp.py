@@ -16,7 +16,6 @@ import pytest
 from bullwait.dev.fake_whatsapp import FakeWhatsApp
 from bullwait.logs import configure_logging, get_logger
 from bullwait.settings import Settings
-from bullwait.waitlist.payloads import SlotDetails
 from bullwait.waitlist.whatsapp import (
     CloudApiSender,
     ConsoleSender,
@@ -27,18 +26,9 @@ from bullwait.waitlist.whatsapp import (
     build_sender,
 )
 
-from helpers.jobdata import future_day
+from helpers.jobdata import SLOT_DETAILS
 
-SLOT = SlotDetails(
-    date=future_day(),
-    time="10:30",
-    master_id="m-1",
-    master_name="Ana",
-    service_id="s-1",
-    service_name="Haircut",
-    duration=45,
-    price=35.5,
-)
+SLOT = SLOT_DETAILS
 TOKEN = "EAAG-very-secret-token"
 
 
