@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import os
 import re
 import time
@@ -308,11 +309,132 @@ async def add_job(job: Job) -> str:
     return str(await job.queue.backend.addJob(job))
 
 
-def next_job_data(raw: Any) -> Any:
-    """`moveToFinished`'s reply as `[job hash, id, limitUntil, delayUntil]`, as bullmq decodes it."""
-    from bullmq.scripts import raw2NextJobData
+def next_job_data(raw: Any) -> list[Any]:
+    """`moveToFinished`'s reply as `[job hash, id, limitUntil, delayUntil]`, as bullmq's
+    `raw2NextJobData` decodes it (inlined: it runs for every job)."""
+    if not raw:
+        return [None, None, None, None]
+    fields = raw[0]
+    job_hash = dict(zip(fields[::2], fields[1::2])) if fields else None
+    return [job_hash, raw[1], None, None] if len(raw) == 2 else [job_hash, raw[1], raw[2], raw[3]]
 
-    return raw2NextJobData(raw)
+
+# --- Building a fetched job ---------------------------------------------------------------------
+# `Job.fromJSON` (bullmq/job.py, as of 3.4.4) was a seventh of a bare worker's CPU per job:
+# four `json.loads` (data, opts, and the "0" and "[]" of a job never run) and `Job.__init__`,
+# which normalises the same options again for every job. `JobBuilder` builds the same `Job`
+# for the hashes a worker fetches most, from a template per options text; any other hash
+# goes to `Job.fromJSON` itself. A test compares the two, attribute by attribute.
+
+# Hash fields `Job.fromJSON` reads as they are or with `int`. A hash with any other field it
+# reads (`rjk`, `parent`, `returnvalue`, `stacktrace`, `progress`, ...) is built by `Job.fromJSON`.
+_SLOW_HASH_FIELDS = frozenset(
+    (
+        "id",
+        "progress",
+        "rjk",
+        "failedReason",
+        "attemptsMade",
+        "defa",
+        "returnvalue",
+        "stacktrace",
+        "parentKey",
+        "parent",
+    )
+)
+_TEMPLATES_KEPT = 256
+
+
+class JobBuilder:
+    """`Job.fromJSON(queue, hash, job_id)`, faster for the common hash (see above)."""
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+        # Per options text: the attributes `Job.__init__` derives from it, or None for options
+        # the fast path does not take (nested containers, values it would have to copy deeply).
+        self._templates: dict[str, dict[str, Any] | None] = {}
+
+    def build(self, raw: dict[str, Any], job_id: str | None) -> Job:
+        if not job_id or not _SLOW_HASH_FIELDS.isdisjoint(raw):
+            return Job.fromJSON(self.queue, raw, job_id)
+        opts_text = raw.get("opts", "{}")
+        template = self._templates.get(opts_text, _MISSING)
+        if template is _MISSING:
+            template = self._template(opts_text)
+        if template is None:
+            return Job.fromJSON(self.queue, raw, job_id)
+        data = json.loads(raw.get("data", "{}"))  # raises for data that is not JSON, as `fromJSON` does
+        job = Job.__new__(Job)
+        attrs = job.__dict__
+        attrs.update(template)
+        # Each job its own options (one level deep: `_flat`), as `Job.__init__` would make them.
+        opts = attrs["opts"] = {k: v.copy() if type(v) is dict else v for k, v in template["opts"].items()}
+        attrs["removeOnComplete"] = opts.get("removeOnComplete", True)
+        attrs["removeOnFail"] = opts.get("removeOnFail", False)
+        attrs["stacktrace"] = []
+        attrs["name"] = raw.get("name")
+        attrs["data"] = data
+        attrs["id"] = job_id
+        attrs["delay"] = int(raw.get("delay", "0"))
+        attrs["priority"] = int(raw.get("priority", "0"))
+        attrs["timestamp"] = int(raw.get("timestamp", "0"))
+        if raw.get("finishedOn"):
+            attrs["finishedOn"] = int(raw["finishedOn"])
+        if raw.get("processedOn"):
+            attrs["processedOn"] = int(raw["processedOn"])
+        if raw.get("ats"):
+            attrs["attemptsStarted"] = int(raw["ats"])
+        attrs["attemptsMade"] = int(raw.get("atm") or "0")
+        attrs["stalledCounter"] = int(raw.get("stc") or "0")
+        return job
+
+    def _template(self, opts_text: str) -> dict[str, Any] | None:
+        from bullmq.job import optsFromJSON
+
+        template: dict[str, Any] | None = None
+        try:
+            opts = optsFromJSON(json.loads(opts_text))
+            if _flat(opts) and not opts.get("parent"):
+                template = dict(vars(Job(self.queue, None, None, opts)))
+        except Exception:  # noqa: BLE001 - `Job.fromJSON` raises it again, where it is handled
+            template = None
+        if len(self._templates) >= _TEMPLATES_KEPT:
+            self._templates.clear()
+        self._templates[opts_text] = template
+        return template
+
+
+_MISSING: Any = object()
+
+
+def fetched_job(
+    worker: Any, builder: JobBuilder, job_data: Any, job_id: Any, limit_until: int, delay_until: int, token: Any
+) -> Job | None:
+    """bullmq-py's `Worker.nextJobFromJobData` (3.4.4) for a fetched job hash, with `JobBuilder`
+    in place of `Job.fromJSON`; None where bullmq's own must run: no job (it marks the queue
+    drained) or a job from a scheduler (it schedules the next iteration)."""
+    if not job_data or "rjk" in job_data:
+        return None
+    worker.limitUntil = max(limit_until, 0) or 0
+    if delay_until:
+        worker.blockUntil = max(int(delay_until), 0) or 0
+    worker.drained = False
+    job = builder.build(job_data, job_id)
+    job.token = token
+    return job
+
+
+def _flat(opts: Any) -> bool:
+    """Options whose values are scalars or objects of scalars (copied per job one level deep)."""
+    if type(opts) is not dict:
+        return False
+    for value in opts.values():
+        if type(value) is dict:
+            if any(type(v) in (dict, list) for v in value.values()):
+                return False
+        elif type(value) is list:
+            return False
+    return True
 
 
 def encode_job_opts(opts: Mapping[str, Any]) -> dict[str, Any]:

@@ -99,6 +99,7 @@ class BullwaitWorker(Worker):  # type: ignore[misc]  # bullmq-py ships no type i
         self._completions: CompletionCalls | None = None  # built on first use (scripts are loaded by then)
         # A fetch sent twice (its reply lost) leaves a job active under our token: given back.
         self.orphans = OrphanSweeper(self)
+        self._job_builder = internals.JobBuilder(self)
         # Since when (monotonic) every fetch and completion has failed; None while they succeed.
         self.failing_since: float | None = None
         self.last_failure = ""
@@ -329,7 +330,9 @@ class BullwaitWorker(Worker):  # type: ignore[misc]  # bullmq-py ships no type i
         are not UTF-8): that job fails at once, unrecoverably, naming its fields, instead of
         raising here, staying active, stalling and coming back for ever."""
         try:
-            job: Job | None = await super().nextJobFromJobData(job_data, job_id, limit_until, delay_until, token)
+            job = internals.fetched_job(self, self._job_builder, job_data, job_id, limit_until, delay_until, token)
+            if job is None:
+                job = await super().nextJobFromJobData(job_data, job_id, limit_until, delay_until, token)
         except Exception as err:  # anything: a job left active here would stall and come back for ever
             if not job_data or not isinstance(job_data, dict):
                 raise
