@@ -49,8 +49,8 @@ class Recorder:
         self.proc_ms: list[float] = []
         self.processed = 0
 
-    def started(self, queue: str, job: Any) -> None:
-        self.metrics.started(queue, job)
+    def started(self, queue: str, job: Any, payload: Any) -> None:
+        self.metrics.started(queue, job, payload)
         self.processed += 1
         if self.timers:
             self.lateness.append(time.time() * 1000 - (job.timestamp + int(job.opts.get("delay") or 0)))

@@ -92,15 +92,16 @@ class Registry:
 
 
 class JobObserver(Protocol):
-    """Hooks for metrics; the default does nothing."""
+    """Hooks for metrics; the default does nothing. `started` runs once the job's data is
+    valid, with its payload, just before the processor; `finished` runs for every job."""
 
-    def started(self, queue: str, job: Job) -> None: ...
+    def started(self, queue: str, job: Job, payload: Any) -> None: ...
     def finished(self, queue: str, job: Job, status: str, seconds: float) -> None: ...
     def stalled(self, queue: str, job_id: str) -> None: ...
 
 
 class NullObserver:
-    def started(self, queue: str, job: Job) -> None:
+    def started(self, queue: str, job: Job, payload: Any) -> None:
         return None
 
     def finished(self, queue: str, job: Job, status: str, seconds: float) -> None:
@@ -140,6 +141,85 @@ class JobLog:
         return repr(self.bound)
 
 
+class QueueDispatch:
+    """The processor a queue's worker runs: each job through the function registered for its
+    name (`dispatch`), with what stays the same from job to job looked up once."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        queue: QueueKey,
+        queue_name: str,
+        settings: Settings,
+        log: Any,
+        services: Any = None,
+        observer: JobObserver | None = None,
+    ) -> None:
+        self.registry = registry
+        self.queue = queue
+        self.queue_name = queue_name
+        self.settings = settings
+        self.log = log
+        self.services = services
+        self.observer = observer or _NO_OBSERVER
+        self._registrations: dict[str, Registration] = {}
+
+    def _registration(self, job_name: str) -> Registration:
+        registration = self.registry.lookup(self.queue, job_name)
+        if registration is None:
+            known = ", ".join(self.registry.job_names(self.queue)) or "none"
+            raise UnrecoverableError(
+                f"No processor for job name {job_name!r} on queue {self.queue_name!r} (registered: {known})"
+            )
+        if isinstance(job_name, str):  # names with no processor are not kept: there may be any number
+            self._registrations[job_name] = registration
+        return registration
+
+    async def run(self, job: Job, token: str) -> Any:
+        """Run one job through its registered processor. Raises what bullmq must see."""
+        log, queue_name, obs = self.log, self.queue_name, self.observer
+        name, job_id = job.name, job.id
+        jlog = JobLog(log, queue_name, name, job_id)
+        started = time.perf_counter()
+        if debug_enabled(log):  # `jlog.debug(...)`'s line, without binding a logger that may never be used
+            log.debug("job started", queue=queue_name, job=name, jobId=job_id, attempt=job.attemptsMade + 1)
+        status = "failed"
+        try:
+            registration = self._registrations.get(name) or self._registration(name)
+            try:
+                payload = parse_payload(registration.model, job.data, getattr(job, "raw_data_size", None))
+            except InvalidJobData as exc:
+                raise UnrecoverableError(str(exc)) from None
+            obs.started(queue_name, job, payload)
+            ctx = Context(job, token, self.queue, queue_name, self.settings, jlog, self.services)
+            result = await registration.handler(payload, ctx)
+            status = "completed"
+            return result
+        except DelayedError:
+            status = "delayed"
+            raise
+        except WriteNotDurable as exc:
+            await _wait_for_replicas(job, token, exc, jlog, started)
+            status = "delayed"
+            raise DelayedError(str(exc)) from None
+        except Exception as exc:
+            _clip_message(exc)
+            status = "failed" if _final(job, exc) else "retried"
+            level = "error" if status == "failed" else "warning"
+            getattr(jlog, level)(
+                "job failed" if status == "failed" else "job will retry",
+                duration=_ms(started),
+                error=str(exc) or type(exc).__name__,
+                attemptsMade=job.attemptsMade + 1,
+            )
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            obs.finished(queue_name, job, status, seconds)
+            if status == "completed":
+                log_job_completed(log, queue_name, name, job_id, seconds)
+
+
 async def dispatch(
     registry: Registry,
     queue: QueueKey,
@@ -151,53 +231,8 @@ async def dispatch(
     services: Any = None,
     observer: JobObserver | None = None,
 ) -> Any:
-    """Run one job through its registered processor. Raises what bullmq must see."""
-    obs = observer or _NO_OBSERVER
-    name, job_id = job.name, job.id
-    jlog = JobLog(log, queue_name, name, job_id)
-    started = time.perf_counter()
-    if debug_enabled(log):  # `jlog.debug(...)`'s line, without binding a logger that may never be used
-        log.debug("job started", queue=queue_name, job=name, jobId=job_id, attempt=job.attemptsMade + 1)
-    obs.started(queue_name, job)
-    status = "failed"
-    try:
-        registration = registry.lookup(queue, job.name)
-        if registration is None:
-            known = ", ".join(registry.job_names(queue)) or "none"
-            raise UnrecoverableError(
-                f"No processor for job name {job.name!r} on queue {queue_name!r} (registered: {known})"
-            )
-        try:
-            payload = parse_payload(registration.model, job.data, getattr(job, "raw_data_size", None))
-        except InvalidJobData as exc:
-            raise UnrecoverableError(str(exc)) from None
-        ctx = Context(job, token, queue, queue_name, settings, jlog, services)
-        result = await registration.handler(payload, ctx)
-        status = "completed"
-        return result
-    except DelayedError:
-        status = "delayed"
-        raise
-    except WriteNotDurable as exc:
-        await _wait_for_replicas(job, token, exc, jlog, started)
-        status = "delayed"
-        raise DelayedError(str(exc)) from None
-    except Exception as exc:
-        _clip_message(exc)
-        status = "failed" if _final(job, exc) else "retried"
-        level = "error" if status == "failed" else "warning"
-        getattr(jlog, level)(
-            "job failed" if status == "failed" else "job will retry",
-            duration=_ms(started),
-            error=str(exc) or type(exc).__name__,
-            attemptsMade=job.attemptsMade + 1,
-        )
-        raise
-    finally:
-        seconds = time.perf_counter() - started
-        obs.finished(queue_name, job, status, seconds)
-        if status == "completed":
-            log_job_completed(log, queue_name, name, job_id, seconds)
+    """Run one job through its registered processor (`QueueDispatch`, for one job)."""
+    return await QueueDispatch(registry, queue, queue_name, settings, log, services, observer).run(job, token)
 
 
 async def _wait_for_replicas(job: Job, token: str, exc: WriteNotDurable, log: Any, started: float) -> None:

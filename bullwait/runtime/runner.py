@@ -22,7 +22,7 @@ from bullwait.engine.internals import bullmq_connections
 from bullwait.engine.worker import BullwaitWorker, default_worker_name
 from bullwait.logs import get_logger
 from bullwait.monitoring.health import LoopWatch
-from bullwait.runtime.dispatch import JobObserver, Registry, dispatch
+from bullwait.runtime.dispatch import JobObserver, QueueDispatch, Registry
 from bullwait.settings import Settings
 from bullwait.waitlist.catalog import SPECS, QueueKey, concurrency, queue_name
 
@@ -141,12 +141,8 @@ class WorkerPool:
             self.observer.stalled(queue, job_id)
 
     def _processor(self, key: QueueKey, name: str) -> Any:
-        async def process(job: Any, token: str) -> Any:
-            return await dispatch(
-                self.registry, key, name, self.settings, job, token, self.log, self.services, self.observer
-            )
-
-        return process
+        """The bullmq processor of queue `key` (a bound method: bullmq reads its parameters)."""
+        return QueueDispatch(self.registry, key, name, self.settings, self.log, self.services, self.observer).run
 
     async def close(self, timeout: float) -> bool:
         """Stop fetching, wait up to `timeout` s for active jobs; True if all finished."""

@@ -532,11 +532,12 @@ class _Job:
 def test_job_metrics_observer_counts_and_never_raises() -> None:
     metrics = JobMetrics(queues=[EXPIRY, NOTIFY], expiry_queue=EXPIRY)
     late = (datetime.now(UTC) - timedelta(seconds=2)).isoformat().replace("+00:00", "Z")
-    metrics.started(EXPIRY, _Job({"expiresAt": late}))  # counted: first attempt, 2 s late
-    metrics.started(EXPIRY, _Job({"expiresAt": late}, attempts_made=1))  # retry: not timer lateness
-    metrics.started(EXPIRY, _Job({"expiresAt": "not a date"}))  # ignored, no exception
-    metrics.started(EXPIRY, _Job("not a dict"))
-    metrics.started(NOTIFY, _Job({"expiresAt": late}))  # only the expiry queue
+    payload = object()  # started runs with a valid payload; the lateness is read from the job's data
+    metrics.started(EXPIRY, _Job({"expiresAt": late}), payload)  # counted: first attempt, 2 s late
+    metrics.started(EXPIRY, _Job({"expiresAt": late}, attempts_made=1), payload)  # retry: not timer lateness
+    metrics.started(EXPIRY, _Job({"expiresAt": "not a date"}), payload)  # ignored, no exception
+    metrics.started(EXPIRY, _Job("not a dict"), payload)
+    metrics.started(NOTIFY, _Job({"expiresAt": late}), payload)  # only the expiry queue
     metrics.finished(NOTIFY, _Job({}), "completed", 0.004)
     metrics.finished(NOTIFY, _Job({}), "delayed", 0.002)
     metrics.finished("another-queue", _Job({}), "failed", 0.5)
