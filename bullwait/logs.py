@@ -9,6 +9,8 @@ then ignored SIGTERM, whose handler logged before it set the stop flag.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import contextlib
 import errno
 import functools
@@ -21,6 +23,7 @@ import stat
 import sys
 import threading
 import time
+import weakref
 from typing import Any
 
 import structlog
@@ -240,33 +243,71 @@ class SafeStream:
             return False
 
     def write(self, text: str) -> int:
-        if self.gone:
-            self._drop("the log stream is closed")
-            return 0
-        if self.fd is None:
-            return self._write_stream(text)
-        data = text.encode(self.encoding, "backslashreplace")
-        if self.torn or self.unreported:
-            return self._write_after_trouble(text, data)
-        written = self._write_fd(data)
-        if written < len(data):
-            self.torn = written > 0
-            self._drop("the log stream is full (nobody reads it)" if self.blocked else "the log stream failed")
+        """One line (ending with its newline) as one write."""
+        self.write_lines([text])
         return len(text)
 
-    def _write_after_trouble(self, text: str, data: bytes) -> int:
-        """`data` after what a torn line or dropped lines leave to write first."""
-        head = (b"\n" if self.torn else b"") + (self._dropped_line() if self.unreported else b"")
-        data = head + data
+    def write_lines(self, lines: list[str]) -> None:
+        """`lines`, each ending with its newline, in order and in as few writes as can be.
+
+        The processes of `bullwait worker --processes N` share one stderr, and only writes
+        of at most PIPE_BUF bytes to a pipe are atomic: the lines are cut at line ends into
+        writes of at most `_CHUNK` bytes, so a line that fits is never split between two."""
+        if self.gone:
+            self._drop("the log stream is closed", len(lines))
+            return
+        if self.fd is None:
+            self._write_stream("".join(lines), len(lines))
+            return
+        data = "".join(lines).encode(self.encoding, "backslashreplace")
+        if len(data) <= _CHUNK or len(lines) == 1:  # most often: one write
+            self._write_piece(data, lines)
+            return
+        encoded = [line.encode(self.encoding, "backslashreplace") for line in lines]
+        start = size = 0
+        for end, line in enumerate(encoded):
+            if end > start and size + len(line) > _CHUNK:
+                self._write_piece(b"".join(encoded[start:end]), lines[start:end])
+                start, size = end, 0
+            size += len(line)
+        self._write_piece(b"".join(encoded[start:]), lines[start:])
+
+    def _write_piece(self, data: bytes, lines: list[str]) -> None:
+        """`data` (`lines`, encoded) as written by `_write_fd`; the lines not written whole
+        are dropped."""
+        if (self.torn or self.unreported) and not self._write_head():
+            self._drop(self._failure(), len(lines))
+            return
         written = self._write_fd(data)
-        if written >= len(head):
-            self.unreported = 0
+        if written > 0:
+            self.torn = data[written - 1] != 0x0A  # the next line must start on a line of its own
         if written < len(data):
-            self.torn = self.torn or written > 0
-            self._drop("the log stream is full (nobody reads it)" if self.blocked else "the log stream failed")
-        else:
-            self.torn = False
-        return len(text)
+            self._drop(self._failure(), len(lines) - self._whole_lines(lines, written))
+
+    def _write_head(self) -> bool:
+        """What a torn line or dropped lines leave to write first, in a write of its own (a
+        batch after it keeps its lines whole in its writes); False unless all written."""
+        head = (b"\n" if self.torn else b"") + (self._dropped_line() if self.unreported else b"")
+        written = self._write_fd(head)
+        if written > 0:
+            self.torn = head[written - 1] != 0x0A
+        if written < len(head):
+            return False
+        self.unreported = 0
+        return True
+
+    def _failure(self) -> str:
+        return "the log stream is full (nobody reads it)" if self.blocked else "the log stream failed"
+
+    def _whole_lines(self, lines: list[str], written: int) -> int:
+        """How many of `lines` the first `written` bytes of their encoding hold whole."""
+        whole = 0
+        for line in lines:
+            written -= len(line.encode(self.encoding, "backslashreplace"))
+            if written < 0:
+                break
+            whole += 1
+        return whole
 
     def flush(self) -> None:
         if self.fd is None and not self.gone:
@@ -275,12 +316,11 @@ class SafeStream:
             except (OSError, ValueError) as exc:
                 self._failed(exc)
 
-    def _write_stream(self, text: str) -> int:
+    def _write_stream(self, text: str, lines: int = 1) -> None:
         try:
-            return int(self.stream.write(text) or 0)
+            self.stream.write(text)
         except (OSError, ValueError) as exc:
-            self._failed(exc)
-            return 0
+            self._failed(exc, lines)
 
     def _write_fd(self, data: bytes) -> int:
         done, size = 0, len(data)
@@ -314,14 +354,14 @@ class SafeStream:
         }
         return (_ENCODER.encode(event) + "\n").encode()
 
-    def _failed(self, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException, lines: int = 1) -> None:
         self.gone = isinstance(exc, ValueError) or getattr(exc, "errno", None) in _GONE
         self._note_once(exc)
-        self._drop(str(exc))
+        self._drop(str(exc), lines)
 
-    def _drop(self, reason: str) -> None:
-        self.dropped += 1
-        self.unreported += 1
+    def _drop(self, reason: str, lines: int = 1) -> None:
+        self.dropped += lines
+        self.unreported += lines
         self._note_once(reason)
 
     def _note_once(self, reason: object) -> None:
@@ -370,30 +410,88 @@ def dropped_log_lines() -> int:
 
 
 class LineLogger:
-    """structlog's WriteLogger for a `SafeStream`: one write a line, flushed only when the
-    stream has no descriptor to write through."""
+    """structlog's WriteLogger for a `SafeStream`, flushed only when the stream has no
+    descriptor to write through.
+
+    A busy worker logs a line per job, and a write (plus a poll, for a pipe or terminal)
+    per line was several percent of its CPU per job. So a line logged on a thread whose
+    event loop runs waits in `_pending` for the end of the loop's turn (`loop.call_soon`
+    runs before the loop next waits for I/O), and that turn's lines go out in one write.
+    A line logged without a running loop (start-up, shutdown, other threads, the CLI)
+    writes what waits first, then itself: the order of lines is kept.
+    """
 
     def __init__(self, stream: SafeStream) -> None:
         self._stream = stream
         self._lock = threading.Lock()
+        self._pending: list[str] = []
+        self._flush_loop: Any = None  # the loop whose next turn writes `_pending`
+        _line_loggers.add(self)
 
     def msg(self, message: str) -> None:
         self.write_line(message + "\n")
 
     def write_line(self, line: str) -> None:
-        """`line`, ending with its newline, as one write."""
+        """`line`, ending with its newline, as one write (or in one with its turn's others)."""
         with self._lock:
-            self._stream.write(line)
-            if self._stream.fd is None:
-                self._stream.flush()
+            # A stream without a descriptor has no write call to save: written at once, as before.
+            loop = asyncio._get_running_loop() if self._stream.fd is not None else None
+            if loop is not None:
+                self._pending.append(line)
+                # Again for another loop: the one that had the flush may be closed by now,
+                # and the ready callbacks of a closed loop never run.
+                if loop is not self._flush_loop:
+                    self._flush_loop = loop
+                    loop.call_soon(self.flush)
+            elif self._pending:
+                self._pending.append(line)
+                self._write_pending()
+            else:
+                self._stream.write(line)
+                if self._stream.fd is None:
+                    self._stream.flush()
+
+    def flush(self) -> None:
+        """Write the lines waiting for the end of their loop's turn."""
+        with self._lock:
+            self._flush_loop = None
+            if self._pending:
+                self._write_pending()
+
+    def _write_pending(self) -> None:
+        lines, self._pending = self._pending, []
+        self._stream.write_lines(lines)
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg
 
 
+_line_loggers: weakref.WeakSet[LineLogger] = weakref.WeakSet()
+
+
+def flush_logs() -> None:
+    """Write every line still waiting for its loop's turn to end: before a loop is closed
+    (its ready callbacks never run then), and at exit."""
+    for line_logger in list(_line_loggers):
+        line_logger.flush()
+
+
+def _forget_pending() -> None:
+    # A forked child must not write its parent's waiting lines a second time.
+    for line_logger in list(_line_loggers):
+        line_logger._pending = []
+        line_logger._flush_loop = None
+
+
+atexit.register(flush_logs)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pending)
+
+
 def configure_logging(level: str = "info", json: bool | None = None, stream: Any = None) -> None:
     """Configure structlog once per process. JSON unless writing to a terminal."""
     global _stream
+    flush_logs()  # lines of the previous set-up first, to its stream
     out = _stream = SafeStream(stream or sys.stderr)
     as_json = (not out.isatty()) if json is None else json
     processors: list[Any] = (

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from bullwait.engine.connection import bound_retries, bullmq_connection, wait_for_redis
 from bullwait.engine.internals import bullmq_connections
 from bullwait.engine.worker import BullwaitWorker, default_worker_name
-from bullwait.logs import get_logger
+from bullwait.logs import flush_logs, get_logger
 from bullwait.monitoring.health import LoopWatch
 from bullwait.runtime.dispatch import JobObserver, QueueDispatch, Registry
 from bullwait.settings import Settings
@@ -184,6 +184,10 @@ def run_until_done(main: Awaitable[T], cleanup_timeout: float = LOOP_EXIT_TIMEOU
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             asyncio.set_event_loop(None)
+            # Log lines of the loop's last turn wait for a flush that a closed loop never runs
+            # (the clean-up turns above run it, unless one was cut short: a second Ctrl-C).
+            # They go out now, before whatever the caller prints (an error, a traceback).
+            flush_logs()
             loop.close()
 
 
