@@ -61,7 +61,8 @@ class CompletionCalls:
         self, job: Any, result: Any, token: str, fetch: bool, timestamp: int | None = None
     ) -> tuple[list[Any], list[Any], bytes]:
         """(keys, args, packed EVALSHA) of `moveToCompletedArgs(job, result, removeOnComplete, token, fetch)`."""
-        value = json.dumps(result, separators=(",", ":"), allow_nan=False) or ""
+        # A processor that returns nothing (most do) skips the encoder.
+        value = "null" if result is None else json.dumps(result, separators=(",", ":"), allow_nan=False) or ""
         if timestamp is None:
             timestamp = round(time.time() * 1000)
         job_opts = job.opts

@@ -47,30 +47,28 @@ class OrphanSweeper:
         self.worker = worker
         # (job id, token) -> slots holding it: a job that stalled can be fetched again by
         # this worker while its stale run is still going, under another token.
-        self.held: Counter[tuple[str, str]] = Counter()
-        self.fetching: Counter[str] = Counter()  # token -> fetches under way
+        # Plain dicts, not Counters, for these two: they change three times per job, and a
+        # Counter's missing key and `del` are Python calls. A count that reaches 0 is removed.
+        self.held: dict[tuple[str, str], int] = {}
+        self.fetching: dict[str, int] = {}  # token -> fetches under way
         self.given_back: Counter[str] = Counter()  # job id -> times given back
         self.returned = 0
         self._script: Any = None
         self._task: asyncio.Task[None] | None = None
 
     def fetch_started(self, token: str) -> None:
-        self.fetching[token] += 1
+        fetching = self.fetching
+        fetching[token] = fetching.get(token, 0) + 1
 
     def fetch_ended(self, token: str, job_id: str | None) -> None:
         """A fetch answered (`job_id` None: it brought no job, or failed)."""
         if job_id is not None:
-            self.held[(job_id, token)] += 1
-        self.fetching[token] -= 1
-        if self.fetching[token] <= 0:
-            del self.fetching[token]
+            _add(self.held, (job_id, token), 1)
+        _add(self.fetching, token, -1)
 
     def released(self, job_id: str, token: str) -> None:
         """The slot is done with the job (completed, failed, delayed, or given up)."""
-        key = (job_id, token)
-        self.held[key] -= 1
-        if self.held[key] <= 0:
-            del self.held[key]
+        _add(self.held, (job_id, token), -1)
 
     def interval(self) -> float:
         lock_ms = float(self.worker.opts.get("lockDuration") or 30_000)
@@ -141,3 +139,11 @@ class OrphanSweeper:
             self._script = main_client(self.worker).register_script(script_source("moveJobFromActiveToWait"))
         keys = scripts.keys(FROM_ACTIVE_TO_WAIT_KEYS)
         return int(await self._script(keys=keys, args=[job_id, token, scripts.to_key(job_id)]))
+
+
+def _add(counts: dict[Any, int], key: Any, amount: int) -> None:
+    count = counts.get(key, 0) + amount
+    if count > 0:
+        counts[key] = count
+    else:
+        counts.pop(key, None)
