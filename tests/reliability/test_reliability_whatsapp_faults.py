@@ -158,11 +158,13 @@ def test_fake_window_answers_errors_then_recovers() -> None:
     """The fake's `fail_for` (used above) really throttles, then really recovers."""
     import httpx
 
+    window = 3.0  # long enough that the first request lands in it on a busy machine
     with FakeWhatsApp() as fake:
-        fake.fail_for(0.5, status=429, code=130429)
+        fake.fail_for(window, status=429, code=130429)
+        ends = time.monotonic() + window  # no earlier than the fake's own end
         url = f"{fake.base_url}/v21.0/1/messages"
         first = httpx.post(url, json={"to": "1"})
-        time.sleep(0.6)
+        time.sleep(max(0.0, ends - time.monotonic()) + 0.1)
         second = httpx.post(url, json={"to": "1"})
     assert (first.status_code, first.json()["error"]["code"]) == (429, 130429)
     assert second.status_code == 200 and isinstance(fake.requests[0], Recorded)
