@@ -123,13 +123,16 @@ async def run_demo(waitlist: Waitlist, customers: int = 5, timeout: float = 60) 
         )
     )
 
-    async def passed_to_customer_2() -> bool:
-        # Offered slot A (its own short timer may already have run out on a slow machine).
-        entry = await store.get_entry(salon, people[2])
-        return entry is not None and entry.slot_id == slot_a and entry.state != "waiting"
+    async def customer_2_notified() -> bool:
+        # Slot A passes to customer 2 when customer 0's timer runs out. Customer 2 books only
+        # once the offer arrived, as customer 1 did: booking between the hand-over and the
+        # worker enqueuing the offer is legitimate, and then no offer is sent at all.
+        return await notifications.getJobState(notification_job_id(people[2], slot_a)) in ("completed", "failed")
 
-    flow_ok = await _wait_for(passed_to_customer_2, timeout)  # customer 0's timer runs out
+    await _wait_for(customer_2_notified, timeout)
     entry_2 = await store.get_entry(salon, people[2])
+    # Offered slot A (its own short timer may already have run out on a slow machine).
+    flow_ok = entry_2 is not None and entry_2.slot_id == slot_a and entry_2.state != "waiting"
     if flow_ok and entry_2 is not None and entry_2.state == "notified":
         await waitlist.book(salon, people[2])
         prefs.append(
