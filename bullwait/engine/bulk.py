@@ -44,7 +44,7 @@ from redis.exceptions import ResponseError
 
 from bullwait.engine.autopipeline import pack, pack_args
 from bullwait.engine.durable import WAIT_ATTEMPTS, Durability, is_noscript, log_short
-from bullwait.engine.exchange import Command, Try, exchange, send
+from bullwait.engine.exchange import Command, Try, exchange, refused_mid_migration, send
 from bullwait.engine.internals import ADD_JOB_KEYS, encode_job_opts, main_client, normalize_backoff, scripts_of
 from bullwait.errors import BadArgument
 
@@ -197,7 +197,9 @@ async def _transaction(
     blocks = transaction_blocks(commands)
 
     async def attempt(conn: Any, this: Try) -> tuple[list[Any], int]:
-        return await _send_blocks(conn, blocks, wait, this.asking)
+        replies, acked = await _send_blocks(conn, blocks, wait, this.asking)
+        refused_mid_migration(replies)
+        return replies, acked
 
     return await send(client, key, attempt)
 

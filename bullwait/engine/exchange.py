@@ -20,6 +20,11 @@ Redis Cluster: the connection is one of the master that owns the write's slot. A
   again, backing off, until the last key has moved;
 - CLUSTERDOWN or a lost connection (a failover under way): the slot map is read again and
   the write sent again, backing off;
+- a script refused half-way (`Script attempted to access a non local key`): bullmq's add
+  scripts touch the job's hash without declaring it, and while the queue's slot migrates
+  Redis refuses the script at that key, which an add reads (EXISTS) before it writes
+  anything but its id counter. Met as TRYAGAIN: the chunk is sent again (the same job ids
+  add nothing twice);
 for as long as the client retries a lost node (`FollowingCluster.retry_timeout`, which is
 BULLWAIT_REDIS_RETRY_TIMEOUT for bullwait's clients); then the last error is raised.
 """
@@ -88,6 +93,17 @@ async def exchange(
     except BaseException:
         await conn.disconnect()  # replies may be left unread: never reuse this connection
         raise
+
+
+# Redis's refusal of a script that reached a key of a slot this node does not serve (now).
+MID_MIGRATION = "Script attempted to access a non local key"
+
+
+def refused_mid_migration(replies: Sequence[Any]) -> None:
+    """Raise TRYAGAIN if a script of `replies` was refused at a key of a migrating slot."""
+    for reply in replies:
+        if isinstance(reply, ResponseError) and str(reply).startswith(MID_MIGRATION):
+            raise TryAgainError(str(reply))
 
 
 def raise_refusal(replies: Sequence[Any]) -> None:

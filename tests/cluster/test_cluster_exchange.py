@@ -91,3 +91,35 @@ async def test_durable_write_waits_out_a_split_slot(cluster: ClusterSet, csettin
         assert [cluster.client(target).get(key) for key in keys] == ["new", "new"]
     finally:
         await client.aclose()
+
+
+async def test_bulk_add_refused_half_way_by_a_migrating_slot_is_sent_again(
+    cluster: ClusterSet, csettings: Settings
+) -> None:
+    """bullmq's add scripts read the job's hash (EXISTS) without declaring it. With every
+    declared key on the migrating owner, EXEC runs and Redis refuses each script at that
+    key ("Script attempted to access a non local key"): the chunk is sent again until the
+    move is over, and every timer lands once, scheduled, on the new owner."""
+    queue = Queue("exchange-mid", {"connection": bullmq_connection(csettings), "prefix": csettings.bullmq_prefix})
+    scripts = scripts_of(queue)
+    delayed = {"delay": 3_600_000}
+
+    def timers(first: int, count: int) -> list[NewJob]:
+        opts = stored_opts(delayed)
+        return [NewJob("t", json.dumps({"i": i}), opts, f"d-{i}", now_ms()) for i in range(first, count)]
+
+    try:
+        await add_jobs(queue, timers(0, 1))  # the add's keys: id, meta, delayed, events, marker
+        owner = cluster.client(cluster.slot_owner(cluster.slot(scripts.key("wait"))))
+        owner.zadd(scripts.key("completed"), {"done-before": 1})  # the last of them
+        with migrating(cluster, cluster.slot(scripts.key("wait"))):
+            adding = asyncio.ensure_future(add_jobs(queue, timers(1, 11)))
+            await asyncio.sleep(1.0)  # refused and sent again meanwhile
+            assert not adding.done(), "the add waits for the migration"
+        ids = await asyncio.wait_for(adding, 30)
+        assert ids == [f"d-{i}" for i in range(1, 11)]
+        target = cluster.client(cluster.slot_owner(cluster.slot(scripts.key("wait"))))
+        assert target.zcard(scripts.key("delayed")) == 11, "every timer scheduled, once"
+        assert all(target.exists(scripts.to_key(f"d-{i}")) for i in range(11))
+    finally:
+        await queue.close()
