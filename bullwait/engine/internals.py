@@ -31,6 +31,7 @@ from typing import Any
 
 from bullmq import DelayedError, Job, UnrecoverableError, WaitingChildrenError, Worker
 
+from bullwait.engine import jsontext
 from bullwait.errors import UnsupportedClientVersion
 
 # --- Versions ---------------------------------------------------------------------------------
@@ -363,7 +364,7 @@ class JobBuilder:
             template = self._template(opts_text)
         if template is None:
             return Job.fromJSON(self.queue, raw, job_id)
-        data = json.loads(raw.get("data", "{}"))  # raises for data that is not JSON, as `fromJSON` does
+        data = jsontext.loads(raw.get("data", "{}"))  # raises for data that is not JSON, as `fromJSON` does
         job = Job.__new__(Job)
         attrs = job.__dict__
         attrs.update(template)
