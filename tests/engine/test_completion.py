@@ -52,6 +52,45 @@ async def test_packs_what_bullmq_would_send(settings: Settings, remove: object, 
         await worker.close(force=True)
 
 
+async def test_a_prefix_with_percent_signs_is_packed_as_it_is(settings: Settings) -> None:
+    worker = BullwaitWorker("q%s", _echo, {"connection": redis_options(settings), "prefix": "b%d%%", "autorun": False})
+    try:
+        job = Job(worker, "n", {}, {}, job_id="7%s")
+        calls = CompletionCalls(worker)
+        ref_keys, ref_args = worker.backend.scripts.moveToCompletedArgs(job, "%s", False, "t%", True)
+        keys, args, packed = calls.build(job, "%s", "t%", True, timestamp=ref_args[1])
+        assert (keys, args) == (ref_keys, ref_args)
+        assert packed == pack(("EVALSHA", calls.script.sha, len(ref_keys), *ref_keys, *ref_args))
+    finally:
+        await worker.close(force=True)
+
+
+async def test_one_worker_packs_each_jobs_own_options(settings: Settings) -> None:
+    """Options are packed once per distinct job options and reused: jobs whose options compare
+    equal but pack differently (1, 1.0, True) each get their own bytes, as bullmq packs them."""
+    worker = _worker(settings, limiter={"max": 5, "duration": 1000}, metrics={"maxDataPoints": 60})
+    calls = CompletionCalls(worker)
+    removes = [True, 1, 1.0, {"count": 1}, {"count": True}, {"count": 1, "age": 5}, False, 0, None, {"count": [1]}]
+    try:
+        for round_ in range(2):
+            for i, remove in enumerate(removes):
+                opts: dict[str, object] = {"attempts": 1 + i % 3}
+                if remove is not None:
+                    opts["removeOnComplete"] = remove
+                if i % 2:
+                    opts.update(failParentOnFailure=1 if i % 4 == 1 else True)
+                job = Job(worker, "n", {}, opts, job_id=f"j-{i}")
+                job.attemptsMade = (i + round_) % 4 * 70  # past 127: a two-byte msgpack int
+                token = f"tok-{i}-" + "x" * (i * 4)  # past 31 characters: another msgpack string header
+                _keys, ref_args = worker.backend.scripts.moveToCompletedArgs(
+                    job, None, job.opts.get("removeOnComplete", False), token, True
+                )
+                _keys, args, _packed = calls.build(job, None, token, True, timestamp=ref_args[1])
+                assert args[-1] == ref_args[-1], (round_, remove)
+    finally:
+        await worker.close(force=True)
+
+
 async def test_worker_completes_through_packed_calls(settings: Settings, sync_redis: redis.Redis, prefix: str) -> None:
     """End to end on a real Redis: each job completes with its return value, the next job is
     fetched in the same call, retention (removeOnComplete count 3) is applied by the script."""
