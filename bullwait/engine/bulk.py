@@ -44,7 +44,7 @@ from redis.exceptions import ResponseError
 
 from bullwait.engine.autopipeline import pack, pack_args
 from bullwait.engine.durable import WAIT_ATTEMPTS, Durability, is_noscript, log_short
-from bullwait.engine.exchange import Command, Try, exchange, refused_mid_migration, send
+from bullwait.engine.exchange import Command, Try, exchange, raise_refusal, send
 from bullwait.engine.internals import ADD_JOB_KEYS, encode_job_opts, main_client, normalize_backoff, scripts_of
 from bullwait.errors import BadArgument
 
@@ -198,7 +198,7 @@ async def _transaction(
 
     async def attempt(conn: Any, this: Try) -> tuple[list[Any], int]:
         replies, acked = await _send_blocks(conn, blocks, wait, this.asking)
-        refused_mid_migration(replies)
+        raise_refusal(replies)
         return replies, acked
 
     return await send(client, key, attempt)

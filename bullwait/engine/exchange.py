@@ -99,18 +99,14 @@ async def exchange(
 MID_MIGRATION = "Script attempted to access a non local key"
 
 
-def refused_mid_migration(replies: Sequence[Any]) -> None:
-    """Raise TRYAGAIN if a script of `replies` was refused at a key of a migrating slot."""
+def raise_refusal(replies: Sequence[Any]) -> None:
+    """Raise the first reply that says its command did not run (see the module docstring); a
+    script refused at a key of a migrating slot as TRYAGAIN."""
     for reply in replies:
+        if isinstance(reply, NOT_RUN):
+            raise reply
         if isinstance(reply, ResponseError) and str(reply).startswith(MID_MIGRATION):
             raise TryAgainError(str(reply))
-
-
-def raise_refusal(replies: Sequence[Any]) -> None:
-    """Raise the first reply that says its command did not run (see the module docstring)."""
-    refused = next((reply for reply in replies if isinstance(reply, NOT_RUN)), None)
-    if refused is not None:
-        raise refused
 
 
 async def send(client: Any, key: str | None, attempt: Attempt[T]) -> T:

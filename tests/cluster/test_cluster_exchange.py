@@ -24,6 +24,8 @@ from helpers.reliability import eventually
 
 # Two keys of one slot: Redis refuses such a script (TRYAGAIN) while one has moved and the other not.
 BOTH = "redis.call('SET', KEYS[1], ARGV[1]); redis.call('SET', KEYS[2], ARGV[1]); return 1"
+# A key of the same slot written without being declared: refused while it is not on the owner.
+UNDECLARED = "redis.call('SET', KEYS[1], ARGV[1]); redis.call('SET', KEYS[1] .. ':undeclared', ARGV[1]); return 1"
 
 
 def refusals(cluster: ClusterSet, port: int, error: str) -> int:
@@ -89,6 +91,29 @@ async def test_durable_write_waits_out_a_split_slot(cluster: ClusterSet, csettin
             assert not write.done(), "the write waits for the migration"
         assert await asyncio.wait_for(write, 30) == 1
         assert [cluster.client(target).get(key) for key in keys] == ["new", "new"]
+    finally:
+        await client.aclose()
+
+
+async def test_durable_script_refused_half_way_by_a_migrating_slot_is_sent_again(
+    cluster: ClusterSet, csettings: Settings, prefix: str
+) -> None:
+    """A script that writes a key it did not declare (as bullmq's scripts do): while the slot
+    migrates and that key is not on the owner, Redis refuses the script there. The durable
+    write meets it as TRYAGAIN and lands once the move is over."""
+    client = redis_client(csettings)
+    script = client.register_script(UNDECLARED)
+    key = f"{{{prefix}-mid}}:a"
+    try:
+        await client.set(key, "old")  # the declared key is on the owner
+        with migrating(cluster, cluster.slot(key)) as (_source, target):
+            write = asyncio.ensure_future(
+                run_script(client, Durability(replicas=1, timeout_ms=2000), script, [key], ["new"], "mid write")
+            )
+            await asyncio.sleep(1.0)  # refused and sent again meanwhile
+            assert not write.done(), "the write waits for the migration"
+        assert await asyncio.wait_for(write, 30) == 1
+        assert [cluster.client(target).get(k) for k in (key, key + ":undeclared")] == ["new", "new"]
     finally:
         await client.aclose()
 
