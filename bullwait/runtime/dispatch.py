@@ -6,7 +6,7 @@
     async def check_expiry(payload: ExpiryJob, ctx: Context) -> dict:
         ...
 
-`dispatch` validates the job's data with the model, runs the function, logs the NestJS module's
+`QueueDispatch` validates the job's data with the model, runs the function, logs the NestJS module's
 event shapes (`queue`, `job`, `jobId`, `duration`, `error`) and turns bad data into an
 `UnrecoverableError` so it fails once, with its data kept, and is never retried.
 
@@ -143,7 +143,7 @@ class JobLog:
 
 class QueueDispatch:
     """The processor a queue's worker runs: each job through the function registered for its
-    name (`dispatch`), with what stays the same from job to job looked up once."""
+    name, with what stays the same from job to job looked up once."""
 
     def __init__(
         self,
@@ -218,21 +218,6 @@ class QueueDispatch:
             obs.finished(queue_name, job, status, seconds)
             if status == "completed":
                 log_job_completed(log, queue_name, name, job_id, seconds)
-
-
-async def dispatch(
-    registry: Registry,
-    queue: QueueKey,
-    queue_name: str,
-    settings: Settings,
-    job: Job,
-    token: str,
-    log: Any,
-    services: Any = None,
-    observer: JobObserver | None = None,
-) -> Any:
-    """Run one job through its registered processor (`QueueDispatch`, for one job)."""
-    return await QueueDispatch(registry, queue, queue_name, settings, log, services, observer).run(job, token)
 
 
 async def _wait_for_replicas(job: Job, token: str, exc: WriteNotDurable, log: Any, started: float) -> None:

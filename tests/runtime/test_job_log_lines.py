@@ -1,4 +1,4 @@
-"""The per-job log lines of `dispatch` written without structlog's call path (the `job
+"""The per-job log lines of `QueueDispatch` written without structlog's call path (the `job
 completed` line, the lazily bound `ctx.log`, the skipped `job started` call) are byte for
 byte what structlog's path writes, whatever the values and the logging set-up."""
 
@@ -18,7 +18,7 @@ from bullmq.job import Job
 
 import bullwait.logs
 from bullwait.logs import LineLogger, configure_logging, get_logger, log_job_completed, may_hold_secret
-from bullwait.runtime.dispatch import Context, Registry, dispatch
+from bullwait.runtime.dispatch import Context, QueueDispatch, Registry
 from bullwait.settings import Settings
 from bullwait.waitlist.catalog import QueueKey
 from bullwait.waitlist.payloads import ExpiryJob
@@ -174,7 +174,7 @@ def test_may_hold_secret_answers_as_the_single_pattern() -> None:
         assert may_hold_secret(text) == (single(text) is not None), repr(text)
 
 
-# --- through dispatch ---
+# --- through QueueDispatch ---
 
 _QUEUE = SimpleNamespace(backend=None, qualifiedName="t:waitlist-expiry")
 
@@ -186,9 +186,9 @@ def _job(job_id: str, data: dict[str, Any] | None = None, attempts_made: int = 0
 
 
 def _run(job: Job, registry: Registry, log: Any) -> Any:
-    """`dispatch` of one job whose processor never awaits, without an event loop."""
+    """One job whose processor never awaits through `QueueDispatch.run`, without an event loop."""
     settings = Settings(redis_url="redis://127.0.0.1:1/0")
-    coro = dispatch(registry, QueueKey.WAITLIST_EXPIRY, "waitlist-expiry", settings, job, "token", log)
+    coro = QueueDispatch(registry, QueueKey.WAITLIST_EXPIRY, "waitlist-expiry", settings, log).run(job, "token")
     try:
         coro.send(None)
     except StopIteration as done:
