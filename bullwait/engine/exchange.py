@@ -20,11 +20,11 @@ Redis Cluster: the connection is one of the master that owns the write's slot. A
   again, backing off, until the last key has moved;
 - CLUSTERDOWN or a lost connection (a failover under way): the slot map is read again and
   the write sent again, backing off;
-- a script refused half-way (`Script attempted to access a non local key`): bullmq's add
-  scripts touch the job's hash without declaring it, and while the queue's slot migrates
-  Redis refuses the script at that key, which an add reads (EXISTS) before it writes
-  anything but its id counter. Met as TRYAGAIN: the chunk is sent again (the same job ids
-  add nothing twice);
+- a script refused at a key it did not declare (`Script attempted to access a non local
+  key`): bullmq's scripts touch keys they do not declare (an add reads the job's hash,
+  EXISTS, before it writes anything but its id counter), and while the slot migrates Redis
+  refuses the script at such a key that is not on the owner. Met as TRYAGAIN: the write is
+  sent again (it is safe to repeat; the same job ids add nothing twice);
 for as long as the client retries a lost node (`FollowingCluster.retry_timeout`, which is
 BULLWAIT_REDIS_RETRY_TIMEOUT for bullwait's clients); then the last error is raised.
 """

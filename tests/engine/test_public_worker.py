@@ -26,6 +26,7 @@ import bullwait
 from bullwait.settings import Settings
 
 from helpers.common import job_events
+from helpers.reliability import eventually
 
 Worker = bullwait.Worker
 Processor = Callable[..., Awaitable[Any]]
@@ -639,10 +640,7 @@ async def test_events_reach_worker_listeners_and_queue_events(kit: Kit, settings
     args = await asyncio.wait_for(completed_event, 10)
     assert args["jobId"] == job.id and args["returnvalue"] == {"answer": 42}
     # The queue event may arrive before the worker resumes after the completing call.
-    for _ in range(200):
-        if len(seen) == 2:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: len(seen) == 2, 5, "the worker's completed listener")
     assert seen == ["active:waiting", "completed:42"]
 
 
