@@ -216,11 +216,13 @@ class FakeWhatsApp:
                     fake._counter += 1
                     number = fake._counter
                 time.sleep(fake.latency + (plan.hang if plan else 0))
+                # `answered` is set before the answer goes out: a client that has its answer must
+                # find it recorded (`sent()` read right after a send missed the last one).
                 if not self.path.endswith("/messages"):
+                    record.answered = 404
                     self._answer(
                         404, {"error": {"code": 100, "message": "Unknown path", "type": "GraphMethodException"}}
                     )
-                    record.answered = 404
                     return
                 if plan is not None and plan.odd is not None:
                     record.answered = -1 if plan.odd == "reset" else plan.status
@@ -228,6 +230,7 @@ class FakeWhatsApp:
                     return
                 if plan is None or plan.status == 200:
                     to = str(body.get("to", "")) if isinstance(body, dict) else ""
+                    record.answered = 200
                     self._answer(
                         200,
                         {
@@ -236,15 +239,14 @@ class FakeWhatsApp:
                             "messages": [{"id": f"wamid.FAKE{number:06d}"}],
                         },
                     )
-                    record.answered = 200
                     return
                 error: dict[str, Any] = {"message": plan.message, "type": "OAuthException", "fbtrace_id": "Afake"}
                 if plan.code is not None:
                     error["code"] = plan.code
                     error["error_data"] = {"messaging_product": "whatsapp", "details": plan.message}
                 headers = {"Retry-After": str(plan.retry_after)} if plan.retry_after is not None else {}
-                self._answer(plan.status, {"error": error}, headers)
                 record.answered = plan.status
+                self._answer(plan.status, {"error": error}, headers)
 
             def _odd(self, plan: Planned, number: int) -> None:
                 self.close_connection = True
